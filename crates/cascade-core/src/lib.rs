@@ -1,0 +1,15 @@
+//! cascade-core: the pure vocabulary every other crate shares: digest newtypes, the
+//! canonical encoding that keys are hashed over, node keys, the output Merkle tree
+//! and source spans. No IO lives here.
+
+pub mod digest;
+pub mod encode;
+pub mod key;
+pub mod span;
+pub mod tree;
+
+pub use digest::{BlobDigest, Digest, DigestParseError, NodeKey, OutputDigest, TreeDigest};
+pub use encode::Encoder;
+pub use key::{KeyIngredients, RunnerIdentity, SourceIdentity};
+pub use span::{FileId, Span};
+pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
