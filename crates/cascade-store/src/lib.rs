@@ -1,1 +1,402 @@
-//! cascade-store
+//! cascade-store: the local content-addressed store (`cache/` by default).
+//!
+//! Layout under the root (every file name is a lowercase hex blake3 digest, fanned out
+//! by its first two digits):
+//!
+//! - `blobs/` file contents and logs, named by the blake3 of their bytes
+//! - `trees/` output trees (the canonical encoding of one directory), by tree digest
+//! - `actions/` action results: node key → output digest + log digest, with a checksum
+//! - `keys/` key manifests: the canonical encoding whose blake3 *is* the node key
+//! - `logs/` the logs of failed nodes, kept under readable names for people
+//! - `tmp/` scratch space for builds (work directories live here, on the same disk)
+//!
+//! Every write goes to a temporary file in the destination directory, is fsynced and
+//! renamed into place, and the directory is fsynced: a crash leaves either the old
+//! state or the new one. Every read re-hashes what it read; an entry that does not
+//! match its name is removed and reported as [`StoreError::Corrupt`], never returned.
+
+mod outputs;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use cascade_core::encode::{DecodeError, Decoder, Encoder};
+use cascade_core::{BlobDigest, Digest, NodeKey, OutputDigest, Tree, TreeDigest};
+
+pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum StoreError {
+    #[error("store I/O failed at `{path}`")]
+    #[diagnostic(
+        code(cascade::store::io),
+        help("check that the store directory is writable and the disk is not full")
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt store entry `{path}` (expected {expected}); it was removed and will be rebuilt")]
+    #[diagnostic(code(cascade::store::corrupt))]
+    Corrupt { path: PathBuf, expected: String },
+    #[error("store entry `{0}` is missing")]
+    #[diagnostic(code(cascade::store::missing))]
+    Missing(PathBuf),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What a successful build of one node recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionResult {
+    pub output: OutputDigest,
+    pub log: BlobDigest,
+}
+
+const ACTION_DOMAIN: &str = "cascade/action";
+const ACTION_VERSION: u64 = 1;
+
+impl ActionResult {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(ACTION_DOMAIN, ACTION_VERSION);
+        e.bytes(1, &self.output.0 .0).bytes(2, &self.log.0 .0);
+        e.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, ACTION_DOMAIN, ACTION_VERSION)?;
+        let digest = |b: &[u8], tag| -> Result<Digest, DecodeError> {
+            Ok(Digest(b.try_into().map_err(|_| DecodeError::Malformed(tag))?))
+        };
+        let output = OutputDigest(digest(d.bytes(1)?, 1)?);
+        let log = BlobDigest(digest(d.bytes(2)?, 2)?);
+        d.end()?;
+        Ok(ActionResult { output, log })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Blob,
+    Tree,
+    Action,
+    Key,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Blob => "blobs",
+            Kind::Tree => "trees",
+            Kind::Action => "actions",
+            Kind::Key => "keys",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        for sub in ["blobs", "trees", "actions", "keys", "logs", "tmp", "git"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where fetched git repositories are mirrored.
+    pub fn git_dir(&self) -> PathBuf {
+        self.root.join("git")
+    }
+
+    /// A fresh scratch directory on the store's disk, removed when dropped.
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir, StoreError> {
+        let tmp = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&tmp)
+            .map_err(StoreError::io(&tmp))
+    }
+
+    fn path(&self, kind: Kind, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join(kind.dir()).join(&hex[..2]).join(hex)
+    }
+
+    /// Writes `bytes` at `dest` atomically (temp file in the same directory, fsync,
+    /// rename, fsync of the directory).
+    pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .map_err(StoreError::io(dir))?;
+        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+        tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
+        tmp.persist(dest)
+            .map_err(|e| StoreError::io(dest)(e.error))?;
+        sync_dir(dir)
+    }
+
+    fn put(&self, kind: Kind, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        let p = self.path(kind, d);
+        // Content-addressed: an existing entry already holds these bytes (reads verify).
+        if kind != Kind::Action && p.exists() {
+            return Ok(());
+        }
+        Self::write_atomic(&p, bytes)
+    }
+
+    /// Reads an entry and checks it hashes to its name.
+    fn get_verified(&self, kind: Kind, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.path(kind, d);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(p)),
+            Err(e) => return Err(StoreError::io(&p)(e)),
+        };
+        if Digest::of(&bytes) != *d {
+            return Err(self.discard(p, d.to_string()));
+        }
+        Ok(bytes)
+    }
+
+    /// Removes a corrupt entry so it is rebuilt, and describes it.
+    fn discard(&self, path: PathBuf, expected: String) -> StoreError {
+        let _ = fs::remove_file(&path);
+        StoreError::Corrupt { path, expected }
+    }
+
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobDigest, StoreError> {
+        let d = Digest::of(bytes);
+        self.put(Kind::Blob, &d, bytes)?;
+        Ok(BlobDigest(d))
+    }
+
+    /// Stores a file's contents; returns its digest and size.
+    pub fn put_blob_file(&self, src: &Path) -> Result<(BlobDigest, u64), StoreError> {
+        let bytes = fs::read(src).map_err(StoreError::io(src))?;
+        let d = self.put_blob(&bytes)?;
+        Ok((d, bytes.len() as u64))
+    }
+
+    pub fn get_blob(&self, d: &BlobDigest) -> Result<Vec<u8>, StoreError> {
+        self.get_verified(Kind::Blob, &d.0)
+    }
+
+    pub fn has_blob(&self, d: &BlobDigest) -> bool {
+        self.path(Kind::Blob, &d.0).is_file()
+    }
+
+    pub fn put_tree(&self, tree: &Tree) -> Result<TreeDigest, StoreError> {
+        let bytes = tree.encode();
+        let d = Digest::of(&bytes);
+        self.put(Kind::Tree, &d, &bytes)?;
+        Ok(TreeDigest(d))
+    }
+
+    pub fn get_tree(&self, d: &TreeDigest) -> Result<Tree, StoreError> {
+        let bytes = self.get_verified(Kind::Tree, &d.0)?;
+        // It hashed right, so it was written by us; a decode failure means a format bug
+        // or a collision, either way not usable.
+        Tree::decode(&bytes).map_err(|_| {
+            self.discard(self.path(Kind::Tree, &d.0), format!("a tree {}", d))
+        })
+    }
+
+    /// Stores a key manifest (the encoding whose blake3 is the node key).
+    pub fn put_key_manifest(&self, encoding: &[u8]) -> Result<NodeKey, StoreError> {
+        let d = Digest::of(encoding);
+        self.put(Kind::Key, &d, encoding)?;
+        Ok(NodeKey(d))
+    }
+
+    pub fn get_key_manifest(&self, key: &NodeKey) -> Result<Vec<u8>, StoreError> {
+        self.get_verified(Kind::Key, &key.0)
+    }
+
+    /// Records an action result. The file carries a checksum of its body, since its
+    /// name is the node key, not the digest of its content.
+    pub fn put_action(&self, key: &NodeKey, result: &ActionResult) -> Result<(), StoreError> {
+        let body = result.encode();
+        let mut bytes = body.clone();
+        bytes.extend_from_slice(Digest::of(&body).0.as_slice());
+        self.put(Kind::Action, &key.0, &bytes)
+    }
+
+    /// Looks a node key up. `Ok(None)` is a miss; a corrupt entry is removed and
+    /// reported as an error (callers treat it as a miss and say so).
+    pub fn get_action(&self, key: &NodeKey) -> Result<Option<ActionResult>, StoreError> {
+        let p = self.path(Kind::Action, &key.0);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&p)(e)),
+        };
+        let expected = format!("an action result for {key}");
+        if bytes.len() < 32 {
+            return Err(self.discard(p, expected));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if Digest::of(body).0.as_slice() != sum {
+            return Err(self.discard(p, expected));
+        }
+        match ActionResult::decode(body) {
+            Ok(r) => Ok(Some(r)),
+            Err(_) => Err(self.discard(p, expected)),
+        }
+    }
+
+    /// True when the output tree and every blob it references are present (trees are
+    /// read and verified; blobs are only checked for presence here, and verified when
+    /// they are read).
+    pub fn has_output(&self, output: &OutputDigest) -> Result<bool, StoreError> {
+        let mut stack = vec![TreeDigest(output.0)];
+        while let Some(t) = stack.pop() {
+            let tree = match self.get_tree(&t) {
+                Ok(t) => t,
+                Err(StoreError::Missing(_)) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            for e in tree.entries() {
+                match &e.kind {
+                    cascade_core::EntryKind::File { digest, .. } => {
+                        if !self.has_blob(digest) {
+                            return Ok(false);
+                        }
+                    }
+                    cascade_core::EntryKind::Dir { digest } => stack.push(*digest),
+                    cascade_core::EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Keeps a failed node's log under a readable name and returns its path.
+    pub fn keep_log(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let p = self.root.join("logs").join(format!("{name}.log"));
+        Self::write_atomic(&p, bytes)?;
+        Ok(p)
+    }
+
+    /// Copies a blob to `dest`, verifying it on the way.
+    pub fn copy_blob_to(&self, d: &BlobDigest, dest: &Path) -> Result<(), StoreError> {
+        let src = self.path(Kind::Blob, &d.0);
+        let mut f = match fs::File::open(&src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(src))
+            }
+            Err(e) => return Err(StoreError::io(&src)(e)),
+        };
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(StoreError::io(&src))?;
+        if Digest::of(&bytes) != d.0 {
+            return Err(self.discard(src, d.to_string()));
+        }
+        fs::write(dest, &bytes).map_err(StoreError::io(dest))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    // Makes the rename durable; some file systems refuse fsync on directories, which
+    // is harmless.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_round_trip_and_flipped_byte_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.put_blob(b"hello world").unwrap();
+        assert_eq!(store.get_blob(&d).unwrap(), b"hello world");
+        let p = store.path(Kind::Blob, &d.0);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[3] ^= 0x01;
+        fs::write(&p, &bytes).unwrap();
+        match store.get_blob(&d) {
+            Err(StoreError::Corrupt { .. }) => {}
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        assert!(!p.exists(), "a corrupt entry is removed");
+        assert!(matches!(store.get_blob(&d), Err(StoreError::Missing(_))));
+    }
+
+    #[test]
+    fn action_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = NodeKey(Digest::of(b"key"));
+        assert_eq!(store.get_action(&key).unwrap(), None);
+        let r = ActionResult {
+            output: OutputDigest(Digest::of(b"out")),
+            log: BlobDigest(Digest::of(b"log")),
+        };
+        store.put_action(&key, &r).unwrap();
+        assert_eq!(store.get_action(&key).unwrap(), Some(r));
+        let p = store.path(Kind::Action, &key.0);
+        let mut bytes = fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x80;
+        fs::write(&p, &bytes).unwrap();
+        assert!(matches!(
+            store.get_action(&key),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert_eq!(store.get_action(&key).unwrap(), None, "discarded, then a miss");
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..20u8 {
+            store.put_blob(&[i; 100]).unwrap();
+        }
+        for entry in walk(dir.path()) {
+            let name = entry.file_name().unwrap().to_string_lossy().to_string();
+            assert!(!name.starts_with(".tmp-"), "leftover temp file {name}");
+        }
+    }
+
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(p).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                out.extend(walk(&e));
+            } else {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
