@@ -1,1 +1,16 @@
-//! cascade-exec
+//! cascade-exec: running steps and scheduling nodes.
+//!
+//! - [`host`]: the host runner. Each step is `sh -e -c <run>` in the node's work
+//!   directory, with a clean environment, a PATH that holds only the declared tools,
+//!   umask 022, its own process group, and a timeout that kills the whole group.
+//! - [`schedule`]: runs a DAG of nodes on a bounded pool of threads, dependencies
+//!   strictly first, stopping (or not, with keep-going) after a failure.
+//!
+//! Plain threads, not an async runtime: every unit of work is a blocking child
+//! process or file copy, and a pool of `--jobs` threads is all the parallelism needed.
+
+pub mod host;
+pub mod schedule;
+
+pub use host::{resolve_tool, HostRun, RunError, Step, ToolError, ResolvedTool, Tools};
+pub use schedule::{schedule, Outcome};

@@ -1,0 +1,366 @@
+//! The host runner.
+//!
+//! A step sees only what the recipe declares: its `env`, the engine's own variables
+//! (passed in by the caller), `HOME` = the work directory, and a `PATH` made of one
+//! private directory holding a symlink per declared tool, so an undeclared tool is not
+//! found even when it lives next to a declared one in `/usr/bin`.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use cascade_core::{BlobDigest, Digest};
+
+/// A declared tool as found on the PATH cascade was started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTool {
+    pub name: String,
+    /// Where it was found on PATH (what the step's symlink points to, so tools that
+    /// look at their own name, like gcc, keep working).
+    pub path: PathBuf,
+    /// The blake3 of the file it resolves to: the tool's part of the runner identity.
+    pub digest: BlobDigest,
+}
+
+#[derive(Clone, Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ToolError {
+    #[error("tool `{name}` is not on PATH")]
+    #[diagnostic(
+        code(cascade::tool::not_found),
+        help("install it, or remove it from the recipe's `runner.host.tools`")
+    )]
+    NotFound { name: String },
+    #[error("tool `{name}` at `{path}` could not be read: {message}")]
+    #[diagnostic(code(cascade::tool::unreadable))]
+    Unreadable {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// Finds `name` on `search_path` and hashes the file it resolves to.
+pub fn resolve_tool(name: &str, search_path: &OsStr) -> Result<ResolvedTool, ToolError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in std::env::split_paths(search_path) {
+        if dir.as_os_str().is_empty() || !dir.is_absolute() {
+            continue; // a relative PATH entry would make the result depend on the cwd
+        }
+        let p = dir.join(name);
+        let Ok(meta) = fs::metadata(&p) else { continue };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        let unreadable = |e: io::Error| ToolError::Unreadable {
+            name: name.to_string(),
+            path: p.clone(),
+            message: e.to_string(),
+        };
+        let real = fs::canonicalize(&p).map_err(unreadable)?;
+        let mut h = blake3::Hasher::new();
+        h.update_reader(fs::File::open(&real).map_err(unreadable)?)
+            .map_err(unreadable)?;
+        return Ok(ResolvedTool {
+            name: name.to_string(),
+            path: p,
+            digest: BlobDigest(Digest::from_hasher(&h)),
+        });
+    }
+    Err(ToolError::NotFound {
+        name: name.to_string(),
+    })
+}
+
+/// Tool resolution, memoized for one run (a tool is hashed once, however many
+/// recipes declare it).
+pub struct Tools {
+    search_path: OsString,
+    cache: Mutex<BTreeMap<String, Result<ResolvedTool, ToolError>>>,
+}
+
+impl Tools {
+    pub fn new(search_path: OsString) -> Self {
+        Tools {
+            search_path,
+            cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Resolves against the PATH this process was started with.
+    pub fn from_env() -> Self {
+        Self::new(std::env::var_os("PATH").unwrap_or_default())
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<ResolvedTool, ToolError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(name.to_string())
+            .or_insert_with(|| resolve_tool(name, &self.search_path))
+            .clone()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub name: String,
+    pub run: String,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RunError {
+    #[error("step `{step}` failed ({status})")]
+    #[diagnostic(code(cascade::step::failed))]
+    Failed { step: String, status: String },
+    #[error("step `{step}` timed out after {}s and was killed", after.as_secs_f64())]
+    #[diagnostic(
+        code(cascade::step::timeout),
+        help("raise the recipe's `timeout` if the step is just slow")
+    )]
+    Timeout { step: String, after: Duration },
+    #[error("could not {what}")]
+    #[diagnostic(code(cascade::step::setup))]
+    Setup {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Setup { what, source }
+}
+
+/// One node's steps on the host.
+pub struct HostRun<'a> {
+    /// The work directory: exported source and materialized inputs; steps write here.
+    pub work: &'a Path,
+    /// An empty directory outside `work` for the tool symlinks.
+    pub tools_dir: &'a Path,
+    pub tools: &'a [ResolvedTool],
+    /// Everything the step sees besides PATH and HOME (declared env + engine vars).
+    pub env: &'a BTreeMap<String, String>,
+    pub steps: &'a [Step],
+    /// Per step.
+    pub timeout: Duration,
+    /// Where the steps' output goes (stdout and stderr interleaved).
+    pub log: &'a Path,
+}
+
+impl HostRun<'_> {
+    pub fn run(&self) -> Result<(), RunError> {
+        for t in self.tools {
+            std::os::unix::fs::symlink(&t.path, self.tools_dir.join(&t.name))
+                .map_err(setup(format!("link tool `{}`", t.name)))?;
+        }
+        let sh = self.tools_dir.join("sh");
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log)
+            .map_err(setup("open the log"))?;
+        for step in self.steps {
+            writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            let out = log.try_clone().map_err(setup("open the log"))?;
+            let err = log.try_clone().map_err(setup("open the log"))?;
+            let mut cmd = Command::new(&sh);
+            cmd.arg("-e")
+                .arg("-c")
+                .arg(&step.run)
+                .current_dir(self.work)
+                .env_clear()
+                .envs(self.env)
+                .env("PATH", self.tools_dir)
+                .env("HOME", self.work)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                // Its own process group, so a timeout kills everything it started.
+                .process_group(0);
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::umask(0o022);
+                    Ok(())
+                });
+            }
+            let started = Instant::now();
+            let mut child = cmd
+                .spawn()
+                .map_err(setup(format!("start step `{}`", step.name)))?;
+            let pgid = child.id() as libc::pid_t;
+            let (tx, rx) = mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            let result = match rx.recv_timeout(self.timeout) {
+                Ok(status) => Some(status),
+                Err(_) => None,
+            };
+            // Kill the whole group either way: on timeout, and to reap anything a
+            // finished step left running in the background.
+            // SAFETY: plain syscall; a negative pid names the process group.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            let _ = waiter.join();
+            match result {
+                None => {
+                    let after = started.elapsed();
+                    let _ = writeln!(
+                        log,
+                        "==> step {} timed out after {:.1}s; killed",
+                        step.name,
+                        after.as_secs_f64()
+                    );
+                    return Err(RunError::Timeout {
+                        step: step.name.clone(),
+                        after: self.timeout,
+                    });
+                }
+                Some(Err(e)) => return Err(setup(format!("wait for step `{}`", step.name))(e)),
+                Some(Ok(status)) if status.success() => {}
+                Some(Ok(status)) => {
+                    let status = match (status.code(), status.signal()) {
+                        (Some(c), _) => format!("exit code {c}"),
+                        (None, Some(s)) => format!("killed by signal {s}"),
+                        _ => status.to_string(),
+                    };
+                    let _ = writeln!(log, "==> step {} failed: {status}", step.name);
+                    return Err(RunError::Failed {
+                        step: step.name.clone(),
+                        status,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools(names: &[&str]) -> Vec<ResolvedTool> {
+        let t = Tools::from_env();
+        names.iter().map(|n| t.resolve(n).unwrap()).collect()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        work: PathBuf,
+        tools_dir: PathBuf,
+        log: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let tools_dir = dir.path().join("tools");
+        fs::create_dir(&work).unwrap();
+        fs::create_dir(&tools_dir).unwrap();
+        let log = dir.path().join("log");
+        Fixture {
+            _dir: dir,
+            work,
+            tools_dir,
+            log,
+        }
+    }
+
+    fn step(run: &str) -> Vec<Step> {
+        vec![Step {
+            name: "s".into(),
+            run: run.into(),
+        }]
+    }
+
+    #[test]
+    fn clean_env_declared_tools_only_and_umask() {
+        let f = fixture();
+        let mut env = BTreeMap::new();
+        env.insert("GREETING".to_string(), "hi".to_string());
+        std::env::set_var("CASCADE_TEST_LEAK", "leaked");
+        let steps = step(
+            "echo \"$GREETING\" > a; echo \"${CASCADE_TEST_LEAK:-none}\" >> a; \
+             (ls >/dev/null 2>&1 && echo ls-found || echo ls-missing) >> a; \
+             [ \"$HOME\" = \"$PWD\" ] && echo home-ok >> a; cat a > b",
+        );
+        let ts = tools(&["sh", "cat"]);
+        HostRun {
+            work: &f.work,
+            tools_dir: &f.tools_dir,
+            tools: &ts,
+            env: &env,
+            steps: &steps,
+            timeout: Duration::from_secs(10),
+            log: &f.log,
+        }
+        .run()
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(f.work.join("b")).unwrap(),
+            "hi\nnone\nls-missing\nhome-ok\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(f.work.join("b")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "umask 022");
+    }
+
+    #[test]
+    fn failing_step_reports_and_logs() {
+        let f = fixture();
+        let ts = tools(&["sh"]);
+        let steps = step("echo about to fail; exit 3");
+        let err = HostRun {
+            work: &f.work,
+            tools_dir: &f.tools_dir,
+            tools: &ts,
+            env: &BTreeMap::new(),
+            steps: &steps,
+            timeout: Duration::from_secs(10),
+            log: &f.log,
+        }
+        .run()
+        .unwrap_err();
+        assert!(matches!(&err, RunError::Failed { status, .. } if status == "exit code 3"), "{err}");
+        assert!(fs::read_to_string(&f.log).unwrap().contains("about to fail"));
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group() {
+        let f = fixture();
+        let ts = tools(&["sh", "sleep"]);
+        // A background child that would outlive its parent if only the parent died.
+        let steps = step("sleep 30 & sleep 30");
+        let started = Instant::now();
+        let err = HostRun {
+            work: &f.work,
+            tools_dir: &f.tools_dir,
+            tools: &ts,
+            env: &BTreeMap::new(),
+            steps: &steps,
+            timeout: Duration::from_millis(300),
+            log: &f.log,
+        }
+        .run()
+        .unwrap_err();
+        assert!(matches!(err, RunError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_tool_is_an_error() {
+        assert!(matches!(
+            resolve_tool("definitely-not-a-tool-xyz", &std::env::var_os("PATH").unwrap()),
+            Err(ToolError::NotFound { .. })
+        ));
+    }
+}
