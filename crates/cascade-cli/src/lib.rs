@@ -1,1 +1,254 @@
-//! cascade-cli
+//! cascade-cli: the command line. Parses arguments (clap), calls an operation of the
+//! `cascade` crate, renders what happened (text on stderr, or one JSON document on
+//! stdout with `--json`), and turns it into an exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | a build (a step, an output) failed |
+//! | 2 | bad input: manifest, lockfile, command-line usage |
+//! | 3 | environment: a tool, the disk, a git remote |
+//! | 101 | a bug in cascade (a panic) |
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use cascade::{BuildOptions, BuildReport, Event, NodeReport, NodeStatus};
+use clap::{Parser, Subcommand};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_BUG: i32 = 101;
+
+#[derive(Parser, Debug)]
+#[command(name = "cascade", version, about = "A content-addressed build graph over many git repositories")]
+struct Cli {
+    /// The project directory (holding `graph/` and `recipes/`).
+    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    project: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build an environment: resolve, build what changed, write a lockfile.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BuildArgs {
+    /// The environment (`graph/environments/<ENV>.yaml`).
+    #[arg(long, value_name = "ENV")]
+    env: String,
+    /// The store directory [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// How many nodes build at once [default: the number of CPUs].
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Keep building what does not depend on a failed node.
+    #[arg(long)]
+    keep_going: bool,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line on the real stdout/stderr and returns the exit code.
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    install_panic_hook();
+    let color = std::io::stderr().is_terminal();
+    run_with(args, &mut std::io::stdout(), &mut std::io::stderr(), color)
+}
+
+/// Runs the command line with the given output streams (tests run it in-process).
+pub fn run_with<I, T>(
+    args: I,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+    color: bool,
+) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK };
+            let text = if color { e.render().ansi().to_string() } else { e.render().to_string() };
+            if e.use_stderr() {
+                let _ = write!(err, "{text}");
+            } else {
+                let _ = write!(out, "{text}");
+            }
+            return code;
+        }
+    };
+    let io = Io { out, err: Mutex::new(err), color };
+    match cli.command {
+        Command::Build(args) => build(&cli.project, args, io),
+    }
+}
+
+struct Io<'a> {
+    out: &'a mut (dyn Write + Send),
+    err: Mutex<&'a mut (dyn Write + Send)>,
+    color: bool,
+}
+
+impl Io<'_> {
+    fn err_line(&self, s: &str) {
+        let mut e = self.err.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(e, "{s}");
+    }
+
+    fn json(&mut self, v: &impl serde::Serialize) {
+        let _ = serde_json::to_writer_pretty(&mut *self.out, v);
+        let _ = writeln!(self.out);
+    }
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            eprintln!(
+                "error: this is a bug in cascade (exit code {EXIT_BUG}); please report it with the message above"
+            );
+        }));
+    });
+}
+
+/// Renders a diagnostic as users see it: file, line, column, the value underlined.
+/// Colour only on a terminal.
+pub fn render(diag: &dyn miette::Diagnostic, color: bool) -> String {
+    let theme = if color {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
+    let mut out = String::new();
+    if handler.render_report(&mut out, diag).is_err() {
+        out = format!("error: {diag}");
+    }
+    out
+}
+
+fn stamp_now() -> String {
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&fmt)
+        .unwrap_or_else(|_| "00000000T000000Z".to_string())
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+fn node_line(r: &NodeReport) -> String {
+    let version = format!("{} {}", r.version, &r.commit[..r.commit.len().min(7)]);
+    match &r.status {
+        NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),
+        NodeStatus::Built => format!("  built    {:<14} {version}  in {}", r.name, secs(r.duration_ms)),
+        NodeStatus::Failed { error, log_tail, log_path } => {
+            let mut s = format!("  FAILED   {:<14} {version}  {error}", r.name);
+            if !log_tail.is_empty() {
+                s.push_str(&format!("\n           last {} lines of the log:", log_tail.len()));
+                for l in log_tail {
+                    s.push_str(&format!("\n           | {l}"));
+                }
+            }
+            if let Some(p) = log_path {
+                s.push_str(&format!("\n           full log: {}", p.display()));
+            }
+            s
+        }
+        NodeStatus::Skipped { because } => format!("  skipped  {:<14} {because}", r.name),
+        NodeStatus::NotStarted => format!("  stopped  {:<14} not started after a failure", r.name),
+    }
+}
+
+fn summary(r: &BuildReport) -> String {
+    let mut s = format!(
+        "built {}, cached {}, failed {}, skipped {} in {}",
+        r.built,
+        r.cached,
+        r.failed,
+        r.skipped,
+        secs(r.duration_ms)
+    );
+    if let Some(l) = &r.lockfile {
+        s.push_str(&format!("\nlockfile: {}", l.display()));
+    } else {
+        s.push_str("\nno lockfile written: the build did not succeed");
+    }
+    s
+}
+
+fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
+    let color = io.color && !args.json;
+    let store = args.store.clone().unwrap_or_else(|| project.join("cache"));
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let opts = BuildOptions {
+        project: project.to_path_buf(),
+        env: args.env.clone(),
+        store,
+        jobs,
+        keep_going: args.keep_going,
+        stamp: stamp_now(),
+        tools: cascade_exec::Tools::from_env(),
+    };
+    let result = {
+        let io = &io;
+        let on_event = move |e: Event<'_>| {
+            if let Event::Finished(r) = e {
+                io.err_line(&node_line(r));
+            }
+        };
+        cascade::build(&opts, &on_event)
+    };
+    match result {
+        Ok(report) => {
+            if args.json {
+                io.json(&report);
+            } else {
+                io.err_line(&summary(&report));
+            }
+            if report.success() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            }
+        }
+        Err(e) => {
+            io.err_line(render(&e, color).trim_end());
+            let code = e.exit_code();
+            if args.json {
+                io.json(&serde_json::json!({
+                    "error": {
+                        "message": e.to_string(),
+                        "code": miette::Diagnostic::code(&e).map(|c| c.to_string()),
+                        "exit_code": code,
+                    }
+                }));
+            }
+            code
+        }
+    }
+}

@@ -38,6 +38,26 @@ pub enum RunnerIdentity {
     Host { tools: BTreeMap<String, BlobDigest> },
 }
 
+impl RunnerIdentity {
+    fn write(&self, e: &mut Encoder) {
+        match self {
+            RunnerIdentity::Host { tools } => {
+                e.str(0, "host");
+                e.list(1, tools.iter(), |e, (name, d)| {
+                    e.str(0, name).bytes(1, &d.0 .0);
+                });
+            }
+        }
+    }
+
+    /// The runner's own digest, as the lockfile records it.
+    pub fn digest(&self) -> Digest {
+        let mut e = Encoder::new("cascade/runner", KEY_VERSION);
+        e.nested(1, |e| self.write(e));
+        Digest::of(e.as_bytes())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyIngredients {
     /// Steps see it as `CASCADE_COMPONENT`, so it can change the output.
@@ -69,14 +89,7 @@ impl KeyIngredients {
         e.list(4, self.inputs.iter(), |e, (name, d)| {
             e.str(0, name).bytes(1, &d.0 .0);
         });
-        e.nested(5, |e| match &self.runner {
-            RunnerIdentity::Host { tools } => {
-                e.str(0, "host");
-                e.list(1, tools.iter(), |e, (name, d)| {
-                    e.str(0, name).bytes(1, &d.0 .0);
-                });
-            }
-        });
+        e.nested(5, |e| self.runner.write(e));
         e.map(6, &self.env);
         e.finish()
     }

@@ -79,6 +79,12 @@ impl Store {
     /// Normalizes the declared outputs under `work` into the store. Paths are relative
     /// to `work` and already validated (no `..`, not absolute) by the manifest.
     pub fn ingest_outputs(&self, work: &Path, declared: &[String]) -> Result<Outputs, OutputError> {
+        // Name the declared path itself when it is missing, not its first missing parent.
+        for d in declared {
+            if fs::symlink_metadata(work.join(d)).is_err() {
+                return Err(OutputError::NotProduced(d.clone()));
+            }
+        }
         let mut trie = Trie::default();
         for d in declared {
             let parts: Vec<&str> = d.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
@@ -382,6 +388,6 @@ mod tests {
         let store = Store::open(s.path()).unwrap();
         let a = tempfile::tempdir().unwrap();
         let r = store.ingest_outputs(a.path(), &["out/bin/x".to_string()]);
-        assert!(matches!(r, Err(OutputError::NotProduced(p)) if p == "out"));
+        assert!(matches!(r, Err(OutputError::NotProduced(p)) if p == "out/bin/x"));
     }
 }

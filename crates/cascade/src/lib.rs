@@ -1,1 +1,14 @@
-//! cascade
+//! cascade: the operations users run (`build`, …), the one place that combines the
+//! manifest, git, store, exec and lock crates. Everything that touches the world goes
+//! through here; the stages keep the names of ARCHITECTURE.md: load → parse/resolve →
+//! pin → key → execute → store → lock → publish.
+
+mod build;
+mod errors;
+mod load;
+mod pin;
+
+pub use build::{build, BuildOptions, BuildReport, Event, NodeReport, NodeStatus};
+pub use errors::{Error, Problems};
+pub use load::{load, Project};
+pub use pin::{pin_all, Pinned};

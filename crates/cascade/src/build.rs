@@ -1,0 +1,550 @@
+//! `cascade build`: load → pin → (key → cache lookup | execute → store) per node in
+//! dependency order, in parallel → lockfile.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cascade_core::{Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceIdentity};
+use cascade_exec::{HostRun, Outcome, ResolvedTool, Step, Tools};
+use cascade_git::Git;
+use cascade_lock::{LockNode, LockSource, Lockfile};
+use cascade_manifest::{Component, Rev};
+use cascade_store::{remove_tree, ActionResult, Store, StoreError};
+use miette::Diagnostic;
+
+use crate::{load, pin_all, Error, Pinned, Problems, Project};
+
+/// The timeout of a step whose recipe names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How many lines of a failed step's log are shown.
+const LOG_TAIL: usize = 20;
+
+pub struct BuildOptions {
+    pub project: PathBuf,
+    pub env: String,
+    pub store: PathBuf,
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// The UTC stamp for the lockfile's name (`20261123T101500Z`). The clock is read by
+    /// the caller: nothing below it depends on time.
+    pub stamp: String,
+    /// Where tools are looked up (the caller's PATH).
+    pub tools: Tools,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum NodeStatus {
+    /// The action cache had this key.
+    Cached,
+    Built,
+    Failed {
+        error: String,
+        log_tail: Vec<String>,
+        log_path: Option<PathBuf>,
+    },
+    /// An input failed, so this node could not be built.
+    Skipped { because: String },
+    /// The build stopped after a failure before reaching this node.
+    NotStarted,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: NodeStatus,
+    pub commit: String,
+    pub version: String,
+    pub key: Option<NodeKey>,
+    pub output: Option<OutputDigest>,
+    /// Wall time of this node, for people; never hashed or written to a lockfile.
+    pub duration_ms: u64,
+    /// Store problems met on the way (a corrupt entry discarded, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildReport {
+    pub environment: String,
+    pub nodes: Vec<NodeReport>,
+    pub built: usize,
+    pub cached: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub lockfile: Option<PathBuf>,
+    pub duration_ms: u64,
+}
+
+impl BuildReport {
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0 && self.nodes.iter().all(|n| matches!(n.status, NodeStatus::Built | NodeStatus::Cached))
+    }
+}
+
+/// What a running build tells its caller, for progress lines.
+pub enum Event<'a> {
+    Started { name: &'a str },
+    Finished(&'a NodeReport),
+}
+
+struct Done {
+    output: OutputDigest,
+    key: NodeKey,
+    recipe: Digest,
+    runner: Digest,
+    artifacts: BTreeMap<String, Digest>,
+}
+
+/// Everything one node needs, decided before the scheduler starts.
+struct Node<'a> {
+    component: &'a Component,
+    pinned: &'a Pinned,
+    tools: Vec<ResolvedTool>,
+    runner: RunnerIdentity,
+    recipe: Digest,
+}
+
+pub fn build(opts: &BuildOptions, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<BuildReport, Error> {
+    let started = Instant::now();
+    let project = load(&opts.project, &opts.env)?;
+    let store = Store::open(&opts.store)?;
+    let git = Git::new(store.git_dir());
+    let pinned = pin_all(&project, &git)?;
+    let nodes = prepare(&project, &pinned, &opts.tools)?;
+    let graph = &project.graph;
+
+    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
+    let done: Vec<OnceLock<Done>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
+    let reports: Vec<Mutex<Option<NodeReport>>> = (0..nodes.len()).map(|_| Mutex::new(None)).collect();
+
+    let outcomes = cascade_exec::schedule(&deps, opts.jobs, opts.keep_going, |i| {
+        let node = &nodes[i];
+        on_event(Event::Started { name: &node.component.name });
+        let t0 = Instant::now();
+        let inputs: BTreeMap<String, OutputDigest> = node
+            .component
+            .inputs
+            .iter()
+            .filter_map(|&j| done[j].get().map(|d| (graph.components[j].name.clone(), d.output)))
+            .collect();
+        let mut warnings = Vec::new();
+        let (status, key, output) = match run_node(&store, &git, node, &opts.env, &inputs, &mut warnings) {
+            Ok((d, built)) => {
+                let (k, o) = (d.key, d.output);
+                let _ = done[i].set(d);
+                (if built { NodeStatus::Built } else { NodeStatus::Cached }, Some(k), Some(o))
+            }
+            Err(f) => (f.status, f.key, None),
+        };
+        let ok = matches!(status, NodeStatus::Built | NodeStatus::Cached);
+        let report = NodeReport {
+            name: node.component.name.clone(),
+            status,
+            commit: node.pinned.source.commit.clone(),
+            version: node.pinned.source.version.to_string(),
+            key,
+            output,
+            duration_ms: t0.elapsed().as_millis() as u64,
+            warnings,
+        };
+        on_event(Event::Finished(&report));
+        *reports[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        ok
+    });
+
+    let mut node_reports = Vec::with_capacity(nodes.len());
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let r = reports[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        let r = match (r, outcome) {
+            (Some(r), _) => r,
+            (None, o) => {
+                let status = match o {
+                    Outcome::Skipped => {
+                        let failed: Vec<&str> = graph.components[i]
+                            .inputs
+                            .iter()
+                            .filter(|&&j| !matches!(outcomes[j], Outcome::Succeeded))
+                            .map(|&j| graph.components[j].name.as_str())
+                            .collect();
+                        NodeStatus::Skipped {
+                            because: format!("input {} did not build", failed.join(", ")),
+                        }
+                    }
+                    _ => NodeStatus::NotStarted,
+                };
+                let report = NodeReport {
+                    name: nodes[i].component.name.clone(),
+                    status,
+                    commit: nodes[i].pinned.source.commit.clone(),
+                    version: nodes[i].pinned.source.version.to_string(),
+                    key: None,
+                    output: None,
+                    duration_ms: 0,
+                    warnings: Vec::new(),
+                };
+                on_event(Event::Finished(&report));
+                report
+            }
+        };
+        node_reports.push(r);
+    }
+    let count = |f: fn(&NodeStatus) -> bool| node_reports.iter().filter(|r| f(&r.status)).count();
+    let mut report = BuildReport {
+        environment: opts.env.clone(),
+        built: count(|s| matches!(s, NodeStatus::Built)),
+        cached: count(|s| matches!(s, NodeStatus::Cached)),
+        failed: count(|s| matches!(s, NodeStatus::Failed { .. })),
+        skipped: count(|s| matches!(s, NodeStatus::Skipped { .. } | NodeStatus::NotStarted)),
+        nodes: node_reports,
+        lockfile: None,
+        duration_ms: 0,
+    };
+    if report.success() {
+        let lock = lockfile(&project, &nodes, &done);
+        report.lockfile = Some(write_lockfile(&opts.project, &opts.env, &opts.stamp, &lock)?);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Resolves every node's tools and recipe digest up front, so a missing tool is
+/// reported before anything runs.
+fn prepare<'a>(project: &'a Project, pinned: &'a [Pinned], tools: &Tools) -> Result<Vec<Node<'a>>, Error> {
+    let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
+    let mut nodes = Vec::new();
+    for (c, p) in project.graph.components.iter().zip(pinned) {
+        // Steps run under `sh`, so it is always part of the runner.
+        let mut names: Vec<&str> = c.recipe.tools.iter().map(String::as_str).collect();
+        if !names.contains(&"sh") {
+            names.push("sh");
+        }
+        names.sort_unstable();
+        names.dedup();
+        let mut resolved = Vec::new();
+        for n in names {
+            match tools.resolve(n) {
+                Ok(t) => resolved.push(t),
+                Err(e) => problems.push(Box::new(ToolProblem {
+                    component: c.name.clone(),
+                    source: e,
+                })),
+            }
+        }
+        let runner = RunnerIdentity::Host {
+            tools: resolved.iter().map(|t| (t.name.clone(), t.digest)).collect(),
+        };
+        nodes.push(Node {
+            component: c,
+            pinned: p,
+            tools: resolved,
+            runner,
+            recipe: c.recipe.digest(),
+        });
+    }
+    if problems.is_empty() {
+        Ok(nodes)
+    } else {
+        Err(Error::Environment(Problems::new("missing tool", problems)))
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("recipe `{component}` needs a tool this machine lacks")]
+#[diagnostic(code(cascade::tool))]
+struct ToolProblem {
+    component: String,
+    #[source]
+    #[diagnostic_source]
+    source: cascade_exec::ToolError,
+}
+
+struct Failure {
+    status: NodeStatus,
+    key: Option<NodeKey>,
+}
+
+fn fail(error: impl std::fmt::Display, key: Option<NodeKey>) -> Failure {
+    Failure {
+        status: NodeStatus::Failed {
+            error: error.to_string(),
+            log_tail: Vec::new(),
+            log_path: None,
+        },
+        key,
+    }
+}
+
+fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
+    let mut env = node.component.recipe.env.clone();
+    let s = &node.pinned.source;
+    env.insert("SOURCE_DATE_EPOCH".into(), s.commit_time.to_string());
+    env.insert("TZ".into(), "UTC".into());
+    env.insert("LC_ALL".into(), "C".into());
+    env.insert("CASCADE_COMPONENT".into(), node.component.name.clone());
+    env.insert("CASCADE_COMMIT".into(), s.commit.clone());
+    env.insert("CASCADE_VERSION".into(), s.version.to_string());
+    env
+}
+
+/// Keys one node and either finds it in the action cache or builds it. Returns
+/// whether it was built.
+fn run_node(
+    store: &Store,
+    git: &Git,
+    node: &Node<'_>,
+    env_name: &str,
+    inputs: &BTreeMap<String, OutputDigest>,
+    warnings: &mut Vec<String>,
+) -> Result<(Done, bool), Failure> {
+    let c = node.component;
+    let s = &node.pinned.source;
+    let ingredients = KeyIngredients {
+        component: c.name.clone(),
+        recipe: node.recipe,
+        source: SourceIdentity {
+            repo: c.source.repo.clone(),
+            commit: s.commit.clone(),
+            tree: s.tree.clone(),
+            dir: c.source.dir.clone(),
+            version: s.version.to_string(),
+            commit_time: s.commit_time,
+        },
+        inputs: inputs.clone(),
+        runner: node.runner.clone(),
+        env: c.recipe.env.clone(),
+    };
+    let key = store.put_key_manifest(&ingredients.encode()).map_err(|e| fail(e, None))?;
+    let done = |output, artifacts| Done {
+        output,
+        key,
+        recipe: node.recipe,
+        runner: node.runner.digest(),
+        artifacts,
+    };
+
+    // Cache lookup: a hit needs the action result and its whole output tree.
+    match store.get_action(&key) {
+        Ok(Some(r)) => match store.has_output(&r.output) {
+            Ok(true) => match artifacts_of(store, &r.output, &c.recipe.outputs) {
+                Ok(a) => return Ok((done(r.output, a), false)),
+                Err(e) => warnings.push(format!("cached output unusable, rebuilding: {e}")),
+            },
+            Ok(false) => warnings.push("cached output incomplete in the store, rebuilding".into()),
+            Err(e) => warnings.push(format!("{e}")),
+        },
+        Ok(None) => {}
+        Err(e @ StoreError::Corrupt { .. }) => warnings.push(e.to_string()),
+        Err(e) => return Err(fail(e, Some(key))),
+    }
+
+    // Execute in a fresh directory on the store's disk.
+    let tmp = store.temp_dir().map_err(|e| fail(e, Some(key)))?;
+    let result = execute(store, git, node, env_name, inputs, key, tmp.path());
+    let _ = remove_tree(tmp.path());
+    let outputs = result?;
+    Ok((done(outputs.digest, outputs.artifacts), true))
+}
+
+fn artifacts_of(store: &Store, output: &OutputDigest, declared: &[String]) -> Result<BTreeMap<String, Digest>, StoreError> {
+    let mut out = BTreeMap::new();
+    for path in declared {
+        let mut tree = store.get_tree(&cascade_core::TreeDigest(output.0))?;
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(entry) = tree.get(part).cloned() else { break };
+            let last = i + 1 == parts.len();
+            match (&entry.kind, last) {
+                (cascade_core::EntryKind::File { digest, .. }, true) => {
+                    out.insert(path.clone(), digest.0);
+                }
+                (cascade_core::EntryKind::Dir { digest }, true) => {
+                    out.insert(path.clone(), digest.0);
+                }
+                (cascade_core::EntryKind::Symlink { target }, true) => {
+                    out.insert(path.clone(), Digest::of(target.as_bytes()));
+                }
+                (cascade_core::EntryKind::Dir { digest }, false) => {
+                    tree = store.get_tree(digest)?;
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn execute(
+    store: &Store,
+    git: &Git,
+    node: &Node<'_>,
+    env_name: &str,
+    inputs: &BTreeMap<String, OutputDigest>,
+    key: NodeKey,
+    tmp: &Path,
+) -> Result<cascade_store::Outputs, Failure> {
+    let c = node.component;
+    let k = Some(key);
+    let work = tmp.join("work");
+    let tools_dir = tmp.join("tools");
+    let log = tmp.join("log");
+    for d in [&work, &tools_dir] {
+        fs::create_dir(d).map_err(|e| fail(format!("could not create `{}`: {e}", d.display()), k))?;
+    }
+    git.export(&node.pinned.location, &node.pinned.source.tree, &work)
+        .map_err(|e| fail(format!("could not export the source: {e}"), k))?;
+    // Inputs, read-only, at inputs/<name>/<their declared paths>.
+    for (name, output) in inputs {
+        let dest = work.join("inputs").join(name);
+        fs::create_dir_all(&dest)
+            .map_err(|e| fail(format!("could not create `inputs/{name}`: {e}"), k))?;
+        store
+            .materialize(output, &dest)
+            .map_err(|e| fail(format!("could not materialize input `{name}`: {e}"), k))?;
+    }
+    let steps: Vec<Step> = c
+        .recipe
+        .steps
+        .iter()
+        .map(|s| Step {
+            name: s.name.clone(),
+            run: s.run.clone(),
+        })
+        .collect();
+    let env = step_env(node);
+    let run = HostRun {
+        work: &work,
+        tools_dir: &tools_dir,
+        tools: &node.tools,
+        env: &env,
+        steps: &steps,
+        timeout: c.recipe.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        log: &log,
+    }
+    .run();
+    let log_bytes = fs::read(&log).unwrap_or_default();
+    if let Err(e) = run {
+        let log_name = format!("{env_name}-{}-{}", c.name, key.short(12));
+        let log_path = store.keep_log(&log_name, &log_bytes).ok();
+        let text = String::from_utf8_lossy(&log_bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        return Err(Failure {
+            status: NodeStatus::Failed {
+                error: e.to_string(),
+                log_tail: tail,
+                log_path,
+            },
+            key: k,
+        });
+    }
+    let outputs = store
+        .ingest_outputs(&work, &c.recipe.outputs)
+        .map_err(|e| fail(e, k))?;
+    let log_digest = store.put_blob(&log_bytes).map_err(|e| fail(e, k))?;
+    store
+        .put_action(
+            &key,
+            &ActionResult {
+                output: outputs.digest,
+                log: log_digest,
+            },
+        )
+        .map_err(|e| fail(e, k))?;
+    Ok(outputs)
+}
+
+/// The closure of this build as a lockfile value.
+fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> Lockfile {
+    let graph = &project.graph;
+    let mut out = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let Some(d) = done[i].get() else { continue };
+        let c = node.component;
+        let s = &node.pinned.source;
+        let inputs = c
+            .inputs
+            .iter()
+            .filter_map(|&j| done[j].get().map(|dj| (graph.components[j].name.clone(), dj.output)))
+            .collect();
+        out.insert(
+            c.name.clone(),
+            LockNode {
+                source: LockSource {
+                    repo: c.source.repo.clone(),
+                    r#ref: match &c.source.rev {
+                        Rev::Ref(r) => Some(r.clone()),
+                        Rev::Version(_) => None,
+                    },
+                    commit: s.commit.clone(),
+                    tree: s.tree.clone(),
+                    dir: c.source.dir.clone(),
+                    version: s.version.to_string(),
+                },
+                recipe: d.recipe,
+                runner: d.runner,
+                inputs,
+                key: d.key,
+                output: d.output,
+                artifacts: d.artifacts.clone(),
+            },
+        );
+    }
+    Lockfile {
+        environment: graph.environment.name.clone(),
+        graph: graph_identity(project),
+        nodes: out,
+    }
+}
+
+/// The digest of the manifest files this build used: the environment, the
+/// compatibility matrix and the recipes of the components in the graph.
+fn graph_identity(project: &Project) -> Digest {
+    let db = &project.db;
+    let mut files = vec![project.files.environment];
+    files.extend(project.files.compatibility);
+    for c in &project.graph.components {
+        files.push(c.recipe_file);
+    }
+    let mut files: Vec<(&str, &str)> = files.iter().map(|&f| (db.path(f), db.text(f))).collect();
+    files.sort();
+    let mut e = Encoder::new("cascade/graph", 1);
+    e.list(1, files.into_iter(), |e, (path, text)| {
+        e.str(0, path).str(1, text);
+    });
+    Digest::of(e.as_bytes())
+}
+
+/// Writes `lockfiles/<env>-<stamp>.yaml` atomically. A same-named file with other
+/// bytes (two builds in one second) gets a numbered sibling instead of being replaced.
+fn write_lockfile(root: &Path, env: &str, stamp: &str, lock: &Lockfile) -> Result<PathBuf, Error> {
+    let text = cascade_lock::write(lock);
+    let dir = root.join("lockfiles");
+    let mut n = 1;
+    loop {
+        let name = if n == 1 {
+            format!("{env}-{stamp}.yaml")
+        } else {
+            format!("{env}-{stamp}-{n}.yaml")
+        };
+        let path = dir.join(&name);
+        match fs::read_to_string(&path) {
+            Ok(existing) if existing == text => return Ok(PathBuf::from("lockfiles").join(name)),
+            Ok(_) => n += 1,
+            Err(_) => {
+                Store::write_atomic(&path, text.as_bytes()).map_err(|source| Error::WriteLock {
+                    path: path.clone(),
+                    source,
+                })?;
+                return Ok(PathBuf::from("lockfiles").join(name));
+            }
+        }
+    }
+}

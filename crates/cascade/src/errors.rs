@@ -1,0 +1,93 @@
+//! The errors of an operation, each with its exit code from the documented table:
+//! 2 bad input (manifest, lockfile, CLI usage), 3 environment (tools, disk, git
+//! remotes). A failed build is not an error but a report (exit 1).
+
+use std::path::PathBuf;
+
+use miette::Diagnostic;
+
+/// Several problems found in one pass, each its own diagnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+pub struct Problems {
+    pub summary: String,
+    pub items: Vec<Box<dyn Diagnostic + Send + Sync>>,
+}
+
+impl Diagnostic for Problems {
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        Some(Box::new(self.items.iter().map(|d| &**d as &dyn Diagnostic)))
+    }
+}
+
+impl Problems {
+    pub fn new(what: &str, items: Vec<Box<dyn Diagnostic + Send + Sync>>) -> Self {
+        let n = items.len();
+        Problems {
+            summary: format!("{n} {what}{}", if n == 1 { "" } else { "s" }),
+            items,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum Error {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] cascade_manifest::Diagnostics),
+
+    #[error("no environment `{name}` in `graph/environments/`")]
+    #[diagnostic(code(cascade::unknown_environment), help("{help}"))]
+    UnknownEnvironment { name: String, help: String },
+
+    #[error("could not read `{path}`")]
+    #[diagnostic(code(cascade::read))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{0}` is not a cascade project (no `graph/environments/` directory)")]
+    #[diagnostic(
+        code(cascade::not_a_project),
+        help("run cascade in a directory with `graph/` and `recipes/`, or pass `--project DIR`")
+    )]
+    NotAProject(PathBuf),
+
+    /// Sources that do not resolve (unknown refs, missing repositories): bad input.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sources(Problems),
+
+    /// Environment problems: tools not installed, remotes unreachable.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Environment(Problems),
+
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] cascade_store::StoreError),
+
+    #[error("could not write the lockfile `{path}`")]
+    #[diagnostic(code(cascade::lockfile_write))]
+    WriteLock {
+        path: PathBuf,
+        #[source]
+        source: cascade_store::StoreError,
+    },
+}
+
+impl Error {
+    /// The process exit code for this error (see the README's table).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Manifest(_)
+            | Error::UnknownEnvironment { .. }
+            | Error::NotAProject(_)
+            | Error::Read { .. }
+            | Error::Sources(_) => 2,
+            Error::Environment(_) | Error::Store(_) | Error::WriteLock { .. } => 3,
+        }
+    }
+}

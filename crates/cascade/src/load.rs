@@ -1,0 +1,105 @@
+//! [IO] load: read the environment, the compatibility matrix and the recipes into a
+//! `SourceDb`, then parse and resolve them (pure, in cascade-manifest).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cascade_manifest::{Graph, ProjectFiles, SourceDb};
+
+use crate::Error;
+
+/// A project's manifests, loaded and resolved.
+pub struct Project {
+    pub root: PathBuf,
+    pub db: SourceDb,
+    pub files: ProjectFiles,
+    pub graph: Graph,
+}
+
+impl Project {
+    /// The environment file's directory: relative repository paths start here.
+    pub fn environment_dir(&self) -> PathBuf {
+        let p = Path::new(self.db.path(self.files.environment));
+        self.root.join(p.parent().unwrap_or(Path::new("")))
+    }
+}
+
+fn read(root: &Path, rel: &str) -> Result<String, Error> {
+    let path = root.join(rel);
+    fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: PathBuf::from(rel),
+        source,
+    })
+}
+
+fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(Error::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(stem) = name.strip_suffix(".yaml") {
+            if e.path().is_file() && !stem.starts_with('.') {
+                out.push(stem.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads and resolves the project at `root` for environment `env`.
+pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
+    let envs_dir = root.join("graph/environments");
+    if !envs_dir.is_dir() {
+        return Err(Error::NotAProject(root.to_path_buf()));
+    }
+    let available = yaml_stems(&envs_dir)?;
+    if !available.iter().any(|e| e == env) {
+        let help = if available.is_empty() {
+            "there are no environments; add `graph/environments/<name>.yaml`".to_string()
+        } else {
+            format!("the environments are: {}", available.join(", "))
+        };
+        return Err(Error::UnknownEnvironment {
+            name: env.to_string(),
+            help,
+        });
+    }
+    let mut db = SourceDb::new();
+    let env_rel = format!("graph/environments/{env}.yaml");
+    let environment = db.add(env_rel.clone(), read(root, &env_rel)?);
+    let compat_rel = "graph/compatibility.yaml";
+    let compatibility = if root.join(compat_rel).is_file() {
+        Some(db.add(compat_rel, read(root, compat_rel)?))
+    } else {
+        None
+    };
+    let mut recipes = Vec::new();
+    for stem in yaml_stems(&root.join("recipes"))? {
+        let rel = format!("recipes/{stem}.yaml");
+        let text = read(root, &rel)?;
+        recipes.push((stem, db.add(rel, text)));
+    }
+    let files = ProjectFiles {
+        environment,
+        compatibility,
+        recipes,
+    };
+    let graph = cascade_manifest::resolve(&db, &files)?;
+    Ok(Project {
+        root: root.to_path_buf(),
+        db,
+        files,
+        graph,
+    })
+}

@@ -1,0 +1,115 @@
+//! [IO] pin: every source to an exact commit and tree, then the compatibility matrix
+//! against the versions that pinning revealed. Every problem is collected and pointed
+//! at its line in the environment file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cascade_git::{Git, GitError, PinnedSource, RevSpec};
+use cascade_manifest::{Component, Rev, SourceDb};
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+use crate::{Error, Problems, Project};
+
+/// One component's source, resolved.
+#[derive(Clone, Debug)]
+pub struct Pinned {
+    /// Where git finds the repository: an absolute path or a URL.
+    pub location: String,
+    pub source: PinnedSource,
+}
+
+/// A source problem that is not a missing ref: label on the `repo:` value.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(cascade::source))]
+struct SourceProblem {
+    message: String,
+    #[source_code]
+    src: NamedSource<String>,
+    #[label("{label}")]
+    span: SourceSpan,
+    label: String,
+    #[help]
+    help: Option<String>,
+}
+
+/// Turns a `repo:` value into something git2 can open: URLs as they are, paths
+/// relative to the environment file's directory.
+pub fn locate(repo: &str, env_dir: &Path) -> String {
+    if repo.contains("://") || Path::new(repo).is_absolute() {
+        repo.to_string()
+    } else {
+        env_dir.join(repo).to_string_lossy().into_owned()
+    }
+}
+
+fn problem(db: &SourceDb, c: &Component, message: String, label: &str, help: Option<String>) -> SourceProblem {
+    let span = c.source.repo_span;
+    SourceProblem {
+        message,
+        src: db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: label.to_string(),
+        help,
+    }
+}
+
+/// Pins every component, then checks the compatibility matrix.
+pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
+    let env_dir = project.environment_dir();
+    let db = &project.db;
+    let mut pinned = Vec::new();
+    let mut bad: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
+    let mut unreachable: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
+    for c in &project.graph.components {
+        let location = locate(&c.source.repo, &env_dir);
+        let rev = match &c.source.rev {
+            Rev::Ref(r) => RevSpec::Ref(r),
+            Rev::Version(v) => RevSpec::Version(v),
+        };
+        match git.pin(&location, rev, c.source.dir.as_deref()) {
+            Ok(source) => pinned.push(Pinned { location, source }),
+            Err(GitError::UnknownRef { closest, .. }) => {
+                let what = match &c.source.rev {
+                    Rev::Ref(r) => format!("ref `{r}`"),
+                    Rev::Version(v) => format!("version `{v}` (tag `v{v}` or `{v}`)"),
+                };
+                let message = format!("{what} does not exist in `{}`", c.source.repo);
+                bad.push(Box::new(cascade_manifest::unknown_ref(db, c, message, closest)));
+            }
+            Err(e @ GitError::Fetch { .. }) => unreachable.push(Box::new(problem(
+                db,
+                c,
+                format!("could not fetch the source of `{}`", c.name),
+                "this repository",
+                Some(e.to_string()),
+            ))),
+            Err(e) => bad.push(Box::new(problem(
+                db,
+                c,
+                format!("the source of `{}` cannot be resolved: {e}", c.name),
+                "this repository",
+                None,
+            ))),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(Error::Sources(Problems::new("source problem", bad)));
+    }
+    if !unreachable.is_empty() {
+        return Err(Error::Environment(Problems::new(
+            "unreachable source",
+            unreachable,
+        )));
+    }
+    let versions: BTreeMap<String, semver::Version> = project
+        .graph
+        .components
+        .iter()
+        .zip(&pinned)
+        .map(|(c, p)| (c.name.clone(), p.source.version.clone()))
+        .collect();
+    cascade_manifest::check_compatibility(db, &project.graph, &versions)?;
+    Ok(pinned)
+}

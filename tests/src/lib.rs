@@ -1,0 +1,198 @@
+//! Test support: a [`TestProject`] is a temporary cascade project with its own git
+//! repositories (fixed author and committer dates, so SHAs are stable), its own
+//! store, and a way to run `cascade` in-process and look at what it printed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// What one `cascade` invocation did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The `--json` document.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    /// Node name → status (`built`, `cached`, `failed`, …) from the `--json` document.
+    pub fn statuses(&self) -> Vec<(String, String)> {
+        let j = self.json();
+        j["nodes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        (
+                            n["name"].as_str().unwrap_or("").to_string(),
+                            n["status"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn with_status(&self, status: &str) -> Vec<String> {
+        self.statuses()
+            .into_iter()
+            .filter(|(_, s)| s == status)
+            .map(|(n, _)| n)
+            .collect()
+    }
+}
+
+pub struct TestProject {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    /// Seconds since the epoch of the next commit; each commit adds an hour.
+    clock: i64,
+}
+
+impl Default for TestProject {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestProject {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("project");
+        fs::create_dir_all(root.join("graph/environments")).expect("mkdir");
+        fs::create_dir_all(root.join("recipes")).expect("mkdir");
+        TestProject {
+            _dir: dir,
+            root,
+            clock: 1_767_225_600, // 2026-01-01T00:00:00Z
+        }
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.root.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).expect("mkdir");
+        }
+        fs::write(p, text).expect("write");
+    }
+
+    pub fn remove(&self, rel: &str) {
+        fs::remove_file(self.root.join(rel)).expect("remove");
+    }
+
+    pub fn repo_path(&self, name: &str) -> PathBuf {
+        self.root.join("repos").join(name)
+    }
+
+    /// Commits `files` (path, content; `None` deletes) on `branch` of repository
+    /// `name` (created on first use), on top of the branch's tip. Returns the SHA.
+    pub fn commit(&mut self, name: &str, branch: &str, files: &[(&str, Option<&str>)], message: &str) -> String {
+        let path = self.repo_path(name);
+        let repo = match git2::Repository::open(&path) {
+            Ok(r) => r,
+            Err(_) => {
+                fs::create_dir_all(&path).expect("mkdir");
+                git2::Repository::init(&path).expect("git init")
+            }
+        };
+        let parent = repo
+            .find_branch(branch, git2::BranchType::Local)
+            .ok()
+            .and_then(|b| b.get().peel_to_commit().ok())
+            .or_else(|| repo.head().ok().and_then(|h| h.peel_to_commit().ok()));
+        // Start from the parent's tree, in memory: the work tree is not involved.
+        let mut index = git2::Index::new().expect("index");
+        if let Some(p) = &parent {
+            index.read_tree(&p.tree().expect("tree")).expect("read tree");
+        }
+        for (file, content) in files {
+            match content {
+                Some(c) => {
+                    let oid = repo.blob(c.as_bytes()).expect("blob");
+                    let mode = if c.starts_with("#!") { 0o100755 } else { 0o100644 };
+                    let entry = git2::IndexEntry {
+                        ctime: git2::IndexTime::new(0, 0),
+                        mtime: git2::IndexTime::new(0, 0),
+                        dev: 0,
+                        ino: 0,
+                        mode,
+                        uid: 0,
+                        gid: 0,
+                        file_size: c.len() as u32,
+                        id: oid,
+                        flags: 0,
+                        flags_extended: 0,
+                        path: file.as_bytes().to_vec(),
+                    };
+                    index.add(&entry).expect("index add");
+                }
+                None => index.remove_path(Path::new(file)).expect("index remove"),
+            }
+        }
+        let tree_id = index.write_tree_to(&repo).expect("write tree");
+        let tree = repo.find_tree(tree_id).expect("tree");
+        let sig = git2::Signature::new("Test", "test@example.com", &git2::Time::new(self.clock, 0))
+            .expect("signature");
+        self.clock += 3600;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo
+            .commit(None, &sig, &sig, message, &tree, &parents)
+            .expect("commit");
+        let commit = repo.find_commit(oid).expect("commit");
+        repo.branch(branch, &commit, true).expect("branch");
+        if repo.head().is_err() {
+            repo.set_head(&format!("refs/heads/{branch}")).expect("set head");
+        }
+        oid.to_string()
+    }
+
+    pub fn tag(&self, name: &str, tag: &str, sha: &str) {
+        let repo = git2::Repository::open(self.repo_path(name)).expect("open");
+        let obj = repo.revparse_single(sha).expect("rev");
+        repo.tag_lightweight(tag, &obj, true).expect("tag");
+    }
+
+    /// Runs `cascade --project <root> <args…> --store <root>/cache` in-process.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut full: Vec<String> = vec!["cascade".into(), "--project".into(), self.root.display().to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        if args.first() == Some(&"build") && !args.contains(&"--store") {
+            full.push("--store".into());
+            full.push(self.root.join("cache").display().to_string());
+        }
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = cascade_cli::run_with(full, &mut out, &mut err, false);
+        Run {
+            code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        }
+    }
+
+    /// `cascade build --env <env> --json`, asserting the exit code.
+    pub fn build(&self, env: &str, expect_code: i32) -> Run {
+        let r = self.run(&["build", "--env", env, "--json"]);
+        assert_eq!(r.code, expect_code, "exit code\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        r
+    }
+
+    /// The lockfiles written so far, oldest first (by name).
+    pub fn lockfiles(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.root.join("lockfiles"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Replaces the temp root in text with `[ROOT]`, for snapshots.
+    pub fn redact(&self, text: &str) -> String {
+        text.replace(&self.root.display().to_string(), "[ROOT]")
+    }
+}
