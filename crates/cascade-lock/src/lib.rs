@@ -1,1 +1,76 @@
-//! cascade-lock
+//! cascade-lock: the lockfile, the one persisted and versioned schema of cascade.
+//!
+//! A lockfile records the full resolved closure of one build of one environment: per
+//! node its pinned source, recipe and runner digests, the output digests of its inputs,
+//! its node key, output digest and artifacts. It is written on every successful build and
+//! read back to replay, diff or promote that build, possibly years later.
+//!
+//! [`write()`] is a hand-written YAML emitter rather than a serializer's output, because the
+//! bytes are part of the contract: the same [`Lockfile`] value always gives the same text
+//! (sorted keys, fixed indentation, a fixed quoting rule), whatever library versions
+//! built the binary. [`read()`] parses with serde-saphyr, rejects unknown fields and other
+//! formats, and reports problems as diagnostics pointing into the file.
+//!
+//! Pure: no IO. The caller reads and writes the files.
+
+mod read;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use cascade_core::{Digest, NodeKey, OutputDigest};
+
+pub use read::{read, LockError};
+pub use write::write;
+
+/// The value of the `format:` line this crate writes and reads.
+pub const FORMAT: &str = "cascade-lock/1";
+
+/// One build of one environment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockfile {
+    pub environment: String,
+    /// Digest of the environment, compatibility and recipe files used.
+    pub graph: Digest,
+    /// By component name.
+    pub nodes: BTreeMap<String, LockNode>,
+}
+
+/// One component of the build.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockNode {
+    pub source: LockSource,
+    /// Digest of the normalized recipe (kept in the store, so the lockfile replays).
+    pub recipe: Digest,
+    /// The runner's identity: the declared tools' digests (host) or the image digest.
+    pub runner: Digest,
+    /// Output digests of the inputs, by input name.
+    pub inputs: BTreeMap<String, OutputDigest>,
+    pub key: NodeKey,
+    pub output: OutputDigest,
+    /// Declared output path → its blob or tree digest.
+    pub artifacts: BTreeMap<String, Digest>,
+}
+
+/// Where a node's source came from, once pinned.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSource {
+    /// The repository as written in the environment manifest.
+    pub repo: String,
+    /// The ref as written, in branch mode; absent in version mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    /// Full commit SHA.
+    pub commit: String,
+    /// The exported tree id (the `dir` sub-tree when there is one).
+    pub tree: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    pub version: String,
+}

@@ -1,0 +1,236 @@
+//! Revisions to commits, commits to trees.
+
+use std::path::Path;
+
+use git2::{Commit, ErrorClass, ErrorCode, ObjectType, Oid, Reference, Repository};
+
+use crate::GitError;
+
+/// How many existing names an unknown-ref error suggests.
+const CLOSEST: usize = 5;
+/// Shorter prefixes are too likely to be a branch name that happens to be hex.
+const MIN_ABBREV: usize = 7;
+
+/// Resolves a branch, tag or commit SHA to a commit; see `RevSpec::Ref` for the order.
+pub(crate) fn resolve_ref(repo: &Repository, display: &str, name: &str) -> Result<Oid, GitError> {
+    let is_hex = !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit());
+    // A full SHA is a commit before it is a name: that is what it almost always means.
+    if is_hex && name.len() == 40 {
+        if let Ok(oid) = Oid::from_str(name) {
+            if let Ok(commit) = repo.find_commit(oid) {
+                return Ok(commit.id());
+            }
+        }
+    }
+    let mut candidates = Vec::with_capacity(4);
+    if name.starts_with("refs/") {
+        candidates.push(name.to_string());
+    }
+    candidates.push(format!("refs/heads/{name}"));
+    candidates.push(format!("refs/tags/{name}"));
+    candidates.push(format!("refs/remotes/origin/{name}"));
+    for refname in &candidates {
+        if let Some(reference) = find_reference(repo, display, refname)? {
+            return peel(&reference, display, name);
+        }
+    }
+    if is_hex && name.len() >= MIN_ABBREV && name.len() <= 40 {
+        match repo.find_object_by_prefix(name, None) {
+            Ok(object) => {
+                return object
+                    .peel_to_commit()
+                    .map(|c| c.id())
+                    .map_err(|_| GitError::NotACommit {
+                        repo: display.to_string(),
+                        rev: name.to_string(),
+                    });
+            }
+            Err(e) if e.code() == ErrorCode::Ambiguous => {
+                return Err(GitError::AmbiguousRef {
+                    repo: display.to_string(),
+                    rev: name.to_string(),
+                });
+            }
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            Err(e) => return Err(GitError::git(display, e)),
+        }
+    }
+    Err(GitError::UnknownRef {
+        repo: display.to_string(),
+        rev: name.to_string(),
+        closest: closest(&ref_names(repo, display, false)?, &[name]),
+    })
+}
+
+/// Resolves a version to the commit of its tag, `v<version>` first.
+pub(crate) fn resolve_version(
+    repo: &Repository,
+    display: &str,
+    version: &semver::Version,
+) -> Result<Oid, GitError> {
+    let with_v = format!("v{version}");
+    let bare = version.to_string();
+    for tag in [&with_v, &bare] {
+        if let Some(reference) = find_reference(repo, display, &format!("refs/tags/{tag}"))? {
+            return peel(&reference, display, tag);
+        }
+    }
+    Err(GitError::UnknownRef {
+        repo: display.to_string(),
+        rev: with_v.clone(),
+        // A version is only ever a tag: suggest tags, by distance to either spelling.
+        closest: closest(&ref_names(repo, display, true)?, &[&with_v, &bare]),
+    })
+}
+
+/// `Ok(None)` when the reference does not exist or its name is not a valid ref name.
+fn find_reference<'r>(
+    repo: &'r Repository,
+    display: &str,
+    refname: &str,
+) -> Result<Option<Reference<'r>>, GitError> {
+    match repo.find_reference(refname) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.code() == ErrorCode::NotFound || e.code() == ErrorCode::InvalidSpec => Ok(None),
+        // Names with characters a ref cannot have come back as plain errors of the
+        // reference class; they cannot exist either.
+        Err(e) if e.class() == ErrorClass::Reference && e.code() == ErrorCode::GenericError => {
+            Ok(None)
+        }
+        Err(e) => Err(GitError::git(display, e)),
+    }
+}
+
+fn peel(reference: &Reference<'_>, display: &str, rev: &str) -> Result<Oid, GitError> {
+    reference
+        .peel_to_commit()
+        .map(|c| c.id())
+        .map_err(|_| GitError::NotACommit {
+            repo: display.to_string(),
+            rev: rev.to_string(),
+        })
+}
+
+/// The tree of `commit` at `dir` (a `/`-separated path; empty and `.` components are
+/// ignored, so `./a/b/` is `a/b`), or its root tree without a `dir`.
+pub(crate) fn tree_at(
+    display: &str,
+    commit: &Commit<'_>,
+    dir: Option<&str>,
+) -> Result<Oid, GitError> {
+    let root = commit.tree_id();
+    let Some(dir) = dir else {
+        return Ok(root);
+    };
+    let parts: Vec<&str> = dir
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let not_found = || GitError::DirNotFound {
+        repo: display.to_string(),
+        commit: commit.id().to_string(),
+        dir: dir.to_string(),
+    };
+    if parts.is_empty() {
+        return Ok(root);
+    }
+    if parts.contains(&"..") {
+        return Err(not_found());
+    }
+    let tree = commit.tree().map_err(|e| GitError::git(display, e))?;
+    match tree.get_path(Path::new(&parts.join("/"))) {
+        Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok(entry.id()),
+        Ok(_) => Err(not_found()),
+        Err(e) if e.code() == ErrorCode::NotFound => Err(not_found()),
+        Err(e) => Err(GitError::git(display, e)),
+    }
+}
+
+/// Short names of the branches (local and `origin`'s) and tags, or only the tags.
+fn ref_names(repo: &Repository, display: &str, tags_only: bool) -> Result<Vec<String>, GitError> {
+    let mut names = Vec::new();
+    let references = repo.references().map_err(|e| GitError::git(display, e))?;
+    for reference in references.flatten() {
+        let Ok(full) = reference.name() else {
+            continue;
+        };
+        let short = if let Some(tag) = full.strip_prefix("refs/tags/") {
+            tag
+        } else if tags_only {
+            continue;
+        } else if let Some(branch) = full.strip_prefix("refs/heads/") {
+            branch
+        } else if let Some(branch) = full.strip_prefix("refs/remotes/origin/") {
+            if branch == "HEAD" {
+                continue;
+            }
+            branch
+        } else {
+            continue;
+        };
+        names.push(short.to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Up to `CLOSEST` names ranked by edit distance to the nearest of `wanted`, ties by
+/// name, so the suggestion list is deterministic.
+pub(crate) fn closest(names: &[String], wanted: &[&str]) -> Vec<String> {
+    let mut ranked: Vec<(usize, &String)> = names
+        .iter()
+        .map(|n| {
+            let d = wanted.iter().map(|w| levenshtein(w, n)).min().unwrap_or(0);
+            (d, n)
+        })
+        .collect();
+    ranked.sort();
+    ranked
+        .into_iter()
+        .take(CLOSEST)
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+/// Edit distance (insertions, deletions, substitutions) over chars.
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levenshtein_distances() {
+        assert_eq!(levenshtein("", ""), 0);
+        assert_eq!(levenshtein("main", "main"), 0);
+        assert_eq!(levenshtein("mian", "main"), 2);
+        assert_eq!(levenshtein("develop", "devlop"), 1);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn closest_ranks_by_distance_then_name() {
+        let names: Vec<String> = ["b", "a", "main", "master", "develop", "x", "y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(closest(&names, &["mian"]), vec!["main", "a", "b", "x", "y"]);
+    }
+}

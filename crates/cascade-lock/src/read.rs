@@ -1,0 +1,160 @@
+//! Reading a lockfile: the format line first, then the schema, strictly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cascade_core::Digest;
+use miette::{NamedSource, SourceSpan};
+use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
+
+use crate::{LockNode, Lockfile, FORMAT};
+
+/// Why a lockfile could not be read. Each variant carries the file's text and points at
+/// the offending place when the parser knows it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LockError {
+    #[error("`{path}` is not a valid lockfile: {message}")]
+    #[diagnostic(
+        code(cascade::lock::invalid),
+        help(
+            "lockfiles are written by cascade; regenerate it with a build rather than editing it"
+        )
+    )]
+    Invalid {
+        path: String,
+        message: String,
+        /// Shared, to keep the error small: it is returned by value.
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+        #[label("here")]
+        span: Option<SourceSpan>,
+    },
+
+    #[error("`{path}` has format `{found}`, but this cascade reads `{FORMAT}`")]
+    #[diagnostic(
+        code(cascade::lock::unsupported_format),
+        help("a lockfile written by another version of cascade needs that version to read it")
+    )]
+    UnsupportedFormat {
+        path: String,
+        found: String,
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+        #[label("unsupported format")]
+        span: Option<SourceSpan>,
+    },
+
+    #[error("`{path}` has no `format:` line, so it is not a cascade lockfile")]
+    #[diagnostic(
+        code(cascade::lock::missing_format),
+        help("the first line of a lockfile is `format: {FORMAT}`")
+    )]
+    MissingFormat {
+        path: String,
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+    },
+}
+
+/// Only the format, with every other field allowed: a lockfile of another format may
+/// have other fields, and saying "unknown format" is more useful than "unknown field".
+#[derive(serde::Deserialize)]
+struct Probe {
+    format: Option<Spanned<String>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[allow(dead_code)] // checked by the probe
+    format: String,
+    environment: String,
+    graph: Digest,
+    nodes: BTreeMap<String, LockNode>,
+}
+
+/// Parses a lockfile. `path` names the file in messages; `text` is its content.
+pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
+    let src = || Arc::new(NamedSource::new(path, text.to_string()));
+    let probe: Probe = parse(path, text)?;
+    let Some(format) = probe.format else {
+        return Err(LockError::MissingFormat {
+            path: path.to_string(),
+            src: src(),
+        });
+    };
+    if format.value != FORMAT {
+        return Err(LockError::UnsupportedFormat {
+            path: path.to_string(),
+            found: format.value,
+            src: src(),
+            span: span(text, &format.referenced),
+        });
+    }
+    let raw: Raw = parse(path, text)?;
+    Ok(Lockfile {
+        environment: raw.environment,
+        graph: raw.graph,
+        nodes: raw.nodes,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, LockError> {
+    // Default budgets (against alias bombs and deep nesting) and duplicate keys as
+    // errors; no snippets, which miette renders from our label instead.
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| invalid(path, text, &e))
+}
+
+fn invalid(path: &str, text: &str, err: &serde_saphyr::Error) -> LockError {
+    // The bare message: the location is shown by the label instead.
+    let message = DefaultMessageFormatter
+        .format_message(err.without_snippet())
+        .into_owned();
+    LockError::Invalid {
+        path: path.to_string(),
+        message,
+        src: Arc::new(NamedSource::new(path, text.to_string())),
+        span: err.location().and_then(|l| span(text, &l)),
+    }
+}
+
+/// The byte span of a location, clamped to the text (a label past its end would not
+/// render). Some parser errors carry only a line and column: they get an empty span
+/// there.
+fn span(text: &str, location: &serde_saphyr::Location) -> Option<SourceSpan> {
+    let s = location.span();
+    let offset = match s.byte_offset() {
+        Some(o) => usize::try_from(o).ok()?,
+        None => offset_of(text, location.line(), location.column())?,
+    }
+    .min(text.len());
+    let len = s
+        .byte_len()
+        .and_then(|l| usize::try_from(l).ok())
+        .unwrap_or(0)
+        .min(text.len() - offset);
+    Some(SourceSpan::new(offset.into(), len))
+}
+
+/// The byte offset of a 1-based line and (character) column.
+fn offset_of(text: &str, line: u64, column: u64) -> Option<usize> {
+    if line == 0 || column == 0 {
+        return None;
+    }
+    let skip = usize::try_from(line - 1).ok()?;
+    let line_start = if skip == 0 {
+        0
+    } else {
+        text.match_indices('\n').nth(skip - 1)?.0 + 1
+    };
+    let rest = &text[line_start..];
+    let column = usize::try_from(column - 1).ok()?;
+    Some(
+        line_start
+            + rest
+                .char_indices()
+                .nth(column)
+                .map_or(rest.len(), |(i, _)| i),
+    )
+}
