@@ -1,0 +1,1 @@
+/** ottochain's data types. */
