@@ -1,1 +1,36 @@
-//! cascade-manifest
+//! cascade-manifest: the files users write, from text to a validated build graph.
+//!
+//! Input is text only (no IO): the caller loads `graph/environments/<env>.yaml`,
+//! `graph/compatibility.yaml` and `recipes/*.yaml` into a [`SourceDb`] and calls
+//! [`resolve`]. The stages are
+//!
+//! - **parse** (`ast`): YAML → structs with serde-saphyr (the only crate that knows
+//!   which YAML library we use), every value wrapped in `Spanned` so it keeps its line,
+//!   column and byte span; unknown fields are rejected, input budgets bound the work.
+//! - **resolve** (`resolve`): every field checked (modes, refs and versions, names,
+//!   paths, env, durations, ranges), recipes tied to the environment's components, the
+//!   graph ordered topologically with ties broken by name. Every problem of every file is
+//!   collected into [`Diagnostics`]; each is a [`ManifestError`] (a `miette::Diagnostic`
+//!   with the file, a label on the offending value and a stable `cascade::manifest::*`
+//!   code).
+//! - **check** (`compat`): once sources are pinned, [`check_compatibility`] checks the
+//!   semver ranges of the compatibility matrix against the versions found, and
+//!   [`unknown_ref`] turns a missing branch, tag or version into a diagnostic.
+//!
+//! [`Recipe::canonical`] is the recipe's canonical encoding, whose digest goes into node
+//! keys.
+
+mod ast;
+mod compat;
+mod error;
+mod model;
+mod range;
+mod resolve;
+mod source;
+
+pub use compat::{check_compatibility, unknown_ref};
+pub use error::{Diagnostics, ManifestError};
+pub use model::{Component, Constraint, Environment, Graph, Mode, Recipe, Rev, SourceSpec, Step};
+pub use range::{RangeError, VersionRange};
+pub use resolve::{resolve, ProjectFiles};
+pub use source::SourceDb;

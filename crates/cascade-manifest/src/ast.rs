@@ -1,0 +1,295 @@
+//! What the user wrote: the YAML files deserialized with serde-saphyr into structs whose
+//! every value keeps its location. Fields are all optional here so that a missing one
+//! becomes our own diagnostic (pointing at the right place) rather than a parser error;
+//! unknown fields are rejected by the parser, which points at the offending key.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use cascade_core::FileId;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, MessageFormatter, Spanned};
+
+use crate::error::ManifestError;
+use crate::source::{clamp, source_span, span_of};
+use crate::SourceDb;
+
+pub(crate) type S<T> = Spanned<T>;
+
+/// A mapping kept as written: every entry in order, duplicates included, each key with
+/// its location. Duplicate keys are ours to report (with both places).
+#[derive(Debug)]
+pub(crate) struct Entries<V>(pub Vec<(S<String>, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+            type Value = Entries<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(EntriesVisitor(PhantomData))
+    }
+}
+
+/// `graph/environments/<env>.yaml`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnvironmentAst {
+    pub name: Option<S<String>>,
+    pub mode: Option<S<String>>,
+    pub registry: Option<S<String>>,
+    pub tag: Option<S<String>>,
+    pub sources: Option<S<Entries<S<SourceAst>>>>,
+}
+
+/// One entry of an environment's `sources:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceAst {
+    pub repo: Option<S<String>>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<S<String>>,
+    pub version: Option<S<String>>,
+    pub dir: Option<S<String>>,
+}
+
+/// `graph/compatibility.yaml`: component → upstream → range.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompatibilityAst {
+    pub compatibility: Option<S<Entries<S<Rules>>>>,
+}
+
+/// One component's rules: upstream → range.
+pub(crate) type Rules = Entries<S<String>>;
+
+/// `recipes/<component>.yaml`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecipeAst {
+    pub inputs: Option<S<Vec<S<String>>>>,
+    pub runner: Option<S<RunnerAst>>,
+    pub env: Option<S<Entries<S<String>>>>,
+    pub timeout: Option<S<String>>,
+    pub steps: Option<S<Vec<S<StepAst>>>>,
+    pub outputs: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunnerAst {
+    pub host: Option<S<HostAst>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostAst {
+    pub tools: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StepAst {
+    pub name: Option<S<String>>,
+    pub run: Option<S<String>>,
+}
+
+/// Manifests are small; anything bigger is a mistake (or an attack).
+pub(crate) const MAX_FILE_BYTES: usize = 1 << 20;
+/// Long enough for any script line; short enough for a diagnostic to draw.
+pub(crate) const MAX_LINE_BYTES: usize = 10_000;
+
+const MAX_DEPTH: usize = 32;
+const MAX_NODES: usize = 100_000;
+const MAX_ALIASES: usize = 1_000;
+
+fn options(duplicate_keys: DuplicateKeyPolicy) -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            max_events: 4 * MAX_NODES,
+            max_nodes: MAX_NODES,
+            max_aliases: MAX_ALIASES,
+            max_anchors: MAX_ALIASES,
+            max_total_scalar_bytes: MAX_FILE_BYTES,
+        },
+        // Duplicates reach our `Entries` so we can point at both; derived structs
+        // still reject a repeated field.
+        duplicate_keys: duplicate_keys,
+        with_snippet: false,
+        reject_unsupported_tags: true,
+    }
+}
+
+/// Fields the manifests do not support yet, with what to say about them.
+fn not_yet(field: &str) -> Option<&'static str> {
+    match field {
+        "image" => Some("images are not supported yet"),
+        "tests" => Some("smoke tests are not supported yet"),
+        "container" => Some("container runners are not supported yet; use `host`"),
+        _ => None,
+    }
+}
+
+/// Parse one file; on failure, record why and return `None`.
+pub(crate) fn parse<T: DeserializeOwned>(
+    db: &SourceDb,
+    file: FileId,
+    diags: &mut Vec<ManifestError>,
+) -> Option<T> {
+    let text = db.text(file);
+    if text.len() > MAX_FILE_BYTES {
+        diags.push(ManifestError::TooLarge {
+            path: db.path(file).to_string(),
+            size: text.len(),
+            limit: MAX_FILE_BYTES,
+        });
+        return None;
+    }
+    // Labels far to the right of a line are more than a renderer can draw (miette's
+    // padding overflows), and no sane manifest has such lines.
+    if let Some((i, line)) = text
+        .split('\n')
+        .enumerate()
+        .find(|(_, l)| l.len() > MAX_LINE_BYTES)
+    {
+        diags.push(ManifestError::LineTooLong {
+            path: db.path(file).to_string(),
+            line: i + 1,
+            len: line.len(),
+            limit: MAX_LINE_BYTES,
+        });
+        return None;
+    }
+    match serde_saphyr::from_str_with_options::<T>(text, options(DuplicateKeyPolicy::PassThrough)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(yaml_error::<T>(db, file, &e));
+            None
+        }
+    }
+}
+
+fn yaml_error<T: DeserializeOwned>(db: &SourceDb, file: FileId, err: &YamlError) -> ManifestError {
+    let text = db.text(file);
+    let loc = err.location().unwrap_or(Location::UNKNOWN);
+    let span = span_of(text, file, &loc);
+    match err.without_snippet() {
+        YamlError::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let expected = expected
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let help = match not_yet(field) {
+                Some(why) => format!("{why}; expected one of {expected}"),
+                None => format!("expected one of {expected}"),
+            };
+            ManifestError::UnknownField {
+                field: field.clone(),
+                src: db.shared_source(file),
+                span: source_span(span),
+                help: Some(help),
+            }
+        }
+        YamlError::Message { msg, .. } if msg.starts_with("duplicate field `") => {
+            // A repeated field of a derived struct: serde does not say where the
+            // repetition is. Parsing again with duplicates forbidden finds it.
+            let key = msg
+                .trim_start_matches("duplicate field `")
+                .trim_end_matches('`')
+                .to_string();
+            let again =
+                serde_saphyr::from_str_with_options::<T>(text, options(DuplicateKeyPolicy::Error));
+            let span = match again {
+                Err(e) => match e.without_snippet() {
+                    YamlError::DuplicateMappingKey {
+                        key: Some(k),
+                        location,
+                    } if *k == key => span_of(text, file, location),
+                    _ => span,
+                },
+                Ok(_) => span,
+            };
+            ManifestError::DuplicateKey {
+                key,
+                src: db.shared_source(file),
+                span: source_span(span),
+            }
+        }
+        YamlError::Budget { .. } => ManifestError::Yaml {
+            message: "the YAML is too large or too complex for a manifest".into(),
+            src: db.shared_source(file),
+            span: source_span(span),
+            label: "the limit is reached here".into(),
+            help: Some(format!(
+                "a manifest nests at most {MAX_DEPTH} levels deep and holds at most {MAX_NODES} values and {MAX_ALIASES} aliases"
+            )),
+        },
+        other => {
+            // The parser's text may quote the input: keep control characters out of
+            // the terminal.
+            let message: String = serde_saphyr::UserMessageFormatter
+                .format_message(other)
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_debug().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect();
+            let message = message.trim_end_matches('.');
+            let syntax = matches!(other, YamlError::ExternalMessage { .. });
+            let message = if syntax {
+                format!("malformed YAML: {message}")
+            } else {
+                match message {
+                    "expected sequence start" => "expected a list".to_string(),
+                    "expected mapping start" => "expected a mapping of `key: value`".to_string(),
+                    m => first_lowercase(m),
+                }
+            };
+            let help = (!syntax && loc == Location::UNKNOWN)
+                .then(|| "the parser could not tell where; check the whole file".to_string());
+            // An empty span at the very end of the text has nothing to underline:
+            // widen it to the last character so the label shows.
+            let span = if span.len == 0 && span.offset >= text.len() && !text.is_empty() {
+                clamp(text, file, text.len().saturating_sub(1), 1)
+            } else {
+                span
+            };
+            ManifestError::Yaml {
+                message,
+                src: db.shared_source(file),
+                span: source_span(span),
+                label: "here".into(),
+                help,
+            }
+        }
+    }
+}
+
+/// Messages are lowercase fragments, but acronyms (`YAML`) stay as they are.
+fn first_lowercase(s: &str) -> String {
+    let mut c = s.chars();
+    match (c.next(), c.next()) {
+        (Some(a), Some(b)) if !b.is_uppercase() => a.to_lowercase().chain([b]).chain(c).collect(),
+        _ => s.to_string(),
+    }
+}

@@ -1,0 +1,1176 @@
+//! AST → model: every field checked, every problem collected, the graph ordered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_core::{FileId, Span};
+use miette::NamedSource;
+
+use crate::ast::{
+    parse, CompatibilityAst, EnvironmentAst, HostAst, RecipeAst, RunnerAst, SourceAst, StepAst, S,
+};
+use crate::error::{Diagnostics, ManifestError};
+use crate::model::{
+    Component, Constraint, Environment, Graph, Mode, Recipe, Rev, SourceSpec, Step,
+};
+use crate::range::VersionRange;
+use crate::source::{source_span, span_of};
+use crate::SourceDb;
+
+/// Which files make up a project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectFiles {
+    pub environment: FileId,
+    pub compatibility: Option<FileId>,
+    /// Every `recipes/*.yaml`, by component name (the file stem), sorted by name.
+    pub recipes: Vec<(String, FileId)>,
+}
+
+/// Parse and validate everything; collect every problem.
+pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
+    let mut r = Resolver {
+        db,
+        diags: Vec::new(),
+    };
+    let env_ast: Option<EnvironmentAst> = parse(db, files.environment, &mut r.diags);
+    let compat = files
+        .compatibility
+        .and_then(|f| parse::<CompatibilityAst>(db, f, &mut r.diags).map(|a| (f, a)));
+    let Some(env_ast) = env_ast else {
+        // Without the environment we know neither the components nor which recipes
+        // matter; the compatibility file's syntax has been checked above.
+        return Err(Diagnostics::capped(r.diags));
+    };
+    let env = r.environment(files.environment, env_ast);
+    let names: BTreeSet<&str> = env.sources.iter().map(|s| s.name.as_str()).collect();
+
+    let mut recipe_files: BTreeMap<&str, FileId> = BTreeMap::new();
+    for (name, file) in &files.recipes {
+        recipe_files.entry(name.as_str()).or_insert(*file);
+    }
+
+    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    for source in &env.sources {
+        let Some(&file) = recipe_files.get(source.name.as_str()) else {
+            r.push(
+                |src| ManifestError::MissingRecipe {
+                    component: source.name.clone(),
+                    src,
+                    span: source_span(source.name_span),
+                    help: format!("create `recipes/{}.yaml`", source.name),
+                },
+                source.name_span,
+            );
+            nodes.insert(&source.name, Node::failed(files.environment));
+            continue;
+        };
+        let node = match parse::<RecipeAst>(db, file, &mut r.diags) {
+            Some(ast) => r.recipe(&source.name, file, ast, &names, &env.name),
+            None => Node::failed(file),
+        };
+        nodes.insert(&source.name, node);
+    }
+
+    let constraints = match compat {
+        Some((file, ast)) => r.compatibility(file, ast, &names, &env.name),
+        None => Vec::new(),
+    };
+
+    let order = r.order(&nodes);
+
+    if !r.diags.is_empty() {
+        return Err(Diagnostics::capped(r.diags));
+    }
+    // No diagnostics: every field is present and valid.
+    let (Some(mode), Some(specs)) = (env.mode, env.complete_specs()) else {
+        return Err(Diagnostics::capped(r.diags));
+    };
+    let index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut components = Vec::with_capacity(order.len());
+    for name in &order {
+        let (Some(node), Some(spec)) = (nodes.remove(name), specs.get(name)) else {
+            continue;
+        };
+        let Some(recipe) = node.recipe else { continue };
+        let inputs = recipe
+            .inputs
+            .iter()
+            .filter_map(|i| index.get(i.as_str()).copied())
+            .collect();
+        components.push(Component {
+            name: name.to_string(),
+            source: (*spec).clone(),
+            recipe,
+            recipe_file: node.file,
+            inputs,
+        });
+    }
+    Ok(Graph {
+        environment: Environment {
+            name: env.name,
+            mode,
+            registry: env.registry,
+            tag: env.tag,
+            file: files.environment,
+        },
+        components,
+        compatibility: constraints,
+    })
+}
+
+struct Resolver<'a> {
+    db: &'a SourceDb,
+    diags: Vec<ManifestError>,
+}
+
+struct EnvChecked {
+    name: String,
+    mode: Option<Mode>,
+    registry: Option<String>,
+    tag: Option<String>,
+    sources: Vec<SourceChecked>,
+}
+
+impl EnvChecked {
+    fn complete_specs(&self) -> Option<BTreeMap<&str, &SourceSpec>> {
+        self.sources
+            .iter()
+            .map(|s| s.spec.as_ref().map(|spec| (s.name.as_str(), spec)))
+            .collect()
+    }
+}
+
+struct SourceChecked {
+    name: String,
+    name_span: Span,
+    spec: Option<SourceSpec>,
+}
+
+/// A component's recipe as far as it could be checked.
+struct Node {
+    file: FileId,
+    recipe: Option<Recipe>,
+    /// Inputs that are components of the environment, each once, with where they are
+    /// written: the graph's edges.
+    edges: Vec<(String, Span)>,
+}
+
+impl Node {
+    fn failed(file: FileId) -> Self {
+        Node {
+            file,
+            recipe: None,
+            edges: Vec::new(),
+        }
+    }
+}
+
+/// The inputs of `n` that are components.
+fn inputs_of<'m>(nodes: &'m BTreeMap<&str, Node>, n: &str) -> BTreeSet<&'m str> {
+    nodes
+        .get(n)
+        .map(|node| node.edges.iter().map(|(i, _)| i.as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn file_start(file: FileId) -> Span {
+    Span::new(file, 0, 0)
+}
+
+fn is_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'))
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'A'..=b'Z' | b'a'..=b'z' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn is_reserved_env(s: &str) -> bool {
+    matches!(s, "PATH" | "HOME" | "SOURCE_DATE_EPOCH" | "TZ" | "LC_ALL")
+        || s.starts_with("CASCADE_")
+}
+
+impl Resolver<'_> {
+    fn span<T>(&self, file: FileId, v: &S<T>) -> Span {
+        span_of(self.db.text(file), file, &v.referenced)
+    }
+
+    fn push(&mut self, make: impl FnOnce(NamedSource<Arc<str>>) -> ManifestError, at: Span) {
+        let src = self.db.shared_source(at.file);
+        self.diags.push(make(src));
+    }
+
+    /// A missing field; `at` is the mapping (or its key) that lacks it, or the start of
+    /// the file for a top-level field.
+    fn missing(&mut self, field: &str, context: &str, at: Span) {
+        let label = if at.offset == 0 && at.len == 0 {
+            format!("this file has no `{field}`")
+        } else {
+            format!("`{field}` is required here")
+        };
+        self.push(
+            |src| ManifestError::MissingField {
+                field: field.to_string(),
+                context: context.to_string(),
+                src,
+                span: source_span(at),
+                label,
+            },
+            at,
+        );
+    }
+
+    /// A string field that must be present and not blank.
+    fn required(
+        &mut self,
+        file: FileId,
+        value: Option<S<String>>,
+        field: &str,
+        context: &str,
+        at: Span,
+    ) -> Option<(String, Span)> {
+        let Some(v) = value else {
+            self.missing(field, context, at);
+            return None;
+        };
+        self.non_empty(file, v, &format!("`{field}` in {context}"))
+    }
+
+    /// A string that must not be blank.
+    fn non_empty(&mut self, file: FileId, v: S<String>, what: &str) -> Option<(String, Span)> {
+        let span = self.span(file, &v);
+        if v.value.trim().is_empty() {
+            self.push(
+                |src| ManifestError::Empty {
+                    what: what.to_string(),
+                    src,
+                    span: source_span(span),
+                },
+                span,
+            );
+            return None;
+        }
+        Some((v.value, span))
+    }
+
+    fn duplicate(&mut self, name: &str, what: &str, span: Span, first: Span) {
+        self.push(
+            |src| ManifestError::Duplicate {
+                name: name.to_string(),
+                what: what.to_string(),
+                src,
+                span: source_span(span),
+                first: source_span(first),
+            },
+            span,
+        );
+    }
+
+    // ---- environment ------------------------------------------------------------
+
+    fn environment(&mut self, file: FileId, ast: EnvironmentAst) -> EnvChecked {
+        let ctx = "the environment";
+        let start = file_start(file);
+        let name = self.required(file, ast.name, "name", ctx, start);
+        if let Some((n, span)) = &name {
+            if !is_name(n) {
+                let (n, span) = (n.clone(), *span);
+                self.push(
+                    |src| ManifestError::BadName {
+                        name: n,
+                        what: "environment",
+                        src,
+                        span: source_span(span),
+                    },
+                    span,
+                );
+            }
+        }
+        let name = name.map_or_else(|| "?".to_string(), |n| n.0);
+        let mode = match ast.mode {
+            None => {
+                self.missing("mode", ctx, start);
+                None
+            }
+            Some(m) => {
+                let span = self.span(file, &m);
+                match m.value.as_str() {
+                    "branch" => Some(Mode::Branch),
+                    "version" => Some(Mode::Version),
+                    other => {
+                        let mode = other.to_string();
+                        self.push(
+                            |src| ManifestError::BadMode {
+                                mode,
+                                src,
+                                span: source_span(span),
+                            },
+                            span,
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let registry = ast
+            .registry
+            .and_then(|v| self.non_empty(file, v, "`registry`"))
+            .map(|v| v.0);
+        let tag = ast
+            .tag
+            .and_then(|v| self.non_empty(file, v, "`tag`"))
+            .map(|v| v.0);
+
+        let mut sources: Vec<SourceChecked> = Vec::new();
+        match ast.sources {
+            None => self.missing("sources", ctx, start),
+            Some(entries) => {
+                let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+                for (key, value) in entries.value.0 {
+                    let key_span = self.span(file, &key);
+                    let comp = key.value;
+                    if let Some(&first) = seen.get(&comp) {
+                        self.push(
+                            |src| ManifestError::DuplicateComponent {
+                                name: comp,
+                                src,
+                                span: source_span(key_span),
+                                first: source_span(first),
+                            },
+                            key_span,
+                        );
+                        continue;
+                    }
+                    seen.insert(comp.clone(), key_span);
+                    if !is_name(&comp) {
+                        let n = comp.clone();
+                        self.push(
+                            |src| ManifestError::BadName {
+                                name: n,
+                                what: "component",
+                                src,
+                                span: source_span(key_span),
+                            },
+                            key_span,
+                        );
+                    }
+                    let spec = self.source(file, &comp, key_span, value.value, mode, &name);
+                    sources.push(SourceChecked {
+                        name: comp,
+                        name_span: key_span,
+                        spec,
+                    });
+                }
+            }
+        }
+        EnvChecked {
+            name,
+            mode,
+            registry,
+            tag,
+            sources,
+        }
+    }
+
+    fn source(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        key_span: Span,
+        ast: SourceAst,
+        mode: Option<Mode>,
+        env_name: &str,
+    ) -> Option<SourceSpec> {
+        let ctx = format!("source `{comp}`");
+        let repo = self.required(file, ast.repo, "repo", &ctx, key_span);
+        let dir = match ast.dir {
+            None => Some(None),
+            Some(d) => {
+                let span = self.span(file, &d);
+                match normalize_path(&d.value) {
+                    Ok(p) if p.is_empty() => Some(None),
+                    Ok(p) => Some(Some(p)),
+                    Err(reason) => {
+                        self.bad_path("dir", d.value, reason, span);
+                        None
+                    }
+                }
+            }
+        };
+        let rev = match (ast.git_ref, ast.version) {
+            (Some(r), Some(v)) => {
+                let (ref_span, version_span) = (self.span(file, &r), self.span(file, &v));
+                self.push(
+                    |src| ManifestError::BothRevs {
+                        component: comp.to_string(),
+                        src,
+                        ref_span: source_span(ref_span),
+                        version_span: source_span(version_span),
+                    },
+                    ref_span,
+                );
+                None
+            }
+            (None, None) => {
+                let field = if mode == Some(Mode::Version) {
+                    "version"
+                } else {
+                    "ref"
+                };
+                self.missing(field, &ctx, key_span);
+                None
+            }
+            (Some(r), None) => {
+                let span = self.span(file, &r);
+                if mode == Some(Mode::Version) {
+                    self.wrong_rev(comp, "ref", env_name, Mode::Version, span);
+                    None
+                } else {
+                    self.non_empty(file, r, &format!("`ref` in {ctx}"))
+                        .map(|(r, span)| (Rev::Ref(r), span))
+                }
+            }
+            (None, Some(v)) => {
+                let span = self.span(file, &v);
+                if mode == Some(Mode::Branch) {
+                    self.wrong_rev(comp, "version", env_name, Mode::Branch, span);
+                    None
+                } else {
+                    match parse_version(&v.value) {
+                        Ok(version) => Some((Rev::Version(version), span)),
+                        Err(reason) => {
+                            self.push(
+                                |src| ManifestError::BadVersion {
+                                    value: v.value,
+                                    reason,
+                                    src,
+                                    span: source_span(span),
+                                },
+                                span,
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let ((repo, repo_span), (rev, rev_span), dir) = (repo?, rev?, dir?);
+        Some(SourceSpec {
+            repo,
+            repo_span,
+            rev,
+            rev_span,
+            dir,
+        })
+    }
+
+    fn wrong_rev(&mut self, comp: &str, field: &'static str, env: &str, mode: Mode, span: Span) {
+        let help = match mode {
+            Mode::Branch => {
+                "branch mode follows refs: write `ref: <branch, tag or commit>`, or set `mode: version`"
+            }
+            Mode::Version => {
+                "version mode pins released versions: write `version: <x.y.z>`, or set `mode: branch`"
+            }
+        };
+        self.push(
+            |src| ManifestError::WrongRev {
+                component: comp.to_string(),
+                field,
+                environment: env.to_string(),
+                mode: mode.as_str(),
+                src,
+                span: source_span(span),
+                help: help.to_string(),
+            },
+            span,
+        );
+    }
+
+    fn bad_path(&mut self, what: &'static str, path: String, reason: &'static str, span: Span) {
+        let help = if what == "dir" {
+            "`dir` is a sub-directory of the repository, like `packages/sdk`"
+        } else {
+            "outputs are relative to the work directory and stay inside it, like `out/bin/tool`"
+        };
+        self.push(
+            |src| ManifestError::BadPath {
+                what,
+                path,
+                reason,
+                src,
+                span: source_span(span),
+                help,
+            },
+            span,
+        );
+    }
+
+    // ---- recipes ----------------------------------------------------------------
+
+    fn recipe(
+        &mut self,
+        comp: &str,
+        file: FileId,
+        ast: RecipeAst,
+        names: &BTreeSet<&str>,
+        env_name: &str,
+    ) -> Node {
+        let before = self.diags.len();
+        let list = ast.inputs.map(|l| l.value).unwrap_or_default();
+        let (inputs, edges) = self.inputs(file, comp, list, names, env_name);
+        let tools = self.runner(file, comp, ast.runner);
+        let env = self.env(file, comp, ast.env.map(|e| e.value.0).unwrap_or_default());
+        let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
+        let steps = self.steps(file, comp, ast.steps);
+        let outputs = self.outputs(file, comp, ast.outputs);
+        let recipe = (self.diags.len() == before).then_some(Recipe {
+            inputs,
+            tools,
+            env,
+            timeout,
+            steps,
+            outputs,
+        });
+        Node {
+            file,
+            recipe,
+            edges,
+        }
+    }
+
+    /// The inputs, sorted, and the graph edges: those that are components.
+    fn inputs(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        list: Vec<S<String>>,
+        names: &BTreeSet<&str>,
+        env_name: &str,
+    ) -> (Vec<String>, Vec<(String, Span)>) {
+        let mut inputs = Vec::new();
+        let mut edges = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for input in list {
+            let what = format!("input in recipe `{comp}`");
+            let Some((name, span)) = self.non_empty(file, input, &what) else {
+                continue;
+            };
+            if let Some(&first) = seen.get(&name) {
+                self.duplicate(&name, &format!("the inputs of `{comp}`"), span, first);
+                continue;
+            }
+            seen.insert(name.clone(), span);
+            if names.contains(name.as_str()) {
+                edges.push((name.clone(), span));
+            } else {
+                let help = match closest(&name, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!(
+                        "the components of environment `{env_name}` are {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                let input = name.clone();
+                self.push(
+                    |src| ManifestError::UnknownInput {
+                        input,
+                        component: comp.to_string(),
+                        environment: env_name.to_string(),
+                        src,
+                        span: source_span(span),
+                        help: Some(help),
+                    },
+                    span,
+                );
+            }
+            inputs.push(name);
+        }
+        inputs.sort();
+        (inputs, edges)
+    }
+
+    /// `runner: { host: { tools: [...] } }`: the tools, sorted.
+    fn runner(&mut self, file: FileId, comp: &str, runner: Option<S<RunnerAst>>) -> Vec<String> {
+        let Some(runner) = runner else {
+            self.missing("runner", &format!("recipe `{comp}`"), file_start(file));
+            return Vec::new();
+        };
+        let span = self.span(file, &runner);
+        let RunnerAst { host } = runner.value;
+        let Some(host) = host else {
+            self.missing("host", &format!("the runner of `{comp}`"), span);
+            return Vec::new();
+        };
+        let HostAst { tools } = host.value;
+        self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default())
+    }
+
+    fn env(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        entries: Vec<(S<String>, S<String>)>,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for (key, value) in entries {
+            let span = self.span(file, &key);
+            let name = key.value;
+            if let Some(&first) = seen.get(&name) {
+                self.duplicate(&name, &format!("the env of `{comp}`"), span, first);
+                continue;
+            }
+            seen.insert(name.clone(), span);
+            if !is_env_name(&name) {
+                self.push(
+                    |src| ManifestError::BadEnvName {
+                        name,
+                        src,
+                        span: source_span(span),
+                    },
+                    span,
+                );
+            } else if is_reserved_env(&name) {
+                self.push(
+                    |src| ManifestError::ReservedEnv {
+                        name,
+                        src,
+                        span: source_span(span),
+                    },
+                    span,
+                );
+            } else if value.value.contains('\0') {
+                let vspan = self.span(file, &value);
+                self.push(
+                    |src| ManifestError::BadEnvValue {
+                        name,
+                        src,
+                        span: source_span(vspan),
+                    },
+                    vspan,
+                );
+            } else {
+                env.insert(name, value.value);
+            }
+        }
+        env
+    }
+
+    fn timeout(&mut self, file: FileId, t: S<String>) -> Option<Duration> {
+        let span = self.span(file, &t);
+        let d = parse_duration(&t.value);
+        if d.is_none() {
+            self.push(
+                |src| ManifestError::BadTimeout {
+                    value: t.value,
+                    src,
+                    span: source_span(span),
+                },
+                span,
+            );
+        }
+        d
+    }
+
+    fn steps(&mut self, file: FileId, comp: &str, list: Option<S<Vec<S<StepAst>>>>) -> Vec<Step> {
+        let Some(list) = list else {
+            self.missing("steps", &format!("recipe `{comp}`"), file_start(file));
+            return Vec::new();
+        };
+        let list_span = self.span(file, &list);
+        if list.value.is_empty() {
+            self.empty_list(comp, "steps", list_span);
+        }
+        let mut steps = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for (i, step) in list.value.into_iter().enumerate() {
+            let span = self.span(file, &step);
+            let StepAst { name, run } = step.value;
+            let ctx = format!("step {} of `{comp}`", i + 1);
+            let name = self.required(file, name, "name", &ctx, span);
+            let run = self.required(file, run, "run", &ctx, span);
+            if let Some((n, nspan)) = &name {
+                if let Some(&first) = seen.get(n) {
+                    self.duplicate(n, &format!("the steps of `{comp}`"), *nspan, first);
+                } else {
+                    seen.insert(n.clone(), *nspan);
+                }
+            }
+            if let (Some((name, _)), Some((run, _))) = (name, run) {
+                steps.push(Step { name, run });
+            }
+        }
+        steps
+    }
+
+    /// The outputs, normalized and sorted.
+    fn outputs(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        list: Option<S<Vec<S<String>>>>,
+    ) -> Vec<String> {
+        let Some(list) = list else {
+            self.missing("outputs", &format!("recipe `{comp}`"), file_start(file));
+            return Vec::new();
+        };
+        let list_span = self.span(file, &list);
+        if list.value.is_empty() {
+            self.empty_list(comp, "outputs", list_span);
+        }
+        let mut outputs = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for out in list.value {
+            let span = self.span(file, &out);
+            match normalize_path(&out.value) {
+                Ok(p) if p.is_empty() => {
+                    self.bad_path("output", out.value, "names the whole work directory", span)
+                }
+                Err(reason) => self.bad_path("output", out.value, reason, span),
+                Ok(p) => {
+                    if let Some(&first) = seen.get(&p) {
+                        self.duplicate(&p, &format!("the outputs of `{comp}`"), span, first);
+                    } else {
+                        seen.insert(p.clone(), span);
+                        outputs.push(p);
+                    }
+                }
+            }
+        }
+        outputs.sort();
+        outputs
+    }
+
+    fn tools(&mut self, file: FileId, comp: &str, list: Vec<S<String>>) -> Vec<String> {
+        let mut tools = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for tool in list {
+            let Some((name, span)) = self.non_empty(file, tool, &format!("tool in `{comp}`"))
+            else {
+                continue;
+            };
+            let reason = if name.contains('/') {
+                Some("a name, not a path: no `/`")
+            } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Some("contains whitespace")
+            } else if name == "." || name == ".." {
+                Some("not a command name")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.push(
+                    |src| ManifestError::BadTool {
+                        tool: name,
+                        src,
+                        span: source_span(span),
+                        reason,
+                    },
+                    span,
+                );
+                continue;
+            }
+            if let Some(&first) = seen.get(&name) {
+                self.duplicate(&name, &format!("the tools of `{comp}`"), span, first);
+                continue;
+            }
+            seen.insert(name.clone(), span);
+            tools.push(name);
+        }
+        tools.sort();
+        tools
+    }
+
+    fn empty_list(&mut self, comp: &str, what: &'static str, span: Span) {
+        self.push(
+            |src| ManifestError::EmptyList {
+                component: comp.to_string(),
+                what,
+                src,
+                span: source_span(span),
+            },
+            span,
+        );
+    }
+
+    // ---- compatibility ----------------------------------------------------------
+
+    fn compatibility(
+        &mut self,
+        file: FileId,
+        ast: CompatibilityAst,
+        names: &BTreeSet<&str>,
+        env_name: &str,
+    ) -> Vec<Constraint> {
+        let Some(matrix) = ast.compatibility else {
+            self.missing(
+                "compatibility",
+                "the compatibility matrix",
+                file_start(file),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for (key, rules) in matrix.value.0 {
+            let span = self.span(file, &key);
+            let comp = key.value;
+            if let Some(&first) = seen.get(&comp) {
+                self.duplicate(&comp, "the compatibility matrix", span, first);
+                continue;
+            }
+            seen.insert(comp.clone(), span);
+            let comp_known = self.known(&comp, span, names, env_name);
+            let mut seen_up: BTreeMap<String, Span> = BTreeMap::new();
+            for (up, range) in rules.value.0 {
+                let up_span = self.span(file, &up);
+                let upstream = up.value;
+                if let Some(&first) = seen_up.get(&upstream) {
+                    self.duplicate(
+                        &upstream,
+                        &format!("the compatibility rules of `{comp}`"),
+                        up_span,
+                        first,
+                    );
+                    continue;
+                }
+                seen_up.insert(upstream.clone(), up_span);
+                let up_known = self.known(&upstream, up_span, names, env_name);
+                let range_span = self.span(file, &range);
+                match VersionRange::parse(&range.value) {
+                    Ok(r) if comp_known && up_known => out.push(Constraint {
+                        component: comp.clone(),
+                        upstream,
+                        range: r,
+                        span: range_span,
+                    }),
+                    Ok(_) => {}
+                    Err(e) => self.push(
+                        |src| ManifestError::BadRange {
+                            value: range.value,
+                            reason: e.0,
+                            src,
+                            span: source_span(range_span),
+                        },
+                        range_span,
+                    ),
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.component, &a.upstream).cmp(&(&b.component, &b.upstream)));
+        out
+    }
+
+    /// Whether a component named in the compatibility matrix is in the environment.
+    fn known(&mut self, name: &str, span: Span, names: &BTreeSet<&str>, env: &str) -> bool {
+        if names.contains(name) {
+            return true;
+        }
+        let help = closest(name, names.iter().copied()).map(|c| format!("did you mean `{c}`?"));
+        self.push(
+            |src| ManifestError::UnknownCompatComponent {
+                name: name.to_string(),
+                environment: env.to_string(),
+                src,
+                span: source_span(span),
+                help,
+            },
+            span,
+        );
+        false
+    }
+
+    // ---- order and cycles -------------------------------------------------------
+
+    /// Topological order, inputs first, ties broken by name; every cycle is reported.
+    fn order<'n>(&mut self, nodes: &BTreeMap<&'n str, Node>) -> Vec<&'n str> {
+        let mut order: Vec<&'n str> = Vec::new();
+        let mut remaining: BTreeSet<&'n str> = nodes.keys().copied().collect();
+        loop {
+            // Kahn's algorithm over what remains, smallest name first.
+            loop {
+                let next = remaining
+                    .iter()
+                    .copied()
+                    .find(|n| inputs_of(nodes, n).iter().all(|i| !remaining.contains(i)));
+                match next {
+                    Some(n) => {
+                        remaining.remove(n);
+                        order.push(n);
+                    }
+                    None => break,
+                }
+            }
+            let Some(&start) = remaining.iter().next() else {
+                return order;
+            };
+            // Every remaining node has a remaining input: walk them until one repeats.
+            let mut path: Vec<&'n str> = Vec::new();
+            let mut cur = start;
+            let cycle = loop {
+                if let Some(pos) = path.iter().position(|p| *p == cur) {
+                    break path.split_off(pos);
+                }
+                path.push(cur);
+                match inputs_of(nodes, cur)
+                    .into_iter()
+                    .find_map(|i| remaining.get(i).copied())
+                {
+                    Some(next) => cur = next,
+                    None => break Vec::new(), // cannot happen; stop rather than loop
+                }
+            };
+            if cycle.is_empty() {
+                remaining.remove(start);
+                continue;
+            }
+            self.cycle(nodes, &cycle);
+            for n in &cycle {
+                remaining.remove(n);
+            }
+        }
+    }
+
+    fn cycle(&mut self, nodes: &BTreeMap<&str, Node>, cycle: &[&str]) {
+        // Start at the smallest name, so the message does not depend on where we began.
+        let first = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| **n)
+            .map_or(0, |(i, _)| i);
+        let mut names: Vec<&str> = cycle[first..]
+            .iter()
+            .chain(&cycle[..first])
+            .copied()
+            .collect();
+        let text = names
+            .iter()
+            .chain(names.first())
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(" → ");
+        if let Some(&head) = names.first() {
+            names.push(head);
+        }
+        let edge = |from: &str, to: &str| -> Span {
+            nodes
+                .get(from)
+                .and_then(|n| n.edges.iter().find(|(i, _)| i == to))
+                .map_or(Span::new(FileId(0), 0, 0), |(_, s)| *s)
+        };
+        let mut edges = names.windows(2).map(|w| (w[0], w[1], edge(w[0], w[1])));
+        let Some((from, to, span)) = edges.next() else {
+            return;
+        };
+        let related = edges
+            .map(|(from, to, span)| ManifestError::CycleEdge {
+                from: from.to_string(),
+                to: to.to_string(),
+                src: self.db.shared_source(span.file),
+                span: source_span(span),
+            })
+            .collect();
+        let help = if from == to {
+            format!(
+                "a component cannot be its own input; remove `{to}` from the inputs of `{from}`"
+            )
+        } else {
+            "`a` → `b` reads \"`a` takes `b` as an input\"; remove one of these inputs to break the cycle"
+                .to_string()
+        };
+        self.push(
+            |src| ManifestError::Cycle {
+                help,
+                cycle: text,
+                from: from.to_string(),
+                to: to.to_string(),
+                src,
+                span: source_span(span),
+                edges: related,
+            },
+            span,
+        );
+    }
+}
+
+/// `v4.0.0` or `4.0.0`.
+pub(crate) fn parse_version(s: &str) -> Result<semver::Version, String> {
+    let body = s.strip_prefix('v').unwrap_or(s);
+    if body.is_empty() {
+        return Err("empty version".into());
+    }
+    semver::Version::parse(body).map_err(|e| e.to_string())
+}
+
+/// A relative path inside a directory, normalized: `./a//b/` → `a/b`. Empty means the
+/// directory itself.
+pub(crate) fn normalize_path(p: &str) -> Result<String, &'static str> {
+    if p.contains('\0') {
+        return Err("contains a NUL character");
+    }
+    if p.starts_with('/') {
+        return Err("an absolute path");
+    }
+    let mut parts = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("`..` leaves the directory"),
+            _ => parts.push(part),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// `30s`, `5m`, `1h`, `1h30m`, or a bare number of seconds. Zero is not a timeout.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = s.parse().ok()?;
+        return (n > 0).then(|| Duration::from_secs(n));
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    let mut last_unit = u64::MAX;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = match rest.bytes().next() {
+            Some(b'h') => 3600,
+            Some(b'm') => 60,
+            Some(b's') => 1,
+            _ => return None,
+        };
+        // Units in decreasing order, each once: `1h30m`, not `30m1h` or `1m1m`.
+        if unit >= last_unit {
+            return None;
+        }
+        last_unit = unit;
+        rest = &rest[1..];
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    (total > 0).then(|| Duration::from_secs(total))
+}
+
+/// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = name.chars().count() / 3;
+    if limit == 0 {
+        return None;
+    }
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Some(30));
+        assert_eq!(secs("5m"), Some(300));
+        assert_eq!(secs("1h"), Some(3600));
+        assert_eq!(secs("90"), Some(90));
+        assert_eq!(secs("1h30m"), Some(5400));
+        assert_eq!(secs("2m10s"), Some(130));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "s",
+            "5x",
+            "5 m",
+            "-1s",
+            "1.5h",
+            "30m1h",
+            "1m1m",
+            "99999999999999999999",
+            "5124095576030432h",
+        ] {
+            assert_eq!(secs(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(normalize_path("./a/").unwrap(), "a");
+        assert_eq!(normalize_path("out//bin/./x").unwrap(), "out/bin/x");
+        assert_eq!(normalize_path(".").unwrap(), "");
+        assert!(normalize_path("/abs").is_err());
+        assert!(normalize_path("a/../b").is_err());
+        assert!(normalize_path("..").is_err());
+        assert_eq!(normalize_path("a..b").unwrap(), "a..b");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version("v4.0.0").unwrap(),
+            semver::Version::new(4, 0, 0)
+        );
+        assert_eq!(
+            parse_version("0.6.1").unwrap(),
+            semver::Version::new(0, 6, 1)
+        );
+        assert!(parse_version("4.0").is_err());
+        assert!(parse_version("v").is_err());
+        assert!(parse_version("vv1.0.0").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_name("metakit"));
+        assert!(is_name("a-b_c.1"));
+        assert!(!is_name("Meta"));
+        assert!(!is_name("-a"));
+        assert!(!is_name(""));
+        assert!(is_env_name("OPT_2"));
+        assert!(!is_env_name("2X"));
+        assert!(!is_env_name("A-B"));
+        assert!(is_reserved_env("CASCADE_X"));
+        assert_eq!(
+            closest("metakti", ["metakit", "sdk"].into_iter()),
+            Some("metakit")
+        );
+        assert_eq!(closest("zzz", ["metakit", "sdk"].into_iter()), None);
+    }
+}
