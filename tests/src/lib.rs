@@ -16,8 +16,12 @@ pub struct Run {
 impl Run {
     /// The `--json` document.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Node name → status (`built`, `cached`, `failed`, …) from the `--json` document.
@@ -91,7 +95,13 @@ impl TestProject {
 
     /// Commits `files` (path, content; `None` deletes) on `branch` of repository
     /// `name` (created on first use), on top of the branch's tip. Returns the SHA.
-    pub fn commit(&mut self, name: &str, branch: &str, files: &[(&str, Option<&str>)], message: &str) -> String {
+    pub fn commit(
+        &mut self,
+        name: &str,
+        branch: &str,
+        files: &[(&str, Option<&str>)],
+        message: &str,
+    ) -> String {
         let path = self.repo_path(name);
         let repo = match git2::Repository::open(&path) {
             Ok(r) => r,
@@ -108,13 +118,19 @@ impl TestProject {
         // Start from the parent's tree, in memory: the work tree is not involved.
         let mut index = git2::Index::new().expect("index");
         if let Some(p) = &parent {
-            index.read_tree(&p.tree().expect("tree")).expect("read tree");
+            index
+                .read_tree(&p.tree().expect("tree"))
+                .expect("read tree");
         }
         for (file, content) in files {
             match content {
                 Some(c) => {
                     let oid = repo.blob(c.as_bytes()).expect("blob");
-                    let mode = if c.starts_with("#!") { 0o100755 } else { 0o100644 };
+                    let mode = if c.starts_with("#!") {
+                        0o100755
+                    } else {
+                        0o100644
+                    };
                     let entry = git2::IndexEntry {
                         ctime: git2::IndexTime::new(0, 0),
                         mtime: git2::IndexTime::new(0, 0),
@@ -143,10 +159,12 @@ impl TestProject {
         let oid = repo
             .commit(None, &sig, &sig, message, &tree, &parents)
             .expect("commit");
-        let commit = repo.find_commit(oid).expect("commit");
-        repo.branch(branch, &commit, true).expect("branch");
+        // A reference update, not `branch()`, which refuses to move the checked-out branch.
+        repo.reference(&format!("refs/heads/{branch}"), oid, true, "commit")
+            .expect("branch");
         if repo.head().is_err() {
-            repo.set_head(&format!("refs/heads/{branch}")).expect("set head");
+            repo.set_head(&format!("refs/heads/{branch}"))
+                .expect("set head");
         }
         oid.to_string()
     }
@@ -159,7 +177,11 @@ impl TestProject {
 
     /// Runs `cascade --project <root> <args…> --store <root>/cache` in-process.
     pub fn run(&self, args: &[&str]) -> Run {
-        let mut full: Vec<String> = vec!["cascade".into(), "--project".into(), self.root.display().to_string()];
+        let mut full: Vec<String> = vec![
+            "cascade".into(),
+            "--project".into(),
+            self.root.display().to_string(),
+        ];
         full.extend(args.iter().map(|s| s.to_string()));
         if args.first() == Some(&"build") && !args.contains(&"--store") {
             full.push("--store".into());
@@ -178,7 +200,11 @@ impl TestProject {
     /// `cascade build --env <env> --json`, asserting the exit code.
     pub fn build(&self, env: &str, expect_code: i32) -> Run {
         let r = self.run(&["build", "--env", env, "--json"]);
-        assert_eq!(r.code, expect_code, "exit code\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.code, expect_code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            r.stdout, r.stderr
+        );
         r
     }
 

@@ -36,7 +36,10 @@ fn diamond() -> TestProject {
 
 /// A recipe that concatenates its inputs' outputs and its own data.txt.
 fn recipe(inputs: &[&str]) -> String {
-    let cats: Vec<String> = inputs.iter().map(|i| format!("inputs/{i}/out/out.txt")).collect();
+    let cats: Vec<String> = inputs
+        .iter()
+        .map(|i| format!("inputs/{i}/out/out.txt"))
+        .collect();
     format!(
         "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir] }} }}\nsteps:\n  - name: make\n    run: |\n      mkdir -p out\n      cat {} data.txt > out/out.txt\noutputs: [out/out.txt]\n",
         inputs.join(", "),
@@ -59,24 +62,52 @@ fn second_build_runs_no_step_and_writes_an_identical_lockfile() {
     assert_eq!(second.json()["cached"], 5);
     let locks = p.lockfiles();
     assert!(!locks.is_empty());
-    let a = fs::read(first.json()["lockfile"].as_str().map(|l| p.root.join(l)).unwrap()).unwrap();
-    let b = fs::read(second.json()["lockfile"].as_str().map(|l| p.root.join(l)).unwrap()).unwrap();
+    let a = fs::read(
+        first.json()["lockfile"]
+            .as_str()
+            .map(|l| p.root.join(l))
+            .unwrap(),
+    )
+    .unwrap();
+    let b = fs::read(
+        second.json()["lockfile"]
+            .as_str()
+            .map(|l| p.root.join(l))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(a, b, "same inputs, same lockfile bytes");
     let text = String::from_utf8(a).unwrap();
     assert!(text.starts_with("format: cascade-lock/1\n"), "{text}");
-    assert!(!text.contains(&p.root.display().to_string()), "no absolute paths in a lockfile");
+    assert!(
+        !text.contains(&p.root.display().to_string()),
+        "no absolute paths in a lockfile"
+    );
 }
 
 #[test]
 fn commit_in_an_upstream_repo_rebuilds_it_and_its_dependents_only() {
     let mut p = diamond();
     p.build("test", 0);
-    p.commit("base", "develop", &[("data.txt", Some("base data v2\n"))], "change");
+    p.commit(
+        "base",
+        "develop",
+        &[("data.txt", Some("base data v2\n"))],
+        "change",
+    );
     let r = p.build("test", 0);
-    assert_eq!(sorted(r.with_status("built")), ["base", "left", "right", "top"]);
+    assert_eq!(
+        sorted(r.with_status("built")),
+        ["base", "left", "right", "top"]
+    );
     assert_eq!(r.with_status("cached"), ["solo"]);
 
-    p.commit("left", "develop", &[("data.txt", Some("left data v2\n"))], "change");
+    p.commit(
+        "left",
+        "develop",
+        &[("data.txt", Some("left data v2\n"))],
+        "change",
+    );
     let r = p.build("test", 0);
     assert_eq!(sorted(r.with_status("built")), ["left", "top"]);
     assert_eq!(sorted(r.with_status("cached")), ["base", "right", "solo"]);
@@ -86,10 +117,18 @@ fn commit_in_an_upstream_repo_rebuilds_it_and_its_dependents_only() {
 fn a_change_that_does_not_reach_the_outputs_is_cut_off_early() {
     let mut p = diamond();
     let first = p.build("test", 0);
-    p.commit("base", "develop", &[("notes.txt", Some("new notes\n"))], "docs only");
+    p.commit(
+        "base",
+        "develop",
+        &[("notes.txt", Some("new notes\n"))],
+        "docs only",
+    );
     let r = p.build("test", 0);
     assert_eq!(r.with_status("built"), ["base"], "{}", r.stderr);
-    assert_eq!(sorted(r.with_status("cached")), ["left", "right", "solo", "top"]);
+    assert_eq!(
+        sorted(r.with_status("cached")),
+        ["left", "right", "solo", "top"]
+    );
     let out = |run: &cascade_tests::Run, name: &str| {
         run.json()["nodes"]
             .as_array()
@@ -99,8 +138,16 @@ fn a_change_that_does_not_reach_the_outputs_is_cut_off_early() {
             .map(|n| (n["key"].clone(), n["output"].clone()))
             .unwrap()
     };
-    assert_ne!(out(&first, "base").0, out(&r, "base").0, "base's key changed");
-    assert_eq!(out(&first, "base").1, out(&r, "base").1, "base's output did not");
+    assert_ne!(
+        out(&first, "base").0,
+        out(&r, "base").0,
+        "base's key changed"
+    );
+    assert_eq!(
+        out(&first, "base").1,
+        out(&r, "base").1,
+        "base's output did not"
+    );
     assert_eq!(out(&first, "top"), out(&r, "top"), "top's key is unchanged");
 }
 
@@ -120,7 +167,11 @@ fn a_failing_step_leaves_the_lockfile_and_the_store_intact() {
     assert_eq!(fs::read(&before[0]).unwrap(), lock_bytes);
     let text = p.run(&["build", "--env", "test"]);
     assert_eq!(text.code, 1);
-    assert!(text.stderr.contains("step `boom` failed (exit code 7)"), "{}", text.stderr);
+    assert!(
+        text.stderr.contains("step `boom` failed (exit code 7)"),
+        "{}",
+        text.stderr
+    );
     assert!(text.stderr.contains("| error: it broke"), "{}", text.stderr);
     assert!(text.stderr.contains("full log: "), "{}", text.stderr);
     // The store still has everything: restoring the recipe builds nothing.
@@ -136,7 +187,15 @@ fn keep_going_builds_everything_that_does_not_depend_on_the_failure() {
         "recipes/left.yaml",
         "inputs: [base]\nrunner: { host: { tools: [sh] } }\nsteps:\n  - name: boom\n    run: exit 1\noutputs: [out]\n",
     );
-    let r = p.run(&["build", "--env", "test", "--json", "--keep-going", "-j", "1"]);
+    let r = p.run(&[
+        "build",
+        "--env",
+        "test",
+        "--json",
+        "--keep-going",
+        "-j",
+        "1",
+    ]);
     assert_eq!(r.code, 1);
     assert_eq!(r.with_status("failed"), ["left"]);
     assert_eq!(r.with_status("skipped"), ["top"]);
@@ -160,7 +219,13 @@ fn a_step_that_runs_too_long_is_killed() {
     let r = p.build("test", 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     let j = r.json();
-    assert!(j["nodes"][0]["error"].as_str().unwrap().contains("timed out"), "{j}");
+    assert!(
+        j["nodes"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{j}"
+    );
 }
 
 #[test]
@@ -181,7 +246,10 @@ fn two_checkouts_in_different_directories_give_identical_lockfiles() {
     let rb = b.build("test", 0);
     let la = fs::read(a.root.join(ra.json()["lockfile"].as_str().unwrap())).unwrap();
     let lb = fs::read(b.root.join(rb.json()["lockfile"].as_str().unwrap())).unwrap();
-    assert_eq!(String::from_utf8(la).unwrap(), String::from_utf8(lb).unwrap());
+    assert_eq!(
+        String::from_utf8(la).unwrap(),
+        String::from_utf8(lb).unwrap()
+    );
 }
 
 #[test]
@@ -193,6 +261,14 @@ fn undeclared_output_is_a_failure_with_a_clear_message() {
     );
     let r = p.build("test", 1);
     let j = r.json();
-    let solo = j["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "solo").unwrap();
-    assert_eq!(solo["error"], "declared output `out/missing.txt` was not produced");
+    let solo = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "solo")
+        .unwrap();
+    assert_eq!(
+        solo["error"],
+        "declared output `out/missing.txt` was not produced"
+    );
 }

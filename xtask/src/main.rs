@@ -1,9 +1,9 @@
 //! `cargo xtask …`: the tasks of this repository (the alias lives in `.cargo/config.toml`).
 
-mod ecosystem;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use xtask::{bench, build, ecosystem, workspace_root};
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +22,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Build the example ecosystem (generating its repositories first if missing):
+    /// `cargo xtask build --env scratch [cascade build flags…]`
+    Build {
+        /// Flags passed to `cascade build` (e.g. `--env scratch --jobs 4`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark synthetic graphs: cold, no-op and one-leaf-change builds
+    /// (`--sizes 1000,10000 --shapes chain,wide,diamond --jobs N`)
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +45,11 @@ fn main() -> ExitCode {
             let out = out.unwrap_or_else(|| root.join(ecosystem::DEFAULT_OUT));
             ecosystem::generate(&root, &out)
         }
+        Command::Build { args } => {
+            let code = build::run(&root, &args);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Command::Bench { args } => bench::run(&args).map_err(|e| e.to_string().into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,11 +58,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root: xtask's manifest sits one level below it. Taken from the build,
-/// not the current directory, so `cargo xtask` works from any sub-directory.
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }

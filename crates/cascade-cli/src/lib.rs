@@ -24,7 +24,11 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_BUG: i32 = 101;
 
 #[derive(Parser, Debug)]
-#[command(name = "cascade", version, about = "A content-addressed build graph over many git repositories")]
+#[command(
+    name = "cascade",
+    version,
+    about = "A content-addressed build graph over many git repositories"
+)]
 struct Cli {
     /// The project directory (holding `graph/` and `recipes/`).
     #[arg(long, global = true, default_value = ".", value_name = "DIR")]
@@ -83,8 +87,16 @@ where
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK };
-            let text = if color { e.render().ansi().to_string() } else { e.render().to_string() };
+            let code = if e.use_stderr() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_OK
+            };
+            let text = if color {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
             if e.use_stderr() {
                 let _ = write!(err, "{text}");
             } else {
@@ -93,7 +105,11 @@ where
             return code;
         }
     };
-    let io = Io { out, err: Mutex::new(err), color };
+    let io = Io {
+        out,
+        err: Mutex::new(err),
+        color,
+    };
     match cli.command {
         Command::Build(args) => build(&cli.project, args, io),
     }
@@ -161,11 +177,22 @@ fn node_line(r: &NodeReport) -> String {
     let version = format!("{} {}", r.version, &r.commit[..r.commit.len().min(7)]);
     match &r.status {
         NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),
-        NodeStatus::Built => format!("  built    {:<14} {version}  in {}", r.name, secs(r.duration_ms)),
-        NodeStatus::Failed { error, log_tail, log_path } => {
+        NodeStatus::Built => format!(
+            "  built    {:<14} {version}  in {}",
+            r.name,
+            secs(r.duration_ms)
+        ),
+        NodeStatus::Failed {
+            error,
+            log_tail,
+            log_path,
+        } => {
             let mut s = format!("  FAILED   {:<14} {version}  {error}", r.name);
             if !log_tail.is_empty() {
-                s.push_str(&format!("\n           last {} lines of the log:", log_tail.len()));
+                s.push_str(&format!(
+                    "\n           last {} lines of the log:",
+                    log_tail.len()
+                ));
                 for l in log_tail {
                     s.push_str(&format!("\n           | {l}"));
                 }
@@ -215,10 +242,11 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
         tools: cascade_exec::Tools::from_env(),
     };
     let result = {
-        let io = &io;
+        let err = &io.err;
         let on_event = move |e: Event<'_>| {
             if let Event::Finished(r) = e {
-                io.err_line(&node_line(r));
+                let mut w = err.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(w, "{}", node_line(r));
             }
         };
         cascade::build(&opts, &on_event)

@@ -277,9 +277,13 @@ mod tests {
         m.insert("B".to_string(), "2".to_string());
         m.insert("A".to_string(), "1".to_string());
         let mut e = Encoder::new("test", 3);
-        e.str(1, "x").u64(2, 7).opt_str(3, None).map(4, &m).nested(5, |e| {
-            e.bool(0, true);
-        });
+        e.str(1, "x")
+            .u64(2, 7)
+            .opt_str(3, None)
+            .map(4, &m)
+            .nested(5, |e| {
+                e.bool(0, true);
+            });
         let bytes = e.finish();
         let mut d = Decoder::new(&bytes, "test", 3).unwrap();
         assert_eq!(d.str(1).unwrap(), "x");
@@ -306,7 +310,10 @@ mod tests {
     #[test]
     fn none_differs_from_empty() {
         let a = Encoder::new("t", 1).opt_str(1, None).as_bytes().to_vec();
-        let b = Encoder::new("t", 1).opt_str(1, Some("")).as_bytes().to_vec();
+        let b = Encoder::new("t", 1)
+            .opt_str(1, Some(""))
+            .as_bytes()
+            .to_vec();
         assert_ne!(a, b);
     }
 }

@@ -100,7 +100,9 @@ impl KeyIngredients {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         fn digest(b: &[u8], tag: u8) -> Result<Digest, DecodeError> {
-            Ok(Digest(b.try_into().map_err(|_| DecodeError::Malformed(tag))?))
+            Ok(Digest(
+                b.try_into().map_err(|_| DecodeError::Malformed(tag))?,
+            ))
         }
         let mut d = Decoder::new(bytes, DOMAIN, KEY_VERSION)?;
         let component = d.str(1)?.to_string();

@@ -3,12 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use cascade_core::{BlobDigest, Digest, KeyIngredients, OutputDigest, RunnerIdentity, SourceIdentity};
+use cascade_core::{
+    BlobDigest, Digest, KeyIngredients, OutputDigest, RunnerIdentity, SourceIdentity,
+};
 
 pub fn sample() -> KeyIngredients {
     let mut inputs = BTreeMap::new();
-    inputs.insert("metakit".to_string(), OutputDigest(Digest::of(b"metakit-out")));
-    inputs.insert("tessellation".to_string(), OutputDigest(Digest::of(b"tess-out")));
+    inputs.insert(
+        "metakit".to_string(),
+        OutputDigest(Digest::of(b"metakit-out")),
+    );
+    inputs.insert(
+        "tessellation".to_string(),
+        OutputDigest(Digest::of(b"tess-out")),
+    );
     let mut tools = BTreeMap::new();
     tools.insert("cc".to_string(), BlobDigest(Digest::of(b"cc")));
     tools.insert("sh".to_string(), BlobDigest(Digest::of(b"sh")));
@@ -76,7 +84,8 @@ fn every_ingredient_changes_the_key() {
     k.source.commit_time += 1;
     variants.push(("commit_time", k));
     let mut k = sample();
-    k.inputs.insert("metakit".into(), OutputDigest(Digest::of(b"changed")));
+    k.inputs
+        .insert("metakit".into(), OutputDigest(Digest::of(b"changed")));
     variants.push(("input digest", k));
     let mut k = sample();
     k.inputs.remove("metakit");
@@ -94,6 +103,9 @@ fn every_ingredient_changes_the_key() {
     let mut seen = std::collections::BTreeSet::new();
     seen.insert(base);
     for (what, k) in variants {
-        assert!(seen.insert(k.key()), "changing {what} did not change the key");
+        assert!(
+            seen.insert(k.key()),
+            "changing {what} did not change the key"
+        );
     }
 }

@@ -330,8 +330,13 @@ mod tests {
         }
         .run()
         .unwrap_err();
-        assert!(matches!(&err, RunError::Failed { status, .. } if status == "exit code 3"), "{err}");
-        assert!(fs::read_to_string(&f.log).unwrap().contains("about to fail"));
+        assert!(
+            matches!(&err, RunError::Failed { status, .. } if status == "exit code 3"),
+            "{err}"
+        );
+        assert!(fs::read_to_string(&f.log)
+            .unwrap()
+            .contains("about to fail"));
     }
 
     #[test]
@@ -359,7 +364,10 @@ mod tests {
     #[test]
     fn missing_tool_is_an_error() {
         assert!(matches!(
-            resolve_tool("definitely-not-a-tool-xyz", &std::env::var_os("PATH").unwrap()),
+            resolve_tool(
+                "definitely-not-a-tool-xyz",
+                &std::env::var_os("PATH").unwrap()
+            ),
             Err(ToolError::NotFound { .. })
         ));
     }

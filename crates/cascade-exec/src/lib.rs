@@ -12,5 +12,5 @@
 pub mod host;
 pub mod schedule;
 
-pub use host::{resolve_tool, HostRun, RunError, Step, ToolError, ResolvedTool, Tools};
+pub use host::{resolve_tool, HostRun, ResolvedTool, RunError, Step, ToolError, Tools};
 pub use schedule::{schedule, Outcome};

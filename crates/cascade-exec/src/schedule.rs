@@ -75,7 +75,11 @@ where
                 let ok = run(i);
                 let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
                 st.running -= 1;
-                st.outcome[i] = Some(if ok { Outcome::Succeeded } else { Outcome::Failed });
+                st.outcome[i] = Some(if ok {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                });
                 if ok {
                     for &d in &dependents[i] {
                         st.waiting_on[d] -= 1;

@@ -38,7 +38,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("corrupt store entry `{path}` (expected {expected}); it was removed and will be rebuilt")]
+    #[error(
+        "corrupt store entry `{path}` (expected {expected}); it was removed and will be rebuilt"
+    )]
     #[diagnostic(code(cascade::store::corrupt))]
     Corrupt { path: PathBuf, expected: String },
     #[error("store entry `{0}` is missing")]
@@ -75,7 +77,9 @@ impl ActionResult {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Decoder::new(bytes, ACTION_DOMAIN, ACTION_VERSION)?;
         let digest = |b: &[u8], tag| -> Result<Digest, DecodeError> {
-            Ok(Digest(b.try_into().map_err(|_| DecodeError::Malformed(tag))?))
+            Ok(Digest(
+                b.try_into().map_err(|_| DecodeError::Malformed(tag))?,
+            ))
         };
         let output = OutputDigest(digest(d.bytes(1)?, 1)?);
         let log = BlobDigest(digest(d.bytes(2)?, 2)?);
@@ -219,9 +223,8 @@ impl Store {
         let bytes = self.get_verified(Kind::Tree, &d.0)?;
         // It hashed right, so it was written by us; a decode failure means a format bug
         // or a collision, either way not usable.
-        Tree::decode(&bytes).map_err(|_| {
-            self.discard(self.path(Kind::Tree, &d.0), format!("a tree {}", d))
-        })
+        Tree::decode(&bytes)
+            .map_err(|_| self.discard(self.path(Kind::Tree, &d.0), format!("a tree {}", d)))
     }
 
     /// Stores a key manifest (the encoding whose blake3 is the node key).
@@ -305,9 +308,7 @@ impl Store {
         let src = self.path(Kind::Blob, &d.0);
         let mut f = match fs::File::open(&src) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing(src))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(src)),
             Err(e) => return Err(StoreError::io(&src)(e)),
         };
         let mut bytes = Vec::new();
@@ -371,7 +372,11 @@ mod tests {
             store.get_action(&key),
             Err(StoreError::Corrupt { .. })
         ));
-        assert_eq!(store.get_action(&key).unwrap(), None, "discarded, then a miss");
+        assert_eq!(
+            store.get_action(&key).unwrap(),
+            None,
+            "discarded, then a miss"
+        );
     }
 
     #[test]

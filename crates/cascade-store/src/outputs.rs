@@ -87,7 +87,10 @@ impl Store {
         }
         let mut trie = Trie::default();
         for d in declared {
-            let parts: Vec<&str> = d.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+            let parts: Vec<&str> = d
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .collect();
             trie.insert(&parts);
         }
         let mut artifacts = BTreeMap::new();
@@ -174,7 +177,9 @@ impl Store {
                 let name = e.file_name();
                 let name = name
                     .to_str()
-                    .ok_or_else(|| OutputError::BadName(format!("{rel}/{}", name.to_string_lossy())))?
+                    .ok_or_else(|| {
+                        OutputError::BadName(format!("{rel}/{}", name.to_string_lossy()))
+                    })?
                     .to_string();
                 names.push(name);
             }
@@ -329,17 +334,30 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         build(a.path(), 0);
         build(b.path(), 12345);
-        fs::set_permissions(b.path().join("out/lib/libx.so.1"), fs::Permissions::from_mode(0o600))
-            .unwrap();
+        fs::set_permissions(
+            b.path().join("out/lib/libx.so.1"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let decl = vec!["out".to_string()];
         let oa = store.ingest_outputs(a.path(), &decl).unwrap();
         let ob = store.ingest_outputs(b.path(), &decl).unwrap();
         assert_eq!(oa, ob);
         // Not-declared files stay out; the exec bit counts.
         fs::write(b.path().join("notes.txt"), b"changed").unwrap();
-        assert_eq!(store.ingest_outputs(b.path(), &decl).unwrap().digest, oa.digest);
-        fs::set_permissions(b.path().join("out/bin/tool"), fs::Permissions::from_mode(0o644)).unwrap();
-        assert_ne!(store.ingest_outputs(b.path(), &decl).unwrap().digest, oa.digest);
+        assert_eq!(
+            store.ingest_outputs(b.path(), &decl).unwrap().digest,
+            oa.digest
+        );
+        fs::set_permissions(
+            b.path().join("out/bin/tool"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert_ne!(
+            store.ingest_outputs(b.path(), &decl).unwrap().digest,
+            oa.digest
+        );
     }
 
     #[test]
@@ -355,9 +373,18 @@ mod tests {
         let m = dest.path().join("m");
         fs::create_dir(&m).unwrap();
         store.materialize(&o.digest, &m).unwrap();
-        assert_eq!(fs::read(m.join("out/bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
-        assert_eq!(fs::read_link(m.join("out/lib/libx.so")).unwrap(), Path::new("libx.so.1"));
-        let mode = fs::metadata(m.join("out/bin/tool")).unwrap().permissions().mode();
+        assert_eq!(
+            fs::read(m.join("out/bin/tool")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            fs::read_link(m.join("out/lib/libx.so")).unwrap(),
+            Path::new("libx.so.1")
+        );
+        let mode = fs::metadata(m.join("out/bin/tool"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o555);
         assert_eq!(store.ingest_outputs(&m, &decl).unwrap(), o);
         remove_tree(&m).unwrap();
@@ -373,7 +400,10 @@ mod tests {
             fs::create_dir_all(a.path().join("out/sub")).unwrap();
             symlink(target, a.path().join("out/sub/link")).unwrap();
             let r = store.ingest_outputs(a.path(), &["out".to_string()]);
-            assert!(matches!(r, Err(OutputError::EscapingSymlink { .. })), "{target}: {r:?}");
+            assert!(
+                matches!(r, Err(OutputError::EscapingSymlink { .. })),
+                "{target}: {r:?}"
+            );
         }
         // A declared path that goes through a symlink is refused too.
         let a = tempfile::tempdir().unwrap();

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cascade_core::{Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceIdentity};
+use cascade_core::{
+    Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceIdentity,
+};
 use cascade_exec::{HostRun, Outcome, ResolvedTool, Step, Tools};
 use cascade_git::Git;
 use cascade_lock::{LockNode, LockSource, Lockfile};
@@ -47,7 +49,9 @@ pub enum NodeStatus {
         log_path: Option<PathBuf>,
     },
     /// An input failed, so this node could not be built.
-    Skipped { because: String },
+    Skipped {
+        because: String,
+    },
     /// The build stopped after a failure before reaching this node.
     NotStarted,
 }
@@ -82,7 +86,12 @@ pub struct BuildReport {
 
 impl BuildReport {
     pub fn success(&self) -> bool {
-        self.failed == 0 && self.skipped == 0 && self.nodes.iter().all(|n| matches!(n.status, NodeStatus::Built | NodeStatus::Cached))
+        self.failed == 0
+            && self.skipped == 0
+            && self
+                .nodes
+                .iter()
+                .all(|n| matches!(n.status, NodeStatus::Built | NodeStatus::Cached))
     }
 }
 
@@ -109,7 +118,10 @@ struct Node<'a> {
     recipe: Digest,
 }
 
-pub fn build(opts: &BuildOptions, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Result<BuildReport, Error> {
+pub fn build(
+    opts: &BuildOptions,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<BuildReport, Error> {
     let started = Instant::now();
     let project = load(&opts.project, &opts.env)?;
     let store = Store::open(&opts.store)?;
@@ -120,27 +132,43 @@ pub fn build(opts: &BuildOptions, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Resu
 
     let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
     let done: Vec<OnceLock<Done>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
-    let reports: Vec<Mutex<Option<NodeReport>>> = (0..nodes.len()).map(|_| Mutex::new(None)).collect();
+    let reports: Vec<Mutex<Option<NodeReport>>> =
+        (0..nodes.len()).map(|_| Mutex::new(None)).collect();
 
     let outcomes = cascade_exec::schedule(&deps, opts.jobs, opts.keep_going, |i| {
         let node = &nodes[i];
-        on_event(Event::Started { name: &node.component.name });
+        on_event(Event::Started {
+            name: &node.component.name,
+        });
         let t0 = Instant::now();
         let inputs: BTreeMap<String, OutputDigest> = node
             .component
             .inputs
             .iter()
-            .filter_map(|&j| done[j].get().map(|d| (graph.components[j].name.clone(), d.output)))
+            .filter_map(|&j| {
+                done[j]
+                    .get()
+                    .map(|d| (graph.components[j].name.clone(), d.output))
+            })
             .collect();
         let mut warnings = Vec::new();
-        let (status, key, output) = match run_node(&store, &git, node, &opts.env, &inputs, &mut warnings) {
-            Ok((d, built)) => {
-                let (k, o) = (d.key, d.output);
-                let _ = done[i].set(d);
-                (if built { NodeStatus::Built } else { NodeStatus::Cached }, Some(k), Some(o))
-            }
-            Err(f) => (f.status, f.key, None),
-        };
+        let (status, key, output) =
+            match run_node(&store, &git, node, &opts.env, &inputs, &mut warnings) {
+                Ok((d, built)) => {
+                    let (k, o) = (d.key, d.output);
+                    let _ = done[i].set(d);
+                    (
+                        if built {
+                            NodeStatus::Built
+                        } else {
+                            NodeStatus::Cached
+                        },
+                        Some(k),
+                        Some(o),
+                    )
+                }
+                Err(f) => (f.status, f.key, None),
+            };
         let ok = matches!(status, NodeStatus::Built | NodeStatus::Cached);
         let report = NodeReport {
             name: node.component.name.clone(),
@@ -206,7 +234,12 @@ pub fn build(opts: &BuildOptions, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Resu
     };
     if report.success() {
         let lock = lockfile(&project, &nodes, &done);
-        report.lockfile = Some(write_lockfile(&opts.project, &opts.env, &opts.stamp, &lock)?);
+        report.lockfile = Some(write_lockfile(
+            &opts.project,
+            &opts.env,
+            &opts.stamp,
+            &lock,
+        )?);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -214,7 +247,11 @@ pub fn build(opts: &BuildOptions, on_event: &(dyn Fn(Event<'_>) + Sync)) -> Resu
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
 /// reported before anything runs.
-fn prepare<'a>(project: &'a Project, pinned: &'a [Pinned], tools: &Tools) -> Result<Vec<Node<'a>>, Error> {
+fn prepare<'a>(
+    project: &'a Project,
+    pinned: &'a [Pinned],
+    tools: &Tools,
+) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
     for (c, p) in project.graph.components.iter().zip(pinned) {
@@ -236,7 +273,10 @@ fn prepare<'a>(project: &'a Project, pinned: &'a [Pinned], tools: &Tools) -> Res
             }
         }
         let runner = RunnerIdentity::Host {
-            tools: resolved.iter().map(|t| (t.name.clone(), t.digest)).collect(),
+            tools: resolved
+                .iter()
+                .map(|t| (t.name.clone(), t.digest))
+                .collect(),
         };
         nodes.push(Node {
             component: c,
@@ -318,7 +358,9 @@ fn run_node(
         runner: node.runner.clone(),
         env: c.recipe.env.clone(),
     };
-    let key = store.put_key_manifest(&ingredients.encode()).map_err(|e| fail(e, None))?;
+    let key = store
+        .put_key_manifest(&ingredients.encode())
+        .map_err(|e| fail(e, None))?;
     let done = |output, artifacts| Done {
         output,
         key,
@@ -350,13 +392,19 @@ fn run_node(
     Ok((done(outputs.digest, outputs.artifacts), true))
 }
 
-fn artifacts_of(store: &Store, output: &OutputDigest, declared: &[String]) -> Result<BTreeMap<String, Digest>, StoreError> {
+fn artifacts_of(
+    store: &Store,
+    output: &OutputDigest,
+    declared: &[String],
+) -> Result<BTreeMap<String, Digest>, StoreError> {
     let mut out = BTreeMap::new();
     for path in declared {
         let mut tree = store.get_tree(&cascade_core::TreeDigest(output.0))?;
         let parts: Vec<&str> = path.split('/').collect();
         for (i, part) in parts.iter().enumerate() {
-            let Some(entry) = tree.get(part).cloned() else { break };
+            let Some(entry) = tree.get(part).cloned() else {
+                break;
+            };
             let last = i + 1 == parts.len();
             match (&entry.kind, last) {
                 (cascade_core::EntryKind::File { digest, .. }, true) => {
@@ -393,7 +441,8 @@ fn execute(
     let tools_dir = tmp.join("tools");
     let log = tmp.join("log");
     for d in [&work, &tools_dir] {
-        fs::create_dir(d).map_err(|e| fail(format!("could not create `{}`: {e}", d.display()), k))?;
+        fs::create_dir(d)
+            .map_err(|e| fail(format!("could not create `{}`: {e}", d.display()), k))?;
     }
     git.export(&node.pinned.location, &node.pinned.source.tree, &work)
         .map_err(|e| fail(format!("could not export the source: {e}"), k))?;
@@ -472,7 +521,11 @@ fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> L
         let inputs = c
             .inputs
             .iter()
-            .filter_map(|&j| done[j].get().map(|dj| (graph.components[j].name.clone(), dj.output)))
+            .filter_map(|&j| {
+                done[j]
+                    .get()
+                    .map(|dj| (graph.components[j].name.clone(), dj.output))
+            })
             .collect();
         out.insert(
             c.name.clone(),

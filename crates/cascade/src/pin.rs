@@ -44,7 +44,13 @@ pub fn locate(repo: &str, env_dir: &Path) -> String {
     }
 }
 
-fn problem(db: &SourceDb, c: &Component, message: String, label: &str, help: Option<String>) -> SourceProblem {
+fn problem(
+    db: &SourceDb,
+    c: &Component,
+    message: String,
+    label: &str,
+    help: Option<String>,
+) -> SourceProblem {
     let span = c.source.repo_span;
     SourceProblem {
         message,
@@ -76,9 +82,11 @@ pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
                     Rev::Version(v) => format!("version `{v}` (tag `v{v}` or `{v}`)"),
                 };
                 let message = format!("{what} does not exist in `{}`", c.source.repo);
-                bad.push(Box::new(cascade_manifest::unknown_ref(db, c, message, closest)));
+                bad.push(Box::new(cascade_manifest::unknown_ref(
+                    db, c, message, closest,
+                )));
             }
-            Err(e @ GitError::Fetch { .. }) => unreachable.push(Box::new(problem(
+            Err(e @ GitError::FetchFailed { .. }) => unreachable.push(Box::new(problem(
                 db,
                 c,
                 format!("could not fetch the source of `{}`", c.name),

@@ -1,0 +1,248 @@
+//! `cargo xtask bench`: synthetic graphs (chain, wide, diamond-heavy; 1,000 and 10,000
+//! nodes; trivial steps), each timed cold (empty store), no-op (everything cached) and
+//! after a change to one leaf (a node nothing depends on). A benchmark, not a test: it prints figures and checks only
+//! that each build did what it should (everything built, nothing built, a few built).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// n0 ← n1 ← n2 ← …
+    Chain,
+    /// One root, every other node depends on it.
+    Wide,
+    /// Layers of 10; each node depends on two nodes of the layer above.
+    Diamond,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Chain => "chain",
+            Shape::Wide => "wide",
+            Shape::Diamond => "diamond",
+        }
+    }
+
+    fn inputs(self, i: usize) -> Vec<usize> {
+        match self {
+            Shape::Chain => i.checked_sub(1).into_iter().collect(),
+            Shape::Wide => {
+                if i == 0 {
+                    vec![]
+                } else {
+                    vec![0]
+                }
+            }
+            Shape::Diamond => {
+                const W: usize = 10;
+                if i < W {
+                    vec![]
+                } else {
+                    let layer_start = (i / W - 1) * W;
+                    let a = layer_start + i % W;
+                    let b = layer_start + (i + 1) % W;
+                    let mut v = vec![a, b];
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                }
+            }
+        }
+    }
+}
+
+fn node(i: usize) -> String {
+    format!("n{i:05}")
+}
+
+/// Writes a project with `n` nodes of `shape` whose sources are sub-directories of
+/// one git repository, so a change to one directory changes one node's source.
+fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
+    fs::create_dir_all(dir.join("graph/environments"))?;
+    fs::create_dir_all(dir.join("recipes"))?;
+    let repo_path = dir.join("repo");
+    let repo = git2::Repository::init_bare(&repo_path)?;
+    let mut root = repo.treebuilder(None)?;
+    for i in 0..n {
+        let blob = repo.blob(format!("{i}\n").as_bytes())?;
+        let mut sub = repo.treebuilder(None)?;
+        sub.insert("data", blob, 0o100644)?;
+        root.insert(node(i), sub.write()?, 0o040000)?;
+    }
+    let tree = repo.find_tree(root.write()?)?;
+    let sig = git2::Signature::new(
+        "bench",
+        "bench@example.com",
+        &git2::Time::new(1_767_225_600, 0),
+    )?;
+    repo.commit(Some("refs/heads/main"), &sig, &sig, "bench", &tree, &[])?;
+
+    let mut env = String::from("name: bench\nmode: branch\nsources:\n");
+    for i in 0..n {
+        writeln!(
+            env,
+            "  {}: {{ repo: ../../repo, ref: main, dir: {} }}",
+            node(i),
+            node(i)
+        )?;
+    }
+    fs::write(dir.join("graph/environments/bench.yaml"), env)?;
+    for i in 0..n {
+        let inputs: Vec<String> = shape.inputs(i).into_iter().map(node).collect();
+        let recipe = format!(
+            "inputs: [{}]\nrunner: {{ host: {{ tools: [sh] }} }}\nsteps:\n  - name: make\n    run: 'read x < data; echo \"$x $CASCADE_COMPONENT\" > out'\noutputs: [out]\n",
+            inputs.join(", ")
+        );
+        fs::write(
+            dir.join("recipes").join(format!("{}.yaml", node(i))),
+            recipe,
+        )?;
+    }
+    Ok(())
+}
+
+/// Commits a change to the last node's directory: a leaf of the graph (nothing
+/// depends on it) in every shape, so exactly one node should rebuild.
+fn change_leaf(dir: &Path, n: usize) -> Result<()> {
+    let repo = git2::Repository::open_bare(dir.join("repo"))?;
+    let head = repo.find_reference("refs/heads/main")?.peel_to_commit()?;
+    let tree = head.tree()?;
+    let blob = repo.blob(b"changed\n")?;
+    let first = node(n - 1);
+    let sub_id = tree
+        .get_name(&first)
+        .ok_or("bench repo lost its last node")?
+        .id();
+    let mut sub = repo.treebuilder(Some(&repo.find_tree(sub_id)?))?;
+    sub.insert("data", blob, 0o100644)?;
+    let mut root = repo.treebuilder(Some(&tree))?;
+    root.insert(&first, sub.write()?, 0o040000)?;
+    let new_tree = repo.find_tree(root.write()?)?;
+    let sig = git2::Signature::new(
+        "bench",
+        "bench@example.com",
+        &git2::Time::new(1_767_229_200, 0),
+    )?;
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        "change",
+        &new_tree,
+        &[&head],
+    )?;
+    Ok(())
+}
+
+struct Timed {
+    secs: f64,
+    built: u64,
+    cached: u64,
+}
+
+fn build(dir: &Path, jobs: usize) -> Result<Timed> {
+    let args: Vec<String> = vec![
+        "cascade".into(),
+        "--project".into(),
+        dir.display().to_string(),
+        "build".into(),
+        "--env".into(),
+        "bench".into(),
+        "--json".into(),
+        "--store".into(),
+        dir.join("cache").display().to_string(),
+        "--jobs".into(),
+        jobs.to_string(),
+    ];
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let t = Instant::now();
+    let code = cascade_cli::run_with(args, &mut out, &mut err, false);
+    let secs = t.elapsed().as_secs_f64();
+    if code != 0 {
+        return Err(format!(
+            "bench build failed ({code}):\n{}",
+            String::from_utf8_lossy(&err)
+        )
+        .into());
+    }
+    let j: serde_json::Value = serde_json::from_slice(&out)?;
+    Ok(Timed {
+        secs,
+        built: j["built"].as_u64().unwrap_or(0),
+        cached: j["cached"].as_u64().unwrap_or(0),
+    })
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut sizes = vec![1_000usize, 10_000];
+    let mut shapes = vec![Shape::Chain, Shape::Wide, Shape::Diamond];
+    let mut jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--sizes" => {
+                let v = it.next().ok_or("--sizes needs a value like 1000,10000")?;
+                sizes = v
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            "--shapes" => {
+                let v = it
+                    .next()
+                    .ok_or("--shapes needs a value like chain,wide,diamond")?;
+                shapes = v
+                    .split(',')
+                    .map(|s| match s {
+                        "chain" => Ok(Shape::Chain),
+                        "wide" => Ok(Shape::Wide),
+                        "diamond" => Ok(Shape::Diamond),
+                        other => Err(format!("unknown shape `{other}`")),
+                    })
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            "--jobs" => jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
+            other => return Err(format!("unknown bench argument `{other}`").into()),
+        }
+    }
+    let base: PathBuf = std::env::temp_dir().join(format!("cascade-bench-{}", std::process::id()));
+    println!("| shape | nodes | cold build | no-op build | one-leaf change (rebuilt) |");
+    println!("|---|---|---|---|---|");
+    for &n in &sizes {
+        for &shape in &shapes {
+            let dir = base.join(format!("{}-{n}", shape.name()));
+            let _ = fs::remove_dir_all(&dir);
+            generate(&dir, shape, n)?;
+            let cold = build(&dir, jobs)?;
+            if cold.built != n as u64 {
+                return Err(format!("cold build built {} of {n}", cold.built).into());
+            }
+            let noop = build(&dir, jobs)?;
+            if noop.built != 0 || noop.cached != n as u64 {
+                return Err(format!("no-op build built {}", noop.built).into());
+            }
+            change_leaf(&dir, n)?;
+            let leaf = build(&dir, jobs)?;
+            println!(
+                "| {} | {n} | {:.2} s | {:.3} s | {:.3} s ({}) |",
+                shape.name(),
+                cold.secs,
+                noop.secs,
+                leaf.secs,
+                leaf.built
+            );
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+    let _ = fs::remove_dir_all(&base);
+    Ok(())
+}
