@@ -51,6 +51,19 @@ impl Run {
     }
 }
 
+/// Runs `cascade <args…>` in-process, capturing what it prints.
+pub fn cascade(args: &[String]) -> Run {
+    let full = std::iter::once("cascade".to_string()).chain(args.iter().cloned());
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = cascade_cli::run_with(full, &mut out, &mut err, false);
+    Run {
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
 pub struct TestProject {
     _dir: tempfile::TempDir,
     pub root: PathBuf,

@@ -1,0 +1,128 @@
+//! End to end on the example ecosystem of this repository: generate its git
+//! repositories, build `scratch` twice (the second build runs nothing), build it again
+//! in another directory with another umask and store (same lockfile bytes), and run
+//! the `services` binary from the store: it answers `/version` with its commit.
+//!
+//! One test function on purpose: it changes the process umask, which would disturb
+//! tests running beside it in this binary.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cascade_tests::{cascade, Run};
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A copy of this repository's graph and recipes with freshly generated repositories.
+fn example_project(dir: &Path) {
+    let root = xtask::workspace_root();
+    copy_dir(&root.join("graph"), &dir.join("graph"));
+    copy_dir(&root.join("recipes"), &dir.join("recipes"));
+    xtask::ecosystem::generate(&root, &dir.join("target/ecosystem")).expect("generate the ecosystem");
+}
+
+fn build(project: &Path, store: &Path) -> Run {
+    let r = cascade(&[
+        "--project".into(),
+        project.display().to_string(),
+        "build".into(),
+        "--env".into(),
+        "scratch".into(),
+        "--json".into(),
+        "--store".into(),
+        store.display().to_string(),
+    ]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    r
+}
+
+fn lockfile(project: &Path, run: &Run) -> String {
+    let rel = run.json()["lockfile"].as_str().expect("a lockfile").to_string();
+    fs::read_to_string(project.join(rel)).unwrap()
+}
+
+#[test]
+fn example_ecosystem_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    example_project(&a);
+    let store_a = a.join("cache");
+
+    let first = build(&a, &store_a);
+    assert_eq!(first.json()["built"], 7, "{}", first.stderr);
+    let second = build(&a, &store_a);
+    assert_eq!(second.json()["built"], 0, "a second build runs no step");
+    assert_eq!(second.json()["cached"], 7);
+    let lock_a = lockfile(&a, &first);
+    assert_eq!(lock_a, lockfile(&a, &second), "same inputs, same lockfile bytes");
+
+    // Another checkout, another store, a hostile umask: the same bytes.
+    let b = tmp.path().join("elsewhere/deeper/b");
+    let old = unsafe { libc::umask(0o077) };
+    example_project(&b);
+    let third = build(&b, &tmp.path().join("other-store"));
+    unsafe { libc::umask(old) };
+    assert_eq!(third.json()["built"], 7);
+    assert_eq!(lock_a, lockfile(&b, &third), "a build elsewhere gives the same lockfile");
+
+    // The services binary, from the store, answers /version with its commit.
+    let lock = cascade_lock::read("lock.yaml", &lock_a).unwrap();
+    let services = &lock.nodes["services"];
+    let store = cascade_store::Store::open(&store_a).unwrap();
+    let out = tmp.path().join("services-out");
+    fs::create_dir(&out).unwrap();
+    store.materialize(&services.output, &out).unwrap();
+    let mut child = Command::new(out.join("bin/services"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start services");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET /version HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+                let mut resp = String::new();
+                s.read_to_string(&mut resp).unwrap();
+                break resp;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("services never answered: {e}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains(&services.source.commit), "{body}");
+    assert!(body.contains(&lock.nodes["sdk"].source.version), "embeds the sdk version: {body}");
+    // Materialized outputs are read-only; make them removable for the temp dir.
+    cascade_store::remove_tree(&out).unwrap();
+}
