@@ -61,6 +61,34 @@ fn problem(
     }
 }
 
+/// Removes `.` and `..` components without touching the file system, for messages.
+fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "." => {}
+            ".." if out.last().is_some_and(|l| !l.is_empty() && *l != "..") => {
+                out.pop();
+            }
+            _ => out.push(part),
+        }
+    }
+    out.join("/")
+}
+
+/// Where a repository path led, relative to the project when it is inside it (no
+/// machine paths in messages that tests snapshot and users paste).
+fn describe_location(location: &str, root: &Path) -> String {
+    let loc = normalize(location);
+    let root = normalize(&root.to_string_lossy());
+    match loc.strip_prefix(&format!("{root}/")) {
+        Some(rel) => format!(
+            "relative paths start at the environment file's directory; this one is `{rel}` in the project"
+        ),
+        None => format!("looked at `{loc}`"),
+    }
+}
+
 /// Pins every component, then checks the compatibility matrix.
 pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
     let env_dir = project.environment_dir();
@@ -92,6 +120,13 @@ pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
                 format!("could not fetch the source of `{}`", c.name),
                 "this repository",
                 Some(e.to_string()),
+            ))),
+            Err(GitError::NotARepository { .. }) => bad.push(Box::new(problem(
+                db,
+                c,
+                format!("`{}` is not a git repository", c.source.repo),
+                "no repository here",
+                Some(describe_location(&location, &project.root)),
             ))),
             Err(e) => bad.push(Box::new(problem(
                 db,
