@@ -33,7 +33,8 @@ fn example_project(dir: &Path) {
     let root = xtask::workspace_root();
     copy_dir(&root.join("graph"), &dir.join("graph"));
     copy_dir(&root.join("recipes"), &dir.join("recipes"));
-    xtask::ecosystem::generate(&root, &dir.join("target/ecosystem")).expect("generate the ecosystem");
+    xtask::ecosystem::generate(&root, &dir.join("target/ecosystem"))
+        .expect("generate the ecosystem");
 }
 
 fn build(project: &Path, store: &Path) -> Run {
@@ -52,7 +53,10 @@ fn build(project: &Path, store: &Path) -> Run {
 }
 
 fn lockfile(project: &Path, run: &Run) -> String {
-    let rel = run.json()["lockfile"].as_str().expect("a lockfile").to_string();
+    let rel = run.json()["lockfile"]
+        .as_str()
+        .expect("a lockfile")
+        .to_string();
     fs::read_to_string(project.join(rel)).unwrap()
 }
 
@@ -69,7 +73,11 @@ fn example_ecosystem_end_to_end() {
     assert_eq!(second.json()["built"], 0, "a second build runs no step");
     assert_eq!(second.json()["cached"], 7);
     let lock_a = lockfile(&a, &first);
-    assert_eq!(lock_a, lockfile(&a, &second), "same inputs, same lockfile bytes");
+    assert_eq!(
+        lock_a,
+        lockfile(&a, &second),
+        "same inputs, same lockfile bytes"
+    );
 
     // Another checkout, another store, a hostile umask: the same bytes.
     let b = tmp.path().join("elsewhere/deeper/b");
@@ -78,7 +86,11 @@ fn example_ecosystem_end_to_end() {
     let third = build(&b, &tmp.path().join("other-store"));
     unsafe { libc::umask(old) };
     assert_eq!(third.json()["built"], 7);
-    assert_eq!(lock_a, lockfile(&b, &third), "a build elsewhere gives the same lockfile");
+    assert_eq!(
+        lock_a,
+        lockfile(&b, &third),
+        "a build elsewhere gives the same lockfile"
+    );
 
     // The services binary, from the store, answers /version with its commit.
     let lock = cascade_lock::read("lock.yaml", &lock_a).unwrap();
@@ -94,7 +106,9 @@ fn example_ecosystem_end_to_end() {
         .spawn()
         .expect("start services");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let port: u16 = line
         .trim()
         .rsplit(':')
@@ -106,7 +120,8 @@ fn example_ecosystem_end_to_end() {
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                s.write_all(b"GET /version HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+                s.write_all(b"GET /version HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    .unwrap();
                 let mut resp = String::new();
                 s.read_to_string(&mut resp).unwrap();
                 break resp;
@@ -120,9 +135,15 @@ fn example_ecosystem_end_to_end() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    assert!(body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
     assert!(body.contains(&services.source.commit), "{body}");
-    assert!(body.contains(&lock.nodes["sdk"].source.version), "embeds the sdk version: {body}");
+    assert!(
+        body.contains(&lock.nodes["sdk"].source.version),
+        "embeds the sdk version: {body}"
+    );
     // Materialized outputs are read-only; make them removable for the temp dir.
     cascade_store::remove_tree(&out).unwrap();
 }

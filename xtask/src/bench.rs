@@ -61,33 +61,26 @@ fn node(i: usize) -> String {
     format!("n{i:05}")
 }
 
-/// Writes a project with `n` nodes of `shape` whose sources are sub-directories of
-/// one git repository, so a change to one directory changes one node's source.
+/// Writes a project with `n` nodes of `shape`. Every node's source is its own branch
+/// of one git repository (one commit holding one file), so moving one branch changes
+/// exactly one node's source, as a commit in one of many repositories would.
 fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
     fs::create_dir_all(dir.join("graph/environments"))?;
     fs::create_dir_all(dir.join("recipes"))?;
-    let repo_path = dir.join("repo");
-    let repo = git2::Repository::init_bare(&repo_path)?;
-    let mut root = repo.treebuilder(None)?;
-    for i in 0..n {
-        let blob = repo.blob(format!("{i}\n").as_bytes())?;
-        let mut sub = repo.treebuilder(None)?;
-        sub.insert("data", blob, 0o100644)?;
-        root.insert(node(i), sub.write()?, 0o040000)?;
-    }
-    let tree = repo.find_tree(root.write()?)?;
+    let repo = git2::Repository::init_bare(dir.join("repo"))?;
     let sig = git2::Signature::new(
         "bench",
         "bench@example.com",
         &git2::Time::new(1_767_225_600, 0),
     )?;
-    repo.commit(Some("refs/heads/main"), &sig, &sig, "bench", &tree, &[])?;
-
+    for i in 0..n {
+        commit_node(&repo, &sig, i, format!("{i}\n").as_bytes())?;
+    }
     let mut env = String::from("name: bench\nmode: branch\nsources:\n");
     for i in 0..n {
         writeln!(
             env,
-            "  {}: {{ repo: ../../repo, ref: main, dir: {} }}",
+            "  {}: {{ repo: ../../repo, ref: {} }}",
             node(i),
             node(i)
         )?;
@@ -107,37 +100,32 @@ fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Commits a change to the last node's directory: a leaf of the graph (nothing
-/// depends on it) in every shape, so exactly one node should rebuild.
+/// Points branch `n<i>` at a new root commit whose tree holds `data`.
+fn commit_node(
+    repo: &git2::Repository,
+    sig: &git2::Signature<'_>,
+    i: usize,
+    data: &[u8],
+) -> Result<()> {
+    let blob = repo.blob(data)?;
+    let mut tb = repo.treebuilder(None)?;
+    tb.insert("data", blob, 0o100644)?;
+    let tree = repo.find_tree(tb.write()?)?;
+    let oid = repo.commit(None, sig, sig, &node(i), &tree, &[])?;
+    repo.reference(&format!("refs/heads/{}", node(i)), oid, true, "bench")?;
+    Ok(())
+}
+
+/// Moves the last node's branch: a leaf of the graph (nothing depends on it) in every
+/// shape, so exactly one node should rebuild.
 fn change_leaf(dir: &Path, n: usize) -> Result<()> {
     let repo = git2::Repository::open_bare(dir.join("repo"))?;
-    let head = repo.find_reference("refs/heads/main")?.peel_to_commit()?;
-    let tree = head.tree()?;
-    let blob = repo.blob(b"changed\n")?;
-    let first = node(n - 1);
-    let sub_id = tree
-        .get_name(&first)
-        .ok_or("bench repo lost its last node")?
-        .id();
-    let mut sub = repo.treebuilder(Some(&repo.find_tree(sub_id)?))?;
-    sub.insert("data", blob, 0o100644)?;
-    let mut root = repo.treebuilder(Some(&tree))?;
-    root.insert(&first, sub.write()?, 0o040000)?;
-    let new_tree = repo.find_tree(root.write()?)?;
     let sig = git2::Signature::new(
         "bench",
         "bench@example.com",
         &git2::Time::new(1_767_229_200, 0),
     )?;
-    repo.commit(
-        Some("refs/heads/main"),
-        &sig,
-        &sig,
-        "change",
-        &new_tree,
-        &[&head],
-    )?;
-    Ok(())
+    commit_node(&repo, &sig, n - 1, b"changed\n")
 }
 
 struct Timed {
@@ -186,6 +174,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut keep = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -211,6 +200,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     .collect::<std::result::Result<_, _>>()?;
             }
             "--jobs" => jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
+            "--keep" => keep = true,
             other => return Err(format!("unknown bench argument `{other}`").into()),
         }
     }
@@ -240,9 +230,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 leaf.secs,
                 leaf.built
             );
-            let _ = fs::remove_dir_all(&dir);
+            if !keep {
+                let _ = fs::remove_dir_all(&dir);
+            }
         }
     }
-    let _ = fs::remove_dir_all(&base);
+    if keep {
+        println!("projects kept in {}", base.display());
+    } else {
+        let _ = fs::remove_dir_all(&base);
+    }
     Ok(())
 }

@@ -49,7 +49,34 @@ fn main() -> ExitCode {
             let code = build::run(&root, &args);
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
-        Command::Bench { args } => bench::run(&args).map_err(|e| e.to_string().into()),
+        Command::Bench { args } => {
+            // Figures from a debug build mean nothing: rerun ourselves optimized.
+            if cfg!(debug_assertions) {
+                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                let status = std::process::Command::new(cargo)
+                    .args([
+                        "run",
+                        "--quiet",
+                        "--release",
+                        "--package",
+                        "xtask",
+                        "--",
+                        "bench",
+                    ])
+                    .args(&args)
+                    .current_dir(&root)
+                    .status();
+                return match status {
+                    Ok(s) if s.success() => ExitCode::SUCCESS,
+                    Ok(_) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("error: could not run the release build of xtask: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            bench::run(&args).map_err(|e| e.to_string().into())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

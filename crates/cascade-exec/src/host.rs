@@ -199,10 +199,7 @@ impl HostRun<'_> {
             let waiter = std::thread::spawn(move || {
                 let _ = tx.send(child.wait());
             });
-            let result = match rx.recv_timeout(self.timeout) {
-                Ok(status) => Some(status),
-                Err(_) => None,
-            };
+            let result = rx.recv_timeout(self.timeout).ok();
             // Kill the whole group either way: on timeout, and to reap anything a
             // finished step left running in the background.
             // SAFETY: plain syscall; a negative pid names the process group.

@@ -1,0 +1,125 @@
+//! The architecture invariants of ARCHITECTURE.md, checked against `cargo metadata`
+//! and the sources, so that they stay true.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+/// Package name → its normal (non-dev) dependencies.
+fn dependencies() -> BTreeMap<String, Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = xtask::workspace_root();
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let mut map = BTreeMap::new();
+    for p in meta["packages"].as_array().expect("packages") {
+        let deps = p["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["kind"].is_null())
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect();
+        map.insert(p["name"].as_str().unwrap_or_default().to_string(), deps);
+    }
+    map
+}
+
+fn assert_only(deps: &BTreeMap<String, Vec<String>>, dep: &str, allowed: &[&str]) {
+    for (pkg, ds) in deps {
+        if ds.iter().any(|d| d == dep) {
+            assert!(
+                allowed.contains(&pkg.as_str()),
+                "`{pkg}` must not depend on `{dep}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn pure_crates_do_no_io() {
+    let deps = dependencies();
+    for pure in ["cascade-core", "cascade-manifest", "cascade-lock"] {
+        let ds = deps
+            .get(pure)
+            .unwrap_or_else(|| panic!("no package {pure}"));
+        for io in [
+            "git2",
+            "bollard",
+            "tokio",
+            "reqwest",
+            "cascade-store",
+            "cascade-exec",
+            "cascade-git",
+            "tempfile",
+        ] {
+            assert!(
+                !ds.iter().any(|d| d == io),
+                "pure crate `{pure}` depends on `{io}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn one_crate_per_outside_concern() {
+    let deps = dependencies();
+    // Only cascade-git talks to git (xtask writes the example's repositories; tests make theirs).
+    assert_only(&deps, "git2", &["cascade-git", "xtask", "cascade-tests"]);
+    // Only the manifest and lockfile crates know which YAML library we use.
+    assert_only(
+        &deps,
+        "serde-saphyr",
+        &["cascade-manifest", "cascade-lock", "xtask"],
+    );
+    // Nothing is async (see ARCHITECTURE.md: the scheduler is a thread pool).
+    assert_only(&deps, "tokio", &[]);
+    // Only the CLI renders and parses arguments.
+    assert_only(&deps, "clap", &["cascade-cli", "xtask"]);
+}
+
+#[test]
+fn every_crate_has_a_header_and_an_architecture_section() {
+    let root = xtask::workspace_root();
+    let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    for (name, dir) in [
+        ("cascade-core", "crates/cascade-core"),
+        ("cascade-manifest", "crates/cascade-manifest"),
+        ("cascade-lock", "crates/cascade-lock"),
+        ("cascade-git", "crates/cascade-git"),
+        ("cascade-store", "crates/cascade-store"),
+        ("cascade-exec", "crates/cascade-exec"),
+        ("cascade", "crates/cascade"),
+        ("cascade-cli", "crates/cascade-cli"),
+        ("cascade-tests", "tests"),
+        ("xtask", "xtask"),
+    ] {
+        let lib = Path::new(dir).join("src/lib.rs");
+        let text = std::fs::read_to_string(root.join(&lib)).unwrap_or_default();
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "{} has no //! header",
+            lib.display()
+        );
+        assert!(
+            arch.lines()
+                .any(|l| l.starts_with('#') && l.contains(&format!("`{name}`"))),
+            "ARCHITECTURE.md has no section for `{name}`"
+        );
+    }
+}
