@@ -69,6 +69,7 @@ where
     T: Into<OsString> + Clone,
 {
     install_panic_hook();
+    install_signal_handler();
     let color = std::io::stderr().is_terminal();
     run_with(args, &mut std::io::stdout(), &mut std::io::stderr(), color)
 }
@@ -131,6 +132,23 @@ impl Io<'_> {
         let _ = serde_json::to_writer_pretty(&mut *self.out, v);
         let _ = writeln!(self.out);
     }
+}
+
+/// On SIGINT/SIGTERM: kill the running steps (they are in their own process groups,
+/// out of the terminal's reach) and exit 130. The store stays consistent: results are
+/// recorded only after a node succeeds, by atomic renames.
+fn install_signal_handler() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            cascade_exec::kill_running_steps();
+            eprintln!("\ninterrupted (signal {sig}): running steps killed, no lockfile written");
+            std::process::exit(130);
+        }
+    });
 }
 
 fn install_panic_hook() {

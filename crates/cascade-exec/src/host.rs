@@ -6,6 +6,7 @@
 //! found even when it lives next to a declared one in `/usr/bin`.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
@@ -106,6 +107,21 @@ impl Tools {
     }
 }
 
+/// Process groups of the steps running now, so an interrupted cascade can kill them:
+/// they run in their own groups, so the terminal's Ctrl-C does not reach them.
+static RUNNING: Mutex<BTreeSet<libc::pid_t>> = Mutex::new(BTreeSet::new());
+
+/// Kills every running step's process group (for SIGINT/SIGTERM handling).
+pub fn kill_running_steps() {
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    for &pgid in running.iter() {
+        // SAFETY: plain syscall; a negative pid names the process group.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub name: String,
@@ -195,6 +211,10 @@ impl HostRun<'_> {
                 .spawn()
                 .map_err(setup(format!("start step `{}`", step.name)))?;
             let pgid = child.id() as libc::pid_t;
+            RUNNING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pgid);
             let (tx, rx) = mpsc::channel();
             let waiter = std::thread::spawn(move || {
                 let _ = tx.send(child.wait());
@@ -207,6 +227,10 @@ impl HostRun<'_> {
                 libc::kill(-pgid, libc::SIGKILL);
             }
             let _ = waiter.join();
+            RUNNING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&pgid);
             match result {
                 None => {
                     let after = started.elapsed();

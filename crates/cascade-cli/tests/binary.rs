@@ -1,0 +1,103 @@
+//! The real `cascade` binary: exit codes as a process sees them, and Ctrl-C.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A one-component project whose step runs `run` (with the tools `sh` and `sleep`).
+fn project(dir: &Path, run: &str, env: &str) {
+    fs::create_dir_all(dir.join("graph/environments")).unwrap();
+    fs::create_dir_all(dir.join("recipes")).unwrap();
+    fs::write(
+        dir.join("graph/environments/test.yaml"),
+        "name: test\nmode: branch\nsources:\n  app: { repo: ../../repo, ref: main }\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("recipes/app.yaml"),
+        format!("runner: {{ host: {{ tools: [sh, sleep] }} }}\nenv: {env}\nsteps:\n  - name: run\n    run: '{run}'\noutputs: [out]\n"),
+    )
+    .unwrap();
+    let repo = git2::Repository::init(dir.join("repo")).unwrap();
+    let mut tb = repo.treebuilder(None).unwrap();
+    tb.insert("a", repo.blob(b"a").unwrap(), 0o100644).unwrap();
+    let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+    let sig =
+        git2::Signature::new("t", "t@example.com", &git2::Time::new(1_767_225_600, 0)).unwrap();
+    repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
+        .unwrap();
+}
+
+fn cascade(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cascade"));
+    c.arg("--project").arg(dir).args(["build", "--env", "test"]);
+    c
+}
+
+#[test]
+fn exit_codes_as_a_process_sees_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    project(tmp.path(), "echo > out", "{}");
+    let st = cascade(tmp.path()).stderr(Stdio::null()).status().unwrap();
+    assert_eq!(st.code(), Some(0));
+    let failing = tempfile::tempdir().unwrap();
+    project(failing.path(), "exit 1", "{}");
+    let st = cascade(failing.path())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    let st = cascade(tmp.path())
+        .arg("--bogus")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(2));
+    let no_project = tmp.path().join("nothing-here");
+    let st = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .arg("--project")
+        .arg(&no_project)
+        .args(["build", "--env", "x"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(2));
+}
+
+#[test]
+fn interrupt_kills_running_steps_and_writes_no_lockfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("step.pid");
+    // The step records its pid, then sleeps in a child process of its own.
+    project(
+        tmp.path(),
+        "echo $$ > \"$PIDFILE\"; sleep 60; echo > out",
+        &format!("{{ PIDFILE: \"{}\" }}", pidfile.display()),
+    );
+    let mut child = cascade(tmp.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid: i32 = loop {
+        if let Some(p) = fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // The step's shell is gone (killed with its process group), not orphaned.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "step {pid} survived the interrupt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!tmp.path().join("lockfiles").exists());
+}
