@@ -181,7 +181,11 @@ pub(crate) fn closest(names: &[String], wanted: &[&str]) -> Vec<String> {
     let mut ranked: Vec<(usize, &String)> = names
         .iter()
         .map(|n| {
-            let d = wanted.iter().map(|w| levenshtein(w, n)).min().unwrap_or(0);
+            let d = wanted
+                .iter()
+                .map(|w| strsim::levenshtein(w, n))
+                .min()
+                .unwrap_or(0);
             (d, n)
         })
         .collect();
@@ -193,37 +197,9 @@ pub(crate) fn closest(names: &[String], wanted: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Edit distance (insertions, deletions, substitutions) over chars.
-pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != *cb))
-                .min(above + 1)
-                .min(row[j] + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn levenshtein_distances() {
-        assert_eq!(levenshtein("", ""), 0);
-        assert_eq!(levenshtein("main", "main"), 0);
-        assert_eq!(levenshtein("mian", "main"), 2);
-        assert_eq!(levenshtein("develop", "devlop"), 1);
-        assert_eq!(levenshtein("", "abc"), 3);
-        assert_eq!(levenshtein("kitten", "sitting"), 3);
-    }
 
     #[test]
     fn closest_ranks_by_distance_then_name() {
