@@ -272,3 +272,115 @@ fn undeclared_output_is_a_failure_with_a_clear_message() {
         "declared output `out/missing.txt` was not produced"
     );
 }
+
+/// Every file under a store sub-directory.
+fn store_files(p: &TestProject, sub: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![p.root.join("cache").join(sub)];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn flip_a_byte(path: &std::path::Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x20;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_action_results_are_reported_discarded_and_rebuilt() {
+    let p = diamond();
+    p.build("test", 0);
+    for f in store_files(&p, "actions") {
+        flip_a_byte(&f);
+    }
+    let r = p.build("test", 0);
+    assert_eq!(r.json()["built"], 5, "nothing corrupt is used");
+    let warned = r.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n["warnings"].as_array().is_some_and(|w| {
+                w.iter()
+                    .any(|w| w.as_str().unwrap_or("").contains("corrupt"))
+            })
+        })
+        .count();
+    assert_eq!(warned, 5, "{}", r.stdout);
+    assert_eq!(p.build("test", 0).json()["built"], 0, "and stored again");
+}
+
+#[test]
+fn a_truncated_output_blob_rebuilds_its_node() {
+    let p = diamond();
+    p.build("test", 0);
+    let blobs = store_files(&p, "blobs");
+    // The blob holding base's output ("base data\n").
+    let base = blobs
+        .iter()
+        .find(|b| fs::read(b).unwrap() == b"base data\n")
+        .unwrap();
+    fs::write(base, b"base").unwrap();
+    let r = p.build("test", 0);
+    assert_eq!(r.with_status("built"), ["base"], "{}", r.stderr);
+    assert_eq!(
+        fs::read(base).unwrap(),
+        b"base data\n",
+        "rebuilt and stored again"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_an_input_is_never_used() {
+    let mut p = diamond();
+    p.build("test", 0);
+    let blobs = store_files(&p, "blobs");
+    let base = blobs
+        .iter()
+        .find(|b| fs::read(b).unwrap() == b"base data\n")
+        .unwrap()
+        .clone();
+    flip_a_byte(&base);
+    // left must rebuild and so reads base's output: the corruption is caught there.
+    p.commit(
+        "left",
+        "develop",
+        &[("data.txt", Some("left data v2\n"))],
+        "change",
+    );
+    let r = p.build("test", 1);
+    let j = r.json();
+    let left = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "left")
+        .unwrap();
+    assert!(
+        left["error"]
+            .as_str()
+            .unwrap()
+            .contains("input `base` is corrupt"),
+        "{left}"
+    );
+    // The bad blob was removed, so the next build rebuilds base, then left.
+    let r = p.build("test", 0);
+    assert_eq!(
+        sorted(r.with_status("built")),
+        ["base", "left", "top"],
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::read(&base).unwrap(), b"base data\n");
+}

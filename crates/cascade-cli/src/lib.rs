@@ -192,6 +192,14 @@ fn secs(ms: u64) -> String {
 }
 
 fn node_line(r: &NodeReport) -> String {
+    let mut line = node_status_line(r);
+    for w in &r.warnings {
+        line.push_str(&format!("\n           warning: {w}"));
+    }
+    line
+}
+
+fn node_status_line(r: &NodeReport) -> String {
     let version = format!("{} {}", r.version, &r.commit[..r.commit.len().min(7)]);
     match &r.status {
         NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),

@@ -270,9 +270,9 @@ impl Store {
         }
     }
 
-    /// True when the output tree and every blob it references are present (trees are
-    /// read and verified; blobs are only checked for presence here, and verified when
-    /// they are read).
+    /// True when the output tree and every blob it references are present with the
+    /// right size. Trees are read and verified; blobs are checked by size here (cheap,
+    /// catches truncation) and verified byte for byte whenever they are read.
     pub fn has_output(&self, output: &OutputDigest) -> Result<bool, StoreError> {
         let mut stack = vec![TreeDigest(output.0)];
         while let Some(t) = stack.pop() {
@@ -283,9 +283,12 @@ impl Store {
             };
             for e in tree.entries() {
                 match &e.kind {
-                    cascade_core::EntryKind::File { digest, .. } => {
-                        if !self.has_blob(digest) {
-                            return Ok(false);
+                    cascade_core::EntryKind::File { digest, size, .. } => {
+                        let p = self.path(Kind::Blob, &digest.0);
+                        match fs::metadata(&p) {
+                            Ok(m) if m.len() == *size => {}
+                            Ok(_) => return Err(self.discard(p, digest.to_string())),
+                            Err(_) => return Ok(false),
                         }
                     }
                     cascade_core::EntryKind::Dir { digest } => stack.push(*digest),

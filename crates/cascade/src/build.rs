@@ -451,9 +451,14 @@ fn execute(
         let dest = work.join("inputs").join(name);
         fs::create_dir_all(&dest)
             .map_err(|e| fail(format!("could not create `inputs/{name}`: {e}"), k))?;
-        store
-            .materialize(output, &dest)
-            .map_err(|e| fail(format!("could not materialize input `{name}`: {e}"), k))?;
+        store.materialize(output, &dest).map_err(|e| match e {
+            // The bad entry is gone now, so the next build rebuilds the input.
+            StoreError::Corrupt { .. } => fail(
+                format!("input `{name}` is corrupt in the store ({e}); run the build again to rebuild it"),
+                k,
+            ),
+            e => fail(format!("could not materialize input `{name}`: {e}"), k),
+        })?;
     }
     let steps: Vec<Step> = c
         .recipe
