@@ -384,3 +384,19 @@ fn a_flipped_byte_in_an_input_is_never_used() {
     );
     assert_eq!(fs::read(&base).unwrap(), b"base data\n");
 }
+
+#[test]
+fn undeclared_environment_never_reaches_a_key_but_declared_env_does() {
+    let p = diamond();
+    p.build("test", 0);
+    // Variables of the calling shell do not reach steps, so they cannot change keys.
+    std::env::set_var("GREETING", "from the caller");
+    assert_eq!(p.build("test", 0).json()["built"], 0);
+    // A declared one does: exactly solo rebuilds.
+    p.write(
+        "recipes/solo.yaml",
+        &recipe(&[]).replace("steps:", "env: { GREETING: hello }\nsteps:"),
+    );
+    let r = p.build("test", 0);
+    assert_eq!(r.with_status("built"), ["solo"]);
+}
