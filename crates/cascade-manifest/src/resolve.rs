@@ -28,6 +28,38 @@ pub struct ProjectFiles {
 }
 
 /// Parse and validate everything; collect every problem.
+/// Parses recipe files in parallel; each result keeps its own diagnostics.
+fn parse_all(
+    db: &SourceDb,
+    files: &[FileId],
+) -> BTreeMap<FileId, (Option<RecipeAst>, Vec<ManifestError>)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = files.len().div_ceil(threads).max(64);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&f| {
+                            let mut diags = Vec::new();
+                            let ast = parse::<RecipeAst>(db, f, &mut diags);
+                            (f, (ast, diags))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A parser thread that panicked leaves its files out; they are parsed again
+        // on this thread, where the panic shows as the bug it is.
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .flatten()
+            .collect()
+    })
+}
+
 pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
     let mut r = Resolver {
         db,
@@ -50,6 +82,17 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
         recipe_files.entry(name.as_str()).or_insert(*file);
     }
 
+    // Parsing is most of the work on big graphs and each file is independent: parse
+    // the recipes on all cores, then resolve in source order (so diagnostics keep
+    // their order).
+    let wanted: Vec<FileId> = env
+        .sources
+        .iter()
+        .filter_map(|s| recipe_files.get(s.name.as_str()).copied())
+        .collect();
+    let mut parsed: BTreeMap<FileId, (Option<RecipeAst>, Vec<ManifestError>)> =
+        parse_all(db, &wanted);
+
     let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
     for source in &env.sources {
         let Some(&file) = recipe_files.get(source.name.as_str()) else {
@@ -65,7 +108,11 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             nodes.insert(&source.name, Node::failed(files.environment));
             continue;
         };
-        let node = match parse::<RecipeAst>(db, file, &mut r.diags) {
+        let (ast, diags) = parsed
+            .remove(&file)
+            .unwrap_or_else(|| (parse::<RecipeAst>(db, file, &mut r.diags), Vec::new()));
+        r.diags.extend(diags);
+        let node = match ast {
             Some(ast) => r.recipe(&source.name, file, ast, &names, &env.name),
             None => Node::failed(file),
         };
