@@ -9,6 +9,7 @@
 //! | 2 | bad input: manifest, lockfile, command-line usage |
 //! | 3 | environment: a tool, the disk, a git remote |
 //! | 101 | a bug in cascade (a panic) |
+//! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -212,6 +213,7 @@ fn node_status_line(r: &NodeReport) -> String {
             error,
             log_tail,
             log_path,
+            ..
         } => {
             let mut s = format!("  FAILED   {:<14} {version}  {error}", r.name);
             if !log_tail.is_empty() {
@@ -284,11 +286,7 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             } else {
                 io.err_line(&summary(&report));
             }
-            if report.success() {
-                EXIT_OK
-            } else {
-                EXIT_FAILED
-            }
+            report.exit_code()
         }
         Err(e) => {
             io.err_line(render(&e, color).trim_end());

@@ -48,6 +48,7 @@ where
         stop: false,
     });
     let cv = Condvar::new();
+    let panicked: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
     let workers = jobs.max(1).min(n.max(1));
 
     std::thread::scope(|s| {
@@ -72,8 +73,21 @@ where
                     cv.notify_all();
                     return;
                 };
-                let ok = run(i);
+                // A panic is a bug in cascade: stop scheduling, let the other workers
+                // finish, and re-raise it once they have (exit code 101), never hang.
+                let (ok, bug) =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(i))) {
+                        Ok(ok) => (ok, false),
+                        Err(payload) => {
+                            let mut p = panicked.lock().unwrap_or_else(|e| e.into_inner());
+                            p.get_or_insert(payload);
+                            (false, true)
+                        }
+                    };
                 let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                if bug {
+                    st.stop = true;
+                }
                 st.running -= 1;
                 st.outcome[i] = Some(if ok {
                     Outcome::Succeeded
@@ -107,6 +121,9 @@ where
         }
     });
 
+    if let Some(payload) = panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(payload);
+    }
     let st = state.into_inner().unwrap_or_else(|e| e.into_inner());
     st.outcome
         .into_iter()
@@ -178,6 +195,21 @@ mod tests {
                 Outcome::Succeeded
             ]
         );
+    }
+
+    #[test]
+    fn a_panicking_node_does_not_hang_the_pool() {
+        let deps = vec![vec![]; 6];
+        let r = std::panic::catch_unwind(|| {
+            schedule(&deps, 3, true, |i| {
+                if i == 1 {
+                    panic!("bug in node {i}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                true
+            })
+        });
+        assert!(r.is_err(), "the panic is re-raised after the pool stops");
     }
 
     #[test]

@@ -36,9 +36,10 @@ pub use error::GitError;
 /// What a source names: a ref (branch, tag or commit SHA) or a version (a tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevSpec<'a> {
-    /// A branch (`refs/heads/<name>`, then `refs/remotes/origin/<name>`), a tag
-    /// (`refs/tags/<name>`, peeled to its commit), a full SHA or an abbreviated one (at
-    /// least 7 hex digits). A name starting with `refs/` is looked up as written.
+    /// A full SHA; a name starting with `refs/`, looked up as written; a branch
+    /// (`refs/heads/<name>`); a tag (`refs/tags/<name>`, peeled to its commit); a
+    /// remote branch (`refs/remotes/origin/<name>`); an abbreviated SHA (at least 7
+    /// hex digits) — tried in this order.
     Ref(&'a str),
     /// The tag `v<version>`, else the tag `<version>`.
     Version(&'a semver::Version),

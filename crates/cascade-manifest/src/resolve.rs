@@ -27,7 +27,6 @@ pub struct ProjectFiles {
     pub recipes: Vec<(String, FileId)>,
 }
 
-/// Parse and validate everything; collect every problem.
 /// Parses recipe files in parallel; each result keeps its own diagnostics.
 fn parse_all(
     db: &SourceDb,
@@ -60,6 +59,7 @@ fn parse_all(
     })
 }
 
+/// Parse and validate everything; collect every problem.
 pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
     let mut r = Resolver {
         db,

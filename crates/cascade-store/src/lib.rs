@@ -164,9 +164,14 @@ impl Store {
 
     fn put(&self, kind: Kind, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         let p = self.path(kind, d);
-        // Content-addressed: an existing entry already holds these bytes (reads verify).
-        if kind != Kind::Action && p.exists() {
-            return Ok(());
+        // Content-addressed: an existing entry that still hashes to its name holds
+        // these bytes. One that does not is corrupt, and this write repairs it.
+        if kind != Kind::Action {
+            if let Ok(existing) = fs::read(&p) {
+                if Digest::of(&existing) == *d {
+                    return Ok(());
+                }
+            }
         }
         Self::write_atomic(&p, bytes)
     }
@@ -352,6 +357,17 @@ mod tests {
         }
         assert!(!p.exists(), "a corrupt entry is removed");
         assert!(matches!(store.get_blob(&d), Err(StoreError::Missing(_))));
+    }
+
+    #[test]
+    fn writing_an_entry_again_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.put_blob(b"same size").unwrap();
+        let p = store.path(Kind::Blob, &d.0);
+        fs::write(&p, b"SAME SIZE").unwrap();
+        store.put_blob(b"same size").unwrap();
+        assert_eq!(store.get_blob(&d).unwrap(), b"same size");
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub enum NodeStatus {
     Cached,
     Built,
     Failed {
+        /// What went wrong: `step` (a step failed or timed out), `output` (a declared
+        /// output is missing or not allowed), `input` (an input is corrupt in the store),
+        /// `environment` (disk, store, git objects: not the recipe's fault).
+        cause: FailureCause,
         error: String,
         log_tail: Vec<String>,
         log_path: Option<PathBuf>,
@@ -54,6 +58,15 @@ pub enum NodeStatus {
     },
     /// The build stopped after a failure before reaching this node.
     NotStarted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    Step,
+    Output,
+    Input,
+    Environment,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -85,6 +98,26 @@ pub struct BuildReport {
 }
 
 impl BuildReport {
+    /// 0 on success; 3 when a node failed because of the machine (disk, store, git
+    /// objects); 1 for any other failure.
+    pub fn exit_code(&self) -> i32 {
+        if self.success() {
+            0
+        } else if self.nodes.iter().any(|n| {
+            matches!(
+                n.status,
+                NodeStatus::Failed {
+                    cause: FailureCause::Environment,
+                    ..
+                }
+            )
+        }) {
+            3
+        } else {
+            1
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.failed == 0
             && self.skipped == 0
@@ -127,7 +160,7 @@ pub fn build(
     let store = Store::open(&opts.store)?;
     let git = Git::new(store.git_dir());
     let pinned = pin_all(&project, &git)?;
-    let nodes = prepare(&project, &pinned, &opts.tools)?;
+    let nodes = prepare(&project, &pinned, &opts.tools, &store)?;
     let graph = &project.graph;
 
     let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
@@ -251,6 +284,7 @@ fn prepare<'a>(
     project: &'a Project,
     pinned: &'a [Pinned],
     tools: &Tools,
+    store: &Store,
 ) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
@@ -278,12 +312,15 @@ fn prepare<'a>(
                 .map(|t| (t.name.clone(), t.digest))
                 .collect(),
         };
+        // The normalized recipe is kept in the store under its digest (the lockfile's
+        // `recipe:`), so a lockfile can be replayed after the recipe file changed.
+        let recipe = store.put_blob(&c.recipe.canonical())?.0;
         nodes.push(Node {
             component: c,
             pinned: p,
             tools: resolved,
             runner,
-            recipe: c.recipe.digest(),
+            recipe,
         });
     }
     if problems.is_empty() {
@@ -308,9 +345,10 @@ struct Failure {
     key: Option<NodeKey>,
 }
 
-fn fail(error: impl std::fmt::Display, key: Option<NodeKey>) -> Failure {
+fn fail(cause: FailureCause, error: impl std::fmt::Display, key: Option<NodeKey>) -> Failure {
     Failure {
         status: NodeStatus::Failed {
+            cause,
             error: error.to_string(),
             log_tail: Vec::new(),
             log_path: None,
@@ -360,7 +398,7 @@ fn run_node(
     };
     let key = store
         .put_key_manifest(&ingredients.encode())
-        .map_err(|e| fail(e, None))?;
+        .map_err(|e| fail(FailureCause::Environment, e, None))?;
     let done = |output, artifacts| Done {
         output,
         key,
@@ -381,11 +419,13 @@ fn run_node(
         },
         Ok(None) => {}
         Err(e @ StoreError::Corrupt { .. }) => warnings.push(e.to_string()),
-        Err(e) => return Err(fail(e, Some(key))),
+        Err(e) => return Err(fail(FailureCause::Environment, e, Some(key))),
     }
 
     // Execute in a fresh directory on the store's disk.
-    let tmp = store.temp_dir().map_err(|e| fail(e, Some(key)))?;
+    let tmp = store
+        .temp_dir()
+        .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
     let result = execute(store, git, node, env_name, inputs, key, tmp.path());
     let _ = remove_tree(tmp.path());
     let outputs = result?;
@@ -441,23 +481,41 @@ fn execute(
     let tools_dir = tmp.join("tools");
     let log = tmp.join("log");
     for d in [&work, &tools_dir] {
-        fs::create_dir(d)
-            .map_err(|e| fail(format!("could not create `{}`: {e}", d.display()), k))?;
+        fs::create_dir(d).map_err(|e| {
+            fail(
+                FailureCause::Environment,
+                format!("could not create `{}`: {e}", d.display()),
+                k,
+            )
+        })?;
     }
     git.export(&node.pinned.location, &node.pinned.source.tree, &work)
-        .map_err(|e| fail(format!("could not export the source: {e}"), k))?;
+        .map_err(|e| {
+            fail(
+                FailureCause::Environment,
+                format!("could not export the source: {e}"),
+                k,
+            )
+        })?;
     // Inputs, read-only, at inputs/<name>/<their declared paths>.
     for (name, output) in inputs {
         let dest = work.join("inputs").join(name);
-        fs::create_dir_all(&dest)
-            .map_err(|e| fail(format!("could not create `inputs/{name}`: {e}"), k))?;
+        fs::create_dir_all(&dest).map_err(|e| {
+            fail(
+                FailureCause::Environment,
+                format!("could not create `inputs/{name}`: {e}"),
+                k,
+            )
+        })?;
         store.materialize(output, &dest).map_err(|e| match e {
             // The bad entry is gone now, so the next build rebuilds the input.
             StoreError::Corrupt { .. } => fail(
+                FailureCause::Input,
+
                 format!("input `{name}` is corrupt in the store ({e}); run the build again to rebuild it"),
                 k,
             ),
-            e => fail(format!("could not materialize input `{name}`: {e}"), k),
+            e => fail(FailureCause::Environment, format!("could not materialize input `{name}`: {e}"), k),
         })?;
     }
     let steps: Vec<Step> = c
@@ -490,8 +548,13 @@ fn execute(
             .iter()
             .map(|l| l.to_string())
             .collect();
+        let cause = match e {
+            cascade_exec::RunError::Setup { .. } => FailureCause::Environment,
+            _ => FailureCause::Step,
+        };
         return Err(Failure {
             status: NodeStatus::Failed {
+                cause,
                 error: e.to_string(),
                 log_tail: tail,
                 log_path,
@@ -501,8 +564,13 @@ fn execute(
     }
     let outputs = store
         .ingest_outputs(&work, &c.recipe.outputs)
-        .map_err(|e| fail(e, k))?;
-    let log_digest = store.put_blob(&log_bytes).map_err(|e| fail(e, k))?;
+        .map_err(|e| match e {
+            cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
+            e => fail(FailureCause::Output, e, k),
+        })?;
+    let log_digest = store
+        .put_blob(&log_bytes)
+        .map_err(|e| fail(FailureCause::Environment, e, k))?;
     store
         .put_action(
             &key,
@@ -511,7 +579,7 @@ fn execute(
                 log: log_digest,
             },
         )
-        .map_err(|e| fail(e, k))?;
+        .map_err(|e| fail(FailureCause::Environment, e, k))?;
     Ok(outputs)
 }
 
@@ -594,14 +662,14 @@ fn write_lockfile(root: &Path, env: &str, stamp: &str, lock: &Lockfile) -> Resul
         };
         let path = dir.join(&name);
         match fs::read_to_string(&path) {
-            Ok(existing) if existing == text => return Ok(PathBuf::from("lockfiles").join(name)),
+            Ok(existing) if existing == text => return Ok(path),
             Ok(_) => n += 1,
             Err(_) => {
                 Store::write_atomic(&path, text.as_bytes()).map_err(|source| Error::WriteLock {
                     path: path.clone(),
                     source,
                 })?;
-                return Ok(PathBuf::from("lockfiles").join(name));
+                return Ok(path);
             }
         }
     }

@@ -8,7 +8,7 @@ mod errors;
 mod load;
 mod pin;
 
-pub use build::{build, BuildOptions, BuildReport, Event, NodeReport, NodeStatus};
+pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use errors::{Error, Problems};
 pub use load::{load, Project};
 pub use pin::{pin_all, Pinned};
