@@ -162,6 +162,37 @@ fn mirror(url: &str, cache_dir: &Path) -> Result<PathBuf, GitError> {
     }
 }
 
+/// Credentials the way git finds them: the ssh agent for ssh URLs, git's credential
+/// helpers (from the user's git config) for https. Nothing is read from cascade's own
+/// files or printed. libgit2 asks again after a rejected credential, so the attempts
+/// are bounded.
+fn credentials() -> git2::RemoteCallbacks<'static> {
+    use git2::{Cred, CredentialType};
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut attempts = 0;
+    callbacks.credentials(move |url, username, allowed| {
+        attempts += 1;
+        if attempts > 3 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            return Cred::ssh_key_from_agent(username.unwrap_or("git"));
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            if let Ok(config) = git2::Config::open_default() {
+                return Cred::credential_helper(&config, url, username);
+            }
+        }
+        if allowed.contains(CredentialType::DEFAULT) {
+            return Cred::default();
+        }
+        Err(git2::Error::from_str(
+            "no credentials available for this remote",
+        ))
+    });
+    callbacks
+}
+
 fn fetch(repo: &Repository, url: &str) -> Result<(), GitError> {
     let failed = |e: git2::Error| GitError::FetchFailed {
         url: redact(url),
@@ -174,6 +205,7 @@ fn fetch(repo: &Repository, url: &str) -> Result<(), GitError> {
     // Tags come with the refspec above, all of them, not only those on fetched branches.
     options.download_tags(AutotagOption::None);
     options.update_fetchhead(false);
+    options.remote_callbacks(credentials());
     remote
         .fetch(&MIRROR_REFSPECS, Some(&mut options), None)
         .map_err(failed)
