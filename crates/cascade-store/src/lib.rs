@@ -17,12 +17,13 @@
 
 mod outputs;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use cascade_core::encode::{DecodeError, Decoder, Encoder};
-use cascade_core::{BlobDigest, Digest, NodeKey, OutputDigest, Tree, TreeDigest};
+use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, OutputDigest, Tree, TreeDigest};
 
 pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
 
@@ -281,29 +282,54 @@ impl Store {
     /// right size. Trees are read and verified; blobs are checked by size here (cheap,
     /// catches truncation) and verified byte for byte whenever they are read.
     pub fn has_output(&self, output: &OutputDigest) -> Result<bool, StoreError> {
-        let mut stack = vec![TreeDigest(output.0)];
-        while let Some(t) = stack.pop() {
+        Ok(self.check_output(output, &[])?.is_some())
+    }
+
+    /// [`Store::has_output`] and, in the same walk, the digest of each `declared` path
+    /// (a file's blob, a directory's tree, the blake3 of a symlink's target). `None`
+    /// when something is missing.
+    pub fn check_output(
+        &self,
+        output: &OutputDigest,
+        declared: &[String],
+    ) -> Result<Option<BTreeMap<String, Digest>>, StoreError> {
+        let wanted: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
+        let mut artifacts = BTreeMap::new();
+        let mut stack = vec![(TreeDigest(output.0), String::new())];
+        while let Some((t, prefix)) = stack.pop() {
             let tree = match self.get_tree(&t) {
                 Ok(t) => t,
-                Err(StoreError::Missing(_)) => return Ok(false),
+                Err(StoreError::Missing(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
             for e in tree.entries() {
-                match &e.kind {
-                    cascade_core::EntryKind::File { digest, size, .. } => {
+                let rel = if prefix.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{prefix}/{}", e.name)
+                };
+                let digest = match &e.kind {
+                    EntryKind::File { digest, size, .. } => {
                         let p = self.path(Kind::Blob, &digest.0);
                         match fs::metadata(&p) {
                             Ok(m) if m.len() == *size => {}
                             Ok(_) => return Err(self.discard(p, digest.to_string())),
-                            Err(_) => return Ok(false),
+                            Err(_) => return Ok(None),
                         }
+                        digest.0
                     }
-                    cascade_core::EntryKind::Dir { digest } => stack.push(*digest),
-                    cascade_core::EntryKind::Symlink { .. } => {}
+                    EntryKind::Dir { digest } => {
+                        stack.push((*digest, rel.clone()));
+                        digest.0
+                    }
+                    EntryKind::Symlink { target } => Digest::of(target.as_bytes()),
+                };
+                if wanted.contains(rel.as_str()) {
+                    artifacts.insert(rel, digest);
                 }
             }
         }
-        Ok(true)
+        Ok(Some(artifacts))
     }
 
     /// Keeps a failed node's log under a readable name and returns its path.

@@ -409,12 +409,9 @@ fn run_node(
 
     // Cache lookup: a hit needs the action result and its whole output tree.
     match store.get_action(&key) {
-        Ok(Some(r)) => match store.has_output(&r.output) {
-            Ok(true) => match artifacts_of(store, &r.output, &c.recipe.outputs) {
-                Ok(a) => return Ok((done(r.output, a), false)),
-                Err(e) => warnings.push(format!("cached output unusable, rebuilding: {e}")),
-            },
-            Ok(false) => warnings.push("cached output incomplete in the store, rebuilding".into()),
+        Ok(Some(r)) => match store.check_output(&r.output, &c.recipe.outputs) {
+            Ok(Some(artifacts)) => return Ok((done(r.output, artifacts), false)),
+            Ok(None) => warnings.push("cached output incomplete in the store, rebuilding".into()),
             Err(e) => warnings.push(format!("{e}")),
         },
         Ok(None) => {}
@@ -430,40 +427,6 @@ fn run_node(
     let _ = remove_tree(tmp.path());
     let outputs = result?;
     Ok((done(outputs.digest, outputs.artifacts), true))
-}
-
-fn artifacts_of(
-    store: &Store,
-    output: &OutputDigest,
-    declared: &[String],
-) -> Result<BTreeMap<String, Digest>, StoreError> {
-    let mut out = BTreeMap::new();
-    for path in declared {
-        let mut tree = store.get_tree(&cascade_core::TreeDigest(output.0))?;
-        let parts: Vec<&str> = path.split('/').collect();
-        for (i, part) in parts.iter().enumerate() {
-            let Some(entry) = tree.get(part).cloned() else {
-                break;
-            };
-            let last = i + 1 == parts.len();
-            match (&entry.kind, last) {
-                (cascade_core::EntryKind::File { digest, .. }, true) => {
-                    out.insert(path.clone(), digest.0);
-                }
-                (cascade_core::EntryKind::Dir { digest }, true) => {
-                    out.insert(path.clone(), digest.0);
-                }
-                (cascade_core::EntryKind::Symlink { target }, true) => {
-                    out.insert(path.clone(), Digest::of(target.as_bytes()));
-                }
-                (cascade_core::EntryKind::Dir { digest }, false) => {
-                    tree = store.get_tree(digest)?;
-                }
-                _ => break,
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn execute(

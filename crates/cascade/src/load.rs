@@ -32,6 +32,36 @@ fn read(root: &Path, rel: &str) -> Result<String, Error> {
     })
 }
 
+/// Reads `recipes/<stem>.yaml` for every stem, on all cores (big graphs have thousands
+/// of small files), keeping the order.
+fn read_all(root: &Path, stems: Vec<String>) -> Result<Vec<(String, String, String)>, Error> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = stems.len().div_ceil(threads).max(64);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = stems
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|stem| {
+                            let rel = format!("recipes/{stem}.yaml");
+                            read(root, &rel).map(|text| (stem.clone(), rel, text))
+                        })
+                        .collect::<Result<Vec<_>, Error>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(stems.len());
+        for h in handles {
+            match h.join() {
+                Ok(part) => out.extend(part?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
+}
+
 fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -85,9 +115,7 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
         None
     };
     let mut recipes = Vec::new();
-    for stem in yaml_stems(&root.join("recipes"))? {
-        let rel = format!("recipes/{stem}.yaml");
-        let text = read(root, &rel)?;
+    for (stem, rel, text) in read_all(root, yaml_stems(&root.join("recipes"))?)? {
         recipes.push((stem, db.add(rel, text)));
     }
     let files = ProjectFiles {
