@@ -24,6 +24,14 @@ impl Run {
         })
     }
 
+    /// One node of the `--json` document, by name.
+    pub fn node(&self, name: &str) -> serde_json::Value {
+        self.json()["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no node `{name}` in:\n{}", self.stdout))
+    }
+
     /// Node name → status (`built`, `cached`, `failed`, …) from the `--json` document.
     pub fn statuses(&self) -> Vec<(String, String)> {
         let j = self.json();
@@ -190,24 +198,13 @@ impl TestProject {
 
     /// Runs `cascade --project <root> <args…> --store <root>/cache` in-process.
     pub fn run(&self, args: &[&str]) -> Run {
-        let mut full: Vec<String> = vec![
-            "cascade".into(),
-            "--project".into(),
-            self.root.display().to_string(),
-        ];
+        let mut full: Vec<String> = vec!["--project".into(), self.root.display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
         if args.first() == Some(&"build") && !args.contains(&"--store") {
             full.push("--store".into());
             full.push(self.root.join("cache").display().to_string());
         }
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let code = cascade_cli::run_with(full, &mut out, &mut err, false);
-        Run {
-            code,
-            stdout: String::from_utf8_lossy(&out).into_owned(),
-            stderr: String::from_utf8_lossy(&err).into_owned(),
-        }
+        cascade(&full)
     }
 
     /// `cascade build --env <env> --json`, asserting the exit code.

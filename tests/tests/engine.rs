@@ -130,13 +130,8 @@ fn a_change_that_does_not_reach_the_outputs_is_cut_off_early() {
         ["left", "right", "solo", "top"]
     );
     let out = |run: &cascade_tests::Run, name: &str| {
-        run.json()["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .map(|n| (n["key"].clone(), n["output"].clone()))
-            .unwrap()
+        let n = run.node(name);
+        (n["key"].clone(), n["output"].clone())
     };
     assert_ne!(
         out(&first, "base").0,
@@ -260,13 +255,7 @@ fn undeclared_output_is_a_failure_with_a_clear_message() {
         "runner: { host: { tools: [sh] } }\nsteps:\n  - name: nothing\n    run: 'true'\noutputs: [out/missing.txt]\n",
     );
     let r = p.build("test", 1);
-    let j = r.json();
-    let solo = j["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "solo")
-        .unwrap();
+    let solo = r.node("solo");
     assert_eq!(
         solo["error"],
         "declared output `out/missing.txt` was not produced"
@@ -360,13 +349,7 @@ fn a_flipped_byte_in_an_input_is_never_used() {
         "change",
     );
     let r = p.build("test", 1);
-    let j = r.json();
-    let left = j["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "left")
-        .unwrap();
+    let left = r.node("left");
     assert!(
         left["error"]
             .as_str()

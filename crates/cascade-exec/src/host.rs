@@ -296,6 +296,29 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        fn run(
+            &self,
+            tool_names: &[&str],
+            env: &BTreeMap<String, String>,
+            run: &str,
+            timeout: Duration,
+        ) -> Result<(), RunError> {
+            let ts = tools(tool_names);
+            let steps = step(run);
+            HostRun {
+                work: &self.work,
+                tools_dir: &self.tools_dir,
+                tools: &ts,
+                env,
+                steps: &steps,
+                timeout,
+                log: &self.log,
+            }
+            .run()
+        }
+    }
+
     fn step(run: &str) -> Vec<Step> {
         vec![Step {
             name: "s".into(),
@@ -309,22 +332,14 @@ mod tests {
         let mut env = BTreeMap::new();
         env.insert("GREETING".to_string(), "hi".to_string());
         std::env::set_var("CASCADE_TEST_LEAK", "leaked");
-        let steps = step(
+        f.run(
+            &["sh", "cat"],
+            &env,
             "echo \"$GREETING\" > a; echo \"${CASCADE_TEST_LEAK:-none}\" >> a; \
              (ls >/dev/null 2>&1 && echo ls-found || echo ls-missing) >> a; \
              [ \"$HOME\" = \"$PWD\" ] && echo home-ok >> a; cat a > b",
-        );
-        let ts = tools(&["sh", "cat"]);
-        HostRun {
-            work: &f.work,
-            tools_dir: &f.tools_dir,
-            tools: &ts,
-            env: &env,
-            steps: &steps,
-            timeout: Duration::from_secs(10),
-            log: &f.log,
-        }
-        .run()
+            Duration::from_secs(10),
+        )
         .unwrap();
         assert_eq!(
             fs::read_to_string(f.work.join("b")).unwrap(),
@@ -338,19 +353,14 @@ mod tests {
     #[test]
     fn failing_step_reports_and_logs() {
         let f = fixture();
-        let ts = tools(&["sh"]);
-        let steps = step("echo about to fail; exit 3");
-        let err = HostRun {
-            work: &f.work,
-            tools_dir: &f.tools_dir,
-            tools: &ts,
-            env: &BTreeMap::new(),
-            steps: &steps,
-            timeout: Duration::from_secs(10),
-            log: &f.log,
-        }
-        .run()
-        .unwrap_err();
+        let err = f
+            .run(
+                &["sh"],
+                &BTreeMap::new(),
+                "echo about to fail; exit 3",
+                Duration::from_secs(10),
+            )
+            .unwrap_err();
         assert!(
             matches!(&err, RunError::Failed { status, .. } if status == "exit code 3"),
             "{err}"
@@ -363,21 +373,16 @@ mod tests {
     #[test]
     fn timeout_kills_the_process_group() {
         let f = fixture();
-        let ts = tools(&["sh", "sleep"]);
-        // A background child that would outlive its parent if only the parent died.
-        let steps = step("sleep 30 & sleep 30");
         let started = Instant::now();
-        let err = HostRun {
-            work: &f.work,
-            tools_dir: &f.tools_dir,
-            tools: &ts,
-            env: &BTreeMap::new(),
-            steps: &steps,
-            timeout: Duration::from_millis(300),
-            log: &f.log,
-        }
-        .run()
-        .unwrap_err();
+        // A background child that would outlive its parent if only the parent died.
+        let err = f
+            .run(
+                &["sh", "sleep"],
+                &BTreeMap::new(),
+                "sleep 30 & sleep 30",
+                Duration::from_millis(300),
+            )
+            .unwrap_err();
         assert!(matches!(err, RunError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
