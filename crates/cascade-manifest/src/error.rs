@@ -132,6 +132,21 @@ pub enum ManifestError {
         span: SourceSpan,
     },
 
+    #[error("environment file `{file}` names environment `{name}`")]
+    #[diagnostic(
+        code(cascade::manifest::environment_name),
+        help("`--env {stem}` reads `{file}`, and its lockfiles are named after `{stem}`; make the two agree")
+    )]
+    EnvironmentName {
+        name: String,
+        stem: String,
+        file: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("expected `{stem}`")]
+        span: SourceSpan,
+    },
+
     #[error("`{name}` is not a valid {what} name")]
     #[diagnostic(
         code(cascade::manifest::bad_name),

@@ -325,12 +325,32 @@ impl Resolver<'_> {
         let start = file_start(file);
         let name = self.required(file, ast.name, "name", ctx, start);
         if let Some((n, span)) = &name {
+            // The file's stem is what `--env` and the lockfiles' names use; `name:` is
+            // what the lockfile records. They must be the same environment.
+            let path = self.db.path(file).to_string();
+            let stem = std::path::Path::new(&path)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
             if !is_name(n) {
                 let (n, span) = (n.clone(), *span);
                 self.push(
                     |src| ManifestError::BadName {
                         name: n,
                         what: "environment",
+                        src,
+                        span: source_span(span),
+                    },
+                    span,
+                );
+            } else if path.ends_with(".yaml") && *n != stem {
+                let (n, span) = (n.clone(), *span);
+                self.push(
+                    |src| ManifestError::EnvironmentName {
+                        name: n,
+                        stem,
+                        file: path,
                         src,
                         span: source_span(span),
                     },
