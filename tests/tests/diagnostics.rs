@@ -5,6 +5,9 @@
 
 use cascade_tests::TestProject;
 
+/// Both components on `develop` (core derives 0.4.1-dev.1, sdk 0.2.1-dev.1).
+const DEVELOP: &str = "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n";
+
 fn project(env: &str, compat: Option<&str>) -> TestProject {
     let mut p = TestProject::new();
     p.write("graph/environments/test.yaml", env);
@@ -67,7 +70,7 @@ fn missing_repository() {
 fn version_violating_the_compatibility_matrix() {
     // core on develop derives 0.4.1-dev.1, which is below the range sdk requires.
     let p = project(
-        "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n",
+        DEVELOP,
         Some("compatibility:\n  sdk: { core: \">=0.5.0 <1.0.0\" }\n"),
     );
     insta::assert_snapshot!(check(&p, 2));
@@ -76,7 +79,7 @@ fn version_violating_the_compatibility_matrix() {
 #[test]
 fn compatible_pre_release_versions_build() {
     let p = project(
-        "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n",
+        DEVELOP,
         Some("compatibility:\n  sdk: { core: \">=0.4.0 <1.0.0\" }\n"),
     );
     let r = p.build("test", 0);
@@ -86,10 +89,7 @@ fn compatible_pre_release_versions_build() {
 
 #[test]
 fn missing_tool_is_an_environment_error() {
-    let p = project(
-        "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n",
-        None,
-    );
+    let p = project(DEVELOP, None);
     p.write(
         "recipes/core.yaml",
         "runner: { host: { tools: [sh, no-such-tool-cascade] } }\nsteps:\n  - name: make\n    run: echo > out\noutputs: [out]\n",
@@ -99,10 +99,7 @@ fn missing_tool_is_an_environment_error() {
 
 #[test]
 fn unknown_environment_lists_the_known_ones() {
-    let p = project(
-        "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n",
-        None,
-    );
+    let p = project(DEVELOP, None);
     let r = p.run(&["build", "--env", "prod"]);
     assert_eq!(r.code, 2);
     insta::assert_snapshot!(p.redact(&r.stderr));
@@ -110,10 +107,7 @@ fn unknown_environment_lists_the_known_ones() {
 
 #[test]
 fn manifest_errors_exit_2_and_json_reports_them() {
-    let p = project(
-        "name: test\nmode: branch\nsources:\n  core: { repo: ../../repos/core, ref: develop }\n  sdk: { repo: ../../repos/sdk, ref: develop }\n",
-        None,
-    );
+    let p = project(DEVELOP, None);
     p.write("recipes/sdk.yaml", "inputs: [core, ghost]\nrunner: { host: { tools: [sh] } }\nsteps: [{ name: a, run: x }]\noutputs: [/etc/passwd]\n");
     let r = p.run(&["build", "--env", "test", "--json"]);
     assert_eq!(r.code, 2, "{}", r.stderr);

@@ -20,7 +20,6 @@ use cascade::{BuildOptions, BuildReport, Event, NodeReport, NodeStatus};
 use clap::{Parser, Subcommand};
 
 pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_BUG: i32 = 101;
 

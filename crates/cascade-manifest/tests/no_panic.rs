@@ -10,11 +10,11 @@ const COMPAT: &str = include_str!("../../../test_data/ok/ecosystem/graph/compati
 const RECIPE: &str = include_str!("../../../test_data/ok/ecosystem/recipes/ottochain.yaml");
 const OTHER: &str = include_str!("../../../test_data/ok/ecosystem/recipes/monitoring.yaml");
 
-/// Resolve a project where one of the files is replaced; must not panic.
-fn run(env: &str, compat: &str, recipe: &str) -> bool {
+/// The example project with ottochain's recipe replaced by `recipe`.
+fn project(env: &str, compat: Option<&str>, recipe: &str) -> (SourceDb, ProjectFiles) {
     let mut db = SourceDb::new();
     let environment = db.add("graph/environments/test.yaml", env);
-    let compatibility = Some(db.add("graph/compatibility.yaml", compat));
+    let compatibility = compat.map(|c| db.add("graph/compatibility.yaml", c));
     let mut recipes = Vec::new();
     for name in [
         "explorer",
@@ -36,6 +36,12 @@ fn run(env: &str, compat: &str, recipe: &str) -> bool {
         compatibility,
         recipes,
     };
+    (db, files)
+}
+
+/// Resolve a project where one of the files is replaced; must not panic.
+fn run(env: &str, compat: &str, recipe: &str) -> bool {
+    let (db, files) = project(env, Some(compat), recipe);
     match resolve(&db, &files) {
         Ok(_) => true,
         Err(d) => {
@@ -124,33 +130,7 @@ fn hostile_inputs_are_refused_not_obeyed() {
 #[test]
 fn many_problems_are_capped() {
     let recipe = format!("inputs:\n{}", "  - tessellation\n".repeat(20_000));
-    let mut db = SourceDb::new();
-    let environment = db.add("graph/environments/test.yaml", ENV);
-    let mut recipes = Vec::new();
-    for name in [
-        "explorer",
-        "metakit",
-        "monitoring",
-        "ottochain",
-        "sdk",
-        "services",
-        "tessellation",
-    ] {
-        let text = if name == "ottochain" {
-            recipe.as_str()
-        } else {
-            OTHER
-        };
-        recipes.push((
-            name.to_string(),
-            db.add(format!("recipes/{name}.yaml"), text),
-        ));
-    }
-    let files = ProjectFiles {
-        environment,
-        compatibility: None,
-        recipes,
-    };
+    let (db, files) = project(ENV, None, &recipe);
     let diags = resolve(&db, &files).expect_err("duplicates");
     assert_eq!(diags.0.len(), cascade_manifest::Diagnostics::LIMIT + 1);
     let last = common::render(diags.0.last().expect("a last problem"));

@@ -19,7 +19,7 @@ mod outputs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use cascade_core::encode::{DecodeError, Decoder, Encoder};
@@ -160,7 +160,8 @@ impl Store {
         tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io(dest)(e.error))?;
-        sync_dir(dir)
+        sync_dir(dir);
+        Ok(())
     }
 
     fn put(&self, kind: Kind, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
@@ -278,16 +279,11 @@ impl Store {
         }
     }
 
-    /// True when the output tree and every blob it references are present with the
-    /// right size. Trees are read and verified; blobs are checked by size here (cheap,
+    /// Whether the output tree and every blob it references are present with the right
+    /// size, and, in the same walk, the digest of each `declared` path (a file's blob, a
+    /// directory's tree, the blake3 of a symlink's target); `None` when something is
+    /// missing. Trees are read and verified; blobs are checked by size here (cheap,
     /// catches truncation) and verified byte for byte whenever they are read.
-    pub fn has_output(&self, output: &OutputDigest) -> Result<bool, StoreError> {
-        Ok(self.check_output(output, &[])?.is_some())
-    }
-
-    /// [`Store::has_output`] and, in the same walk, the digest of each `declared` path
-    /// (a file's blob, a directory's tree, the blake3 of a symlink's target). `None`
-    /// when something is missing.
     pub fn check_output(
         &self,
         output: &OutputDigest,
@@ -341,28 +337,17 @@ impl Store {
 
     /// Copies a blob to `dest`, verifying it on the way.
     pub fn copy_blob_to(&self, d: &BlobDigest, dest: &Path) -> Result<(), StoreError> {
-        let src = self.path(Kind::Blob, &d.0);
-        let mut f = match fs::File::open(&src) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(src)),
-            Err(e) => return Err(StoreError::io(&src)(e)),
-        };
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(StoreError::io(&src))?;
-        if Digest::of(&bytes) != d.0 {
-            return Err(self.discard(src, d.to_string()));
-        }
-        fs::write(dest, &bytes).map_err(StoreError::io(dest))
+        let bytes = self.get_blob(d)?;
+        fs::write(dest, bytes).map_err(StoreError::io(dest))
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+fn sync_dir(dir: &Path) {
     // Makes the rename durable; some file systems refuse fsync on directories, which
     // is harmless.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 #[cfg(test)]

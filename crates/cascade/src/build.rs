@@ -119,12 +119,7 @@ impl BuildReport {
     }
 
     pub fn success(&self) -> bool {
-        self.failed == 0
-            && self.skipped == 0
-            && self
-                .nodes
-                .iter()
-                .all(|n| matches!(n.status, NodeStatus::Built | NodeStatus::Cached))
+        self.nodes.iter().all(|n| n.status.succeeded())
     }
 }
 
@@ -134,12 +129,36 @@ pub enum Event<'a> {
     Finished(&'a NodeReport),
 }
 
+/// A node that built or was cached: what the lockfile records beyond the node itself.
 struct Done {
+    /// The inputs' output digests its key was computed from.
+    inputs: BTreeMap<String, OutputDigest>,
     output: OutputDigest,
     key: NodeKey,
-    recipe: Digest,
-    runner: Digest,
     artifacts: BTreeMap<String, Digest>,
+}
+
+impl NodeStatus {
+    /// Built or cached: its output is known.
+    pub fn succeeded(&self) -> bool {
+        matches!(self, NodeStatus::Built | NodeStatus::Cached)
+    }
+}
+
+impl Node<'_> {
+    /// A report with this node's identity and `status`; nothing else known yet.
+    fn report(&self, status: NodeStatus) -> NodeReport {
+        NodeReport {
+            name: self.component.name.clone(),
+            status,
+            commit: self.pinned.source.commit.clone(),
+            version: self.pinned.source.version.to_string(),
+            key: None,
+            output: None,
+            duration_ms: 0,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Everything one node needs, decided before the scheduler starts.
@@ -202,16 +221,13 @@ pub fn build(
                 }
                 Err(f) => (f.status, f.key, None),
             };
-        let ok = matches!(status, NodeStatus::Built | NodeStatus::Cached);
+        let ok = status.succeeded();
         let report = NodeReport {
-            name: node.component.name.clone(),
-            status,
-            commit: node.pinned.source.commit.clone(),
-            version: node.pinned.source.version.to_string(),
             key,
             output,
             duration_ms: t0.elapsed().as_millis() as u64,
             warnings,
+            ..node.report(status)
         };
         on_event(Event::Finished(&report));
         *reports[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
@@ -238,16 +254,7 @@ pub fn build(
                     }
                     _ => NodeStatus::NotStarted,
                 };
-                let report = NodeReport {
-                    name: nodes[i].component.name.clone(),
-                    status,
-                    commit: nodes[i].pinned.source.commit.clone(),
-                    version: nodes[i].pinned.source.version.to_string(),
-                    key: None,
-                    output: None,
-                    duration_ms: 0,
-                    warnings: Vec::new(),
-                };
+                let report = nodes[i].report(status);
                 on_event(Event::Finished(&report));
                 report
             }
@@ -400,10 +407,9 @@ fn run_node(
         .put_key_manifest(&ingredients.encode())
         .map_err(|e| fail(FailureCause::Environment, e, None))?;
     let done = |output, artifacts| Done {
+        inputs: inputs.clone(),
         output,
         key,
-        recipe: node.recipe,
-        runner: node.runner.digest(),
         artifacts,
     };
 
@@ -554,15 +560,6 @@ fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> L
         let Some(d) = done[i].get() else { continue };
         let c = node.component;
         let s = &node.pinned.source;
-        let inputs = c
-            .inputs
-            .iter()
-            .filter_map(|&j| {
-                done[j]
-                    .get()
-                    .map(|dj| (graph.components[j].name.clone(), dj.output))
-            })
-            .collect();
         out.insert(
             c.name.clone(),
             LockNode {
@@ -577,9 +574,9 @@ fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> L
                     dir: c.source.dir.clone(),
                     version: s.version.to_string(),
                 },
-                recipe: d.recipe,
-                runner: d.runner,
-                inputs,
+                recipe: node.recipe,
+                runner: node.runner.digest(),
+                inputs: d.inputs.clone(),
                 key: d.key,
                 output: d.output,
                 artifacts: d.artifacts.clone(),
