@@ -196,11 +196,13 @@ impl TestProject {
         repo.tag_lightweight(tag, &obj, true).expect("tag");
     }
 
-    /// Runs `cascade --project <root> <args…> --store <root>/cache` in-process.
+    /// Runs `cascade --project <root> <args…> --store <root>/cache` in-process (the store
+    /// only for the commands that take one).
     pub fn run(&self, args: &[&str]) -> Run {
         let mut full: Vec<String> = vec!["--project".into(), self.root.display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
-        if args.first() == Some(&"build") && !args.contains(&"--store") {
+        let uses_store = matches!(args.first(), Some(&("build" | "plan" | "why" | "graph")));
+        if uses_store && !args.contains(&"--store") {
             full.push("--store".into());
             full.push(self.root.join("cache").display().to_string());
         }

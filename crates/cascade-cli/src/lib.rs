@@ -11,12 +11,15 @@
 //! | 101 | a bug in cascade (a panic) |
 //! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
 
+mod explain;
+mod progress;
+
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use cascade::{BuildOptions, BuildReport, Event, NodeReport, NodeStatus};
+use cascade::{BuildOptions, BuildReport, Event, NodeReport, NodeStatus, PlanOptions};
 use clap::{Parser, Subcommand};
 
 pub const EXIT_OK: i32 = 0;
@@ -41,25 +44,77 @@ struct Cli {
 enum Command {
     /// Build an environment: resolve, build what changed, write a lockfile.
     Build(BuildArgs),
+    /// Show what a build would do and why, without running a step.
+    Plan(PlanArgs),
+    /// Explain why one component would rebuild, down to the root cause.
+    Why(WhyArgs),
+    /// Print the graph of an environment, with each node's plan state.
+    Graph(GraphArgs),
 }
 
+/// What every command that reads an environment takes.
 #[derive(clap::Args, Debug)]
-struct BuildArgs {
+struct EnvArgs {
     /// The environment (`graph/environments/<ENV>.yaml`).
     #[arg(long, value_name = "ENV")]
     env: String,
     /// The store directory [default: <project>/cache].
     #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BuildArgs {
+    #[command(flatten)]
+    common: EnvArgs,
     /// How many nodes build at once [default: the number of CPUs].
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
     /// Keep building what does not depend on a failed node.
     #[arg(long)]
     keep_going: bool,
-    /// Print one JSON document on stdout instead of text.
+    /// Run no step: print the plan instead (the same as `cascade plan`).
     #[arg(long)]
-    json: bool,
+    dry_run: bool,
+    /// With --dry-run: compare with this lockfile instead of the newest.
+    #[arg(long, value_name = "LOCKFILE", requires = "dry_run")]
+    against: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PlanArgs {
+    #[command(flatten)]
+    common: EnvArgs,
+    /// Compare with this lockfile instead of the environment's newest.
+    #[arg(long, value_name = "LOCKFILE")]
+    against: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct WhyArgs {
+    /// The component to explain.
+    #[arg(value_name = "NODE")]
+    node: String,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct GraphArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// `text`, or `dot` for Graphviz (`cascade graph --format dot | dot -Tsvg`).
+    #[arg(long, value_enum, default_value = "text")]
+    format: GraphFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GraphFormat {
+    Text,
+    Dot,
 }
 
 /// Runs the command line on the real stdout/stderr and returns the exit code.
@@ -112,7 +167,17 @@ where
         color,
     };
     match cli.command {
+        Command::Build(args) if args.dry_run => {
+            let plan = PlanArgs {
+                common: args.common,
+                against: args.against,
+            };
+            explain(&cli.project, plan, io, Explain::Plan)
+        }
         Command::Build(args) => build(&cli.project, args, io),
+        Command::Plan(args) => explain(&cli.project, args, io, Explain::Plan),
+        Command::Why(args) => explain(&cli.project, args.plan, io, Explain::Why(args.node)),
+        Command::Graph(args) => explain(&cli.project, args.plan, io, Explain::Graph(args.format)),
     }
 }
 
@@ -251,9 +316,13 @@ fn summary(r: &BuildReport) -> String {
     s
 }
 
+fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
+    args.store.clone().unwrap_or_else(|| project.join("cache"))
+}
+
 fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
-    let color = io.color && !args.json;
-    let store = args.store.clone().unwrap_or_else(|| project.join("cache"));
+    let json = args.common.json;
+    let color = io.color && !json;
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -261,45 +330,111 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
     });
     let opts = BuildOptions {
         project: project.to_path_buf(),
-        env: args.env.clone(),
-        store,
+        env: args.common.env.clone(),
+        store: store_dir(project, &args.common),
         jobs,
         keep_going: args.keep_going,
         stamp: stamp_now(),
         tools: cascade_exec::Tools::from_env(),
     };
     let result = {
-        let err = &io.err;
-        let on_event = move |e: Event<'_>| {
-            if let Event::Finished(r) = e {
-                let mut w = err.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = writeln!(w, "{}", node_line(r));
-            }
-        };
-        cascade::build(&opts, &on_event)
+        // A live bar only where a person watches: stderr is a terminal (`color`) and
+        // stdout is not a JSON document being produced.
+        let progress = progress::Progress::new(&io.err, color);
+        let r = cascade::build(&opts, &|e: Event<'_>| progress.event(e));
+        progress.finish();
+        r
     };
     match result {
         Ok(report) => {
-            if args.json {
+            if json {
                 io.json(&report);
             } else {
                 io.err_line(&summary(&report));
             }
             report.exit_code()
         }
-        Err(e) => {
-            io.err_line(render(&e, color).trim_end());
-            let code = e.exit_code();
-            if args.json {
-                io.json(&serde_json::json!({
-                    "error": {
-                        "message": e.to_string(),
-                        "code": miette::Diagnostic::code(&e).map(|c| c.to_string()),
-                        "exit_code": code,
-                    }
-                }));
-            }
-            code
-        }
+        Err(e) => fail(&mut io, &e, json, color),
     }
+}
+
+/// Renders an operation's error (and its JSON form with `--json`); returns its exit code.
+fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> i32 {
+    io.err_line(render(e, color).trim_end());
+    let code = e.exit_code();
+    if json {
+        io.json(&serde_json::json!({
+            "error": {
+                "message": e.to_string(),
+                "code": miette::Diagnostic::code(e).map(|c| c.to_string()),
+                "exit_code": code,
+            }
+        }));
+    }
+    code
+}
+
+enum Explain {
+    Plan,
+    Why(String),
+    Graph(GraphFormat),
+}
+
+/// `plan`, `why` and `graph`: one plan, rendered three ways. Exit 0 whatever the plan
+/// says: it is a report, not a check.
+fn explain(project: &std::path::Path, args: PlanArgs, mut io: Io<'_>, what: Explain) -> i32 {
+    let json = args.common.json;
+    let color = io.color && !json;
+    let opts = PlanOptions {
+        project: project.to_path_buf(),
+        env: args.common.env.clone(),
+        store: store_dir(project, &args.common),
+        tools: cascade_exec::Tools::from_env(),
+        against: args.against,
+    };
+    let plan = match cascade::plan(&opts) {
+        Ok(p) => p,
+        Err(e) => return fail(&mut io, &e, json, color),
+    };
+    let text = match what {
+        Explain::Plan if json => return json_ok(&mut io, &plan),
+        Explain::Plan => explain::plan_text(&plan),
+        Explain::Why(name) => {
+            let Some(why) = plan.why(&name) else {
+                let names = plan.nodes.iter().map(|n| n.name.as_str());
+                let e = cascade::Error::UnknownComponent {
+                    help: match closest(&name, names) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("`cascade graph --env {}` lists them", plan.environment),
+                    },
+                    name,
+                    env: plan.environment.clone(),
+                };
+                return fail(&mut io, &e, json, color);
+            };
+            if json {
+                return json_ok(&mut io, &why);
+            }
+            explain::why_text(&why, &plan)
+        }
+        Explain::Graph(_) if json => return json_ok(&mut io, &plan),
+        Explain::Graph(GraphFormat::Text) => explain::graph_text(&plan),
+        Explain::Graph(GraphFormat::Dot) => explain::graph_dot(&plan),
+    };
+    let _ = writeln!(io.out, "{text}");
+    EXIT_OK
+}
+
+fn json_ok(io: &mut Io<'_>, v: &impl serde::Serialize) -> i32 {
+    io.json(v);
+    EXIT_OK
+}
+
+/// The most similar name, if any is similar enough to be a likely typo.
+fn closest<'a>(name: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .map(|n| (strsim::damerau_levenshtein(name, n), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3))
+        .min()
+        .map(|(_, n)| n)
 }

@@ -9,7 +9,7 @@ pub mod span;
 pub mod tree;
 
 pub use digest::{BlobDigest, Digest, DigestParseError, NodeKey, OutputDigest, TreeDigest};
-pub use encode::Encoder;
+pub use encode::{DecodeError, Decoder, Encoder};
 pub use key::{KeyIngredients, RunnerIdentity, SourceIdentity};
 pub use span::{FileId, Span};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};

@@ -99,6 +99,13 @@ pub(crate) struct RepoState {
     pub(crate) versions: version::VersionCache,
 }
 
+/// See [`Git::distance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Distance {
+    pub ahead: usize,
+    pub behind: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RevKey {
     Ref(String),
@@ -203,6 +210,20 @@ impl Git {
         let result = export::export(&handle, &repo.display, tree, dest);
         repo.return_handle(handle);
         result
+    }
+
+    /// How `new` relates to `old` in the repository at `location`: the commits reachable
+    /// from `new` but not `old` (ahead), and the reverse (behind), as `git rev-list
+    /// --left-right --count old...new` counts them. `None` when either commit is no longer
+    /// in the repository (a force-push, a garbage-collected mirror): callers then say less,
+    /// never fail.
+    pub fn distance(&self, location: &str, old: &str, new: &str) -> Option<Distance> {
+        let repo = self.open(location).ok()?;
+        let state = lock(&repo.state);
+        let old = git2::Oid::from_str(old).ok()?;
+        let new = git2::Oid::from_str(new).ok()?;
+        let (ahead, behind) = state.repo.graph_ahead_behind(new, old).ok()?;
+        Some(Distance { ahead, behind })
     }
 
     /// The repository for `location`, opened (and for a remote, fetched) on first use.

@@ -187,6 +187,42 @@ fn pins_a_branch() {
 }
 
 #[test]
+fn distance_counts_commits_both_ways() {
+    let mut fx = Fixture::bare();
+    let base = fx.step("main", &[]);
+    let a1 = fx.step("main", &[base]);
+    let a2 = fx.step("main", &[a1]);
+    let b1 = fx.step("side", &[base]);
+    let (_c, git) = new_git();
+    let loc = fx.location();
+    let d = |old: Oid, new: Oid| git.distance(&loc, &old.to_string(), &new.to_string());
+    assert_eq!(
+        d(base, a2),
+        Some(crate::Distance {
+            ahead: 2,
+            behind: 0
+        })
+    );
+    assert_eq!(
+        d(a2, base),
+        Some(crate::Distance {
+            ahead: 0,
+            behind: 2
+        })
+    );
+    assert_eq!(
+        d(a2, b1),
+        Some(crate::Distance {
+            ahead: 1,
+            behind: 2
+        })
+    );
+    let gone = "1111111111111111111111111111111111111111";
+    assert_eq!(git.distance(&loc, gone, &a2.to_string()), None);
+    assert_eq!(git.distance(&loc, "not hex", &a2.to_string()), None);
+}
+
+#[test]
 fn pins_the_same_sha_on_every_run() {
     let mut a = Fixture::bare();
     let mut b = Fixture::bare();

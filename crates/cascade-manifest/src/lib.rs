@@ -30,7 +30,10 @@ mod source;
 
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
-pub use model::{Component, Constraint, Environment, Graph, Mode, Recipe, Rev, SourceSpec, Step};
+pub use model::{
+    Change, Component, Constraint, Environment, FieldChange, Graph, Mode, Recipe, Rev, SourceSpec,
+    Step,
+};
 pub use range::{RangeError, VersionRange};
 pub use resolve::{resolve, ProjectFiles};
 pub use source::SourceDb;

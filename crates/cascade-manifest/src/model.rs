@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use cascade_core::{Digest, Encoder, FileId, Span};
+use cascade_core::{DecodeError, Decoder, Digest, Encoder, FileId, Span};
 
 use crate::range::VersionRange;
 
@@ -146,6 +146,103 @@ impl Recipe {
     pub fn digest(&self) -> Digest {
         Digest::of(&self.canonical())
     }
+
+    /// Reads back [`Recipe::canonical`] (the timeout, not encoded, is `None`), so an old
+    /// recipe kept in the store by digest can be compared with today's.
+    pub fn decode_canonical(bytes: &[u8]) -> Result<Recipe, DecodeError> {
+        let mut d = Decoder::new(bytes, RECIPE_DOMAIN, RECIPE_VERSION)?;
+        let inputs = d.strs(1)?;
+        let tools = d.strs(2)?;
+        let env = d.map(3)?;
+        let mut steps = Vec::new();
+        for mut s in d.list(4)? {
+            steps.push(Step {
+                name: s.str(0)?.to_string(),
+                run: s.str(1)?.to_string(),
+            });
+            s.end()?;
+        }
+        let outputs = d.strs(5)?;
+        d.end()?;
+        Ok(Recipe {
+            inputs,
+            tools,
+            env,
+            timeout: None,
+            steps,
+            outputs,
+        })
+    }
+
+    /// What changed from `old` to `self`, field by field, in the order of the recipe
+    /// file: `inputs`, `runner.host.tools`, `env.NAME`, `steps[i].name|run`, `outputs`.
+    /// Only fields that are part of the digest are compared (not the timeout), so an
+    /// empty list means the two digests are equal.
+    pub fn diff(&self, old: &Recipe) -> Vec<FieldChange> {
+        let mut out = Vec::new();
+        let mut push = |field: String, change| out.push(FieldChange { field, change });
+        if self.inputs != old.inputs {
+            push("inputs".into(), Change::Changed);
+        }
+        if self.tools != old.tools {
+            push("runner.host.tools".into(), Change::Changed);
+        }
+        for (name, value) in &self.env {
+            match old.env.get(name) {
+                None => push(format!("env.{name}"), Change::Added),
+                Some(v) if v != value => push(format!("env.{name}"), Change::Changed),
+                Some(_) => {}
+            }
+        }
+        for name in old.env.keys().filter(|n| !self.env.contains_key(*n)) {
+            push(format!("env.{name}"), Change::Removed);
+        }
+        for i in 0..self.steps.len().max(old.steps.len()) {
+            match (self.steps.get(i), old.steps.get(i)) {
+                (Some(_), None) => push(format!("steps[{i}]"), Change::Added),
+                (None, Some(_)) => push(format!("steps[{i}]"), Change::Removed),
+                (Some(new), Some(was)) => {
+                    if new.name != was.name {
+                        push(format!("steps[{i}].name"), Change::Changed);
+                    }
+                    if new.run != was.run {
+                        push(format!("steps[{i}].run"), Change::Changed);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        if self.outputs != old.outputs {
+            push("outputs".into(), Change::Changed);
+        }
+        out
+    }
+}
+
+/// One field of a recipe that differs between two versions of it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldChange {
+    /// The field's path as written in the recipe file: `steps[1].run`, `env.RUST_LOG`.
+    pub field: String,
+    pub change: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Added,
+    Removed,
+    Changed,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +298,60 @@ mod tests {
         r.timeout = None;
         assert_eq!(r.digest(), base, "the timeout is not an ingredient");
         assert_eq!(recipe().digest(), base, "deterministic");
+    }
+
+    #[test]
+    fn canonical_round_trips_without_the_timeout() {
+        let r = recipe();
+        let back = Recipe::decode_canonical(&r.canonical()).unwrap();
+        assert_eq!(back, Recipe { timeout: None, ..r });
+        assert!(Recipe::decode_canonical(b"garbage").is_err());
+        let bytes = recipe().canonical();
+        assert!(Recipe::decode_canonical(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn diff_names_each_changed_field() {
+        let fields = |r: &Recipe| -> Vec<String> {
+            r.diff(&recipe())
+                .iter()
+                .map(|c| format!("{} {}", c.field, c.change))
+                .collect()
+        };
+        assert!(recipe().diff(&recipe()).is_empty());
+        let mut r = recipe();
+        r.timeout = None;
+        assert!(r.diff(&recipe()).is_empty(), "the timeout is not compared");
+        r.steps[1].run = "make check".into();
+        r.env.insert("RUST_LOG".into(), "debug".into());
+        r.env.remove("OPT");
+        assert_eq!(
+            fields(&r),
+            [
+                "env.RUST_LOG added",
+                "env.OPT removed",
+                "steps[1].run changed"
+            ]
+        );
+        let mut r = recipe();
+        r.steps.push(Step {
+            name: "lint".into(),
+            run: "true".into(),
+        });
+        r.steps[0].name = "compile".into();
+        r.outputs.push("lib".into());
+        r.tools.push("ar".into());
+        r.env.insert("OPT".into(), "-O3".into());
+        assert_eq!(
+            fields(&r),
+            [
+                "runner.host.tools changed",
+                "env.OPT changed",
+                "steps[0].name changed",
+                "steps[2] added",
+                "outputs changed"
+            ]
+        );
     }
 
     #[test]

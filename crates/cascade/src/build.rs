@@ -125,7 +125,13 @@ impl BuildReport {
 
 /// What a running build tells its caller, for progress lines.
 pub enum Event<'a> {
-    Started { name: &'a str },
+    /// Sources pinned and tools resolved: `total` nodes are about to be scheduled.
+    Scheduled {
+        total: usize,
+    },
+    Started {
+        name: &'a str,
+    },
     Finished(&'a NodeReport),
 }
 
@@ -162,12 +168,35 @@ impl Node<'_> {
 }
 
 /// Everything one node needs, decided before the scheduler starts.
-struct Node<'a> {
-    component: &'a Component,
-    pinned: &'a Pinned,
-    tools: Vec<ResolvedTool>,
-    runner: RunnerIdentity,
-    recipe: Digest,
+pub(crate) struct Node<'a> {
+    pub component: &'a Component,
+    pub pinned: &'a Pinned,
+    pub tools: Vec<ResolvedTool>,
+    pub runner: RunnerIdentity,
+    pub recipe: Digest,
+}
+
+impl Node<'_> {
+    /// The ingredients of this node's key, given its inputs' output digests.
+    pub fn ingredients(&self, inputs: &BTreeMap<String, OutputDigest>) -> KeyIngredients {
+        let c = self.component;
+        let s = &self.pinned.source;
+        KeyIngredients {
+            component: c.name.clone(),
+            recipe: self.recipe,
+            source: SourceIdentity {
+                repo: c.source.repo.clone(),
+                commit: s.commit.clone(),
+                tree: s.tree.clone(),
+                dir: c.source.dir.clone(),
+                version: s.version.to_string(),
+                commit_time: s.commit_time,
+            },
+            inputs: inputs.clone(),
+            runner: self.runner.clone(),
+            env: c.recipe.env.clone(),
+        }
+    }
 }
 
 pub fn build(
@@ -179,8 +208,15 @@ pub fn build(
     let store = Store::open(&opts.store)?;
     let git = Git::new(store.git_dir());
     let pinned = pin_all(&project, &git)?;
-    let nodes = prepare(&project, &pinned, &opts.tools, &store)?;
+    let nodes = prepare(&project, &pinned, &opts.tools)?;
+    // The normalized recipes are kept in the store under their digests (the lockfile's
+    // `recipe:`), so a lockfile can be replayed, and `plan` can name the fields that
+    // changed, after a recipe file changed.
+    for c in &project.graph.components {
+        store.put_blob(&c.recipe.canonical())?;
+    }
     let graph = &project.graph;
+    on_event(Event::Scheduled { total: nodes.len() });
 
     let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
     let done: Vec<OnceLock<Done>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
@@ -287,11 +323,10 @@ pub fn build(
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
 /// reported before anything runs.
-fn prepare<'a>(
+pub(crate) fn prepare<'a>(
     project: &'a Project,
     pinned: &'a [Pinned],
     tools: &Tools,
-    store: &Store,
 ) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
@@ -319,9 +354,7 @@ fn prepare<'a>(
                 .map(|t| (t.name.clone(), t.digest))
                 .collect(),
         };
-        // The normalized recipe is kept in the store under its digest (the lockfile's
-        // `recipe:`), so a lockfile can be replayed after the recipe file changed.
-        let recipe = store.put_blob(&c.recipe.canonical())?.0;
+        let recipe = c.recipe.digest();
         nodes.push(Node {
             component: c,
             pinned: p,
@@ -387,22 +420,7 @@ fn run_node(
     warnings: &mut Vec<String>,
 ) -> Result<(Done, bool), Failure> {
     let c = node.component;
-    let s = &node.pinned.source;
-    let ingredients = KeyIngredients {
-        component: c.name.clone(),
-        recipe: node.recipe,
-        source: SourceIdentity {
-            repo: c.source.repo.clone(),
-            commit: s.commit.clone(),
-            tree: s.tree.clone(),
-            dir: c.source.dir.clone(),
-            version: s.version.to_string(),
-            commit_time: s.commit_time,
-        },
-        inputs: inputs.clone(),
-        runner: node.runner.clone(),
-        env: c.recipe.env.clone(),
-    };
+    let ingredients = node.ingredients(inputs);
     let key = store
         .put_key_manifest(&ingredients.encode())
         .map_err(|e| fail(FailureCause::Environment, e, None))?;

@@ -69,6 +69,18 @@ pub enum Error {
     #[diagnostic(transparent)]
     Store(#[from] cascade_store::StoreError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Lock(#[from] cascade_lock::LockError),
+
+    #[error("no component `{name}` in environment `{env}`")]
+    #[diagnostic(code(cascade::unknown_component), help("{help}"))]
+    UnknownComponent {
+        name: String,
+        env: String,
+        help: String,
+    },
+
     #[error("could not write the lockfile `{path}`")]
     #[diagnostic(code(cascade::lockfile_write))]
     WriteLock {
@@ -86,7 +98,9 @@ impl Error {
             | Error::UnknownEnvironment { .. }
             | Error::NotAProject(_)
             | Error::Read { .. }
-            | Error::Sources(_) => 2,
+            | Error::Sources(_)
+            | Error::Lock(_)
+            | Error::UnknownComponent { .. } => 2,
             Error::Environment(_) | Error::Store(_) | Error::WriteLock { .. } => 3,
         }
     }

@@ -6,9 +6,16 @@
 mod build;
 mod errors;
 mod load;
+mod lockfiles;
 mod pin;
+mod plan;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use errors::{Error, Problems};
 pub use load::{load, Project};
+pub use lockfiles::{newest_lockfile, read_lockfile};
 pub use pin::{pin_all, Pinned};
+pub use plan::{
+    plan, InputChange, Plan, PlanNode, PlanOptions, PlanState, Reason, ReasonKind, RootCause,
+    SourcePoint, Why, WhyNode,
+};

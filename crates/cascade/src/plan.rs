@@ -1,0 +1,747 @@
+//! `cascade plan` and `cascade why`: what a build would do, and why, without running a
+//! step.
+//!
+//! Every node is keyed exactly as `build` keys it, in build order, and looked up in the
+//! action cache. A node whose inputs' outputs are not known yet (an upstream must be
+//! rebuilt first) is `pending`: its key cannot be known before that upstream has run.
+//!
+//! The reasons compare each node with a *baseline*: its entry in the newest lockfile
+//! of the environment (or `--against FILE`). The lockfile's `key:` is the content
+//! address of the node's key manifest in the store (the canonical encoding of every
+//! ingredient, `KeyIngredients`), and its `recipe:` that of the normalized recipe, so
+//! the old ingredients are decoded and compared field by field. When the store no
+//! longer has them, the lockfile's own fields still give coarser reasons.
+//!
+//! A plan writes nothing but what reading the store may repair (a corrupt entry is
+//! discarded) and git mirrors of remote repositories; it takes no lock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use cascade_core::{BlobDigest, Digest, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity};
+use cascade_exec::Tools;
+use cascade_git::Git;
+use cascade_lock::{LockNode, LockSource, Lockfile};
+use cascade_manifest::{Change, Recipe, Rev};
+use cascade_store::Store;
+
+use crate::build::{prepare, Node};
+use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::{load, pin_all, Error};
+
+pub struct PlanOptions {
+    pub project: PathBuf,
+    pub env: String,
+    pub store: PathBuf,
+    /// Where tools are looked up (the caller's PATH), as for `build`.
+    pub tools: Tools,
+    /// Compare with this lockfile instead of the environment's newest.
+    pub against: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub environment: String,
+    /// The lockfile the reasons compare with (as given, or relative to the project).
+    pub baseline: Option<PathBuf>,
+    /// In build order.
+    pub nodes: Vec<PlanNode>,
+    pub cached: usize,
+    pub rebuild: usize,
+    pub pending: usize,
+    /// Problems that did not stop the plan (an unreadable newest lockfile, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanState {
+    /// The key is in the action cache with its whole output: nothing to run.
+    Cached,
+    /// The key is known and not in the cache: its steps will run.
+    Rebuild,
+    /// An input must be rebuilt first, so the key is not known yet.
+    Pending,
+}
+
+impl fmt::Display for PlanState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PlanState::Cached => "cached",
+            PlanState::Rebuild => "rebuild",
+            PlanState::Pending => "pending",
+        })
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlanNode {
+    pub name: String,
+    pub state: PlanState,
+    /// The component's inputs (upstream components), sorted.
+    pub inputs: Vec<String>,
+    /// The ref as written (branch mode), absent in version mode.
+    #[serde(rename = "ref")]
+    pub r#ref: Option<String>,
+    pub commit: String,
+    pub version: String,
+    /// Known unless `pending`.
+    pub key: Option<NodeKey>,
+    /// The node's key in the baseline lockfile.
+    pub baseline_key: Option<NodeKey>,
+    /// The output a `cached` node reuses.
+    pub output: Option<OutputDigest>,
+    /// For `pending`: the inputs that must be rebuilt first.
+    pub waits_for: Vec<String>,
+    /// For `pending`: true when nothing but those inputs differs from the baseline and
+    /// the baseline's result is in the store, so an upstream rebuilt to identical
+    /// bytes makes this node a cache hit (early cutoff).
+    pub early_cutoff: bool,
+    /// Everything that differs from the baseline (for a `cached` node too: it says what
+    /// a deploy of this plan would change).
+    pub reasons: Vec<Reason>,
+}
+
+/// One reason, as structured fields (`kind` and its details) and as the sentence the
+/// text output prints (`message`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Reason {
+    #[serde(flatten)]
+    pub kind: ReasonKind,
+    pub message: String,
+}
+
+impl Reason {
+    fn new(kind: ReasonKind) -> Reason {
+        Reason {
+            message: kind.to_string(),
+            kind,
+        }
+    }
+
+    /// Whether this reason is about the node itself rather than one of its inputs.
+    pub fn is_own(&self) -> bool {
+        !matches!(self.kind, ReasonKind::Input { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReasonKind {
+    /// The pinned source differs: repository, ref, commit, dir or version.
+    Source {
+        component: String,
+        from: Box<SourcePoint>,
+        to: Box<SourcePoint>,
+        /// Commits reachable from the new commit and not the old, and the reverse,
+        /// when both are in the repository.
+        ahead: Option<usize>,
+        behind: Option<usize>,
+    },
+    /// A field of the normalized recipe (`steps[1].run`, `env.RUST_LOG`, `outputs`).
+    /// `field` is absent when the old recipe is no longer in the store: then only the
+    /// digests are known.
+    Recipe {
+        field: Option<String>,
+        change: Change,
+        from: Digest,
+        to: Digest,
+    },
+    /// An input's output digest. `to` is absent while that input is pending.
+    Input {
+        input: String,
+        change: InputChange,
+        from: Option<OutputDigest>,
+        to: Option<OutputDigest>,
+    },
+    /// A declared tool of the host runner (its content digest).
+    Tool {
+        tool: String,
+        change: Change,
+        from: Option<BlobDigest>,
+        to: Option<BlobDigest>,
+    },
+    /// The runner's identity, when the old key manifest is gone (no per-tool detail).
+    Runner { from: Digest, to: Digest },
+    /// No earlier key for this node: not in the baseline.
+    NeverBuilt,
+    /// Same key as the baseline, but its result is not in the store (cleared or
+    /// collected).
+    NotInStore,
+    /// Every ingredient is the same as the baseline's but the key is not: the key
+    /// manifest was written by another version of cascade.
+    KeyFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputChange {
+    Added,
+    Removed,
+    Changed,
+    /// The input must be rebuilt first; its output is not known yet.
+    Pending,
+}
+
+/// A pinned source, as the reasons show it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourcePoint {
+    pub repo: String,
+    #[serde(rename = "ref")]
+    pub r#ref: Option<String>,
+    pub commit: String,
+    pub dir: Option<String>,
+    pub version: String,
+}
+
+impl SourcePoint {
+    fn of(s: &LockSource) -> SourcePoint {
+        SourcePoint {
+            repo: s.repo.clone(),
+            r#ref: s.r#ref.clone(),
+            commit: s.commit.clone(),
+            dir: s.dir.clone(),
+            version: s.version.clone(),
+        }
+    }
+
+    /// `develop a1b2c3d` in branch mode, `1.2.0 a1b2c3d` in version mode.
+    fn at(&self) -> String {
+        format!(
+            "{} {}",
+            self.r#ref.as_deref().unwrap_or(&self.version),
+            short_sha(&self.commit)
+        )
+    }
+}
+
+fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// `blake3:1f2e3d4c5b6a…`: enough to tell digests apart in a sentence.
+fn short(d: &impl fmt::Display) -> String {
+    let s = d.to_string();
+    match s.split_once(':') {
+        Some((algo, hex)) => format!("{algo}:{}…", &hex[..hex.len().min(12)]),
+        None => s,
+    }
+}
+
+fn opt_short<T: fmt::Display>(d: &Option<T>) -> String {
+    d.as_ref().map_or_else(|| "none".to_string(), short)
+}
+
+impl fmt::Display for ReasonKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReasonKind::Source {
+                component,
+                from,
+                to,
+                ahead,
+                behind,
+            } => {
+                write!(f, "source {component}: ")?;
+                let mut parts = Vec::new();
+                if from.repo != to.repo {
+                    parts.push(format!("repo {} → {}", from.repo, to.repo));
+                }
+                if from.dir != to.dir {
+                    let d = |d: &Option<String>| d.clone().unwrap_or_else(|| "(root)".into());
+                    parts.push(format!("dir {} → {}", d(&from.dir), d(&to.dir)));
+                }
+                if from.commit != to.commit || from.r#ref != to.r#ref {
+                    let mut s = if from.r#ref.is_some() && from.r#ref == to.r#ref {
+                        // Same branch: name it once.
+                        format!(
+                            "{} {} → {}",
+                            from.r#ref.as_deref().unwrap_or_default(),
+                            short_sha(&from.commit),
+                            short_sha(&to.commit)
+                        )
+                    } else {
+                        format!("{} → {}", from.at(), to.at())
+                    };
+                    if let (Some(a), Some(b)) = (ahead, behind) {
+                        s.push_str(&match (a, b) {
+                            (0, 0) => String::new(),
+                            (a, 0) => format!(" ({a} commit{})", plural(*a)),
+                            (0, b) => format!(" ({b} commit{} back)", plural(*b)),
+                            (a, b) => format!(" ({a} ahead, {b} behind)"),
+                        });
+                    }
+                    parts.push(s);
+                }
+                // A new commit brings its own version; a version alone changes when a
+                // tag lands on the same commit.
+                if from.version != to.version && from.commit == to.commit {
+                    let same = if from.commit == to.commit {
+                        format!(" (same commit {})", short_sha(&to.commit))
+                    } else {
+                        String::new()
+                    };
+                    parts.push(format!("version {} → {}{same}", from.version, to.version));
+                }
+                f.write_str(&parts.join(", "))
+            }
+            ReasonKind::Recipe {
+                field: Some(field),
+                change,
+                ..
+            } => write!(f, "recipe: {field} {change}"),
+            ReasonKind::Recipe {
+                field: None,
+                from,
+                to,
+                ..
+            } => write!(
+                f,
+                "recipe: {} → {} (the old recipe is not in the store)",
+                short(from),
+                short(to)
+            ),
+            ReasonKind::Input {
+                input,
+                change,
+                from,
+                to,
+            } => match change {
+                InputChange::Added => write!(f, "input {input} added"),
+                InputChange::Removed => write!(f, "input {input} removed"),
+                InputChange::Changed => write!(
+                    f,
+                    "input {input}: output {} → {}",
+                    opt_short(from),
+                    opt_short(to)
+                ),
+                InputChange::Pending => {
+                    write!(f, "input {input}: pending (it must be rebuilt first)")
+                }
+            },
+            ReasonKind::Tool {
+                tool,
+                change,
+                from,
+                to,
+            } => match change {
+                Change::Changed => {
+                    write!(f, "tool {tool}: {} → {}", opt_short(from), opt_short(to))
+                }
+                c => write!(f, "tool {tool} {c}"),
+            },
+            ReasonKind::Runner { from, to } => {
+                write!(f, "runner: {} → {}", short(from), short(to))
+            }
+            ReasonKind::NeverBuilt => f.write_str("never built"),
+            ReasonKind::NotInStore => f.write_str(
+                "not in the store (same key as the baseline: the store was cleared or collected)",
+            ),
+            ReasonKind::KeyFormat => f.write_str(
+                "key format changed (the baseline was keyed by another version of cascade)",
+            ),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The baseline of one node: its lockfile entry and, when the store still has it, the
+/// decoded key manifest and recipe.
+struct Base<'l> {
+    lock: &'l LockNode,
+    ingredients: Option<KeyIngredients>,
+    recipe: Option<Recipe>,
+}
+
+impl<'l> Base<'l> {
+    fn load(store: &Store, lock: &'l LockNode) -> Base<'l> {
+        let ingredients = store
+            .get_key_manifest(&lock.key)
+            .ok()
+            .and_then(|b| KeyIngredients::decode(&b).ok());
+        let recipe = store
+            .get_blob(&BlobDigest(lock.recipe))
+            .ok()
+            .and_then(|b| Recipe::decode_canonical(&b).ok());
+        Base {
+            lock,
+            ingredients,
+            recipe,
+        }
+    }
+}
+
+pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
+    let project = load(&opts.project, &opts.env)?;
+    let store = Store::open(&opts.store)?;
+    let git = Git::new(store.git_dir());
+    let pinned = pin_all(&project, &git)?;
+    let nodes = prepare(&project, &pinned, &opts.tools)?;
+    let mut warnings = Vec::new();
+    let (baseline, lock) = baseline(opts, &mut warnings)?;
+
+    let graph = &project.graph;
+    let mut out: Vec<PlanNode> = Vec::with_capacity(nodes.len());
+    for node in &nodes {
+        let c = node.component;
+        let mut known = BTreeMap::new();
+        let mut waits_for = Vec::new();
+        for &j in &c.inputs {
+            let name = &graph.components[j].name;
+            match (&out[j].state, out[j].output) {
+                (PlanState::Cached, Some(o)) => {
+                    known.insert(name.clone(), o);
+                }
+                _ => waits_for.push(name.clone()),
+            }
+        }
+        let base = lock
+            .as_ref()
+            .and_then(|l| l.nodes.get(&c.name))
+            .map(|l| Base::load(&store, l));
+        let mut reasons = match &base {
+            Some(b) => changes(node, b, &known, &waits_for, &git),
+            None => Vec::new(),
+        };
+        let (state, key, output, early_cutoff) = if waits_for.is_empty() {
+            let key = node.ingredients(&known).key();
+            match cached_output(&store, &key, &c.recipe.outputs) {
+                Some(o) => (PlanState::Cached, Some(key), Some(o), false),
+                None => {
+                    if reasons.is_empty() {
+                        reasons.push(Reason::new(match &base {
+                            None => ReasonKind::NeverBuilt,
+                            Some(b) if b.lock.key == key => ReasonKind::NotInStore,
+                            Some(_) => ReasonKind::KeyFormat,
+                        }));
+                    }
+                    (PlanState::Rebuild, Some(key), None, false)
+                }
+            }
+        } else {
+            if base.is_none() {
+                reasons.insert(0, Reason::new(ReasonKind::NeverBuilt));
+            }
+            let only_pending = reasons.iter().all(|r| {
+                matches!(
+                    r.kind,
+                    ReasonKind::Input {
+                        change: InputChange::Pending,
+                        ..
+                    }
+                )
+            });
+            let cutoff = only_pending
+                && base.as_ref().is_some_and(|b| {
+                    cached_output(&store, &b.lock.key, &c.recipe.outputs).is_some()
+                });
+            (PlanState::Pending, None, None, cutoff)
+        };
+        let mut inputs: Vec<String> = c
+            .inputs
+            .iter()
+            .map(|&j| graph.components[j].name.clone())
+            .collect();
+        inputs.sort();
+        out.push(PlanNode {
+            name: c.name.clone(),
+            state,
+            inputs,
+            r#ref: match &c.source.rev {
+                Rev::Ref(r) => Some(r.clone()),
+                Rev::Version(_) => None,
+            },
+            commit: node.pinned.source.commit.clone(),
+            version: node.pinned.source.version.to_string(),
+            key,
+            baseline_key: base.as_ref().map(|b| b.lock.key),
+            output,
+            waits_for,
+            early_cutoff,
+            reasons,
+        });
+    }
+    let count = |s: PlanState| out.iter().filter(|n| n.state == s).count();
+    Ok(Plan {
+        environment: opts.env.clone(),
+        baseline,
+        cached: count(PlanState::Cached),
+        rebuild: count(PlanState::Rebuild),
+        pending: count(PlanState::Pending),
+        nodes: out,
+        warnings,
+    })
+}
+
+/// The output of `key` if the action cache has it with its whole tree.
+fn cached_output(store: &Store, key: &NodeKey, declared: &[String]) -> Option<OutputDigest> {
+    let r = store.get_action(key).ok()??;
+    store.check_output(&r.output, declared).ok()??;
+    Some(r.output)
+}
+
+/// The lockfile to compare with: `--against` (an error if unreadable), else the
+/// environment's newest (a warning if unreadable: the plan still runs, without reasons).
+fn baseline(
+    opts: &PlanOptions,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<PathBuf>, Option<Lockfile>), Error> {
+    if let Some(path) = &opts.against {
+        let lock = read_lockfile(path, &path.display().to_string())?;
+        return Ok((Some(path.clone()), Some(lock)));
+    }
+    let Some(path) = newest_lockfile(&opts.project, &opts.env) else {
+        return Ok((None, None));
+    };
+    let shown = path
+        .strip_prefix(&opts.project)
+        .unwrap_or(&path)
+        .to_path_buf();
+    match read_lockfile(&path, &shown.display().to_string()) {
+        Ok(lock) => Ok((Some(shown), Some(lock))),
+        Err(e) => {
+            warnings.push(format!("ignoring the newest lockfile: {e}"));
+            Ok((None, None))
+        }
+    }
+}
+
+/// Every difference between a node as it is now and its baseline, in this order:
+/// source, recipe, runner, inputs.
+fn changes(
+    node: &Node<'_>,
+    base: &Base<'_>,
+    known: &BTreeMap<String, OutputDigest>,
+    pending: &[String],
+    git: &Git,
+) -> Vec<Reason> {
+    let c = node.component;
+    let mut out = Vec::new();
+
+    let from = SourcePoint::of(&base.lock.source);
+    let s = &node.pinned.source;
+    let to = SourcePoint {
+        repo: c.source.repo.clone(),
+        r#ref: match &c.source.rev {
+            Rev::Ref(r) => Some(r.clone()),
+            Rev::Version(_) => None,
+        },
+        commit: s.commit.clone(),
+        dir: c.source.dir.clone(),
+        version: s.version.to_string(),
+    };
+    if from != to {
+        let d = (from.commit != to.commit && from.repo == to.repo)
+            .then(|| git.distance(&node.pinned.location, &from.commit, &to.commit))
+            .flatten();
+        out.push(Reason::new(ReasonKind::Source {
+            component: c.name.clone(),
+            from: Box::new(from),
+            to: Box::new(to),
+            ahead: d.map(|d| d.ahead),
+            behind: d.map(|d| d.behind),
+        }));
+    }
+
+    if base.lock.recipe != node.recipe {
+        let (from, to) = (base.lock.recipe, node.recipe);
+        match &base.recipe {
+            Some(old) => out.extend(c.recipe.diff(old).into_iter().map(|f| {
+                Reason::new(ReasonKind::Recipe {
+                    field: Some(f.field),
+                    change: f.change,
+                    from,
+                    to,
+                })
+            })),
+            None => out.push(Reason::new(ReasonKind::Recipe {
+                field: None,
+                change: Change::Changed,
+                from,
+                to,
+            })),
+        }
+    }
+
+    match &base.ingredients {
+        Some(old) => out.extend(tool_changes(&old.runner, &node.runner)),
+        None if base.lock.runner != node.runner.digest() => {
+            out.push(Reason::new(ReasonKind::Runner {
+                from: base.lock.runner,
+                to: node.runner.digest(),
+            }))
+        }
+        None => {}
+    }
+
+    let was = &base.lock.inputs;
+    for (name, o) in known {
+        match was.get(name) {
+            None => out.push(input(name, InputChange::Added, None, Some(*o))),
+            Some(w) if w != o => out.push(input(name, InputChange::Changed, Some(*w), Some(*o))),
+            Some(_) => {}
+        }
+    }
+    for name in pending {
+        let change = if was.contains_key(name) {
+            InputChange::Pending
+        } else {
+            InputChange::Added
+        };
+        out.push(input(name, change, was.get(name).copied(), None));
+    }
+    for (name, w) in was {
+        if !known.contains_key(name) && !pending.contains(name) {
+            out.push(input(name, InputChange::Removed, Some(*w), None));
+        }
+    }
+    out
+}
+
+fn input(
+    name: &str,
+    change: InputChange,
+    from: Option<OutputDigest>,
+    to: Option<OutputDigest>,
+) -> Reason {
+    Reason::new(ReasonKind::Input {
+        input: name.to_string(),
+        change,
+        from,
+        to,
+    })
+}
+
+fn tool_changes(old: &RunnerIdentity, new: &RunnerIdentity) -> Vec<Reason> {
+    let (RunnerIdentity::Host { tools: old }, RunnerIdentity::Host { tools: new }) = (old, new);
+    let mut out = Vec::new();
+    let mut tool = |name: &str, change, from: Option<&BlobDigest>, to: Option<&BlobDigest>| {
+        out.push(Reason::new(ReasonKind::Tool {
+            tool: name.to_string(),
+            change,
+            from: from.copied(),
+            to: to.copied(),
+        }))
+    };
+    for (name, d) in new {
+        match old.get(name) {
+            None => tool(name, Change::Added, None, Some(d)),
+            Some(o) if o != d => tool(name, Change::Changed, Some(o), Some(d)),
+            Some(_) => {}
+        }
+    }
+    for (name, o) in old {
+        if !new.contains_key(name) {
+            tool(name, Change::Removed, Some(o), None);
+        }
+    }
+    out
+}
+
+/// `cascade why NODE`: the node and, recursively, every input whose change it depends
+/// on, down to the root causes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Why {
+    pub environment: String,
+    pub baseline: Option<PathBuf>,
+    pub chain: WhyNode,
+    /// The nodes of the chain that changed themselves (source, recipe, runner, never
+    /// built, …), with those reasons only, in build order.
+    pub root_causes: Vec<RootCause>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WhyNode {
+    pub name: String,
+    pub state: PlanState,
+    /// All of its reasons; empty when it is cached and unchanged.
+    pub reasons: Vec<Reason>,
+    /// The inputs behind its input reasons, each explained the same way. An input
+    /// already explained higher up the chain is listed with `see_above` and no details.
+    pub because: Vec<WhyNode>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub see_above: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RootCause {
+    pub name: String,
+    pub reasons: Vec<Reason>,
+}
+
+impl Plan {
+    pub fn node(&self, name: &str) -> Option<&PlanNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The chain of reasons for `name`, or `None` when there is no such node.
+    pub fn why(&self, name: &str) -> Option<Why> {
+        let index: BTreeMap<&str, &PlanNode> =
+            self.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let chain = explain(index.get(name)?, &index, &mut seen);
+        let root_causes = self
+            .nodes
+            .iter()
+            .filter(|n| seen.contains(n.name.as_str()))
+            .filter_map(|n| {
+                let own: Vec<Reason> = n.reasons.iter().filter(|r| r.is_own()).cloned().collect();
+                (!own.is_empty()).then(|| RootCause {
+                    name: n.name.clone(),
+                    reasons: own,
+                })
+            })
+            .collect();
+        Some(Why {
+            environment: self.environment.clone(),
+            baseline: self.baseline.clone(),
+            chain,
+            root_causes,
+        })
+    }
+}
+
+fn explain<'p>(
+    node: &'p PlanNode,
+    index: &BTreeMap<&str, &'p PlanNode>,
+    seen: &mut std::collections::BTreeSet<&'p str>,
+) -> WhyNode {
+    if !seen.insert(&node.name) {
+        return WhyNode {
+            name: node.name.clone(),
+            state: node.state,
+            reasons: Vec::new(),
+            because: Vec::new(),
+            see_above: true,
+        };
+    }
+    let because = node
+        .reasons
+        .iter()
+        .filter_map(|r| match &r.kind {
+            ReasonKind::Input {
+                input,
+                change: InputChange::Changed | InputChange::Pending | InputChange::Added,
+                ..
+            } => index.get(input.as_str()),
+            _ => None,
+        })
+        .map(|n| explain(n, index, seen))
+        .collect();
+    WhyNode {
+        name: node.name.clone(),
+        state: node.state,
+        reasons: node.reasons.clone(),
+        because,
+        see_above: false,
+    }
+}
