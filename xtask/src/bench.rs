@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: synthetic graphs (chain, wide, diamond-heavy; 1,000 and 10,000
 //! nodes; trivial steps), each timed cold (empty store), no-op (everything cached) and
-//! after a change to one leaf (a node nothing depends on). A benchmark, not a test: it prints figures and checks only
-//! that each build did what it should (everything built, nothing built, a few built).
+//! after a change to one leaf (a node nothing depends on); `plan` is timed on the
+//! cached graph and after the change, and compared with the no-op build. A benchmark,
+//! not a test: it prints figures and checks only that each run did what it should
+//! (everything built, nothing built, one rebuilt; plan: all cached, one rebuild).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -135,23 +137,39 @@ struct Timed {
 }
 
 fn build(dir: &Path, jobs: usize) -> Result<Timed> {
-    let args: Vec<String> = vec![
+    let j = timed(dir, &["build", "--jobs", &jobs.to_string()])?;
+    Ok(Timed {
+        secs: j.0,
+        built: j.1["built"].as_u64().unwrap_or(0),
+        cached: j.1["cached"].as_u64().unwrap_or(0),
+    })
+}
+
+/// `cascade plan`: seconds, and how many nodes it says are cached and will rebuild.
+fn plan(dir: &Path) -> Result<(f64, u64, u64)> {
+    let (secs, j) = timed(dir, &["plan"])?;
+    let count = |k: &str| j[k].as_u64().unwrap_or(0);
+    Ok((secs, count("cached"), count("rebuild")))
+}
+
+/// Runs `cascade <command> --env bench --json <rest…>` in-process and times it.
+fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
+    let mut args: Vec<String> = vec![
         "cascade".into(),
         "--project".into(),
         dir.display().to_string(),
-        "build".into(),
+        command[0].into(),
         "--env".into(),
         "bench".into(),
         "--json".into(),
         "--store".into(),
         dir.join("cache").display().to_string(),
-        "--jobs".into(),
-        jobs.to_string(),
     ];
+    args.extend(command[1..].iter().map(|s| s.to_string()));
     let mut out = Vec::new();
     let mut err = Vec::new();
     // Flush what the previous build wrote first, so the kernel's writeback of it is not
-    // counted against this build.
+    // counted against this run.
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     let t = Instant::now();
@@ -159,17 +177,13 @@ fn build(dir: &Path, jobs: usize) -> Result<Timed> {
     let secs = t.elapsed().as_secs_f64();
     if code != 0 {
         return Err(format!(
-            "bench build failed ({code}):\n{}",
+            "bench {} failed ({code}):\n{}",
+            command[0],
             String::from_utf8_lossy(&err)
         )
         .into());
     }
-    let j: serde_json::Value = serde_json::from_slice(&out)?;
-    Ok(Timed {
-        secs,
-        built: j["built"].as_u64().unwrap_or(0),
-        cached: j["cached"].as_u64().unwrap_or(0),
-    })
+    Ok((secs, serde_json::from_slice(&out)?))
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -209,8 +223,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let base: PathBuf = std::env::temp_dir().join(format!("cascade-bench-{}", std::process::id()));
-    println!("| shape | nodes | cold build | no-op build | one-leaf change (rebuilt) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| shape | nodes | cold build | no-op build | plan, all cached | one-leaf change: plan | one-leaf change: build (rebuilt) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for &n in &sizes {
         for &shape in &shapes {
             let dir = base.join(format!("{}-{n}", shape.name()));
@@ -224,13 +240,26 @@ pub fn run(args: &[String]) -> Result<()> {
             if noop.built != 0 || noop.cached != n as u64 {
                 return Err(format!("no-op build built {}", noop.built).into());
             }
+            let (plan_cached, cached, _) = plan(&dir)?;
+            if cached != n as u64 {
+                return Err(format!("plan of a built graph: {cached} of {n} cached").into());
+            }
             change_leaf(&dir, n)?;
+            let (plan_leaf, _, rebuild) = plan(&dir)?;
+            if rebuild != 1 {
+                return Err(format!("plan after one leaf changed: {rebuild} rebuild").into());
+            }
             let leaf = build(&dir, jobs)?;
+            let pct = |t: f64| (t / noop.secs - 1.0) * 100.0;
             println!(
-                "| {} | {n} | {:.2} s | {:.3} s | {:.3} s ({}) |",
+                "| {} | {n} | {:.2} s | {:.3} s | {:.3} s ({:+.0}%) | {:.3} s ({:+.0}%) | {:.3} s ({}) |",
                 shape.name(),
                 cold.secs,
                 noop.secs,
+                plan_cached,
+                pct(plan_cached),
+                plan_leaf,
+                pct(plan_leaf),
                 leaf.secs,
                 leaf.built
             );

@@ -66,8 +66,7 @@ struct Probe {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    #[allow(dead_code)] // checked by the probe
-    format: String,
+    format: Option<Spanned<String>>,
     environment: String,
     graph: Digest,
     nodes: BTreeMap<String, LockNode>,
@@ -75,9 +74,28 @@ struct Raw {
 
 /// Parses a lockfile. `path` names the file in messages; `text` is its content.
 pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
+    // One parse when the file is good (lockfiles of big graphs are large); the probe
+    // runs only to explain a failure.
+    match parse::<Raw>(path, text) {
+        Ok(raw) => {
+            check_format(path, text, raw.format)?;
+            Ok(Lockfile {
+                environment: raw.environment,
+                graph: raw.graph,
+                nodes: raw.nodes,
+            })
+        }
+        Err(e) => {
+            let probe: Probe = parse(path, text)?;
+            check_format(path, text, probe.format)?;
+            Err(e)
+        }
+    }
+}
+
+fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Result<(), LockError> {
     let src = || Arc::new(NamedSource::new(path, text.to_string()));
-    let probe: Probe = parse(path, text)?;
-    let Some(format) = probe.format else {
+    let Some(format) = format else {
         return Err(LockError::MissingFormat {
             path: path.to_string(),
             src: src(),
@@ -91,12 +109,7 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
             span: span(text, &format.referenced),
         });
     }
-    let raw: Raw = parse(path, text)?;
-    Ok(Lockfile {
-        environment: raw.environment,
-        graph: raw.graph,
-        nodes: raw.nodes,
-    })
+    Ok(())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, LockError> {

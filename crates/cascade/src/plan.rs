@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use cascade_core::{BlobDigest, Digest, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity};
 use cascade_exec::Tools;
@@ -354,80 +355,124 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The baseline of one node: its lockfile entry and, when the store still has it, the
-/// decoded key manifest and recipe.
-struct Base<'l> {
-    lock: &'l LockNode,
-    ingredients: Option<KeyIngredients>,
-    recipe: Option<Recipe>,
+pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
+    std::thread::scope(|s| {
+        // The baseline lockfile is parsed while the sources are pinned.
+        let base = s.spawn(|| baseline(opts));
+        let project = load(&opts.project, &opts.env)?;
+        let store = Store::open(&opts.store)?;
+        let git = Git::new(store.git_dir());
+        let pinned = pin_all(&project, &git)?;
+        let nodes = prepare(&project, &pinned, &opts.tools)?;
+        let base = base
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        walk(opts, &project, &store, &git, &nodes, base)
+    })
 }
 
-impl<'l> Base<'l> {
-    fn load(store: &Store, lock: &'l LockNode) -> Base<'l> {
-        let ingredients = store
-            .get_key_manifest(&lock.key)
-            .ok()
-            .and_then(|b| KeyIngredients::decode(&b).ok());
-        let recipe = store
-            .get_blob(&BlobDigest(lock.recipe))
-            .ok()
-            .and_then(|b| Recipe::decode_canonical(&b).ok());
-        Base {
-            lock,
-            ingredients,
-            recipe,
+/// The lockfile the reasons compare with.
+struct Baseline {
+    /// As given, or relative to the project.
+    path: Option<PathBuf>,
+    lock: Option<Lockfile>,
+    warnings: Vec<String>,
+}
+
+fn walk(
+    opts: &PlanOptions,
+    project: &crate::Project,
+    store: &Store,
+    git: &Git,
+    nodes: &[Node<'_>],
+    base: Baseline,
+) -> Result<Plan, Error> {
+    let Baseline {
+        path: baseline,
+        lock,
+        warnings,
+    } = base;
+
+    // The same walk as a build, on all cores: a node is planned once its inputs are
+    // (looking up a cached output re-hashes its tree, which is most of the work).
+    let graph = &project.graph;
+    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
+    let planned: Vec<OnceLock<PlanNode>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ctx = Ctx {
+        store,
+        git,
+        lock: lock.as_ref(),
+    };
+    cascade_exec::schedule(&deps, jobs, true, |i| {
+        let node = plan_node(&ctx, &nodes[i], &planned, graph);
+        let _ = planned[i].set(node);
+        true
+    });
+    let out: Vec<PlanNode> = planned
+        .into_iter()
+        // Every closure returns true and keep_going is set, so every node ran.
+        .map(|p| p.into_inner().expect("the scheduler plans every node"))
+        .collect();
+    let count = |s: PlanState| out.iter().filter(|n| n.state == s).count();
+    Ok(Plan {
+        environment: opts.env.clone(),
+        baseline,
+        cached: count(PlanState::Cached),
+        rebuild: count(PlanState::Rebuild),
+        pending: count(PlanState::Pending),
+        nodes: out,
+        warnings,
+    })
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    git: &'a Git,
+    lock: Option<&'a Lockfile>,
+}
+
+fn plan_node(
+    ctx: &Ctx<'_>,
+    node: &Node<'_>,
+    planned: &[OnceLock<PlanNode>],
+    graph: &cascade_manifest::Graph,
+) -> PlanNode {
+    let c = node.component;
+    let mut known = BTreeMap::new();
+    let mut waits_for = Vec::new();
+    for &j in &c.inputs {
+        let name = &graph.components[j].name;
+        match planned[j].get().map(|p| (p.state, p.output)) {
+            Some((PlanState::Cached, Some(o))) => {
+                known.insert(name.clone(), o);
+            }
+            _ => waits_for.push(name.clone()),
         }
     }
-}
-
-pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
-    let project = load(&opts.project, &opts.env)?;
-    let store = Store::open(&opts.store)?;
-    let git = Git::new(store.git_dir());
-    let pinned = pin_all(&project, &git)?;
-    let nodes = prepare(&project, &pinned, &opts.tools)?;
-    let mut warnings = Vec::new();
-    let (baseline, lock) = baseline(opts, &mut warnings)?;
-
-    let graph = &project.graph;
-    let mut out: Vec<PlanNode> = Vec::with_capacity(nodes.len());
-    for node in &nodes {
-        let c = node.component;
-        let mut known = BTreeMap::new();
-        let mut waits_for = Vec::new();
-        for &j in &c.inputs {
-            let name = &graph.components[j].name;
-            match (&out[j].state, out[j].output) {
-                (PlanState::Cached, Some(o)) => {
-                    known.insert(name.clone(), o);
+    waits_for.sort();
+    let base = ctx.lock.and_then(|l| l.nodes.get(&c.name));
+    let key = waits_for.is_empty().then(|| node.ingredients(&known).key());
+    // Unchanged since the baseline: nothing to compare (the common case, kept cheap).
+    let mut reasons = match base {
+        Some(b) if key != Some(b.key) => changes(node, b, &known, &waits_for, ctx),
+        _ => Vec::new(),
+    };
+    let (state, output, early_cutoff) = match key {
+        Some(key) => match cached_output(ctx.store, &key, &c.recipe.outputs) {
+            Some(o) => (PlanState::Cached, Some(o), false),
+            None => {
+                if reasons.is_empty() {
+                    reasons.push(Reason::new(match base {
+                        None => ReasonKind::NeverBuilt,
+                        Some(b) if b.key == key => ReasonKind::NotInStore,
+                        Some(_) => ReasonKind::KeyFormat,
+                    }));
                 }
-                _ => waits_for.push(name.clone()),
+                (PlanState::Rebuild, None, false)
             }
-        }
-        let base = lock
-            .as_ref()
-            .and_then(|l| l.nodes.get(&c.name))
-            .map(|l| Base::load(&store, l));
-        let mut reasons = match &base {
-            Some(b) => changes(node, b, &known, &waits_for, &git),
-            None => Vec::new(),
-        };
-        let (state, key, output, early_cutoff) = if waits_for.is_empty() {
-            let key = node.ingredients(&known).key();
-            match cached_output(&store, &key, &c.recipe.outputs) {
-                Some(o) => (PlanState::Cached, Some(key), Some(o), false),
-                None => {
-                    if reasons.is_empty() {
-                        reasons.push(Reason::new(match &base {
-                            None => ReasonKind::NeverBuilt,
-                            Some(b) if b.lock.key == key => ReasonKind::NotInStore,
-                            Some(_) => ReasonKind::KeyFormat,
-                        }));
-                    }
-                    (PlanState::Rebuild, Some(key), None, false)
-                }
-            }
-        } else {
+        },
+        None => {
             if base.is_none() {
                 reasons.insert(0, Reason::new(ReasonKind::NeverBuilt));
             }
@@ -441,45 +486,34 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
                 )
             });
             let cutoff = only_pending
-                && base.as_ref().is_some_and(|b| {
-                    cached_output(&store, &b.lock.key, &c.recipe.outputs).is_some()
-                });
-            (PlanState::Pending, None, None, cutoff)
-        };
-        let mut inputs: Vec<String> = c
-            .inputs
-            .iter()
-            .map(|&j| graph.components[j].name.clone())
-            .collect();
-        inputs.sort();
-        out.push(PlanNode {
-            name: c.name.clone(),
-            state,
-            inputs,
-            r#ref: match &c.source.rev {
-                Rev::Ref(r) => Some(r.clone()),
-                Rev::Version(_) => None,
-            },
-            commit: node.pinned.source.commit.clone(),
-            version: node.pinned.source.version.to_string(),
-            key,
-            baseline_key: base.as_ref().map(|b| b.lock.key),
-            output,
-            waits_for,
-            early_cutoff,
-            reasons,
-        });
+                && base
+                    .is_some_and(|b| cached_output(ctx.store, &b.key, &c.recipe.outputs).is_some());
+            (PlanState::Pending, None, cutoff)
+        }
+    };
+    let mut inputs: Vec<String> = c
+        .inputs
+        .iter()
+        .map(|&j| graph.components[j].name.clone())
+        .collect();
+    inputs.sort();
+    PlanNode {
+        name: c.name.clone(),
+        state,
+        inputs,
+        r#ref: match &c.source.rev {
+            Rev::Ref(r) => Some(r.clone()),
+            Rev::Version(_) => None,
+        },
+        commit: node.pinned.source.commit.clone(),
+        version: node.pinned.source.version.to_string(),
+        key,
+        baseline_key: base.map(|b| b.key),
+        output,
+        waits_for,
+        early_cutoff,
+        reasons,
     }
-    let count = |s: PlanState| out.iter().filter(|n| n.state == s).count();
-    Ok(Plan {
-        environment: opts.env.clone(),
-        baseline,
-        cached: count(PlanState::Cached),
-        rebuild: count(PlanState::Rebuild),
-        pending: count(PlanState::Pending),
-        nodes: out,
-        warnings,
-    })
 }
 
 /// The output of `key` if the action cache has it with its whole tree.
@@ -491,27 +525,29 @@ fn cached_output(store: &Store, key: &NodeKey, declared: &[String]) -> Option<Ou
 
 /// The lockfile to compare with: `--against` (an error if unreadable), else the
 /// environment's newest (a warning if unreadable: the plan still runs, without reasons).
-fn baseline(
-    opts: &PlanOptions,
-    warnings: &mut Vec<String>,
-) -> Result<(Option<PathBuf>, Option<Lockfile>), Error> {
+fn baseline(opts: &PlanOptions) -> Result<Baseline, Error> {
+    let found = |path, lock| Baseline {
+        path,
+        lock,
+        warnings: Vec::new(),
+    };
     if let Some(path) = &opts.against {
         let lock = read_lockfile(path, &path.display().to_string())?;
-        return Ok((Some(path.clone()), Some(lock)));
+        return Ok(found(Some(path.clone()), Some(lock)));
     }
     let Some(path) = newest_lockfile(&opts.project, &opts.env) else {
-        return Ok((None, None));
+        return Ok(found(None, None));
     };
     let shown = path
         .strip_prefix(&opts.project)
         .unwrap_or(&path)
         .to_path_buf();
     match read_lockfile(&path, &shown.display().to_string()) {
-        Ok(lock) => Ok((Some(shown), Some(lock))),
-        Err(e) => {
-            warnings.push(format!("ignoring the newest lockfile: {e}"));
-            Ok((None, None))
-        }
+        Ok(lock) => Ok(found(Some(shown), Some(lock))),
+        Err(e) => Ok(Baseline {
+            warnings: vec![format!("ignoring the newest lockfile: {e}")],
+            ..found(None, None)
+        }),
     }
 }
 
@@ -519,15 +555,15 @@ fn baseline(
 /// source, recipe, runner, inputs.
 fn changes(
     node: &Node<'_>,
-    base: &Base<'_>,
+    base: &LockNode,
     known: &BTreeMap<String, OutputDigest>,
     pending: &[String],
-    git: &Git,
+    ctx: &Ctx<'_>,
 ) -> Vec<Reason> {
     let c = node.component;
     let mut out = Vec::new();
 
-    let from = SourcePoint::of(&base.lock.source);
+    let from = SourcePoint::of(&base.source);
     let s = &node.pinned.source;
     let to = SourcePoint {
         repo: c.source.repo.clone(),
@@ -541,7 +577,10 @@ fn changes(
     };
     if from != to {
         let d = (from.commit != to.commit && from.repo == to.repo)
-            .then(|| git.distance(&node.pinned.location, &from.commit, &to.commit))
+            .then(|| {
+                ctx.git
+                    .distance(&node.pinned.location, &from.commit, &to.commit)
+            })
             .flatten();
         out.push(Reason::new(ReasonKind::Source {
             component: c.name.clone(),
@@ -552,9 +591,15 @@ fn changes(
         }));
     }
 
-    if base.lock.recipe != node.recipe {
-        let (from, to) = (base.lock.recipe, node.recipe);
-        match &base.recipe {
+    if base.recipe != node.recipe {
+        let (from, to) = (base.recipe, node.recipe);
+        // The old recipe, by digest, from the store (kept there by every build).
+        let old = ctx
+            .store
+            .get_blob(&BlobDigest(from))
+            .ok()
+            .and_then(|b| Recipe::decode_canonical(&b).ok());
+        match &old {
             Some(old) => out.extend(c.recipe.diff(old).into_iter().map(|f| {
                 Reason::new(ReasonKind::Recipe {
                     field: Some(f.field),
@@ -572,18 +617,24 @@ fn changes(
         }
     }
 
-    match &base.ingredients {
-        Some(old) => out.extend(tool_changes(&old.runner, &node.runner)),
-        None if base.lock.runner != node.runner.digest() => {
-            out.push(Reason::new(ReasonKind::Runner {
-                from: base.lock.runner,
+    if base.runner != node.runner.digest() {
+        // The old runner's tools, from the old key manifest (the lockfile's `key:` is
+        // its address in the store).
+        let old = ctx
+            .store
+            .get_key_manifest(&base.key)
+            .ok()
+            .and_then(|b| KeyIngredients::decode(&b).ok());
+        match old {
+            Some(old) => out.extend(tool_changes(&old.runner, &node.runner)),
+            None => out.push(Reason::new(ReasonKind::Runner {
+                from: base.runner,
                 to: node.runner.digest(),
-            }))
+            })),
         }
-        None => {}
     }
 
-    let was = &base.lock.inputs;
+    let was = &base.inputs;
     for (name, o) in known {
         match was.get(name) {
             None => out.push(input(name, InputChange::Added, None, Some(*o))),
