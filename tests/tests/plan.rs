@@ -668,3 +668,66 @@ fn run_dot(input: &str, format: &str, dir: &Path) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+#[test]
+fn a_tag_on_the_same_commit_changes_only_the_version() {
+    let p = chain();
+    p.build(ENV, 0);
+    let sha = head(&p, "ottochain");
+    p.tag("ottochain", "v0.5.0", &sha);
+    let r = plan(&p, &[]);
+    assert_eq!(state(&r, "ottochain"), "rebuild");
+    assert_eq!(
+        reasons(&r, "ottochain"),
+        [format!(
+            "source ottochain: version 0.0.0-dev.1 → 0.5.0 (same commit {})",
+            short(&sha)
+        )]
+    );
+}
+
+#[test]
+fn version_mode_names_both_versions() {
+    let mut p = chain();
+    let env = |v: &str| {
+        format!(
+            "name: test\nmode: version\nsources:\n\
+             \x20 ottochain: {{ repo: ../../repos/ottochain, version: {v} }}\n\
+             \x20 sdk:       {{ repo: ../../repos/sdk,       version: 1.0.0 }}\n\
+             \x20 services:  {{ repo: ../../repos/services,  version: 1.0.0 }}\n\
+             \x20 explorer:  {{ repo: ../../repos/explorer,  version: 1.0.0 }}\n"
+        )
+    };
+    for name in ["ottochain", "sdk", "services", "explorer"] {
+        let sha = head(&p, name);
+        p.tag(name, "v1.0.0", &sha);
+    }
+    let old = head(&p, "ottochain");
+    p.commit(
+        "ottochain",
+        "develop",
+        &[("data.txt", Some("1.0.1\n"))],
+        "fix",
+    );
+    p.commit(
+        "ottochain",
+        "develop",
+        &[("data.txt", Some("1.1.0\n"))],
+        "feat",
+    );
+    let new = head(&p, "ottochain");
+    p.tag("ottochain", "v1.1.0", &new);
+    p.write("graph/environments/test.yaml", &env("1.0.0"));
+    p.build(ENV, 0);
+    p.write("graph/environments/test.yaml", &env("1.1.0"));
+    let r = plan(&p, &[]);
+    assert_eq!(
+        reasons(&r, "ottochain"),
+        [format!(
+            "source ottochain: 1.0.0 {} → 1.1.0 {} (2 commits)",
+            short(&old),
+            short(&new)
+        )]
+    );
+    assert_eq!(r.node("ottochain")["ref"], Value::Null);
+}
