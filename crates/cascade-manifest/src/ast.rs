@@ -84,6 +84,57 @@ pub(crate) struct RecipeAst {
     pub timeout: Option<S<String>>,
     pub steps: Option<S<Vec<S<StepAst>>>>,
     pub outputs: Option<S<Vec<S<String>>>>,
+    pub image: Option<S<ImageAst>>,
+    pub tests: Option<S<Entries<S<TestAst>>>>,
+}
+
+/// A recipe's `image:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImageAst {
+    pub base: Option<S<String>>,
+    pub layers: Option<S<Vec<S<LayerAst>>>>,
+    pub entrypoint: Option<S<Vec<S<String>>>>,
+    pub cmd: Option<S<Vec<S<String>>>>,
+    pub env: Option<S<Entries<S<String>>>>,
+    pub workdir: Option<S<String>>,
+    pub ports: Option<S<Vec<S<i64>>>>,
+    pub user: Option<S<String>>,
+    pub labels: Option<S<Entries<S<String>>>>,
+}
+
+/// One entry of `image.layers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LayerAst {
+    pub from: Option<S<String>>,
+    pub to: Option<S<String>>,
+    pub mode: Option<S<String>>,
+}
+
+/// One entry of a recipe's `tests:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestAst {
+    pub http: Option<S<HttpAst>>,
+    pub command: Option<S<Vec<S<String>>>>,
+    pub expect: Option<S<ExpectAst>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpAst {
+    pub port: Option<S<i64>>,
+    pub path: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExpectAst {
+    pub status: Option<S<i64>>,
+    pub body_contains: Option<S<String>>,
+    pub exit_code: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,8 +186,6 @@ fn options(duplicate_keys: DuplicateKeyPolicy) -> serde_saphyr::Options {
 /// Fields the manifests do not support yet, with what to say about them.
 fn not_yet(field: &str) -> Option<&'static str> {
     match field {
-        "image" => Some("images are not supported yet"),
-        "tests" => Some("smoke tests are not supported yet"),
         "container" => Some("container runners are not supported yet; use `host`"),
         _ => None,
     }

@@ -302,6 +302,34 @@ pub enum ManifestError {
         reason: &'static str,
     },
 
+    /// A value of a recipe's `image:` that cannot make an image.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::image))]
+    BadImage {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A value of a recipe's `tests:` that cannot make a smoke test.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::test))]
+    BadTest {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
     #[error("recipe `{component}` has no {what}")]
     #[diagnostic(code(cascade::manifest::empty_list))]
     EmptyList {

@@ -35,5 +35,5 @@ pub use model::{
     Step,
 };
 pub use range::{RangeError, VersionRange};
-pub use resolve::{resolve, ProjectFiles};
+pub use resolve::{resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
 pub use source::SourceDb;

@@ -68,6 +68,18 @@ pub struct Component {
     pub recipe_file: FileId,
     /// Indices into `Graph::components` of the recipe's inputs, sorted by name.
     pub inputs: Vec<usize>,
+    /// The component whose image this one's is based on: built first, but not an input
+    /// (its output does not enter this node's key).
+    pub image_base: Option<usize>,
+}
+
+impl Component {
+    /// What must be done before this node starts: its inputs and its image's base.
+    pub fn deps(&self) -> Vec<usize> {
+        let mut d = self.inputs.clone();
+        d.extend(self.image_base.filter(|b| !self.inputs.contains(b)));
+        d
+    }
 }
 
 /// Where a component's code comes from, as written in the environment.
@@ -115,7 +127,129 @@ pub struct Recipe {
     pub steps: Vec<Step>,
     /// Sorted, relative, normalized (no `.`, no trailing `/`).
     pub outputs: Vec<String>,
+    /// `image:`; not part of [`Recipe::canonical`].
+    pub image: Option<ImageDecl>,
+    /// `tests:`, by name; not part of [`Recipe::canonical`].
+    pub tests: Vec<SmokeTest>,
 }
+
+/// A recipe's `image:`: how its outputs become an OCI image. Not part of the recipe
+/// digest (an image change does not rerun the steps); it has its own canonical encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageDecl {
+    pub base: ImageBase,
+    /// In order: later layers win.
+    pub layers: Vec<LayerDecl>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    /// Sorted, unique.
+    pub ports: Vec<u16>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageBase {
+    Scratch,
+    /// Another component's image, built in the same graph.
+    Component(String),
+    /// `name@sha256:<hex>`: an image pinned by digest, present in the store.
+    Pinned {
+        name: String,
+        digest: String,
+    },
+}
+
+/// `{ from: <output path>, to: <absolute path in the image>, mode: "0755" }`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDecl {
+    /// Normalized; a declared output or a path inside one.
+    pub from: String,
+    /// Absolute, normalized.
+    pub to: String,
+    /// Overrides the files' modes (directories stay 0755).
+    pub mode: Option<u32>,
+}
+
+const IMAGE_DOMAIN: &str = "cascade/image-decl";
+const IMAGE_VERSION: u64 = 1;
+
+impl ImageDecl {
+    /// Canonical encoding; its blake3 identifies the image declaration.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut e = Encoder::new(IMAGE_DOMAIN, IMAGE_VERSION);
+        e.nested(1, |e| match &self.base {
+            ImageBase::Scratch => {
+                e.str(0, "scratch");
+            }
+            ImageBase::Component(c) => {
+                e.str(0, "component").str(1, c);
+            }
+            ImageBase::Pinned { name, digest } => {
+                e.str(0, "pinned").str(1, name).str(2, digest);
+            }
+        });
+        e.list(2, self.layers.iter(), |e, l| {
+            e.str(0, &l.from).str(1, &l.to);
+            if let Some(m) = l.mode {
+                e.u64(2, u64::from(m));
+            }
+        });
+        if let Some(v) = &self.entrypoint {
+            e.strs(3, v.iter().map(String::as_str));
+        }
+        if let Some(v) = &self.cmd {
+            e.strs(4, v.iter().map(String::as_str));
+        }
+        e.map(5, &self.env);
+        e.opt_str(6, self.workdir.as_deref());
+        e.list(7, self.ports.iter(), |e, p| {
+            e.u64(0, u64::from(*p));
+        });
+        e.opt_str(8, self.user.as_deref());
+        e.map(9, &self.labels);
+        e.finish()
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.canonical())
+    }
+}
+
+/// One of a recipe's `tests:`: a smoke test run against its image in Docker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmokeTest {
+    pub name: String,
+    pub probe: Probe,
+    pub expect: Expect,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Http {
+        port: u16,
+        path: String,
+    },
+    /// Run inside the running container.
+    Command(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Expect {
+    /// HTTP status (default 200).
+    pub status: Option<u16>,
+    /// The body (HTTP) or stdout (command) contains this, after `{commit}`, `{short_sha}`,
+    /// `{version}` and `{component}` are replaced.
+    pub body_contains: Option<String>,
+    /// A command's exit code (default 0).
+    pub exit_code: Option<i64>,
+}
+
+/// The placeholders a test's `body_contains` may use.
+pub const TEST_PLACEHOLDERS: [&str; 4] = ["commit", "short_sha", "version", "component"];
 
 /// One step of a recipe: a shell script.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +263,9 @@ const RECIPE_VERSION: u64 = 1;
 
 impl Recipe {
     /// Canonical encoding (cascade_core::Encoder, domain "cascade/recipe", version 1) of
-    /// everything but the timeout; its blake3 is the recipe digest. The timeout is left
-    /// out because it cannot change an output.
+    /// everything but the timeout, the image and the tests; its blake3 is the recipe
+    /// digest. They are left out because they cannot change the steps' output: the
+    /// image has its own identity ([`ImageDecl::canonical`]), tests only pass or fail.
     pub fn canonical(&self) -> Vec<u8> {
         let mut e = Encoder::new(RECIPE_DOMAIN, RECIPE_VERSION);
         e.strs(1, self.inputs.iter().map(String::as_str));
@@ -147,7 +282,8 @@ impl Recipe {
         Digest::of(&self.canonical())
     }
 
-    /// Reads back [`Recipe::canonical`] (the timeout, not encoded, is `None`), so an old
+    /// Reads back [`Recipe::canonical`] (the timeout, image and tests, not encoded, are
+    /// empty), so an old
     /// recipe kept in the store by digest can be compared with today's.
     pub fn decode_canonical(bytes: &[u8]) -> Result<Recipe, DecodeError> {
         let mut d = Decoder::new(bytes, RECIPE_DOMAIN, RECIPE_VERSION)?;
@@ -171,6 +307,8 @@ impl Recipe {
             timeout: None,
             steps,
             outputs,
+            image: None,
+            tests: Vec::new(),
         })
     }
 
@@ -266,6 +404,8 @@ mod tests {
                 },
             ],
             outputs: vec!["out".into()],
+            image: None,
+            tests: Vec::new(),
         }
     }
 

@@ -1,5 +1,9 @@
 //! AST → model: every field checked, every problem collected, the graph ordered.
 
+mod image;
+
+pub use image::DEFAULT_TEST_TIMEOUT;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +128,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
         None => Vec::new(),
     };
 
+    r.image_bases(&mut nodes, &names, &env.name);
     let order = r.order(&nodes);
 
     if !r.diags.is_empty() {
@@ -145,12 +150,17 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             .iter()
             .filter_map(|i| index.get(i.as_str()).copied())
             .collect();
+        let image_base = node
+            .image_base
+            .as_ref()
+            .and_then(|(b, _)| index.get(b.as_str()).copied());
         components.push(Component {
             name: name.to_string(),
             source: (*spec).clone(),
             recipe,
             recipe_file: node.file,
             inputs,
+            image_base,
         });
     }
     Ok(Graph {
@@ -199,8 +209,10 @@ struct Node {
     file: FileId,
     recipe: Option<Recipe>,
     /// Inputs that are components of the environment, each once, with where they are
-    /// written: the graph's edges.
+    /// written, and the component its image is based on: the graph's edges.
     edges: Vec<(String, Span)>,
+    /// `image.base` when it names a component, with where.
+    image_base: Option<(String, Span)>,
 }
 
 impl Node {
@@ -209,6 +221,7 @@ impl Node {
             file,
             recipe: None,
             edges: Vec::new(),
+            image_base: None,
         }
     }
 }
@@ -596,6 +609,20 @@ impl Resolver<'_> {
         let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
         let steps = self.steps(file, comp, ast.steps);
         let outputs = self.outputs(file, comp, ast.outputs);
+        let (image, image_base) = match ast.image {
+            Some(i) => {
+                let checked = self.image(file, comp, i, &outputs);
+                (checked.decl, checked.base_component)
+            }
+            None => (None, None),
+        };
+        let tests = match ast.tests {
+            Some(t) => {
+                let span = self.span(file, &t);
+                self.tests(file, comp, t.value.0, image.is_some(), span)
+            }
+            None => Vec::new(),
+        };
         let recipe = (self.diags.len() == before).then_some(Recipe {
             inputs,
             tools,
@@ -603,11 +630,14 @@ impl Resolver<'_> {
             timeout,
             steps,
             outputs,
+            image,
+            tests,
         });
         Node {
             file,
             recipe,
             edges,
+            image_base,
         }
     }
 
@@ -856,6 +886,43 @@ impl Resolver<'_> {
         }
         tools.sort();
         tools
+    }
+
+    /// An image based on another component's image: that component must be in the
+    /// environment and have an image; it becomes an edge (built first), not an input.
+    fn image_bases(&mut self, nodes: &mut BTreeMap<&str, Node>, names: &BTreeSet<&str>, env: &str) {
+        let with_image: BTreeSet<String> = nodes
+            .iter()
+            .filter(|(_, n)| n.recipe.as_ref().is_some_and(|r| r.image.is_some()))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        for (comp, node) in nodes.iter_mut() {
+            let Some((base, span)) = node.image_base.clone() else {
+                continue;
+            };
+            if !self.known(&base, span, names, env) {
+                continue;
+            }
+            if node.recipe.is_some() && !with_image.contains(&base) {
+                self.push(
+                    |src| ManifestError::BadImage {
+                        message: format!(
+                            "the image of `{comp}` is based on `{base}`, which has no image"
+                        ),
+                        src,
+                        span: source_span(span),
+                        label: "has no `image:`".into(),
+                        help: Some(format!(
+                            "declare `image:` in `recipes/{base}.yaml`, or use another base"
+                        )),
+                    },
+                    span,
+                );
+            }
+            if !node.edges.iter().any(|(e, _)| *e == base) {
+                node.edges.push((base, span));
+            }
+        }
     }
 
     fn empty_list(&mut self, comp: &str, what: &'static str, span: Span) {

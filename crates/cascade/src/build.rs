@@ -218,7 +218,7 @@ pub fn build(
     let graph = &project.graph;
     on_event(Event::Scheduled { total: nodes.len() });
 
-    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
+    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.deps()).collect();
     let done: Vec<OnceLock<Done>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
     let reports: Vec<Mutex<Option<NodeReport>>> =
         (0..nodes.len()).map(|_| Mutex::new(None)).collect();

@@ -396,7 +396,7 @@ fn walk(
     // The same walk as a build, on all cores: a node is planned once its inputs are
     // (looking up a cached output re-hashes its tree, which is most of the work).
     let graph = &project.graph;
-    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.inputs.clone()).collect();
+    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.deps()).collect();
     let planned: Vec<OnceLock<PlanNode>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let ctx = Ctx {

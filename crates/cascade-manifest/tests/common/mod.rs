@@ -131,6 +131,16 @@ pub fn summary(db: &SourceDb, g: &Graph) -> String {
         let steps: Vec<&str> = r.steps.iter().map(|st| st.name.as_str()).collect();
         let _ = writeln!(s, "   steps: [{}]", steps.join(", "));
         let _ = writeln!(s, "   outputs: [{}]", r.outputs.join(", "));
+        if let Some(i) = &r.image {
+            let base = c
+                .image_base
+                .map(|b| format!(" (after {})", g.components[b].name))
+                .unwrap_or_default();
+            let _ = writeln!(s, "   image: {:?}{base}", i);
+        }
+        for t in &r.tests {
+            let _ = writeln!(s, "   test: {:?}", t);
+        }
     }
     for c in &g.compatibility {
         let _ = writeln!(
