@@ -50,6 +50,31 @@ enum Command {
     Why(WhyArgs),
     /// Print the graph of an environment, with each node's plan state.
     Graph(GraphArgs),
+    /// Work with the images cascade built.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Write a component's image, as a lockfile records it, to an OCI archive (for
+    /// `docker load -i` or `skopeo copy oci-archive:…`).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// The component whose image to export.
+    #[arg(value_name = "NODE")]
+    node: String,
+    #[command(flatten)]
+    common: EnvArgs,
+    /// The lockfile to take the image from [default: the environment's newest].
+    #[arg(long, value_name = "LOCKFILE")]
+    lock: Option<PathBuf>,
+    /// Where to write the archive.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
 }
 
 /// What every command that reads an environment takes.
@@ -178,6 +203,7 @@ where
         Command::Plan(args) => explain(&cli.project, args, io, Explain::Plan),
         Command::Why(args) => explain(&cli.project, args.plan, io, Explain::Why(args.node)),
         Command::Graph(args) => explain(&cli.project, args.plan, io, Explain::Graph(args.format)),
+        Command::Image(ImageCommand::Export(args)) => export(&cli.project, args, io),
     }
 }
 
@@ -258,6 +284,9 @@ fn secs(ms: u64) -> String {
 
 fn node_line(r: &NodeReport) -> String {
     let mut line = node_status_line(r);
+    if let Some(i) = &r.image {
+        line.push_str(&format!("\n           image {} {}", i.reference, i.digest));
+    }
     for w in &r.warnings {
         line.push_str(&format!("\n           warning: {w}"));
     }
@@ -372,6 +401,39 @@ fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> i32 {
         }));
     }
     code
+}
+
+fn export(project: &std::path::Path, args: ExportArgs, mut io: Io<'_>) -> i32 {
+    let json = args.common.json;
+    let color = io.color && !json;
+    let store = store_dir(project, &args.common);
+    match cascade::export_image(
+        project,
+        &args.common.env,
+        &store,
+        &args.node,
+        args.lock.as_deref(),
+        &args.output,
+    ) {
+        Ok(image) => {
+            if json {
+                io.json(&serde_json::json!({
+                    "ref": image.reference,
+                    "digest": image.digest.to_string(),
+                    "archive": args.output,
+                }));
+            } else {
+                io.err_line(&format!(
+                    "wrote {} ({}) to {}",
+                    image.reference,
+                    image.digest,
+                    args.output.display()
+                ));
+            }
+            EXIT_OK
+        }
+        Err(e) => fail(&mut io, &e, json, color),
+    }
 }
 
 enum Explain {

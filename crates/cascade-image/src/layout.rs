@@ -1,5 +1,6 @@
 //! An OCI image layout on disk: `oci-layout`, `index.json` and `blobs/sha256/<hex>`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -130,6 +131,47 @@ impl OciLayout {
             });
         }
         Ok(bytes)
+    }
+
+    /// The named manifests of `index.json` (entries without a ref name are skipped).
+    pub fn read_index(&self) -> Result<Vec<IndexEntry>, ImageError> {
+        let path = self.root.join("index.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ImageError::Io { path, source: e }),
+        };
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::InvalidJson {
+            path: path.clone(),
+            what: "image index",
+            message: e.to_string(),
+        })?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .filter_map(|mut d| {
+                let name = d.annotations.remove(ANNOTATION_REF_NAME)?;
+                Some(IndexEntry {
+                    manifest: d,
+                    ref_name: name,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds `entries` to `index.json`, replacing any entry of the same name: the index
+    /// names the newest image built under each reference.
+    pub fn add_to_index(&self, entries: &[IndexEntry]) -> Result<(), ImageError> {
+        let mut all: BTreeMap<String, IndexEntry> = self
+            .read_index()?
+            .into_iter()
+            .map(|e| (e.ref_name.clone(), e))
+            .collect();
+        for e in entries {
+            all.insert(e.ref_name.clone(), e.clone());
+        }
+        let all: Vec<IndexEntry> = all.into_values().collect();
+        self.write_index(&all)
     }
 
     /// Replaces `index.json` with one listing `entries`, each annotated with its

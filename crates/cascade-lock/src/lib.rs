@@ -26,8 +26,10 @@ use cascade_core::{Digest, NodeKey, OutputDigest};
 pub use read::{read, LockError};
 pub use write::write;
 
-/// The value of the `format:` line this crate writes and reads.
-pub const FORMAT: &str = "cascade-lock/1";
+/// The value of the `format:` line this crate writes.
+pub const FORMAT: &str = "cascade-lock/2";
+/// Older formats it still reads: `cascade-lock/1` is `/2` without `image` and `tests`.
+pub const READS: [&str; 2] = ["cascade-lock/1", FORMAT];
 
 /// One build of one environment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,6 +57,41 @@ pub struct LockNode {
     pub output: OutputDigest,
     /// Declared output path → its blob or tree digest.
     pub artifacts: BTreeMap<String, Digest>,
+    /// The node's OCI image, when its recipe declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<LockImage>,
+    /// Smoke test name → result, when its recipe declares tests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tests: BTreeMap<String, TestResult>,
+}
+
+/// An image as built: where it is tagged and its manifest digest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockImage {
+    /// `[registry/]component:tag`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The manifest's `sha256:` digest.
+    pub digest: String,
+}
+
+/// What became of one smoke test. A lockfile is written only for a successful build,
+/// so a recorded test either passed or was skipped (`--skip-tests`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestResult {
+    Passed,
+    Skipped,
+}
+
+impl TestResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestResult::Passed => "passed",
+            TestResult::Skipped => "skipped",
+        }
+    }
 }
 
 /// Where a node's source came from, once pinned.

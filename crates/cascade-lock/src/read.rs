@@ -30,7 +30,9 @@ pub enum LockError {
         span: Option<SourceSpan>,
     },
 
-    #[error("`{path}` has format `{found}`, but this cascade reads `{FORMAT}`")]
+    #[error(
+        "`{path}` has format `{found}`, but this cascade reads `cascade-lock/1` and `{FORMAT}`"
+    )]
     #[diagnostic(
         code(cascade::lock::unsupported_format),
         help("a lockfile written by another version of cascade needs that version to read it")
@@ -101,7 +103,7 @@ fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Resu
             src: src(),
         });
     };
-    if format.value != FORMAT {
+    if !crate::READS.contains(&format.value.as_str()) {
         return Err(LockError::UnsupportedFormat {
             path: path.to_string(),
             found: format.value,

@@ -29,6 +29,8 @@ fn node(name: &str, inputs: &[&str]) -> LockNode {
         artifacts: [(format!("out/bin/{name}"), d(&format!("bin {name}")))]
             .into_iter()
             .collect(),
+        image: None,
+        tests: BTreeMap::new(),
     }
 }
 
@@ -40,6 +42,16 @@ fn small() -> Lockfile {
     ottochain.source.version = "0.6.1".to_string();
     let mut tessellation = node("tessellation", &[]);
     tessellation.artifacts.clear();
+    tessellation.image = Some(crate::LockImage {
+        reference: "127.0.0.1:5000/ottochain/tessellation:develop-3f78685".to_string(),
+        digest: format!("sha256:{}", "ab".repeat(32)),
+    });
+    tessellation.tests = [
+        ("smoke".to_string(), crate::TestResult::Passed),
+        ("version".to_string(), crate::TestResult::Skipped),
+    ]
+    .into_iter()
+    .collect();
     Lockfile {
         environment: "scratch".to_string(),
         graph: d("graph"),
@@ -251,14 +263,25 @@ fn unknown_fields_are_errors() {
 }
 
 #[test]
+fn format_1_is_still_read() {
+    let mut old = small();
+    for n in old.nodes.values_mut() {
+        n.image = None;
+        n.tests.clear();
+    }
+    let text = write(&old).replacen("cascade-lock/2", "cascade-lock/1", 1);
+    assert_eq!(read("old.yaml", &text).unwrap(), old);
+}
+
+#[test]
 fn wrong_format_is_an_error_naming_it() {
-    let text = write(&small()).replacen("cascade-lock/1", "cascade-lock/2", 1);
+    let text = write(&small()).replacen("cascade-lock/2", "cascade-lock/3", 1);
     // A newer format may have fields this one does not know: the format is the error.
     let text = text.replacen("nodes:", "future: true\nnodes:", 1);
     match read("lockfiles/x.yaml", &text) {
         Err(e @ LockError::UnsupportedFormat { .. }) => {
             let shown = e.to_string();
-            assert!(shown.contains("`cascade-lock/2`"), "{shown}");
+            assert!(shown.contains("`cascade-lock/3`"), "{shown}");
             assert!(shown.contains("lockfiles/x.yaml"), "{shown}");
             let LockError::UnsupportedFormat { span, .. } = e else {
                 unreachable!()
@@ -266,12 +289,12 @@ fn wrong_format_is_an_error_naming_it() {
             let span = span.expect("a label");
             assert_eq!(
                 &text[span.offset()..span.offset() + span.len()],
-                "cascade-lock/2"
+                "cascade-lock/3"
             );
         }
         other => panic!("{other:?}"),
     }
-    let missing = write(&small()).replacen("format: cascade-lock/1\n", "", 1);
+    let missing = write(&small()).replacen("format: cascade-lock/2\n", "", 1);
     assert!(matches!(
         read("x", &missing),
         Err(LockError::MissingFormat { .. })

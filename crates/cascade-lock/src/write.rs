@@ -41,6 +41,11 @@ impl Writer {
     fn node(&mut self, level: usize, node: &LockNode) {
         // Alphabetical, like every other map in the file.
         self.digest_map(level, "artifacts", &node.artifacts);
+        if let Some(image) = &node.image {
+            self.open(level, "image", false);
+            self.scalar(level + 1, "digest", &image.digest);
+            self.scalar(level + 1, "ref", &image.reference);
+        }
         self.digest_map(level, "inputs", &node.inputs);
         self.scalar(level, "key", &node.key.to_string());
         self.scalar(level, "output", &node.output.to_string());
@@ -48,6 +53,12 @@ impl Writer {
         self.scalar(level, "runner", &node.runner.to_string());
         self.open(level, "source", false);
         self.source(level + 1, &node.source);
+        if !node.tests.is_empty() {
+            self.open(level, "tests", false);
+            for (name, result) in &node.tests {
+                self.scalar(level + 1, name, result.as_str());
+            }
+        }
     }
 
     fn source(&mut self, level: usize, source: &LockSource) {

@@ -31,8 +31,8 @@ mod source;
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::{
-    Change, Component, Constraint, Environment, FieldChange, Graph, Mode, Recipe, Rev, SourceSpec,
-    Step,
+    Change, Component, Constraint, Environment, Expect, FieldChange, Graph, ImageBase, ImageDecl,
+    LayerDecl, Mode, Probe, Recipe, Rev, SmokeTest, SourceSpec, Step, TEST_PLACEHOLDERS,
 };
 pub use range::{RangeError, VersionRange};
 pub use resolve::{resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};

@@ -7,6 +7,9 @@
 //! - `trees/` output trees (the canonical encoding of one directory), by tree digest
 //! - `actions/` action results: node key → output digest + log digest, with a checksum
 //! - `keys/` key manifests: the canonical encoding whose blake3 *is* the node key
+//! - `images/` image records: image key → the manifest digest it produced, with a checksum
+//! - `oci/` an OCI image layout holding every image's blobs (sha256), and `index.json`
+//!   naming the newest image of each reference
 //! - `logs/` the logs of failed nodes, kept under readable names for people
 //! - `tmp/` scratch space for builds (work directories live here, on the same disk)
 //!
@@ -95,6 +98,7 @@ enum Kind {
     Tree,
     Action,
     Key,
+    Image,
 }
 
 impl Kind {
@@ -104,6 +108,7 @@ impl Kind {
             Kind::Tree => "trees",
             Kind::Action => "actions",
             Kind::Key => "keys",
+            Kind::Image => "images",
         }
     }
 }
@@ -170,7 +175,8 @@ impl Store {
         // stat, not a read, keeps no-op builds cheap). A wrong size is a truncated or
         // corrupt entry, which this write repairs; other corruption is caught, and the
         // entry removed, by the verification every read does.
-        if kind != Kind::Action {
+        // Keyed entries (actions, images) are not content-addressed: always rewrite.
+        if !matches!(kind, Kind::Action | Kind::Image) {
             if let Ok(m) = fs::metadata(&p) {
                 if m.len() == bytes.len() as u64 {
                     return Ok(());
@@ -250,33 +256,74 @@ impl Store {
     /// Records an action result. The file carries a checksum of its body, since its
     /// name is the node key, not the digest of its content.
     pub fn put_action(&self, key: &NodeKey, result: &ActionResult) -> Result<(), StoreError> {
-        let body = result.encode();
-        let mut bytes = body.clone();
-        bytes.extend_from_slice(Digest::of(&body).0.as_slice());
-        self.put(Kind::Action, &key.0, &bytes)
+        self.put_checked(Kind::Action, &key.0, &result.encode())
     }
 
     /// Looks a node key up. `Ok(None)` is a miss; a corrupt entry is removed and
     /// reported as an error (callers treat it as a miss and say so).
     pub fn get_action(&self, key: &NodeKey) -> Result<Option<ActionResult>, StoreError> {
-        let p = self.path(Kind::Action, &key.0);
-        let bytes = match fs::read(&p) {
+        let expected = || format!("an action result for {key}");
+        let Some(body) = self.get_checked(Kind::Action, &key.0, expected)? else {
+            return Ok(None);
+        };
+        match ActionResult::decode(&body) {
+            Ok(r) => Ok(Some(r)),
+            Err(_) => Err(self.discard(self.path(Kind::Action, &key.0), expected())),
+        }
+    }
+
+    /// Records which image an image key produced (the manifest's `sha256:` digest), so
+    /// an unchanged image is not assembled again.
+    pub fn put_image(&self, key: &Digest, manifest: &str) -> Result<(), StoreError> {
+        self.put_checked(Kind::Image, key, manifest.as_bytes())
+    }
+
+    /// The manifest digest recorded for an image key, if any.
+    pub fn get_image(&self, key: &Digest) -> Result<Option<String>, StoreError> {
+        let expected = || format!("an image record for {key}");
+        let Some(body) = self.get_checked(Kind::Image, key, expected)? else {
+            return Ok(None);
+        };
+        match String::from_utf8(body) {
+            Ok(s) => Ok(Some(s)),
+            Err(_) => Err(self.discard(self.path(Kind::Image, key), expected())),
+        }
+    }
+
+    /// The OCI image layout that holds every image built with this store (blobs named
+    /// by sha256, shared between images).
+    pub fn oci_dir(&self) -> PathBuf {
+        self.root.join("oci")
+    }
+
+    /// An entry named by a key rather than by its content: the body and a trailing
+    /// blake3 of it, so a torn or flipped entry is detected.
+    fn put_checked(&self, kind: Kind, key: &Digest, body: &[u8]) -> Result<(), StoreError> {
+        let mut bytes = body.to_vec();
+        bytes.extend_from_slice(Digest::of(body).0.as_slice());
+        self.put(kind, key, &bytes)
+    }
+
+    fn get_checked(
+        &self,
+        kind: Kind,
+        key: &Digest,
+        expected: impl FnOnce() -> String,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let p = self.path(kind, key);
+        let mut bytes = match fs::read(&p) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(&p)(e)),
         };
-        let expected = format!("an action result for {key}");
         if bytes.len() < 32 {
-            return Err(self.discard(p, expected));
+            return Err(self.discard(p, expected()));
         }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if Digest::of(body).0.as_slice() != sum {
-            return Err(self.discard(p, expected));
+        let sum = bytes.split_off(bytes.len() - 32);
+        if Digest::of(&bytes).0.as_slice() != sum {
+            return Err(self.discard(p, expected()));
         }
-        match ActionResult::decode(body) {
-            Ok(r) => Ok(Some(r)),
-            Err(_) => Err(self.discard(p, expected)),
-        }
+        Ok(Some(bytes))
     }
 
     /// Whether the output tree and every blob it references are present with the right

@@ -12,11 +12,13 @@ use cascade_core::{
 };
 use cascade_exec::{HostRun, Outcome, ResolvedTool, Step, Tools};
 use cascade_git::Git;
-use cascade_lock::{LockNode, LockSource, Lockfile};
+use cascade_image::{OciDigest, OciLayout};
+use cascade_lock::{LockImage, LockNode, LockSource, Lockfile};
 use cascade_manifest::{Component, Rev};
 use cascade_store::{remove_tree, ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
+use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::{load, pin_all, Error, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
@@ -78,6 +80,9 @@ pub struct NodeReport {
     pub version: String,
     pub key: Option<NodeKey>,
     pub output: Option<OutputDigest>,
+    /// The node's image, when its recipe declares one and it was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
     /// Wall time of this node, for people; never hashed or written to a lockfile.
     pub duration_ms: u64,
     /// Store problems met on the way (a corrupt entry discarded, …).
@@ -142,6 +147,7 @@ struct Done {
     output: OutputDigest,
     key: NodeKey,
     artifacts: BTreeMap<String, Digest>,
+    image: Option<ImageRef>,
 }
 
 impl NodeStatus {
@@ -161,6 +167,7 @@ impl Node<'_> {
             version: self.pinned.source.version.to_string(),
             key: None,
             output: None,
+            image: None,
             duration_ms: 0,
             warnings: Vec::new(),
         }
@@ -216,6 +223,13 @@ pub fn build(
         store.put_blob(&c.recipe.canonical())?;
     }
     let graph = &project.graph;
+    let env = &graph.environment;
+    // Opened only when an image is declared, so a build without images leaves no trace.
+    let layout = if graph.components.iter().any(|c| c.recipe.image.is_some()) {
+        Some(OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?)
+    } else {
+        None
+    };
     on_event(Event::Scheduled { total: nodes.len() });
 
     let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.deps()).collect();
@@ -240,27 +254,37 @@ pub fn build(
             })
             .collect();
         let mut warnings = Vec::new();
-        let (status, key, output) =
-            match run_node(&store, &git, node, &opts.env, &inputs, &mut warnings) {
-                Ok((d, built)) => {
-                    let (k, o) = (d.key, d.output);
-                    let _ = done[i].set(d);
-                    (
-                        if built {
-                            NodeStatus::Built
-                        } else {
-                            NodeStatus::Cached
-                        },
-                        Some(k),
-                        Some(o),
-                    )
-                }
-                Err(f) => (f.status, f.key, None),
-            };
+        let base_image = node
+            .component
+            .image_base
+            .and_then(|b| done[b].get())
+            .and_then(|d| d.image.as_ref())
+            .map(|i| i.digest);
+        let result = run_node(&store, &git, node, &opts.env, &inputs, &mut warnings).and_then(
+            |(d, built)| with_image(&store, layout.as_ref(), env, node, d, base_image, built),
+        );
+        let (status, key, output, image) = match result {
+            Ok((d, built)) => {
+                let (k, o, img) = (d.key, d.output, d.image.clone());
+                let _ = done[i].set(d);
+                (
+                    if built {
+                        NodeStatus::Built
+                    } else {
+                        NodeStatus::Cached
+                    },
+                    Some(k),
+                    Some(o),
+                    img,
+                )
+            }
+            Err(f) => (f.status, f.key, None, None),
+        };
         let ok = status.succeeded();
         let report = NodeReport {
             key,
             output,
+            image,
             duration_ms: t0.elapsed().as_millis() as u64,
             warnings,
             ..node.report(status)
@@ -309,6 +333,13 @@ pub fn build(
         duration_ms: 0,
     };
     if report.success() {
+        let images: Vec<ImageRef> = done
+            .iter()
+            .filter_map(|d| d.get().and_then(|d| d.image.clone()))
+            .collect();
+        if let Some(l) = &layout {
+            index_images(l, &images).map_err(Error::Image)?;
+        }
         let lock = lockfile(&project, &nodes, &done);
         report.lockfile = Some(write_lockfile(
             &opts.project,
@@ -385,6 +416,34 @@ struct Failure {
     key: Option<NodeKey>,
 }
 
+/// Adds the node's image, when its recipe declares one, to what it built or found.
+fn with_image(
+    store: &Store,
+    layout: Option<&OciLayout>,
+    env: &cascade_manifest::Environment,
+    node: &Node<'_>,
+    mut done: Done,
+    base: Option<OciDigest>,
+    built: bool,
+) -> Result<(Done, bool), Failure> {
+    let Some(decl) = &node.component.recipe.image else {
+        return Ok((done, built));
+    };
+    let k = Some(done.key);
+    let layout =
+        layout.ok_or_else(|| fail(FailureCause::Environment, "no image layout was opened", k))?;
+    match build_image(store, layout, env, node, decl, &done.output, base.as_ref()) {
+        Ok(image) => {
+            done.image = Some(image);
+            Ok((done, built))
+        }
+        Err(ImageFailure::Output(e)) => Err(fail(FailureCause::Output, format!("image: {e}"), k)),
+        Err(ImageFailure::Environment(e)) => {
+            Err(fail(FailureCause::Environment, format!("image: {e}"), k))
+        }
+    }
+}
+
 fn fail(cause: FailureCause, error: impl std::fmt::Display, key: Option<NodeKey>) -> Failure {
     Failure {
         status: NodeStatus::Failed {
@@ -429,6 +488,7 @@ fn run_node(
         output,
         key,
         artifacts,
+        image: None,
     };
 
     // Cache lookup: a hit needs the action result and its whole output tree.
@@ -598,6 +658,11 @@ fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> L
                 key: d.key,
                 output: d.output,
                 artifacts: d.artifacts.clone(),
+                image: d.image.as_ref().map(|i| LockImage {
+                    reference: i.reference.clone(),
+                    digest: i.digest.to_string(),
+                }),
+                tests: BTreeMap::new(),
             },
         );
     }

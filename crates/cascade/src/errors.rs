@@ -73,6 +73,24 @@ pub enum Error {
     #[diagnostic(transparent)]
     Lock(#[from] cascade_lock::LockError),
 
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Image(cascade_image::ImageError),
+
+    #[error("environment `{env}` has no lockfile yet")]
+    #[diagnostic(
+        code(cascade::no_lockfile),
+        help("build it first (`cascade build --env {env}`), or name a lockfile with `--lock`")
+    )]
+    NoLockfile { env: String },
+
+    #[error("`{component}` has no image in `{lockfile}`")]
+    #[diagnostic(
+        code(cascade::no_image),
+        help("declare `image:` in `recipes/{component}.yaml` and build again")
+    )]
+    NoImage { component: String, lockfile: String },
+
     #[error("no component `{name}` in environment `{env}`")]
     #[diagnostic(code(cascade::unknown_component), help("{help}"))]
     UnknownComponent {
@@ -100,8 +118,12 @@ impl Error {
             | Error::Read { .. }
             | Error::Sources(_)
             | Error::Lock(_)
-            | Error::UnknownComponent { .. } => 2,
-            Error::Environment(_) | Error::Store(_) | Error::WriteLock { .. } => 3,
+            | Error::UnknownComponent { .. }
+            | Error::NoLockfile { .. }
+            | Error::NoImage { .. } => 2,
+            Error::Environment(_) | Error::Store(_) | Error::WriteLock { .. } | Error::Image(_) => {
+                3
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod build;
 mod errors;
+mod image;
 mod load;
 mod lockfiles;
 mod pin;
@@ -12,6 +13,7 @@ mod plan;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use errors::{Error, Problems};
+pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};
 pub use lockfiles::{newest_lockfile, read_lockfile};
 pub use pin::{pin_all, Pinned};

@@ -1,6 +1,7 @@
 /* services: the example ecosystem's API server (modelled on ottochain-services), a static
  * HTTP/1.1 server that needs nothing beyond libc. GET /version answers the commit it was
- * built from and the sdk version it embeds; `services --api` prints its routes. */
+ * built from and the sdk version it embeds; `services --api` prints its routes. With
+ * `--www DIR` it also serves the files under DIR (the explorer's image uses that). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <arpa/inet.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +57,7 @@ static const struct route routes[] = {
 
 static unsigned long requests_served;
 static volatile sig_atomic_t stopping;
+static const char *www_root; /* --www DIR: files served for paths that are not routes */
 
 static void json(struct response *r, int status, const char *body)
 {
@@ -159,6 +162,59 @@ static void reply(int fd, const struct response *r, int with_body)
         send_all(fd, r->body, body_len);
 }
 
+static const char *content_type(const char *path)
+{
+    static const char *const types[][2] = {
+        {".html", "text/html; charset=utf-8"}, {".css", "text/css"},
+        {".js", "text/javascript"},            {".json", "application/json"},
+        {".txt", "text/plain; charset=utf-8"}, {".svg", "image/svg+xml"},
+    };
+    size_t len = strlen(path);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        size_t ext = strlen(types[i][0]);
+        if (len >= ext && strcmp(path + len - ext, types[i][0]) == 0)
+            return types[i][1];
+    }
+    return "application/octet-stream";
+}
+
+/* Serves www_root + target (index.html for a directory path). Returns -1, having sent
+ * nothing, when there is no such regular file; paths with ".." are never served. */
+static int serve_file(int fd, const char *target, int with_body)
+{
+    char path[4096];
+    size_t tlen = strlen(target);
+
+    if (!www_root || target[0] != '/' || strstr(target, ".."))
+        return -1;
+    int n = snprintf(path, sizeof path, "%s%s%s", www_root, target,
+                     target[tlen - 1] == '/' ? "index.html" : "");
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -1;
+    int file = open(path, O_RDONLY);
+    if (file < 0)
+        return -1;
+    struct stat st;
+    if (fstat(file, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(file);
+        return -1;
+    }
+    char head[512];
+    n = snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %lld\r\n"
+                 "Connection: close\r\n\r\n",
+                 content_type(path), (long long)st.st_size);
+    if (n > 0 && (size_t)n < sizeof head && send_all(fd, head, (size_t)n) == 0 && with_body) {
+        char buf[8192];
+        ssize_t got;
+        while ((got = read(file, buf, sizeof buf)) > 0)
+            if (send_all(fd, buf, (size_t)got) < 0)
+                break;
+    }
+    close(file);
+    return 0;
+}
+
 static void serve(int fd)
 {
     char req[8192];
@@ -203,6 +259,8 @@ static void serve(int fd)
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (strcmp(routes[i].path, target) == 0)
             route = &routes[i];
+    if (!route && (head || strcmp(method, "GET") == 0) && serve_file(fd, target, !head) == 0)
+        return;
     if (!route)
         json(&r, 404, "{\"error\":\"not found\"}");
     else if (!head && strcmp(method, "GET") != 0)
@@ -233,7 +291,7 @@ static int parse_port(const char *text, unsigned *port)
 
 static void usage(FILE *to)
 {
-    fputs("usage: services [--port N] [--bind IPV4] | --api | --version\n"
+    fputs("usage: services [--port N] [--bind IPV4] [--www DIR] | --api | --version\n"
           "  env: SERVICES_PORT, SERVICES_BIND (flags win), SERVICES_STARTUP_DELAY (seconds)\n",
           to);
 }
@@ -267,6 +325,8 @@ int main(int argc, char **argv)
                 return 2;
         } else if (strcmp(argv[i], "--bind") == 0 && i + 1 < argc) {
             bind_addr = argv[++i];
+        } else if (strcmp(argv[i], "--www") == 0 && i + 1 < argc) {
+            www_root = argv[++i];
         } else {
             usage(stderr);
             return 2;
