@@ -3,7 +3,52 @@
 //! store, and a way to run `cascade` in-process and look at what it printed.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Whether a test that needs `what` can run. In CI (`CI=true`) a missing service is a
+/// failure, since .ci/run starts it; elsewhere the test says why it skips.
+pub fn require(what: &str, available: bool, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{what} is not available in CI; {how}"
+    );
+    eprintln!("skipping: {what} is not available ({how})");
+    false
+}
+
+/// A Docker Engine answers (DOCKER_HOST or /var/run/docker.sock).
+pub fn docker() -> bool {
+    require(
+        "a Docker Engine",
+        cascade_docker::Docker::connect().is_ok(),
+        "run .ci/services/docker.sh",
+    )
+}
+
+/// An OCI registry answers on `addr` (`127.0.0.1:5000`) with `status` at `/v2/`.
+pub fn registry(addr: &str, status: u16) -> bool {
+    let answers = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(format!("HTTP/1.1 {status}").as_bytes())
+            || head.starts_with(format!("HTTP/1.0 {status}").as_bytes()))
+    })()
+    .unwrap_or(false);
+    require(
+        &format!("the registry on {addr}"),
+        answers,
+        "run .ci/services/registry.sh",
+    )
+}
 
 /// What one `cascade` invocation did.
 #[derive(Debug)]

@@ -300,9 +300,9 @@ fn export_writes_an_archive_skopeo_and_docker_read() {
     if let Some(v) = skopeo(&["inspect", &format!("oci-archive:{}", out.display())]) {
         assert_eq!(v["Digest"], digest.as_str());
     }
-    // A component without an image, an unknown one: bad input, exit 2.
-    for (node, code) in [("nope", 2)] {
-        let e = p.run(&[
+    // An unknown component, an environment never built: bad input, exit 2.
+    let export = |p: &TestProject, node: &str| {
+        p.run(&[
             "image",
             "export",
             node,
@@ -311,10 +311,24 @@ fn export_writes_an_archive_skopeo_and_docker_read() {
             "--store",
             &p.root.join("cache").display().to_string(),
             "-o",
-            "/dev/null",
-        ]);
-        assert_eq!(e.code, code, "{}", e.stderr);
-    }
+            &p.root.join("x.tar").display().to_string(),
+        ])
+    };
+    let unknown = export(&p, "nope");
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no component `nope`"),
+        "{}",
+        unknown.stderr
+    );
+    let fresh = project("", "develop");
+    let never = export(&fresh, "app");
+    assert_eq!(never.code, 2, "{}", never.stderr);
+    assert!(
+        never.stderr.contains("has no lockfile yet"),
+        "{}",
+        never.stderr
+    );
 }
 
 fn tar_names(path: &std::path::Path) -> Vec<String> {

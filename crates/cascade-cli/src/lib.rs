@@ -104,6 +104,15 @@ struct BuildArgs {
     /// Run no step: print the plan instead (the same as `cascade plan`).
     #[arg(long)]
     dry_run: bool,
+    /// Load every image into the local Docker Engine.
+    #[arg(long)]
+    load: bool,
+    /// Push every image to the environment's registry (after its smoke tests passed).
+    #[arg(long)]
+    push: bool,
+    /// Do not run the smoke tests; the lockfile records them as skipped.
+    #[arg(long)]
+    skip_tests: bool,
     /// With --dry-run: compare with this lockfile instead of the newest.
     #[arg(long, value_name = "LOCKFILE", requires = "dry_run")]
     against: Option<PathBuf>,
@@ -236,7 +245,10 @@ fn install_signal_handler() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             cascade_exec::kill_running_steps();
-            eprintln!("\ninterrupted (signal {sig}): running steps killed, no lockfile written");
+            cascade::cleanup_containers();
+            eprintln!(
+                "\ninterrupted (signal {sig}): running steps killed, containers removed, no lockfile written"
+            );
             std::process::exit(130);
         }
     });
@@ -365,6 +377,11 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
         keep_going: args.keep_going,
         stamp: stamp_now(),
         tools: cascade_exec::Tools::from_env(),
+        publish: cascade::PublishOptions {
+            load: args.load,
+            push: args.push,
+            skip_tests: args.skip_tests,
+        },
     };
     let result = {
         // A live bar only where a person watches: stderr is a terminal (`color`) and

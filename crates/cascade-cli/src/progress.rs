@@ -57,6 +57,13 @@ impl<'m, 'w> Progress<'m, 'w> {
             Event::Started { name } => {
                 st.running.insert(name.to_string());
             }
+            Event::Published(line) => match &self.bar {
+                Some(b) => b.println(line),
+                None => {
+                    let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = writeln!(err, "{line}");
+                }
+            },
             Event::Finished(r) => {
                 st.running.remove(&r.name);
                 st.done += 1;

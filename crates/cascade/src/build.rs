@@ -19,6 +19,7 @@ use cascade_store::{remove_tree, ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
+use crate::publish::{self, PublishOptions, TestReport};
 use crate::{load, pin_all, Error, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
@@ -37,6 +38,8 @@ pub struct BuildOptions {
     pub stamp: String,
     /// Where tools are looked up (the caller's PATH).
     pub tools: Tools,
+    /// Smoke tests, `--load`, `--push`.
+    pub publish: PublishOptions,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -83,6 +86,9 @@ pub struct NodeReport {
     /// The node's image, when its recipe declares one and it was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRef>,
+    /// Its smoke tests, once every node has built.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestReport>,
     /// Wall time of this node, for people; never hashed or written to a lockfile.
     pub duration_ms: u64,
     /// Store problems met on the way (a corrupt entry discarded, …).
@@ -123,8 +129,11 @@ impl BuildReport {
         }
     }
 
+    /// Every node built or cached, and every smoke test passed (or was skipped).
     pub fn success(&self) -> bool {
-        self.nodes.iter().all(|n| n.status.succeeded())
+        self.nodes
+            .iter()
+            .all(|n| n.status.succeeded() && n.tests.iter().all(TestReport::passed))
     }
 }
 
@@ -138,6 +147,8 @@ pub enum Event<'a> {
         name: &'a str,
     },
     Finished(&'a NodeReport),
+    /// After the nodes: an image loaded, tested or pushed (a line for people).
+    Published(&'a str),
 }
 
 /// A node that built or was cached: what the lockfile records beyond the node itself.
@@ -168,6 +179,7 @@ impl Node<'_> {
             key: None,
             output: None,
             image: None,
+            tests: Vec::new(),
             duration_ms: 0,
             warnings: Vec::new(),
         }
@@ -216,6 +228,15 @@ pub fn build(
     let git = Git::new(store.git_dir());
     let pinned = pin_all(&project, &git)?;
     let nodes = prepare(&project, &pinned, &opts.tools)?;
+    // What publishing needs is checked before anything is built.
+    let env = &project.graph.environment;
+    publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
+    let any_tests = project
+        .graph
+        .components
+        .iter()
+        .any(|c| !c.recipe.tests.is_empty());
+    let docker = publish::engine_for(&opts.publish, any_tests)?;
     // The normalized recipes are kept in the store under their digests (the lockfile's
     // `recipe:`), so a lockfile can be replayed, and `plan` can name the fields that
     // changed, after a recipe file changed.
@@ -223,7 +244,6 @@ pub fn build(
         store.put_blob(&c.recipe.canonical())?;
     }
     let graph = &project.graph;
-    let env = &graph.environment;
     // Opened only when an image is declared, so a build without images leaves no trace.
     let layout = if graph.components.iter().any(|c| c.recipe.image.is_some()) {
         Some(OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?)
@@ -339,8 +359,24 @@ pub fn build(
             .collect();
         if let Some(l) = &layout {
             index_images(l, &images).map_err(Error::Image)?;
+            publish_images(
+                opts,
+                &store,
+                l,
+                docker.as_deref(),
+                &nodes,
+                &mut report,
+                on_event,
+            )?;
+            if report.success() && opts.publish.push {
+                for line in publish::push(l, &images)? {
+                    on_event(Event::Published(&line));
+                }
+            }
         }
-        let lock = lockfile(&project, &nodes, &done);
+    }
+    if report.success() {
+        let lock = lockfile(&project, &nodes, &done, &report);
         report.lockfile = Some(write_lockfile(
             &opts.project,
             &opts.env,
@@ -630,8 +666,82 @@ fn execute(
     Ok(outputs)
 }
 
+/// Loads the images that must be in Docker (all with `--load`, else those with tests)
+/// and runs the smoke tests, in build order; results go into the node reports.
+fn publish_images(
+    opts: &BuildOptions,
+    store: &Store,
+    layout: &OciLayout,
+    docker: Option<&cascade_docker::Docker>,
+    nodes: &[Node<'_>],
+    report: &mut BuildReport,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<(), Error> {
+    let p = &opts.publish;
+    for (node, r) in nodes.iter().zip(report.nodes.iter_mut()) {
+        let Some(image) = r.image.clone() else {
+            continue;
+        };
+        let tests = &node.component.recipe.tests;
+        let wanted = p.load || (!tests.is_empty() && !p.skip_tests);
+        if let (true, Some(d)) = (wanted, docker) {
+            let id = publish::load(d, store, layout, &image).map_err(|message| Error::Load {
+                reference: image.reference.clone(),
+                message,
+            })?;
+            on_event(Event::Published(&format!(
+                "  loaded   {} as {id}",
+                image.reference
+            )));
+        }
+        let facts = publish::Facts {
+            component: &r.name,
+            commit: &r.commit,
+            version: &r.version,
+        };
+        r.tests = publish::run_tests(docker, &image, tests, &facts, p.skip_tests);
+        for t in &r.tests {
+            on_event(Event::Published(&test_line(&r.name, t)));
+        }
+    }
+    Ok(())
+}
+
+fn test_line(node: &str, t: &TestReport) -> String {
+    let mut s = format!(
+        "  {:<8} {node}/{}  {}",
+        if t.passed() { "tested" } else { "FAILED" },
+        t.name,
+        match t.status {
+            "passed" => format!(
+                "passed after {} attempt{} in {:.1}s",
+                t.attempts,
+                if t.attempts == 1 { "" } else { "s" },
+                t.duration_ms as f64 / 1000.0
+            ),
+            "skipped" => format!("skipped ({})", t.detail),
+            _ => t.detail.clone(),
+        }
+    );
+    if !t.log_tail.is_empty() {
+        s.push_str(&format!(
+            "\n           last {} lines of the container's log:",
+            t.log_tail.len()
+        ));
+        for l in &t.log_tail {
+            s.push_str(&format!("\n           | {l}"));
+        }
+    }
+    s
+}
+
 /// The closure of this build as a lockfile value.
-fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> Lockfile {
+fn lockfile(
+    project: &Project,
+    nodes: &[Node<'_>],
+    done: &[OnceLock<Done>],
+    report: &BuildReport,
+) -> Lockfile {
     let graph = &project.graph;
     let mut out = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -662,7 +772,11 @@ fn lockfile(project: &Project, nodes: &[Node<'_>], done: &[OnceLock<Done>]) -> L
                     reference: i.reference.clone(),
                     digest: i.digest.to_string(),
                 }),
-                tests: BTreeMap::new(),
+                tests: report.nodes[i]
+                    .tests
+                    .iter()
+                    .map(|t| (t.name.clone(), t.result()))
+                    .collect(),
             },
         );
     }

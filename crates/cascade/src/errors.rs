@@ -77,6 +77,37 @@ pub enum Error {
     #[diagnostic(transparent)]
     Image(cascade_image::ImageError),
 
+    #[error("{needed_by} needs a Docker Engine, and none answers")]
+    #[diagnostic(
+        code(cascade::docker),
+        help("start one (`.ci/services/docker.sh` installs and starts Debian's docker.io), point DOCKER_HOST at one, or pass --skip-tests to build without running the smoke tests")
+    )]
+    Docker {
+        needed_by: String,
+        #[source]
+        source: cascade_docker::DockerError,
+    },
+
+    #[error("could not load `{reference}` into Docker: {message}")]
+    #[diagnostic(code(cascade::docker_load))]
+    Load { reference: String, message: String },
+
+    #[error("could not push `{reference}`")]
+    #[diagnostic(code(cascade::push))]
+    Push {
+        reference: String,
+        #[source]
+        #[diagnostic_source]
+        source: cascade_registry::RegistryError,
+    },
+
+    #[error("environment `{env}` has no `registry:`, so there is nowhere to push")]
+    #[diagnostic(
+        code(cascade::no_registry),
+        help("add `registry: host:port/prefix` to `graph/environments/{env}.yaml`")
+    )]
+    NoRegistry { env: String },
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -120,10 +151,15 @@ impl Error {
             | Error::Lock(_)
             | Error::UnknownComponent { .. }
             | Error::NoLockfile { .. }
-            | Error::NoImage { .. } => 2,
-            Error::Environment(_) | Error::Store(_) | Error::WriteLock { .. } | Error::Image(_) => {
-                3
-            }
+            | Error::NoImage { .. }
+            | Error::NoRegistry { .. } => 2,
+            Error::Environment(_)
+            | Error::Store(_)
+            | Error::WriteLock { .. }
+            | Error::Image(_)
+            | Error::Docker { .. }
+            | Error::Load { .. }
+            | Error::Push { .. } => 3,
         }
     }
 }

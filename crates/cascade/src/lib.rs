@@ -10,6 +10,7 @@ mod load;
 mod lockfiles;
 mod pin;
 mod plan;
+mod publish;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use errors::{Error, Problems};
@@ -21,3 +22,4 @@ pub use plan::{
     plan, InputChange, Plan, PlanNode, PlanOptions, PlanState, Reason, ReasonKind, RootCause,
     SourcePoint, Why, WhyNode,
 };
+pub use publish::{cleanup_containers, PublishOptions, TestReport};

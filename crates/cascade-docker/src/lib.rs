@@ -1,0 +1,37 @@
+//! cascade-docker: the Docker Engine behind a small blocking API: load an image archive
+//! ([`Docker::load_archive`]), look an image up ([`Docker::image_id`]) and smoke-test an
+//! image by running it and probing it ([`Docker::smoke_test`]).
+//!
+//! Why these choices:
+//! - `bollard` speaks the Engine API directly over the unix socket (or a loopback
+//!   `tcp://`), so there is no `docker` CLI to find, no output to scrape, and errors
+//!   come back as status codes. It negotiates the API version on connect: Debian's
+//!   `docker.io` is 20.10 (API 1.41), older than bollard's default.
+//! - bollard is async; the rest of cascade is plain threads (ARCHITECTURE.md). So each
+//!   [`Docker`] owns a private current-thread tokio runtime and every public method is
+//!   blocking (`block_on`), which keeps tokio out of every other crate's signatures.
+//!   Calling these methods from inside another tokio runtime is refused with an error
+//!   rather than a panic.
+//! - The http probe uses `ureq` (blocking, plain HTTP only, no proxy from the
+//!   environment, no redirects): a correct HTTP/1.1 client with per-request timeouts in
+//!   one small crate, instead of a hand-written parser that would mishandle chunked
+//!   bodies.
+//!
+//! Isolation and cleanup:
+//! - A smoke test runs its container on a bridge network of its own, labelled
+//!   `cascade=1`, and publishes the probed port on 127.0.0.1 only, with a port the
+//!   engine picks. Probes go to that loopback port, never to a container's bridge IP.
+//! - The container and the network are owned by a guard whose `Drop` removes them
+//!   (container forced first, then the network), so they go away on success, failure,
+//!   error or panic.
+//! - Every container and network a [`Docker`] creates is also kept in a registry until
+//!   it is removed, so [`Docker::cleanup_all_cascade_resources`] can remove what is left
+//!   from a Ctrl-C handler, where no guard gets to run.
+
+mod engine;
+mod error;
+mod smoke;
+
+pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL};
+pub use error::DockerError;
+pub use smoke::{Expect, Probe, SmokeTest, TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL};
