@@ -101,3 +101,57 @@ fn interrupt_kills_running_steps_and_writes_no_lockfile() {
     }
     assert!(!tmp.path().join("lockfiles").exists());
 }
+
+/// Smoke tests need Docker: without an engine the build stops before building, exit 3,
+/// saying what is missing; `--skip-tests` builds anyway and records them as skipped.
+#[test]
+fn smoke_tests_without_docker_exit_3_unless_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    project(tmp.path(), "mkdir -p out && echo hi > out/x", "{}");
+    let recipe = tmp.path().join("recipes/app.yaml");
+    let mut text = fs::read_to_string(&recipe).unwrap();
+    text = text.replace("[sh, sleep]", "[sh, sleep, mkdir]");
+    text.push_str(
+        "image:\n  base: scratch\n  layers: [{ from: out, to: /out }]\n\
+         tests:\n  smoke:\n    command: [cat, /out/x]\n",
+    );
+    fs::write(&recipe, text).unwrap();
+    let nowhere = tmp.path().join("no-docker.sock");
+    let out = cascade(tmp.path())
+        .env("DOCKER_HOST", format!("unix://{}", nowhere.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("needs a Docker Engine"), "{stderr}");
+    assert!(stderr.contains("--skip-tests"), "{stderr}");
+    assert!(!tmp.path().join("lockfiles").exists());
+    let built = fs::read_dir(tmp.path().join("cache/actions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(built, 0, "nothing was built before the check");
+
+    let out = cascade(tmp.path())
+        .env("DOCKER_HOST", format!("unix://{}", nowhere.display()))
+        .arg("--skip-tests")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock = fs::read_dir(tmp.path().join("lockfiles"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = fs::read_to_string(lock).unwrap();
+    assert!(
+        text.contains("    tests:\n      smoke: skipped\n"),
+        "{text}"
+    );
+    assert!(text.contains("    image:\n      digest: sha256:"), "{text}");
+}
