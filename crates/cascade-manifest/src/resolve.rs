@@ -605,7 +605,8 @@ impl Resolver<'_> {
         let list = ast.inputs.map(|l| l.value).unwrap_or_default();
         let (inputs, edges) = self.inputs(file, comp, list, names, env_name);
         let tools = self.runner(file, comp, ast.runner);
-        let env = self.env(file, comp, ast.env.map(|e| e.value.0).unwrap_or_default());
+        let entries = ast.env.map(|e| e.value.0).unwrap_or_default();
+        let env = self.env(file, &format!("the env of `{comp}`"), entries, true);
         let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
         let steps = self.steps(file, comp, ast.steps);
         let outputs = self.outputs(file, comp, ast.outputs);
@@ -712,11 +713,14 @@ impl Resolver<'_> {
         self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default())
     }
 
+    /// An env map (`what` names it in messages). `reserved`: the names cascade gives a
+    /// step itself are refused (an image's env may set them).
     fn env(
         &mut self,
         file: FileId,
-        comp: &str,
+        what: &str,
         entries: Vec<(S<String>, S<String>)>,
+        reserved: bool,
     ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
@@ -724,7 +728,7 @@ impl Resolver<'_> {
             let span = self.span(file, &key);
             let name = key.value;
             if let Some(&first) = seen.get(&name) {
-                self.duplicate(&name, &format!("the env of `{comp}`"), span, first);
+                self.duplicate(&name, what, span, first);
                 continue;
             }
             seen.insert(name.clone(), span);
@@ -737,7 +741,7 @@ impl Resolver<'_> {
                     },
                     span,
                 );
-            } else if is_reserved_env(&name) {
+            } else if reserved && is_reserved_env(&name) {
                 self.push(
                     |src| ManifestError::ReservedEnv {
                         name,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cascade_core::{FileId, Span};
 
-use super::{is_env_name, is_name, normalize_path, Resolver};
+use super::{is_name, normalize_path, Resolver};
 use crate::ast::{ExpectAst, HttpAst, ImageAst, LayerAst, TestAst, S};
 use crate::error::ManifestError;
 use crate::model::{Expect, ImageBase, ImageDecl, LayerDecl, Probe, SmokeTest, TEST_PLACEHOLDERS};
@@ -22,28 +22,31 @@ pub(super) struct ImageChecked {
 
 impl Resolver<'_> {
     fn bad_image(&mut self, message: String, label: &str, help: Option<String>, span: Span) {
-        let label = label.to_string();
-        self.push(
-            |src| ManifestError::BadImage {
-                message,
-                src,
-                span: source_span(span),
-                label,
-                help,
-            },
-            span,
-        );
+        self.bad(false, message, label, help, span);
     }
 
     fn bad_test(&mut self, message: String, label: &str, help: Option<String>, span: Span) {
-        let label = label.to_string();
+        self.bad(true, message, label, help, span);
+    }
+
+    fn bad(&mut self, test: bool, message: String, label: &str, help: Option<String>, span: Span) {
+        let (label, span_) = (label.to_string(), source_span(span));
         self.push(
-            |src| ManifestError::BadTest {
-                message,
-                src,
-                span: source_span(span),
-                label,
-                help,
+            |src| match test {
+                true => ManifestError::BadTest {
+                    message,
+                    src,
+                    span: span_,
+                    label,
+                    help,
+                },
+                false => ManifestError::BadImage {
+                    message,
+                    src,
+                    span: span_,
+                    label,
+                    help,
+                },
             },
             span,
         );
@@ -96,7 +99,9 @@ impl Resolver<'_> {
         }
         let entrypoint = entrypoint.and_then(|v| self.argv(file, v, "entrypoint", true));
         let cmd = cmd.and_then(|v| self.argv(file, v, "cmd", false));
-        let env = env.map_or_else(BTreeMap::new, |e| self.image_env(file, e.value.0));
+        let env = env.map_or_else(BTreeMap::new, |e| {
+            self.env(file, "the image's env", e.value.0, false)
+        });
         let workdir = workdir.and_then(|w| self.absolute(file, w, "workdir"));
         let mut port_list = Vec::new();
         for p in ports.map(|p| p.value).unwrap_or_default() {
@@ -291,37 +296,6 @@ impl Resolver<'_> {
             return None;
         }
         Some(v.value.into_iter().map(|a| a.value).collect())
-    }
-
-    fn image_env(
-        &mut self,
-        file: FileId,
-        entries: Vec<(S<String>, S<String>)>,
-    ) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
-        for (k, v) in entries {
-            let span = self.span(file, &k);
-            if let Some(&first) = seen.get(&k.value) {
-                self.duplicate(&k.value, "the image's env", span, first);
-                continue;
-            }
-            seen.insert(k.value.clone(), span);
-            if !is_env_name(&k.value) || v.value.contains('\0') {
-                let name = k.value;
-                self.push(
-                    |src| ManifestError::BadEnvName {
-                        name,
-                        src,
-                        span: source_span(span),
-                    },
-                    span,
-                );
-                continue;
-            }
-            env.insert(k.value, v.value);
-        }
-        env
     }
 
     fn port(&mut self, file: FileId, p: &S<i64>, in_test: bool) -> Option<u16> {
