@@ -12,6 +12,7 @@
 //! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
 
 mod explain;
+mod lock;
 mod progress;
 
 use std::ffi::OsString;
@@ -53,6 +54,11 @@ enum Command {
     /// Work with the images cascade built.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Work with lockfiles.
+    #[command(subcommand)]
+    Lock(lock::LockCommand),
+    /// Pin an environment to what another environment's lockfile built.
+    Promote(lock::PromoteArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +219,8 @@ where
         Command::Why(args) => explain(&cli.project, args.plan, io, Explain::Why(args.node)),
         Command::Graph(args) => explain(&cli.project, args.plan, io, Explain::Graph(args.format)),
         Command::Image(ImageCommand::Export(args)) => export(&cli.project, args, io),
+        Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
+        Command::Promote(args) => lock::promote(&cli.project, args, io),
     }
 }
 

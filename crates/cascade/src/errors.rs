@@ -108,6 +108,12 @@ pub enum Error {
     )]
     NoRegistry { env: String },
 
+    /// A lockfile that cannot be replayed as written: a commit gone, a recipe lost, a
+    /// key that does not match its ingredients. Points at the line.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Lockfile(Box<LockfileProblem>),
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -152,7 +158,8 @@ impl Error {
             | Error::UnknownComponent { .. }
             | Error::NoLockfile { .. }
             | Error::NoImage { .. }
-            | Error::NoRegistry { .. } => 2,
+            | Error::NoRegistry { .. }
+            | Error::Lockfile(_) => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }
@@ -161,5 +168,51 @@ impl Error {
             | Error::Load { .. }
             | Error::Push { .. } => 3,
         }
+    }
+}
+
+/// One problem with a lockfile's content, labelled at its line.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(cascade::lockfile))]
+pub struct LockfileProblem {
+    pub message: String,
+    #[source_code]
+    pub src: miette::NamedSource<String>,
+    #[label("{label}")]
+    pub span: Option<miette::SourceSpan>,
+    pub label: String,
+    #[help]
+    pub help: Option<String>,
+}
+
+impl LockfileProblem {
+    /// A problem about `needle` (a value) in the entry of `node` of the lockfile `text`
+    /// shown as `path`: the label goes on the first occurrence of `needle` after the
+    /// node's key, or on the node's key.
+    pub fn at(
+        path: &str,
+        text: &str,
+        node: &str,
+        needle: &str,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) -> Error {
+        let node_at = text.find(&format!("\n  {node}:\n")).map(|i| i + 3);
+        let span =
+            node_at.map(
+                |start| match text[start..].find(needle).filter(|_| !needle.is_empty()) {
+                    Some(off) => (start + off, needle.len()),
+                    None => (start, node.len()),
+                },
+            );
+        Error::Lockfile(Box::new(LockfileProblem {
+            message,
+            src: miette::NamedSource::new(path, text.to_string()),
+            span: span.map(|(o, l)| miette::SourceSpan::new(o.into(), l)),
+            label: label.to_string(),
+            help,
+        }))
     }
 }

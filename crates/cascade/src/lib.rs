@@ -13,7 +13,7 @@ mod plan;
 mod publish;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
-pub use errors::{Error, Problems};
+pub use errors::{Error, LockfileProblem, Problems};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};
 pub use lockfiles::{newest_lockfile, read_lockfile};
