@@ -364,6 +364,7 @@ fn a_changed_tool_is_named_with_both_digests() {
                 stamp: "20260101T000000Z".into(),
                 tools: cascade_exec::Tools::new(path.clone().into()),
                 publish: cascade::PublishOptions::default(),
+                replay: cascade::ReplayOptions::default(),
             },
             &|_| {},
         )

@@ -99,8 +99,28 @@ struct EnvArgs {
 
 #[derive(clap::Args, Debug)]
 struct BuildArgs {
-    #[command(flatten)]
-    common: EnvArgs,
+    /// The environment (`graph/environments/<ENV>.yaml`); with --lock, the lockfile's.
+    #[arg(long, value_name = "ENV", required_unless_present = "lock")]
+    env: Option<String>,
+    /// The store directory [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Build exactly what this lockfile pins (commits, trees, recipes), not the manifests.
+    #[arg(long, value_name = "LOCKFILE", conflicts_with = "dry_run")]
+    lock: Option<PathBuf>,
+    /// With --lock: rebuild every node from scratch and compare every digest with the
+    /// lockfile's, naming the files that differ.
+    #[arg(long, requires = "lock")]
+    check: bool,
+    /// With --lock: write a new lockfile after the replay (by default none is written).
+    #[arg(long, requires = "lock")]
+    write_lock: bool,
+    /// With --lock: a host tool that differs from the lockfile's is an error.
+    #[arg(long, requires = "lock")]
+    strict: bool,
     /// How many nodes build at once [default: the number of CPUs].
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
@@ -209,7 +229,11 @@ where
     match cli.command {
         Command::Build(args) if args.dry_run => {
             let plan = PlanArgs {
-                common: args.common,
+                common: EnvArgs {
+                    env: args.env.unwrap_or_default(),
+                    store: args.store,
+                    json: args.json,
+                },
                 against: args.against,
             };
             explain(&cli.project, plan, io, Explain::Plan)
@@ -357,20 +381,45 @@ fn summary(r: &BuildReport) -> String {
         r.skipped,
         secs(r.duration_ms)
     );
-    if let Some(l) = &r.lockfile {
-        s.push_str(&format!("\nlockfile: {}", l.display()));
-    } else {
-        s.push_str("\nno lockfile written: the build did not succeed");
+    if let Some(replay) = &r.replay {
+        let what = if replay.check { "checked" } else { "replayed" };
+        let n = replay.mismatches.len();
+        s.push_str(&format!(
+            "\n{what} {}: {}",
+            replay.lockfile.display(),
+            match n {
+                0 if r.success() => "every digest reproduced".to_string(),
+                0 => "the build did not finish".to_string(),
+                n => format!("{n} digest{} differ", if n == 1 { "" } else { "s" }),
+            }
+        ));
+        if !replay.risks.is_empty() {
+            s.push_str(&format!(
+                "\n{} node(s) built with other tools than the lockfile's (see the warnings)",
+                replay.risks.len()
+            ));
+        }
+    }
+    match (&r.lockfile, &r.replay) {
+        (Some(l), _) => s.push_str(&format!("\nlockfile: {}", l.display())),
+        (None, Some(_)) if r.success() => {
+            s.push_str("\nno new lockfile written (--write-lock writes one)")
+        }
+        (None, _) => s.push_str("\nno lockfile written: the build did not succeed"),
     }
     s
 }
 
 fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
-    args.store.clone().unwrap_or_else(|| project.join("cache"))
+    default_store(project, args.store.as_ref())
+}
+
+fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
+    store.cloned().unwrap_or_else(|| project.join("cache"))
 }
 
 fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
-    let json = args.common.json;
+    let json = args.json;
     let color = io.color && !json;
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -379,8 +428,8 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
     });
     let opts = BuildOptions {
         project: project.to_path_buf(),
-        env: args.common.env.clone(),
-        store: store_dir(project, &args.common),
+        env: args.env.clone().unwrap_or_default(),
+        store: default_store(project, args.store.as_ref()),
         jobs,
         keep_going: args.keep_going,
         stamp: stamp_now(),
@@ -389,6 +438,12 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             load: args.load,
             push: args.push,
             skip_tests: args.skip_tests,
+        },
+        replay: cascade::ReplayOptions {
+            lock: args.lock.clone(),
+            check: args.check,
+            write_lock: args.write_lock,
+            strict: args.strict,
         },
     };
     let result = {

@@ -235,6 +235,21 @@ impl<'a> Decoder<'a> {
         Ok(out)
     }
 
+    /// The next field's tag, if any field is left.
+    pub fn peek_tag(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
+    /// A list of strings written only when present: `None` when the next field is not
+    /// `tag`.
+    pub fn opt_strs(&mut self, tag: u8) -> Result<Option<Vec<String>>, DecodeError> {
+        if self.peek_tag() == Some(tag) {
+            self.strs(tag).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     pub fn strs(&mut self, tag: u8) -> Result<Vec<String>, DecodeError> {
         self.list(tag)?
             .into_iter()

@@ -74,6 +74,10 @@ pub struct LockImage {
     pub reference: String,
     /// The manifest's `sha256:` digest.
     pub digest: String,
+    /// The image declaration's digest (kept in the store, so the image can be made
+    /// again on replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Digest>,
 }
 
 /// What became of one smoke test. A lockfile is written only for a successful build,

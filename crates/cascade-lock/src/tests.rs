@@ -45,6 +45,7 @@ fn small() -> Lockfile {
     tessellation.image = Some(crate::LockImage {
         reference: "127.0.0.1:5000/ottochain/tessellation:develop-3f78685".to_string(),
         digest: format!("sha256:{}", "ab".repeat(32)),
+        spec: Some(d("image spec")),
     });
     tessellation.tests = [
         ("smoke".to_string(), crate::TestResult::Passed),

@@ -45,6 +45,9 @@ impl Writer {
             self.open(level, "image", false);
             self.scalar(level + 1, "digest", &image.digest);
             self.scalar(level + 1, "ref", &image.reference);
+            if let Some(spec) = &image.spec {
+                self.scalar(level + 1, "spec", &spec.to_string());
+            }
         }
         self.digest_map(level, "inputs", &node.inputs);
         self.scalar(level, "key", &node.key.to_string());

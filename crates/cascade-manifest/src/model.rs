@@ -216,6 +216,58 @@ impl ImageDecl {
     pub fn digest(&self) -> Digest {
         Digest::of(&self.canonical())
     }
+
+    /// Reads back [`ImageDecl::canonical`], for replaying a lockfile.
+    pub fn decode_canonical(bytes: &[u8]) -> Result<ImageDecl, DecodeError> {
+        let mut d = Decoder::new(bytes, IMAGE_DOMAIN, IMAGE_VERSION)?;
+        let mut b = d.nested(1)?;
+        let base = match b.str(0)? {
+            "scratch" => ImageBase::Scratch,
+            "component" => ImageBase::Component(b.str(1)?.to_string()),
+            "pinned" => ImageBase::Pinned {
+                name: b.str(1)?.to_string(),
+                digest: b.str(2)?.to_string(),
+            },
+            _ => return Err(DecodeError::Malformed(1)),
+        };
+        b.end()?;
+        let mut layers = Vec::new();
+        for mut l in d.list(2)? {
+            let from = l.str(0)?.to_string();
+            let to = l.str(1)?.to_string();
+            let mode = if l.end().is_ok() {
+                None
+            } else {
+                let m = l.u64(2)?;
+                l.end()?;
+                Some(u32::try_from(m).map_err(|_| DecodeError::Malformed(2))?)
+            };
+            layers.push(LayerDecl { from, to, mode });
+        }
+        let entrypoint = d.opt_strs(3)?;
+        let cmd = d.opt_strs(4)?;
+        let env = d.map(5)?;
+        let workdir = d.opt_str(6)?.map(str::to_string);
+        let mut ports = Vec::new();
+        for mut p in d.list(7)? {
+            ports.push(u16::try_from(p.u64(0)?).map_err(|_| DecodeError::Malformed(7))?);
+            p.end()?;
+        }
+        let user = d.opt_str(8)?.map(str::to_string);
+        let labels = d.map(9)?;
+        d.end()?;
+        Ok(ImageDecl {
+            base,
+            layers,
+            entrypoint,
+            cmd,
+            env,
+            workdir,
+            ports,
+            user,
+            labels,
+        })
+    }
 }
 
 /// One of a recipe's `tests:`: a smoke test run against its image in Docker.
@@ -448,6 +500,52 @@ mod tests {
         assert!(Recipe::decode_canonical(b"garbage").is_err());
         let bytes = recipe().canonical();
         assert!(Recipe::decode_canonical(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn image_declarations_round_trip() {
+        let mut decl = ImageDecl {
+            base: ImageBase::Pinned {
+                name: "debian".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+            },
+            layers: vec![
+                LayerDecl {
+                    from: "out/bin".into(),
+                    to: "/usr/bin".into(),
+                    mode: Some(0o755),
+                },
+                LayerDecl {
+                    from: "out/share".into(),
+                    to: "/usr/share".into(),
+                    mode: None,
+                },
+            ],
+            entrypoint: Some(vec!["/usr/bin/x".into()]),
+            cmd: None,
+            env: [("A".to_string(), "1".to_string())].into(),
+            workdir: Some("/srv".into()),
+            ports: vec![80, 443],
+            user: None,
+            labels: [("l".to_string(), "v".to_string())].into(),
+        };
+        assert_eq!(
+            ImageDecl::decode_canonical(&decl.canonical()).unwrap(),
+            decl
+        );
+        decl.base = ImageBase::Component("base".into());
+        decl.entrypoint = None;
+        decl.cmd = Some(vec!["--serve".into()]);
+        assert_eq!(
+            ImageDecl::decode_canonical(&decl.canonical()).unwrap(),
+            decl
+        );
+        decl.base = ImageBase::Scratch;
+        assert_eq!(
+            ImageDecl::decode_canonical(&decl.canonical()).unwrap(),
+            decl
+        );
+        assert!(ImageDecl::decode_canonical(&recipe().canonical()).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use miette::Diagnostic;
 
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, TestReport};
+use crate::replay::{ReplayOptions, ReplayReport};
 use crate::{load, pin_all, Error, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
@@ -40,6 +41,8 @@ pub struct BuildOptions {
     pub tools: Tools,
     /// Smoke tests, `--load`, `--push`.
     pub publish: PublishOptions,
+    /// `--lock FILE`: build what a lockfile pins instead of the manifests.
+    pub replay: ReplayOptions,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -106,6 +109,9 @@ pub struct BuildReport {
     pub skipped: usize,
     pub lockfile: Option<PathBuf>,
     pub duration_ms: u64,
+    /// With `--lock`: what replaying it found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayReport>,
 }
 
 impl BuildReport {
@@ -129,11 +135,13 @@ impl BuildReport {
         }
     }
 
-    /// Every node built or cached, and every smoke test passed (or was skipped).
+    /// Every node built or cached, every smoke test passed (or was skipped), and a
+    /// replay reproduced every digest of its lockfile.
     pub fn success(&self) -> bool {
         self.nodes
             .iter()
             .all(|n| n.status.succeeded() && n.tests.iter().all(TestReport::passed))
+            && self.replay.as_ref().is_none_or(|r| r.mismatches.is_empty())
     }
 }
 
@@ -152,13 +160,13 @@ pub enum Event<'a> {
 }
 
 /// A node that built or was cached: what the lockfile records beyond the node itself.
-struct Done {
+pub(crate) struct Done {
     /// The inputs' output digests its key was computed from.
-    inputs: BTreeMap<String, OutputDigest>,
-    output: OutputDigest,
-    key: NodeKey,
-    artifacts: BTreeMap<String, Digest>,
-    image: Option<ImageRef>,
+    pub inputs: BTreeMap<String, OutputDigest>,
+    pub output: OutputDigest,
+    pub key: NodeKey,
+    pub artifacts: BTreeMap<String, Digest>,
+    pub image: Option<ImageRef>,
 }
 
 impl NodeStatus {
@@ -193,6 +201,9 @@ pub(crate) struct Node<'a> {
     pub tools: Vec<ResolvedTool>,
     pub runner: RunnerIdentity,
     pub recipe: Digest,
+    /// Where its image is tagged, when it has one: from the environment's `registry:`
+    /// and `tag:`, or as a replayed lockfile recorded it.
+    pub reference: Option<String>,
 }
 
 impl Node<'_> {
@@ -222,42 +233,140 @@ pub fn build(
     opts: &BuildOptions,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport, Error> {
+    if let Some(lock) = &opts.replay.lock {
+        return crate::replay::replay(opts, lock, on_event);
+    }
     let started = Instant::now();
     let project = load(&opts.project, &opts.env)?;
     let store = Store::open(&opts.store)?;
     let git = Git::new(store.git_dir());
     let pinned = pin_all(&project, &git)?;
-    let nodes = prepare(&project, &pinned, &opts.tools)?;
-    // What publishing needs is checked before anything is built.
+    let mut nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
     let env = &project.graph.environment;
+    for n in &mut nodes {
+        if n.component.recipe.image.is_some() {
+            n.reference = Some(crate::image::reference(env, n));
+        }
+    }
+    // What publishing needs is checked before anything is built.
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
-    let any_tests = project
-        .graph
-        .components
-        .iter()
-        .any(|c| !c.recipe.tests.is_empty());
-    let docker = publish::engine_for(&opts.publish, any_tests)?;
-    // The normalized recipes are kept in the store under their digests (the lockfile's
-    // `recipe:`), so a lockfile can be replayed, and `plan` can name the fields that
-    // changed, after a recipe file changed.
+    let docker = publish::engine_for(&opts.publish, any_tests(&project.graph.components))?;
+    // The normalized recipes and image declarations are kept in the store under their
+    // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
+    // replayed, and `plan` can name the fields that changed, after a recipe changed.
     for c in &project.graph.components {
         store.put_blob(&c.recipe.canonical())?;
+        if let Some(i) = &c.recipe.image {
+            store.put_blob(&i.canonical())?;
+        }
     }
-    let graph = &project.graph;
-    // Opened only when an image is declared, so a build without images leaves no trace.
-    let layout = if graph.components.iter().any(|c| c.recipe.image.is_some()) {
-        Some(OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?)
-    } else {
-        None
+    let layout = open_layout(&store, &project.graph.components)?;
+    let run = Run {
+        store: &store,
+        git: &git,
+        components: &project.graph.components,
+        nodes: &nodes,
+        layout: layout.as_ref(),
+        env_name: &opts.env,
+        jobs: opts.jobs,
+        keep_going: opts.keep_going,
     };
-    on_event(Event::Scheduled { total: nodes.len() });
+    let (mut report, done) = run_graph(&run, on_event);
+    publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+    if report.success() {
+        let lock = lockfile(
+            &project.graph.environment.name,
+            graph_identity(&project),
+            &nodes,
+            &done,
+            &report,
+        );
+        report.lockfile = Some(write_lockfile(
+            &opts.project,
+            &opts.env,
+            &opts.stamp,
+            &lock,
+        )?);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
 
-    let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.deps()).collect();
+pub(crate) fn any_tests(components: &[Component]) -> bool {
+    components.iter().any(|c| !c.recipe.tests.is_empty())
+}
+
+/// The store's image layout, opened only when an image is declared, so a build without
+/// images leaves no trace.
+pub(crate) fn open_layout(
+    store: &Store,
+    components: &[Component],
+) -> Result<Option<OciLayout>, Error> {
+    if components.iter().any(|c| c.recipe.image.is_some()) {
+        Ok(Some(
+            OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?,
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+/// One walk of a graph: what it runs on and how.
+pub(crate) struct Run<'a> {
+    pub store: &'a Store,
+    pub git: &'a Git,
+    pub components: &'a [Component],
+    pub nodes: &'a [Node<'a>],
+    pub layout: Option<&'a OciLayout>,
+    pub env_name: &'a str,
+    pub jobs: usize,
+    pub keep_going: bool,
+}
+
+/// After every node succeeded: the images are indexed, loaded, tested and pushed.
+pub(crate) fn publish_all(
+    opts: &BuildOptions,
+    run: &Run<'_>,
+    docker: Option<&cascade_docker::Docker>,
+    done: &[OnceLock<Done>],
+    report: &mut BuildReport,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<(), Error> {
+    let Some(l) = run.layout else {
+        return Ok(());
+    };
+    if !report.success() {
+        return Ok(());
+    }
+    let images: Vec<ImageRef> = done
+        .iter()
+        .filter_map(|d| d.get().and_then(|d| d.image.clone()))
+        .collect();
+    index_images(l, &images).map_err(Error::Image)?;
+    publish_images(opts, run.store, l, docker, run.nodes, report, on_event)?;
+    if report.success() && opts.publish.push {
+        for line in publish::push(l, &images)? {
+            on_event(Event::Published(&line));
+        }
+    }
+    Ok(())
+}
+
+/// Runs every node in dependency order on the scheduler: cache lookup or execution,
+/// then its image. Returns the report (without lockfile) and what each node made.
+pub(crate) fn run_graph(
+    run: &Run<'_>,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> (BuildReport, Vec<OnceLock<Done>>) {
+    let started = Instant::now();
+    let (nodes, components) = (run.nodes, run.components);
+    on_event(Event::Scheduled { total: nodes.len() });
+    let deps: Vec<Vec<usize>> = components.iter().map(|c| c.deps()).collect();
     let done: Vec<OnceLock<Done>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
     let reports: Vec<Mutex<Option<NodeReport>>> =
         (0..nodes.len()).map(|_| Mutex::new(None)).collect();
 
-    let outcomes = cascade_exec::schedule(&deps, opts.jobs, opts.keep_going, |i| {
+    let outcomes = cascade_exec::schedule(&deps, run.jobs, run.keep_going, |i| {
         let node = &nodes[i];
         on_event(Event::Started {
             name: &node.component.name,
@@ -270,7 +379,7 @@ pub fn build(
             .filter_map(|&j| {
                 done[j]
                     .get()
-                    .map(|d| (graph.components[j].name.clone(), d.output))
+                    .map(|d| (components[j].name.clone(), d.output))
             })
             .collect();
         let mut warnings = Vec::new();
@@ -280,9 +389,15 @@ pub fn build(
             .and_then(|b| done[b].get())
             .and_then(|d| d.image.as_ref())
             .map(|i| i.digest);
-        let result = run_node(&store, &git, node, &opts.env, &inputs, &mut warnings).and_then(
-            |(d, built)| with_image(&store, layout.as_ref(), env, node, d, base_image, built),
-        );
+        let result = run_node(
+            run.store,
+            run.git,
+            node,
+            run.env_name,
+            &inputs,
+            &mut warnings,
+        )
+        .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
         let (status, key, output, image) = match result {
             Ok((d, built)) => {
                 let (k, o, img) = (d.key, d.output, d.image.clone());
@@ -322,11 +437,11 @@ pub fn build(
             (None, o) => {
                 let status = match o {
                     Outcome::Skipped => {
-                        let failed: Vec<&str> = graph.components[i]
-                            .inputs
+                        let failed: Vec<&str> = components[i]
+                            .deps()
                             .iter()
                             .filter(|&&j| !matches!(outcomes[j], Outcome::Succeeded))
-                            .map(|&j| graph.components[j].name.as_str())
+                            .map(|&j| components[j].name.as_str())
                             .collect();
                         NodeStatus::Skipped {
                             because: format!("input {} did not build", failed.join(", ")),
@@ -342,62 +457,30 @@ pub fn build(
         node_reports.push(r);
     }
     let count = |f: fn(&NodeStatus) -> bool| node_reports.iter().filter(|r| f(&r.status)).count();
-    let mut report = BuildReport {
-        environment: opts.env.clone(),
+    let report = BuildReport {
+        environment: run.env_name.to_string(),
         built: count(|s| matches!(s, NodeStatus::Built)),
         cached: count(|s| matches!(s, NodeStatus::Cached)),
         failed: count(|s| matches!(s, NodeStatus::Failed { .. })),
         skipped: count(|s| matches!(s, NodeStatus::Skipped { .. } | NodeStatus::NotStarted)),
         nodes: node_reports,
         lockfile: None,
-        duration_ms: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        replay: None,
     };
-    if report.success() {
-        let images: Vec<ImageRef> = done
-            .iter()
-            .filter_map(|d| d.get().and_then(|d| d.image.clone()))
-            .collect();
-        if let Some(l) = &layout {
-            index_images(l, &images).map_err(Error::Image)?;
-            publish_images(
-                opts,
-                &store,
-                l,
-                docker.as_deref(),
-                &nodes,
-                &mut report,
-                on_event,
-            )?;
-            if report.success() && opts.publish.push {
-                for line in publish::push(l, &images)? {
-                    on_event(Event::Published(&line));
-                }
-            }
-        }
-    }
-    if report.success() {
-        let lock = lockfile(&project, &nodes, &done, &report);
-        report.lockfile = Some(write_lockfile(
-            &opts.project,
-            &opts.env,
-            &opts.stamp,
-            &lock,
-        )?);
-    }
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    (report, done)
 }
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
 /// reported before anything runs.
 pub(crate) fn prepare<'a>(
-    project: &'a Project,
+    components: &'a [Component],
     pinned: &'a [Pinned],
     tools: &Tools,
 ) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
-    for (c, p) in project.graph.components.iter().zip(pinned) {
+    for (c, p) in components.iter().zip(pinned) {
         // Steps run under `sh`, so it is always part of the runner.
         let mut names: Vec<&str> = c.recipe.tools.iter().map(String::as_str).collect();
         if !names.contains(&"sh") {
@@ -428,6 +511,7 @@ pub(crate) fn prepare<'a>(
             tools: resolved,
             runner,
             recipe,
+            reference: None,
         });
     }
     if problems.is_empty() {
@@ -456,7 +540,6 @@ struct Failure {
 fn with_image(
     store: &Store,
     layout: Option<&OciLayout>,
-    env: &cascade_manifest::Environment,
     node: &Node<'_>,
     mut done: Done,
     base: Option<OciDigest>,
@@ -468,7 +551,7 @@ fn with_image(
     let k = Some(done.key);
     let layout =
         layout.ok_or_else(|| fail(FailureCause::Environment, "no image layout was opened", k))?;
-    match build_image(store, layout, env, node, decl, &done.output, base.as_ref()) {
+    match build_image(store, layout, node, decl, &done.output, base.as_ref()) {
         Ok(image) => {
             done.image = Some(image);
             Ok((done, built))
@@ -736,13 +819,13 @@ fn test_line(node: &str, t: &TestReport) -> String {
 }
 
 /// The closure of this build as a lockfile value.
-fn lockfile(
-    project: &Project,
+pub(crate) fn lockfile(
+    environment: &str,
+    graph: Digest,
     nodes: &[Node<'_>],
     done: &[OnceLock<Done>],
     report: &BuildReport,
 ) -> Lockfile {
-    let graph = &project.graph;
     let mut out = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
         let Some(d) = done[i].get() else { continue };
@@ -771,6 +854,7 @@ fn lockfile(
                 image: d.image.as_ref().map(|i| LockImage {
                     reference: i.reference.clone(),
                     digest: i.digest.to_string(),
+                    spec: c.recipe.image.as_ref().map(|decl| decl.digest()),
                 }),
                 tests: report.nodes[i]
                     .tests
@@ -781,8 +865,8 @@ fn lockfile(
         );
     }
     Lockfile {
-        environment: graph.environment.name.clone(),
-        graph: graph_identity(project),
+        environment: environment.to_string(),
+        graph,
         nodes: out,
     }
 }
@@ -807,7 +891,12 @@ fn graph_identity(project: &Project) -> Digest {
 
 /// Writes `lockfiles/<env>-<stamp>.yaml` atomically. A same-named file with other
 /// bytes (two builds in one second) gets a numbered sibling instead of being replaced.
-fn write_lockfile(root: &Path, env: &str, stamp: &str, lock: &Lockfile) -> Result<PathBuf, Error> {
+pub(crate) fn write_lockfile(
+    root: &Path,
+    env: &str,
+    stamp: &str,
+    lock: &Lockfile,
+) -> Result<PathBuf, Error> {
     let text = cascade_lock::write(lock);
     let dir = root.join("lockfiles");
     let mut n = 1;

@@ -114,6 +114,24 @@ pub enum Error {
     #[diagnostic(transparent)]
     Lockfile(Box<LockfileProblem>),
 
+    #[error("`--env {given}`, but `{lockfile}` is a lockfile of environment `{recorded}`")]
+    #[diagnostic(
+        code(cascade::wrong_environment),
+        help("leave out --env: a replay builds the lockfile's environment")
+    )]
+    WrongEnvironment {
+        given: String,
+        lockfile: String,
+        recorded: String,
+    },
+
+    #[error("this machine's tools differ from the lockfile's (--strict): {}", risks.join("; "))]
+    #[diagnostic(
+        code(cascade::reproducibility_risk),
+        help("install the tools the lockfile was built with, or replay without --strict")
+    )]
+    ReproducibilityRisk { risks: Vec<String> },
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -159,14 +177,16 @@ impl Error {
             | Error::NoLockfile { .. }
             | Error::NoImage { .. }
             | Error::NoRegistry { .. }
-            | Error::Lockfile(_) => 2,
+            | Error::Lockfile(_)
+            | Error::WrongEnvironment { .. } => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }
             | Error::Image(_)
             | Error::Docker { .. }
             | Error::Load { .. }
-            | Error::Push { .. } => 3,
+            | Error::Push { .. }
+            | Error::ReproducibilityRisk { .. } => 3,
         }
     }
 }

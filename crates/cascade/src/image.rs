@@ -167,13 +167,15 @@ fn image_key(
 pub(crate) fn build_image(
     store: &Store,
     layout: &OciLayout,
-    env: &Environment,
     node: &Node<'_>,
     decl: &ImageDecl,
     output: &OutputDigest,
     base: Option<&OciDigest>,
 ) -> Result<ImageRef, ImageFailure> {
-    let reference = reference(env, node);
+    let reference = node
+        .reference
+        .clone()
+        .unwrap_or_else(|| format!("{}:latest", node.component.name));
     let base = match &decl.base {
         ImageBase::Scratch => None,
         ImageBase::Component(name) => Some(*base.ok_or_else(|| {

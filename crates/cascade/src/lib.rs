@@ -4,6 +4,7 @@
 //! pin → key → execute → store → lock → publish.
 
 mod build;
+mod check;
 mod errors;
 mod image;
 mod load;
@@ -11,8 +12,10 @@ mod lockfiles;
 mod pin;
 mod plan;
 mod publish;
+mod replay;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
+pub use check::{FileDiff, Mismatch};
 pub use errors::{Error, LockfileProblem, Problems};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};
@@ -23,3 +26,4 @@ pub use plan::{
     SourcePoint, Why, WhyNode,
 };
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
+pub use replay::{ReplayOptions, ReplayReport};

@@ -363,7 +363,7 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
         let store = Store::open(&opts.store)?;
         let git = Git::new(store.git_dir());
         let pinned = pin_all(&project, &git)?;
-        let nodes = prepare(&project, &pinned, &opts.tools)?;
+        let nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
         let base = base
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;

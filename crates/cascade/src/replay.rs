@@ -1,0 +1,555 @@
+//! `cascade build --lock FILE [--check]`: build exactly what a lockfile pins.
+//!
+//! The graph comes from the lockfile alone, not from today's manifests: each node's
+//! commit and tree, its recipe and image declaration recovered from the store by the
+//! digests the lockfile records, its inputs by name. Every node is keyed again and its
+//! key compared with the lockfile's before anything runs: a differing host tool is a
+//! reproducibility risk (an error with `--strict`); ingredients that do not give the
+//! recorded key mean the lockfile was edited.
+//!
+//! `--check` builds every node again from scratch, in a temporary store that shares only
+//! the real store's git mirrors, recipes and base images, and compares every output and
+//! image digest with the lockfile's; `check.rs` names the files that differ.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cascade_core::{BlobDigest, FileId, KeyIngredients, Span};
+use cascade_git::{Git, GitError, RevSpec};
+use cascade_lock::{LockNode, Lockfile};
+use cascade_manifest::{Component, ImageBase, ImageDecl, Recipe, Rev, SourceSpec};
+use cascade_store::Store;
+use miette::Diagnostic;
+
+use crate::build::{
+    any_tests, lockfile, open_layout, prepare, publish_all, run_graph, write_lockfile,
+    BuildOptions, BuildReport, Event, Run,
+};
+use crate::check::{compare_outputs, Mismatch};
+use crate::errors::LockfileProblem;
+use crate::pin::locate;
+use crate::{publish, Error, Pinned, Problems};
+
+/// How a lockfile is replayed.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// The lockfile to build.
+    pub lock: Option<PathBuf>,
+    /// Rebuild everything from scratch and compare with the lockfile.
+    pub check: bool,
+    /// Write a new lockfile after a successful replay (by default a replay writes none).
+    pub write_lock: bool,
+    /// A host tool that differs from the lockfile's runner is an error, not a warning.
+    pub strict: bool,
+}
+
+/// What a replay found, beside the build itself.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReplayReport {
+    /// The lockfile replayed, as given.
+    pub lockfile: PathBuf,
+    pub check: bool,
+    /// Nodes whose host tools differ from the lockfile's (a reproducibility risk).
+    pub risks: Vec<String>,
+    /// Outputs or images that differ from the lockfile's.
+    pub mismatches: Vec<Mismatch>,
+}
+
+struct Locked<'l> {
+    path: String,
+    text: String,
+    lock: &'l Lockfile,
+}
+
+impl Locked<'_> {
+    fn problem(
+        &self,
+        node: &str,
+        needle: &str,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) -> Error {
+        LockfileProblem::at(&self.path, &self.text, node, needle, message, label, help)
+    }
+}
+
+pub(crate) fn replay(
+    opts: &BuildOptions,
+    lock_path: &Path,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<BuildReport, Error> {
+    let started = Instant::now();
+    let shown = lock_path
+        .strip_prefix(&opts.project)
+        .unwrap_or(lock_path)
+        .display()
+        .to_string();
+    let text = fs::read_to_string(lock_path).map_err(|source| Error::Read {
+        path: PathBuf::from(&shown),
+        source,
+    })?;
+    let lock = cascade_lock::read(&shown, &text)?;
+    if !opts.env.is_empty() && opts.env != lock.environment {
+        return Err(Error::WrongEnvironment {
+            given: opts.env.clone(),
+            lockfile: shown,
+            recorded: lock.environment.clone(),
+        });
+    }
+    let locked = Locked {
+        path: shown.clone(),
+        text,
+        lock: &lock,
+    };
+    let real = Store::open(&opts.store)?;
+    // Today's manifests, when they still resolve: a fallback for recipes and image
+    // declarations a cold store does not have (used only where the digests match).
+    let current = crate::load(&opts.project, &lock.environment).ok();
+    let components = components(&locked, &real, current.as_ref())?;
+    let git = Git::new(real.git_dir());
+    let env_dir = opts.project.join("graph/environments");
+    let pinned = pin(&locked, &components, &git, &env_dir)?;
+    let mut nodes = prepare(&components, &pinned, &opts.tools)?;
+    for n in &mut nodes {
+        n.reference = lock.nodes[&n.component.name]
+            .image
+            .as_ref()
+            .map(|i| i.reference.clone());
+    }
+    let risks = verify_keys(&locked, &real, &nodes, opts.replay.strict)?;
+    for r in &risks {
+        on_event(Event::Published(&format!("  warning  {r}")));
+    }
+    let docker = publish::engine_for(&opts.publish, any_tests(&components))?;
+
+    // --check: a fresh store for everything that is built; the real one keeps serving
+    // git mirrors (through `git`), and pinned base images are copied over.
+    let scratch = if opts.replay.check {
+        Some(real.temp_dir()?)
+    } else {
+        None
+    };
+    let store = match &scratch {
+        Some(dir) => Store::open(dir.path())?,
+        None => real.clone(),
+    };
+    let layout = open_layout(&store, &components)?;
+    if let (Some(l), true) = (&layout, opts.replay.check) {
+        copy_pinned_bases(&real, l, &components)?;
+    }
+    let run = Run {
+        store: &store,
+        git: &git,
+        components: &components,
+        nodes: &nodes,
+        layout: layout.as_ref(),
+        env_name: &lock.environment,
+        jobs: opts.jobs,
+        keep_going: opts.keep_going,
+    };
+    let (mut report, done) = run_graph(&run, on_event);
+
+    let mut mismatches = Vec::new();
+    for (node, d) in nodes.iter().zip(&done) {
+        let Some(d) = d.get() else { continue };
+        let ln = &lock.nodes[&node.component.name];
+        if d.output != ln.output {
+            mismatches.push(compare_outputs(
+                &node.component.name,
+                &real,
+                &store,
+                &ln.output,
+                &d.output,
+            ));
+        }
+        if let (Some(was), Some(now)) = (&ln.image, &d.image) {
+            if was.digest != now.digest.to_string() {
+                mismatches.push(Mismatch::image(
+                    &node.component.name,
+                    &was.digest,
+                    &now.digest.to_string(),
+                ));
+            }
+        }
+    }
+    for m in &mismatches {
+        on_event(Event::Published(&m.to_string()));
+    }
+    report.replay = Some(ReplayReport {
+        lockfile: lock_path.to_path_buf(),
+        check: opts.replay.check,
+        risks,
+        mismatches,
+    });
+    if !opts.replay.check {
+        publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+    }
+    if report.success() && opts.replay.write_lock {
+        let new = lockfile(&lock.environment, lock.graph, &nodes, &done, &report);
+        report.lockfile = Some(write_lockfile(
+            &opts.project,
+            &lock.environment,
+            &opts.stamp,
+            &new,
+        )?);
+    }
+    drop(scratch);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// The lockfile's nodes as components, in build order: recipes and image declarations
+/// from the store, inputs and image bases as edges.
+fn components(
+    locked: &Locked<'_>,
+    store: &Store,
+    current: Option<&crate::Project>,
+) -> Result<Vec<Component>, Error> {
+    let lock = locked.lock;
+    let today =
+        |name: &str| current.and_then(|p| p.graph.components.iter().find(|c| c.name == name));
+    let mut recipes: BTreeMap<&str, Recipe> = BTreeMap::new();
+    for (name, ln) in &lock.nodes {
+        let mut recipe = store
+            .get_blob(&BlobDigest(ln.recipe))
+            .ok()
+            .and_then(|b| Recipe::decode_canonical(&b).ok())
+            .or_else(|| {
+                today(name)
+                    .filter(|c| c.recipe.digest() == ln.recipe)
+                    .map(|c| Recipe {
+                        timeout: c.recipe.timeout,
+                        image: None,
+                        tests: Vec::new(),
+                        ..c.recipe.clone()
+                    })
+            })
+            .ok_or_else(|| {
+                locked.problem(
+                    name,
+                    &ln.recipe.to_string(),
+                    format!(
+                        "the recipe of `{name}` is neither in the store nor in `recipes/{name}.yaml` today"
+                    ),
+                    "no recipe with this digest",
+                    Some(
+                        "a lockfile replays with a store that built it (recipes are kept there \
+                         by digest), or while the recipe file is unchanged; use that store \
+                         (--store), or check out the project at the commit that wrote the lockfile"
+                            .into(),
+                    ),
+                )
+            })?;
+        let recorded: BTreeSet<&str> = ln.inputs.keys().map(String::as_str).collect();
+        let declared: BTreeSet<&str> = recipe.inputs.iter().map(String::as_str).collect();
+        if recorded != declared {
+            return Err(locked.problem(
+                name,
+                "inputs:",
+                format!("the inputs of `{name}` do not match its recipe's"),
+                "not the recipe's inputs",
+                Some("the lockfile was edited; rebuild the environment to get a true one".into()),
+            ));
+        }
+        if let Some(image) = &ln.image {
+            let decl = image
+                .spec
+                .and_then(|d| store.get_blob(&BlobDigest(d)).ok())
+                .and_then(|b| ImageDecl::decode_canonical(&b).ok())
+                .or_else(|| {
+                    let decl = today(name)?.recipe.image.clone()?;
+                    (Some(decl.digest()) == image.spec).then_some(decl)
+                })
+                .ok_or_else(|| {
+                    locked.problem(
+                        name,
+                        "image:",
+                        format!(
+                            "the image declaration of `{name}` is neither in the store nor in `recipes/{name}.yaml` today"
+                        ),
+                        "cannot be made again",
+                        Some("replay it with the store that built it (--store)".to_string()),
+                    )
+                })?;
+            recipe.image = Some(decl);
+        }
+        recipes.insert(name, recipe);
+    }
+    // Kahn's algorithm, smallest name first, as `resolve` orders a graph.
+    let deps_of = |name: &str| -> BTreeSet<String> {
+        let r = &recipes[name];
+        let mut d: BTreeSet<String> = r.inputs.iter().cloned().collect();
+        if let Some(ImageDecl {
+            base: ImageBase::Component(b),
+            ..
+        }) = &r.image
+        {
+            d.insert(b.clone());
+        }
+        d
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    while order.len() < recipes.len() {
+        let next = recipes
+            .keys()
+            .find(|n| !placed.contains(**n) && deps_of(n).iter().all(|d| placed.contains(d)));
+        let Some(next) = next else {
+            let stuck = recipes
+                .keys()
+                .find(|n| !placed.contains(**n))
+                .copied()
+                .unwrap_or_default();
+            return Err(locked.problem(
+                stuck,
+                "inputs:",
+                format!(
+                    "the inputs of `{stuck}` name a component the lockfile lacks, or form a cycle"
+                ),
+                "here",
+                None,
+            ));
+        };
+        placed.insert(next.to_string());
+        order.push(next.to_string());
+    }
+    let index: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let nowhere = Span::new(FileId(0), 0, 0);
+    let mut out = Vec::new();
+    for name in &order {
+        let ln = &lock.nodes[name];
+        let recipe = recipes
+            .remove(name.as_str())
+            .unwrap_or_else(|| unreachable!());
+        let inputs = recipe
+            .inputs
+            .iter()
+            .filter_map(|i| index.get(i.as_str()).copied())
+            .collect();
+        let image_base = match &recipe.image {
+            Some(ImageDecl {
+                base: ImageBase::Component(b),
+                ..
+            }) => index.get(b.as_str()).copied(),
+            _ => None,
+        };
+        // The rev as recorded (a new lockfile says the same); `pin` below goes by the
+        // recorded commit, not by this.
+        let rev = match &ln.source.r#ref {
+            Some(r) => Rev::Ref(r.clone()),
+            None => match semver::Version::parse(&ln.source.version) {
+                Ok(v) => Rev::Version(v),
+                Err(_) => Rev::Ref(ln.source.commit.clone()),
+            },
+        };
+        out.push(Component {
+            name: name.clone(),
+            source: SourceSpec {
+                repo: ln.source.repo.clone(),
+                repo_span: nowhere,
+                rev,
+                rev_span: nowhere,
+                dir: ln.source.dir.clone(),
+            },
+            recipe,
+            recipe_file: FileId(0),
+            inputs,
+            image_base,
+        });
+    }
+    Ok(out)
+}
+
+/// Each node at exactly its recorded commit and tree, with its recorded version.
+fn pin(
+    locked: &Locked<'_>,
+    components: &[Component],
+    git: &Git,
+    env_dir: &Path,
+) -> Result<Vec<Pinned>, Error> {
+    let mut out = Vec::new();
+    for c in components {
+        let ln: &LockNode = &locked.lock.nodes[&c.name];
+        let s = &ln.source;
+        let location = locate(&s.repo, env_dir);
+        let mut pinned = match git.pin(&location, RevSpec::Ref(&s.commit), s.dir.as_deref()) {
+            Ok(p) => p,
+            Err(e @ GitError::FetchFailed { .. }) => {
+                return Err(Error::Environment(Problems::new(
+                    "unreachable source",
+                    vec![Box::new(SourceGone {
+                        message: format!("could not fetch the source of `{}`: {e}", c.name),
+                    }) as Box<dyn Diagnostic + Send + Sync>],
+                )))
+            }
+            Err(e) => {
+                return Err(locked.problem(
+                    &c.name,
+                    &s.commit,
+                    format!(
+                        "commit {} of `{}` cannot be found in `{}`",
+                        &s.commit, c.name, s.repo
+                    ),
+                    "no such commit",
+                    Some(format!("{e}")),
+                ))
+            }
+        };
+        if pinned.commit != s.commit || pinned.tree != s.tree {
+            return Err(locked.problem(
+                &c.name,
+                &s.tree,
+                format!(
+                    "the tree of `{}` at {} is {}, not the lockfile's",
+                    c.name, &s.commit, pinned.tree
+                ),
+                "not this commit's tree",
+                None,
+            ));
+        }
+        pinned.version = semver::Version::parse(&s.version).map_err(|e| {
+            locked.problem(
+                &c.name,
+                &s.version,
+                format!("`{}` is not a version: {e}", s.version),
+                "not semver",
+                None,
+            )
+        })?;
+        out.push(Pinned {
+            location,
+            source: pinned,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(cascade::source))]
+struct SourceGone {
+    message: String,
+}
+
+/// Before anything runs: every node's key from its recorded ingredients must be the
+/// recorded key (else the lockfile was edited), and its host tools should be the
+/// recorded ones (else a reproducibility risk, returned; an error with `strict`).
+fn verify_keys(
+    locked: &Locked<'_>,
+    store: &Store,
+    nodes: &[crate::build::Node<'_>],
+    strict: bool,
+) -> Result<Vec<String>, Error> {
+    let mut risks = Vec::new();
+    for node in nodes {
+        let name = &node.component.name;
+        let ln = &locked.lock.nodes[name];
+        let old = store
+            .get_key_manifest(&ln.key)
+            .ok()
+            .and_then(|b| KeyIngredients::decode(&b).ok());
+        let runner_same = node.runner.digest() == ln.runner;
+        // The ingredients that give the recorded key: from the store when it has them,
+        // else ours, with the recorded inputs.
+        let edited = match &old {
+            Some(o) => {
+                o.recipe != ln.recipe
+                    || o.source.commit != ln.source.commit
+                    || o.source.tree != ln.source.tree
+                    || o.source.version != ln.source.version
+                    || o.source.dir != ln.source.dir
+                    || o.inputs != ln.inputs
+                    || o.runner.digest() != ln.runner
+            }
+            None if runner_same => node.ingredients(&ln.inputs).key() != ln.key,
+            None => false,
+        };
+        if edited {
+            return Err(locked.problem(
+                name,
+                &ln.key.to_string(),
+                format!("the key of `{name}` does not match its ingredients"),
+                "not the key of what this entry records",
+                Some(
+                    "the lockfile was edited by hand; rebuild the environment to get a true one"
+                        .into(),
+                ),
+            ));
+        }
+        if !runner_same {
+            let detail = match (&old, &node.runner) {
+                (
+                    Some(KeyIngredients {
+                        runner: cascade_core::RunnerIdentity::Host { tools: was },
+                        ..
+                    }),
+                    cascade_core::RunnerIdentity::Host { tools: now },
+                ) => {
+                    let changed: Vec<String> = now
+                        .iter()
+                        .filter(|(t, d)| was.get(*t) != Some(d))
+                        .map(|(t, _)| t.clone())
+                        .chain(was.keys().filter(|t| !now.contains_key(*t)).cloned())
+                        .collect();
+                    format!("tools {}", changed.join(", "))
+                }
+                _ => "its runner".to_string(),
+            };
+            risks.push(format!(
+                "`{name}`: {detail} differ from the lockfile's (a reproducibility risk)"
+            ));
+        }
+    }
+    if strict && !risks.is_empty() {
+        return Err(Error::ReproducibilityRisk { risks });
+    }
+    Ok(risks)
+}
+
+/// `--check` builds in a fresh store: pinned base images come from the real one.
+fn copy_pinned_bases(
+    real: &Store,
+    to: &cascade_image::OciLayout,
+    components: &[Component],
+) -> Result<(), Error> {
+    let from = cascade_image::OciLayout::open_or_create(real.oci_dir()).map_err(Error::Image)?;
+    for c in components {
+        let Some(ImageDecl {
+            base: ImageBase::Pinned { digest, .. },
+            ..
+        }) = &c.recipe.image
+        else {
+            continue;
+        };
+        let Ok(manifest) = digest.parse::<cascade_image::OciDigest>() else {
+            continue;
+        };
+        let Ok(bytes) = from.read_blob(&manifest) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let mut blobs = vec![manifest];
+        let named =
+            std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
+        blobs.extend(named.filter_map(|d| {
+            d["digest"]
+                .as_str()?
+                .parse::<cascade_image::OciDigest>()
+                .ok()
+        }));
+        for b in blobs {
+            let bytes = from.read_blob(&b).map_err(Error::Image)?;
+            to.put_blob_bytes(&bytes).map_err(Error::Image)?;
+        }
+    }
+    Ok(())
+}
