@@ -286,3 +286,33 @@ fn a_different_host_tool_is_a_risk_and_an_error_when_strict() {
         other => panic!("--strict must refuse: {:?}", other.map(|r| r.success())),
     }
 }
+
+#[test]
+fn rollback_replays_the_previous_lockfile_without_a_step_and_makes_it_the_newest() {
+    let mut p = project("");
+    let none = p.run(&["rollback", "--env", ENV]);
+    assert_eq!(none.code, 2, "{}", none.stderr);
+    let first = p.build(ENV, 0);
+    let l1 = fs::read_to_string(p.lockfiles().pop().unwrap()).unwrap();
+    p.commit("base", "develop", &[("data.txt", Some("base v2\n"))], "v2");
+    // Two builds of the new state in a row: the previous *different* one is l1.
+    let second = p.build(ENV, 0);
+    p.build(ENV, 0);
+    assert_ne!(outputs(&first), outputs(&second));
+
+    let store = p.root.join("cache").display().to_string();
+    let r = p.run(&["rollback", "--env", ENV, "--json", "--store", &store]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["built"], 0, "the store has it all: no step runs");
+    assert_eq!(outputs(&r), outputs(&first));
+    assert!(r.stderr.contains("rolling back `test`"), "{}", r.stderr);
+    let newest = cascade::newest_lockfile(&p.root, ENV).unwrap();
+    assert_eq!(
+        fs::read_to_string(newest).unwrap(),
+        l1,
+        "the rollback is now the newest"
+    );
+    // And a plan against it: today's sources differ from what is current.
+    let plan = p.run(&["plan", "--env", ENV, "--json"]);
+    assert_eq!(plan.node("base")["reasons"][0]["kind"], "source");
+}

@@ -59,6 +59,26 @@ enum Command {
     Lock(lock::LockCommand),
     /// Pin an environment to what another environment's lockfile built.
     Promote(lock::PromoteArgs),
+    /// Build an environment's previous lockfile again and make it the newest.
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RollbackArgs {
+    #[command(flatten)]
+    common: EnvArgs,
+    /// Roll back to this lockfile instead of the previous one.
+    #[arg(long, value_name = "LOCKFILE")]
+    to: Option<PathBuf>,
+    /// Load the images into the local Docker Engine.
+    #[arg(long)]
+    load: bool,
+    /// Push the images to the registries the lockfile names (they are re-tagged there).
+    #[arg(long)]
+    push: bool,
+    /// How many nodes build at once [default: the number of CPUs].
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,6 +265,7 @@ where
         Command::Image(ImageCommand::Export(args)) => export(&cli.project, args, io),
         Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
         Command::Promote(args) => lock::promote(&cli.project, args, io),
+        Command::Rollback(args) => rollback(&cli.project, args, io),
     }
 }
 
@@ -416,6 +437,51 @@ fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
 
 fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
     store.cloned().unwrap_or_else(|| project.join("cache"))
+}
+
+/// `cascade rollback`: the previous lockfile (or `--to`), replayed, written as the
+/// newest, so the environment's history says what is current.
+fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i32 {
+    let env = args.common.env.clone();
+    let target = match args.to.clone() {
+        Some(t) => t,
+        None => match cascade::previous_lockfile(project, &env) {
+            Some((newest, previous)) => {
+                io.err_line(&format!(
+                    "rolling back `{env}` from {} to {}",
+                    shown(project, &newest),
+                    shown(project, &previous)
+                ));
+                previous
+            }
+            None => {
+                let e = cascade::Error::NoPrevious { env };
+                let color = io.color && !args.common.json;
+                return fail(&mut io, &e, args.common.json, color);
+            }
+        },
+    };
+    let build_args = BuildArgs {
+        env: Some(args.common.env),
+        store: args.common.store,
+        json: args.common.json,
+        lock: Some(target),
+        check: false,
+        write_lock: true,
+        strict: false,
+        jobs: args.jobs,
+        keep_going: false,
+        dry_run: false,
+        load: args.load,
+        push: args.push,
+        skip_tests: true,
+        against: None,
+    };
+    build(project, build_args, io)
+}
+
+fn shown(project: &std::path::Path, p: &std::path::Path) -> String {
+    p.strip_prefix(project).unwrap_or(p).display().to_string()
 }
 
 fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {

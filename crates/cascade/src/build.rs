@@ -890,7 +890,8 @@ fn graph_identity(project: &Project) -> Digest {
 }
 
 /// Writes `lockfiles/<env>-<stamp>.yaml` atomically. A same-named file with other
-/// bytes (two builds in one second) gets a numbered sibling instead of being replaced.
+/// bytes (two builds in one second) gets a numbered sibling instead of being replaced;
+/// the same bytes as the newest lockfile reuse it.
 pub(crate) fn write_lockfile(
     root: &Path,
     env: &str,
@@ -899,6 +900,9 @@ pub(crate) fn write_lockfile(
 ) -> Result<PathBuf, Error> {
     let text = cascade_lock::write(lock);
     let dir = root.join("lockfiles");
+    // An identical file is reused only when it is the newest: a rollback within the
+    // same second must still become the newest lockfile.
+    let newest = crate::newest_lockfile(root, env);
     let mut n = 1;
     loop {
         let name = if n == 1 {
@@ -908,7 +912,7 @@ pub(crate) fn write_lockfile(
         };
         let path = dir.join(&name);
         match fs::read_to_string(&path) {
-            Ok(existing) if existing == text => return Ok(path),
+            Ok(existing) if existing == text && newest.as_ref() == Some(&path) => return Ok(path),
             Ok(_) => n += 1,
             Err(_) => {
                 Store::write_atomic(&path, text.as_bytes()).map_err(|source| Error::WriteLock {

@@ -132,6 +132,13 @@ pub enum Error {
     )]
     ReproducibilityRisk { risks: Vec<String> },
 
+    #[error("environment `{env}` has no earlier lockfile to roll back to")]
+    #[diagnostic(
+        code(cascade::no_previous),
+        help("a rollback needs two different lockfiles in `lockfiles/`; name one with --to")
+    )]
+    NoPrevious { env: String },
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -178,7 +185,8 @@ impl Error {
             | Error::NoImage { .. }
             | Error::NoRegistry { .. }
             | Error::Lockfile(_)
-            | Error::WrongEnvironment { .. } => 2,
+            | Error::WrongEnvironment { .. }
+            | Error::NoPrevious { .. } => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }

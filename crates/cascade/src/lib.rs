@@ -19,7 +19,9 @@ pub use check::{FileDiff, Mismatch};
 pub use errors::{Error, LockfileProblem, Problems};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};
-pub use lockfiles::{newest_lockfile, read_lockfile};
+pub use lockfiles::{
+    all_lockfiles, lockfiles_of, newest_lockfile, previous_lockfile, read_lockfile,
+};
 pub use pin::{pin_all, Pinned};
 pub use plan::{
     plan, InputChange, Plan, PlanNode, PlanOptions, PlanState, Reason, ReasonKind, RootCause,

@@ -11,15 +11,72 @@ use crate::Error;
 /// the `-<n>` suffix of a second build in the same second). Names of other
 /// environments, including ones that merely start with `env-`, are ignored.
 pub fn newest_lockfile(root: &Path, env: &str) -> Option<PathBuf> {
-    let dir = fs::read_dir(root.join("lockfiles")).ok()?;
-    dir.filter_map(|e| e.ok())
+    lockfiles_of(root, env).into_iter().next()
+}
+
+/// Every lockfile of `env`, newest first.
+pub fn lockfiles_of(root: &Path, env: &str) -> Vec<PathBuf> {
+    let Ok(dir) = fs::read_dir(root.join("lockfiles")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<((String, u64), PathBuf)> = dir
+        .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let order = stamp_of(&name, env)?;
             Some((order, e.path()))
         })
-        .max()
-        .map(|(_, path)| path)
+        .collect();
+    found.sort();
+    found.into_iter().rev().map(|(_, p)| p).collect()
+}
+
+/// Every environment that has lockfiles, with them newest first.
+pub fn all_lockfiles(root: &Path) -> std::collections::BTreeMap<String, Vec<PathBuf>> {
+    let mut envs = std::collections::BTreeSet::new();
+    if let Ok(dir) = fs::read_dir(root.join("lockfiles")) {
+        for e in dir.filter_map(|e| e.ok()) {
+            if let Ok(name) = e.file_name().into_string() {
+                if let Some(env) = env_of(&name) {
+                    envs.insert(env);
+                }
+            }
+        }
+    }
+    envs.into_iter()
+        .map(|env| {
+            let files = lockfiles_of(root, &env);
+            (env, files)
+        })
+        .collect()
+}
+
+/// The environment of `<env>-<stamp>[-<n>].yaml`, read from the right.
+fn env_of(name: &str) -> Option<String> {
+    let rest = name.strip_suffix(".yaml")?;
+    // Try "<env>-<stamp>-<n>" first, then "<env>-<stamp>".
+    let candidates = [
+        rest.rsplit_once('-')
+            .and_then(|(a, n)| n.parse::<u64>().ok().map(|_| a)),
+        Some(rest),
+    ];
+    candidates.into_iter().flatten().find_map(|r| {
+        let (env, _) = r.rsplit_once('-')?;
+        stamp_of(name, env).map(|_| env.to_string())
+    })
+}
+
+/// For a rollback: the newest lockfile of `env` whose content differs from the newest
+/// one (two identical builds in a row are one state). `None` when there is none.
+pub fn previous_lockfile(root: &Path, env: &str) -> Option<(PathBuf, PathBuf)> {
+    let all = lockfiles_of(root, env);
+    let newest = all.first()?.clone();
+    let bytes = fs::read(&newest).ok()?;
+    let previous = all
+        .into_iter()
+        .skip(1)
+        .find(|p| fs::read(p).map(|b| b != bytes).unwrap_or(false))?;
+    Some((newest, previous))
 }
 
 /// `(stamp, n)` for `<env>-<YYYYMMDDTHHMMSSZ>[-<n>].yaml`, else `None`.
@@ -81,5 +138,27 @@ mod tests {
             "scratch-eu-20261231T000000Z.yaml"
         );
         assert_eq!(newest_lockfile(dir.path(), "prod"), None);
+        let envs: Vec<String> = all_lockfiles(dir.path()).into_keys().collect();
+        assert_eq!(envs, ["scratch", "scratch-eu"]);
+        assert_eq!(lockfiles_of(dir.path(), "scratch").len(), 4);
+    }
+
+    #[test]
+    fn previous_skips_identical_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("lockfiles");
+        fs::create_dir(&locks).unwrap();
+        for (name, text) in [
+            ("x-20261101T000000Z.yaml", "a"),
+            ("x-20261102T000000Z.yaml", "b"),
+            ("x-20261103T000000Z.yaml", "c"),
+            ("x-20261104T000000Z.yaml", "c"),
+        ] {
+            fs::write(locks.join(name), text).unwrap();
+        }
+        let (newest, previous) = previous_lockfile(dir.path(), "x").unwrap();
+        assert!(newest.ends_with("x-20261104T000000Z.yaml"));
+        assert!(previous.ends_with("x-20261102T000000Z.yaml"));
+        assert_eq!(previous_lockfile(dir.path(), "none"), None);
     }
 }
