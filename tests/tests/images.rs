@@ -338,3 +338,32 @@ fn tar_names(path: &std::path::Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn gc_removes_old_images_and_keeps_the_newest_exportable() {
+    let p = project("", "develop");
+    let first = p.build(ENV, 0);
+    p.write(
+        "recipes/app.yaml",
+        &app_recipe("  labels: { team: platform }\n"),
+    );
+    let second = p.build(ENV, 0);
+    let blob = |r: &Run| {
+        let d = image(r, "app").1;
+        p.root.join("cache/oci/blobs/sha256").join(&d[7..])
+    };
+    assert!(blob(&first).exists() && blob(&second).exists());
+    let store = p.root.join("cache").display().to_string();
+    let r = p.run(&["gc", "--keep", "1", "--store", &store]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !blob(&first).exists(),
+        "the old image's manifest is collected"
+    );
+    assert!(blob(&second).exists());
+    let out = p.root.join("app.tar").display().to_string();
+    let e = p.run(&[
+        "image", "export", "app", "--env", ENV, "--store", &store, "-o", &out,
+    ]);
+    assert_eq!(e.code, 0, "{}", e.stderr);
+}

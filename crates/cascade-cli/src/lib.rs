@@ -61,6 +61,24 @@ enum Command {
     Promote(lock::PromoteArgs),
     /// Build an environment's previous lockfile again and make it the newest.
     Rollback(RollbackArgs),
+    /// Remove from the store what the newest lockfiles of every environment do not need.
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GcArgs {
+    /// How many of each environment's newest lockfiles stay reproducible from the store.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
+    /// Say what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The store directory [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -266,6 +284,7 @@ where
         Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
         Command::Promote(args) => lock::promote(&cli.project, args, io),
         Command::Rollback(args) => rollback(&cli.project, args, io),
+        Command::Gc(args) => gc(&cli.project, args, io),
     }
 }
 
@@ -478,6 +497,48 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
         against: None,
     };
     build(project, build_args, io)
+}
+
+fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
+    let color = io.color && !args.json;
+    let opts = cascade::GcOptions {
+        project: project.to_path_buf(),
+        store: default_store(project, args.store.as_ref()),
+        keep: args.keep as usize,
+        dry_run: args.dry_run,
+    };
+    match cascade::gc(&opts) {
+        Ok(r) if args.json => json_ok(&mut io, &r),
+        Ok(r) => {
+            let verb = if r.dry_run { "would remove" } else { "removed" };
+            io.err_line(&format!(
+                "kept the closure of {} lockfile{}; {verb} {} entr{} ({})",
+                r.roots.len(),
+                if r.roots.len() == 1 { "" } else { "s" },
+                r.report.removed_entries(),
+                if r.report.removed_entries() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                bytes(r.report.freed_bytes())
+            ));
+            for (kind, (n, b)) in &r.report.removed {
+                io.err_line(&format!("  {kind:<8} {n} ({})", bytes(*b)));
+            }
+            EXIT_OK
+        }
+        Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
 }
 
 fn shown(project: &std::path::Path, p: &std::path::Path) -> String {

@@ -226,6 +226,43 @@ impl Git {
         Some(Distance { ahead, behind })
     }
 
+    /// The distinct contents `path` had in the commits reachable from HEAD of the
+    /// repository at `location`, newest first, looking at no more than `limit` commits.
+    /// Empty when there is no such repository or file: a best-effort search (replay uses
+    /// it to find a recipe the store no longer has in the project's own history).
+    pub fn file_history(&self, location: &str, path: &str, limit: usize) -> Vec<Vec<u8>> {
+        let Ok(repo) = self.open(location) else {
+            return Vec::new();
+        };
+        let state = lock(&repo.state);
+        let r = &state.repo;
+        let Ok(mut walk) = r.revwalk() else {
+            return Vec::new();
+        };
+        if walk.push_head().is_err() {
+            return Vec::new();
+        }
+        let _ = walk.set_sorting(git2::Sort::TIME);
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for oid in walk.take(limit).flatten() {
+            let Ok(commit) = r.find_commit(oid) else {
+                continue;
+            };
+            let Ok(tree) = commit.tree() else { continue };
+            let Ok(entry) = tree.get_path(Path::new(path)) else {
+                continue;
+            };
+            if !seen.insert(entry.id()) {
+                continue;
+            }
+            if let Ok(blob) = r.find_blob(entry.id()) {
+                out.push(blob.content().to_vec());
+            }
+        }
+        out
+    }
+
     /// The repository for `location`, opened (and for a remote, fetched) on first use.
     fn open(&self, location: &str) -> Result<Arc<Repo>, GitError> {
         let slot = lock(&self.repos)

@@ -35,5 +35,5 @@ pub use model::{
     LayerDecl, Mode, Probe, Recipe, Rev, SmokeTest, SourceSpec, Step, TEST_PLACEHOLDERS,
 };
 pub use range::{RangeError, VersionRange};
-pub use resolve::{resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
+pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
 pub use source::SourceDb;

@@ -63,6 +63,32 @@ fn parse_all(
     })
 }
 
+/// One recipe file on its own (for recovering an old recipe from history): every input
+/// it names counts as a component. `None` when it does not parse or validate.
+pub fn recipe_alone(db: &SourceDb, file: FileId, component: &str) -> Option<Recipe> {
+    let mut r = Resolver {
+        db,
+        diags: Vec::new(),
+    };
+    let ast: RecipeAst = parse(db, file, &mut r.diags)?;
+    let mut names: BTreeSet<String> = ast
+        .inputs
+        .iter()
+        .flat_map(|l| l.value.iter().map(|i| i.value.clone()))
+        .collect();
+    if let Some(base) = ast.image.as_ref().and_then(|i| i.value.base.as_ref()) {
+        names.insert(base.value.clone());
+    }
+    names.insert(component.to_string());
+    let names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let node = r.recipe(component, file, ast, &names, "?");
+    if r.diags.is_empty() {
+        node.recipe
+    } else {
+        None
+    }
+}
+
 /// Parse and validate everything; collect every problem.
 pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
     let mut r = Resolver {

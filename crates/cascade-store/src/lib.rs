@@ -18,6 +18,7 @@
 //! state or the new one. Every read re-hashes what it read; an entry that does not
 //! match its name is removed and reported as [`StoreError::Corrupt`], never returned.
 
+mod gc;
 mod outputs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use cascade_core::encode::{DecodeError, Decoder, Encoder};
 use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, OutputDigest, Tree, TreeDigest};
 
+pub use gc::{GcReport, Keep};
 pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -162,6 +164,13 @@ impl Store {
             .tempfile_in(dir)
             .map_err(StoreError::io(dir))?;
         tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+        // tempfile creates 0600; entries and lockfiles are meant to be read by others.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(StoreError::io(dest))?;
+        }
         tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
         tmp.persist(dest)
             .map_err(|e| StoreError::io(dest)(e.error))?;

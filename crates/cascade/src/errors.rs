@@ -139,6 +139,13 @@ pub enum Error {
     )]
     NoPrevious { env: String },
 
+    #[error("no lockfile in `lockfiles/`, so nothing is known to be worth keeping")]
+    #[diagnostic(
+        code(cascade::nothing_to_keep),
+        help("gc keeps what the newest lockfiles reference; with none it would empty the store (delete the store directory to do that)")
+    )]
+    NothingToKeep,
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -168,6 +175,47 @@ pub enum Error {
         #[source]
         source: cascade_store::StoreError,
     },
+
+    /// `promote` refused: smoke tests that did not pass, commits the target cannot pin,
+    /// versions outside the compatibility matrix. Each problem is its own diagnostic.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Promotion(Box<crate::promote::Refusal>),
+
+    #[error("promoting to `{env}` needs --approve")]
+    #[diagnostic(
+        code(cascade::approval_required),
+        help("review the deploy plan first (the same command with --dry-run), then run it again with --approve")
+    )]
+    ApprovalRequired { env: String },
+
+    #[error("`--from {from}`, but `{lockfile}` is a lockfile of environment `{recorded}`")]
+    #[diagnostic(
+        code(cascade::lockfile_environment),
+        help("leave out --from to promote this lockfile, or name a lockfile of `{from}`")
+    )]
+    LockfileEnvironment {
+        from: String,
+        lockfile: String,
+        recorded: String,
+    },
+
+    #[error("could not write `{path}`")]
+    #[diagnostic(code(cascade::manifest_write))]
+    WriteManifest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "the rewritten `{path}` did not load back ({detail}), so its old content was put back"
+    )]
+    #[diagnostic(
+        code(cascade::promote_rewrite),
+        help("this is a bug in cascade; please report it with this message")
+    )]
+    RewriteInvalid { path: PathBuf, detail: String },
 }
 
 impl Error {
@@ -186,10 +234,16 @@ impl Error {
             | Error::NoRegistry { .. }
             | Error::Lockfile(_)
             | Error::WrongEnvironment { .. }
-            | Error::NoPrevious { .. } => 2,
+            | Error::NoPrevious { .. }
+            | Error::NothingToKeep
+            | Error::Promotion(_)
+            | Error::ApprovalRequired { .. }
+            | Error::LockfileEnvironment { .. }
+            | Error::RewriteInvalid { .. } => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }
+            | Error::WriteManifest { .. }
             | Error::Image(_)
             | Error::Docker { .. }
             | Error::Load { .. }

@@ -84,6 +84,11 @@ pub fn reference(env: &Environment, node: &Node<'_>) -> String {
     };
     let template = env.tag.as_deref().unwrap_or(default);
     let r = match &c.source.rev {
+        // A ref that is a full SHA (a promoted environment pins commits) reads as its
+        // short form: the default tag is then `<short sha>-<short sha>`, not 48 characters.
+        Rev::Ref(r) if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            r[..7].to_string()
+        }
         Rev::Ref(r) => r.clone(),
         Rev::Version(v) => v.to_string(),
     };

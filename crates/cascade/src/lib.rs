@@ -5,18 +5,26 @@
 
 mod build;
 mod check;
+mod diff;
 mod errors;
+mod gc;
 mod image;
 mod load;
 mod lockfiles;
 mod pin;
 mod plan;
+mod promote;
 mod publish;
 mod replay;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use check::{FileDiff, Mismatch};
+pub use diff::{
+    diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,
+    LockDiff, NodeDiff, NodeState,
+};
 pub use errors::{Error, LockfileProblem, Problems};
+pub use gc::{gc, GcOptions, GcResult};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};
 pub use lockfiles::{
@@ -26,6 +34,9 @@ pub use pin::{pin_all, Pinned};
 pub use plan::{
     plan, InputChange, Plan, PlanNode, PlanOptions, PlanState, Reason, ReasonKind, RootCause,
     SourcePoint, Why, WhyNode,
+};
+pub use promote::{
+    promote, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
 pub use replay::{ReplayOptions, ReplayReport};

@@ -108,8 +108,12 @@ pub(crate) fn replay(
     // Today's manifests, when they still resolve: a fallback for recipes and image
     // declarations a cold store does not have (used only where the digests match).
     let current = crate::load(&opts.project, &lock.environment).ok();
-    let components = components(&locked, &real, current.as_ref())?;
     let git = Git::new(real.git_dir());
+    let history = History {
+        git: &git,
+        project: &opts.project,
+    };
+    let components = components(&locked, &real, current.as_ref(), &history)?;
     let env_dir = opts.project.join("graph/environments");
     let pinned = pin(&locked, &components, &git, &env_dir)?;
     let mut nodes = prepare(&components, &pinned, &opts.tools)?;
@@ -203,15 +207,42 @@ pub(crate) fn replay(
 
 /// The lockfile's nodes as components, in build order: recipes and image declarations
 /// from the store, inputs and image bases as edges.
+/// The project's own git history, searched for a recipe file whose digest matches.
+struct History<'a> {
+    git: &'a Git,
+    project: &'a Path,
+}
+
+/// How many commits of the project's history a replay searches for a lost recipe.
+const HISTORY_DEPTH: usize = 2000;
+
+impl History<'_> {
+    fn recipe(&self, name: &str, digest: &cascade_core::Digest) -> Option<Recipe> {
+        let location = self.project.canonicalize().ok()?.display().to_string();
+        let path = format!("recipes/{name}.yaml");
+        self.git
+            .file_history(&location, &path, HISTORY_DEPTH)
+            .into_iter()
+            .find_map(|bytes| {
+                let mut db = cascade_manifest::SourceDb::new();
+                let file = db.add(path.clone(), String::from_utf8(bytes).ok()?);
+                let r = cascade_manifest::recipe_alone(&db, file, name)?;
+                (r.digest() == *digest).then_some(r)
+            })
+    }
+}
+
 fn components(
     locked: &Locked<'_>,
     store: &Store,
     current: Option<&crate::Project>,
+    history: &History<'_>,
 ) -> Result<Vec<Component>, Error> {
     let lock = locked.lock;
     let today =
         |name: &str| current.and_then(|p| p.graph.components.iter().find(|c| c.name == name));
     let mut recipes: BTreeMap<&str, Recipe> = BTreeMap::new();
+    let mut found_decls: BTreeMap<&str, Option<ImageDecl>> = BTreeMap::new();
     for (name, ln) in &lock.nodes {
         let mut recipe = store
             .get_blob(&BlobDigest(ln.recipe))
@@ -219,12 +250,17 @@ fn components(
             .and_then(|b| Recipe::decode_canonical(&b).ok())
             .or_else(|| {
                 today(name)
-                    .filter(|c| c.recipe.digest() == ln.recipe)
-                    .map(|c| Recipe {
-                        timeout: c.recipe.timeout,
-                        image: None,
-                        tests: Vec::new(),
-                        ..c.recipe.clone()
+                    .map(|c| c.recipe.clone())
+                    .filter(|r| r.digest() == ln.recipe)
+                    .or_else(|| history.recipe(name, &ln.recipe))
+                    .map(|r| {
+                        // Kept aside: the image declaration is checked against `spec`.
+                        found_decls.insert(name.as_str(), r.image.clone());
+                        Recipe {
+                            image: None,
+                            tests: Vec::new(),
+                            ..r
+                        }
                     })
             })
             .ok_or_else(|| {
@@ -232,7 +268,7 @@ fn components(
                     name,
                     &ln.recipe.to_string(),
                     format!(
-                        "the recipe of `{name}` is neither in the store nor in `recipes/{name}.yaml` today"
+                        "the recipe of `{name}` is neither in the store nor in `recipes/{name}.yaml`, today or in the project's git history"
                     ),
                     "no recipe with this digest",
                     Some(
@@ -260,7 +296,11 @@ fn components(
                 .and_then(|d| store.get_blob(&BlobDigest(d)).ok())
                 .and_then(|b| ImageDecl::decode_canonical(&b).ok())
                 .or_else(|| {
-                    let decl = today(name)?.recipe.image.clone()?;
+                    let decl = found_decls
+                        .get(name.as_str())
+                        .cloned()
+                        .flatten()
+                        .or_else(|| today(name)?.recipe.image.clone())?;
                     (Some(decl.digest()) == image.spec).then_some(decl)
                 })
                 .ok_or_else(|| {
@@ -268,7 +308,7 @@ fn components(
                         name,
                         "image:",
                         format!(
-                            "the image declaration of `{name}` is neither in the store nor in `recipes/{name}.yaml` today"
+                            "the image declaration of `{name}` is neither in the store nor in `recipes/{name}.yaml`, today or in the project's git history"
                         ),
                         "cannot be made again",
                         Some("replay it with the store that built it (--store)".to_string()),

@@ -1,0 +1,147 @@
+//! Garbage collection: remove every entry that is not in a keep set. What to keep is
+//! the caller's business (the engine computes it from the newest lockfiles); this
+//! module only knows the layout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+use cascade_core::Digest;
+
+use crate::{Kind, Store, StoreError};
+
+/// What survives a collection, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct Keep {
+    pub blobs: BTreeSet<Digest>,
+    pub trees: BTreeSet<Digest>,
+    /// Node keys: their key manifests and action results.
+    pub keys: BTreeSet<Digest>,
+    /// Image keys whose records survive.
+    pub images: BTreeSet<Digest>,
+    /// sha256 hex digests of the blobs of `oci/`.
+    pub oci: BTreeSet<String>,
+}
+
+/// What a collection removed (or would remove, in a dry run).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`) → entries and bytes.
+    pub removed: BTreeMap<String, (usize, u64)>,
+    pub kept: BTreeMap<String, (usize, u64)>,
+}
+
+impl GcReport {
+    pub fn removed_entries(&self) -> usize {
+        self.removed.values().map(|v| v.0).sum()
+    }
+
+    pub fn freed_bytes(&self) -> u64 {
+        self.removed.values().map(|v| v.1).sum()
+    }
+}
+
+impl Store {
+    /// Every image record: image key → manifest digest (for deciding which to keep).
+    pub fn image_records(&self) -> Vec<(Digest, String)> {
+        let mut out = Vec::new();
+        for (name, _) in entries(&self.root.join(Kind::Image.dir()), true) {
+            let Ok(key) = Digest::from_hex(&name) else {
+                continue;
+            };
+            if let Ok(Some(m)) = self.get_image(&key) {
+                out.push((key, m));
+            }
+        }
+        out
+    }
+
+    /// Removes every entry not in `keep` (nothing with `dry_run`). Logs, git mirrors
+    /// and `tmp/` are left alone. An entry that cannot be removed stops the collection
+    /// with an error; what was removed before it stays removed (each removal is one
+    /// unlink of a content-addressed entry, so the store stays consistent).
+    pub fn gc(&self, keep: &Keep, dry_run: bool) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let kinds: [(Kind, &BTreeSet<Digest>); 5] = [
+            (Kind::Blob, &keep.blobs),
+            (Kind::Tree, &keep.trees),
+            (Kind::Key, &keep.keys),
+            (Kind::Action, &keep.keys),
+            (Kind::Image, &keep.images),
+        ];
+        for (kind, set) in kinds {
+            let dir = self.root.join(kind.dir());
+            for (name, path) in entries(&dir, true) {
+                let wanted = Digest::from_hex(&name).is_ok_and(|d| set.contains(&d));
+                self.sweep(&mut report, kind.dir(), &path, wanted, dry_run)?;
+            }
+        }
+        let oci = self.oci_dir().join("blobs/sha256");
+        for (name, path) in entries(&oci, false) {
+            let wanted = keep.oci.contains(&name);
+            self.sweep(&mut report, "oci", &path, wanted, dry_run)?;
+        }
+        Ok(report)
+    }
+
+    fn sweep(
+        &self,
+        report: &mut GcReport,
+        kind: &str,
+        path: &Path,
+        wanted: bool,
+        dry_run: bool,
+    ) -> Result<(), StoreError> {
+        let size = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+        let tally = if wanted {
+            &mut report.kept
+        } else {
+            &mut report.removed
+        };
+        let e = tally.entry(kind.to_string()).or_default();
+        e.0 += 1;
+        e.1 += size;
+        if !wanted && !dry_run {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(path)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The files of a store directory: fanned out by two hex digits (`fanned`), or flat.
+/// Temp files (`.tmp-…`) are skipped: a concurrent writer owns them.
+fn entries(dir: &Path, fanned: bool) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let list = |d: &Path| -> Vec<(String, std::path::PathBuf)> {
+        fs::read_dir(d)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if fanned {
+        for (name, sub) in list(dir) {
+            if name.len() == 2 && sub.is_dir() {
+                out.extend(
+                    list(&sub)
+                        .into_iter()
+                        .filter(|(n, p)| !n.starts_with('.') && p.is_file()),
+                );
+            }
+        }
+    } else {
+        out.extend(
+            list(dir)
+                .into_iter()
+                .filter(|(n, p)| !n.starts_with('.') && p.is_file()),
+        );
+    }
+    out.sort();
+    out
+}

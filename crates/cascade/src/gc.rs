@@ -1,0 +1,146 @@
+//! [IO] `cascade gc`: keep what the newest lockfiles of every environment reference,
+//! remove the rest from the store, so rolling back to any of them stays free.
+
+use std::path::PathBuf;
+
+use cascade_core::{BlobDigest, EntryKind, TreeDigest};
+use cascade_image::{OciDigest, OciLayout};
+use cascade_lock::Lockfile;
+use cascade_manifest::{ImageBase, ImageDecl};
+use cascade_store::{GcReport, Keep, Store};
+
+use crate::{all_lockfiles, read_lockfile, Error};
+
+pub struct GcOptions {
+    pub project: PathBuf,
+    pub store: PathBuf,
+    /// How many of each environment's newest lockfiles are kept reachable.
+    pub keep: usize,
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GcResult {
+    /// The lockfiles whose closure was kept (relative to the project).
+    pub roots: Vec<PathBuf>,
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub report: GcReport,
+}
+
+pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
+    let store = Store::open(&opts.store)?;
+    let mut roots = Vec::new();
+    for files in all_lockfiles(&opts.project).into_values() {
+        roots.extend(files.into_iter().take(opts.keep.max(1)));
+    }
+    if roots.is_empty() {
+        // With nothing to keep, everything would go: refuse instead.
+        return Err(Error::NothingToKeep);
+    }
+    let layout = OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?;
+    let mut keep = Keep::default();
+    let mut shown = Vec::new();
+    for path in &roots {
+        let rel = path
+            .strip_prefix(&opts.project)
+            .unwrap_or(path)
+            .to_path_buf();
+        // Every root must be readable: collecting with partial knowledge would delete
+        // what an unreadable lockfile still needs.
+        let lock = read_lockfile(path, &rel.display().to_string())?;
+        reach(&store, &layout, &lock, &mut keep);
+        shown.push(rel);
+    }
+    for (key, manifest) in store.image_records() {
+        if let Ok(d) = manifest.parse::<OciDigest>() {
+            if keep.oci.contains(&d.hex()) {
+                keep.images.insert(key);
+            }
+        }
+    }
+    let report = store.gc(&keep, opts.dry_run)?;
+    if !opts.dry_run {
+        let index = layout.read_index().map_err(Error::Image)?;
+        let kept: Vec<_> = index
+            .into_iter()
+            .filter(|e| keep.oci.contains(&e.manifest.digest.hex()))
+            .collect();
+        layout.write_index(&kept).map_err(Error::Image)?;
+    }
+    Ok(GcResult {
+        roots: shown,
+        dry_run: opts.dry_run,
+        report,
+    })
+}
+
+/// Marks everything one lockfile needs: key manifests and action results, recipes,
+/// image declarations, logs, output trees and their blobs, images and their bases.
+fn reach(store: &Store, layout: &OciLayout, lock: &Lockfile, keep: &mut Keep) {
+    for node in lock.nodes.values() {
+        keep.keys.insert(node.key.0);
+        keep.blobs.insert(node.recipe);
+        if let Ok(Some(action)) = store.get_action(&node.key) {
+            keep.blobs.insert(action.log.0);
+        }
+        let mut stack = vec![TreeDigest(node.output.0)];
+        while let Some(t) = stack.pop() {
+            if !keep.trees.insert(t.0) {
+                continue;
+            }
+            let Ok(tree) = store.get_tree(&t) else {
+                continue;
+            };
+            for e in tree.entries() {
+                match &e.kind {
+                    EntryKind::File { digest, .. } => {
+                        keep.blobs.insert(digest.0);
+                    }
+                    EntryKind::Dir { digest } => stack.push(*digest),
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        let Some(image) = &node.image else { continue };
+        if let Ok(d) = image.digest.parse::<OciDigest>() {
+            reach_image(layout, &d, keep);
+        }
+        if let Some(spec) = image.spec {
+            keep.blobs.insert(spec);
+            // A pinned base is needed to make the image again (`--check`).
+            let decl = store
+                .get_blob(&BlobDigest(spec))
+                .ok()
+                .and_then(|b| ImageDecl::decode_canonical(&b).ok());
+            if let Some(ImageDecl {
+                base: ImageBase::Pinned { digest, .. },
+                ..
+            }) = decl
+            {
+                if let Ok(d) = digest.parse::<OciDigest>() {
+                    reach_image(layout, &d, keep);
+                }
+            }
+        }
+    }
+}
+
+fn reach_image(layout: &OciLayout, manifest: &OciDigest, keep: &mut Keep) {
+    keep.oci.insert(manifest.hex());
+    let Ok(bytes) = layout.read_blob(manifest) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    let named = std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
+    for d in named {
+        if let Some(d) = d["digest"]
+            .as_str()
+            .and_then(|s| s.parse::<OciDigest>().ok())
+        {
+            keep.oci.insert(d.hex());
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! [IO] `cascade promote`: pin one environment's manifest to what another environment's
+//! lockfile built.
+//!
+//! In order, and refusing at the first step that fails (the manifest untouched):
+//! 1. the approval gate (`prod` needs `approve`);
+//! 2. the lockfile (the newest of `from`, or the one named): every recorded smoke test
+//!    must have passed;
+//! 3. each source of the target environment that the lockfile has is resolved at the
+//!    lockfile's commit in the *target's* repository: the commit itself in branch mode, a
+//!    version tag on that commit in version mode;
+//! 4. the compatibility matrix against the versions the target will have;
+//! 5. the deploy plan: the target's newest lockfile against what it will build
+//!    ([`crate::diff_lockfiles`]); a dry run stops here;
+//! 6. the manifest is rewritten by replacing exactly the bytes of each changed
+//!    `ref:`/`version:` value (comments and layout elsewhere stay as they are), written
+//!    atomically, and loaded again; if it does not load, the old bytes are put back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cascade_core::Span;
+use cascade_git::{Git, GitError, RevSpec};
+use cascade_lock::{LockNode, Lockfile, TestResult};
+use cascade_manifest::{Component, Rev};
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+use crate::diff::{diff_lockfiles, distances, short_sha, LockDiff};
+use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::pin::locate;
+use crate::{load, Error, LockfileProblem, Project};
+
+/// Environments a promotion to which needs `approve` (the seeds' approval gate).
+pub const NEEDS_APPROVAL: [&str; 1] = ["prod"];
+
+pub struct PromoteOptions {
+    pub project: PathBuf,
+    /// The environment whose newest lockfile is promoted. With `lock`, optional, and
+    /// when given it must be the lockfile's environment.
+    pub from: Option<String>,
+    /// The environment whose manifest is rewritten.
+    pub to: String,
+    /// Promote this lockfile instead of `from`'s newest.
+    pub lock: Option<PathBuf>,
+    /// The store: remote repositories are mirrored in `<store>/git`.
+    pub store: PathBuf,
+    /// Print the plan, write nothing.
+    pub dry_run: bool,
+    /// Needed to promote to an environment of [`NEEDS_APPROVAL`].
+    pub approve: bool,
+}
+
+/// What `promote` did (or, with `dry_run`, would do); the `--json` schema.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PromoteReport {
+    /// The lockfile's environment.
+    pub from: String,
+    pub to: String,
+    /// The lockfile promoted (as named, or relative to the project).
+    pub lockfile: String,
+    /// The manifest rewritten, relative to the project.
+    pub manifest: String,
+    /// The target's mode: `branch` (sources pinned by `ref: <sha>`) or `version`.
+    pub mode: &'static str,
+    pub dry_run: bool,
+    /// Whether the manifest was rewritten (false for a dry run, or when it already
+    /// pinned every commit).
+    pub written: bool,
+    /// The target's newest lockfile against what the target will build.
+    pub plan: LockDiff,
+    /// The target's sources that the lockfile has, in build order.
+    pub sources: Vec<PromotedSource>,
+    /// The target's sources that the lockfile does not have: left as they are.
+    pub kept: Vec<String>,
+    /// The lockfile's components that the target does not have.
+    pub not_promoted: Vec<String>,
+    /// Problems that did not stop the promotion (an unreadable newest lockfile of the
+    /// target: the plan then has no baseline).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PromotedSource {
+    pub name: String,
+    /// `ref` or `version`: the field rewritten.
+    pub field: &'static str,
+    /// The value as it was written.
+    pub before: String,
+    /// The value written: the full commit SHA, or the version of the tag on it.
+    pub after: String,
+    pub commit: String,
+    pub version: String,
+    /// False when the manifest already pinned this.
+    pub changed: bool,
+}
+
+/// A promotion problem pointing into the target environment's file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(cascade::promote))]
+struct PromoteProblem {
+    message: String,
+    #[source_code]
+    src: NamedSource<String>,
+    #[label("{label}")]
+    span: SourceSpan,
+    label: String,
+    #[help]
+    help: Option<String>,
+}
+
+type Problem = Box<dyn Diagnostic + Send + Sync>;
+
+/// Why a promotion was refused: a summary, then each problem as its own diagnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+pub struct Refusal {
+    pub summary: String,
+    pub problems: Vec<Box<dyn Diagnostic + Send + Sync>>,
+}
+
+impl Diagnostic for Refusal {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new("cascade::promote_refused"))
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        Some(Box::new(
+            self.problems.iter().map(|d| &**d as &dyn Diagnostic),
+        ))
+    }
+}
+
+fn refused(summary: String, problems: Vec<Problem>) -> Error {
+    Error::Promotion(Box::new(Refusal { summary, problems }))
+}
+
+fn problem(
+    project: &Project,
+    span: Span,
+    message: String,
+    label: &str,
+    help: Option<String>,
+) -> Problem {
+    Box::new(PromoteProblem {
+        message,
+        src: project.db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: label.to_string(),
+        help,
+    })
+}
+
+/// One source of the target that the lockfile has, resolved in the target's repository.
+struct Target<'a> {
+    component: &'a Component,
+    field: &'static str,
+    before: String,
+    after: String,
+    version: semver::Version,
+    /// Whether the manifest pins something else now.
+    changed: bool,
+    /// The lockfile's node as the target will record it (its repo, ref and dir).
+    node: LockNode,
+}
+
+/// `cascade promote`; see the module documentation.
+pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
+    if NEEDS_APPROVAL.contains(&opts.to.as_str()) && !opts.approve && !opts.dry_run {
+        return Err(Error::ApprovalRequired {
+            env: opts.to.clone(),
+        });
+    }
+    let (path, shown) = match (&opts.lock, &opts.from) {
+        (Some(l), _) => (l.clone(), l.display().to_string()),
+        (None, Some(from)) => {
+            let p = newest_lockfile(&opts.project, from)
+                .ok_or_else(|| Error::NoLockfile { env: from.clone() })?;
+            let shown = shown_in(&opts.project, &p);
+            (p, shown)
+        }
+        (None, None) => return Err(Error::UnknownEnvironment {
+            name: String::new(),
+            help:
+                "name the environment to promote from (`--from ENV`) or a lockfile (`--lock FILE`)"
+                    .to_string(),
+        }),
+    };
+    let text = fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: PathBuf::from(&shown),
+        source,
+    })?;
+    let lock = cascade_lock::read(&shown, &text)?;
+    if let Some(from) = opts.from.as_ref().filter(|f| **f != lock.environment) {
+        return Err(Error::LockfileEnvironment {
+            from: from.clone(),
+            lockfile: shown,
+            recorded: lock.environment.clone(),
+        });
+    }
+    check_tests(&shown, &text, &lock)?;
+
+    let project = load(&opts.project, &opts.to)?;
+    let git = Git::new(opts.store.join("git"));
+    let env_dir = project.environment_dir();
+    let mode = project.graph.environment.mode;
+    let upstreams: BTreeSet<&str> = project
+        .graph
+        .compatibility
+        .iter()
+        .map(|r| r.upstream.as_str())
+        .collect();
+    let mut targets = Vec::new();
+    let mut kept = Vec::new();
+    let mut versions = BTreeMap::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    for c in &project.graph.components {
+        let location = locate(&c.source.repo, &env_dir);
+        match lock.nodes.get(&c.name) {
+            Some(node) => match target(&git, &project, c, &location, node, &lock, &shown, &text) {
+                Ok(t) => {
+                    versions.insert(c.name.clone(), t.version.clone());
+                    targets.push(t);
+                }
+                Err(p) => problems.push(p),
+            },
+            None => {
+                kept.push(c.name.clone());
+                // Its version matters only to the rules it is the upstream of.
+                if !upstreams.contains(c.name.as_str()) {
+                    continue;
+                }
+                let rev = match &c.source.rev {
+                    Rev::Ref(r) => RevSpec::Ref(r),
+                    Rev::Version(v) => RevSpec::Version(v),
+                };
+                match git.pin(&location, rev, c.source.dir.as_deref()) {
+                    Ok(p) => {
+                        versions.insert(c.name.clone(), p.version);
+                    }
+                    Err(e) => problems.push(problem(
+                        &project,
+                        c.source.rev_span,
+                        format!(
+                            "`{}` is not in the lockfile and stays as it is, but it cannot be resolved: {e}",
+                            c.name
+                        ),
+                        "needed for the compatibility matrix",
+                        None,
+                    )),
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        return Err(refused(
+            format!(
+                "`{shown}` cannot be promoted to `{}`: {n} source{} cannot be pinned",
+                opts.to,
+                if n == 1 { "" } else { "s" },
+            ),
+            problems,
+        ));
+    }
+    if let Err(d) = cascade_manifest::check_compatibility(&project.db, &project.graph, &versions) {
+        let n = d.0.len();
+        return Err(refused(
+            format!(
+                "`{shown}` cannot be promoted to `{}`: {n} version{} outside the compatibility matrix",
+                opts.to,
+                if n == 1 { " is" } else { "s are" },
+            ),
+            d.0.into_iter().map(|e| Box::new(e) as Problem).collect(),
+        ));
+    }
+    let not_promoted: Vec<String> = lock
+        .nodes
+        .keys()
+        .filter(|n| project.graph.index_of(n).is_none())
+        .cloned()
+        .collect();
+
+    // The deploy plan: the target's newest lockfile (less the sources that stay as they
+    // are) against the lockfile's nodes as the target will record them.
+    let mut warnings = Vec::new();
+    let baseline = match newest_lockfile(&opts.project, &opts.to) {
+        None => None,
+        Some(p) => {
+            let s = shown_in(&opts.project, &p);
+            match read_lockfile(&p, &s) {
+                Ok(mut l) => {
+                    l.nodes.retain(|n, _| !kept.contains(n));
+                    Some((s, l))
+                }
+                Err(e) => {
+                    warnings.push(format!(
+                        "ignoring the newest lockfile of `{}`: {e}",
+                        opts.to
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let mut projected = lock.clone();
+    projected.environment = opts.to.clone();
+    projected.nodes = targets
+        .iter()
+        .map(|t| (t.component.name.clone(), t.node.clone()))
+        .collect();
+    let distance = distances(&git, &env_dir, true);
+    let plan = diff_lockfiles(
+        baseline.as_ref().map(|(s, l)| (s.as_str(), l)),
+        (&shown, &projected),
+        &*distance,
+    );
+
+    let env_file = project.files.environment;
+    let manifest = project.db.path(env_file).to_string();
+    let original = project.db.text(env_file).to_string();
+    let edits: Vec<(Span, String)> = targets
+        .iter()
+        .filter(|t| t.changed)
+        .map(|t| {
+            let span = t.component.source.rev_span;
+            (span, replacement(&original, span, &t.after))
+        })
+        .collect();
+    let written = !opts.dry_run && !edits.is_empty();
+    if written {
+        let path = opts.project.join(&manifest);
+        let rewritten = apply(&original, &edits);
+        write_atomic(&path, rewritten.as_bytes()).map_err(|source| Error::WriteManifest {
+            path: PathBuf::from(&manifest),
+            source,
+        })?;
+        if let Err(detail) = reads_back(opts, &targets) {
+            // Never leave a manifest that does not load: put the old bytes back.
+            let _ = write_atomic(&path, original.as_bytes());
+            return Err(Error::RewriteInvalid {
+                path: PathBuf::from(&manifest),
+                detail,
+            });
+        }
+    }
+    Ok(PromoteReport {
+        from: lock.environment.clone(),
+        to: opts.to.clone(),
+        lockfile: shown,
+        manifest,
+        mode: mode.as_str(),
+        dry_run: opts.dry_run,
+        written,
+        plan,
+        sources: targets
+            .iter()
+            .map(|t| PromotedSource {
+                name: t.component.name.clone(),
+                field: t.field,
+                before: t.before.clone(),
+                after: t.after.clone(),
+                commit: t.node.source.commit.clone(),
+                version: t.version.to_string(),
+                changed: t.changed,
+            })
+            .collect(),
+        kept,
+        not_promoted,
+        warnings,
+    })
+}
+
+/// A path as users see it: relative to the project when it is inside it.
+fn shown_in(project: &Path, p: &Path) -> String {
+    p.strip_prefix(project).unwrap_or(p).display().to_string()
+}
+
+/// Every recorded smoke test must have passed; each one that did not is a problem
+/// pointing at its line of the lockfile.
+fn check_tests(shown: &str, text: &str, lock: &Lockfile) -> Result<(), Error> {
+    let mut items: Vec<Problem> = Vec::new();
+    for (name, node) in &lock.nodes {
+        for (test, result) in &node.tests {
+            if *result == TestResult::Passed {
+                continue;
+            }
+            let result = result.as_str();
+            items.push(Box::new(LockfileProblem::at(
+                shown,
+                text,
+                name,
+                &format!("{test}: {result}"),
+                format!("smoke test `{test}` of `{name}` did not pass: it is recorded as `{result}`"),
+                "not passed",
+                Some(format!(
+                    "only a lockfile whose smoke tests all passed can be promoted: build `{}` again with its tests (without --skip-tests) and promote that lockfile",
+                    lock.environment
+                )),
+            )));
+        }
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+    let n = items.len();
+    Err(refused(
+        format!(
+            "`{shown}` cannot be promoted: {n} smoke test{} did not pass",
+            if n == 1 { "" } else { "s" }
+        ),
+        items,
+    ))
+}
+
+/// Resolves the lockfile's commit of `c` in the target's repository, as the target's
+/// mode pins it.
+#[allow(clippy::too_many_arguments)]
+fn target<'a>(
+    git: &Git,
+    project: &Project,
+    c: &'a Component,
+    location: &str,
+    node: &LockNode,
+    lock: &Lockfile,
+    shown: &str,
+    text: &str,
+) -> Result<Target<'a>, Problem> {
+    let commit = &node.source.commit;
+    let full_sha = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    let version = semver::Version::parse(&node.source.version);
+    let (version, full_sha) = match (version, full_sha) {
+        (Ok(v), true) => (v, commit.to_lowercase()),
+        (Err(_), true) => {
+            return Err(lock_problem(
+                shown,
+                text,
+                &c.name,
+                &node.source.version,
+                format!("the version of `{}` is not a semantic version", c.name),
+            ))
+        }
+        (_, false) => {
+            return Err(lock_problem(
+                shown,
+                text,
+                &c.name,
+                commit,
+                format!("the commit of `{}` is not a full commit SHA", c.name),
+            ))
+        }
+    };
+    let raw = raw_value(project.db.text(c.source.rev_span.file), c.source.rev_span);
+    let same_repo = if node.source.repo == c.source.repo {
+        String::new()
+    } else {
+        format!(" (the lockfile's is `{}`)", node.source.repo)
+    };
+    let dir = c.source.dir.as_deref();
+    let (field, after, version, changed) = match &c.source.rev {
+        Rev::Ref(current) => {
+            let pinned = match git.pin(location, RevSpec::Ref(&full_sha), dir) {
+                Ok(p) => p,
+                Err(GitError::UnknownRef { .. }) => {
+                    return Err(problem(
+                        project,
+                        c.source.repo_span,
+                        format!(
+                            "commit `{full_sha}` of `{}` is not in `{}`{same_repo}",
+                            c.name, c.source.repo
+                        ),
+                        "not in this repository",
+                        Some(format!(
+                            "push the commit to this repository, or point `repo:` at the one `{}` built from",
+                            lock.environment
+                        )),
+                    ))
+                }
+                Err(e) => return Err(unresolved(project, c, e)),
+            };
+            let changed = *current != full_sha;
+            ("ref", full_sha.clone(), pinned.version, changed)
+        }
+        Rev::Version(current) => {
+            let no_tag = |found: String| {
+                let mut release = version.clone();
+                release.pre = semver::Prerelease::EMPTY;
+                problem(
+                    project,
+                    c.source.rev_span,
+                    format!(
+                        "`{}` cannot be pinned by version: commit `{full_sha}` has no version tag ({found})",
+                        c.name
+                    ),
+                    &format!("`{}` pins versions", project.graph.environment.name),
+                    Some(format!(
+                        "the lockfile has `{}` at {version}; tag that commit as a release (for example `v{release}`), build `{}` again and promote that lockfile",
+                        c.name, lock.environment
+                    )),
+                )
+            };
+            match git.pin(location, RevSpec::Version(&version), dir) {
+                Ok(p) if p.commit == full_sha => {}
+                Ok(p) => {
+                    return Err(no_tag(format!(
+                        "the tag of {version} is commit `{}`",
+                        short_sha(&p.commit)
+                    )))
+                }
+                Err(GitError::UnknownRef { .. }) => {
+                    return Err(no_tag(format!("no tag `v{version}` or `{version}`")))
+                }
+                Err(e) => return Err(unresolved(project, c, e)),
+            }
+            let written = if raw.starts_with('v') {
+                format!("v{version}")
+            } else {
+                version.to_string()
+            };
+            let changed = *current != version;
+            ("version", written, version, changed)
+        }
+    };
+    let mut projected = node.clone();
+    projected.source.repo = c.source.repo.clone();
+    projected.source.dir = c.source.dir.clone();
+    projected.source.r#ref = (field == "ref").then(|| after.clone());
+    projected.source.version = version.to_string();
+    Ok(Target {
+        component: c,
+        field,
+        before: raw.to_string(),
+        after,
+        version,
+        changed,
+        node: projected,
+    })
+}
+
+fn unresolved(project: &Project, c: &Component, e: GitError) -> Problem {
+    problem(
+        project,
+        c.source.repo_span,
+        format!("the source of `{}` cannot be resolved: {e}", c.name),
+        "this repository",
+        None,
+    )
+}
+
+fn lock_problem(shown: &str, text: &str, node: &str, needle: &str, message: String) -> Problem {
+    Box::new(LockfileProblem::at(
+        shown, text, node, needle, message, "here", None,
+    ))
+}
+
+/// The value at `span` without the quotes around it, if the span includes them.
+fn raw_value(text: &str, span: Span) -> &str {
+    let s = text.get(span.offset..span.offset + span.len).unwrap_or("");
+    for q in ['"', '\''] {
+        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
+            return &s[1..s.len() - 1];
+        }
+    }
+    s
+}
+
+/// What replaces the bytes at `span` so the file says `value`: in the same quotes as
+/// before when the span includes quotes; quoted when a plain scalar would not read as a
+/// string (an all-digit SHA is an integer to YAML, `1234e56` a float).
+fn replacement(text: &str, span: Span, value: &str) -> String {
+    let s = text.get(span.offset..span.offset + span.len).unwrap_or("");
+    let quote = ['"', '\'']
+        .into_iter()
+        .find(|q| s.len() >= 2 && s.starts_with(*q) && s.ends_with(*q));
+    let quoted_outside =
+        span.offset > 0 && matches!(text.as_bytes().get(span.offset - 1), Some(b'"' | b'\''));
+    match quote {
+        Some(q) => format!("{q}{value}{q}"),
+        None if quoted_outside => value.to_string(),
+        None if reads_as_number(value) => format!("\"{value}\""),
+        None => value.to_string(),
+    }
+}
+
+fn reads_as_number(v: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(v)
+        || v.split_once(['e', 'E'])
+            .is_some_and(|(m, e)| digits(m) && digits(e.trim_start_matches(['+', '-'])))
+}
+
+/// `text` with each span replaced (the spans do not overlap).
+fn apply(text: &str, edits: &[(Span, String)]) -> String {
+    let mut sorted: Vec<&(Span, String)> = edits.iter().collect();
+    sorted.sort_by_key(|(s, _)| s.offset);
+    let mut out = String::with_capacity(text.len() + 64 * edits.len());
+    let mut at = 0;
+    for (span, with) in sorted {
+        out.push_str(&text[at..span.offset]);
+        out.push_str(with);
+        at = span.offset + span.len;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a
+/// reader sees the old file or the new one, never part of one. The file keeps its
+/// permissions.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.promote-{}.tmp", std::process::id()));
+    let permissions = fs::metadata(path)?.permissions();
+    let result = (|| {
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(permissions)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Loads the rewritten target and checks it pins what was written.
+fn reads_back(opts: &PromoteOptions, targets: &[Target<'_>]) -> Result<(), String> {
+    let project = load(&opts.project, &opts.to).map_err(|e| {
+        let mut s = e.to_string();
+        if let Some(related) = e.related() {
+            for r in related {
+                s.push_str(&format!("; {r}"));
+            }
+        }
+        s
+    })?;
+    for t in targets {
+        let c = project
+            .graph
+            .index_of(&t.component.name)
+            .map(|i| &project.graph.components[i]);
+        let expected = match t.field {
+            "ref" => Rev::Ref(t.after.clone()),
+            _ => Rev::Version(t.version.clone()),
+        };
+        match c {
+            Some(c) if c.source.rev == expected => {}
+            _ => {
+                return Err(format!(
+                    "`{}` does not read back as `{}: {}`",
+                    t.component.name, t.field, t.after
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_core::FileId;
+
+    fn span(text: &str, value: &str) -> Span {
+        Span::new(FileId(0), text.find(value).unwrap(), value.len())
+    }
+
+    #[test]
+    fn replacements_keep_quotes_and_quote_what_would_read_as_a_number() {
+        let t = "a: { ref: develop }\n";
+        assert_eq!(replacement(t, span(t, "develop"), "abc"), "abc");
+        let t = "a: { ref: \"develop\" }\n";
+        assert_eq!(replacement(t, span(t, "\"develop\""), "abc"), "\"abc\"");
+        assert_eq!(replacement(t, span(t, "develop"), "abc"), "abc");
+        let t = "a: { ref: develop }\n";
+        assert_eq!(
+            replacement(t, span(t, "develop"), "1234567890"),
+            "\"1234567890\""
+        );
+        assert_eq!(replacement(t, span(t, "develop"), "1234e56"), "\"1234e56\"");
+        assert_eq!(replacement(t, span(t, "develop"), "12a4e56"), "12a4e56");
+    }
+
+    #[test]
+    fn edits_replace_exactly_their_spans() {
+        let t = "# keep\nx: { ref: a }   # note\n\ny: { ref: bb }\n";
+        let edits = vec![
+            (span(t, "bb"), "cccc".to_string()),
+            (
+                Span::new(FileId(0), t.find("ref: a").unwrap() + 5, 1),
+                "dd".to_string(),
+            ),
+        ];
+        assert_eq!(
+            apply(t, &edits),
+            "# keep\nx: { ref: dd }   # note\n\ny: { ref: cccc }\n"
+        );
+    }
+
+    #[test]
+    fn an_atomic_write_keeps_the_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("env.yaml");
+        fs::write(&p, "old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
