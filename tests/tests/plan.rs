@@ -365,6 +365,7 @@ fn a_changed_tool_is_named_with_both_digests() {
                 tools: cascade_exec::Tools::new(path.clone().into()),
                 publish: cascade::PublishOptions::default(),
                 replay: cascade::ReplayOptions::default(),
+                remote: cascade::RemoteOptions::default(),
             },
             &|_| {},
         )

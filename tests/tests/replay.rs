@@ -256,6 +256,7 @@ fn a_different_host_tool_is_a_risk_and_an_error_when_strict() {
                 strict,
                 ..Default::default()
             },
+            remote: cascade::RemoteOptions::default(),
         };
     let built = cascade::build(&opts(&p, None, false), &|_| {}).unwrap();
     assert!(built.success());

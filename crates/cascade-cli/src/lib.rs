@@ -177,6 +177,13 @@ struct BuildArgs {
     /// Do not run the smoke tests; the lockfile records them as skipped.
     #[arg(long)]
     skip_tests: bool,
+    /// Share results through an OCI registry: `oci://host[:port]/repository`
+    /// [default: the environment's `remote_cache:`].
+    #[arg(long, env = "CASCADE_REMOTE_CACHE", value_name = "URL")]
+    remote_cache: Option<String>,
+    /// Read, write or both (CI writes; laptops read).
+    #[arg(long, value_enum, default_value = "read-write")]
+    remote_cache_mode: RemoteModeArg,
     /// With --dry-run: compare with this lockfile instead of the newest.
     #[arg(long, value_name = "LOCKFILE", requires = "dry_run")]
     against: Option<PathBuf>,
@@ -207,6 +214,13 @@ struct GraphArgs {
     /// `text`, or `dot` for Graphviz (`cascade graph --format dot | dot -Tsvg`).
     #[arg(long, value_enum, default_value = "text")]
     format: GraphFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RemoteModeArg {
+    Read,
+    Write,
+    ReadWrite,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -380,6 +394,9 @@ fn node_line(r: &NodeReport) -> String {
 fn node_status_line(r: &NodeReport) -> String {
     let version = format!("{} {}", r.version, &r.commit[..r.commit.len().min(7)]);
     match &r.status {
+        NodeStatus::Cached if r.remote => {
+            format!("  cached   {:<14} {version}  (remote cache)", r.name)
+        }
         NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),
         NodeStatus::Built => format!(
             "  built    {:<14} {version}  in {}",
@@ -421,6 +438,32 @@ fn summary(r: &BuildReport) -> String {
         r.skipped,
         secs(r.duration_ms)
     );
+    if let Some(rc) = &r.remote_cache {
+        if rc.errors > 0 {
+            // Loud, once: a misconfigured cache must not go unnoticed.
+            s.push_str(&format!(
+                "\nremote cache: {} error{}, {} hit{} — check CASCADE_REMOTE_CACHE ({})",
+                rc.errors,
+                if rc.errors == 1 { "" } else { "s" },
+                rc.hits,
+                if rc.hits == 1 { "" } else { "s" },
+                rc.url
+            ));
+        } else {
+            s.push_str(&format!(
+                "\nremote cache: {} hit{}, {} miss{}, {} upload{}",
+                rc.hits,
+                if rc.hits == 1 { "" } else { "s" },
+                rc.misses,
+                if rc.misses == 1 { "" } else { "es" },
+                rc.uploads,
+                if rc.uploads == 1 { "" } else { "s" }
+            ));
+        }
+        for p in &rc.problems {
+            s.push_str(&format!("\n  {p}"));
+        }
+    }
     if let Some(replay) = &r.replay {
         let what = if replay.check { "checked" } else { "replayed" };
         let n = replay.mismatches.len();
@@ -495,6 +538,8 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
         push: args.push,
         skip_tests: true,
         against: None,
+        remote_cache: None,
+        remote_cache_mode: RemoteModeArg::ReadWrite,
     };
     build(project, build_args, io)
 }
@@ -571,6 +616,14 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             check: args.check,
             write_lock: args.write_lock,
             strict: args.strict,
+        },
+        remote: cascade::RemoteOptions {
+            url: args.remote_cache.clone(),
+            mode: match args.remote_cache_mode {
+                RemoteModeArg::Read => cascade::RemoteMode::Read,
+                RemoteModeArg::Write => cascade::RemoteMode::Write,
+                RemoteModeArg::ReadWrite => cascade::RemoteMode::ReadWrite,
+            },
         },
     };
     let result = {

@@ -50,6 +50,7 @@ pub(crate) struct EnvironmentAst {
     pub mode: Option<S<String>>,
     pub registry: Option<S<String>>,
     pub tag: Option<S<String>>,
+    pub remote_cache: Option<S<String>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
 }
 

@@ -32,6 +32,8 @@ pub struct Environment {
     pub mode: Mode,
     pub registry: Option<String>,
     pub tag: Option<String>,
+    /// `oci://host/repository`: where builds of this environment share results.
+    pub remote_cache: Option<String>,
     pub file: FileId,
 }
 

@@ -195,6 +195,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             mode,
             registry: env.registry,
             tag: env.tag,
+            remote_cache: env.remote_cache,
             file: files.environment,
         },
         components,
@@ -212,6 +213,7 @@ struct EnvChecked {
     mode: Option<Mode>,
     registry: Option<String>,
     tag: Option<String>,
+    remote_cache: Option<String>,
     sources: Vec<SourceChecked>,
 }
 
@@ -431,6 +433,10 @@ impl Resolver<'_> {
             .tag
             .and_then(|v| self.non_empty(file, v, "`tag`"))
             .map(|v| v.0);
+        let remote_cache = ast
+            .remote_cache
+            .and_then(|v| self.non_empty(file, v, "`remote_cache`"))
+            .map(|v| v.0);
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -479,6 +485,7 @@ impl Resolver<'_> {
             mode,
             registry,
             tag,
+            remote_cache,
             sources,
         }
     }

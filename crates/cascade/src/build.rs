@@ -20,6 +20,7 @@ use miette::Diagnostic;
 
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, TestReport};
+use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
 use crate::{load, pin_all, Error, Pinned, Problems, Project};
 
@@ -43,6 +44,8 @@ pub struct BuildOptions {
     pub publish: PublishOptions,
     /// `--lock FILE`: build what a lockfile pins instead of the manifests.
     pub replay: ReplayOptions,
+    /// `--remote-cache`: share results through an OCI registry.
+    pub remote: RemoteOptions,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -92,6 +95,9 @@ pub struct NodeReport {
     /// Its smoke tests, once every node has built.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestReport>,
+    /// Cached: found in the remote cache (and now in the local store too).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
     /// Wall time of this node, for people; never hashed or written to a lockfile.
     pub duration_ms: u64,
     /// Store problems met on the way (a corrupt entry discarded, …).
@@ -112,6 +118,9 @@ pub struct BuildReport {
     /// With `--lock`: what replaying it found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayReport>,
+    /// With a remote cache: what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_cache: Option<RemoteReport>,
 }
 
 impl BuildReport {
@@ -188,6 +197,7 @@ impl Node<'_> {
             output: None,
             image: None,
             tests: Vec::new(),
+            remote: false,
             duration_ms: 0,
             warnings: Vec::new(),
         }
@@ -261,6 +271,12 @@ pub fn build(
         }
     }
     let layout = open_layout(&store, &project.graph.components)?;
+    // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
+    let remote_opts = RemoteOptions {
+        url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),
+        ..opts.remote.clone()
+    };
+    let remote = RemoteCache::new(&remote_opts)?;
     let run = Run {
         store: &store,
         git: &git,
@@ -270,6 +286,7 @@ pub fn build(
         env_name: &opts.env,
         jobs: opts.jobs,
         keep_going: opts.keep_going,
+        remote: remote.as_ref(),
     };
     let (mut report, done) = run_graph(&run, on_event);
     publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
@@ -321,6 +338,7 @@ pub(crate) struct Run<'a> {
     pub env_name: &'a str,
     pub jobs: usize,
     pub keep_going: bool,
+    pub remote: Option<&'a RemoteCache>,
 }
 
 /// After every node succeeded: the images are indexed, loaded, tested and pushed.
@@ -389,13 +407,16 @@ pub(crate) fn run_graph(
             .and_then(|b| done[b].get())
             .and_then(|d| d.image.as_ref())
             .map(|i| i.digest);
+        let mut remote_hit = false;
         let result = run_node(
             run.store,
             run.git,
+            run.remote,
             node,
             run.env_name,
             &inputs,
             &mut warnings,
+            &mut remote_hit,
         )
         .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
         let (status, key, output, image) = match result {
@@ -420,6 +441,7 @@ pub(crate) fn run_graph(
             key,
             output,
             image,
+            remote: remote_hit,
             duration_ms: t0.elapsed().as_millis() as u64,
             warnings,
             ..node.report(status)
@@ -467,6 +489,7 @@ pub(crate) fn run_graph(
         lockfile: None,
         duration_ms: started.elapsed().as_millis() as u64,
         replay: None,
+        remote_cache: run.remote.map(RemoteCache::report),
     };
     (report, done)
 }
@@ -589,13 +612,16 @@ fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
 
 /// Keys one node and either finds it in the action cache or builds it. Returns
 /// whether it was built.
+#[allow(clippy::too_many_arguments)]
 fn run_node(
     store: &Store,
     git: &Git,
+    remote: Option<&RemoteCache>,
     node: &Node<'_>,
     env_name: &str,
     inputs: &BTreeMap<String, OutputDigest>,
     warnings: &mut Vec<String>,
+    remote_hit: &mut bool,
 ) -> Result<(Done, bool), Failure> {
     let c = node.component;
     let ingredients = node.ingredients(inputs);
@@ -621,20 +647,32 @@ fn run_node(
         Err(e @ StoreError::Corrupt { .. }) => warnings.push(e.to_string()),
         Err(e) => return Err(fail(FailureCause::Environment, e, Some(key))),
     }
+    // The remote cache, verified entry by entry into the local store.
+    if let Some(r) = remote.and_then(|rc| rc.fetch(store, &key, &c.name)) {
+        match store.check_output(&r.output, &c.recipe.outputs) {
+            Ok(Some(artifacts)) => {
+                *remote_hit = true;
+                return Ok((done(r.output, artifacts), false));
+            }
+            _ => warnings.push("the remote cache's result is incomplete; building".into()),
+        }
+    }
 
     // Execute in a fresh directory on the store's disk.
     let tmp = store
         .temp_dir()
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    let result = execute(store, git, node, env_name, inputs, key, tmp.path());
+    let result = execute(store, git, remote, node, env_name, inputs, key, tmp.path());
     let _ = remove_tree(tmp.path());
     let outputs = result?;
     Ok((done(outputs.digest, outputs.artifacts), true))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     store: &Store,
     git: &Git,
+    remote: Option<&RemoteCache>,
     node: &Node<'_>,
     env_name: &str,
     inputs: &BTreeMap<String, OutputDigest>,
@@ -737,15 +775,16 @@ fn execute(
     let log_digest = store
         .put_blob(&log_bytes)
         .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    let action = ActionResult {
+        output: outputs.digest,
+        log: log_digest,
+    };
     store
-        .put_action(
-            &key,
-            &ActionResult {
-                output: outputs.digest,
-                log: log_digest,
-            },
-        )
+        .put_action(&key, &action)
         .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    if let Some(rc) = remote {
+        rc.upload(store, &key, &action, &c.name);
+    }
     Ok(outputs)
 }
 

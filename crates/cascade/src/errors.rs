@@ -146,6 +146,13 @@ pub enum Error {
     )]
     NothingToKeep,
 
+    #[error("`{url}` is not a remote cache address: {why}")]
+    #[diagnostic(
+        code(cascade::remote_cache_url),
+        help("write it `oci://host[:port]/repository`, e.g. `oci://127.0.0.1:5000/cascade-cache`")
+    )]
+    RemoteCacheUrl { url: String, why: String },
+
     #[error("environment `{env}` has no lockfile yet")]
     #[diagnostic(
         code(cascade::no_lockfile),
@@ -239,7 +246,8 @@ impl Error {
             | Error::Promotion(_)
             | Error::ApprovalRequired { .. }
             | Error::LockfileEnvironment { .. }
-            | Error::RewriteInvalid { .. } => 2,
+            | Error::RewriteInvalid { .. }
+            | Error::RemoteCacheUrl { .. } => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }

@@ -15,6 +15,7 @@ mod pin;
 mod plan;
 mod promote;
 mod publish;
+mod remote;
 mod replay;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
@@ -39,4 +40,5 @@ pub use promote::{
     promote, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
+pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};

@@ -153,6 +153,8 @@ pub(crate) fn replay(
         env_name: &lock.environment,
         jobs: opts.jobs,
         keep_going: opts.keep_going,
+        // A replay checks what this machine makes: no remote results.
+        remote: None,
     };
     let (mut report, done) = run_graph(&run, on_event);
 

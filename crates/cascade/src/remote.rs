@@ -1,0 +1,388 @@
+//! [IO] The remote cache: action results shared through any OCI registry.
+//!
+//! One node key is one OCI artifact in the cache repository, tagged `k-<key hex>`:
+//! - its config (`application/vnd.cascade.action.config.v1+json`) names the key, the
+//!   output tree and the log;
+//! - its layers are every store entry a hit needs (the key manifest, the log, each tree
+//!   and each file blob of the output), each annotated with its blake3 digest and kind.
+//!
+//! A write goes blobs first (the registry's are skipped), then the manifest by digest,
+//! then the tag (cascade-registry's push). A read verifies every blob twice: sha256 and
+//! size by the client, blake3 against the annotation here, before the local store takes
+//! it. The cache is an optimization: every failure is counted, the node is built
+//! locally, and the build says so once at the end. After a few errors the remote is not
+//! asked again in this build (the budget).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, Tree, TreeDigest};
+use cascade_image::{Descriptor, OciDigest, OciLayout};
+use cascade_registry::{Client, ClientOptions};
+use cascade_store::{ActionResult, Store};
+
+use crate::Error;
+
+const CONFIG_TYPE: &str = "application/vnd.cascade.action.config.v1+json";
+const ARTIFACT_TYPE: &str = "application/vnd.cascade.action.v1";
+const ANNOTATION_BLAKE3: &str = "dev.cascade.blake3";
+/// After this many errors the remote is left alone for the rest of the build.
+const ERROR_BUDGET: usize = 3;
+/// A config document is small; anything bigger is not ours.
+const CONFIG_LIMIT: u64 = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoteMode {
+    Read,
+    Write,
+    #[default]
+    ReadWrite,
+}
+
+/// Where and how: `oci://host[:port]/repository`.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteOptions {
+    pub url: Option<String>,
+    pub mode: RemoteMode,
+}
+
+/// What the remote cache did in one build.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RemoteReport {
+    pub url: String,
+    pub mode: RemoteMode,
+    pub hits: usize,
+    pub misses: usize,
+    pub uploads: usize,
+    pub errors: usize,
+    /// The errors (credentials never appear: the registry client scrubs them) and
+    /// reproducibility problems (a key with another output in the cache).
+    pub problems: Vec<String>,
+}
+
+pub(crate) struct RemoteCache {
+    client: Client,
+    repository: String,
+    url: String,
+    mode: RemoteMode,
+    errors: AtomicUsize,
+    report: Mutex<RemoteReport>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Config {
+    key: String,
+    output: String,
+    log: String,
+}
+
+impl RemoteCache {
+    pub fn new(opts: &RemoteOptions) -> Result<Option<RemoteCache>, Error> {
+        let Some(url) = opts.url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |why: &str| Error::RemoteCacheUrl {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let rest = url
+            .strip_prefix("oci://")
+            .ok_or_else(|| bad("it must start with `oci://`"))?;
+        let (registry, repository) = rest
+            .split_once('/')
+            .filter(|(r, p)| !r.is_empty() && !p.is_empty())
+            .ok_or_else(|| bad("expected `oci://host[:port]/repository`"))?;
+        let creds = cascade_registry::credentials_for(registry)
+            .map_err(|e| bad(&format!("credentials: {e}")))?;
+        let client = Client::new(
+            registry,
+            creds,
+            ClientOptions {
+                retries: 2,
+                initial_backoff: Duration::from_millis(100),
+                timeout: Duration::from_secs(10),
+            },
+        );
+        Ok(Some(RemoteCache {
+            client,
+            repository: repository.trim_end_matches('/').to_string(),
+            url: url.to_string(),
+            mode: opts.mode,
+            errors: AtomicUsize::new(0),
+            report: Mutex::new(RemoteReport {
+                url: url.to_string(),
+                mode: opts.mode,
+                ..RemoteReport::default()
+            }),
+        }))
+    }
+
+    fn tag(key: &NodeKey) -> String {
+        format!("k-{}", key.hex())
+    }
+
+    fn usable(&self) -> bool {
+        self.errors.load(Ordering::Relaxed) < ERROR_BUDGET
+    }
+
+    fn with_report(&self, f: impl FnOnce(&mut RemoteReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.with_report(|r| {
+            r.errors += 1;
+            r.problems.push(what);
+        });
+    }
+
+    pub fn report(&self) -> RemoteReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Looks `key` up; on a hit every entry is downloaded, verified and stored, and the
+    /// action result is recorded locally. `None` on a miss or any failure.
+    pub fn fetch(&self, store: &Store, key: &NodeKey, node: &str) -> Option<ActionResult> {
+        if self.mode == RemoteMode::Write || !self.usable() {
+            return None;
+        }
+        match self.try_fetch(store, key) {
+            Ok(Some(r)) => {
+                self.with_report(|r| r.hits += 1);
+                Some(r)
+            }
+            Ok(None) => {
+                self.with_report(|r| r.misses += 1);
+                None
+            }
+            Err(e) => {
+                self.error(format!("`{node}`: reading {}: {e}", self.url));
+                None
+            }
+        }
+    }
+
+    fn try_fetch(&self, store: &Store, key: &NodeKey) -> Result<Option<ActionResult>, String> {
+        let tag = Self::tag(key);
+        let repo = &self.repository;
+        if self
+            .client
+            .manifest_digest(repo, &tag)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let (_, bytes) = self
+            .client
+            .get_manifest(repo, &tag)
+            .map_err(|e| e.to_string())?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        let config = descriptor(&manifest["config"])?;
+        let config: Config = serde_json::from_slice(
+            &self
+                .client
+                .get_blob(repo, &config.digest, CONFIG_LIMIT)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("not a cascade action: {e}"))?;
+        if config.key != key.to_string() {
+            return Err(format!("tag {tag} names another key ({})", config.key));
+        }
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        for l in &layers {
+            let d = descriptor(l)?;
+            let kind = l["mediaType"].as_str().unwrap_or_default();
+            let want = l["annotations"][ANNOTATION_BLAKE3]
+                .as_str()
+                .and_then(|s| s.strip_prefix("blake3:"))
+                .and_then(|h| Digest::from_hex(h).ok())
+                .ok_or("a layer without its blake3 digest")?;
+            if have(store, kind, &want) {
+                continue;
+            }
+            let bytes = self
+                .client
+                .get_blob(repo, &d.digest, d.size)
+                .map_err(|e| e.to_string())?;
+            if Digest::of(&bytes) != want {
+                return Err(format!("{} does not hash to its blake3 digest", d.digest));
+            }
+            put(store, kind, &bytes)?;
+        }
+        let digest = |s: &str| {
+            s.strip_prefix("blake3:")
+                .and_then(|h| Digest::from_hex(h).ok())
+                .ok_or_else(|| format!("`{s}` is not a digest"))
+        };
+        let result = ActionResult {
+            output: cascade_core::OutputDigest(digest(&config.output)?),
+            log: BlobDigest(digest(&config.log)?),
+        };
+        store.put_action(key, &result).map_err(|e| e.to_string())?;
+        Ok(Some(result))
+    }
+
+    /// After a node was built: publish its action result, unless the cache already has
+    /// one (the first writer wins; another output is reported, never overwritten).
+    pub fn upload(&self, store: &Store, key: &NodeKey, result: &ActionResult, node: &str) {
+        if self.mode == RemoteMode::Read || !self.usable() {
+            return;
+        }
+        match self.try_upload(store, key, result, node) {
+            Ok(true) => self.with_report(|r| r.uploads += 1),
+            Ok(false) => {}
+            Err(e) => self.error(format!("`{node}`: writing {}: {e}", self.url)),
+        }
+    }
+
+    fn try_upload(
+        &self,
+        store: &Store,
+        key: &NodeKey,
+        result: &ActionResult,
+        node: &str,
+    ) -> Result<bool, String> {
+        let tag = Self::tag(key);
+        let repo = &self.repository;
+        if self
+            .client
+            .manifest_digest(repo, &tag)
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            // Someone wrote this key first: same output is fine, another is a finding.
+            let (_, bytes) = self
+                .client
+                .get_manifest(repo, &tag)
+                .map_err(|e| e.to_string())?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let config = descriptor(&manifest["config"])?;
+            let theirs: Config = serde_json::from_slice(
+                &self
+                    .client
+                    .get_blob(repo, &config.digest, CONFIG_LIMIT)
+                    .map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?;
+            if theirs.output != result.output.to_string() {
+                self.with_report(|r| {
+                    r.problems.push(format!(
+                        "reproducibility: `{node}` (key {}) is {} in the remote cache but {} here; the cache keeps the first",
+                        key.short(12),
+                        theirs.output,
+                        result.output
+                    ))
+                });
+            }
+            return Ok(false);
+        }
+        let tmp = store.temp_dir().map_err(|e| e.to_string())?;
+        let layout = OciLayout::open_or_create(tmp.path()).map_err(|e| e.to_string())?;
+        let mut layers = Vec::new();
+        let mut add = |kind: &str, bytes: &[u8]| -> Result<(), String> {
+            let sha = layout.put_blob_bytes(bytes).map_err(|e| e.to_string())?;
+            let mut d = Descriptor::new(
+                &format!("application/vnd.cascade.{kind}.v1"),
+                sha,
+                bytes.len() as u64,
+            );
+            d.annotations
+                .insert(ANNOTATION_BLAKE3.to_string(), Digest::of(bytes).to_string());
+            layers.push(d);
+            Ok(())
+        };
+        add(
+            "key",
+            &store.get_key_manifest(key).map_err(|e| e.to_string())?,
+        )?;
+        add(
+            "blob",
+            &store.get_blob(&result.log).map_err(|e| e.to_string())?,
+        )?;
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![TreeDigest(result.output.0)];
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t.0) {
+                continue;
+            }
+            let tree = store.get_tree(&t).map_err(|e| e.to_string())?;
+            add("tree", &tree.encode())?;
+            for e in tree.entries() {
+                match &e.kind {
+                    EntryKind::File { digest, .. } => {
+                        if seen.insert(digest.0) {
+                            add("blob", &store.get_blob(digest).map_err(|e| e.to_string())?)?;
+                        }
+                    }
+                    EntryKind::Dir { digest } => stack.push(*digest),
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        let config = serde_json::to_vec(&Config {
+            key: key.to_string(),
+            output: result.output.to_string(),
+            log: result.log.to_string(),
+        })
+        .map_err(|e| e.to_string())?;
+        let config_sha = layout.put_blob_bytes(&config).map_err(|e| e.to_string())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": cascade_image::MEDIA_TYPE_MANIFEST,
+            "artifactType": ARTIFACT_TYPE,
+            "config": Descriptor::new(CONFIG_TYPE, config_sha, config.len() as u64),
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
+        let digest = layout.put_blob_bytes(&bytes).map_err(|e| e.to_string())?;
+        self.client
+            .push(&layout, &digest, repo, &[tag])
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+fn descriptor(v: &serde_json::Value) -> Result<Descriptor, String> {
+    let digest: OciDigest = v["digest"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or("a descriptor without a digest")?;
+    let size = v["size"].as_u64().ok_or("a descriptor without a size")?;
+    Ok(Descriptor::new(
+        v["mediaType"].as_str().unwrap_or_default(),
+        digest,
+        size,
+    ))
+}
+
+fn have(store: &Store, kind: &str, d: &Digest) -> bool {
+    match kind {
+        "application/vnd.cascade.tree.v1" => store.get_tree(&TreeDigest(*d)).is_ok(),
+        "application/vnd.cascade.key.v1" => store.get_key_manifest(&NodeKey(*d)).is_ok(),
+        _ => store.has_blob(&BlobDigest(*d)),
+    }
+}
+
+fn put(store: &Store, kind: &str, bytes: &[u8]) -> Result<(), String> {
+    match kind {
+        "application/vnd.cascade.tree.v1" => {
+            let tree = Tree::decode(bytes).map_err(|e| e.to_string())?;
+            store.put_tree(&tree).map(|_| ()).map_err(|e| e.to_string())
+        }
+        "application/vnd.cascade.key.v1" => store
+            .put_key_manifest(bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => store.put_blob(bytes).map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
