@@ -63,6 +63,38 @@ enum Command {
     Rollback(RollbackArgs),
     /// Remove from the store what the newest lockfiles of every environment do not need.
     Gc(GcArgs),
+    /// Inspect and check the store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Entries and bytes per kind, and the hit rate of the last builds.
+    Stats(StoreArgs),
+    /// Re-hash every entry; exit 1 and list the corrupt ones.
+    Verify(VerifyArgs),
+    /// The same as `cascade gc`.
+    Gc(GcArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// The store directory [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    common: StoreArgs,
+    /// Remove the corrupt entries (they are rebuilt or fetched when next needed).
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -298,7 +330,9 @@ where
         Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
         Command::Promote(args) => lock::promote(&cli.project, args, io),
         Command::Rollback(args) => rollback(&cli.project, args, io),
-        Command::Gc(args) => gc(&cli.project, args, io),
+        Command::Gc(args) | Command::Cache(CacheCommand::Gc(args)) => gc(&cli.project, args, io),
+        Command::Cache(CacheCommand::Stats(args)) => cache_stats(&cli.project, args, io),
+        Command::Cache(CacheCommand::Verify(args)) => cache_verify(&cli.project, args, io),
     }
 }
 
@@ -574,6 +608,73 @@ fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
             EXIT_OK
         }
         Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+fn cache_stats(project: &std::path::Path, args: StoreArgs, mut io: Io<'_>) -> i32 {
+    let color = io.color && !args.json;
+    match cascade::cache_stats(&default_store(project, args.store.as_ref())) {
+        Ok(s) if args.json => json_ok(&mut io, &s),
+        Ok(s) => {
+            let mut out = format!("store {}", s.store.display());
+            for (kind, c) in &s.entries {
+                out.push_str(&format!(
+                    "\n  {kind:<8} {:>8} entries  {:>10}",
+                    c.entries,
+                    bytes(c.bytes)
+                ));
+            }
+            match s.hit_rate {
+                Some(r) => out.push_str(&format!(
+                    "\nhit rate of the last {} build{}: {:.0}% ({} from the remote cache)",
+                    s.builds.len(),
+                    if s.builds.len() == 1 { "" } else { "s" },
+                    r * 100.0,
+                    s.builds.iter().map(|b| b.remote_hits).sum::<usize>()
+                )),
+                None => out.push_str("\nno build recorded on this store yet"),
+            }
+            let _ = writeln!(io.out, "{out}");
+            EXIT_OK
+        }
+        Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+fn cache_verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> i32 {
+    let json = args.common.json;
+    let color = io.color && !json;
+    match cascade::cache_verify(
+        &default_store(project, args.common.store.as_ref()),
+        args.repair,
+    ) {
+        Ok(v) => {
+            if json {
+                io.json(&v);
+            } else {
+                let total: usize = v.checked.values().sum();
+                let mut out = format!("checked {total} entries: {} corrupt", v.corrupt.len());
+                for c in &v.corrupt {
+                    out.push_str(&format!(
+                        "\n  {:<8} {}{}",
+                        c.kind,
+                        c.path.display(),
+                        if c.removed { " (removed)" } else { "" }
+                    ));
+                }
+                if !v.corrupt.is_empty() && !args.repair {
+                    out.push_str("\n--repair removes them; they are rebuilt when next needed");
+                }
+                let _ = writeln!(io.out, "{out}");
+            }
+            // Corruption found is a failure, even when repaired: something broke it.
+            if v.corrupt.is_empty() {
+                EXIT_OK
+            } else {
+                1
+            }
+        }
+        Err(e) => fail(&mut io, &e, json, color),
     }
 }
 

@@ -145,3 +145,84 @@ fn entries(dir: &Path, fanned: bool) -> Vec<(String, std::path::PathBuf)> {
     out.sort();
     out
 }
+
+/// Entries and bytes of one kind of store entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Count {
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+/// One entry that does not hash to its name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Corrupt {
+    pub kind: String,
+    pub path: std::path::PathBuf,
+    /// Whether `--repair` removed it.
+    pub removed: bool,
+}
+
+impl Store {
+    /// Entries and bytes per kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`,
+    /// `logs`), for `cascade cache stats`.
+    pub fn stats(&self) -> BTreeMap<String, Count> {
+        let mut out = BTreeMap::new();
+        let mut tally = |kind: &str, files: Vec<(String, std::path::PathBuf)>| {
+            let c = out.entry(kind.to_string()).or_insert_with(Count::default);
+            for (_, p) in files {
+                c.entries += 1;
+                c.bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+            }
+        };
+        for kind in [Kind::Blob, Kind::Tree, Kind::Key, Kind::Action, Kind::Image] {
+            tally(kind.dir(), entries(&self.root.join(kind.dir()), true));
+        }
+        tally("oci", entries(&self.oci_dir().join("blobs/sha256"), false));
+        tally("logs", entries(&self.root.join("logs"), false));
+        out
+    }
+
+    /// Re-reads and re-hashes every blake3-named entry (blobs, trees, key manifests) and
+    /// every checksummed one (actions, image records) without the usual discard-on-read;
+    /// returns how many were checked per kind and the corrupt ones, removed only with
+    /// `repair`. OCI blobs (sha256) are checked by the caller.
+    pub fn verify(
+        &self,
+        repair: bool,
+    ) -> Result<(BTreeMap<String, usize>, Vec<Corrupt>), StoreError> {
+        let mut checked = BTreeMap::new();
+        let mut corrupt = Vec::new();
+        for kind in [Kind::Blob, Kind::Tree, Kind::Key, Kind::Action, Kind::Image] {
+            for (name, path) in entries(&self.root.join(kind.dir()), true) {
+                *checked.entry(kind.dir().to_string()).or_insert(0) += 1;
+                let bytes = fs::read(&path).map_err(StoreError::io(&path))?;
+                let good = match Digest::from_hex(&name) {
+                    Err(_) => false,
+                    Ok(d) => match kind {
+                        Kind::Blob | Kind::Key => Digest::of(&bytes) == d,
+                        Kind::Tree => {
+                            Digest::of(&bytes) == d && cascade_core::Tree::decode(&bytes).is_ok()
+                        }
+                        Kind::Action | Kind::Image => {
+                            bytes.len() >= 32 && {
+                                let (body, sum) = bytes.split_at(bytes.len() - 32);
+                                crate::checksum(&d, body).0.as_slice() == sum
+                            }
+                        }
+                    },
+                };
+                if !good {
+                    if repair {
+                        fs::remove_file(&path).map_err(StoreError::io(&path))?;
+                    }
+                    corrupt.push(Corrupt {
+                        kind: kind.dir().to_string(),
+                        path,
+                        removed: repair,
+                    });
+                }
+            }
+        }
+        Ok((checked, corrupt))
+    }
+}

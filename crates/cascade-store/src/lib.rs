@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use cascade_core::encode::{DecodeError, Decoder, Encoder};
 use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, OutputDigest, Tree, TreeDigest};
 
-pub use gc::{GcReport, Keep};
+pub use gc::{Corrupt, Count, GcReport, Keep};
 pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -61,6 +61,15 @@ impl StoreError {
             source,
         }
     }
+}
+
+/// The trailing checksum of an entry named by a key: over the key and the body, so an
+/// entry moved under another key (two files swapped) is caught, not just a torn one.
+pub(crate) fn checksum(key: &Digest, body: &[u8]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&key.0);
+    h.update(body);
+    Digest::from_hasher(&h)
 }
 
 /// What a successful build of one node recorded.
@@ -309,7 +318,7 @@ impl Store {
     /// blake3 of it, so a torn or flipped entry is detected.
     fn put_checked(&self, kind: Kind, key: &Digest, body: &[u8]) -> Result<(), StoreError> {
         let mut bytes = body.to_vec();
-        bytes.extend_from_slice(Digest::of(body).0.as_slice());
+        bytes.extend_from_slice(checksum(key, body).0.as_slice());
         self.put(kind, key, &bytes)
     }
 
@@ -329,7 +338,7 @@ impl Store {
             return Err(self.discard(p, expected()));
         }
         let sum = bytes.split_off(bytes.len() - 32);
-        if Digest::of(&bytes).0.as_slice() != sum {
+        if checksum(key, &bytes).0.as_slice() != sum {
             return Err(self.discard(p, expected()));
         }
         Ok(Some(bytes))

@@ -290,6 +290,15 @@ pub fn build(
     };
     let (mut report, done) = run_graph(&run, on_event);
     publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+    crate::cache::record_build(
+        &store,
+        &crate::cache::BuildStat {
+            environment: opts.env.clone(),
+            built: report.built,
+            cached: report.cached,
+            remote_hits: report.nodes.iter().filter(|n| n.remote).count(),
+        },
+    );
     if report.success() {
         let lock = lockfile(
             &project.graph.environment.name,

@@ -4,6 +4,7 @@
 //! pin → key → execute → store → lock → publish.
 
 mod build;
+mod cache;
 mod check;
 mod diff;
 mod errors;
@@ -19,6 +20,7 @@ mod remote;
 mod replay;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
+pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use check::{FileDiff, Mismatch};
 pub use diff::{
     diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,
