@@ -10,6 +10,7 @@
 //! - `images/` image records: image key → the manifest digest it produced, with a checksum
 //! - `oci/` an OCI image layout holding every image's blobs (sha256), and `index.json`
 //!   naming the newest image of each reference
+//! - `locks/` one lock file per node key being built (held with `flock`)
 //! - `logs/` the logs of failed nodes, kept under readable names for people
 //! - `tmp/` scratch space for builds (work directories live here, on the same disk)
 //!
@@ -122,6 +123,12 @@ impl Kind {
             Kind::Image => "images",
         }
     }
+}
+
+/// Held while a node key is being built; see [`Store::lock_key`].
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: fs::File,
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +313,25 @@ impl Store {
             Ok(s) => Ok(Some(s)),
             Err(_) => Err(self.discard(self.path(Kind::Image, key), expected())),
         }
+    }
+
+    /// Waits for, then holds, the build lock of `key`, so that builds sharing this
+    /// store (threads or processes) never build one key at the same time: the second
+    /// finds the first's result once it gets the lock. The lock is the kernel's
+    /// (`flock`), released when the guard drops or its process dies, so a killed build
+    /// leaves no stale lock behind.
+    pub fn lock_key(&self, key: &NodeKey) -> Result<KeyLock, StoreError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        let path = dir.join(key.hex());
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        file.lock().map_err(StoreError::io(&path))?;
+        Ok(KeyLock { _file: file })
     }
 
     /// The OCI image layout that holds every image built with this store (blobs named

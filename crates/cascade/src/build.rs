@@ -667,6 +667,16 @@ fn run_node(
         }
     }
 
+    // One builder per key and store: wait for whoever builds it now, then look again.
+    let _lock = store
+        .lock_key(&key)
+        .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
+    if let Ok(Some(r)) = store.get_action(&key) {
+        if let Ok(Some(artifacts)) = store.check_output(&r.output, &c.recipe.outputs) {
+            return Ok((done(r.output, artifacts), false));
+        }
+    }
+
     // Execute in a fresh directory on the store's disk.
     let tmp = store
         .temp_dir()
