@@ -35,7 +35,7 @@ pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
-    #[error("store I/O failed at `{path}`")]
+    #[error("store I/O failed at `{path}`: {source}")]
     #[diagnostic(
         code(cascade::store::io),
         help("check that the store directory is writable and the disk is not full")
@@ -60,6 +60,28 @@ impl StoreError {
         move |source| StoreError::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// Crash-safety tests name a point of the write sequence in `CASCADE_CRASH_AT`
+/// (`<point>` or `<point>:<n>`, the n-th time it is reached, default 1): the process
+/// aborts there, as a `kill -9` or a power cut would stop it, with no unwinding.
+pub fn crash_point(name: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("CASCADE_CRASH_AT").ok()?;
+        Some(match v.rsplit_once(':') {
+            Some((p, n)) if n.parse::<usize>().is_ok() => (p.to_string(), n.parse().ok()?),
+            _ => (v, 1),
+        })
+    });
+    if let Some((point, n)) = at {
+        if point == name && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            std::process::abort();
         }
     }
 }
@@ -188,8 +210,10 @@ impl Store {
                 .map_err(StoreError::io(dest))?;
         }
         tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
+        crash_point("write:before-rename");
         tmp.persist(dest)
             .map_err(|e| StoreError::io(dest)(e.error))?;
+        crash_point("write:after-rename");
         sync_dir(dir);
         Ok(())
     }

@@ -798,9 +798,11 @@ fn execute(
         output: outputs.digest,
         log: log_digest,
     };
+    cascade_store::crash_point("build:before-action");
     store
         .put_action(&key, &action)
         .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    cascade_store::crash_point("build:after-action");
     if let Some(rc) = remote {
         rc.upload(store, &key, &action, &c.name);
     }
