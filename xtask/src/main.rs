@@ -35,6 +35,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The store's stress tests with the large counts: 1,000 injected corruptions and
+    /// 500 kills at random moments (CI runs 200 and 50), in release mode.
+    Stress,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,32 @@ fn main() -> ExitCode {
                 };
             }
             bench::run(&args).map_err(|e| e.to_string().into())
+        }
+        Command::Stress => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .current_dir(&root)
+                .env("CASCADE_STRESS_CORRUPTIONS", "1000")
+                .env("CASCADE_STRESS_KILLS", "500")
+                .args([
+                    "test",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "cascade-tests",
+                    "--test",
+                    "store_stress",
+                    "-p",
+                    "cascade-cli",
+                    "--test",
+                    "crash",
+                ])
+                .status();
+            match status {
+                Ok(s) if s.success() => Ok(()),
+                Ok(s) => Err(format!("the stress tests failed ({s})").into()),
+                Err(e) => Err(format!("could not run cargo: {e}").into()),
+            }
         }
     };
     match result {

@@ -149,7 +149,12 @@ fn kill_9_at_random_moments_leaves_a_consistent_store() {
     assert!(build(&dir, &store).status.success());
     let span = t.elapsed().as_micros().max(1000) as u64;
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    for round in 1..=50 {
+    // `cargo xtask stress` raises it.
+    let rounds: usize = std::env::var("CASCADE_STRESS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    for round in 1..=rounds {
         touch(&dir, round);
         let before = lockfiles(&dir);
         seed ^= seed << 13;
