@@ -63,11 +63,7 @@ pub fn plan_text(p: &Plan) -> String {
 }
 
 fn short(d: &impl std::fmt::Display) -> String {
-    let s = d.to_string();
-    match s.split_once(':') {
-        Some((algo, hex)) => format!("{algo}:{}…", &hex[..hex.len().min(12)]),
-        None => s,
-    }
+    cascade::short_digest(d)
 }
 
 pub fn why_text(w: &Why, plan: &Plan) -> String {

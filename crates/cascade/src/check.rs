@@ -61,10 +61,7 @@ impl Mismatch {
 }
 
 fn short(d: &str) -> String {
-    match d.split_once(':') {
-        Some((a, h)) => format!("{a}:{}…", &h[..h.len().min(12)]),
-        None => d.to_string(),
-    }
+    crate::short_digest(&d)
 }
 
 impl fmt::Display for Mismatch {

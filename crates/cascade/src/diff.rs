@@ -9,6 +9,7 @@
 //! only leaves the count out. [`lock_diff`] is the IO around it: reading the lockfiles
 //! and opening local repositories relative to `<project>/graph/environments`.
 
+use crate::short_sha;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -369,10 +370,6 @@ fn test_changes(b: &BTreeMap<String, String>, a: &BTreeMap<String, String>) -> V
         .collect()
 }
 
-pub(crate) fn short_sha(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
-}
-
 /// A ref that is a full commit SHA (what `promote` writes) is shortened like one.
 pub(crate) fn short_ref(r: &str) -> String {
     if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -382,12 +379,8 @@ pub(crate) fn short_ref(r: &str) -> String {
     }
 }
 
-/// `blake3:1f2e3d4c5b6a…`, `sha256:…`: enough to tell digests apart in a sentence.
 fn short(d: &str) -> String {
-    match d.split_once(':') {
-        Some((algo, hex)) if hex.len() > 12 => format!("{algo}:{}…", &hex[..12]),
-        _ => d.to_string(),
-    }
+    crate::short_digest(&d)
 }
 
 /// Commit distances in the repositories as a project's environment files name them:

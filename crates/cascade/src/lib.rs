@@ -18,6 +18,7 @@ mod promote;
 mod publish;
 mod remote;
 mod replay;
+mod short;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
@@ -44,3 +45,4 @@ pub use promote::{
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};
+pub use short::{short_digest, short_sha};

@@ -29,6 +29,7 @@ use cascade_store::Store;
 
 use crate::build::{prepare, Node};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::short::{short_digest as short, short_sha};
 use crate::{load, pin_all, Error};
 
 pub struct PlanOptions {
@@ -215,19 +216,6 @@ impl SourcePoint {
             self.r#ref.as_deref().unwrap_or(&self.version),
             short_sha(&self.commit)
         )
-    }
-}
-
-fn short_sha(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
-}
-
-/// `blake3:1f2e3d4c5b6a…`: enough to tell digests apart in a sentence.
-fn short(d: &impl fmt::Display) -> String {
-    let s = d.to_string();
-    match s.split_once(':') {
-        Some((algo, hex)) => format!("{algo}:{}…", &hex[..hex.len().min(12)]),
-        None => s,
     }
 }
 

@@ -26,9 +26,10 @@ use cascade_lock::{LockNode, Lockfile, TestResult};
 use cascade_manifest::{Component, Rev};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
-use crate::diff::{diff_lockfiles, distances, short_sha, LockDiff};
+use crate::diff::{diff_lockfiles, distances, LockDiff};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
 use crate::pin::locate;
+use crate::short_sha;
 use crate::{load, Error, LockfileProblem, Project};
 
 /// Environments a promotion to which needs `approve` (the seeds' approval gate).

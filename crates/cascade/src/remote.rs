@@ -147,6 +147,26 @@ impl RemoteCache {
             .clone()
     }
 
+    /// The manifest and the config of the artifact tagged `tag`.
+    fn entry(&self, tag: &str) -> Result<(serde_json::Value, Config), String> {
+        let repo = &self.repository;
+        let (_, bytes) = self
+            .client
+            .get_manifest(repo, tag)
+            .map_err(|e| e.to_string())?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        let config = descriptor(&manifest["config"])?;
+        let config: Config = serde_json::from_slice(
+            &self
+                .client
+                .get_blob(repo, &config.digest, CONFIG_LIMIT)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| format!("not a cascade action: {e}"))?;
+        Ok((manifest, config))
+    }
+
     /// Looks `key` up; on a hit every entry is downloaded, verified and stored, and the
     /// action result is recorded locally. `None` on a miss or any failure.
     pub fn fetch(&self, store: &Store, key: &NodeKey, node: &str) -> Option<ActionResult> {
@@ -180,20 +200,7 @@ impl RemoteCache {
         {
             return Ok(None);
         }
-        let (_, bytes) = self
-            .client
-            .get_manifest(repo, &tag)
-            .map_err(|e| e.to_string())?;
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("not a manifest: {e}"))?;
-        let config = descriptor(&manifest["config"])?;
-        let config: Config = serde_json::from_slice(
-            &self
-                .client
-                .get_blob(repo, &config.digest, CONFIG_LIMIT)
-                .map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| format!("not a cascade action: {e}"))?;
+        let (manifest, config) = self.entry(&tag)?;
         if config.key != key.to_string() {
             return Err(format!("tag {tag} names another key ({})", config.key));
         }
@@ -260,20 +267,7 @@ impl RemoteCache {
             .is_some()
         {
             // Someone wrote this key first: same output is fine, another is a finding.
-            let (_, bytes) = self
-                .client
-                .get_manifest(repo, &tag)
-                .map_err(|e| e.to_string())?;
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            let config = descriptor(&manifest["config"])?;
-            let theirs: Config = serde_json::from_slice(
-                &self
-                    .client
-                    .get_blob(repo, &config.digest, CONFIG_LIMIT)
-                    .map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| e.to_string())?;
+            let (_, theirs) = self.entry(&tag)?;
             if theirs.output != result.output.to_string() {
                 self.with_report(|r| {
                     r.problems.push(format!(
