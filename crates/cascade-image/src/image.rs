@@ -212,6 +212,17 @@ pub fn assemble(layout: &OciLayout, spec: &ImageSpec) -> Result<ImageBuilt, Imag
     })
 }
 
+impl OciLayout {
+    /// Every blob of the image whose manifest is `manifest`: the manifest, its config and
+    /// its layers, after checking that the image is complete in this layout.
+    pub fn image_blobs(&self, manifest: &OciDigest) -> Result<Vec<OciDigest>, ImageError> {
+        let (m, _, _) = read_image(self, manifest)?;
+        let mut out = vec![*manifest, m.config.digest];
+        out.extend(m.layers.iter().map(|l| l.digest));
+        Ok(out)
+    }
+}
+
 /// Reads and checks an image manifest and its config from the layout: media types,
 /// one diff_id per layer, every layer blob present.
 pub(crate) fn read_image(

@@ -193,7 +193,7 @@ impl Store {
     }
 
     /// Writes `bytes` at `dest` atomically (temp file in the same directory, fsync,
-    /// rename, fsync of the directory).
+    /// rename, fsync of the directory): a reader sees the old file or the new one.
     pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
@@ -202,13 +202,17 @@ impl Store {
             .tempfile_in(dir)
             .map_err(StoreError::io(dir))?;
         tmp.write_all(bytes).map_err(StoreError::io(dest))?;
-        // tempfile creates 0600; entries and lockfiles are meant to be read by others.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-                .map_err(StoreError::io(dest))?;
-        }
+        // tempfile creates 0600: a file being replaced keeps its permissions, a new one
+        // (store entries, lockfiles) is 0644, meant to be read by others.
+        let permissions = fs::metadata(dest)
+            .map(|m| m.permissions())
+            .unwrap_or_else(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                fs::Permissions::from_mode(0o644)
+            });
+        tmp.as_file()
+            .set_permissions(permissions)
+            .map_err(StoreError::io(dest))?;
         tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
         crash_point("write:before-rename");
         tmp.persist(dest)
@@ -468,6 +472,28 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_keeps_the_permissions_of_what_it_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("env.yaml");
+        fs::write(&p, "old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        Store::write_atomic(&p, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let fresh = dir.path().join("new.yaml");
+        Store::write_atomic(&fresh, b"x").unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
 
     #[test]
     fn blob_round_trip_and_flipped_byte_detected() {

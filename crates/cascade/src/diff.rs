@@ -187,7 +187,7 @@ pub fn diff_lockfiles(
 /// orders components. A cycle (a hand-edited lockfile) leaves the rest in name order.
 fn order(old: &BTreeMap<String, LockNode>, new: &BTreeMap<String, LockNode>) -> Vec<String> {
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    let deps: BTreeMap<&String, BTreeSet<&String>> = names
+    let deps: BTreeMap<String, BTreeSet<String>> = names
         .iter()
         .map(|n| {
             let node = new.get(*n).or_else(|| old.get(*n));
@@ -196,24 +196,16 @@ fn order(old: &BTreeMap<String, LockNode>, new: &BTreeMap<String, LockNode>) -> 
                     node.inputs
                         .keys()
                         .filter(|i| names.contains(i) && *i != *n)
+                        .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
-            (*n, inputs)
+            ((*n).clone(), inputs)
         })
         .collect();
-    let mut done: BTreeSet<&String> = BTreeSet::new();
-    let mut out = Vec::with_capacity(names.len());
-    while out.len() < names.len() {
-        let ready = names
-            .iter()
-            .find(|n| !done.contains(**n) && deps[**n].iter().all(|d| done.contains(d)))
-            .or_else(|| names.iter().find(|n| !done.contains(**n)));
-        let Some(next) = ready else { break };
-        done.insert(next);
-        out.push((*next).clone());
-    }
-    out
+    let (mut order, left) = crate::lockfiles::build_order(&deps);
+    order.extend(left);
+    order
 }
 
 fn compare(

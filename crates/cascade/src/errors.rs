@@ -212,7 +212,7 @@ pub enum Error {
     WriteManifest {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: cascade_store::StoreError,
     },
 
     #[error(

@@ -128,19 +128,8 @@ fn reach(store: &Store, layout: &OciLayout, lock: &Lockfile, keep: &mut Keep) {
 
 fn reach_image(layout: &OciLayout, manifest: &OciDigest, keep: &mut Keep) {
     keep.oci.insert(manifest.hex());
-    let Ok(bytes) = layout.read_blob(manifest) else {
-        return;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return;
-    };
-    let named = std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
-    for d in named {
-        if let Some(d) = d["digest"]
-            .as_str()
-            .and_then(|s| s.parse::<OciDigest>().ok())
-        {
-            keep.oci.insert(d.hex());
-        }
+    // An incomplete image is of no use to anyone: only a complete one keeps its blobs.
+    for d in layout.image_blobs(manifest).unwrap_or_default() {
+        keep.oci.insert(d.hex());
     }
 }

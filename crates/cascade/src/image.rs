@@ -205,7 +205,7 @@ pub(crate) fn build_image(
     let key = image_key(decl, output, base.as_ref(), &annotations, epoch, &platform);
     if let Ok(Some(recorded)) = store.get_image(&key) {
         if let Ok(d) = recorded.parse::<OciDigest>() {
-            if image_complete(layout, &d) {
+            if layout.image_blobs(&d).is_ok() {
                 return Ok(ImageRef {
                     reference,
                     digest: d,
@@ -280,25 +280,6 @@ fn assemble_from(
         source_date_epoch: epoch,
     };
     Ok(assemble(layout, &spec)?.manifest_digest)
-}
-
-/// Whether the manifest and every blob it names are in the layout.
-fn image_complete(layout: &OciLayout, manifest: &OciDigest) -> bool {
-    let Ok(bytes) = layout.read_blob(manifest) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    let mut digests = vec![v["config"]["digest"].clone()];
-    if let Some(layers) = v["layers"].as_array() {
-        digests.extend(layers.iter().map(|l| l["digest"].clone()));
-    }
-    digests.iter().all(|d| {
-        d.as_str()
-            .and_then(|s| s.parse::<OciDigest>().ok())
-            .is_some_and(|d| layout.has_blob(&d))
-    })
 }
 
 /// Names this build's images in the layout's `index.json` (for `skopeo inspect

@@ -1,5 +1,6 @@
 //! [IO] The lockfiles a project has written: `lockfiles/<env>-<stamp>[-<n>].yaml`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +96,46 @@ fn stamp_of(name: &str, env: &str) -> Option<(String, u64)> {
     ok.then(|| (stamp.to_string(), n))
 }
 
+/// The build order of a lockfile's nodes, given each node's dependencies by name:
+/// Kahn's algorithm with the smallest ready name first, as `resolve` orders a graph.
+/// Returns the ordered names and, in name order, those that could not be placed (a
+/// dependency that is not a node, or a cycle).
+pub(crate) fn build_order(deps: &BTreeMap<String, BTreeSet<String>>) -> (Vec<String>, Vec<String>) {
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (n, ds) in deps {
+        // A dependency that is not a node can never be met: count it, never release it.
+        waiting.insert(n, ds.len());
+        for d in ds {
+            dependents.entry(d.as_str()).or_default().push(n);
+        }
+    }
+    let mut ready: BTreeSet<&str> = waiting
+        .iter()
+        .filter(|(_, w)| **w == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    let mut order = Vec::with_capacity(deps.len());
+    while let Some(n) = ready.pop_first() {
+        order.push(n.to_string());
+        for d in dependents.get(n).into_iter().flatten() {
+            if let Some(w) = waiting.get_mut(d) {
+                *w -= 1;
+                if *w == 0 {
+                    ready.insert(d);
+                }
+            }
+        }
+    }
+    let placed: BTreeSet<&str> = order.iter().map(String::as_str).collect();
+    let left = deps
+        .keys()
+        .filter(|n| !placed.contains(n.as_str()))
+        .cloned()
+        .collect();
+    (order, left)
+}
+
 /// Reads and parses a lockfile; `shown` is how its path is printed.
 pub fn read_lockfile(path: &Path, shown: &str) -> Result<Lockfile, Error> {
     let text = fs::read_to_string(path).map_err(|source| Error::Read {
@@ -141,6 +182,32 @@ mod tests {
         let envs: Vec<String> = all_lockfiles(dir.path()).into_keys().collect();
         assert_eq!(envs, ["scratch", "scratch-eu"]);
         assert_eq!(lockfiles_of(dir.path(), "scratch").len(), 4);
+    }
+
+    #[test]
+    fn build_order_is_kahn_smallest_first_and_reports_what_cannot_be_placed() {
+        let deps = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, BTreeSet<String>> {
+            pairs
+                .iter()
+                .map(|(n, ds)| (n.to_string(), ds.iter().map(|d| d.to_string()).collect()))
+                .collect()
+        };
+        let (order, left) = build_order(&deps(&[
+            ("app", &["lib", "b"]),
+            ("b", &[]),
+            ("lib", &["b"]),
+            ("a", &[]),
+        ]));
+        assert_eq!(order, ["a", "b", "lib", "app"]);
+        assert!(left.is_empty());
+        let (order, left) = build_order(&deps(&[
+            ("x", &["y"]),
+            ("y", &["x"]),
+            ("z", &["gone"]),
+            ("w", &[]),
+        ]));
+        assert_eq!(order, ["w"]);
+        assert_eq!(left, ["x", "y", "z"]);
     }
 
     #[test]

@@ -17,13 +17,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cascade_core::Span;
 use cascade_git::{Git, GitError, RevSpec};
 use cascade_lock::{LockNode, Lockfile, TestResult};
 use cascade_manifest::{Component, Rev};
+use cascade_store::Store;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
 use crate::diff::{diff_lockfiles, distances, LockDiff};
@@ -334,13 +334,15 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
     if written {
         let path = opts.project.join(&manifest);
         let rewritten = apply(&original, &edits);
-        write_atomic(&path, rewritten.as_bytes()).map_err(|source| Error::WriteManifest {
-            path: PathBuf::from(&manifest),
-            source,
+        Store::write_atomic(&path, rewritten.as_bytes()).map_err(|source| {
+            Error::WriteManifest {
+                path: PathBuf::from(&manifest),
+                source,
+            }
         })?;
         if let Err(detail) = reads_back(opts, &targets) {
             // Never leave a manifest that does not load: put the old bytes back.
-            let _ = write_atomic(&path, original.as_bytes());
+            let _ = Store::write_atomic(&path, original.as_bytes());
             return Err(Error::RewriteInvalid {
                 path: PathBuf::from(&manifest),
                 detail,
@@ -607,38 +609,6 @@ fn apply(text: &str, edits: &[(Span, String)]) -> String {
     out
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so a
-/// reader sees the old file or the new one, never part of one. The file keeps its
-/// permissions.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.promote-{}.tmp", std::process::id()));
-    let permissions = fs::metadata(path)?.permissions();
-    let result = (|| {
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(permissions)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Loads the rewritten target and checks it pins what was written.
 fn reads_back(opts: &PromoteOptions, targets: &[Target<'_>]) -> Result<(), String> {
     let project = load(&opts.project, &opts.to).map_err(|e| {
@@ -711,21 +681,5 @@ mod tests {
             apply(t, &edits),
             "# keep\nx: { ref: dd }   # note\n\ny: { ref: cccc }\n"
         );
-    }
-
-    #[test]
-    fn an_atomic_write_keeps_the_permissions() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("env.yaml");
-        fs::write(&p, "old").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&p, b"new").unwrap();
-        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

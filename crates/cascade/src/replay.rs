@@ -320,43 +320,29 @@ fn components(
         }
         recipes.insert(name, recipe);
     }
-    // Kahn's algorithm, smallest name first, as `resolve` orders a graph.
-    let deps_of = |name: &str| -> BTreeSet<String> {
-        let r = &recipes[name];
-        let mut d: BTreeSet<String> = r.inputs.iter().cloned().collect();
-        if let Some(ImageDecl {
-            base: ImageBase::Component(b),
-            ..
-        }) = &r.image
-        {
-            d.insert(b.clone());
-        }
-        d
-    };
-    let mut order: Vec<String> = Vec::new();
-    let mut placed: BTreeSet<String> = BTreeSet::new();
-    while order.len() < recipes.len() {
-        let next = recipes
-            .keys()
-            .find(|n| !placed.contains(**n) && deps_of(n).iter().all(|d| placed.contains(d)));
-        let Some(next) = next else {
-            let stuck = recipes
-                .keys()
-                .find(|n| !placed.contains(**n))
-                .copied()
-                .unwrap_or_default();
-            return Err(locked.problem(
-                stuck,
-                "inputs:",
-                format!(
-                    "the inputs of `{stuck}` name a component the lockfile lacks, or form a cycle"
-                ),
-                "here",
-                None,
-            ));
-        };
-        placed.insert(next.to_string());
-        order.push(next.to_string());
+    let deps: BTreeMap<String, BTreeSet<String>> = recipes
+        .iter()
+        .map(|(name, r)| {
+            let mut d: BTreeSet<String> = r.inputs.iter().cloned().collect();
+            if let Some(ImageDecl {
+                base: ImageBase::Component(b),
+                ..
+            }) = &r.image
+            {
+                d.insert(b.clone());
+            }
+            (name.to_string(), d)
+        })
+        .collect();
+    let (order, left) = crate::lockfiles::build_order(&deps);
+    if let Some(stuck) = left.first() {
+        return Err(locked.problem(
+            stuck,
+            "inputs:",
+            format!("the inputs of `{stuck}` name a component the lockfile lacks, or form a cycle"),
+            "here",
+            None,
+        ));
     }
     let index: BTreeMap<&str, usize> = order
         .iter()
@@ -573,21 +559,10 @@ fn copy_pinned_bases(
         let Ok(manifest) = digest.parse::<cascade_image::OciDigest>() else {
             continue;
         };
-        let Ok(bytes) = from.read_blob(&manifest) else {
+        // A base that is not (complete) in the store fails the image build, saying so.
+        let Ok(blobs) = from.image_blobs(&manifest) else {
             continue;
         };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        let mut blobs = vec![manifest];
-        let named =
-            std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
-        blobs.extend(named.filter_map(|d| {
-            d["digest"]
-                .as_str()?
-                .parse::<cascade_image::OciDigest>()
-                .ok()
-        }));
         for b in blobs {
             let bytes = from.read_blob(&b).map_err(Error::Image)?;
             to.put_blob_bytes(&bytes).map_err(Error::Image)?;
