@@ -35,8 +35,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The store's stress tests with the large counts: 1,000 injected corruptions and
-    /// 500 kills at random moments (CI runs 200 and 50), in release mode.
+    /// The store's stress tests with the large counts: 1,000 injected corruptions,
+    /// 500 kills at random moments and 20 rounds of 8 concurrent build processes (CI
+    /// runs 200, 50 and 3), in release mode.
     Stress,
 }
 
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
                 .current_dir(&root)
                 .env("CASCADE_STRESS_CORRUPTIONS", "1000")
                 .env("CASCADE_STRESS_KILLS", "500")
+                .env("CASCADE_STRESS_ROUNDS", "20")
                 .args([
                     "test",
                     "--release",
@@ -98,6 +100,8 @@ fn main() -> ExitCode {
                     "cascade-cli",
                     "--test",
                     "crash",
+                    "--test",
+                    "processes",
                 ])
                 .status();
             match status {

@@ -195,6 +195,17 @@ impl Store {
     /// Writes `bytes` at `dest` atomically (temp file in the same directory, fsync,
     /// rename, fsync of the directory): a reader sees the old file or the new one.
     pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        Self::write_file(dest, bytes, true).map(|_| ())
+    }
+
+    /// Like [`Store::write_atomic`], but never replaces an existing file: returns
+    /// `false` when `dest` exists. Two processes racing for one name (lockfiles written
+    /// in the same second) cannot overwrite each other.
+    pub fn write_new_atomic(dest: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
+        Self::write_file(dest, bytes, false)
+    }
+
+    fn write_file(dest: &Path, bytes: &[u8], clobber: bool) -> Result<bool, StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
         let mut tmp = tempfile::Builder::new()
@@ -215,11 +226,19 @@ impl Store {
             .map_err(StoreError::io(dest))?;
         tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
         crash_point("write:before-rename");
-        tmp.persist(dest)
-            .map_err(|e| StoreError::io(dest)(e.error))?;
+        if clobber {
+            tmp.persist(dest)
+                .map_err(|e| StoreError::io(dest)(e.error))?;
+        } else {
+            match tmp.persist_noclobber(dest) {
+                Ok(_) => {}
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(StoreError::io(dest)(e.error)),
+            }
+        }
         crash_point("write:after-rename");
         sync_dir(dir);
-        Ok(())
+        Ok(true)
     }
 
     fn put(&self, kind: Kind, d: &Digest, bytes: &[u8]) -> Result<(), StoreError> {

@@ -656,7 +656,18 @@ fn run_node(
         Err(e @ StoreError::Corrupt { .. }) => warnings.push(e.to_string()),
         Err(e) => return Err(fail(FailureCause::Environment, e, Some(key))),
     }
-    // The remote cache, verified entry by entry into the local store.
+    // One builder per key and store: wait for whoever builds (or downloads) it now,
+    // then look again.
+    let _lock = store
+        .lock_key(&key)
+        .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
+    if let Ok(Some(r)) = store.get_action(&key) {
+        if let Ok(Some(artifacts)) = store.check_output(&r.output, &c.recipe.outputs) {
+            return Ok((done(r.output, artifacts), false));
+        }
+    }
+    // The remote cache, verified entry by entry into the local store; under the key's
+    // lock, so builds sharing a store download each result once.
     if let Some(r) = remote.and_then(|rc| rc.fetch(store, &key, &c.name)) {
         match store.check_output(&r.output, &c.recipe.outputs) {
             Ok(Some(artifacts)) => {
@@ -664,16 +675,6 @@ fn run_node(
                 return Ok((done(r.output, artifacts), false));
             }
             _ => warnings.push("the remote cache's result is incomplete; building".into()),
-        }
-    }
-
-    // One builder per key and store: wait for whoever builds it now, then look again.
-    let _lock = store
-        .lock_key(&key)
-        .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    if let Ok(Some(r)) = store.get_action(&key) {
-        if let Ok(Some(artifacts)) = store.check_output(&r.output, &c.recipe.outputs) {
-            return Ok((done(r.output, artifacts), false));
         }
     }
 
@@ -975,11 +976,18 @@ pub(crate) fn write_lockfile(
             Ok(existing) if existing == text && newest.as_ref() == Some(&path) => return Ok(path),
             Ok(_) => n += 1,
             Err(_) => {
-                Store::write_atomic(&path, text.as_bytes()).map_err(|source| Error::WriteLock {
-                    path: path.clone(),
-                    source,
-                })?;
-                return Ok(path);
+                // Another build may take this name between the read and the write
+                // (8 builds in one second): then try the next name.
+                let created = Store::write_new_atomic(&path, text.as_bytes()).map_err(
+                    |source| Error::WriteLock {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                if created {
+                    return Ok(path);
+                }
+                n += 1;
             }
         }
     }
