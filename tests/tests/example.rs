@@ -1,7 +1,9 @@
 //! End to end on the example ecosystem of this repository: generate its git
 //! repositories, build `scratch` twice (the second build runs nothing), build it again
 //! in another directory with another umask and store (same lockfile bytes), and run
-//! the `services` binary from the store: it answers `/version` with its commit.
+//! the `services` binary from the store: it answers `/version` with its commit. With the
+//! registry, the first build fills a remote cache and a clean third checkout gets every
+//! node from it.
 //!
 //! One test function on purpose: it changes the process umask, which would disturb
 //! tests running beside it in this binary.
@@ -38,6 +40,10 @@ fn example_project(dir: &Path) {
 }
 
 fn build(project: &Path, store: &Path) -> Run {
+    build_with(project, store, &[])
+}
+
+fn build_with(project: &Path, store: &Path, extra: &[&str]) -> Run {
     let mut args = vec![
         "--project".into(),
         project.display().to_string(),
@@ -52,6 +58,7 @@ fn build(project: &Path, store: &Path) -> Run {
     if !cascade_tests::docker() {
         args.push("--skip-tests".into());
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     let r = cascade(&args);
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     r
@@ -72,7 +79,25 @@ fn example_ecosystem_end_to_end() {
     example_project(&a);
     let store_a = a.join("cache");
 
-    let first = build(&a, &store_a);
+    // CI's machine fills a remote cache as it builds (write only: CI never trusts it).
+    let remote = cascade_tests::registry("127.0.0.1:5000", 200).then(|| {
+        format!(
+            "oci://127.0.0.1:5000/example-cache-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )
+    });
+    let first = match &remote {
+        Some(url) => build_with(
+            &a,
+            &store_a,
+            &["--remote-cache", url, "--remote-cache-mode", "write"],
+        ),
+        None => build(&a, &store_a),
+    };
     assert_eq!(first.json()["built"], 7, "{}", first.stderr);
     let second = build(&a, &store_a);
     assert_eq!(second.json()["built"], 0, "a second build runs no step");
@@ -96,6 +121,29 @@ fn example_ecosystem_end_to_end() {
         lockfile(&b, &third),
         "a build elsewhere gives the same lockfile"
     );
+
+    // A developer's clean machine, reading the remote cache: every node comes from it
+    // (the bar is 95%), no step runs, and the lockfile is the same.
+    if let Some(url) = &remote {
+        assert_eq!(first.json()["remote_cache"]["uploads"], 7, "{}", first.stderr);
+        let c = tmp.path().join("laptop/c");
+        example_project(&c);
+        let fourth = build_with(
+            &c,
+            &tmp.path().join("laptop-store"),
+            &["--remote-cache", url, "--remote-cache-mode", "read"],
+        );
+        let hits = fourth.json()["remote_cache"]["hits"].as_u64().unwrap_or(0);
+        assert!(
+            hits * 100 >= 95 * 7,
+            "{hits} of 7 nodes from the remote cache:\n{}",
+            fourth.stderr
+        );
+        assert_eq!(fourth.json()["built"], 0, "{}", fourth.stderr);
+        assert_eq!(fourth.json()["remote_cache"]["uploads"], 0);
+        assert_eq!(lock_a, lockfile(&c, &fourth));
+        eprintln!("remote cache on the example: {hits} of 7 nodes");
+    }
 
     // The services binary, from the store, answers /version with its commit.
     let lock = cascade_lock::read("lock.yaml", &lock_a).unwrap();
