@@ -125,7 +125,12 @@ fn example_ecosystem_end_to_end() {
     // A developer's clean machine, reading the remote cache: every node comes from it
     // (the bar is 95%), no step runs, and the lockfile is the same.
     if let Some(url) = &remote {
-        assert_eq!(first.json()["remote_cache"]["uploads"], 7, "{}", first.stderr);
+        assert_eq!(
+            first.json()["remote_cache"]["uploads"],
+            7,
+            "{}",
+            first.stderr
+        );
         let c = tmp.path().join("laptop/c");
         example_project(&c);
         let fourth = build_with(

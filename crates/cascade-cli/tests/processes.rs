@@ -266,7 +266,11 @@ fn eight_build_processes_share_one_store_and_one_remote_cache() {
         .iter()
         .map(|r| r["remote_cache"]["hits"].as_u64().unwrap_or(0))
         .sum();
-    assert_eq!(hits, NAMES.len() as u64, "each key fetched once: {reports:#?}");
+    assert_eq!(
+        hits,
+        NAMES.len() as u64,
+        "each key fetched once: {reports:#?}"
+    );
     for (i, n) in NAMES.iter().enumerate() {
         assert_eq!(ran(&marks, n), expected_runs[i], "no step ran for `{n}`");
     }

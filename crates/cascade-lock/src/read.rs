@@ -123,9 +123,20 @@ fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, Lo
 
 fn invalid(path: &str, text: &str, err: &serde_saphyr::Error) -> LockError {
     // The bare message: the location is shown by the label instead.
-    let message = DefaultMessageFormatter
-        .format_message(err.without_snippet())
-        .into_owned();
+    let mut inner = err;
+    // An error met while expanding an alias comes wrapped; the cause is inside.
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    let message = match inner {
+        // The budget's own text is a debug dump (`Nodes { nodes: 250001 }`).
+        serde_saphyr::Error::Budget { .. } => {
+            "the YAML is too large or too complex (too many values, aliases or levels)".into()
+        }
+        e => DefaultMessageFormatter.format_message(e).into_owned(),
+    };
     LockError::Invalid {
         path: path.to_string(),
         message,

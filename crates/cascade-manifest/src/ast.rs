@@ -235,7 +235,12 @@ fn yaml_error<T: DeserializeOwned>(db: &SourceDb, file: FileId, err: &YamlError)
     let text = db.text(file);
     let loc = err.location().unwrap_or(Location::UNKNOWN);
     let span = span_of(text, file, &loc);
-    match err.without_snippet() {
+    let mut inner = err;
+    // An error met while expanding an alias comes wrapped; the cause is inside.
+    while let YamlError::AliasError { error, .. } | YamlError::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    match inner {
         YamlError::SerdeUnknownField {
             field, expected, ..
         } => {
@@ -280,7 +285,12 @@ fn yaml_error<T: DeserializeOwned>(db: &SourceDb, file: FileId, err: &YamlError)
                 span: source_span(span),
             }
         }
-        YamlError::Budget { .. } => ManifestError::Yaml {
+        // The parser's own recursion guard (deep nesting spread over many lines trips
+        // it before our depth budget) is the same limit, said the same way.
+        e if matches!(e, YamlError::Budget { .. })
+            || matches!(e, YamlError::ExternalMessage { msg, .. } if msg.contains("recursion limit")) =>
+        {
+            ManifestError::Yaml {
             message: "the YAML is too large or too complex for a manifest".into(),
             src: db.shared_source(file),
             span: source_span(span),
@@ -288,7 +298,8 @@ fn yaml_error<T: DeserializeOwned>(db: &SourceDb, file: FileId, err: &YamlError)
             help: Some(format!(
                 "a manifest nests at most {MAX_DEPTH} levels deep and holds at most {MAX_NODES} values and {MAX_ALIASES} aliases"
             )),
-        },
+            }
+        }
         other => {
             // The parser's text may quote the input: keep control characters out of
             // the terminal.

@@ -978,12 +978,13 @@ pub(crate) fn write_lockfile(
             Err(_) => {
                 // Another build may take this name between the read and the write
                 // (8 builds in one second): then try the next name.
-                let created = Store::write_new_atomic(&path, text.as_bytes()).map_err(
-                    |source| Error::WriteLock {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
+                let created =
+                    Store::write_new_atomic(&path, text.as_bytes()).map_err(|source| {
+                        Error::WriteLock {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
                 if created {
                     return Ok(path);
                 }

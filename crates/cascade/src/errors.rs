@@ -48,6 +48,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("`{path}` is not UTF-8 text")]
+    #[diagnostic(
+        code(cascade::read::utf8),
+        help("manifests are UTF-8: save the file as UTF-8 (invalid bytes are shown as �)")
+    )]
+    NotUtf8 {
+        path: PathBuf,
+        #[source_code]
+        src: miette::NamedSource<String>,
+        #[label("not UTF-8")]
+        span: miette::SourceSpan,
+    },
+
     #[error("`{0}` is not a cascade project (no `graph/environments/` directory)")]
     #[diagnostic(
         code(cascade::not_a_project),
@@ -233,6 +246,7 @@ impl Error {
             | Error::UnknownEnvironment { .. }
             | Error::NotAProject(_)
             | Error::Read { .. }
+            | Error::NotUtf8 { .. }
             | Error::Sources(_)
             | Error::Lock(_)
             | Error::UnknownComponent { .. }

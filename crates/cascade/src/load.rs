@@ -26,9 +26,20 @@ impl Project {
 
 fn read(root: &Path, rel: &str) -> Result<String, Error> {
     let path = root.join(rel);
-    fs::read_to_string(&path).map_err(|source| Error::Read {
+    let bytes = fs::read(&path).map_err(|source| Error::Read {
         path: PathBuf::from(rel),
         source,
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        // Point at the first bad byte: the valid prefix is the same in the lossy text,
+        // where the bad bytes became one U+FFFD (3 bytes).
+        let at = e.utf8_error().valid_up_to();
+        let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        Error::NotUtf8 {
+            path: PathBuf::from(rel),
+            src: miette::NamedSource::new(rel, text),
+            span: (at, '\u{FFFD}'.len_utf8()).into(),
+        }
     })
 }
 

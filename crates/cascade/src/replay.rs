@@ -426,8 +426,12 @@ fn pin(
                         &s.commit, c.name, s.repo
                     ),
                     "no such commit",
-                    Some(format!("{e}")),
-                ))
+                    Some(match e {
+                        // The message already names the commit and the repository.
+                        GitError::UnknownRef { .. } => "the repository no longer has this commit (history rewritten, or another clone): fetch it, or point the source at a clone that has it".to_string(),
+                        e => e.to_string(),
+                    }),
+                ));
             }
         };
         if pinned.commit != s.commit || pinned.tree != s.tree {
