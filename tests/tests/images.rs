@@ -254,6 +254,48 @@ fn a_layer_whose_source_is_missing_fails_the_node_and_writes_no_lockfile() {
     assert!(p.lockfiles().is_empty());
 }
 
+/// A link may point into another layer (judged from where it lands in the image), but
+/// not above the image's root; the failure names the link as the recipe does.
+#[test]
+fn a_symlink_may_point_into_another_layer_but_not_out_of_the_image() {
+    let p = project("", "develop");
+    let recipe = |link: &str, to: &str| {
+        app_recipe("")
+            .replace("[sh, mkdir, cp]", "[sh, mkdir, cp, ln]")
+            .replace(
+                "cp data.txt out/share/\n",
+                &format!("cp data.txt out/share/\n      ln -s {link} out/bin/data\n"),
+            )
+            .replace("to: /usr/local/bin }", &format!("to: {to} }}"))
+    };
+    p.write(
+        "recipes/app.yaml",
+        &recipe("../../share/app/data.txt", "/usr/local/bin"),
+    );
+    let ok = p.build(ENV, 0);
+    assert!(
+        ok.node("app")["image"]["digest"].is_string(),
+        "{}",
+        ok.stdout
+    );
+
+    // The same link from a layer placed at `/bin` climbs above the image's root.
+    p.write(
+        "recipes/app.yaml",
+        &recipe("../../share/app/data.txt", "/bin"),
+    );
+    let r = p.build(ENV, 1);
+    let app = r.node("app");
+    assert_eq!(app["status"], "failed");
+    assert_eq!(app["cause"], "output", "{app}");
+    let err = app["error"].as_str().unwrap();
+    assert!(
+        err.contains("symlink `out/bin/data` points outside the image"),
+        "{err}"
+    );
+    assert!(!err.contains("/tmp") && !err.contains(".tmp"), "{err}");
+}
+
 #[test]
 fn a_pinned_base_that_is_not_in_the_store_says_how_to_import_it() {
     let p = project("", "develop");

@@ -100,8 +100,10 @@ pub struct LayerBuilt {
 /// - Every parent of `dest` is added as a directory (0755), so the layer is complete.
 /// - `file_mode` overrides the mode of every regular file (directories stay 0755).
 /// - Symlinks are kept as links, not followed. Their target must be relative and stay
-///   inside `source`: an absolute target or one that climbs out would point at the
-///   build machine, not at anything in the image.
+///   inside the image, judged from where the link lands (`dest`), so a link may point
+///   into another layer (`bin/tool -> ../lib/tool` with `lib` from another output). An
+///   absolute target is refused: it is the build machine's path, and a relative one says
+///   the same thing in the image.
 /// - Names must be UTF-8 (tar paths here are text), and only files, directories and
 ///   symlinks are allowed.
 pub fn entries_from_dir(
@@ -152,8 +154,8 @@ pub fn entries_from_dir(
     }
 
     // An explicit stack, not recursion: a deep tree cannot overflow ours.
-    // Each item: (directory on disk, its path in the image, its depth below `source`).
-    let mut stack = vec![(source.to_path_buf(), dest.clone(), 0usize)];
+    // Each item: (directory on disk, its path in the image, its depth in the image).
+    let mut stack = vec![(source.to_path_buf(), dest.clone(), parts.len())];
     while let Some((dir, image_dir, depth)) = stack.pop() {
         let mut names = Vec::new();
         for item in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {

@@ -88,10 +88,10 @@ pub enum ImageError {
     #[diagnostic(code(cascade::image::file_type))]
     UnsupportedFileType { path: PathBuf },
 
-    #[error("symlink `{path}` points outside its tree (`{target}`)")]
+    #[error("symlink `{path}` points outside the image (`{target}`)")]
     #[diagnostic(
         code(cascade::image::symlink),
-        help("a link in a layer's source tree must be relative and stay inside the tree")
+        help("a link in a layer must be relative and, from where the layer puts it, stay inside the image")
     )]
     SymlinkEscapes { path: PathBuf, target: String },
 

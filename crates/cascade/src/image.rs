@@ -57,6 +57,31 @@ impl From<ImageError> for ImageFailure {
     }
 }
 
+/// What is wrong with a node's outputs for its image, named by the paths the recipe
+/// uses (`out/bin/x`), not by the temporary directory they were materialized in.
+fn output_problem(e: ImageError, out: &Path) -> ImageFailure {
+    let rel = |p: &Path| p.strip_prefix(out).unwrap_or(p).to_path_buf();
+    match e {
+        ImageError::SymlinkEscapes { path, target } => ImageFailure::Output(
+            ImageError::SymlinkEscapes {
+                path: rel(&path),
+                target,
+            }
+            .to_string(),
+        ),
+        ImageError::UnsupportedFileType { path } => {
+            ImageFailure::Output(ImageError::UnsupportedFileType { path: rel(&path) }.to_string())
+        }
+        ImageError::NonUtf8Path { path } => {
+            ImageFailure::Output(ImageError::NonUtf8Path { path: rel(&path) }.to_string())
+        }
+        ImageError::SourceMissing { path } => {
+            ImageFailure::Output(ImageError::SourceMissing { path: rel(&path) }.to_string())
+        }
+        e => e.into(),
+    }
+}
+
 /// The platform of the images this machine builds (its own: steps run on the host).
 pub fn platform() -> Platform {
     let architecture = match std::env::consts::ARCH {
@@ -256,7 +281,8 @@ fn assemble_from(
     store.materialize(output, &out)?;
     let mut layers = Vec::new();
     for l in &decl.layers {
-        let entries = entries_from_dir(&out.join(&l.from), &l.to, l.mode)?;
+        let entries = entries_from_dir(&out.join(&l.from), &l.to, l.mode)
+            .map_err(|e| output_problem(e, &out))?;
         layers.push(LayerSpec {
             entries,
             created_by: format!("cascade: {} → {}", l.from, l.to),
