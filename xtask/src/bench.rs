@@ -194,6 +194,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .unwrap_or(1);
     let mut keep = false;
     let mut image_mb: Option<usize> = None;
+    let mut remote_mb: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -224,12 +225,19 @@ pub fn run(args: &[String]) -> Result<()> {
                 let v = it.next().ok_or("--image needs a size in MB, like 100")?;
                 image_mb = Some(v.parse()?);
             }
+            "--remote" => {
+                let v = it.next().ok_or("--remote needs a size in MB, like 256")?;
+                remote_mb = Some(v.parse()?);
+            }
             other => return Err(format!("unknown bench argument `{other}`").into()),
         }
     }
     let base: PathBuf = std::env::temp_dir().join(format!("cascade-bench-{}", std::process::id()));
     if let Some(mb) = image_mb {
         return image_bench(&base, mb);
+    }
+    if let Some(mb) = remote_mb {
+        return remote_bench(&base, mb);
     }
     println!(
         "| shape | nodes | cold build | no-op build | plan, all cached | one-leaf change: plan | one-leaf change: build (rebuilt) |"
@@ -330,6 +338,65 @@ fn image_bench(base: &Path, mb: usize) -> Result<()> {
         "| {mb} MB in {files} files | {gzip:.2} s | {assemble:.2} s ({} bytes) | {:.2}× |",
         layer.descriptor.size,
         assemble / gzip
+    );
+    let _ = fs::remove_dir_all(base);
+    Ok(())
+}
+
+/// One node whose output is a single `mb` MB file, through the remote cache on the
+/// registry at 127.0.0.1:5000: built and uploaded from one store, then downloaded into
+/// an empty one. Blobs are streamed, so the process's peak memory stays far below the
+/// file's size; the figures are the peak RSS of this process after each phase.
+fn remote_bench(base: &Path, mb: usize) -> Result<()> {
+    let dir = base.join("remote");
+    fs::create_dir_all(dir.join("graph/environments"))?;
+    fs::create_dir_all(dir.join("recipes"))?;
+    let repo = git2::Repository::init_bare(dir.join("repo"))?;
+    let sig = git2::Signature::new(
+        "bench",
+        "bench@example.com",
+        &git2::Time::new(1_767_225_600, 0),
+    )?;
+    commit_node(&repo, &sig, 0, b"0\n")?;
+    fs::write(
+        dir.join("graph/environments/bench.yaml"),
+        format!(
+            "name: bench\nmode: branch\nsources:\n  {}: {{ repo: ../../repo, ref: {} }}\n",
+            node(0),
+            node(0)
+        ),
+    )?;
+    fs::write(
+        dir.join(format!("recipes/{}.yaml", node(0))),
+        format!(
+            "runner: {{ host: {{ tools: [sh, head] }} }}\nsteps:\n  - name: make\n    run: head -c {} /dev/urandom > out\noutputs: [out]\n",
+            mb << 20
+        ),
+    )?;
+    let cache = format!("oci://127.0.0.1:5000/cascade-bench-{}", std::process::id());
+    let peak_mb = || {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        u.ru_maxrss as f64 / 1024.0
+    };
+    let start = peak_mb();
+    let (write, j) = timed(&dir, &["build", "--remote-cache", &cache])?;
+    if j["remote_cache"]["uploads"] != 1 {
+        return Err(format!("the upload did not happen: {}", j["remote_cache"]).into());
+    }
+    let after_write = peak_mb();
+    fs::remove_dir_all(dir.join("cache"))?;
+    let (read, j) = timed(&dir, &["build", "--remote-cache", &cache])?;
+    if j["remote_cache"]["hits"] != 1 {
+        return Err(format!("the download did not happen: {}", j["remote_cache"]).into());
+    }
+    let after_read = peak_mb();
+    println!(
+        "| output | build + upload | download | peak RSS before | after upload | after download |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| one {mb} MB file | {write:.2} s | {read:.2} s | {start:.0} MB | {after_write:.0} MB | {after_read:.0} MB |"
     );
     let _ = fs::remove_dir_all(base);
     Ok(())

@@ -85,14 +85,14 @@ impl<'de> serde::Deserialize<'de> for OciDigest {
 
 /// Passes writes through to `inner`, hashing and counting exactly the bytes `inner`
 /// accepted.
-pub(crate) struct HashingWriter<W> {
+pub struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     len: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
+    pub fn new(inner: W) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
@@ -101,7 +101,7 @@ impl<W: Write> HashingWriter<W> {
     }
 
     /// The inner writer, the digest of everything written and its length.
-    pub(crate) fn finish(self) -> (W, OciDigest, u64) {
+    pub fn finish(self) -> (W, OciDigest, u64) {
         (
             self.inner,
             OciDigest(self.hasher.finalize().into()),

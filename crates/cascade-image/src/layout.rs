@@ -108,6 +108,22 @@ impl OciLayout {
         Ok(digest)
     }
 
+    /// Stores everything `r` yields as a blob, streamed through a temporary file (never
+    /// whole in memory); returns its digest and size.
+    pub fn put_blob_reader(&self, r: &mut dyn Read) -> Result<(OciDigest, u64), ImageError> {
+        let tmp = temp_file_in(&self.tmp_dir())?;
+        let path = tmp.path().to_path_buf();
+        let mut w = crate::digest::HashingWriter::new(io::BufWriter::new(tmp.as_file()));
+        io::copy(r, &mut w).map_err(ImageError::io(&path))?;
+        let (mut inner, digest, size) = w.finish();
+        inner.flush().map_err(ImageError::io(&path))?;
+        drop(inner);
+        if !self.has_blob_of_size(&digest, size) {
+            persist(tmp, &self.blob_path(&digest))?;
+        }
+        Ok((digest, size))
+    }
+
     /// Reads a whole blob and checks that it hashes to its name.
     pub fn read_blob(&self, digest: &OciDigest) -> Result<Vec<u8>, ImageError> {
         let path = self.blob_path(digest);

@@ -42,7 +42,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use archive::export_archive;
-pub use digest::OciDigest;
+pub use digest::{HashingWriter, OciDigest};
 pub use image::{
     assemble, rfc3339, Base, ConfigSpec, ImageBuilt, ImageSpec, LayerSpec, Platform,
     ANNOTATION_BASE_DIGEST,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -290,6 +291,81 @@ impl Client {
             });
         }
         Ok(bytes)
+    }
+
+    /// Like [`Client::get_blob`], but streams the blob into `dest` (created or
+    /// truncated, and truncated again for each retry) instead of memory; returns its
+    /// size. On any error `dest` may hold a partial blob: the caller discards it.
+    pub fn get_blob_to_file(
+        &self,
+        repository: &str,
+        digest: &OciDigest,
+        size_limit: u64,
+        dest: &Path,
+    ) -> Result<u64, RegistryError> {
+        self.check_name(repository)?;
+        let req = Req {
+            allow_404: true,
+            ..self.req(
+                Method::Get,
+                format!("/v2/{repository}/blobs/{digest}"),
+                pull(repository),
+            )
+        };
+        let too_large = || RegistryError::TooLarge {
+            digest: *digest,
+            limit: size_limit,
+        };
+        let local = |source: std::io::Error| RegistryError::Write {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let (actual, size) = self.exchange(&req, |mut resp| {
+            if resp.status().as_u16() == 404 {
+                return Err(self.not_found(repository, &digest.to_string()));
+            }
+            self.expect_status(&req.what, &resp, &[200])?;
+            if resp.body().content_length().is_some_and(|n| n > size_limit) {
+                return Err(too_large());
+            }
+            let file = File::create(dest).map_err(local)?;
+            let mut w = cascade_image::HashingWriter::new(std::io::BufWriter::new(file));
+            let mut body = resp.body_mut().as_reader();
+            let mut buf = vec![0u8; 256 << 10];
+            let mut n = 0u64;
+            loop {
+                // A read error is the network's (retried); a write error is ours
+                // (disk full), which retrying would not help.
+                let got = match body.read(&mut buf) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        return Ok(Step::Retry(format!(
+                            "reading the body: {}",
+                            self.scrub(&e.to_string())
+                        )))
+                    }
+                };
+                if got == 0 {
+                    break;
+                }
+                n += got as u64;
+                if n > size_limit {
+                    return Err(too_large());
+                }
+                w.write_all(&buf[..got]).map_err(local)?;
+            }
+            let (mut inner, d, _) = w.finish();
+            inner.flush().map_err(local)?;
+            Ok(Step::Done((d, n)))
+        })?;
+        if actual != *digest {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("blob `{}/{repository}@{digest}`", self.registry),
+                expected: *digest,
+                actual: actual.to_string(),
+            });
+        }
+        Ok(size)
     }
 
     /// The manifest `reference` (a tag or a digest) names: its digest and its bytes.

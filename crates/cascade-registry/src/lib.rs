@@ -159,6 +159,14 @@ pub enum RegistryError {
         actual: u64,
     },
 
+    #[error("cannot write `{path}`")]
+    #[diagnostic(code(cascade::registry::write))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot read `{path}`")]
     #[diagnostic(code(cascade::registry::io))]
     Io {

@@ -21,6 +21,7 @@
 
 mod gc;
 mod outputs;
+mod stream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -32,6 +33,7 @@ use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, OutputDigest, Tree, T
 
 pub use gc::{Corrupt, Count, GcReport, Keep};
 pub use outputs::{make_writable, remove_tree, OutputError, Outputs};
+pub use stream::BlobReader;
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StoreError {
@@ -284,13 +286,6 @@ impl Store {
         Ok(BlobDigest(d))
     }
 
-    /// Stores a file's contents; returns its digest and size.
-    pub fn put_blob_file(&self, src: &Path) -> Result<(BlobDigest, u64), StoreError> {
-        let bytes = fs::read(src).map_err(StoreError::io(src))?;
-        let d = self.put_blob(&bytes)?;
-        Ok((d, bytes.len() as u64))
-    }
-
     pub fn get_blob(&self, d: &BlobDigest) -> Result<Vec<u8>, StoreError> {
         self.get_verified(Kind::Blob, &d.0)
     }
@@ -471,12 +466,6 @@ impl Store {
         let p = self.root.join("logs").join(format!("{name}.log"));
         Self::write_atomic(&p, bytes)?;
         Ok(p)
-    }
-
-    /// Copies a blob to `dest`, verifying it on the way.
-    pub fn copy_blob_to(&self, d: &BlobDigest, dest: &Path) -> Result<(), StoreError> {
-        let bytes = self.get_blob(d)?;
-        fs::write(dest, bytes).map_err(StoreError::io(dest))
     }
 }
 

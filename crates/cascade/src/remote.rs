@@ -216,12 +216,26 @@ impl RemoteCache {
             if have(store, kind, &want) {
                 continue;
             }
+            let mismatch = || format!("{} does not hash to its blake3 digest", d.digest);
+            if kind == BLOB_TYPE {
+                // File contents can be big: streamed to disk, never whole in memory.
+                let tmp = store.temp_dir().map_err(|e| e.to_string())?;
+                let file = tmp.path().join("blob");
+                self.client
+                    .get_blob_to_file(repo, &d.digest, d.size, &file)
+                    .map_err(|e| e.to_string())?;
+                let (got, _) = store.put_blob_file(&file).map_err(|e| e.to_string())?;
+                if got.0 != want {
+                    return Err(mismatch());
+                }
+                continue;
+            }
             let bytes = self
                 .client
                 .get_blob(repo, &d.digest, d.size)
                 .map_err(|e| e.to_string())?;
             if Digest::of(&bytes) != want {
-                return Err(format!("{} does not hash to its blake3 digest", d.digest));
+                return Err(mismatch());
             }
             put(store, kind, &bytes)?;
         }
@@ -282,27 +296,29 @@ impl RemoteCache {
         }
         let tmp = store.temp_dir().map_err(|e| e.to_string())?;
         let layout = OciLayout::open_or_create(tmp.path()).map_err(|e| e.to_string())?;
-        let mut layers = Vec::new();
-        let mut add = |kind: &str, bytes: &[u8]| -> Result<(), String> {
+        // Small encodings (key manifests, trees) from memory.
+        let bytes_layer = |kind: &'static str, bytes: &[u8]| -> Result<Layer, String> {
             let sha = layout.put_blob_bytes(bytes).map_err(|e| e.to_string())?;
-            let mut d = Descriptor::new(
-                &format!("application/vnd.cascade.{kind}.v1"),
-                sha,
-                bytes.len() as u64,
-            );
-            d.annotations
-                .insert(ANNOTATION_BLAKE3.to_string(), Digest::of(bytes).to_string());
-            layers.push(d);
-            Ok(())
+            Ok((kind, sha, bytes.len() as u64, Digest::of(bytes)))
         };
-        add(
-            "key",
+        // File contents streamed from the store (verified on the way) to the layout.
+        let blob_layer = |d: &BlobDigest| -> Result<Layer, String> {
+            let mut r = store.open_blob(d).map_err(|e| e.to_string())?;
+            let (sha, size) = layout.put_blob_reader(&mut r).map_err(|e| e.to_string())?;
+            Ok((BLOB_TYPE, sha, size, d.0))
+        };
+        let mut layers = Vec::new();
+        let mut add = |(kind, sha, size, blake3): Layer| {
+            let mut d = Descriptor::new(kind, sha, size);
+            d.annotations
+                .insert(ANNOTATION_BLAKE3.to_string(), blake3.to_string());
+            layers.push(d);
+        };
+        add(bytes_layer(
+            KEY_TYPE,
             &store.get_key_manifest(key).map_err(|e| e.to_string())?,
-        )?;
-        add(
-            "blob",
-            &store.get_blob(&result.log).map_err(|e| e.to_string())?,
-        )?;
+        )?);
+        add(blob_layer(&result.log)?);
         let mut seen = BTreeSet::new();
         let mut stack = vec![TreeDigest(result.output.0)];
         while let Some(t) = stack.pop() {
@@ -310,12 +326,12 @@ impl RemoteCache {
                 continue;
             }
             let tree = store.get_tree(&t).map_err(|e| e.to_string())?;
-            add("tree", &tree.encode())?;
+            add(bytes_layer(TREE_TYPE, &tree.encode())?);
             for e in tree.entries() {
                 match &e.kind {
                     EntryKind::File { digest, .. } => {
                         if seen.insert(digest.0) {
-                            add("blob", &store.get_blob(digest).map_err(|e| e.to_string())?)?;
+                            add(blob_layer(digest)?);
                         }
                     }
                     EntryKind::Dir { digest } => stack.push(*digest),
@@ -359,21 +375,29 @@ fn descriptor(v: &serde_json::Value) -> Result<Descriptor, String> {
     ))
 }
 
+/// One layer of an entry: media type, sha256, size and the blake3 the store knows it by.
+type Layer = (&'static str, OciDigest, u64, Digest);
+
+/// The media types of an entry's layers: what each one holds.
+const BLOB_TYPE: &str = "application/vnd.cascade.blob.v1";
+const TREE_TYPE: &str = "application/vnd.cascade.tree.v1";
+const KEY_TYPE: &str = "application/vnd.cascade.key.v1";
+
 fn have(store: &Store, kind: &str, d: &Digest) -> bool {
     match kind {
-        "application/vnd.cascade.tree.v1" => store.get_tree(&TreeDigest(*d)).is_ok(),
-        "application/vnd.cascade.key.v1" => store.get_key_manifest(&NodeKey(*d)).is_ok(),
+        TREE_TYPE => store.get_tree(&TreeDigest(*d)).is_ok(),
+        KEY_TYPE => store.get_key_manifest(&NodeKey(*d)).is_ok(),
         _ => store.has_blob(&BlobDigest(*d)),
     }
 }
 
 fn put(store: &Store, kind: &str, bytes: &[u8]) -> Result<(), String> {
     match kind {
-        "application/vnd.cascade.tree.v1" => {
+        TREE_TYPE => {
             let tree = Tree::decode(bytes).map_err(|e| e.to_string())?;
             store.put_tree(&tree).map(|_| ()).map_err(|e| e.to_string())
         }
-        "application/vnd.cascade.key.v1" => store
+        KEY_TYPE => store
             .put_key_manifest(bytes)
             .map(|_| ())
             .map_err(|e| e.to_string()),
