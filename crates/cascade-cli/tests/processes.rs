@@ -347,3 +347,69 @@ fn a_build_killed_while_holding_a_key_lock_does_not_block_the_next() {
     assert_eq!(e["status"], "built", "{j:#}");
     verify_clean(&dir, &store, "after the next build");
 }
+
+/// `gc` never runs beside a build (it could collect what the build wrote and no lockfile
+/// references yet): it says so and exits 3. Once no build runs, it also clears what
+/// killed builds left in `tmp/`.
+#[test]
+fn gc_refuses_to_run_beside_a_build_and_clears_leftover_work_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let marks = tmp.path().join("marks");
+    project(&dir, &marks);
+    let store = tmp.path().join("store");
+    // A first build, so gc has a lockfile to keep.
+    let first = cascade(&dir, &store)
+        .args(["build", "--env", "test", "--json"])
+        .output()
+        .unwrap();
+    assert!(first.status.success());
+    commit(&dir, "e", "e moved\n", 1_767_225_700);
+    let hold = marks.join("hold-e");
+    fs::write(&hold, "").unwrap();
+    let _ = fs::remove_file(marks.join("started-e"));
+    let child = cascade(&dir, &store)
+        .args(["build", "--env", "test", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !marks.join("started-e").exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "e never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gc = cascade(&dir, &store).args(["gc"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&gc.stderr);
+    assert_eq!(gc.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("a build is using the store"), "{stderr}");
+    fs::remove_file(&hold).unwrap();
+    report_ok(child);
+
+    // What a killed build would leave: a work directory in tmp/.
+    let junk = store.join("tmp/build-left-by-a-killed-build");
+    fs::create_dir_all(junk.join("src")).unwrap();
+    fs::write(junk.join("src/file"), "x".repeat(1000)).unwrap();
+    let gc = cascade(&dir, &store)
+        .args(["gc", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(j["removed"]["tmp"][0], 1, "{j:#}");
+    assert!(!junk.exists());
+    verify_clean(&dir, &store, "after gc");
+}
+
+fn report_ok(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,8 @@ pub struct Keep {
 /// What a collection removed (or would remove, in a dry run).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GcReport {
-    /// Kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`) → entries and bytes.
+    /// Kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`, `tmp`) → entries and
+    /// bytes.
     pub removed: BTreeMap<String, (usize, u64)>,
     pub kept: BTreeMap<String, (usize, u64)>,
 }
@@ -56,12 +57,33 @@ impl Store {
         out
     }
 
-    /// Removes every entry not in `keep` (nothing with `dry_run`). Logs, git mirrors
-    /// and `tmp/` are left alone. An entry that cannot be removed stops the collection
-    /// with an error; what was removed before it stays removed (each removal is one
-    /// unlink of a content-addressed entry, so the store stays consistent).
+    /// Removes every entry not in `keep` (nothing with `dry_run`), and what killed
+    /// builds left in `tmp/`. Logs and git mirrors are left alone. The caller holds
+    /// the exclusive [`crate::StoreLock`], so no build is running. An entry that cannot
+    /// be removed stops the collection with an error; what was removed before it stays
+    /// removed (each removal is one unlink of a content-addressed entry, so the store
+    /// stays consistent).
     pub fn gc(&self, keep: &Keep, dry_run: bool) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
+        let tmp = self.root.join("tmp");
+        let mut leftovers: Vec<_> = fs::read_dir(&tmp)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        leftovers.sort();
+        for path in leftovers {
+            let size = tree_size(&path);
+            let e = report.removed.entry("tmp".to_string()).or_default();
+            e.0 += 1;
+            e.1 += size;
+            if !dry_run {
+                let removed = if path.is_dir() {
+                    crate::remove_tree(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed.map_err(StoreError::io(&path))?;
+            }
+        }
         let kinds: [(Kind, &BTreeSet<Digest>); 5] = [
             (Kind::Blob, &keep.blobs),
             (Kind::Tree, &keep.trees),
@@ -224,5 +246,16 @@ impl Store {
             }
         }
         Ok((checked, corrupt))
+    }
+}
+
+/// Bytes under a path (a file, or a directory's files), not following links.
+fn tree_size(p: &Path) -> u64 {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
 }

@@ -155,6 +155,13 @@ pub struct KeyLock {
     _file: fs::File,
 }
 
+/// The whole store, held shared by every build for its duration and exclusively by
+/// `gc`, so a collection never removes what a running build just wrote and does not yet
+/// reference from a lockfile. A kernel lock (`flock`), like [`KeyLock`].
+pub struct StoreLock {
+    _file: fs::File,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
@@ -374,6 +381,37 @@ impl Store {
             .map_err(StoreError::io(&path))?;
         file.lock().map_err(StoreError::io(&path))?;
         Ok(KeyLock { _file: file })
+    }
+
+    fn store_lock_file(&self) -> Result<fs::File, StoreError> {
+        let path = self.root.join("locks").join("store");
+        fs::create_dir_all(self.root.join("locks")).map_err(StoreError::io(&path))?;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))
+    }
+
+    /// Held by a build: waits while a `gc` runs, shared with other builds.
+    pub fn lock_shared(&self) -> Result<StoreLock, StoreError> {
+        let file = self.store_lock_file()?;
+        file.lock_shared()
+            .map_err(StoreError::io(&self.root.join("locks/store")))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Held by `gc`: `None` while any build holds the store.
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, StoreError> {
+        let file = self.store_lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StoreLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(StoreError::io(&self.root.join("locks/store"))(e))
+            }
+        }
     }
 
     /// The OCI image layout that holds every image built with this store (blobs named

@@ -249,6 +249,8 @@ pub fn build(
     let started = Instant::now();
     let project = load(&opts.project, &opts.env)?;
     let store = Store::open(&opts.store)?;
+    // Shared with other builds; keeps a `gc` from collecting what this build writes.
+    let _store_lock = store.lock_shared()?;
     let git = Git::new(store.git_dir());
     let pinned = pin_all(&project, &git)?;
     let mut nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;

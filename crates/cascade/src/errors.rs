@@ -159,6 +159,13 @@ pub enum Error {
     )]
     NothingToKeep,
 
+    #[error("a build is using the store `{}`", store.display())]
+    #[diagnostic(
+        code(cascade::store_busy),
+        help("gc runs only while no build uses the store; run it again when the builds have finished")
+    )]
+    StoreBusy { store: PathBuf },
+
     #[error("`{url}` is not a remote cache address: {why}")]
     #[diagnostic(
         code(cascade::remote_cache_url),
@@ -270,7 +277,8 @@ impl Error {
             | Error::Docker { .. }
             | Error::Load { .. }
             | Error::Push { .. }
-            | Error::ReproducibilityRisk { .. } => 3,
+            | Error::ReproducibilityRisk { .. }
+            | Error::StoreBusy { .. } => 3,
         }
     }
 }

@@ -30,6 +30,12 @@ pub struct GcResult {
 
 pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
     let store = Store::open(&opts.store)?;
+    // No build may run meanwhile: it could be writing what no lockfile references yet.
+    let _lock = store
+        .try_lock_exclusive()?
+        .ok_or_else(|| Error::StoreBusy {
+            store: opts.store.clone(),
+        })?;
     let mut roots = Vec::new();
     for files in all_lockfiles(&opts.project).into_values() {
         roots.extend(files.into_iter().take(opts.keep.max(1)));

@@ -105,6 +105,8 @@ pub(crate) fn replay(
         lock: &lock,
     };
     let real = Store::open(&opts.store)?;
+    // Shared with other builds; keeps a `gc` from collecting what this replay writes.
+    let _store_lock = real.lock_shared()?;
     // Today's manifests, when they still resolve: a fallback for recipes and image
     // declarations a cold store does not have (used only where the digests match).
     let current = crate::load(&opts.project, &lock.environment).ok();
