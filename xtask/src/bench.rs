@@ -66,7 +66,8 @@ fn node(i: usize) -> String {
 /// Writes a project with `n` nodes of `shape`. Every node's source is its own branch
 /// of one git repository (one commit holding one file), so moving one branch changes
 /// exactly one node's source, as a commit in one of many repositories would.
-fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
+/// A project's directories and its one (bare) repository, with a fixed signature.
+fn project_skeleton(dir: &Path) -> Result<(git2::Repository, git2::Signature<'static>)> {
     fs::create_dir_all(dir.join("graph/environments"))?;
     fs::create_dir_all(dir.join("recipes"))?;
     let repo = git2::Repository::init_bare(dir.join("repo"))?;
@@ -75,6 +76,11 @@ fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
         "bench@example.com",
         &git2::Time::new(1_767_225_600, 0),
     )?;
+    Ok((repo, sig))
+}
+
+fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
+    let (repo, sig) = project_skeleton(dir)?;
     for i in 0..n {
         commit_node(&repo, &sig, i, format!("{i}\n").as_bytes())?;
     }
@@ -349,14 +355,7 @@ fn image_bench(base: &Path, mb: usize) -> Result<()> {
 /// file's size; the figures are the peak RSS of this process after each phase.
 fn remote_bench(base: &Path, mb: usize) -> Result<()> {
     let dir = base.join("remote");
-    fs::create_dir_all(dir.join("graph/environments"))?;
-    fs::create_dir_all(dir.join("recipes"))?;
-    let repo = git2::Repository::init_bare(dir.join("repo"))?;
-    let sig = git2::Signature::new(
-        "bench",
-        "bench@example.com",
-        &git2::Time::new(1_767_225_600, 0),
-    )?;
+    let (repo, sig) = project_skeleton(&dir)?;
     commit_node(&repo, &sig, 0, b"0\n")?;
     fs::write(
         dir.join("graph/environments/bench.yaml"),

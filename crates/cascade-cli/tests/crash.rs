@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{cascade, verify_clean};
+
 /// Three components; app takes the other two, and writes a bigger output.
 fn project(dir: &Path) {
     fs::create_dir_all(dir.join("graph/environments")).unwrap();
@@ -44,14 +47,6 @@ fn project(dir: &Path) {
     }
 }
 
-fn cascade(dir: &Path, store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cascade"));
-    c.arg("--project").arg(dir);
-    c.env("CASCADE_STORE", store);
-    c.env_remove("CASCADE_CRASH_AT");
-    c
-}
-
 fn build(dir: &Path, store: &Path) -> std::process::Output {
     cascade(dir, store)
         .args(["build", "--env", "test", "--json"])
@@ -74,18 +69,6 @@ fn outputs(out: &std::process::Output) -> Vec<String> {
         .iter()
         .map(|n| n["output"].as_str().unwrap_or("").to_string())
         .collect()
-}
-
-fn verify_clean(dir: &Path, store: &Path, when: &str) {
-    let v = cascade(dir, store)
-        .args(["cache", "verify"])
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "{when}: the store is not clean:\n{}",
-        String::from_utf8_lossy(&v.stdout)
-    );
 }
 
 fn lockfiles(dir: &Path) -> Vec<(String, Vec<u8>)> {

@@ -8,8 +8,11 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
+use common::{cascade, verify_clean};
 
 const PROCESSES: usize = 8;
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
@@ -98,15 +101,6 @@ fn project(dir: &Path, marks: &Path) {
     }
 }
 
-fn cascade(dir: &Path, store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cascade"));
-    c.arg("--project").arg(dir);
-    c.env("CASCADE_STORE", store);
-    c.env_remove("CASCADE_CRASH_AT");
-    c.env_remove("CASCADE_REMOTE_CACHE");
-    c
-}
-
 fn spawn_build(dir: &Path, store: &Path, cache: &str) -> Child {
     cascade(dir, store)
         .args(["build", "--env", "test", "--json", "--remote-cache", cache])
@@ -135,20 +129,20 @@ fn report(child: Child, what: &str) -> serde_json::Value {
     j
 }
 
-fn sum(reports: &[serde_json::Value], field: &str) -> u64 {
-    reports.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+/// [`PROCESSES`] builds at once on `store` and `cache`; their reports, each checked.
+fn eight_builds(dir: &Path, store: &Path, cache: &str, what: &str) -> Vec<serde_json::Value> {
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| spawn_build(dir, store, cache))
+        .collect();
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| report(c, &format!("{what}, build {i}")))
+        .collect()
 }
 
-fn verify_clean(dir: &Path, store: &Path, when: &str) {
-    let v = cascade(dir, store)
-        .args(["cache", "verify"])
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "{when}: the store is not clean:\n{}",
-        String::from_utf8_lossy(&v.stdout)
-    );
+fn sum(reports: &[serde_json::Value], field: &str) -> u64 {
+    reports.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
 }
 
 fn ran(marks: &Path, component: &str) -> usize {
@@ -205,14 +199,7 @@ fn eight_build_processes_share_one_store_and_one_remote_cache() {
                 );
             }
         }
-        let children: Vec<Child> = (0..PROCESSES)
-            .map(|_| spawn_build(&dir, &store, &cache))
-            .collect();
-        let reports: Vec<serde_json::Value> = children
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| report(c, &format!("round {round}, build {i}")))
-            .collect();
+        let reports = eight_builds(&dir, &store, &cache, &format!("round {round}"));
         let changed = if round == 0 {
             &[0, 1, 2, 3, 4, 5][..]
         } else {
@@ -253,14 +240,7 @@ fn eight_build_processes_share_one_store_and_one_remote_cache() {
 
     // Another machine: a clean store, eight builds at once, everything from the registry.
     let other = tmp.path().join("other-store");
-    let children: Vec<Child> = (0..PROCESSES)
-        .map(|_| spawn_build(&dir, &other, &cache))
-        .collect();
-    let reports: Vec<serde_json::Value> = children
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| report(c, &format!("clean machine, build {i}")))
-        .collect();
+    let reports = eight_builds(&dir, &other, &cache, "clean machine");
     assert_eq!(sum(&reports, "built"), 0, "{reports:#?}");
     let hits: u64 = reports
         .iter()
@@ -277,6 +257,27 @@ fn eight_build_processes_share_one_store_and_one_remote_cache() {
     verify_clean(&dir, &other, "the clean machine");
 }
 
+/// A build whose step of `e` waits (holding e's key lock and the store) until the
+/// returned `hold` file is removed; returns once that step has started.
+fn build_held_in_e(dir: &Path, store: &Path, marks: &Path) -> (Child, std::path::PathBuf) {
+    let hold = marks.join("hold-e");
+    fs::write(&hold, "").unwrap();
+    let started = marks.join("started-e");
+    let _ = fs::remove_file(&started);
+    let child = cascade(dir, store)
+        .args(["build", "--env", "test", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !started.exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "e never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, hold)
+}
+
 /// A build killed (SIGKILL) in the middle of a step holds that key's lock; the lock is
 /// released with the process, so the next build neither waits for it nor is confused by
 /// what the dead one left behind.
@@ -287,23 +288,7 @@ fn a_build_killed_while_holding_a_key_lock_does_not_block_the_next() {
     let marks = tmp.path().join("marks");
     project(&dir, &marks);
     let store = tmp.path().join("store");
-    let hold = marks.join("hold-e");
-    fs::write(&hold, "").unwrap();
-    let mut child = cascade(&dir, &store)
-        .args(["build", "--env", "test", "--json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = marks.join("started-e");
-    let t = Instant::now();
-    while !started.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "e's step never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, hold) = build_held_in_e(&dir, &store, &marks);
     child.kill().unwrap();
     child.wait().unwrap();
     // The killed build's step may still be looping; let it end, then clear what it left.
@@ -365,20 +350,7 @@ fn gc_refuses_to_run_beside_a_build_and_clears_leftover_work_dirs() {
         .unwrap();
     assert!(first.status.success());
     commit(&dir, "e", "e moved\n", 1_767_225_700);
-    let hold = marks.join("hold-e");
-    fs::write(&hold, "").unwrap();
-    let _ = fs::remove_file(marks.join("started-e"));
-    let child = cascade(&dir, &store)
-        .args(["build", "--env", "test", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !marks.join("started-e").exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "e never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, hold) = build_held_in_e(&dir, &store, &marks);
     let gc = cascade(&dir, &store).args(["gc"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&gc.stderr);
     assert_eq!(gc.status.code(), Some(3), "{stderr}");

@@ -246,15 +246,7 @@ impl Client {
         digest: &OciDigest,
         size_limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
-        self.check_name(repository)?;
-        let req = Req {
-            allow_404: true,
-            ..self.req(
-                Method::Get,
-                format!("/v2/{repository}/blobs/{digest}"),
-                pull(repository),
-            )
-        };
+        let req = self.blob_request(repository, digest)?;
         let too_large = || RegistryError::TooLarge {
             digest: *digest,
             limit: size_limit,
@@ -282,15 +274,38 @@ impl Client {
                 ))),
             }
         })?;
-        let actual = OciDigest::of(&bytes);
-        if actual != *digest {
+        self.check_blob(repository, digest, &OciDigest::of(&bytes))?;
+        Ok(bytes)
+    }
+
+    /// `GET /v2/<repository>/blobs/<digest>`, where a 404 is an answer.
+    fn blob_request(&self, repository: &str, digest: &OciDigest) -> Result<Req<'_>, RegistryError> {
+        self.check_name(repository)?;
+        Ok(Req {
+            allow_404: true,
+            ..self.req(
+                Method::Get,
+                format!("/v2/{repository}/blobs/{digest}"),
+                pull(repository),
+            )
+        })
+    }
+
+    /// Bytes that do not hash to the digest they were asked for are never accepted.
+    fn check_blob(
+        &self,
+        repository: &str,
+        digest: &OciDigest,
+        actual: &OciDigest,
+    ) -> Result<(), RegistryError> {
+        if actual != digest {
             return Err(RegistryError::DigestMismatch {
                 what: format!("blob `{}/{repository}@{digest}`", self.registry),
                 expected: *digest,
                 actual: actual.to_string(),
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Like [`Client::get_blob`], but streams the blob into `dest` (created or
@@ -303,15 +318,7 @@ impl Client {
         size_limit: u64,
         dest: &Path,
     ) -> Result<u64, RegistryError> {
-        self.check_name(repository)?;
-        let req = Req {
-            allow_404: true,
-            ..self.req(
-                Method::Get,
-                format!("/v2/{repository}/blobs/{digest}"),
-                pull(repository),
-            )
-        };
+        let req = self.blob_request(repository, digest)?;
         let too_large = || RegistryError::TooLarge {
             digest: *digest,
             limit: size_limit,
@@ -358,13 +365,7 @@ impl Client {
             inner.flush().map_err(local)?;
             Ok(Step::Done((d, n)))
         })?;
-        if actual != *digest {
-            return Err(RegistryError::DigestMismatch {
-                what: format!("blob `{}/{repository}@{digest}`", self.registry),
-                expected: *digest,
-                actual: actual.to_string(),
-            });
-        }
+        self.check_blob(repository, digest, &actual)?;
         Ok(size)
     }
 

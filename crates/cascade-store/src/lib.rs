@@ -215,13 +215,29 @@ impl Store {
     }
 
     fn write_file(dest: &Path, bytes: &[u8], clobber: bool) -> Result<bool, StoreError> {
+        let mut tmp = Self::temp_beside(dest)?;
+        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+        Self::finish_write(tmp, dest, clobber)
+    }
+
+    /// A temporary file in `dest`'s directory (created if needed), so the final rename
+    /// stays on one file system and is atomic.
+    pub(crate) fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile, StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
-        let mut tmp = tempfile::Builder::new()
+        tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(dir)
-            .map_err(StoreError::io(dir))?;
-        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+            .map_err(StoreError::io(dir))
+    }
+
+    /// The end of every write: permissions, fsync, rename into place (or not, when
+    /// `clobber` is false and `dest` exists: `Ok(false)`), fsync of the directory.
+    pub(crate) fn finish_write(
+        tmp: tempfile::NamedTempFile,
+        dest: &Path,
+        clobber: bool,
+    ) -> Result<bool, StoreError> {
         // tempfile creates 0600: a file being replaced keeps its permissions, a new one
         // (store entries, lockfiles) is 0644, meant to be read by others.
         let permissions = fs::metadata(dest)
@@ -246,7 +262,7 @@ impl Store {
             }
         }
         crash_point("write:after-rename");
-        sync_dir(dir);
+        sync_dir(dest.parent().unwrap_or(Path::new(".")));
         Ok(true)
     }
 

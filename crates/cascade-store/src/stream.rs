@@ -8,7 +8,7 @@ use std::path::Path;
 
 use cascade_core::{BlobDigest, Digest};
 
-use crate::{crash_point, sync_dir, Kind, Store, StoreError};
+use crate::{Kind, Store, StoreError};
 
 /// Files up to this size are read whole (one read, one hash); bigger ones are streamed.
 const SMALL: u64 = 8 << 20;
@@ -104,63 +104,41 @@ impl Store {
             let d = self.put_blob(&bytes)?;
             return Ok((d, bytes.len() as u64));
         }
-        let (digest, size) = hash_file(src)?;
+        let (digest, size) = hash_copy(src, None)?;
         let dest = self.path(Kind::Blob, &digest);
         if fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
             return Ok((BlobDigest(digest), size));
         }
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(StoreError::io(dir))?;
-        let mut input = fs::File::open(src).map_err(StoreError::io(src))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut copied = 0u64;
-        loop {
-            let n = input.read(&mut buf).map_err(StoreError::io(src))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(StoreError::io(&dest))?;
-            copied += n as u64;
-        }
-        if Digest::from_hasher(&hasher) != digest || copied != size {
+        let mut tmp = Store::temp_beside(&dest)?;
+        if hash_copy(src, Some((tmp.as_file_mut(), &dest)))? != (digest, size) {
             return Err(StoreError::io(src)(io::Error::other(
                 "the file changed while it was stored",
             )));
         }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-                .map_err(StoreError::io(&dest))?;
-        }
-        tmp.as_file().sync_all().map_err(StoreError::io(&dest))?;
-        crash_point("write:before-rename");
-        tmp.persist(&dest)
-            .map_err(|e| StoreError::io(&dest)(e.error))?;
-        crash_point("write:after-rename");
-        sync_dir(dir);
+        Store::finish_write(tmp, &dest, true)?;
         Ok((BlobDigest(digest), size))
     }
 }
 
-/// The blake3 digest and size of a file, read in chunks.
-fn hash_file(path: &Path) -> Result<(Digest, u64), StoreError> {
-    let mut f = fs::File::open(path).map_err(StoreError::io(path))?;
+/// The blake3 digest and size of a file, read in chunks, and written to `copy` (a
+/// writer and the path its errors name) on the way.
+fn hash_copy(
+    src: &Path,
+    mut copy: Option<(&mut fs::File, &Path)>,
+) -> Result<(Digest, u64), StoreError> {
+    let mut f = fs::File::open(src).map_err(StoreError::io(src))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(StoreError::io(path))?;
+        let n = f.read(&mut buf).map_err(StoreError::io(src))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        if let Some((w, path)) = copy.as_mut() {
+            w.write_all(&buf[..n]).map_err(StoreError::io(path))?;
+        }
         size += n as u64;
     }
     Ok((Digest::from_hasher(&hasher), size))

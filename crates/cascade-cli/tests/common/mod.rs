@@ -1,0 +1,27 @@
+//! What the tests that run the real binary share.
+
+use std::path::Path;
+use std::process::Command;
+
+/// `cascade --project dir` on `store`, with none of the test process's cascade settings.
+pub fn cascade(dir: &Path, store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cascade"));
+    c.arg("--project").arg(dir);
+    c.env("CASCADE_STORE", store);
+    c.env_remove("CASCADE_CRASH_AT");
+    c.env_remove("CASCADE_REMOTE_CACHE");
+    c
+}
+
+/// `cascade cache verify` finds nothing corrupt.
+pub fn verify_clean(dir: &Path, store: &Path, when: &str) {
+    let v = cascade(dir, store)
+        .args(["cache", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "{when}: the store is not clean:\n{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}
