@@ -175,8 +175,10 @@ fn a_wrong_manifest_digest_from_the_registry_is_an_error() {
         .any(|r| r.path().ends_with("/manifests/v1")));
 }
 
-#[test]
-fn get_blob_never_accepts_bytes_that_do_not_match() {
+/// The same lies, told to `get_blob` (to memory) and `get_blob_to_file` (streamed).
+type Get<'a> = dyn Fn(&Client, &OciDigest, u64) -> Result<Vec<u8>, RegistryError> + 'a;
+
+fn never_accepts_bytes_that_do_not_match(get: &Get<'_>) {
     let good = b"the real blob contents".to_vec();
     let digest = OciDigest::of(&good);
     let mode = Arc::new(AtomicUsize::new(0));
@@ -196,32 +198,46 @@ fn get_blob_never_accepts_bytes_that_do_not_match() {
     });
     let c = Client::new(&server.addr, Credentials::None, fast(2));
 
-    let err = c.get_blob("team/app", &digest, 1 << 20).unwrap_err();
+    let err = get(&c, &digest, 1 << 20).unwrap_err();
     assert!(
         matches!(err, RegistryError::Unavailable { attempts: 3, .. }),
         "{err}"
     );
 
     mode.store(1, Ordering::SeqCst);
-    let err = c.get_blob("team/app", &digest, 1 << 20).unwrap_err();
+    let err = get(&c, &digest, 1 << 20).unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains(&digest.to_string()), "{err}");
 
     mode.store(2, Ordering::SeqCst);
-    let err = c.get_blob("team/app", &digest, 1 << 20).unwrap_err();
+    let err = get(&c, &digest, 1 << 20).unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
 
     mode.store(3, Ordering::SeqCst);
-    let err = c.get_blob("team/app", &digest, 4).unwrap_err();
+    let err = get(&c, &digest, 4).unwrap_err();
     assert!(
         matches!(err, RegistryError::TooLarge { limit: 4, .. }),
         "{err}"
     );
-    assert_eq!(c.get_blob("team/app", &digest, 1 << 20).unwrap(), good);
-    assert_eq!(
-        c.get_blob("team/app", &digest, good.len() as u64).unwrap(),
-        good
-    );
+    assert_eq!(get(&c, &digest, 1 << 20).unwrap(), good);
+    assert_eq!(get(&c, &digest, good.len() as u64).unwrap(), good);
+}
+
+#[test]
+fn get_blob_never_accepts_bytes_that_do_not_match() {
+    never_accepts_bytes_that_do_not_match(&|c, d, limit| c.get_blob("team/app", d, limit));
+}
+
+#[test]
+fn get_blob_to_file_never_accepts_bytes_that_do_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    never_accepts_bytes_that_do_not_match(&|c, d, limit| {
+        let size = c.get_blob_to_file("team/app", d, limit, &file)?;
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        Ok(bytes)
+    });
 }
 
 #[test]
