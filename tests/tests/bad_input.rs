@@ -36,8 +36,8 @@ struct Case {
     edits: Vec<(String, String, String)>,
     /// `(kind, size, file)`: text appended to a file of the project (see `generate`).
     generate: Vec<(String, usize, String)>,
-    /// A file (relative to the project root) that must exist after the command.
-    expect_file: Option<String>,
+    /// A file (relative to the project root) that must not exist after the command.
+    absent_file: Option<String>,
 }
 
 fn corpus_dir() -> PathBuf {
@@ -88,7 +88,7 @@ fn parse_case(name: &str, dir: &Path) -> Case {
                 c.generate
                     .push((w[0].clone(), w[1].parse().expect("size"), w[2].clone()));
             }
-            "expect_file" => c.expect_file = Some(value.to_string()),
+            "absent_file" => c.absent_file = Some(value.to_string()),
             other => panic!("{}:{}: unknown key `{other}`", path.display(), n + 1),
         }
     }
@@ -307,8 +307,8 @@ fn check(case: &Case) {
     if r.code != 0 {
         assert_eq!(p.lockfiles(), before, "a failure wrote a lockfile");
     }
-    if let Some(f) = &case.expect_file {
-        assert!(p.root.join(f).exists(), "`{f}` was not written:\n{shown}");
+    if let Some(f) = &case.absent_file {
+        assert!(!p.root.join(f).exists(), "`{f}` was written:\n{shown}");
     }
 
     // The same with --json: one JSON document on stdout, the same exit code.
@@ -336,6 +336,7 @@ fn check(case: &Case) {
             (r"blake3:[0-9a-f]{12}…", "blake3:[DIGEST]…"),
             (r"\b\d{8}T\d{6}Z\b", "[STAMP]"),
             (r"\b\d+\.\ds\b", "[TIME]"),
+            (r"/build-[A-Za-z0-9]{6}/", "/build-[RANDOM]/"),
         ],
     }, {
         insta::assert_snapshot!(case.name.as_str(), shown);

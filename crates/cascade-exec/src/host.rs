@@ -159,6 +159,9 @@ pub struct HostRun<'a> {
     pub work: &'a Path,
     /// An empty directory outside `work` for the tool symlinks.
     pub tools_dir: &'a Path,
+    /// An empty directory outside `work`: the steps' `TMPDIR`, the only place besides
+    /// `work` where the sandbox lets them write.
+    pub temp: &'a Path,
     pub tools: &'a [ResolvedTool],
     /// Everything the step sees besides PATH and HOME (declared env + engine vars).
     pub env: &'a BTreeMap<String, String>,
@@ -181,8 +184,29 @@ impl HostRun<'_> {
             .append(true)
             .open(self.log)
             .map_err(setup("open the log"))?;
+        // CASCADE_SANDBOX=off is the escape hatch for a step that must write elsewhere.
+        let sandboxed = std::env::var_os("CASCADE_SANDBOX").is_none_or(|v| v != "off");
+        if !sandboxed {
+            writeln!(log, "==> sandbox: off (CASCADE_SANDBOX=off)")
+                .map_err(setup("write the log"))?;
+        } else if !crate::sandbox::available() {
+            writeln!(
+                log,
+                "==> sandbox: unavailable (this kernel does not enforce Landlock); writes outside the work directory are not prevented"
+            )
+            .map_err(setup("write the log"))?;
+        }
         for step in self.steps {
             writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            let sandbox = if sandboxed && crate::sandbox::available() {
+                Some(std::sync::Arc::new(
+                    crate::sandbox::Sandbox::new(self.work, self.temp, self.log).map_err(|e| {
+                        setup(format!("sandbox step `{}`", step.name))(io::Error::other(e))
+                    })?,
+                ))
+            } else {
+                None
+            };
             let out = log.try_clone().map_err(setup("open the log"))?;
             let err = log.try_clone().map_err(setup("open the log"))?;
             let mut cmd = Command::new(&sh);
@@ -194,16 +218,21 @@ impl HostRun<'_> {
                 .envs(self.env)
                 .env("PATH", self.tools_dir)
                 .env("HOME", self.work)
+                .env("TMPDIR", self.temp)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
                 // Its own process group, so a timeout kills everything it started.
                 .process_group(0);
-            // SAFETY: umask is async-signal-safe and touches no memory.
+            // SAFETY: umask is async-signal-safe and touches no memory; the sandbox makes
+            // two system calls on a ruleset built before the fork (see `Sandbox::enforce`).
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     libc::umask(0o022);
-                    Ok(())
+                    match &sandbox {
+                        Some(s) => s.enforce(),
+                        None => Ok(()),
+                    }
                 });
             }
             let started = Instant::now();
@@ -278,6 +307,7 @@ mod tests {
         _dir: tempfile::TempDir,
         work: PathBuf,
         tools_dir: PathBuf,
+        temp: PathBuf,
         log: PathBuf,
     }
 
@@ -285,13 +315,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         let tools_dir = dir.path().join("tools");
-        fs::create_dir(&work).unwrap();
-        fs::create_dir(&tools_dir).unwrap();
+        let temp = dir.path().join("tmp");
+        for d in [&work, &tools_dir, &temp] {
+            fs::create_dir(d).unwrap();
+        }
         let log = dir.path().join("log");
         Fixture {
             _dir: dir,
             work,
             tools_dir,
+            temp,
             log,
         }
     }
@@ -309,6 +342,7 @@ mod tests {
             HostRun {
                 work: &self.work,
                 tools_dir: &self.tools_dir,
+                temp: &self.temp,
                 tools: &ts,
                 env,
                 steps: &steps,
@@ -385,6 +419,45 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RunError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Landlock keeps a step's writes in its work directory and TMPDIR (root included);
+    /// `/dev/null`, `/dev/stderr` and the log stay writable.
+    #[test]
+    fn the_sandbox_confines_writes() {
+        if !crate::sandbox::available() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs on kernels with Landlock; this one does not enforce it"
+            );
+            eprintln!("skipping: this kernel does not enforce Landlock");
+            return;
+        }
+        let f = fixture();
+        f.run(
+            &["sh", "mkdir", "cat", "rm"],
+            &BTreeMap::new(),
+            "mkdir -p d && echo in > d/f && echo tmp > \"$TMPDIR/t\" && cat \"$TMPDIR/t\" >> d/f \
+             && echo quiet > /dev/null && echo logged > /dev/stderr && rm d/f",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(fs::read_to_string(&f.log).unwrap().contains("logged"));
+        let f = fixture();
+        let outside = f._dir.path().join("outside");
+        let err = f
+            .run(
+                &["sh"],
+                &BTreeMap::new(),
+                &format!("echo escaped > {}", outside.display()),
+                Duration::from_secs(10),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RunError::Failed { .. }), "{err}");
+        assert!(!outside.exists(), "the write outside the work dir happened");
+        assert!(fs::read_to_string(&f.log)
+            .unwrap()
+            .contains("Permission denied"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - [`host`]: the host runner. Each step is `sh -e -c <run>` in the node's work
 //!   directory, with a clean environment, a PATH that holds only the declared tools,
 //!   umask 022, its own process group, and a timeout that kills the whole group.
+//! - [`sandbox`]: the host runner's write sandbox (Landlock): a step writes only in its
+//!   work directory, its `TMPDIR`, its log and `/dev`.
 //! - [`schedule`]: runs a DAG of nodes on a bounded pool of threads, dependencies
 //!   strictly first, stopping (or not, with keep-going) after a failure.
 //!
@@ -10,6 +12,7 @@
 //! process or file copy, and a pool of `--jobs` threads is all the parallelism needed.
 
 pub mod host;
+pub mod sandbox;
 pub mod schedule;
 
 pub use host::{

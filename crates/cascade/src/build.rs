@@ -705,8 +705,9 @@ fn execute(
     let k = Some(key);
     let work = tmp.join("work");
     let tools_dir = tmp.join("tools");
+    let temp = tmp.join("tmp");
     let log = tmp.join("log");
-    for d in [&work, &tools_dir] {
+    for d in [&work, &tools_dir, &temp] {
         fs::create_dir(d).map_err(|e| {
             fail(
                 FailureCause::Environment,
@@ -757,6 +758,7 @@ fn execute(
     let run = HostRun {
         work: &work,
         tools_dir: &tools_dir,
+        temp: &temp,
         tools: &node.tools,
         env: &env,
         steps: &steps,
