@@ -50,6 +50,16 @@ pub fn registry(addr: &str, status: u16) -> bool {
     )
 }
 
+/// A directory that steps may write to, so a test can watch them from outside (marks,
+/// counters): the write sandbox confines steps to their work dir, `TMPDIR` and `/dev`,
+/// whose `/dev/shm` is allowed for shared memory.
+pub fn step_writable_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cascade-test-marks-")
+        .tempdir_in("/dev/shm")
+        .expect("a directory in /dev/shm")
+}
+
 /// What one `cascade` invocation did.
 #[derive(Debug)]
 pub struct Run {

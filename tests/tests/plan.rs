@@ -535,7 +535,8 @@ fn why_an_unknown_component_suggests_the_closest() {
 #[test]
 fn plan_why_and_graph_run_no_step() {
     let mut p = chain();
-    let marker = p.root.join("steps-ran");
+    let marks = cascade_tests::step_writable_dir();
+    let marker = marks.path().join("steps-ran");
     for (name, inputs) in [
         ("ottochain", vec![]),
         ("sdk", vec!["ottochain"]),

@@ -172,8 +172,8 @@ fn every_injected_corruption_is_detected_never_used_and_rebuilt() {
 #[test]
 fn eight_concurrent_builds_on_one_store_build_each_key_once() {
     let mut p = TestProject::new();
-    let marks = p.root.join("marks");
-    fs::create_dir_all(&marks).unwrap();
+    let marks_dir = cascade_tests::step_writable_dir();
+    let marks = marks_dir.path().to_path_buf();
     let names = ["a", "b", "c", "d", "e", "f"];
     let mut env = String::from("name: test\nmode: branch\nsources:\n");
     for n in names {

@@ -75,7 +75,13 @@ fn interrupt_kills_running_steps_and_writes_no_lockfile() {
         "echo $$ > \"$PIDFILE\"; sleep 60; echo > out",
         &format!("{{ PIDFILE: \"{}\" }}", pidfile.display()),
     );
-    let mut child = cascade(tmp.path()).stderr(Stdio::piped()).spawn().unwrap();
+    // The pid file is outside the work dir, where the write sandbox would refuse it;
+    // this test is about interrupts.
+    let mut child = cascade(tmp.path())
+        .env("CASCADE_SANDBOX", "off")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid: i32 = loop {
         if let Some(p) = fs::read_to_string(&pidfile)

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
-use common::{cascade, verify_clean};
+use common::{cascade, step_writable_dir, verify_clean};
 
 const PROCESSES: usize = 8;
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
@@ -176,7 +176,8 @@ fn eight_build_processes_share_one_store_and_one_remote_cache() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
-    let marks = tmp.path().join("marks");
+    let marks_dir = step_writable_dir();
+    let marks = marks_dir.path().to_path_buf();
     project(&dir, &marks);
     let store = tmp.path().join("store");
     let cache = cache_url();
@@ -285,7 +286,8 @@ fn build_held_in_e(dir: &Path, store: &Path, marks: &Path) -> (Child, std::path:
 fn a_build_killed_while_holding_a_key_lock_does_not_block_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
-    let marks = tmp.path().join("marks");
+    let marks_dir = step_writable_dir();
+    let marks = marks_dir.path().to_path_buf();
     project(&dir, &marks);
     let store = tmp.path().join("store");
     let (mut child, hold) = build_held_in_e(&dir, &store, &marks);
@@ -340,7 +342,8 @@ fn a_build_killed_while_holding_a_key_lock_does_not_block_the_next() {
 fn gc_refuses_to_run_beside_a_build_and_clears_leftover_work_dirs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
-    let marks = tmp.path().join("marks");
+    let marks_dir = step_writable_dir();
+    let marks = marks_dir.path().to_path_buf();
     project(&dir, &marks);
     let store = tmp.path().join("store");
     // A first build, so gc has a lockfile to keep.

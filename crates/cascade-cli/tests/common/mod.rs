@@ -1,4 +1,6 @@
 //! What the tests that run the real binary share.
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
@@ -24,4 +26,14 @@ pub fn verify_clean(dir: &Path, store: &Path, when: &str) {
         "{when}: the store is not clean:\n{}",
         String::from_utf8_lossy(&v.stdout)
     );
+}
+
+/// A directory that steps may write to, so a test can watch them from outside: the
+/// write sandbox confines steps to their work dir, `TMPDIR` and `/dev`, whose `/dev/shm`
+/// is allowed for shared memory.
+pub fn step_writable_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cascade-test-marks-")
+        .tempdir_in("/dev/shm")
+        .expect("a directory in /dev/shm")
 }
