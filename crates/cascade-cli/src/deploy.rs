@@ -64,18 +64,11 @@ pub(crate) fn rollback(
     mut io: Io<'_>,
 ) -> i32 {
     let color = io.color && !json;
-    let history = match cascade::read_history(project, &env) {
-        Ok(h) => h,
+    let (now, to) = match cascade::rollback_target(project, &env) {
+        Ok(t) => t,
         Err(e) => return fail(&mut io, &e, json, color),
     };
-    let (Some(current), Some(previous)) = (history.current(), history.previous()) else {
-        let e = cascade::Error::NoPreviousDeploy { env };
-        return fail(&mut io, &e, json, color);
-    };
-    let question = format!(
-        "roll `{env}` back from {} to {}?",
-        current.lockfile, previous.lockfile
-    );
+    let question = format!("roll `{env}` back from {now} to {to}?");
     if !yes {
         if !std::io::stdin().is_terminal() {
             io.err_line(&format!(
@@ -145,15 +138,23 @@ fn event_lines(e: &DeployEvent<'_>) -> Vec<String> {
             component,
             container,
         } => vec![format!("  starting   {component:<12} {container}")],
-        DeployEvent::Replaced(c) if c.healthy => vec![format!(
-            "  healthy    {:<12} {} in {} ({} attempt{})",
-            "",
+        DeployEvent::Replaced {
+            component,
+            container: c,
+        } if c.healthy => vec![format!(
+            "  healthy    {component:<12} {} in {} ({} attempt{})",
             c.name,
             secs(c.duration_ms),
             c.attempts,
             if c.attempts == 1 { "" } else { "s" }
         )],
-        DeployEvent::Replaced(c) => vec![format!("  UNHEALTHY  {:<12} {}: {}", "", c.name, c.detail)],
+        DeployEvent::Replaced {
+            component,
+            container: c,
+        } => vec![format!(
+            "  UNHEALTHY  {component:<12} {}: {}",
+            c.name, c.detail
+        )],
         DeployEvent::Failed(f) => {
             let mut v = vec![format!(
                 "deploy failed: `{}` of `{}` is unhealthy",
@@ -211,7 +212,7 @@ fn summary(r: &DeployReport) -> String {
     let mut s = match r.outcome {
         "dry-run" => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != "unchanged").count()),
         "deployed" => format!(
-            "deployed {}: {replaced} component{} replaced, {unchanged} unchanged; recorded in {}",
+            "deployed {}: {replaced} component{} (re)started, {unchanged} unchanged; recorded in {}",
             r.lockfile,
             if replaced == 1 { "" } else { "s" },
             r.history

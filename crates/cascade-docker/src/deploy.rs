@@ -172,8 +172,7 @@ impl Docker {
                 Err(e) if is_not_found(&e) => Ok(()),
                 // 304: already stopped.
                 Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 304,
-                    ..
+                    status_code: 304, ..
                 }) => Ok(()),
                 Err(e) => Err(DockerError::engine(format!("stop container `{id}`"))(e)),
             }
@@ -226,14 +225,8 @@ impl Docker {
             };
             let state = i.state.unwrap_or_default();
             let mut ports = Vec::new();
-            for (key, bindings) in i
-                .network_settings
-                .and_then(|n| n.ports)
-                .unwrap_or_default()
-            {
-                let Some(port) = key
-                    .strip_suffix("/tcp")
-                    .and_then(|p| p.parse::<u16>().ok())
+            for (key, bindings) in i.network_settings.and_then(|n| n.ports).unwrap_or_default() {
+                let Some(port) = key.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok())
                 else {
                     continue;
                 };
@@ -321,9 +314,7 @@ impl Docker {
                         .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
                         .and_then(|b| b.host_port.as_deref()?.parse::<u16>().ok());
                     match loopback {
-                        Some(hp) => {
-                            http_probe(&agent, hp, path, &Expect::default(), check.timeout)
-                        }
+                        Some(hp) => http_probe(&agent, hp, path, &Expect::default(), check.timeout),
                         None => {
                             return Err(DockerError::PortNotPublished {
                                 container: id.to_string(),

@@ -200,7 +200,10 @@ mod tests {
             ],
         };
         let text = write_history(&h);
-        assert!(text.starts_with("format: cascade-deployments/1\n"), "{text}");
+        assert!(
+            text.starts_with("format: cascade-deployments/1\n"),
+            "{text}"
+        );
         assert_eq!(read_history("h.yaml", &text).unwrap(), h);
         let empty = History {
             environment: "e".into(),

@@ -114,7 +114,10 @@ fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Resu
     Ok(())
 }
 
-pub(crate) fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, LockError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    path: &str,
+    text: &str,
+) -> Result<T, LockError> {
     // Default budgets (against alias bombs and deep nesting) and duplicate keys as
     // errors; no snippets, which miette renders from our label instead.
     let options = serde_saphyr::options! { with_snippet: false };

@@ -172,12 +172,26 @@ impl DeployReport {
 #[derive(Debug)]
 pub enum DeployEvent<'a> {
     Plan(&'a DeployReport),
-    Loaded { component: &'a str, image: &'a str },
-    Replacing { component: &'a str, container: &'a str },
-    Replaced(&'a ReplacedContainer),
+    Loaded {
+        component: &'a str,
+        image: &'a str,
+    },
+    Replacing {
+        component: &'a str,
+        container: &'a str,
+    },
+    Replaced {
+        component: &'a str,
+        container: &'a ReplacedContainer,
+    },
     Failed(&'a DeployFailure),
-    Removed { component: &'a str, container: &'a str },
-    RollingBack { to: &'a str },
+    Removed {
+        component: &'a str,
+        container: &'a str,
+    },
+    RollingBack {
+        to: &'a str,
+    },
 }
 
 /// The label keys.
@@ -192,32 +206,66 @@ pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<Depl
     let project = crate::load(&opts.project, &opts.env)?;
     let target = match &opts.lock {
         Some(l) => l.clone(),
-        None => crate::newest_lockfile(&opts.project, &opts.env).ok_or_else(|| {
-            Error::NoLockfile {
+        None => {
+            crate::newest_lockfile(&opts.project, &opts.env).ok_or_else(|| Error::NoLockfile {
                 env: opts.env.clone(),
-            }
-        })?,
+            })?
+        }
     };
     let ctx = Context::new(opts, &project)?;
     let _active = ActiveGuard::new();
     ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
 }
 
-/// `cascade rollback --deploy`: the deployment before the current one.
+/// What `cascade rollback --deploy` goes back to: (what runs now, the lockfile to
+/// deploy). When the engine runs something else than the last successful deployment
+/// (a `--no-rollback` failure, a partial deploy), that deployment; otherwise the one
+/// before it.
+pub fn rollback_target(project: &Path, env: &str) -> Result<(String, String), Error> {
+    let loaded = crate::load(project, env)?;
+    let engine = loaded
+        .graph
+        .environment
+        .deploy
+        .as_ref()
+        .ok_or_else(|| Error::NoDeploy {
+            env: env.to_string(),
+        })?
+        .engine
+        .clone();
+    let docker = match engine {
+        Some(e) => Docker::connect_to(&e),
+        None => Docker::connect(),
+    }
+    .map_err(|source| Error::DeployEngine { source })?;
+    let running = docker
+        .containers_with(&[(L_ENV, env)])
+        .map_err(|source| Error::DeployEngine { source })?;
+    let history = read_history(project, env)?;
+    let no_previous = || Error::NoPreviousDeploy {
+        env: env.to_string(),
+    };
+    let current = history.current().ok_or_else(no_previous)?;
+    let digests: BTreeSet<&String> = running
+        .iter()
+        .filter_map(|i| i.labels.get(L_LOCKFILE))
+        .collect();
+    let now = running_lockfile(&running, &history).unwrap_or_else(|| "unknown".into());
+    if digests.len() != 1 || !digests.contains(&current.lockfile_digest) {
+        return Ok((now, current.lockfile.clone()));
+    }
+    let previous = history.previous().ok_or_else(no_previous)?;
+    Ok((now, previous.lockfile.clone()))
+}
+
+/// `cascade rollback --deploy`: the deployment [`rollback_target`] names.
 pub fn rollback_deploy(
     opts: &DeployOptions,
     on: &dyn Fn(DeployEvent<'_>),
 ) -> Result<DeployReport, Error> {
-    let history = read_history(&opts.project, &opts.env)?;
-    let previous = history
-        .previous()
-        .ok_or_else(|| Error::NoPreviousDeploy {
-            env: opts.env.clone(),
-        })?
-        .lockfile
-        .clone();
+    let (_, to) = rollback_target(&opts.project, &opts.env)?;
     let opts = DeployOptions {
-        lock: Some(opts.project.join(previous)),
+        lock: Some(opts.project.join(to)),
         action: "rollback",
         ..opts.clone()
     };
@@ -299,10 +347,7 @@ impl<'a> Context<'a> {
         if lock.environment != *env {
             return Err(Error::DeployLockfile {
                 lockfile: shown,
-                why: format!(
-                    "it is a lockfile of `{}`, not of `{env}`",
-                    lock.environment
-                ),
+                why: format!("it is a lockfile of `{}`, not of `{env}`", lock.environment),
             });
         }
         // The target image of every deployed component.
@@ -322,15 +367,18 @@ impl<'a> Context<'a> {
         let running = Self::engine(self.docker.containers_with(&[(L_ENV, env)]))?;
         let plan = self.plan(&images, &running);
         let running_lock = running_lockfile(&running, &history);
-        let diff = running_lock.as_ref().and_then(|p| {
-            let old_text = std::fs::read_to_string(self.opts.project.join(p)).ok()?;
-            let old = cascade_lock::read(p, &old_text).ok()?;
-            Some(diff_lockfiles(
-                Some((p.as_str(), &old)),
-                (shown.as_str(), &lock),
-                &|_, _, _| None,
-            ))
-        });
+        let diff = running_lock
+            .as_ref()
+            .filter(|p| **p != shown)
+            .and_then(|p| {
+                let old_text = std::fs::read_to_string(self.opts.project.join(p)).ok()?;
+                let old = cascade_lock::read(p, &old_text).ok()?;
+                Some(diff_lockfiles(
+                    Some((p.as_str(), &old)),
+                    (shown.as_str(), &lock),
+                    &|_, _, _| None,
+                ))
+            });
         let mut report = DeployReport {
             environment: env.clone(),
             action,
@@ -397,8 +445,10 @@ impl<'a> Context<'a> {
                 report.rollback = Some(Box::new(back));
             }
             Some(_) => {
-                report.no_rollback =
-                    Some("the previous deployment is this same lockfile; nothing older to go back to".into());
+                report.no_rollback = Some(
+                    "the previous deployment is this same lockfile; nothing older to go back to"
+                        .into(),
+                );
             }
             None => {
                 // Nothing was deployed before: the previous state is no containers.
@@ -449,14 +499,20 @@ impl<'a> Context<'a> {
             if mine.is_empty() {
                 reasons.push("not running".to_string());
             } else {
-                if mine.iter().any(|i| i.labels.get(L_IMAGE) != want_image.as_ref()) {
+                if mine
+                    .iter()
+                    .any(|i| i.labels.get(L_IMAGE) != want_image.as_ref())
+                {
                     reasons.push(format!(
                         "image {} → {}",
                         before.as_ref().map_or("?".into(), short_digest),
                         want_image.as_ref().map_or("?".into(), short_digest)
                     ));
                 }
-                if mine.iter().any(|i| i.labels.get(L_CONFIG) != Some(&want_config)) {
+                if mine
+                    .iter()
+                    .any(|i| i.labels.get(L_CONFIG) != Some(&want_config))
+                {
                     reasons.push("deploy config changed".to_string());
                 }
                 let have: BTreeSet<&str> = mine.iter().map(|i| i.name.as_str()).collect();
@@ -630,9 +686,9 @@ impl<'a> Context<'a> {
                                     port: *port,
                                     path: path.clone(),
                                 },
-                                Probe::Command(argv) => cascade_docker::Probe::Command {
-                                    argv: argv.clone(),
-                                },
+                                Probe::Command(argv) => {
+                                    cascade_docker::Probe::Command { argv: argv.clone() }
+                                }
                             },
                             interval: h.interval,
                             timeout: h.timeout,
@@ -652,7 +708,10 @@ impl<'a> Context<'a> {
                     detail: outcome.detail.clone(),
                     duration_ms: outcome.elapsed.as_millis() as u64,
                 };
-                on(DeployEvent::Replaced(&r));
+                on(DeployEvent::Replaced {
+                    component: &c.component,
+                    container: &r,
+                });
                 report.containers.push(r);
                 if !outcome.passed {
                     replaced.push(report);
@@ -929,9 +988,9 @@ pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
                             port: *port,
                             path: path.clone(),
                         },
-                        Probe::Command(argv) => cascade_docker::Probe::Command {
-                            argv: argv.clone(),
-                        },
+                        Probe::Command(argv) => {
+                            cascade_docker::Probe::Command { argv: argv.clone() }
+                        }
                     },
                     interval: h.interval,
                     timeout: h.timeout,

@@ -25,9 +25,9 @@ pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeRepor
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use check::{FileDiff, Mismatch};
 pub use deploy::{
-    deploy, history_path, interrupt_deploy, read_history, rollback_deploy, status, ComponentReport,
-    ContainerStatus, DeployEvent, DeployFailure, DeployOptions, DeployReport, PlannedComponent,
-    ReplacedContainer, StatusReport,
+    deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
+    ComponentReport, ContainerStatus, DeployEvent, DeployFailure, DeployOptions, DeployReport,
+    PlannedComponent, ReplacedContainer, StatusReport,
 };
 pub use diff::{
     diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,
