@@ -204,6 +204,7 @@ const L_LOCKFILE: &str = "cascade.lockfile";
 /// `cascade deploy`: the lockfile (or the newest) onto the engine.
 pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, Error> {
     let project = crate::load(&opts.project, &opts.env)?;
+    let ctx = Context::new(opts, &project)?;
     let target = match &opts.lock {
         Some(l) => l.clone(),
         None => {
@@ -212,7 +213,6 @@ pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<Depl
             })?
         }
     };
-    let ctx = Context::new(opts, &project)?;
     let _active = ActiveGuard::new();
     ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
 }
