@@ -438,6 +438,9 @@ impl<'a> Context<'a> {
         match history.current() {
             Some(previous) if previous.lockfile_digest != lock_digest => {
                 let to = self.opts.project.join(&previous.lockfile);
+                // The rollback runs to its end: the interrupt has been honoured by
+                // stopping this deploy (a second signal exits at once, in the CLI).
+                INTERRUPTED.store(false, Ordering::SeqCst);
                 on(DeployEvent::RollingBack {
                     to: &previous.lockfile,
                 });
