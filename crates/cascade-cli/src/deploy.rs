@@ -105,10 +105,8 @@ fn run(
     let color = io.color && !json;
     let result = {
         let io = &io;
+        // Progress goes to stderr with --json too: stdout keeps the one document.
         let on = move |e: DeployEvent<'_>| {
-            if json {
-                return;
-            }
             for line in event_lines(&e) {
                 io.err_line(&line);
             }
