@@ -91,6 +91,42 @@ fn deploys_replace_only_what_changed_and_dry_runs_change_nothing() {
     let outcomes: Vec<String> = ex.history().iter().map(|d| d.0.clone()).collect();
     assert_eq!(outcomes, ["deployed"; 4]);
     ex.assert_labels();
+
+    // A container cascade did not create under a deployed name is never removed: the
+    // deploy stops before touching anything (exit 3).
+    let image = ex.containers()[1].image.clone();
+    ex.clean();
+    let docker = cascade_docker::Docker::connect().unwrap();
+    let foreign = docker
+        .create_deployed(&cascade_docker::ContainerSpec {
+            name: format!("{}-services", ex.env),
+            image,
+            labels: Default::default(),
+            env: vec![],
+            ports: vec![],
+            binds: vec![],
+            restart: "no".into(),
+        })
+        .unwrap();
+    struct Remove<'a>(&'a cascade_docker::Docker, String);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.remove(&self.1);
+        }
+    }
+    let _remove = Remove(&docker, foreign.clone());
+    let refused = ex.run(&["deploy", "--env", &ex.env]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("did not create"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        docker.container(&foreign).unwrap().is_some(),
+        "it is still there"
+    );
+    assert!(ex.containers().is_empty(), "nothing else was started");
 }
 
 #[test]

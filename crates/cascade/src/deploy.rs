@@ -641,6 +641,23 @@ impl<'a> Context<'a> {
         on: &dyn Fn(DeployEvent<'_>),
     ) -> Result<Option<DeployFailure>, Error> {
         let env = &self.opts.env;
+        // A name taken by a container cascade did not create stops the deploy before
+        // anything is touched.
+        for (c, p) in self.components.iter().zip(plan) {
+            if !matches!(p.change, "changed" | "added") {
+                continue;
+            }
+            for name in c.container_names() {
+                if let Some(other) = Self::engine(self.docker.container(&name))? {
+                    if !self.ours(&other) {
+                        return Err(Error::ForeignContainer {
+                            name,
+                            env: env.clone(),
+                        });
+                    }
+                }
+            }
+        }
         for (c, p) in self.components.iter().zip(plan) {
             if !matches!(p.change, "changed" | "added") {
                 continue;
