@@ -26,9 +26,10 @@
 //! - The container and the network are owned by a guard whose `Drop` removes them
 //!   (container forced first, then the network), so they go away on success, failure,
 //!   error or panic.
-//! - Every container and network a [`Docker`] creates is also kept in a registry until
-//!   it is removed, so [`Docker::cleanup_all_cascade_resources`] can remove what is left
-//!   from a Ctrl-C handler, where no guard gets to run.
+//! - Every smoke-test container and network a [`Docker`] creates is also kept in a
+//!   registry until it is removed, so [`Docker::cleanup_all_cascade_resources`] can
+//!   remove what is left from a Ctrl-C handler, where no guard gets to run. Deployed containers are meant
+//!   to stay, so they are not registered; `cascade deploy` finds them by label.
 
 mod deploy;
 mod engine;
