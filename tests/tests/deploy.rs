@@ -68,6 +68,9 @@ fn deploys_replace_only_what_changed_and_dry_runs_change_nothing() {
         ]
     );
     assert_eq!(ex.container_ids(), ids1, "a dry run changes nothing");
+    let text = ex.run(&["deploy", "--env", &ex.env, "--dry-run"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    insta::assert_snapshot!("dry_run_plan", ex.redact(&text.stderr));
     assert_eq!(ex.history().len(), 2, "a dry run records nothing");
     let second = ex.deploy(&[], 0);
     let ids2 = ex.container_ids();

@@ -1047,3 +1047,82 @@ pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
         last: history.deployments.last().cloned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_manifest::PortMap;
+
+    fn component() -> DeployComponent {
+        DeployComponent {
+            component: "web".into(),
+            container: "e-web".into(),
+            ports: vec![PortMap {
+                host_ip: "127.0.0.1".into(),
+                host_port: Some(18080),
+                container: 8080,
+            }],
+            env: BTreeMap::new(),
+            volumes: Vec::new(),
+            restart: "unless-stopped".into(),
+            replicas: 1,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn the_config_digest_changes_with_any_field_and_only_then() {
+        let a = component();
+        assert_eq!(config_digest(&a), config_digest(&component()));
+        let mut b = component();
+        b.ports[0].host_port = Some(18081);
+        let mut c = component();
+        c.env.insert("X".into(), "1".into());
+        let mut d = component();
+        d.replicas = 2;
+        for other in [b, c, d] {
+            assert_ne!(config_digest(&a), config_digest(&other));
+        }
+    }
+
+    fn info(name: &str, lockfile: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: name.into(),
+            name: name.into(),
+            labels: BTreeMap::from([(L_LOCKFILE.to_string(), lockfile.to_string())]),
+            running: true,
+            state: "running".into(),
+            image: "sha256:x".into(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_running_lockfile_is_named_only_when_every_container_agrees() {
+        let deployed = |digest: &str, path: &str| Deployment {
+            at: "20261123T000000Z".into(),
+            action: "deploy".into(),
+            outcome: "deployed".into(),
+            lockfile: path.into(),
+            lockfile_digest: digest.into(),
+            images: BTreeMap::new(),
+            detail: None,
+        };
+        let history = History {
+            environment: "e".into(),
+            deployments: vec![
+                deployed("blake3:a", "lockfiles/a.yaml"),
+                deployed("blake3:b", "lockfiles/b.yaml"),
+            ],
+        };
+        let both = [info("x", "blake3:a"), info("y", "blake3:a")];
+        assert_eq!(
+            running_lockfile(&both, &history).as_deref(),
+            Some("lockfiles/a.yaml")
+        );
+        let mixed = [info("x", "blake3:a"), info("y", "blake3:b")];
+        assert_eq!(running_lockfile(&mixed, &history), None);
+        assert_eq!(running_lockfile(&[info("x", "blake3:z")], &history), None);
+        assert_eq!(running_lockfile(&[], &history), None);
+    }
+}

@@ -257,6 +257,45 @@ impl Example {
             .collect()
     }
 
+    /// Text with the environment's name, lockfile stamps and digests (which depend on
+    /// the host's compiler) replaced, for snapshots.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.replace(&self.env, "[ENV]");
+        for prefix in ["sha256:", "blake3:"] {
+            let mut done = String::new();
+            let mut rest = out.as_str();
+            while let Some(i) = rest.find(prefix) {
+                done.push_str(&rest[..i]);
+                done.push_str(prefix);
+                done.push_str("[…]");
+                let after = &rest[i + prefix.len()..];
+                let hex = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+                rest = after[hex..].strip_prefix('…').unwrap_or(&after[hex..]);
+            }
+            done.push_str(rest);
+            out = done;
+        }
+        // `[ENV]-20261123T062230Z.yaml` (and `-2.yaml` in the same second).
+        let mut done = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find("[ENV]-") {
+            done.push_str(&rest[..i]);
+            let after = &rest[i + "[ENV]-".len()..];
+            let stamp = if after.starts_with(|c: char| c.is_ascii_digit()) {
+                after
+                    .bytes()
+                    .take_while(|b| b.is_ascii_digit() || matches!(b, b'T' | b'Z' | b'-'))
+                    .count()
+            } else {
+                0
+            };
+            done.push_str(if stamp > 0 { "[ENV]-[STAMP]" } else { "[ENV]-" });
+            rest = &after[stamp..];
+        }
+        done.push_str(rest);
+        done
+    }
+
     /// Removes this environment's containers (and only them).
     pub fn clean(&self) {
         if let Ok(d) = cascade_docker::Docker::connect() {
