@@ -224,11 +224,41 @@ fn a_slow_start_passes_thanks_to_backoff_and_too_few_retries_fail() {
     }
     // Three seconds before it listens: ten attempts at a steady 100 ms would give up
     // after one second; delays that double up to 1 s reach it within ten.
-    let ex = Example::new(
+    // Explorer runs two replicas, health-checked by a command in the container (the
+    // services binary it is built on answers `--version`).
+    let ex = Example::without_engine();
+    ex.set_deploy_with(
         "      env: { SERVICES_STARTUP_DELAY: \"3\" }\n      health: { http: { port: 8080, path: /health }, interval: 1s, retries: 10 }",
+        "      replicas: 2\n      health: { command: [/usr/local/bin/services, --version] }",
     );
     let v1 = ex.build();
     let r = ex.deploy(&[], 0);
+    let explorers: Vec<(String, u16)> = ex
+        .containers()
+        .into_iter()
+        .filter(|c| c.labels["cascade.component"] == "explorer")
+        .map(|c| (c.name.clone(), c.ports[0].2))
+        .collect();
+    assert_eq!(
+        explorers.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [
+            format!("{}-explorer-1", ex.env),
+            format!("{}-explorer-2", ex.env)
+        ]
+    );
+    assert_ne!(explorers[0].1, explorers[1].1, "one host port each");
+    for (_, port) in &explorers {
+        assert!(http_get(*port, "/").contains("ottochain explorer"));
+    }
+    let explorer_health = &r.json()["replaced"][1]["containers"][1];
+    assert_eq!(explorer_health["healthy"], true, "{explorer_health}");
+    assert!(
+        explorer_health["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--version"),
+        "{explorer_health}"
+    );
     let services = &r.json()["replaced"][0]["containers"][0];
     assert_eq!(services["healthy"], true, "{}", r.stderr);
     let attempts = services["attempts"].as_u64().unwrap();

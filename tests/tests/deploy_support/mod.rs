@@ -91,9 +91,17 @@ impl Example {
 
     /// Rewrites the environment's `deploy:`.
     pub fn set_deploy(&self, services_extra: &str) {
+        self.set_deploy_with(
+            services_extra,
+            "      health: { http: { port: 8080, path: / }, interval: 1s }",
+        );
+    }
+
+    /// Rewrites the environment's `deploy:`, with `explorer_extra` lines for explorer.
+    pub fn set_deploy_with(&self, services_extra: &str, explorer_extra: &str) {
         let env = &self.env;
         let text = format!(
-            "{}deploy:\n  components:\n    services:\n      container: {env}-services\n      ports: [\"8080\"]\n{services_extra}\n    explorer:\n      container: {env}-explorer\n      ports: [\"8080\"]\n      health: {{ http: {{ port: 8080, path: / }}, interval: 1s }}\n",
+            "{}deploy:\n  components:\n    services:\n      container: {env}-services\n      ports: [\"8080\"]\n{services_extra}\n    explorer:\n      container: {env}-explorer\n      ports: [\"8080\"]\n{explorer_extra}\n",
             self.scratch_sources().replace("name: scratch", &format!("name: {env}"))
         );
         fs::write(
