@@ -11,6 +11,7 @@
 //! | 101 | a bug in cascade (a panic) |
 //! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
 
+mod deploy;
 mod explain;
 mod lock;
 mod progress;
@@ -59,8 +60,14 @@ enum Command {
     Lock(lock::LockCommand),
     /// Pin an environment to what another environment's lockfile built.
     Promote(lock::PromoteArgs),
-    /// Build an environment's previous lockfile again and make it the newest.
+    /// Build an environment's previous lockfile again and make it the newest; with
+    /// --deploy, deploy the previously deployed lockfile instead.
     Rollback(RollbackArgs),
+    /// Run an environment's lockfile on the Docker Engine, with health checks and
+    /// automatic rollback.
+    Deploy(deploy::DeployArgs),
+    /// What runs for an environment, how healthy, from which lockfile.
+    Status(deploy::StatusArgs),
     /// Remove from the store what the newest lockfiles of every environment do not need.
     Gc(GcArgs),
     /// Inspect and check the store.
@@ -129,6 +136,13 @@ struct RollbackArgs {
     /// How many nodes build at once [default: the number of CPUs].
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
+    /// Redeploy the previously deployed lockfile (`deployments/<ENV>.yaml`) instead of
+    /// building.
+    #[arg(long, conflicts_with_all = ["to", "load", "push", "jobs"])]
+    deploy: bool,
+    /// With --deploy: do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, requires = "deploy")]
+    yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -329,14 +343,24 @@ where
         Command::Image(ImageCommand::Export(args)) => export(&cli.project, args, io),
         Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
         Command::Promote(args) => lock::promote(&cli.project, args, io),
+        Command::Rollback(args) if args.deploy => deploy::rollback(
+            &cli.project,
+            args.common.env,
+            args.common.store,
+            args.yes,
+            args.common.json,
+            io,
+        ),
         Command::Rollback(args) => rollback(&cli.project, args, io),
+        Command::Deploy(args) => deploy::deploy(&cli.project, args, io),
+        Command::Status(args) => deploy::status(&cli.project, args, io),
         Command::Gc(args) | Command::Cache(CacheCommand::Gc(args)) => gc(&cli.project, args, io),
         Command::Cache(CacheCommand::Stats(args)) => cache_stats(&cli.project, args, io),
         Command::Cache(CacheCommand::Verify(args)) => cache_verify(&cli.project, args, io),
     }
 }
 
-struct Io<'a> {
+pub(crate) struct Io<'a> {
     out: &'a mut (dyn Write + Send),
     err: Mutex<&'a mut (dyn Write + Send)>,
     color: bool,
@@ -363,7 +387,15 @@ fn install_signal_handler() {
         return;
     };
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        let mut deferred = false;
+        for sig in signals.forever() {
+            // A deploy finishes its current container swap and rolls back first (see
+            // cascade::deploy); a second signal does not wait.
+            if !deferred && cascade::interrupt_deploy() {
+                deferred = true;
+                eprintln!("\ninterrupted (signal {sig}): finishing the current container swap, then rolling back (again to stop now)");
+                continue;
+            }
             cascade_exec::kill_running_steps();
             cascade::cleanup_containers();
             eprintln!(
@@ -403,14 +435,14 @@ pub fn render(diag: &dyn miette::Diagnostic, color: bool) -> String {
     out
 }
 
-fn stamp_now() -> String {
+pub(crate) fn stamp_now() -> String {
     let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
     time::OffsetDateTime::now_utc()
         .format(&fmt)
         .unwrap_or_else(|_| "00000000T000000Z".to_string())
 }
 
-fn secs(ms: u64) -> String {
+pub(crate) fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
@@ -531,7 +563,7 @@ fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
     default_store(project, args.store.as_ref())
 }
 
-fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
+pub(crate) fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
     store.cloned().unwrap_or_else(|| project.join("cache"))
 }
 
@@ -749,7 +781,7 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
 }
 
 /// Renders an operation's error (and its JSON form with `--json`); returns its exit code.
-fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> i32 {
+pub(crate) fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> i32 {
     io.err_line(render(e, color).trim_end());
     let code = e.exit_code();
     if json {

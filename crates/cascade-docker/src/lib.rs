@@ -1,6 +1,8 @@
 //! cascade-docker: the Docker Engine behind a small blocking API: load an image archive
 //! ([`Docker::load_archive`]), look an image up ([`Docker::image_id`]) and smoke-test an
-//! image by running it and probing it ([`Docker::smoke_test`]).
+//! image by running it and probing it ([`Docker::smoke_test`]), and run deployed
+//! containers: create, start, stop, find by label, wait for a health check
+//! ([`Docker::wait_healthy`], used by `cascade deploy`).
 //!
 //! Why these choices:
 //! - `bollard` speaks the Engine API directly over the unix socket (or a loopback
@@ -24,14 +26,17 @@
 //! - The container and the network are owned by a guard whose `Drop` removes them
 //!   (container forced first, then the network), so they go away on success, failure,
 //!   error or panic.
-//! - Every container and network a [`Docker`] creates is also kept in a registry until
-//!   it is removed, so [`Docker::cleanup_all_cascade_resources`] can remove what is left
-//!   from a Ctrl-C handler, where no guard gets to run.
+//! - Every smoke-test container and network a [`Docker`] creates is also kept in a
+//!   registry until it is removed, so [`Docker::cleanup_all_cascade_resources`] can
+//!   remove what is left from a Ctrl-C handler, where no guard gets to run. Deployed containers are meant
+//!   to stay, so they are not registered; `cascade deploy` finds them by label.
 
+mod deploy;
 mod engine;
 mod error;
 mod smoke;
 
+pub use deploy::{ContainerInfo, ContainerSpec, HealthOutcome, HealthSpec, Publish, FIRST_RETRY};
 pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL};
 pub use error::DockerError;
 pub use smoke::{Expect, Probe, SmokeTest, TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL};

@@ -195,21 +195,21 @@ impl End {
 }
 
 /// The result of one probe.
-enum Attempt {
+pub(crate) enum Attempt {
     Pass(String),
     Fail(String),
 }
 
 /// The container's state, as one inspect shows it.
-struct State {
-    running: bool,
+pub(crate) struct State {
+    pub(crate) running: bool,
     /// Gone, or being removed (by `cleanup_all_cascade_resources`, or by hand).
-    removed: bool,
-    exit_code: Option<i64>,
-    oom_killed: bool,
-    error: Option<String>,
+    pub(crate) removed: bool,
+    pub(crate) exit_code: Option<i64>,
+    pub(crate) oom_killed: bool,
+    pub(crate) error: Option<String>,
     /// `container port/tcp` → its host bindings.
-    ports: HashMap<String, Vec<PortBinding>>,
+    pub(crate) ports: HashMap<String, Vec<PortBinding>>,
 }
 
 /// Owns a smoke test's container and network: `Drop` removes them, whatever happened.
@@ -441,7 +441,7 @@ impl Docker {
         Ok(id)
     }
 
-    fn state(&self, container: &str) -> Result<State, DockerError> {
+    pub(crate) fn state(&self, container: &str) -> Result<State, DockerError> {
         self.run(async {
             let inspect = match self.client.inspect_container(container, None).await {
                 Ok(i) => i,
@@ -487,7 +487,7 @@ impl Docker {
 
     /// One `docker exec` of `argv`, judged by its exit code and stdout. Failures of the
     /// exec itself (no such program, the container stopping) are failed attempts.
-    fn exec_probe(
+    pub(crate) fn exec_probe(
         &self,
         container: &str,
         argv: &[String],
@@ -571,7 +571,7 @@ impl Docker {
     }
 
     /// The container's last log lines, stdout and stderr interleaved as written.
-    fn log_tail(&self, container: &str) -> Result<Vec<String>, DockerError> {
+    pub(crate) fn log_tail(&self, container: &str) -> Result<Vec<String>, DockerError> {
         let options = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)
@@ -606,7 +606,7 @@ fn unique_name() -> String {
 }
 
 /// Why the test ended with the container not running.
-fn exited(state: &State, attempts: u32, last: &str) -> String {
+pub(crate) fn exited(state: &State, attempts: u32, last: &str) -> String {
     let mut detail = match state.exit_code {
         _ if state.removed => "the container was removed before the test passed".to_string(),
         Some(code) => format!("the container exited with code {code} before the test passed"),
@@ -652,7 +652,7 @@ fn published_port(container: &str, state: &State, port: u16) -> Result<u16, Dock
 }
 
 /// One `GET`, judged by status and body.
-fn http_probe(
+pub(crate) fn http_probe(
     agent: &ureq::Agent,
     host_port: u16,
     path: &str,

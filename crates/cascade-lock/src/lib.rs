@@ -13,6 +13,7 @@
 //!
 //! Pure: no IO. The caller reads and writes the files.
 
+mod history;
 mod read;
 mod write;
 
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 
 use cascade_core::{Digest, NodeKey, OutputDigest};
 
+pub use history::{read_history, write_history, Deployment, History, HISTORY_FORMAT};
 pub use read::{read, LockError};
 pub use write::write;
 

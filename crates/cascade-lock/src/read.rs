@@ -114,7 +114,10 @@ fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Resu
     Ok(())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &str, text: &str) -> Result<T, LockError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    path: &str,
+    text: &str,
+) -> Result<T, LockError> {
     // Default budgets (against alias bombs and deep nesting) and duplicate keys as
     // errors; no snippets, which miette renders from our label instead.
     let options = serde_saphyr::options! { with_snippet: false };
@@ -148,7 +151,7 @@ fn invalid(path: &str, text: &str, err: &serde_saphyr::Error) -> LockError {
 /// The byte span of a location, clamped to the text (a label past its end would not
 /// render). Some parser errors carry only a line and column: they get an empty span
 /// there.
-fn span(text: &str, location: &serde_saphyr::Location) -> Option<SourceSpan> {
+pub(crate) fn span(text: &str, location: &serde_saphyr::Location) -> Option<SourceSpan> {
     let s = location.span();
     let offset = match s.byte_offset() {
         Some(o) => usize::try_from(o).ok()?,

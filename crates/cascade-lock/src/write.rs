@@ -126,7 +126,7 @@ fn indent(out: &mut String, level: usize) {
     }
 }
 
-fn push_scalar(out: &mut String, s: &str, is_key: bool) {
+pub(crate) fn push_scalar(out: &mut String, s: &str, is_key: bool) {
     if needs_quotes(s, is_key) {
         push_quoted(out, s);
     } else {

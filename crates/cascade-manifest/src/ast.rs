@@ -52,6 +52,40 @@ pub(crate) struct EnvironmentAst {
     pub tag: Option<S<String>>,
     pub remote_cache: Option<S<String>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
+    pub deploy: Option<S<DeployAst>>,
+}
+
+/// An environment's `deploy:` (checked in `resolve/deploy.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployAst {
+    pub engine: Option<S<String>>,
+    pub components: Option<S<Entries<S<DeployComponentAst>>>>,
+}
+
+/// One deployed component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployComponentAst {
+    pub container: Option<S<String>>,
+    pub ports: Option<S<Vec<S<String>>>>,
+    pub env: Option<S<Entries<S<String>>>>,
+    pub volumes: Option<S<Vec<S<String>>>>,
+    pub restart: Option<S<String>>,
+    pub replicas: Option<S<i64>>,
+    pub health: Option<S<HealthAst>>,
+}
+
+/// A deployed component's health check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthAst {
+    pub http: Option<S<HttpAst>>,
+    pub command: Option<S<Vec<S<String>>>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub retries: Option<S<i64>>,
+    pub start_period: Option<S<String>>,
 }
 
 /// One entry of an environment's `sources:`.

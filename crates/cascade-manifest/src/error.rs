@@ -330,6 +330,23 @@ pub enum ManifestError {
         help: Option<String>,
     },
 
+    /// A value of an environment's `deploy:` that cannot run a container.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::deploy))]
+    BadDeploy {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+        /// The other place, for a clash (a port or a container name used twice).
+        #[label("also here")]
+        other: Option<SourceSpan>,
+    },
+
     #[error("recipe `{component}` has no {what}")]
     #[diagnostic(code(cascade::manifest::empty_list))]
     EmptyList {

@@ -31,8 +31,9 @@ mod source;
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::{
-    Change, Component, Constraint, Environment, Expect, FieldChange, Graph, ImageBase, ImageDecl,
-    LayerDecl, Mode, Probe, Recipe, Rev, SmokeTest, SourceSpec, Step, TEST_PLACEHOLDERS,
+    Change, Component, Constraint, Deploy, DeployComponent, Environment, Expect, FieldChange,
+    Graph, HealthCheck, ImageBase, ImageDecl, LayerDecl, Mode, PortMap, Probe, Recipe, Rev,
+    SmokeTest, SourceSpec, Step, Volume, TEST_PLACEHOLDERS,
 };
 pub use range::{RangeError, VersionRange};
 pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};

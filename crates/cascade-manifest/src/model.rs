@@ -34,7 +34,78 @@ pub struct Environment {
     pub tag: Option<String>,
     /// `oci://host/repository`: where builds of this environment share results.
     pub remote_cache: Option<String>,
+    /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
+    pub deploy: Option<Deploy>,
     pub file: FileId,
+}
+
+/// An environment's `deploy:` section, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deploy {
+    /// `unix:///path` or `tcp://127.0.0.1:PORT`; `None`: `DOCKER_HOST`, else the local socket.
+    pub engine: Option<String>,
+    /// Sorted by component name; `cascade deploy` orders them by the graph.
+    pub components: Vec<DeployComponent>,
+}
+
+/// How one component runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployComponent {
+    pub component: String,
+    /// The container's name (default `<env>-<component>`); with replicas, `<name>-<i>`.
+    pub container: String,
+    pub ports: Vec<PortMap>,
+    pub env: BTreeMap<String, String>,
+    pub volumes: Vec<Volume>,
+    /// `no`, `always`, `unless-stopped` or `on-failure` (default `unless-stopped`).
+    pub restart: String,
+    pub replicas: u32,
+    pub health: Option<HealthCheck>,
+}
+
+impl DeployComponent {
+    /// The names of its containers, one per replica.
+    pub fn container_names(&self) -> Vec<String> {
+        if self.replicas == 1 {
+            vec![self.container.clone()]
+        } else {
+            (1..=self.replicas)
+                .map(|i| format!("{}-{i}", self.container))
+                .collect()
+        }
+    }
+}
+
+/// A published port: `host_ip:host_port` → the container's `container`/tcp.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortMap {
+    /// `127.0.0.1` unless written.
+    pub host_ip: String,
+    /// `None`: the engine picks one.
+    pub host_port: Option<u16>,
+    pub container: u16,
+}
+
+/// A bind mount (absolute `source`) or a named volume, at `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Probed after a container starts: it must pass before the deploy goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    /// The longest delay between attempts (delays double up to it).
+    pub interval: Duration,
+    /// One attempt's limit.
+    pub timeout: Duration,
+    /// Failed attempts after the start period before the container is unhealthy.
+    pub retries: u32,
+    /// Failures during this time after the start do not count.
+    pub start_period: Duration,
 }
 
 /// How an environment's sources are pinned.

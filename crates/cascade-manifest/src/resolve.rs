@@ -1,5 +1,6 @@
 //! AST → model: every field checked, every problem collected, the graph ordered.
 
+mod deploy;
 mod image;
 
 pub use image::DEFAULT_TEST_TIMEOUT;
@@ -12,7 +13,8 @@ use cascade_core::{FileId, Span};
 use miette::NamedSource;
 
 use crate::ast::{
-    parse, CompatibilityAst, EnvironmentAst, HostAst, RecipeAst, RunnerAst, SourceAst, StepAst, S,
+    parse, CompatibilityAst, DeployAst, EnvironmentAst, HostAst, RecipeAst, RunnerAst, SourceAst,
+    StepAst, S,
 };
 use crate::error::{Diagnostics, ManifestError};
 use crate::model::{
@@ -104,7 +106,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
         // matter; the compatibility file's syntax has been checked above.
         return Err(Diagnostics::capped(r.diags));
     };
-    let env = r.environment(files.environment, env_ast);
+    let mut env = r.environment(files.environment, env_ast);
     let names: BTreeSet<&str> = env.sources.iter().map(|s| s.name.as_str()).collect();
 
     let mut recipe_files: BTreeMap<&str, FileId> = BTreeMap::new();
@@ -156,6 +158,10 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
 
     r.image_bases(&mut nodes, &names, &env.name);
     let order = r.order(&nodes);
+    let deploy = match env.deploy.take() {
+        Some(d) => r.deploy(files.environment, d, &env.name, &nodes),
+        None => None,
+    };
 
     if !r.diags.is_empty() {
         return Err(Diagnostics::capped(r.diags));
@@ -196,6 +202,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             registry: env.registry,
             tag: env.tag,
             remote_cache: env.remote_cache,
+            deploy,
             file: files.environment,
         },
         components,
@@ -215,6 +222,8 @@ struct EnvChecked {
     tag: Option<String>,
     remote_cache: Option<String>,
     sources: Vec<SourceChecked>,
+    /// Checked once the recipes are (a deployed component needs an image).
+    deploy: Option<S<DeployAst>>,
 }
 
 impl EnvChecked {
@@ -487,6 +496,7 @@ impl Resolver<'_> {
             tag,
             remote_cache,
             sources,
+            deploy: ast.deploy,
         }
     }
 

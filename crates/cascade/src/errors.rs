@@ -152,6 +152,42 @@ pub enum Error {
     )]
     NoPrevious { env: String },
 
+    #[error("environment `{env}` has no `deploy:` section")]
+    #[diagnostic(
+        code(cascade::deploy::not_deployable),
+        help("add `deploy: {{ components: {{ <component>: {{ ports: [\"18080:8080\"] }} }} }}` to `graph/environments/{env}.yaml` (README: Deploying)")
+    )]
+    NoDeploy { env: String },
+
+    #[error("`{lockfile}` cannot be deployed: {why}")]
+    #[diagnostic(
+        code(cascade::deploy::lockfile),
+        help("deploy a lockfile of this environment that was built with the deployed components' images")
+    )]
+    DeployLockfile { lockfile: String, why: String },
+
+    #[error("a container named `{name}` exists that `cascade deploy` of `{env}` did not create")]
+    #[diagnostic(
+        code(cascade::deploy::foreign_container),
+        help("cascade never removes containers it did not create: remove or rename it yourself, or choose another `container:` name")
+    )]
+    ForeignContainer { name: String, env: String },
+
+    #[error("the Docker Engine failed during the deploy")]
+    #[diagnostic(code(cascade::deploy::engine))]
+    DeployEngine {
+        #[source]
+        #[diagnostic_source]
+        source: cascade_docker::DockerError,
+    },
+
+    #[error("environment `{env}` has no earlier deployment to roll back to")]
+    #[diagnostic(
+        code(cascade::deploy::no_previous),
+        help("`deployments/{env}.yaml` records what was deployed; `cascade deploy --env {env} --lock FILE` deploys any lockfile")
+    )]
+    NoPreviousDeploy { env: String },
+
     #[error("no lockfile in `lockfiles/`, so nothing is known to be worth keeping")]
     #[diagnostic(
         code(cascade::nothing_to_keep),
@@ -268,7 +304,10 @@ impl Error {
             | Error::ApprovalRequired { .. }
             | Error::LockfileEnvironment { .. }
             | Error::RewriteInvalid { .. }
-            | Error::RemoteCacheUrl { .. } => 2,
+            | Error::RemoteCacheUrl { .. }
+            | Error::NoDeploy { .. }
+            | Error::DeployLockfile { .. }
+            | Error::NoPreviousDeploy { .. } => 2,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }
@@ -278,7 +317,9 @@ impl Error {
             | Error::Load { .. }
             | Error::Push { .. }
             | Error::ReproducibilityRisk { .. }
-            | Error::StoreBusy { .. } => 3,
+            | Error::StoreBusy { .. }
+            | Error::ForeignContainer { .. }
+            | Error::DeployEngine { .. } => 3,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod build;
 mod cache;
 mod check;
+mod deploy;
 mod diff;
 mod errors;
 mod gc;
@@ -23,6 +24,11 @@ mod short;
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use check::{FileDiff, Mismatch};
+pub use deploy::{
+    deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
+    ComponentReport, ContainerStatus, DeployEvent, DeployFailure, DeployOptions, DeployReport,
+    PlannedComponent, ReplacedContainer, StatusReport,
+};
 pub use diff::{
     diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,
     LockDiff, NodeDiff, NodeState,

@@ -142,6 +142,12 @@ pub fn summary(db: &SourceDb, g: &Graph) -> String {
             let _ = writeln!(s, "   test: {:?}", t);
         }
     }
+    if let Some(d) = &e.deploy {
+        let _ = writeln!(s, "deploy (engine {}):", d.engine.as_deref().unwrap_or("-"));
+        for c in &d.components {
+            let _ = writeln!(s, "   {c:?}");
+        }
+    }
     for c in &g.compatibility {
         let _ = writeln!(
             s,

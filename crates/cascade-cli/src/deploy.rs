@@ -1,0 +1,275 @@
+//! `cascade deploy`, `cascade status` and `cascade rollback --deploy`: the plan on stdout,
+//! progress on stderr, or one JSON document with `--json`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+
+use cascade::{DeployEvent, DeployOptions, DeployReport, StatusReport};
+
+use crate::{default_store, fail, secs, stamp_now, Io, EXIT_BAD_INPUT, EXIT_OK};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct DeployArgs {
+    /// The environment (`graph/environments/<ENV>.yaml`, with a `deploy:` section).
+    #[arg(long, value_name = "ENV")]
+    env: String,
+    /// The lockfile to deploy [default: the environment's newest].
+    #[arg(long, value_name = "LOCKFILE")]
+    lock: Option<PathBuf>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// After a failed health check, leave the failed state running (for debugging).
+    #[arg(long)]
+    no_rollback: bool,
+    /// The store directory, where the images are [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// The environment.
+    #[arg(long, value_name = "ENV")]
+    env: String,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> i32 {
+    let opts = DeployOptions {
+        project: project.to_path_buf(),
+        env: args.env,
+        store: default_store(project, args.store.as_ref()),
+        lock: args.lock,
+        action: "deploy",
+        dry_run: args.dry_run,
+        no_rollback: args.no_rollback,
+        stamp: stamp_now(),
+    };
+    run(io, args.json, |on| cascade::deploy(&opts, on))
+}
+
+/// `cascade rollback --env E --deploy [--yes]`.
+pub(crate) fn rollback(
+    project: &Path,
+    env: String,
+    store: Option<PathBuf>,
+    yes: bool,
+    json: bool,
+    mut io: Io<'_>,
+) -> i32 {
+    let color = io.color && !json;
+    let (now, to) = match cascade::rollback_target(project, &env) {
+        Ok(t) => t,
+        Err(e) => return fail(&mut io, &e, json, color),
+    };
+    let question = format!("roll `{env}` back from {now} to {to}?");
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            io.err_line(&format!(
+                "error: {question} Not asked: stdin is not a terminal; pass --yes to confirm"
+            ));
+            return EXIT_BAD_INPUT;
+        }
+        io.err_line(&format!("{question} [y/N]"));
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            io.err_line("not rolled back");
+            return EXIT_OK;
+        }
+    }
+    let opts = DeployOptions {
+        project: project.to_path_buf(),
+        env,
+        store: default_store(project, store.as_ref()),
+        lock: None,
+        action: "rollback",
+        dry_run: false,
+        no_rollback: true,
+        stamp: stamp_now(),
+    };
+    run(io, json, |on| cascade::rollback_deploy(&opts, on))
+}
+
+fn run(
+    mut io: Io<'_>,
+    json: bool,
+    op: impl FnOnce(&dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, cascade::Error>,
+) -> i32 {
+    let color = io.color && !json;
+    let result = {
+        let io = &io;
+        // Progress goes to stderr with --json too: stdout keeps the one document.
+        let on = move |e: DeployEvent<'_>| {
+            for line in event_lines(&e) {
+                io.err_line(&line);
+            }
+        };
+        op(&on)
+    };
+    match result {
+        Ok(r) => {
+            if json {
+                io.json(&r);
+            } else {
+                io.err_line(&summary(&r));
+            }
+            r.exit_code()
+        }
+        Err(e) => fail(&mut io, &e, json, color),
+    }
+}
+
+fn event_lines(e: &DeployEvent<'_>) -> Vec<String> {
+    match e {
+        DeployEvent::Plan(r) => plan_lines(r),
+        DeployEvent::Loaded { component, image } => {
+            vec![format!("  loaded     {component:<12} {image}")]
+        }
+        DeployEvent::Replacing {
+            component,
+            container,
+        } => vec![format!("  starting   {component:<12} {container}")],
+        DeployEvent::Replaced {
+            component,
+            container: c,
+        } if c.healthy => vec![format!(
+            "  healthy    {component:<12} {} in {} ({} attempt{})",
+            c.name,
+            secs(c.duration_ms),
+            c.attempts,
+            if c.attempts == 1 { "" } else { "s" }
+        )],
+        DeployEvent::Replaced {
+            component,
+            container: c,
+        } => vec![format!(
+            "  UNHEALTHY  {component:<12} {}: {}",
+            c.name, c.detail
+        )],
+        DeployEvent::Failed(f) => {
+            let mut v = vec![format!(
+                "deploy failed: `{}` of `{}` is unhealthy",
+                f.container, f.component
+            )];
+            if !f.log_tail.is_empty() {
+                v.push(format!("  last {} lines of its log:", f.log_tail.len()));
+                v.extend(f.log_tail.iter().map(|l| format!("  | {l}")));
+            }
+            v
+        }
+        DeployEvent::Removed {
+            component,
+            container,
+        } => vec![format!("  removed    {component:<12} {container}")],
+        DeployEvent::RollingBack { to } => vec![format!("rolling back to {to}")],
+    }
+}
+
+fn plan_lines(r: &DeployReport) -> Vec<String> {
+    let mut v = vec![format!(
+        "{} plan for {}: {} (running: {})",
+        r.action,
+        r.environment,
+        r.lockfile,
+        r.running.as_deref().unwrap_or("unknown")
+    )];
+    let width = r.plan.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    for p in &r.plan {
+        let why = if p.reasons.is_empty() {
+            p.containers.join(", ")
+        } else {
+            p.reasons.join(", ")
+        };
+        v.push(format!("  {:<9}  {:<width$}  {why}", p.change, p.name));
+    }
+    if let Some(d) = &r.diff {
+        let header = format!(
+            "lock diff {} → {}",
+            d.from.as_deref().unwrap_or("(none)"),
+            d.to
+        );
+        v.extend(
+            crate::lock::diff_text(&header, d)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    v
+}
+
+fn summary(r: &DeployReport) -> String {
+    let replaced = r.replaced.len();
+    let unchanged = r.plan.iter().filter(|p| p.change == "unchanged").count();
+    let mut s = match r.outcome {
+        "dry-run" => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != "unchanged").count()),
+        "deployed" => format!(
+            "deployed {}: {replaced} component{} (re)started, {unchanged} unchanged; recorded in {}",
+            r.lockfile,
+            if replaced == 1 { "" } else { "s" },
+            r.history
+        ),
+        other => format!("{} {other}; recorded in {}", r.lockfile, r.history),
+    };
+    if let Some(back) = &r.rollback {
+        s.push_str(&format!(
+            "\nrolled back to {}: {}",
+            back.lockfile, back.outcome
+        ));
+    }
+    if let Some(why) = &r.no_rollback {
+        s.push_str(&format!("\nno rollback: {why}"));
+    }
+    s
+}
+
+pub(crate) fn status(project: &Path, args: StatusArgs, mut io: Io<'_>) -> i32 {
+    let color = io.color && !args.json;
+    match cascade::status(project, &args.env) {
+        Ok(r) if args.json => {
+            io.json(&r);
+            EXIT_OK
+        }
+        Ok(r) => {
+            let _ = write!(io.out, "{}", status_text(&r));
+            EXIT_OK
+        }
+        Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+fn status_text(r: &StatusReport) -> String {
+    let mut s = format!(
+        "{}: {}\n",
+        r.environment,
+        match (&r.lockfile, r.containers.is_empty()) {
+            (_, true) => "nothing running".to_string(),
+            (Some(l), false) => format!("running {l}"),
+            (None, false) => "running containers of several or unknown lockfiles".to_string(),
+        }
+    );
+    for c in &r.containers {
+        s.push_str(&format!(
+            "  {:<12} {:<24} {:<9} {:<9} {} {}\n",
+            c.component,
+            c.name,
+            c.state,
+            c.health,
+            cascade::short_digest(&c.image),
+            c.ports.join(" ")
+        ));
+    }
+    if let Some(d) = &r.last {
+        s.push_str(&format!(
+            "last: {} {} {} at {}\n",
+            d.action, d.lockfile, d.outcome, d.at
+        ));
+    }
+    s
+}

@@ -1,0 +1,569 @@
+//! An environment's `deploy:`, checked: which components run on the Docker Engine and
+//! how (container names, ports, env, volumes, restart policy, replicas, health check).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cascade_core::{FileId, Span};
+
+use super::{closest, parse_duration, Node, Resolver};
+use crate::ast::{DeployAst, DeployComponentAst, HealthAst, HttpAst, S};
+use crate::error::ManifestError;
+use crate::model::{Deploy, DeployComponent, HealthCheck, PortMap, Probe, Volume};
+use crate::source::source_span;
+
+/// Defaults of a health check, chosen for services that start in seconds.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_RETRIES: u32 = 10;
+/// More would be a cluster scheduler's job, not a deploy command's.
+const MAX_REPLICAS: i64 = 16;
+const RESTART_POLICIES: [&str; 4] = ["no", "always", "unless-stopped", "on-failure"];
+
+impl Resolver<'_> {
+    fn bad_deploy(&mut self, message: String, label: &str, help: Option<String>, span: Span) {
+        self.bad_deploy_at(message, label, help, span, None);
+    }
+
+    fn bad_deploy_at(
+        &mut self,
+        message: String,
+        label: &str,
+        help: Option<String>,
+        span: Span,
+        other: Option<Span>,
+    ) {
+        let label = label.to_string();
+        self.push(
+            |src| ManifestError::BadDeploy {
+                message,
+                src,
+                span: source_span(span),
+                label,
+                help,
+                other: other.map(source_span),
+            },
+            span,
+        );
+    }
+
+    /// Checks `deploy:` once the recipes are known (a deployed component needs an image).
+    pub(super) fn deploy(
+        &mut self,
+        file: FileId,
+        ast: S<DeployAst>,
+        env: &str,
+        nodes: &BTreeMap<&str, Node>,
+    ) -> Option<Deploy> {
+        let before = self.diags.len();
+        let span = self.span(file, &ast);
+        let DeployAst { engine, components } = ast.value;
+        let engine = engine.and_then(|e| {
+            let espan = self.span(file, &e);
+            let ok = e
+                .value
+                .strip_prefix("unix://")
+                .is_some_and(|p| p.starts_with('/'))
+                || e.value.starts_with("tcp://");
+            if !ok {
+                self.bad_deploy(
+                    format!("`{}` is not a Docker Engine endpoint", e.value),
+                    "expected `unix:///path` or `tcp://127.0.0.1:PORT`",
+                    Some("leave `engine` out to use DOCKER_HOST, else /var/run/docker.sock".into()),
+                    espan,
+                );
+            }
+            ok.then_some(e.value)
+        });
+        let Some(components) = components else {
+            self.missing("components", "`deploy`", span);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        // Across components: a container name or a host port may be used once.
+        let mut names: BTreeMap<String, Span> = BTreeMap::new();
+        let mut host_ports: BTreeMap<(String, u16), Span> = BTreeMap::new();
+        for (key, value) in components.value.0 {
+            let kspan = self.span(file, &key);
+            let comp = key.value;
+            if let Some(&first) = seen.get(&comp) {
+                self.duplicate(&comp, "`deploy.components`", kspan, first);
+                continue;
+            }
+            seen.insert(comp.clone(), kspan);
+            match nodes.get(comp.as_str()) {
+                None => {
+                    let help = match closest(&comp, nodes.keys().copied()) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("the components of `{env}` are its `sources:`"),
+                    };
+                    self.bad_deploy(
+                        format!("`{comp}` is not a component of `{env}`"),
+                        "unknown component",
+                        Some(help),
+                        kspan,
+                    );
+                    continue;
+                }
+                Some(node) => {
+                    if node.recipe.as_ref().is_some_and(|r| r.image.is_none()) {
+                        self.bad_deploy(
+                            format!("`{comp}` has no image to deploy"),
+                            "its recipe declares no `image:`",
+                            Some(format!("add `image:` to `recipes/{comp}.yaml`")),
+                            kspan,
+                        );
+                    }
+                }
+            }
+            if let Some(c) =
+                self.deploy_component(file, env, &comp, kspan, value, &mut names, &mut host_ports)
+            {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.component.cmp(&b.component));
+        (self.diags.len() == before).then_some(Deploy {
+            engine,
+            components: out,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deploy_component(
+        &mut self,
+        file: FileId,
+        env: &str,
+        comp: &str,
+        kspan: Span,
+        ast: S<DeployComponentAst>,
+        names: &mut BTreeMap<String, Span>,
+        host_ports: &mut BTreeMap<(String, u16), Span>,
+    ) -> Option<DeployComponent> {
+        let before = self.diags.len();
+        let DeployComponentAst {
+            container,
+            ports,
+            env: env_entries,
+            volumes,
+            restart,
+            replicas,
+            health,
+        } = ast.value;
+        let replicas = match replicas {
+            None => 1,
+            Some(r) => {
+                let rspan = self.span(file, &r);
+                if !(1..=MAX_REPLICAS).contains(&r.value) {
+                    self.bad_deploy(
+                        format!("`{}` is not a number of replicas", r.value),
+                        &format!("expected 1 to {MAX_REPLICAS}"),
+                        None,
+                        rspan,
+                    );
+                }
+                r.value.clamp(1, MAX_REPLICAS) as u32
+            }
+        };
+        let (container, cspan) = match container {
+            None => (format!("{env}-{comp}"), kspan),
+            Some(c) => {
+                let cspan = self.span(file, &c);
+                if !is_container_name(&c.value) {
+                    self.bad_deploy(
+                        format!("`{}` is not a container name", c.value),
+                        "expected letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+                        None,
+                        cspan,
+                    );
+                }
+                (c.value, cspan)
+            }
+        };
+        let spec_names: Vec<String> = if replicas == 1 {
+            vec![container.clone()]
+        } else {
+            (1..=replicas).map(|i| format!("{container}-{i}")).collect()
+        };
+        for n in spec_names {
+            if let Some(&first) = names.get(&n) {
+                self.bad_deploy_at(
+                    format!("container name `{n}` is used twice"),
+                    "this container",
+                    Some("each deployed container needs its own name".into()),
+                    cspan,
+                    Some(first),
+                );
+            } else {
+                names.insert(n, cspan);
+            }
+        }
+        let mut port_list = Vec::new();
+        for p in ports.map(|p| p.value).unwrap_or_default() {
+            let pspan = self.span(file, &p);
+            let Some(port) = self.port_map(&p.value, pspan) else {
+                continue;
+            };
+            if let Some(hp) = port.host_port {
+                if replicas > 1 {
+                    self.bad_deploy(
+                        format!("`{comp}` has {replicas} replicas but a fixed host port {hp}"),
+                        "every replica would need this port",
+                        Some(format!(
+                            "publish `\"{}\"` alone and the engine picks a port per replica",
+                            port.container
+                        )),
+                        pspan,
+                    );
+                }
+                let key = (port.host_ip.clone(), hp);
+                if let Some(&first) = host_ports.get(&key) {
+                    self.bad_deploy_at(
+                        format!("host port {}:{hp} is published twice", port.host_ip),
+                        "this port",
+                        Some("each host port can be bound by one container".into()),
+                        pspan,
+                        Some(first),
+                    );
+                    continue;
+                }
+                host_ports.insert(key, pspan);
+            }
+            port_list.push(port);
+        }
+        port_list.sort();
+        let env_map = env_entries.map_or_else(BTreeMap::new, |e| {
+            self.env(
+                file,
+                &format!("the deploy env of `{comp}`"),
+                e.value.0,
+                false,
+            )
+        });
+        let mut volume_list = Vec::new();
+        for v in volumes.map(|v| v.value).unwrap_or_default() {
+            let vspan = self.span(file, &v);
+            if let Some(v) = self.volume(&v.value, vspan) {
+                volume_list.push(v);
+            }
+        }
+        let restart = match restart {
+            None => "unless-stopped".to_string(),
+            Some(r) => {
+                let rspan = self.span(file, &r);
+                if !RESTART_POLICIES.contains(&r.value.as_str()) {
+                    self.bad_deploy(
+                        format!("`{}` is not a restart policy", r.value),
+                        "unknown policy",
+                        Some(format!(
+                            "one of {}",
+                            RESTART_POLICIES
+                                .iter()
+                                .map(|p| format!("`{p}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                        rspan,
+                    );
+                }
+                r.value
+            }
+        };
+        let health = health.and_then(|h| self.health(file, comp, h));
+        (self.diags.len() == before).then_some(DeployComponent {
+            component: comp.to_string(),
+            container,
+            ports: port_list,
+            env: env_map,
+            volumes: volume_list,
+            restart,
+            replicas,
+            health,
+        })
+    }
+
+    /// `"CONTAINER"`, `"HOST:CONTAINER"` or `"IP:HOST:CONTAINER"`; the host IP is
+    /// 127.0.0.1 unless written, so nothing is reachable from outside by accident.
+    fn port_map(&mut self, text: &str, span: Span) -> Option<PortMap> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let (ip, host, container) = match parts.as_slice() {
+            [c] => (None, None, *c),
+            [h, c] => (None, Some(*h), *c),
+            [i, h, c] => (Some(*i), Some(*h), *c),
+            _ => (None, None, ""),
+        };
+        let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+        let bad = |r: &mut Self, label: &str| {
+            r.bad_deploy(
+                format!("`{text}` is not a port mapping"),
+                label,
+                Some(
+                    "write `\"8080\"` (the engine picks a host port), `\"18080:8080\"` or `\"127.0.0.1:18080:8080\"`; the host side is on 127.0.0.1 unless an address is given"
+                        .into(),
+                ),
+                span,
+            );
+        };
+        let Some(container) = port(container) else {
+            bad(self, "expected a container port from 1 to 65535");
+            return None;
+        };
+        let host_port = match host {
+            None | Some("") => None,
+            Some(h) => match port(h) {
+                Some(p) => Some(p),
+                None => {
+                    bad(self, "expected a host port from 1 to 65535");
+                    return None;
+                }
+            },
+        };
+        let host_ip = match ip {
+            None => "127.0.0.1".to_string(),
+            Some(i) => match i.parse::<std::net::Ipv4Addr>() {
+                Ok(a) => a.to_string(),
+                Err(_) => {
+                    bad(self, "expected an IPv4 address");
+                    return None;
+                }
+            },
+        };
+        Some(PortMap {
+            host_ip,
+            host_port,
+            container,
+        })
+    }
+
+    /// `SOURCE:/target[:ro|:rw]`, the source an absolute host path or a volume name.
+    fn volume(&mut self, text: &str, span: Span) -> Option<Volume> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, mode) = match parts.as_slice() {
+            [s, t] => (*s, *t, None),
+            [s, t, m] => (*s, *t, Some(*m)),
+            _ => ("", "", None),
+        };
+        let source_ok = (source.starts_with('/') && !source.split('/').any(|p| p == ".."))
+            || is_container_name(source);
+        let target_ok = target.starts_with('/') && !target.split('/').any(|p| p == "..");
+        let read_only = match mode {
+            None | Some("rw") => Some(false),
+            Some("ro") => Some(true),
+            Some(_) => None,
+        };
+        match (source_ok, target_ok, read_only) {
+            (true, true, Some(read_only)) => Some(Volume {
+                source: source.to_string(),
+                target: target.to_string(),
+                read_only,
+            }),
+            _ => {
+                self.bad_deploy(
+                    format!("`{text}` is not a volume"),
+                    "expected `SOURCE:/path/in/container[:ro]`",
+                    Some(
+                        "SOURCE is an absolute host path (a bind mount) or a volume name; paths have no `..`"
+                            .into(),
+                    ),
+                    span,
+                );
+                None
+            }
+        }
+    }
+
+    fn health(&mut self, file: FileId, comp: &str, ast: S<HealthAst>) -> Option<HealthCheck> {
+        let span = self.span(file, &ast);
+        let HealthAst {
+            http,
+            command,
+            interval,
+            timeout,
+            retries,
+            start_period,
+        } = ast.value;
+        let probe = match (http, command) {
+            (Some(h), None) => self.health_http(file, comp, h),
+            (None, Some(c)) => {
+                let cspan = self.span(file, &c);
+                if c.value.is_empty() {
+                    self.bad_deploy(
+                        format!("the health check of `{comp}` has an empty command"),
+                        "expected a program and its arguments",
+                        None,
+                        cspan,
+                    );
+                    None
+                } else {
+                    Some(Probe::Command(
+                        c.value.into_iter().map(|a| a.value).collect(),
+                    ))
+                }
+            }
+            (Some(_), Some(c)) => {
+                let cspan = self.span(file, &c);
+                self.bad_deploy(
+                    format!("the health check of `{comp}` has both `http` and `command`"),
+                    "choose one",
+                    None,
+                    cspan,
+                );
+                None
+            }
+            (None, None) => {
+                self.bad_deploy(
+                    format!("the health check of `{comp}` has no probe"),
+                    "needs `http` or `command`",
+                    Some(
+                        "`http: { port: 8080, path: /health }` or `command: [cat, /tmp/ready]`"
+                            .into(),
+                    ),
+                    span,
+                );
+                None
+            }
+        };
+        let interval = self.deploy_duration(file, interval, false, DEFAULT_HEALTH_INTERVAL);
+        let timeout = self.deploy_duration(file, timeout, false, DEFAULT_HEALTH_TIMEOUT);
+        let start_period = self.deploy_duration(file, start_period, true, Duration::ZERO);
+        let retries = match retries {
+            None => Some(DEFAULT_HEALTH_RETRIES),
+            Some(r) => {
+                let rspan = self.span(file, &r);
+                let ok = u32::try_from(r.value)
+                    .ok()
+                    .filter(|r| (1..=1000).contains(r));
+                if ok.is_none() {
+                    self.bad_deploy(
+                        format!("`{}` is not a number of retries", r.value),
+                        "expected 1 to 1000",
+                        None,
+                        rspan,
+                    );
+                }
+                ok
+            }
+        };
+        Some(HealthCheck {
+            probe: probe?,
+            interval: interval?,
+            timeout: timeout?,
+            retries: retries?,
+            start_period: start_period?,
+        })
+    }
+
+    fn health_http(&mut self, file: FileId, comp: &str, h: S<HttpAst>) -> Option<Probe> {
+        let span = self.span(file, &h);
+        let HttpAst { port, path } = h.value;
+        let Some(port) = port else {
+            self.missing("port", &format!("the health check of `{comp}`"), span);
+            return None;
+        };
+        let pspan = self.span(file, &port);
+        let Some(port) = u16::try_from(port.value).ok().filter(|p| *p > 0) else {
+            self.bad_deploy(
+                format!("`{}` is not a port", port.value),
+                "expected 1 to 65535",
+                None,
+                pspan,
+            );
+            return None;
+        };
+        let path = match path {
+            None => "/".to_string(),
+            Some(p) => {
+                let pspan = self.span(file, &p);
+                if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace()) {
+                    self.bad_deploy(
+                        format!("`{}` is not an HTTP path", p.value),
+                        "expected a path starting with `/`, without spaces",
+                        None,
+                        pspan,
+                    );
+                    return None;
+                }
+                p.value
+            }
+        };
+        Some(Probe::Http { port, path })
+    }
+
+    /// A duration of a health check: `500ms`, `2s`, `1m30s`, a number of seconds; `0s`
+    /// only where `zero` allows it.
+    fn deploy_duration(
+        &mut self,
+        file: FileId,
+        v: Option<S<String>>,
+        zero: bool,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(v) = v else { return Some(default) };
+        let span = self.span(file, &v);
+        let d = parse_deploy_duration(&v.value).filter(|d| zero || !d.is_zero());
+        if d.is_none() {
+            self.bad_deploy(
+                format!("`{}` is not a duration", v.value),
+                if zero {
+                    "expected a duration"
+                } else {
+                    "expected a duration above zero"
+                },
+                Some("write `500ms`, `2s`, `1m30s` or a number of seconds".into()),
+                span,
+            );
+        }
+        d
+    }
+}
+
+/// `NNNms`, `0`/`0s`, or what [`parse_duration`] reads.
+fn parse_deploy_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) {
+            return ms.parse::<u64>().ok().map(Duration::from_millis);
+        }
+        return None;
+    }
+    if s == "0" || s == "0s" {
+        return Some(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// Docker's container (and volume) name grammar: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn is_container_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && s.len() <= 200
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ms = |s: &str| parse_deploy_duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Some(500));
+        assert_eq!(ms("2s"), Some(2000));
+        assert_eq!(ms("1m30s"), Some(90_000));
+        assert_eq!(ms("0s"), Some(0));
+        assert_eq!(ms("3"), Some(3000));
+        assert_eq!(ms("ms"), None);
+        assert_eq!(ms("1.5s"), None);
+        assert_eq!(ms("-1s"), None);
+    }
+
+    #[test]
+    fn container_names() {
+        assert!(is_container_name("scratch-services"));
+        assert!(is_container_name("a.b_c"));
+        assert!(!is_container_name("-x"));
+        assert!(!is_container_name("a/b"));
+        assert!(!is_container_name(""));
+    }
+}

@@ -1,0 +1,1128 @@
+//! [IO] deploy: run an environment's lockfile on a Docker Engine, as its `deploy:`
+//! section says, health-check it, record it in `deployments/<env>.yaml`, and roll back
+//! to the previously deployed lockfile when a health check fails.
+//!
+//! What is running is read back from the containers' labels, never from a file that
+//! could disagree with the engine: `cascade.env`, `cascade.component`, `cascade.image`
+//! (the image's manifest digest), `cascade.config` (a digest of the component's
+//! `deploy:` entry), `cascade.lockfile` (blake3 of the lockfile's bytes), plus
+//! `cascade=1`. A component is replaced only when one of these differs from the target
+//! (or a replica is missing or stopped); the others are not touched.
+//!
+//! **Interrupts.** A swap is stop old → remove old → create new → start new: with fixed
+//! host ports the new container cannot start before the old one has let go of the port,
+//! so "start new first" is not generally possible. Instead a SIGINT/SIGTERM during a
+//! deploy only sets a flag ([`interrupt_deploy`]); the swap under way completes, the
+//! health check in progress stops, and the deploy then rolls back like a failed one
+//! (the old lockfile, health-checked), records `interrupted` and exits 130. So the
+//! engine is left running the old state (or the new one where the rollback is not
+//! possible), never neither; a second signal exits at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cascade_core::Digest;
+use cascade_docker::{ContainerInfo, ContainerSpec, Docker, HealthSpec, Publish};
+use cascade_image::{OciDigest, OciLayout};
+use cascade_lock::{Deployment, History, Lockfile};
+use cascade_manifest::{DeployComponent, Probe};
+use cascade_store::Store;
+
+use crate::diff::{diff_lockfiles, LockDiff};
+use crate::image::ImageRef;
+use crate::{short_digest, Error};
+
+/// How long a replaced container gets to stop (SIGTERM) before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// For the CLI's signal handler: when a deploy is running, asks it to stop after the
+/// current swap and roll back, and returns true (the handler must then not exit).
+pub fn interrupt_deploy() -> bool {
+    if ACTIVE.load(Ordering::SeqCst) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        true
+    } else {
+        false
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Marks a deploy as running for [`interrupt_deploy`] while it lives.
+struct ActiveGuard;
+
+impl ActiveGuard {
+    fn new() -> ActiveGuard {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        ACTIVE.store(true, Ordering::SeqCst);
+        ActiveGuard
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.store(false, Ordering::SeqCst);
+    }
+}
+
+/// What `deploy` is asked to do.
+#[derive(Clone, Debug)]
+pub struct DeployOptions {
+    pub project: PathBuf,
+    pub env: String,
+    pub store: PathBuf,
+    /// The lockfile to deploy; `None`: the environment's newest.
+    pub lock: Option<PathBuf>,
+    /// `deploy` or `rollback` (what the history records).
+    pub action: &'static str,
+    pub dry_run: bool,
+    pub no_rollback: bool,
+    /// `YYYYMMDDTHHMMSSZ`, from the caller (the library reads no clock for records).
+    pub stamp: String,
+}
+
+/// How a component's containers compare with the target.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlannedComponent {
+    pub name: String,
+    /// `unchanged`, `changed`, `added` or `removed`.
+    pub change: &'static str,
+    /// Why it is replaced (image, config, replicas, stopped).
+    pub reasons: Vec<String>,
+    /// The image digest running now (null when nothing runs).
+    pub image_before: Option<String>,
+    /// The image digest to run (null when removed).
+    pub image_after: Option<String>,
+    pub containers: Vec<String>,
+}
+
+/// One component's swap.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ComponentReport {
+    pub name: String,
+    pub containers: Vec<ReplacedContainer>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplacedContainer {
+    pub name: String,
+    /// The container removed (null when there was none).
+    pub old_id: Option<String>,
+    pub new_id: String,
+    pub healthy: bool,
+    pub attempts: u32,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+/// Why a deploy failed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeployFailure {
+    pub component: String,
+    pub container: String,
+    pub detail: String,
+    /// The failing container's last log lines.
+    pub log_tail: Vec<String>,
+}
+
+/// The result of `cascade deploy` (and `rollback --deploy`); also the `--json` schema.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeployReport {
+    pub environment: String,
+    pub action: &'static str,
+    /// The lockfile deployed, relative to the project.
+    pub lockfile: String,
+    /// The lockfile the running containers came from, when the history knows it.
+    pub running: Option<String>,
+    pub dry_run: bool,
+    pub plan: Vec<PlannedComponent>,
+    /// The lockfile diff from `running` to `lockfile`, when `running` could be read.
+    pub diff: Option<LockDiff>,
+    pub replaced: Vec<ComponentReport>,
+    /// `deployed`, `dry-run`, `failed`, `interrupted`.
+    pub outcome: &'static str,
+    pub failure: Option<DeployFailure>,
+    /// The automatic rollback after a failure.
+    pub rollback: Option<Box<DeployReport>>,
+    /// Why there was no rollback after a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_rollback: Option<String>,
+    pub history: String,
+}
+
+impl DeployReport {
+    /// 0 deployed (or dry run), 1 failed (rolled back or not), 130 interrupted.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            "deployed" | "dry-run" => 0,
+            "interrupted" => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// What the CLI shows while a deploy runs.
+#[derive(Debug)]
+pub enum DeployEvent<'a> {
+    Plan(&'a DeployReport),
+    Loaded {
+        component: &'a str,
+        image: &'a str,
+    },
+    Replacing {
+        component: &'a str,
+        container: &'a str,
+    },
+    Replaced {
+        component: &'a str,
+        container: &'a ReplacedContainer,
+    },
+    Failed(&'a DeployFailure),
+    Removed {
+        component: &'a str,
+        container: &'a str,
+    },
+    RollingBack {
+        to: &'a str,
+    },
+}
+
+/// The label keys.
+const L_ENV: &str = "cascade.env";
+const L_COMPONENT: &str = "cascade.component";
+const L_IMAGE: &str = "cascade.image";
+const L_CONFIG: &str = "cascade.config";
+const L_LOCKFILE: &str = "cascade.lockfile";
+
+/// `cascade deploy`: the lockfile (or the newest) onto the engine.
+pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, Error> {
+    let project = crate::load(&opts.project, &opts.env)?;
+    let ctx = Context::new(opts, &project)?;
+    let target = match &opts.lock {
+        Some(l) => l.clone(),
+        None => {
+            crate::newest_lockfile(&opts.project, &opts.env).ok_or_else(|| Error::NoLockfile {
+                env: opts.env.clone(),
+            })?
+        }
+    };
+    let _active = ActiveGuard::new();
+    ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
+}
+
+/// What `cascade rollback --deploy` goes back to: (what runs now, the lockfile to
+/// deploy). When the engine runs something else than the last successful deployment
+/// (a `--no-rollback` failure, a partial deploy), that deployment; otherwise the one
+/// before it.
+pub fn rollback_target(project: &Path, env: &str) -> Result<(String, String), Error> {
+    let loaded = crate::load(project, env)?;
+    let engine = loaded
+        .graph
+        .environment
+        .deploy
+        .as_ref()
+        .ok_or_else(|| Error::NoDeploy {
+            env: env.to_string(),
+        })?
+        .engine
+        .clone();
+    let docker = match engine {
+        Some(e) => Docker::connect_to(&e),
+        None => Docker::connect(),
+    }
+    .map_err(|source| Error::DeployEngine { source })?;
+    let running = docker
+        .containers_with(&[(L_ENV, env)])
+        .map_err(|source| Error::DeployEngine { source })?;
+    let history = read_history(project, env)?;
+    let no_previous = || Error::NoPreviousDeploy {
+        env: env.to_string(),
+    };
+    let current = history.current().ok_or_else(no_previous)?;
+    let digests: BTreeSet<&String> = running
+        .iter()
+        .filter_map(|i| i.labels.get(L_LOCKFILE))
+        .collect();
+    let now = running_lockfile(&running, &history).unwrap_or_else(|| "unknown".into());
+    if digests.len() != 1 || !digests.contains(&current.lockfile_digest) {
+        return Ok((now, current.lockfile.clone()));
+    }
+    let previous = history.previous().ok_or_else(no_previous)?;
+    Ok((now, previous.lockfile.clone()))
+}
+
+/// `cascade rollback --deploy`: the deployment [`rollback_target`] names.
+pub fn rollback_deploy(
+    opts: &DeployOptions,
+    on: &dyn Fn(DeployEvent<'_>),
+) -> Result<DeployReport, Error> {
+    let (_, to) = rollback_target(&opts.project, &opts.env)?;
+    let opts = DeployOptions {
+        lock: Some(opts.project.join(to)),
+        action: "rollback",
+        ..opts.clone()
+    };
+    deploy(&opts, on)
+}
+
+/// What the project and the engine hold for one deploy (and its rollback).
+struct Context<'a> {
+    opts: &'a DeployOptions,
+    /// The deployed components in graph order (upstream first).
+    components: Vec<DeployComponent>,
+    docker: Docker,
+    store: PathBuf,
+}
+
+impl<'a> Context<'a> {
+    fn new(opts: &'a DeployOptions, project: &crate::Project) -> Result<Context<'a>, Error> {
+        let graph = &project.graph;
+        let deploy = graph
+            .environment
+            .deploy
+            .clone()
+            .ok_or_else(|| Error::NoDeploy {
+                env: opts.env.clone(),
+            })?;
+        let by_name: BTreeMap<&str, &DeployComponent> = deploy
+            .components
+            .iter()
+            .map(|c| (c.component.as_str(), c))
+            .collect();
+        let components = graph
+            .components
+            .iter()
+            .filter_map(|c| by_name.get(c.name.as_str()).map(|d| (*d).clone()))
+            .collect();
+        let docker = match &deploy.engine {
+            Some(e) => Docker::connect_to(e),
+            None => Docker::connect(),
+        }
+        .map_err(|source| Error::DeployEngine { source })?;
+        Ok(Context {
+            opts,
+            components,
+            docker,
+            store: opts.store.clone(),
+        })
+    }
+
+    fn engine<T>(r: Result<T, cascade_docker::DockerError>) -> Result<T, Error> {
+        r.map_err(|source| Error::DeployEngine { source })
+    }
+
+    fn shown(&self, p: &Path) -> String {
+        p.strip_prefix(&self.opts.project)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    }
+
+    /// Deploys `target`; on failure, rolls back when `rollback` and there is something to
+    /// roll back to.
+    fn run(
+        &self,
+        target: &Path,
+        action: &'static str,
+        rollback: bool,
+        dry_run: bool,
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<DeployReport, Error> {
+        let env = &self.opts.env;
+        let shown = self.shown(target);
+        let bytes = std::fs::read(target).map_err(|source| Error::Read {
+            path: PathBuf::from(&shown),
+            source,
+        })?;
+        let lock_digest = Digest::of(&bytes).to_string();
+        let text = String::from_utf8_lossy(&bytes);
+        let lock = cascade_lock::read(&shown, &text)?;
+        if lock.environment != *env {
+            return Err(Error::DeployLockfile {
+                lockfile: shown,
+                why: format!("it is a lockfile of `{}`, not of `{env}`", lock.environment),
+            });
+        }
+        // The target image of every deployed component.
+        let mut images: BTreeMap<String, String> = BTreeMap::new();
+        for c in &self.components {
+            let image = lock
+                .nodes
+                .get(&c.component)
+                .and_then(|n| n.image.as_ref())
+                .ok_or_else(|| Error::DeployLockfile {
+                    lockfile: shown.clone(),
+                    why: format!("it has no image for `{}`", c.component),
+                })?;
+            images.insert(c.component.clone(), image.digest.clone());
+        }
+        let history = read_history(&self.opts.project, env)?;
+        let running = Self::engine(self.docker.containers_with(&[(L_ENV, env)]))?;
+        let plan = self.plan(&images, &running);
+        let running_lock = running_lockfile(&running, &history);
+        let diff = running_lock
+            .as_ref()
+            .filter(|p| **p != shown)
+            .and_then(|p| {
+                let old_text = std::fs::read_to_string(self.opts.project.join(p)).ok()?;
+                let old = cascade_lock::read(p, &old_text).ok()?;
+                Some(diff_lockfiles(
+                    Some((p.as_str(), &old)),
+                    (shown.as_str(), &lock),
+                    &|_, _, _| None,
+                ))
+            });
+        let mut report = DeployReport {
+            environment: env.clone(),
+            action,
+            lockfile: shown.clone(),
+            running: running_lock,
+            dry_run,
+            plan,
+            diff,
+            replaced: Vec::new(),
+            outcome: "dry-run",
+            failure: None,
+            rollback: None,
+            no_rollback: None,
+            history: format!("deployments/{env}.yaml"),
+        };
+        on(DeployEvent::Plan(&report));
+        if dry_run {
+            return Ok(report);
+        }
+        let image_ids = self.load_images(&lock, &report.plan, on)?;
+        let failure = self.apply(
+            &report.plan,
+            &image_ids,
+            &images,
+            &lock_digest,
+            &running,
+            &mut report.replaced,
+            on,
+        )?;
+        let outcome = match &failure {
+            None => "deployed",
+            Some(_) if interrupted() => "interrupted",
+            Some(_) => "failed",
+        };
+        report.outcome = outcome;
+        self.record(Deployment {
+            at: self.opts.stamp.clone(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            lockfile: shown.clone(),
+            lockfile_digest: lock_digest.clone(),
+            images: images.clone(),
+            detail: failure
+                .as_ref()
+                .map(|f| format!("`{}`: {}", f.container, f.detail)),
+        })?;
+        let Some(failure) = failure else {
+            return Ok(report);
+        };
+        on(DeployEvent::Failed(&failure));
+        report.failure = Some(failure);
+        if !rollback {
+            report.no_rollback = Some("--no-rollback: the failed state is left running".into());
+            return Ok(report);
+        }
+        // Back to what was deployed before this attempt (read before it was recorded).
+        match history.current() {
+            Some(previous) if previous.lockfile_digest != lock_digest => {
+                let to = self.opts.project.join(&previous.lockfile);
+                // The rollback runs to its end: the interrupt has been honoured by
+                // stopping this deploy (a second signal exits at once, in the CLI).
+                INTERRUPTED.store(false, Ordering::SeqCst);
+                on(DeployEvent::RollingBack {
+                    to: &previous.lockfile,
+                });
+                let back = self.run(&to, "auto-rollback", false, false, on)?;
+                report.rollback = Some(Box::new(back));
+            }
+            Some(_) => {
+                report.no_rollback = Some(
+                    "the previous deployment is this same lockfile; nothing older to go back to"
+                        .into(),
+                );
+            }
+            None => {
+                // Nothing was deployed before: the previous state is no containers.
+                for c in &self.components {
+                    for name in c.container_names() {
+                        if let Some(info) = Self::engine(self.docker.container(&name))? {
+                            if self.ours(&info) {
+                                Self::engine(self.docker.remove(&info.id))?;
+                                on(DeployEvent::Removed {
+                                    component: &c.component,
+                                    container: &name,
+                                });
+                            }
+                        }
+                    }
+                }
+                report.no_rollback = Some(
+                    "nothing was deployed before: the containers of this deploy were removed"
+                        .into(),
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// The containers of `component` as the target wants them, against what runs.
+    fn plan(
+        &self,
+        images: &BTreeMap<String, String>,
+        running: &[ContainerInfo],
+    ) -> Vec<PlannedComponent> {
+        let mut out = Vec::new();
+        let deployed: BTreeSet<&str> = self
+            .components
+            .iter()
+            .map(|c| c.component.as_str())
+            .collect();
+        for c in &self.components {
+            let mine: Vec<&ContainerInfo> = running
+                .iter()
+                .filter(|i| i.labels.get(L_COMPONENT) == Some(&c.component))
+                .collect();
+            let want_image = images.get(&c.component).cloned();
+            let want_config = config_digest(c);
+            let names = c.container_names();
+            let mut reasons = Vec::new();
+            let before = mine.first().and_then(|i| i.labels.get(L_IMAGE)).cloned();
+            if mine.is_empty() {
+                reasons.push("not running".to_string());
+            } else {
+                if mine
+                    .iter()
+                    .any(|i| i.labels.get(L_IMAGE) != want_image.as_ref())
+                {
+                    reasons.push(format!(
+                        "image {} → {}",
+                        before.as_ref().map_or("?".into(), short_digest),
+                        want_image.as_ref().map_or("?".into(), short_digest)
+                    ));
+                }
+                if mine
+                    .iter()
+                    .any(|i| i.labels.get(L_CONFIG) != Some(&want_config))
+                {
+                    reasons.push("deploy config changed".to_string());
+                }
+                let have: BTreeSet<&str> = mine.iter().map(|i| i.name.as_str()).collect();
+                let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+                if have != want {
+                    reasons.push(format!("containers {} → {}", have.len(), want.len()));
+                }
+                if let Some(stopped) = mine.iter().find(|i| !i.running) {
+                    reasons.push(format!("`{}` is {}", stopped.name, stopped.state));
+                }
+            }
+            let change = match (mine.is_empty(), reasons.is_empty()) {
+                (true, _) => "added",
+                (false, true) => "unchanged",
+                (false, false) => "changed",
+            };
+            out.push(PlannedComponent {
+                name: c.component.clone(),
+                change,
+                reasons,
+                image_before: before,
+                image_after: want_image,
+                containers: names,
+            });
+        }
+        // Components that run but are no longer deployed.
+        let mut gone: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
+        for i in running {
+            if let Some(c) = i.labels.get(L_COMPONENT) {
+                if !deployed.contains(c.as_str()) {
+                    gone.entry(c.clone()).or_default().push(i);
+                }
+            }
+        }
+        for (name, infos) in gone {
+            out.push(PlannedComponent {
+                name,
+                change: "removed",
+                reasons: vec!["no longer in `deploy:`".into()],
+                image_before: infos.first().and_then(|i| i.labels.get(L_IMAGE)).cloned(),
+                image_after: None,
+                containers: infos.iter().map(|i| i.name.clone()).collect(),
+            });
+        }
+        out
+    }
+
+    /// The engine's image id for each component to (re)create, loading from the store
+    /// what the engine does not have.
+    fn load_images(
+        &self,
+        lock: &Lockfile,
+        plan: &[PlannedComponent],
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut ids = BTreeMap::new();
+        let todo: Vec<&PlannedComponent> = plan
+            .iter()
+            .filter(|p| matches!(p.change, "changed" | "added"))
+            .collect();
+        if todo.is_empty() {
+            return Ok(ids);
+        }
+        let store = Store::open(&self.store)?;
+        let layout = OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?;
+        for p in todo {
+            let Some(image) = lock.nodes.get(&p.name).and_then(|n| n.image.as_ref()) else {
+                continue;
+            };
+            let digest: OciDigest = image.digest.parse().map_err(Error::Image)?;
+            // The engine names an image by its config digest (classic image store).
+            let config = layout
+                .image_blobs(&digest)
+                .map_err(Error::Image)?
+                .get(1)
+                .copied();
+            let have = match config {
+                Some(c) => Self::engine(self.docker.image_id(&c.to_string()))?,
+                None => None,
+            };
+            let id = match have {
+                Some(id) => id,
+                None => {
+                    let r = ImageRef {
+                        reference: image.reference.clone(),
+                        digest,
+                    };
+                    let id = crate::publish::load(&self.docker, &store, &layout, &r).map_err(
+                        |message| Error::Load {
+                            reference: image.reference.clone(),
+                            message,
+                        },
+                    )?;
+                    on(DeployEvent::Loaded {
+                        component: &p.name,
+                        image: &image.reference,
+                    });
+                    id
+                }
+            };
+            ids.insert(p.name.clone(), id);
+        }
+        Ok(ids)
+    }
+
+    /// Whether cascade deploy of this environment created `info`.
+    fn ours(&self, info: &ContainerInfo) -> bool {
+        info.labels.get("cascade").map(String::as_str) == Some("1")
+            && info.labels.get(L_ENV) == Some(&self.opts.env)
+    }
+
+    /// Replaces the changed components in order, health-checking each container; the
+    /// first failure (or an interrupt) stops it. Then removes what is no longer deployed.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        plan: &[PlannedComponent],
+        image_ids: &BTreeMap<String, String>,
+        images: &BTreeMap<String, String>,
+        lock_digest: &str,
+        running: &[ContainerInfo],
+        replaced: &mut Vec<ComponentReport>,
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<Option<DeployFailure>, Error> {
+        let env = &self.opts.env;
+        // A name taken by a container cascade did not create stops the deploy before
+        // anything is touched.
+        for (c, p) in self.components.iter().zip(plan) {
+            if !matches!(p.change, "changed" | "added") {
+                continue;
+            }
+            for name in c.container_names() {
+                if let Some(other) = Self::engine(self.docker.container(&name))? {
+                    if !self.ours(&other) {
+                        return Err(Error::ForeignContainer {
+                            name,
+                            env: env.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for (c, p) in self.components.iter().zip(plan) {
+            if !matches!(p.change, "changed" | "added") {
+                continue;
+            }
+            if interrupted() {
+                return Ok(Some(DeployFailure {
+                    component: c.component.clone(),
+                    container: c.container.clone(),
+                    detail: "interrupted before this component was replaced".into(),
+                    log_tail: Vec::new(),
+                }));
+            }
+            let Some(image_id) = image_ids.get(&c.component) else {
+                continue;
+            };
+            let mut report = ComponentReport {
+                name: c.component.clone(),
+                containers: Vec::new(),
+            };
+            let names = c.container_names();
+            for name in &names {
+                on(DeployEvent::Replacing {
+                    component: &c.component,
+                    container: name,
+                });
+                // The swap: a signal now only sets the flag, so it always completes.
+                let old = Self::engine(self.docker.container(name))?;
+                if let Some(old) = &old {
+                    if !self.ours(old) {
+                        return Err(Error::ForeignContainer {
+                            name: name.clone(),
+                            env: env.clone(),
+                        });
+                    }
+                    Self::engine(self.docker.stop(&old.id, STOP_GRACE))?;
+                    Self::engine(self.docker.remove(&old.id))?;
+                }
+                let spec = self.container_spec(c, name, image_id, images, lock_digest);
+                let id = Self::engine(self.docker.create_deployed(&spec))?;
+                Self::engine(self.docker.start(&id))?;
+                let outcome = match &c.health {
+                    Some(h) => {
+                        let check = HealthSpec {
+                            probe: match &h.probe {
+                                Probe::Http { port, path } => cascade_docker::Probe::Http {
+                                    port: *port,
+                                    path: path.clone(),
+                                },
+                                Probe::Command(argv) => {
+                                    cascade_docker::Probe::Command { argv: argv.clone() }
+                                }
+                            },
+                            interval: h.interval,
+                            timeout: h.timeout,
+                            retries: h.retries,
+                            start_period: h.start_period,
+                        };
+                        Self::engine(self.docker.wait_healthy(&id, &check, &interrupted))?
+                    }
+                    None => self.still_running(&id)?,
+                };
+                let r = ReplacedContainer {
+                    name: name.clone(),
+                    old_id: old.map(|o| o.id),
+                    new_id: id,
+                    healthy: outcome.passed,
+                    attempts: outcome.attempts,
+                    detail: outcome.detail.clone(),
+                    duration_ms: outcome.elapsed.as_millis() as u64,
+                };
+                on(DeployEvent::Replaced {
+                    component: &c.component,
+                    container: &r,
+                });
+                report.containers.push(r);
+                if !outcome.passed {
+                    replaced.push(report);
+                    return Ok(Some(DeployFailure {
+                        component: c.component.clone(),
+                        container: name.clone(),
+                        detail: outcome.detail,
+                        log_tail: outcome.log_tail,
+                    }));
+                }
+            }
+            // Replicas no longer wanted.
+            for old in running.iter().filter(|i| {
+                i.labels.get(L_COMPONENT) == Some(&c.component) && !names.contains(&i.name)
+            }) {
+                Self::engine(self.docker.remove(&old.id))?;
+                on(DeployEvent::Removed {
+                    component: &c.component,
+                    container: &old.name,
+                });
+            }
+            replaced.push(report);
+        }
+        // Downstream first when taking components away.
+        for p in plan.iter().rev().filter(|p| p.change == "removed") {
+            for i in running
+                .iter()
+                .filter(|i| i.labels.get(L_COMPONENT) == Some(&p.name))
+            {
+                Self::engine(self.docker.stop(&i.id, STOP_GRACE))?;
+                Self::engine(self.docker.remove(&i.id))?;
+                on(DeployEvent::Removed {
+                    component: &p.name,
+                    container: &i.name,
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    /// Without a health check, a container must at least still run a moment after its
+    /// start.
+    fn still_running(&self, id: &str) -> Result<cascade_docker::HealthOutcome, Error> {
+        std::thread::sleep(Duration::from_millis(500));
+        let info = Self::engine(self.docker.container(id))?;
+        let running = info.as_ref().is_some_and(|i| i.running);
+        let log_tail = if running {
+            Vec::new()
+        } else {
+            self.docker.last_log_lines(id).unwrap_or_default()
+        };
+        Ok(cascade_docker::HealthOutcome {
+            passed: running,
+            attempts: 0,
+            detail: if running {
+                "running (no health check declared)".into()
+            } else {
+                format!(
+                    "the container is {} (no health check declared)",
+                    info.map_or("gone".to_string(), |i| i.state)
+                )
+            },
+            log_tail,
+            elapsed: Duration::from_millis(500),
+        })
+    }
+
+    fn container_spec(
+        &self,
+        c: &DeployComponent,
+        name: &str,
+        image_id: &str,
+        images: &BTreeMap<String, String>,
+        lock_digest: &str,
+    ) -> ContainerSpec {
+        let mut ports: Vec<Publish> = c
+            .ports
+            .iter()
+            .map(|p| Publish {
+                host_ip: p.host_ip.clone(),
+                host_port: p.host_port,
+                container: p.container,
+            })
+            .collect();
+        // An http health check is probed on 127.0.0.1: publish its port there when the
+        // manifest does not (the engine picks the host port).
+        if let Some(Probe::Http { port, .. }) = c.health.as_ref().map(|h| &h.probe) {
+            if !ports
+                .iter()
+                .any(|p| p.container == *port && p.host_ip == "127.0.0.1")
+            {
+                ports.push(Publish {
+                    host_ip: "127.0.0.1".into(),
+                    host_port: None,
+                    container: *port,
+                });
+            }
+        }
+        let labels = BTreeMap::from([
+            (L_ENV.to_string(), self.opts.env.clone()),
+            (L_COMPONENT.to_string(), c.component.clone()),
+            (
+                L_IMAGE.to_string(),
+                images.get(&c.component).cloned().unwrap_or_default(),
+            ),
+            (L_CONFIG.to_string(), config_digest(c)),
+            (L_LOCKFILE.to_string(), lock_digest.to_string()),
+        ]);
+        ContainerSpec {
+            name: name.to_string(),
+            image: image_id.to_string(),
+            labels,
+            env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ports,
+            binds: c
+                .volumes
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}:{}{}",
+                        v.source,
+                        v.target,
+                        if v.read_only { ":ro" } else { "" }
+                    )
+                })
+                .collect(),
+            restart: c.restart.clone(),
+        }
+    }
+
+    /// Appends to `deployments/<env>.yaml`, atomically (temp file, fsync, rename).
+    fn record(&self, d: Deployment) -> Result<(), Error> {
+        let mut h = read_history(&self.opts.project, &self.opts.env)?;
+        h.environment = self.opts.env.clone();
+        h.deployments.push(d);
+        let path = history_path(&self.opts.project, &self.opts.env);
+        Store::write_atomic(&path, cascade_lock::write_history(&h).as_bytes())?;
+        Ok(())
+    }
+}
+
+/// `<project>/deployments/<env>.yaml`.
+pub fn history_path(project: &Path, env: &str) -> PathBuf {
+    project.join("deployments").join(format!("{env}.yaml"))
+}
+
+/// The deploy history of `env` (empty when there is none yet).
+pub fn read_history(project: &Path, env: &str) -> Result<History, Error> {
+    let path = history_path(project, env);
+    let shown = format!("deployments/{env}.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(cascade_lock::read_history(&shown, &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History {
+            environment: env.to_string(),
+            deployments: Vec::new(),
+        }),
+        Err(source) => Err(Error::Read {
+            path: PathBuf::from(shown),
+            source,
+        }),
+    }
+}
+
+/// The lockfile the running containers say they came from, as the history names it.
+fn running_lockfile(running: &[ContainerInfo], history: &History) -> Option<String> {
+    let digests: BTreeSet<&String> = running
+        .iter()
+        .filter_map(|i| i.labels.get(L_LOCKFILE))
+        .collect();
+    // Containers of several lockfiles (a partial deploy) have no one lockfile.
+    let [digest] = digests.into_iter().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    history
+        .deployments
+        .iter()
+        .rev()
+        .find(|d| &d.lockfile_digest == digest)
+        .map(|d| d.lockfile.clone())
+}
+
+/// A digest of everything in a component's `deploy:` entry, so that a changed port, env
+/// or volume replaces its containers. JSON objects are `BTreeMap`s: the key order is
+/// fixed.
+fn config_digest(c: &DeployComponent) -> String {
+    let health = c.health.as_ref().map(|h| {
+        serde_json::json!({
+            "probe": match &h.probe {
+                Probe::Http { port, path } => serde_json::json!({ "http": { "port": port, "path": path } }),
+                Probe::Command(argv) => serde_json::json!({ "command": argv }),
+            },
+            "interval_ms": h.interval.as_millis() as u64,
+            "timeout_ms": h.timeout.as_millis() as u64,
+            "retries": h.retries,
+            "start_period_ms": h.start_period.as_millis() as u64,
+        })
+    });
+    let v = serde_json::json!({
+        "container": c.container,
+        "ports": c.ports.iter().map(|p| serde_json::json!([p.host_ip, p.host_port, p.container])).collect::<Vec<_>>(),
+        "env": c.env,
+        "volumes": c.volumes.iter().map(|v| serde_json::json!([v.source, v.target, v.read_only])).collect::<Vec<_>>(),
+        "restart": c.restart,
+        "replicas": c.replicas,
+        "health": health,
+    });
+    Digest::of(v.to_string().as_bytes()).to_string()
+}
+
+/// One running container, for `cascade status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerStatus {
+    pub component: String,
+    pub name: String,
+    pub id: String,
+    /// `running`, `exited`, …
+    pub state: String,
+    /// `healthy`, `unhealthy` (one probe now), `running` (no health check), `stopped`.
+    pub health: String,
+    pub detail: String,
+    pub image: String,
+    pub lockfile_digest: String,
+    /// `127.0.0.1:18080->8080`.
+    pub ports: Vec<String>,
+}
+
+/// `cascade status`: what runs for `env`, from which lockfile, and how healthy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StatusReport {
+    pub environment: String,
+    /// The lockfile the history names for the running containers' label.
+    pub lockfile: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+    /// The history's newest entry.
+    pub last: Option<Deployment>,
+}
+
+/// `cascade status --env E`.
+pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
+    let loaded = crate::load(project, env)?;
+    let deploy = loaded.graph.environment.deploy.clone();
+    let docker = match deploy.as_ref().and_then(|d| d.engine.as_deref()) {
+        Some(e) => Docker::connect_to(e),
+        None => Docker::connect(),
+    }
+    .map_err(|source| Error::DeployEngine { source })?;
+    let history = read_history(project, env)?;
+    let running = docker
+        .containers_with(&[(L_ENV, env)])
+        .map_err(|source| Error::DeployEngine { source })?;
+    let health_of: BTreeMap<String, &DeployComponent> = deploy
+        .as_ref()
+        .map(|d| {
+            d.components
+                .iter()
+                .map(|c| (c.component.clone(), c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut containers = Vec::new();
+    for i in &running {
+        let component = i.labels.get(L_COMPONENT).cloned().unwrap_or_default();
+        let (health, detail) = match (
+            i.running,
+            health_of.get(&component).and_then(|c| c.health.as_ref()),
+        ) {
+            (false, _) => ("stopped".to_string(), i.state.clone()),
+            (true, None) => ("running".to_string(), "no health check declared".into()),
+            (true, Some(h)) => {
+                // One probe, now.
+                let check = HealthSpec {
+                    probe: match &h.probe {
+                        Probe::Http { port, path } => cascade_docker::Probe::Http {
+                            port: *port,
+                            path: path.clone(),
+                        },
+                        Probe::Command(argv) => {
+                            cascade_docker::Probe::Command { argv: argv.clone() }
+                        }
+                    },
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    retries: 1,
+                    start_period: Duration::ZERO,
+                };
+                match docker.wait_healthy(&i.id, &check, &|| false) {
+                    Ok(o) if o.passed => ("healthy".to_string(), o.detail),
+                    Ok(o) => ("unhealthy".to_string(), o.detail),
+                    Err(e) => ("unknown".to_string(), e.to_string()),
+                }
+            }
+        };
+        containers.push(ContainerStatus {
+            component,
+            name: i.name.clone(),
+            id: i.id.clone(),
+            state: i.state.clone(),
+            health,
+            detail,
+            image: i.labels.get(L_IMAGE).cloned().unwrap_or_default(),
+            lockfile_digest: i.labels.get(L_LOCKFILE).cloned().unwrap_or_default(),
+            ports: i
+                .ports
+                .iter()
+                .map(|(c, ip, h)| format!("{ip}:{h}->{c}"))
+                .collect(),
+        });
+    }
+    Ok(StatusReport {
+        environment: env.to_string(),
+        lockfile: running_lockfile(&running, &history),
+        containers,
+        last: history.deployments.last().cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_manifest::PortMap;
+
+    fn component() -> DeployComponent {
+        DeployComponent {
+            component: "web".into(),
+            container: "e-web".into(),
+            ports: vec![PortMap {
+                host_ip: "127.0.0.1".into(),
+                host_port: Some(18080),
+                container: 8080,
+            }],
+            env: BTreeMap::new(),
+            volumes: Vec::new(),
+            restart: "unless-stopped".into(),
+            replicas: 1,
+            health: None,
+        }
+    }
+
+    #[test]
+    fn the_config_digest_changes_with_any_field_and_only_then() {
+        let a = component();
+        assert_eq!(config_digest(&a), config_digest(&component()));
+        let mut b = component();
+        b.ports[0].host_port = Some(18081);
+        let mut c = component();
+        c.env.insert("X".into(), "1".into());
+        let mut d = component();
+        d.replicas = 2;
+        for other in [b, c, d] {
+            assert_ne!(config_digest(&a), config_digest(&other));
+        }
+    }
+
+    fn info(name: &str, lockfile: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: name.into(),
+            name: name.into(),
+            labels: BTreeMap::from([(L_LOCKFILE.to_string(), lockfile.to_string())]),
+            running: true,
+            state: "running".into(),
+            image: "sha256:x".into(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_running_lockfile_is_named_only_when_every_container_agrees() {
+        let deployed = |digest: &str, path: &str| Deployment {
+            at: "20261123T000000Z".into(),
+            action: "deploy".into(),
+            outcome: "deployed".into(),
+            lockfile: path.into(),
+            lockfile_digest: digest.into(),
+            images: BTreeMap::new(),
+            detail: None,
+        };
+        let history = History {
+            environment: "e".into(),
+            deployments: vec![
+                deployed("blake3:a", "lockfiles/a.yaml"),
+                deployed("blake3:b", "lockfiles/b.yaml"),
+            ],
+        };
+        let both = [info("x", "blake3:a"), info("y", "blake3:a")];
+        assert_eq!(
+            running_lockfile(&both, &history).as_deref(),
+            Some("lockfiles/a.yaml")
+        );
+        let mixed = [info("x", "blake3:a"), info("y", "blake3:b")];
+        assert_eq!(running_lockfile(&mixed, &history), None);
+        assert_eq!(running_lockfile(&[info("x", "blake3:z")], &history), None);
+        assert_eq!(running_lockfile(&[], &history), None);
+    }
+}
