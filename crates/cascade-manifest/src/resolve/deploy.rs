@@ -7,9 +7,9 @@ use std::time::Duration;
 use cascade_core::{FileId, Span};
 
 use super::{closest, parse_duration, Node, Resolver};
-use crate::ast::{DeployAst, DeployComponentAst, HealthAst, HttpAst, S};
+use crate::ast::{DeployAst, DeployComponentAst, HealthAst, S};
 use crate::error::ManifestError;
-use crate::model::{Deploy, DeployComponent, HealthCheck, PortMap, Probe, Volume};
+use crate::model::{Deploy, DeployComponent, HealthCheck, PortMap, Volume};
 use crate::source::source_span;
 
 /// Defaults of a health check, chosen for services that start in seconds.
@@ -383,47 +383,13 @@ impl Resolver<'_> {
             retries,
             start_period,
         } = ast.value;
-        let probe = match (http, command) {
-            (Some(h), None) => self.health_http(file, comp, h),
-            (None, Some(c)) => {
-                let cspan = self.span(file, &c);
-                if c.value.is_empty() {
-                    self.bad_deploy(
-                        format!("the health check of `{comp}` has an empty command"),
-                        "expected a program and its arguments",
-                        None,
-                        cspan,
-                    );
-                    None
-                } else {
-                    Some(Probe::Command(
-                        c.value.into_iter().map(|a| a.value).collect(),
-                    ))
-                }
-            }
-            (Some(_), Some(c)) => {
-                let cspan = self.span(file, &c);
-                self.bad_deploy(
-                    format!("the health check of `{comp}` has both `http` and `command`"),
-                    "choose one",
-                    None,
-                    cspan,
-                );
-                None
-            }
-            (None, None) => {
-                self.bad_deploy(
-                    format!("the health check of `{comp}` has no probe"),
-                    "needs `http` or `command`",
-                    Some(
-                        "`http: { port: 8080, path: /health }` or `command: [cat, /tmp/ready]`"
-                            .into(),
-                    ),
-                    span,
-                );
-                None
-            }
-        };
+        let probe = self.probe(
+            file,
+            &format!("the health check of `{comp}`"),
+            (http, command),
+            span,
+            Self::bad_deploy,
+        );
         let interval = self.deploy_duration(file, interval, false, DEFAULT_HEALTH_INTERVAL);
         let timeout = self.deploy_duration(file, timeout, false, DEFAULT_HEALTH_TIMEOUT);
         let start_period = self.deploy_duration(file, start_period, true, Duration::ZERO);
@@ -452,42 +418,6 @@ impl Resolver<'_> {
             retries: retries?,
             start_period: start_period?,
         })
-    }
-
-    fn health_http(&mut self, file: FileId, comp: &str, h: S<HttpAst>) -> Option<Probe> {
-        let span = self.span(file, &h);
-        let HttpAst { port, path } = h.value;
-        let Some(port) = port else {
-            self.missing("port", &format!("the health check of `{comp}`"), span);
-            return None;
-        };
-        let pspan = self.span(file, &port);
-        let Some(port) = u16::try_from(port.value).ok().filter(|p| *p > 0) else {
-            self.bad_deploy(
-                format!("`{}` is not a port", port.value),
-                "expected 1 to 65535",
-                None,
-                pspan,
-            );
-            return None;
-        };
-        let path = match path {
-            None => "/".to_string(),
-            Some(p) => {
-                let pspan = self.span(file, &p);
-                if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace()) {
-                    self.bad_deploy(
-                        format!("`{}` is not an HTTP path", p.value),
-                        "expected a path starting with `/`, without spaces",
-                        None,
-                        pspan,
-                    );
-                    return None;
-                }
-                p.value
-            }
-        };
-        Some(Probe::Http { port, path })
     }
 
     /// A duration of a health check: `500ms`, `2s`, `1m30s`, a number of seconds; `0s`

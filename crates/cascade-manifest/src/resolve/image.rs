@@ -105,7 +105,7 @@ impl Resolver<'_> {
         let workdir = workdir.and_then(|w| self.absolute(file, w, "workdir"));
         let mut port_list = Vec::new();
         for p in ports.map(|p| p.value).unwrap_or_default() {
-            if let Some(p) = self.port(file, &p, false) {
+            if let Some(p) = self.port(file, &p, Self::bad_image) {
                 port_list.push(p);
             }
         }
@@ -298,16 +298,22 @@ impl Resolver<'_> {
         Some(v.value.into_iter().map(|a| a.value).collect())
     }
 
-    fn port(&mut self, file: FileId, p: &S<i64>, in_test: bool) -> Option<u16> {
+    fn port(
+        &mut self,
+        file: FileId,
+        p: &S<i64>,
+        bad: fn(&mut Self, String, &str, Option<String>, Span),
+    ) -> Option<u16> {
         let span = self.span(file, p);
         let port = u16::try_from(p.value).ok().filter(|p| *p > 0);
         if port.is_none() {
-            let message = format!("`{}` is not a port", p.value);
-            if in_test {
-                self.bad_test(message, "expected 1 to 65535", None, span);
-            } else {
-                self.bad_image(message, "expected 1 to 65535", None, span);
-            }
+            bad(
+                self,
+                format!("`{}` is not a port", p.value),
+                "expected 1 to 65535",
+                None,
+                span,
+            );
         }
         port
     }
@@ -371,44 +377,13 @@ impl Resolver<'_> {
             expect,
             timeout,
         } = ast.value;
-        let probe = match (http, command) {
-            (Some(h), None) => self.http(file, &name, h),
-            (None, Some(c)) => {
-                let span = self.span(file, &c);
-                if c.value.is_empty() {
-                    self.bad_test(
-                        format!("test `{name}` has an empty command"),
-                        "expected a program and its arguments",
-                        None,
-                        span,
-                    );
-                    None
-                } else {
-                    Some(Probe::Command(
-                        c.value.into_iter().map(|a| a.value).collect(),
-                    ))
-                }
-            }
-            (Some(_), Some(c)) => {
-                let span = self.span(file, &c);
-                self.bad_test(
-                    format!("test `{name}` has both `http` and `command`"),
-                    "choose one",
-                    None,
-                    span,
-                );
-                None
-            }
-            (None, None) => {
-                self.bad_test(
-                    format!("test `{name}` has no probe"),
-                    "needs `http` or `command`",
-                    Some("`http: { port: 8080, path: /health }` or `command: [cat, /etc/os-release]`".into()),
-                    nspan,
-                );
-                None
-            }
-        };
+        let probe = self.probe(
+            file,
+            &format!("test `{name}`"),
+            (http, command),
+            nspan,
+            Self::bad_test,
+        );
         let expect = match expect {
             None => Expect::default(),
             Some(e) => self.expect(file, &name, e, matches!(probe, Some(Probe::Http { .. })))?,
@@ -425,21 +400,84 @@ impl Resolver<'_> {
         })
     }
 
-    fn http(&mut self, file: FileId, name: &str, h: S<HttpAst>) -> Option<Probe> {
+    /// A probe: `http` or `command`, exactly one; `whose` names its owner in messages
+    /// (`test \`version\``, `the health check of \`services\``) and `bad` reports a
+    /// problem as the owner's kind of diagnostic (`bad_test`, `bad_deploy`). Smoke tests and deploy health checks
+    /// share it.
+    pub(super) fn probe(
+        &mut self,
+        file: FileId,
+        whose: &str,
+        (http, command): (Option<S<HttpAst>>, Option<S<Vec<S<String>>>>),
+        span: Span,
+        bad: fn(&mut Self, String, &str, Option<String>, Span),
+    ) -> Option<Probe> {
+        match (http, command) {
+            (Some(h), None) => self.http_probe(file, whose, h, bad),
+            (None, Some(c)) => {
+                let cspan = self.span(file, &c);
+                if c.value.is_empty() {
+                    bad(
+                        self,
+                        format!("{whose} has an empty command"),
+                        "expected a program and its arguments",
+                        None,
+                        cspan,
+                    );
+                    return None;
+                }
+                Some(Probe::Command(
+                    c.value.into_iter().map(|a| a.value).collect(),
+                ))
+            }
+            (Some(_), Some(c)) => {
+                let cspan = self.span(file, &c);
+                bad(
+                    self,
+                    format!("{whose} has both `http` and `command`"),
+                    "choose one",
+                    None,
+                    cspan,
+                );
+                None
+            }
+            (None, None) => {
+                bad(
+                    self,
+                    format!("{whose} has no probe"),
+                    "needs `http` or `command`",
+                    Some(
+                        "`http: { port: 8080, path: /health }` or `command: [cat, /etc/os-release]`"
+                            .into(),
+                    ),
+                    span,
+                );
+                None
+            }
+        }
+    }
+
+    fn http_probe(
+        &mut self,
+        file: FileId,
+        whose: &str,
+        h: S<HttpAst>,
+        bad: fn(&mut Self, String, &str, Option<String>, Span),
+    ) -> Option<Probe> {
         let span = self.span(file, &h);
         let HttpAst { port, path } = h.value;
-        let ctx = format!("the http probe of test `{name}`");
         let Some(port) = port else {
-            self.missing("port", &ctx, span);
+            self.missing("port", &format!("the http probe of {whose}"), span);
             return None;
         };
-        let port = self.port(file, &port, true)?;
+        let port = self.port(file, &port, bad)?;
         let path = match path {
             None => "/".to_string(),
             Some(p) => {
                 let pspan = self.span(file, &p);
                 if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace()) {
-                    self.bad_test(
+                    bad(
+                        self,
                         format!("`{}` is not an HTTP path", p.value),
                         "expected a path starting with `/`, without spaces",
                         None,
