@@ -700,21 +700,7 @@ impl<'a> Context<'a> {
                 Self::engine(self.docker.start(&id))?;
                 let outcome = match &c.health {
                     Some(h) => {
-                        let check = HealthSpec {
-                            probe: match &h.probe {
-                                Probe::Http { port, path } => cascade_docker::Probe::Http {
-                                    port: *port,
-                                    path: path.clone(),
-                                },
-                                Probe::Command(argv) => {
-                                    cascade_docker::Probe::Command { argv: argv.clone() }
-                                }
-                            },
-                            interval: h.interval,
-                            timeout: h.timeout,
-                            retries: h.retries,
-                            start_period: h.start_period,
-                        };
+                        let check = health_spec(h);
                         Self::engine(self.docker.wait_healthy(&id, &check, &interrupted))?
                     }
                     None => self.still_running(&id)?,
@@ -1003,19 +989,9 @@ pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
             (true, Some(h)) => {
                 // One probe, now.
                 let check = HealthSpec {
-                    probe: match &h.probe {
-                        Probe::Http { port, path } => cascade_docker::Probe::Http {
-                            port: *port,
-                            path: path.clone(),
-                        },
-                        Probe::Command(argv) => {
-                            cascade_docker::Probe::Command { argv: argv.clone() }
-                        }
-                    },
-                    interval: h.interval,
-                    timeout: h.timeout,
                     retries: 1,
                     start_period: Duration::ZERO,
+                    ..health_spec(h)
                 };
                 match docker.wait_healthy(&i.id, &check, &|| false) {
                     Ok(o) if o.passed => ("healthy".to_string(), o.detail),
@@ -1046,6 +1022,23 @@ pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
         containers,
         last: history.deployments.last().cloned(),
     })
+}
+
+/// The engine's side of a declared health check.
+fn health_spec(h: &cascade_manifest::HealthCheck) -> HealthSpec {
+    HealthSpec {
+        probe: match &h.probe {
+            Probe::Http { port, path } => cascade_docker::Probe::Http {
+                port: *port,
+                path: path.clone(),
+            },
+            Probe::Command(argv) => cascade_docker::Probe::Command { argv: argv.clone() },
+        },
+        interval: h.interval,
+        timeout: h.timeout,
+        retries: h.retries,
+        start_period: h.start_period,
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use crate::error::ManifestError;
 use crate::model::{Expect, ImageBase, ImageDecl, LayerDecl, Probe, SmokeTest, TEST_PLACEHOLDERS};
 use crate::source::source_span;
 
+/// A probe as written: its `http` and `command` fields (exactly one must be there).
+pub(super) type ProbeAst = (Option<S<HttpAst>>, Option<S<Vec<S<String>>>>);
+
 /// How long a smoke test may take to pass when its recipe names no `timeout`.
 pub const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -408,7 +411,7 @@ impl Resolver<'_> {
         &mut self,
         file: FileId,
         whose: &str,
-        (http, command): (Option<S<HttpAst>>, Option<S<Vec<S<String>>>>),
+        (http, command): ProbeAst,
         span: Span,
         bad: fn(&mut Self, String, &str, Option<String>, Span),
     ) -> Option<Probe> {
