@@ -60,6 +60,20 @@ pub fn step_writable_dir() -> tempfile::TempDir {
         .expect("a directory in /dev/shm")
 }
 
+/// Copies a directory tree (files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
 /// What one `cascade` invocation did.
 #[derive(Debug)]
 pub struct Run {

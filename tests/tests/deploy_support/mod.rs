@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cascade_tests::{cascade, Run};
+use cascade_tests::{cascade, copy_dir, Run};
 
 /// The services health check most tests use.
 pub const HEALTH: &str = "      health: { http: { port: 8080, path: /health }, interval: 1s }";
@@ -27,19 +27,6 @@ pub struct Built {
     /// Relative to the project.
     pub lockfile: String,
     pub services_commit: String,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 fn unique_env() -> String {
