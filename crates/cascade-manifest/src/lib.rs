@@ -32,7 +32,8 @@ pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::{
     Change, Component, Constraint, Environment, Expect, FieldChange, Graph, ImageBase, ImageDecl,
-    LayerDecl, Mode, Probe, Recipe, Rev, SmokeTest, SourceSpec, Step, TEST_PLACEHOLDERS,
+    LayerDecl, Mode, Probe, Recipe, Rev, RunnerDecl, RunnerImage, SmokeTest, SourceSpec, Step,
+    TEST_PLACEHOLDERS,
 };
 pub use range::{RangeError, VersionRange};
 pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
