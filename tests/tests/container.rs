@@ -286,7 +286,8 @@ fn a_timeout_kills_and_removes_the_container() {
 }
 
 /// Steps see `/work`, never the host's directories: two projects in different
-/// directories, with different stores, build the same bytes and lockfiles.
+/// directories, with different stores, build the same bytes and lockfiles, and the
+/// lockfile replays from scratch (`--check`) to the same digests.
 #[test]
 fn outputs_are_identical_from_two_directories() {
     if !cascade_tests::docker() {
@@ -320,6 +321,19 @@ fn outputs_are_identical_from_two_directories() {
     // And a second build runs nothing.
     let again = build(&a, 0);
     assert_eq!(again.json()["built"], 0, "{}", again.stderr);
+    // The lockfile replays from scratch (a fresh store: the toolchain's image made
+    // again, every step run again in it) to the same digests.
+    let lockfile = a.root.join(ra.json()["lockfile"].as_str().unwrap());
+    let check = a.run(&[
+        "build",
+        "--lock",
+        lockfile.to_str().unwrap(),
+        "--check",
+        "--json",
+    ]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert_eq!(check.json()["built"], 3, "{}", check.stderr);
+    assert_eq!(check.json()["replay"]["mismatches"], serde_json::json!([]));
 }
 
 /// The image's digest is the runner's identity: a new toolchain image (here only its

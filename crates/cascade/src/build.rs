@@ -809,6 +809,19 @@ fn execute(
             e => fail(FailureCause::Environment, format!("could not materialize input `{name}`: {e}"), k),
         })?;
     }
+    if !inputs.is_empty() {
+        // 0755 whatever the umask (the source's directories are exported so too): a
+        // container's user reaches the inputs through it.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = work.join("inputs");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| {
+            fail(
+                FailureCause::Environment,
+                format!("could not open `inputs/` to the steps: {e}"),
+                k,
+            )
+        })?;
+    }
     let steps: Vec<Step> = c
         .recipe
         .steps
