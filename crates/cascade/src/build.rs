@@ -777,17 +777,6 @@ fn execute(
                 k,
             )
         })?;
-    // What a container mounts read-only: the source as exported, and the inputs.
-    let mut read_only = read_only_entries(&work).map_err(|e| {
-        fail(
-            FailureCause::Environment,
-            format!("could not list the source: {e}"),
-            k,
-        )
-    })?;
-    if !read_only.iter().any(|e| e == "inputs") {
-        read_only.extend(inputs.keys().map(|name| format!("inputs/{name}")));
-    }
     // Inputs, read-only, at inputs/<name>/<their declared paths>.
     for (name, output) in inputs {
         let dest = work.join("inputs").join(name);
@@ -855,6 +844,15 @@ fn execute(
             let image: OciDigest = image
                 .parse()
                 .map_err(|e| fail(FailureCause::Environment, format!("runner image: {e}"), k))?;
+            // Mounted read-only: everything in the work directory so far, the source as
+            // exported and `inputs/`.
+            let read_only = read_only_entries(&work).map_err(|e| {
+                fail(
+                    FailureCause::Environment,
+                    format!("could not list the work directory: {e}"),
+                    k,
+                )
+            })?;
             let reference = match &c.recipe.runner {
                 RunnerDecl::Container {
                     image: RunnerImage::Pinned { name, .. },

@@ -8,7 +8,7 @@
 //!   is exported from the layout and loaded, once per build. Its manifest digest is the
 //!   node's runner identity, so the key changes exactly when the image does.
 //! - **The container.** The work directory (exported source, materialized inputs) is
-//!   mounted at `/work`; the source's top-level entries and each input are mounted
+//!   mounted at `/work`; its top-level entries (the source's and `inputs/`) are mounted
 //!   read-only over themselves, so the only place a step can write is what it creates.
 //!   No network, a read-only root filesystem with a private `/tmp`, a non-root user (the
 //!   caller's uid and gid, or 65534 when cascade runs as root, with the work directory
@@ -202,17 +202,15 @@ impl Containers {
         layout: Option<&OciLayout>,
         r: &ContainerRun<'_>,
     ) -> Result<(), RunError> {
+        // What the engine or the disk refused: the machine's problem, not the step's.
         let setup = |what: String| move |e: io::Error| RunError::Setup { what, source: e };
-        let engine = |what: &str| {
-            let what = what.to_string();
-            move |e: String| RunError::Setup {
-                what,
-                source: io::Error::other(e),
-            }
+        let engine = |what: String, e: &dyn std::fmt::Display| RunError::Setup {
+            what,
+            source: io::Error::other(e.to_string()),
         };
         let id = self
             .image_id(store, layout, &r.image, &r.reference)
-            .map_err(engine(&format!("load the runner image {}", r.image)))?;
+            .map_err(|e| engine(format!("load the runner image {}", r.image), &e))?;
         let user = step_user(r.work)
             .map_err(setup("give the work directory to the step's user".into()))?;
         let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -241,9 +239,10 @@ impl Containers {
                 ],
             };
             let started = Instant::now();
-            let end = self.docker.run_step(&spec, &mut log).map_err(|e| {
-                engine(&format!("run step `{}` in a container", step.name))(e.to_string())
-            })?;
+            let end = self
+                .docker
+                .run_step(&spec, &mut log)
+                .map_err(|e| engine(format!("run step `{}` in a container", step.name), &e))?;
             let status = match end {
                 StepEnd::Exited(0) => continue,
                 StepEnd::TimedOut => {
@@ -288,9 +287,9 @@ fn step_user(work: &Path) -> io::Result<String> {
     Ok(format!("{UNPRIVILEGED}:{UNPRIVILEGED}"))
 }
 
-/// What is mounted read-only in a node's work directory: the top-level entries of its
-/// exported source (listed before the inputs are materialized; links are left out: a
-/// mount would follow them) and each input's directory.
+/// What is mounted read-only in a node's work directory before its steps run: every
+/// top-level entry, the exported source and `inputs/` (links are left out: a mount would
+/// follow them, and a link cannot be written through to a read-only target anyway).
 pub(crate) fn read_only_entries(work: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     for e in fs::read_dir(work)? {

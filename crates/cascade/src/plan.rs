@@ -133,19 +133,14 @@ impl Reason {
     /// Whether this reason is about the node itself rather than one of its inputs (or
     /// the component whose image its steps run in).
     pub fn is_own(&self) -> bool {
-        self.upstream().is_none()
-    }
-
-    /// The upstream component this reason comes from: a changed or pending input, or
-    /// the component whose image the steps run in.
-    pub fn upstream(&self) -> Option<&str> {
-        match &self.kind {
-            ReasonKind::Input { input, .. } => Some(input),
-            ReasonKind::RunnerImage {
-                component: Some(c), ..
-            } => Some(c),
-            _ => None,
-        }
+        !matches!(
+            self.kind,
+            ReasonKind::Input { .. }
+                | ReasonKind::RunnerImage {
+                    component: Some(_),
+                    ..
+                }
+        )
     }
 }
 
@@ -492,15 +487,15 @@ fn plan_node(
             _ => waits_for.push(name.clone()),
         }
     }
+    // A container of a component's image: keyed by that image once it is known.
     let image_of = |j: usize| planned[j].get().and_then(|p| p.image);
     let runner = node.runner_given(image_of);
-    let runner_pending = match (c.runner_image, &runner) {
-        (Some(j), None) => Some(graph.components[j].name.clone()),
-        _ => None,
-    };
+    let runner_component = c.runner_image.map(|j| graph.components[j].name.as_str());
     let inputs_pending = waits_for.clone();
-    if let Some(r) = runner_pending.as_ref().filter(|r| !waits_for.contains(r)) {
-        waits_for.push(r.clone());
+    if let Some(r) =
+        runner_component.filter(|r| runner.is_none() && !waits_for.iter().any(|w| w == r))
+    {
+        waits_for.push(r.to_string());
     }
     waits_for.sort();
     let base = ctx.lock.and_then(|l| l.nodes.get(&c.name));
@@ -516,7 +511,7 @@ fn plan_node(
             &known,
             &inputs_pending,
             runner.as_ref(),
-            runner_pending.as_deref(),
+            runner_component,
             ctx,
         ),
         _ => Vec::new(),
@@ -625,15 +620,15 @@ fn baseline(opts: &PlanOptions) -> Result<Baseline, Error> {
 }
 
 /// Every difference between a node as it is now and its baseline, in this order:
-/// source, recipe, runner, inputs. `runner` is `None` while `runner_pending`, the
-/// component whose image the steps run in, must be rebuilt first.
+/// source, recipe, runner, inputs. `runner_component` is the component whose image the
+/// steps run in, if any; `runner` is `None` while it must be rebuilt first.
 fn changes(
     node: &Node<'_>,
     base: &LockNode,
     known: &BTreeMap<String, OutputDigest>,
     pending: &[String],
     runner: Option<&RunnerIdentity>,
-    runner_pending: Option<&str>,
+    runner_component: Option<&str>,
     ctx: &Ctx<'_>,
 ) -> Vec<Reason> {
     let c = node.component;
@@ -693,7 +688,6 @@ fn changes(
         }
     }
 
-    let runner_component = c.runner_image.is_some().then(|| runner_of(node));
     if runner.is_none_or(|r| base.runner != r.digest()) {
         // The old runner's tools or image, from the old key manifest (the lockfile's
         // `key:` is its address in the store).
@@ -704,13 +698,13 @@ fn changes(
             .and_then(|b| KeyIngredients::decode(&b).ok());
         match (old, runner) {
             (old, None) => out.push(Reason::new(ReasonKind::RunnerImage {
-                from: old.and_then(|o| image_of(&o.runner)),
+                from: old.and_then(|o| runner_image(&o.runner)),
                 to: None,
-                component: runner_pending.map(str::to_string),
+                component: runner_component.map(str::to_string),
                 pending: true,
             })),
             (Some(old), Some(now)) => {
-                out.extend(runner_changes(&old.runner, now, runner_component.flatten()))
+                out.extend(runner_changes(&old.runner, now, runner_component))
             }
             (None, Some(now)) => out.push(Reason::new(ReasonKind::Runner {
                 from: base.runner,
@@ -757,18 +751,8 @@ fn input(
     })
 }
 
-/// The name of the component whose image `node`'s steps run in.
-fn runner_of(node: &Node<'_>) -> Option<String> {
-    match &node.component.recipe.runner {
-        cascade_manifest::RunnerDecl::Container {
-            image: cascade_manifest::RunnerImage::Component(c),
-        } => Some(c.clone()),
-        _ => None,
-    }
-}
-
 /// A container runner's image digest.
-fn image_of(r: &RunnerIdentity) -> Option<String> {
+fn runner_image(r: &RunnerIdentity) -> Option<String> {
     match r {
         RunnerIdentity::Container { image } => Some(image.clone()),
         RunnerIdentity::Host { .. } => None,
@@ -780,17 +764,17 @@ fn image_of(r: &RunnerIdentity) -> Option<String> {
 fn runner_changes(
     old: &RunnerIdentity,
     new: &RunnerIdentity,
-    component: Option<String>,
+    component: Option<&str>,
 ) -> Vec<Reason> {
     match (old, new) {
         (RunnerIdentity::Host { tools: old }, RunnerIdentity::Host { tools: new }) => {
             tool_changes(old, new)
         }
-        (old, new) if image_of(old) == image_of(new) => Vec::new(),
+        (old, new) if old == new => Vec::new(),
         (old, new) => vec![Reason::new(ReasonKind::RunnerImage {
-            from: image_of(old),
-            to: image_of(new),
-            component,
+            from: runner_image(old),
+            to: runner_image(new),
+            component: component.map(str::to_string),
             pending: false,
         })],
     }
