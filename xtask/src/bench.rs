@@ -4,6 +4,8 @@
 //! cached graph and after the change, and compared with the no-op build. A benchmark,
 //! not a test: it prints figures and checks only that each run did what it should
 //! (everything built, nothing built, one rebuilt; plan: all cached, one rebuild).
+//! `--image MB` times the assembly of one image layer; `--container STEPS` what running
+//! steps in containers costs against running them on the host.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -201,6 +203,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut keep = false;
     let mut image_mb: Option<usize> = None;
     let mut remote_mb: Option<usize> = None;
+    let mut container_steps: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -235,6 +238,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 let v = it.next().ok_or("--remote needs a size in MB, like 256")?;
                 remote_mb = Some(v.parse()?);
             }
+            "--container" => {
+                let v = it
+                    .next()
+                    .ok_or("--container needs a number of steps, like 20")?;
+                container_steps = Some(v.parse()?);
+            }
             other => return Err(format!("unknown bench argument `{other}`").into()),
         }
     }
@@ -244,6 +253,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(mb) = remote_mb {
         return remote_bench(&base, mb);
+    }
+    if let Some(steps) = container_steps {
+        return container_bench(&base, steps);
     }
     println!(
         "| shape | nodes | cold build | no-op build | plan, all cached | one-leaf change: plan | one-leaf change: build (rebuilt) |"
@@ -396,6 +408,74 @@ fn remote_bench(base: &Path, mb: usize) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     println!(
         "| one {mb} MB file | {write:.2} s | {read:.2} s | {start:.0} MB | {after_write:.0} MB | {after_read:.0} MB |"
+    );
+    let _ = fs::remove_dir_all(base);
+    Ok(())
+}
+
+/// `steps` trivial steps (`mkdir -p out`) on the host and in containers of a busybox
+/// image the graph builds: the first container build (which loads the image into
+/// Docker), then three rebuilds of both (a changed `env`), each timed by the node's own
+/// `duration_ms`.
+fn container_bench(base: &Path, steps: usize) -> Result<()> {
+    let dir = base.join("container");
+    let _ = fs::remove_dir_all(&dir);
+    let (repo, sig) = project_skeleton(&dir)?;
+    commit_node(&repo, &sig, 0, b"data\n")?;
+    let mut env = String::from("name: bench\nmode: branch\nsources:\n");
+    for name in ["tc", "host", "box"] {
+        writeln!(env, "  {name}: {{ repo: ../../repo, ref: {} }}", node(0))?;
+    }
+    fs::write(dir.join("graph/environments/bench.yaml"), env)?;
+    fs::write(
+        dir.join("recipes/tc.yaml"),
+        "runner: { host: { tools: [sh, mkdir, ln, cp, busybox] } }\n\
+         steps:\n  - name: rootfs\n    run: |\n      mkdir -p rootfs/bin\n      cp \"$(command -v busybox)\" rootfs/bin/busybox\n      ln -s busybox rootfs/bin/sh\n      ln -s busybox rootfs/bin/mkdir\n\
+         outputs: [rootfs]\n\
+         image:\n  base: scratch\n  layers: [{ from: rootfs, to: / }]\n  env: { PATH: /bin }\n",
+    )?;
+    let recipe = |runner: &str, round: usize| {
+        let mut r = format!("runner: {runner}\nenv: {{ ROUND: \"{round}\" }}\nsteps:\n");
+        for i in 0..steps {
+            let _ = writeln!(r, "  - {{ name: s{i}, run: 'mkdir -p out' }}");
+        }
+        r.push_str("outputs: [out]\n");
+        r
+    };
+    let mut rows = Vec::new();
+    for round in 0..4 {
+        fs::write(
+            dir.join("recipes/host.yaml"),
+            recipe("{ host: { tools: [sh, mkdir] } }", round),
+        )?;
+        fs::write(
+            dir.join("recipes/box.yaml"),
+            recipe("{ container: { image: tc } }", round),
+        )?;
+        let (_, j) = timed(&dir, &["build", "--jobs", "1"])?;
+        let ms = |name: &str| -> Result<f64> {
+            let n = j["nodes"]
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == name))
+                .ok_or("no such node")?;
+            if n["status"] != "built" {
+                return Err(format!("`{name}` was not built: {n}").into());
+            }
+            Ok(n["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0)
+        };
+        rows.push((ms("host")?, ms("box")?));
+    }
+    let (first_host, first_box) = rows[0];
+    let n = (rows.len() - 1) as f64;
+    let host = rows[1..].iter().map(|r| r.0).sum::<f64>() / n;
+    let boxed = rows[1..].iter().map(|r| r.1).sum::<f64>() / n;
+    println!(
+        "| steps | on the host | in containers | in containers, first (image loaded) | per step |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {steps} | {host:.2} s (first {first_host:.2} s) | {boxed:.2} s | {first_box:.2} s | +{:.0} ms |",
+        (boxed - host) / steps as f64 * 1000.0
     );
     let _ = fs::remove_dir_all(base);
     Ok(())

@@ -284,7 +284,15 @@ where
     install_panic_hook();
     install_signal_handler();
     let color = std::io::stderr().is_terminal();
-    run_with(args, &mut std::io::stdout(), &mut std::io::stderr(), color)
+    let code = run_with(args, &mut std::io::stdout(), &mut std::io::stderr(), color);
+    // Interrupted: the signal thread is removing what runs and exits with 130 when it
+    // is done; the build ending under it (its steps killed) must not exit first.
+    if cascade_exec::interrupted() {
+        loop {
+            std::thread::park();
+        }
+    }
+    code
 }
 
 /// Runs the command line with the given output streams (tests run it in-process).
@@ -378,9 +386,10 @@ impl Io<'_> {
     }
 }
 
-/// On SIGINT/SIGTERM: kill the running steps (they are in their own process groups,
-/// out of the terminal's reach) and exit 130. The store stays consistent: results are
-/// recorded only after a node succeeds, by atomic renames.
+/// On SIGINT/SIGTERM: start nothing more, kill the running steps (they are in their own
+/// process groups, out of the terminal's reach), remove the containers (steps and smoke
+/// tests) and exit 130. The store stays consistent: results are recorded only after a
+/// node succeeds, by atomic renames.
 fn install_signal_handler() {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
@@ -396,7 +405,7 @@ fn install_signal_handler() {
                 eprintln!("\ninterrupted (signal {sig}): finishing the current container swap, then rolling back (again to stop now)");
                 continue;
             }
-            cascade_exec::kill_running_steps();
+            cascade_exec::interrupt();
             cascade::cleanup_containers();
             eprintln!(
                 "\ninterrupted (signal {sig}): running steps killed, containers removed, no lockfile written"

@@ -161,3 +161,113 @@ fn smoke_tests_without_docker_exit_3_unless_skipped() {
     );
     assert!(text.contains("    image:\n      digest: sha256:"), "{text}");
 }
+
+/// Whether a Docker Engine answers (the docker CLI asks it); in CI it must.
+fn docker_answers() -> bool {
+    let ok = Command::new("docker")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no Docker Engine in CI; .ci/services/docker.sh starts one"
+        );
+        eprintln!("skipping: no Docker Engine (run .ci/services/docker.sh)");
+    }
+    ok
+}
+
+/// Ctrl-C while a step runs in a container: exit 130, no lockfile, the container is
+/// gone (nothing with cascade's pid as its `cascade.pid` label, running or not), and
+/// the store verifies clean.
+#[test]
+fn interrupt_during_a_container_step_removes_the_container() {
+    if !docker_answers() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::create_dir_all(dir.join("graph/environments")).unwrap();
+    fs::create_dir_all(dir.join("recipes")).unwrap();
+    fs::write(
+        dir.join("graph/environments/test.yaml"),
+        "name: test\nmode: branch\nsources:\n  tc: { repo: ../../repo, ref: main }\n  app: { repo: ../../repo, ref: main }\n",
+    )
+    .unwrap();
+    // The runner image: busybox, built in the graph.
+    fs::write(
+        dir.join("recipes/tc.yaml"),
+        "runner: { host: { tools: [sh, mkdir, ln, cp, busybox] } }\n\
+         steps:\n  - name: rootfs\n    run: |\n      mkdir -p rootfs/bin\n      cp \"$(command -v busybox)\" rootfs/bin/busybox\n      for a in sh touch sleep; do ln -s busybox rootfs/bin/$a; done\n\
+         outputs: [rootfs]\n\
+         image:\n  base: scratch\n  layers: [{ from: rootfs, to: / }]\n  env: { PATH: /bin }\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("recipes/app.yaml"),
+        "runner: { container: { image: tc } }\nsteps:\n  - name: nap\n    run: touch started; sleep 60\noutputs: [out]\n",
+    )
+    .unwrap();
+    let repo = git2::Repository::init(dir.join("repo")).unwrap();
+    let mut tb = repo.treebuilder(None).unwrap();
+    tb.insert("a", repo.blob(b"a").unwrap(), 0o100644).unwrap();
+    let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+    let sig =
+        git2::Signature::new("t", "t@example.com", &git2::Time::new(1_767_225_600, 0)).unwrap();
+    repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
+        .unwrap();
+
+    let mut child = cascade(dir).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    // The step's work directory is `<store>/tmp/<build>/work`, mounted at /work.
+    let started = || {
+        fs::read_dir(dir.join("cache/tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("work/started").exists())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !started() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("cascade ended ({status}) before the step started:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let containers = || {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=cascade.pid={pid}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        !containers().is_empty(),
+        "the step's container is not labelled"
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(containers(), "", "containers left behind");
+    assert!(!dir.join("lockfiles").exists());
+    let verify = Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .arg("--project")
+        .arg(dir)
+        .args(["cache", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -31,11 +31,13 @@ pub struct SourceIdentity {
 }
 
 /// What runs the steps. The host runner is identified by the content digests of the
-/// declared tools as resolved on PATH.
+/// declared tools as resolved on PATH; the container runner by the manifest digest of
+/// the image its containers run (`sha256:<hex>`), which covers every file in it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerIdentity {
     Host { tools: BTreeMap<String, BlobDigest> },
+    Container { image: String },
 }
 
 impl RunnerIdentity {
@@ -46,6 +48,10 @@ impl RunnerIdentity {
                 e.list(1, tools.iter(), |e, (name, d)| {
                     e.str(0, name).bytes(1, &d.0 .0);
                 });
+            }
+            RunnerIdentity::Container { image } => {
+                e.str(0, "container");
+                e.str(1, image);
             }
         }
     }
@@ -134,6 +140,9 @@ impl KeyIngredients {
                 }
                 RunnerIdentity::Host { tools }
             }
+            "container" => RunnerIdentity::Container {
+                image: r.str(1)?.to_string(),
+            },
             _ => return Err(DecodeError::Malformed(5)),
         };
         r.end()?;

@@ -91,9 +91,20 @@ fn every_ingredient_changes_the_key() {
     k.inputs.remove("metakit");
     variants.push(("input removed", k));
     let mut k = sample();
-    let RunnerIdentity::Host { tools } = &mut k.runner;
-    tools.insert("cc".into(), BlobDigest(Digest::of(b"cc 13")));
+    if let RunnerIdentity::Host { tools } = &mut k.runner {
+        tools.insert("cc".into(), BlobDigest(Digest::of(b"cc 13")));
+    }
     variants.push(("tool digest", k));
+    let mut k = sample();
+    k.runner = RunnerIdentity::Container {
+        image: format!("sha256:{}", "a".repeat(64)),
+    };
+    variants.push(("container runner", k));
+    let mut k = sample();
+    k.runner = RunnerIdentity::Container {
+        image: format!("sha256:{}", "b".repeat(64)),
+    };
+    variants.push(("runner image", k));
     let mut k = sample();
     k.env.insert("OPT".into(), "-O3".into());
     variants.push(("env value", k));
@@ -106,6 +117,25 @@ fn every_ingredient_changes_the_key() {
         assert!(
             seen.insert(k.key()),
             "changing {what} did not change the key"
+        );
+    }
+}
+
+/// A container runner is its image's digest; the host runner's encoding (and so every
+/// host key, pinned above) is unchanged by the container variant.
+#[test]
+fn container_runners_round_trip() {
+    let mut k = sample();
+    k.runner = RunnerIdentity::Container {
+        image: format!("sha256:{}", "c".repeat(64)),
+    };
+    let bytes = k.encode();
+    assert_eq!(KeyIngredients::decode(&bytes).unwrap(), k);
+    assert_ne!(k.runner.digest(), sample().runner.digest());
+    for n in 0..bytes.len() {
+        assert!(
+            KeyIngredients::decode(&bytes[..n]).is_err(),
+            "truncated at {n}"
         );
     }
 }

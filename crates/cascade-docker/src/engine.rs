@@ -6,10 +6,13 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{ImportImageOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::{
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -22,6 +25,11 @@ pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 /// The label (`key`, `value`) on every container and network cascade creates, so they
 /// can be found (`docker ps --filter label=cascade=1`) and told apart from others.
 pub const LABEL: (&str, &str) = ("cascade", "1");
+/// The label holding the id of the process that created a container or network
+/// (`docker ps -a --filter label=cascade.pid=1234`): what [`Docker::shut_down`] sweeps.
+pub const LABEL_PID: &str = "cascade.pid";
+/// How long [`Docker::shut_down`] waits for creations already sent to the engine.
+const SHUT_DOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// How long connecting may take: the engine is local, so this is only a safeguard
 /// against a socket that accepts but never answers.
@@ -42,13 +50,32 @@ pub struct Docker {
     endpoint: String,
     api_version: String,
     created: Mutex<Created>,
+    /// Signalled when a creation ends (for [`Docker::shut_down`]).
+    idle: Condvar,
 }
 
-/// What this `Docker` created and has not removed yet, by id.
+/// What this `Docker` created and has not removed yet, by id, and what it is creating.
 #[derive(Default)]
 struct Created {
     containers: BTreeSet<String>,
     networks: BTreeSet<String>,
+    /// Creations sent to the engine whose ids are not registered yet.
+    creating: usize,
+    /// Set by [`Docker::shut_down`]: nothing new is created.
+    closed: bool,
+}
+
+/// A creation in flight: registered so that [`Docker::shut_down`] waits for it (its id
+/// must be registered before the sweep), and refused once shutting down.
+pub(crate) struct Creating<'a> {
+    docker: &'a Docker,
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.docker.created().creating -= 1;
+        self.docker.idle.notify_all();
+    }
 }
 
 /// What a load brought in.
@@ -156,6 +183,7 @@ impl Docker {
             endpoint: endpoint.to_string(),
             api_version,
             created: Mutex::new(Created::default()),
+            idle: Condvar::new(),
         })
     }
 
@@ -271,6 +299,94 @@ impl Docker {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// What an interrupted process does before it exits: refuses to create anything from
+    /// now on, waits (up to 10 s) for the creations the engine is still answering, then
+    /// removes every container and network this `Docker` created, and any other this
+    /// process's id is on ([`LABEL_PID`]). Tries them all; returns the first failure.
+    pub fn shut_down(&self) -> Result<(), DockerError> {
+        {
+            let deadline = Instant::now() + SHUT_DOWN_WAIT;
+            let mut created = self.created();
+            created.closed = true;
+            while created.creating > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                created = self
+                    .idle
+                    .wait_timeout(created, left)
+                    .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+            }
+        }
+        let mut first_error = self.cleanup_all_cascade_resources().err();
+        if let Err(e) = self.sweep() {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes what the engine lists with this process's [`LABEL_PID`]: containers (and
+    /// networks) whose creation this process never saw answered.
+    fn sweep(&self) -> Result<(), DockerError> {
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_PID}={}", std::process::id())],
+        )]);
+        let (containers, networks) = self.run(async {
+            let containers = self
+                .client
+                .list_containers(Some(
+                    ListContainersOptionsBuilder::new()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+                .map_err(DockerError::engine("list this process's containers"))?;
+            let networks = self
+                .client
+                .list_networks(Some(
+                    ListNetworksOptionsBuilder::new().filters(&filters).build(),
+                ))
+                .await
+                .map_err(DockerError::engine("list this process's networks"))?;
+            Ok((containers, networks))
+        })?;
+        let mut first_error = None;
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            if let Err(e) = self.remove_container(&id) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for id in networks.into_iter().filter_map(|n| n.id) {
+            if let Err(e) = self.remove_network(&id) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Registers a creation about to be sent to the engine; refused after
+    /// [`Docker::shut_down`]. Register its id ([`Docker::track_container`]) before
+    /// dropping the guard.
+    pub(crate) fn creating(&self) -> Result<Creating<'_>, DockerError> {
+        let mut created = self.created();
+        if created.closed {
+            return Err(DockerError::ShuttingDown);
+        }
+        created.creating += 1;
+        Ok(Creating { docker: self })
+    }
+
+    /// The labels of everything this process creates: [`LABEL`] and [`LABEL_PID`].
+    pub(crate) fn labels() -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::from([
+            (LABEL.0.to_string(), LABEL.1.to_string()),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+        ])
     }
 
     /// Runs `future` to completion on the private runtime.

@@ -65,6 +65,14 @@ pub enum DockerError {
         message: String,
     },
 
+    #[error("invalid step: {reason}")]
+    #[diagnostic(code(cascade::docker::step))]
+    InvalidStep { reason: String },
+
+    #[error("cascade is shutting down: no new container is started")]
+    #[diagnostic(code(cascade::docker::shutting_down))]
+    ShuttingDown,
+
     #[error("smoke test `{name}` is invalid: {reason}")]
     #[diagnostic(code(cascade::docker::smoke_test))]
     InvalidSmokeTest { name: String, reason: String },

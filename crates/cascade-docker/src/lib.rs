@@ -1,8 +1,9 @@
 //! cascade-docker: the Docker Engine behind a small blocking API: load an image archive
-//! ([`Docker::load_archive`]), look an image up ([`Docker::image_id`]) and smoke-test an
-//! image by running it and probing it ([`Docker::smoke_test`]), and run deployed
-//! containers: create, start, stop, find by label, wait for a health check
-//! ([`Docker::wait_healthy`], used by `cascade deploy`).
+//! ([`Docker::load_archive`]), look an image up ([`Docker::image_id`]), smoke-test an
+//! image by running it and probing it ([`Docker::smoke_test`]), run a build step in a
+//! container of its own ([`Docker::run_step`]), and run deployed containers: create,
+//! start, stop, find by label, wait for a health check ([`Docker::wait_healthy`], used
+//! by `cascade deploy`).
 //!
 //! Why these choices:
 //! - `bollard` speaks the Engine API directly over the unix socket (or a loopback
@@ -26,17 +27,28 @@
 //! - The container and the network are owned by a guard whose `Drop` removes them
 //!   (container forced first, then the network), so they go away on success, failure,
 //!   error or panic.
-//! - Every smoke-test container and network a [`Docker`] creates is also kept in a
-//!   registry until it is removed, so [`Docker::cleanup_all_cascade_resources`] can
-//!   remove what is left from a Ctrl-C handler, where no guard gets to run. Deployed containers are meant
-//!   to stay, so they are not registered; `cascade deploy` finds them by label.
+//! - Every smoke-test and step container and network a [`Docker`] creates is also kept
+//!   in a registry until it is removed, so [`Docker::cleanup_all_cascade_resources`] can
+//!   remove what is left from a Ctrl-C handler, where no guard gets to run.
+//!   [`Docker::shut_down`] (what the handler calls) also refuses new creations, waits for
+//!   those in flight, and sweeps what carries this process's id ([`LABEL_PID`]). Deployed
+//!   containers are meant to stay, so they are not registered; `cascade deploy` finds
+//!   them by label.
+//!
+//! A build step ([`Docker::run_step`]) runs `/bin/sh -e -c <script>` in a fresh
+//! container: no network, a read-only root filesystem with a private `/tmp`, the work
+//! directory as the only writable mount (the source and inputs in it mounted read-only
+//! over themselves), a non-root user, no capabilities, memory and pid limits, and a
+//! timeout after which it is killed. Its log is streamed as it comes.
 
 mod deploy;
 mod engine;
 mod error;
 mod smoke;
+mod step;
 
 pub use deploy::{ContainerInfo, ContainerSpec, HealthOutcome, HealthSpec, Publish, FIRST_RETRY};
-pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL};
+pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL, LABEL_PID};
 pub use error::DockerError;
 pub use smoke::{Expect, Probe, SmokeTest, TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL};
+pub use step::{StepEnd, StepSpec, STEP_MEMORY, STEP_PIDS, STEP_WORKDIR};

@@ -15,7 +15,7 @@ use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilde
 use futures_util::StreamExt;
 
 use crate::error::{describe, is_not_found};
-use crate::{Docker, DockerError, LABEL};
+use crate::{Docker, DockerError};
 
 /// Retry delays double from `SmokeTest::interval` up to this.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(2);
@@ -212,16 +212,17 @@ pub(crate) struct State {
     pub(crate) ports: HashMap<String, Vec<PortBinding>>,
 }
 
-/// Owns a smoke test's container and network: `Drop` removes them, whatever happened.
-struct Resources<'a> {
-    docker: &'a Docker,
-    container: Option<String>,
-    network: Option<String>,
+/// Owns a smoke test's (or a step's) container and network: `Drop` removes them,
+/// whatever happened.
+pub(crate) struct Resources<'a> {
+    pub docker: &'a Docker,
+    pub container: Option<String>,
+    pub network: Option<String>,
 }
 
 impl Resources<'_> {
     /// Removes the container, then the network, and reports the first failure.
-    fn remove(&mut self) -> Result<(), DockerError> {
+    pub fn remove(&mut self) -> Result<(), DockerError> {
         let container = match self.container.take() {
             Some(id) => self.docker.remove_container(&id),
             None => Ok(()),
@@ -257,7 +258,7 @@ impl Docker {
             });
         }
         let started = Instant::now();
-        let name = unique_name();
+        let name = unique_name("cascade-smoke");
         let mut resources = Resources {
             docker: self,
             container: None,
@@ -378,9 +379,10 @@ impl Docker {
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(LABEL.0.into(), LABEL.1.into())])),
+            labels: Some(Docker::labels()),
             ..Default::default()
         };
+        let _creating = self.creating()?;
         let id = self.run(async {
             self.client
                 .create_network(request)
@@ -419,15 +421,17 @@ impl Docker {
             image: Some(image.to_string()),
             env: (!test.env.is_empty()).then(|| test.env.clone()),
             cmd: test.cmd.clone(),
-            labels: Some(HashMap::from([
-                (LABEL.0.to_string(), LABEL.1.to_string()),
-                ("cascade.smoke-test".to_string(), test.name.clone()),
-            ])),
+            labels: Some({
+                let mut labels = Docker::labels();
+                labels.insert("cascade.smoke-test".to_string(), test.name.clone());
+                labels
+            }),
             exposed_ports,
             host_config: Some(host_config),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let _creating = self.creating()?;
         let id = self.run(async {
             match self.client.create_container(Some(options), body).await {
                 Ok(r) => Ok(r.id),
@@ -595,14 +599,14 @@ impl Docker {
     }
 }
 
-/// `cascade-smoke-<pid>-<counter>-<random>`: unique among this process's tests, and
+/// `<prefix>-<pid>-<counter>-<random>`: unique among this process's containers, and
 /// against a stale resource left by an earlier process with the same pid.
-fn unique_name() -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // RandomState is seeded randomly per process (and per thread); enough for a suffix.
     let random = RandomState::new().hash_one(n) as u32;
-    format!("cascade-smoke-{}-{n}-{random:08x}", std::process::id())
+    format!("{prefix}-{}-{n}-{random:08x}", std::process::id())
 }
 
 /// Why the test ended with the container not running.
@@ -823,8 +827,8 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_docker_safe() {
-        let a = unique_name();
-        let b = unique_name();
+        let a = unique_name("cascade-smoke");
+        let b = unique_name("cascade-smoke");
         assert_ne!(a, b);
         for n in [&a, &b] {
             assert!(n.starts_with("cascade-smoke-"), "{n}");
@@ -891,7 +895,7 @@ mod tests {
             }
             Err(e) => panic!("no Docker engine: {e}; run .ci/services/docker.sh"),
         };
-        let name = unique_name();
+        let name = unique_name("cascade-smoke");
         let id = docker.create_network(&name).unwrap();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _guard = Resources {

@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,22 @@ impl Tools {
 /// they run in their own groups, so the terminal's Ctrl-C does not reach them.
 static RUNNING: Mutex<BTreeSet<libc::pid_t>> = Mutex::new(BTreeSet::new());
 
+/// Set once the process is interrupted: no node and no step starts after that.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// What a SIGINT/SIGTERM handler does first: no new node or step starts from now on
+/// (the scheduler and the runners check [`interrupted`]), and the running steps are
+/// killed.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    kill_running_steps();
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Kills every running step's process group (for SIGINT/SIGTERM handling).
 pub fn kill_running_steps() {
     let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,6 +156,9 @@ pub enum RunError {
         help("raise the recipe's `timeout` if the step is just slow")
     )]
     Timeout { step: String, after: Duration },
+    #[error("interrupted before it ran")]
+    #[diagnostic(code(cascade::step::interrupted))]
+    Interrupted,
     #[error("could not {what}")]
     #[diagnostic(code(cascade::step::setup))]
     Setup {
@@ -197,6 +217,9 @@ impl HostRun<'_> {
             .map_err(setup("write the log"))?;
         }
         for step in self.steps {
+            if interrupted() {
+                return Err(RunError::Interrupted);
+            }
             writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
             let sandbox = if sandboxed && crate::sandbox::available() {
                 Some(std::sync::Arc::new(

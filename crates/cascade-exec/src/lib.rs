@@ -16,6 +16,7 @@ pub mod sandbox;
 pub mod schedule;
 
 pub use host::{
-    kill_running_steps, resolve_tool, HostRun, ResolvedTool, RunError, Step, ToolError, Tools,
+    interrupt, interrupted, kill_running_steps, resolve_tool, HostRun, ResolvedTool, RunError,
+    Step, ToolError, Tools,
 };
 pub use schedule::{schedule, Outcome};

@@ -24,7 +24,8 @@ struct State {
 /// Runs every node whose inputs (`deps[i]`, indices of nodes) succeeded, at most
 /// `jobs` at a time. `run(i)` returns whether node `i` succeeded. Ready nodes start in
 /// index order, so a topologically sorted input gives a stable start order. After a
-/// failure no new node starts unless `keep_going`; running ones always finish.
+/// failure no new node starts unless `keep_going`; running ones always finish. Once the
+/// process is interrupted ([`crate::interrupt`]), no new node starts.
 pub fn schedule<F>(deps: &[Vec<usize>], jobs: usize, keep_going: bool, run: F) -> Vec<Outcome>
 where
     F: Fn(usize) -> bool + Sync,
@@ -57,7 +58,7 @@ where
                 let next = {
                     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
                     loop {
-                        if !st.stop {
+                        if !st.stop && !crate::interrupted() {
                             if let Some(i) = st.ready.pop_first() {
                                 st.running += 1;
                                 break Some(i);

@@ -221,6 +221,12 @@ impl OciLayout {
         out.extend(m.layers.iter().map(|l| l.digest));
         Ok(out)
     }
+
+    /// The digest of the config of the image whose manifest is `manifest`, after the
+    /// same checks: what Docker's classic image store names the image by (its id).
+    pub fn config_digest(&self, manifest: &OciDigest) -> Result<OciDigest, ImageError> {
+        Ok(read_image(self, manifest)?.0.config.digest)
+    }
 }
 
 /// Reads and checks an image manifest and its config from the layout: media types,

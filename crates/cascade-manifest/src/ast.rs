@@ -176,12 +176,19 @@ pub(crate) struct ExpectAst {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RunnerAst {
     pub host: Option<S<HostAst>>,
+    pub container: Option<S<ContainerAst>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HostAst {
     pub tools: Option<S<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContainerAst {
+    pub image: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,14 +222,6 @@ fn options(duplicate_keys: DuplicateKeyPolicy) -> serde_saphyr::Options {
         duplicate_keys: duplicate_keys,
         with_snippet: false,
         reject_unsupported_tags: true,
-    }
-}
-
-/// Fields the manifests do not support yet, with what to say about them.
-fn not_yet(field: &str) -> Option<&'static str> {
-    match field {
-        "container" => Some("container runners are not supported yet; use `host`"),
-        _ => None,
     }
 }
 
@@ -283,10 +282,7 @@ fn yaml_error<T: DeserializeOwned>(db: &SourceDb, file: FileId, err: &YamlError)
                 .map(|f| format!("`{f}`"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let help = match not_yet(field) {
-                Some(why) => format!("{why}; expected one of {expected}"),
-                None => format!("expected one of {expected}"),
-            };
+            let help = format!("expected one of {expected}");
             ManifestError::UnknownField {
                 field: field.clone(),
                 src: db.shared_source(file),

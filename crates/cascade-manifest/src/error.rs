@@ -302,6 +302,20 @@ pub enum ManifestError {
         reason: &'static str,
     },
 
+    /// A recipe's `runner:` that cannot run its steps.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::runner))]
+    BadRunner {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
     /// A value of a recipe's `image:` that cannot make an image.
     #[error("{message}")]
     #[diagnostic(code(cascade::manifest::image))]

@@ -144,13 +144,22 @@ pub struct Component {
     /// The component whose image this one's is based on: built first, but not an input
     /// (its output does not enter this node's key).
     pub image_base: Option<usize>,
+    /// The component in whose image this one's steps run (`runner: { container: { image:
+    /// <component> } }`): built first, and its image's digest is this node's runner
+    /// identity, so it rebuilds this node exactly when that image changes.
+    pub runner_image: Option<usize>,
 }
 
 impl Component {
-    /// What must be done before this node starts: its inputs and its image's base.
+    /// What must be done before this node starts: its inputs, its image's base and the
+    /// image its steps run in.
     pub fn deps(&self) -> Vec<usize> {
         let mut d = self.inputs.clone();
-        d.extend(self.image_base.filter(|b| !self.inputs.contains(b)));
+        for extra in [self.image_base, self.runner_image].into_iter().flatten() {
+            if !d.contains(&extra) {
+                d.push(extra);
+            }
+        }
         d
     }
 }
@@ -192,8 +201,8 @@ pub struct Constraint {
 pub struct Recipe {
     /// Upstream component names, sorted.
     pub inputs: Vec<String>,
-    /// `runner: { host: { tools: [...] } }`, sorted.
-    pub tools: Vec<String>,
+    /// Where the steps run.
+    pub runner: RunnerDecl,
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     /// In order.
@@ -204,6 +213,35 @@ pub struct Recipe {
     pub image: Option<ImageDecl>,
     /// `tests:`, by name; not part of [`Recipe::canonical`].
     pub tests: Vec<SmokeTest>,
+}
+
+/// A recipe's `runner:`: where its steps run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunnerDecl {
+    /// `host: { tools: [...] }`, sorted: on this machine, with only these tools on PATH.
+    Host { tools: Vec<String> },
+    /// `container: { image: … }`: each step in a fresh container of this image, with the
+    /// network off and only the work directory writable.
+    Container { image: RunnerImage },
+}
+
+/// The image a container runner runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunnerImage {
+    /// The image another component of the graph builds (its `image:`).
+    Component(String),
+    /// `name@sha256:<hex>`: an image pinned by its manifest digest, in the store's image
+    /// layout or the local Docker Engine.
+    Pinned { name: String, digest: String },
+}
+
+impl fmt::Display for RunnerImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunnerImage::Component(c) => f.write_str(c),
+            RunnerImage::Pinned { name, digest } => write!(f, "{name}@{digest}"),
+        }
+    }
 }
 
 /// A recipe's `image:`: how its outputs become an OCI image. Not part of the recipe
@@ -387,19 +425,39 @@ const RECIPE_DOMAIN: &str = "cascade/recipe";
 const RECIPE_VERSION: u64 = 1;
 
 impl Recipe {
+    /// The host runner's tools; none for a container runner.
+    pub fn tools(&self) -> &[String] {
+        match &self.runner {
+            RunnerDecl::Host { tools } => tools,
+            RunnerDecl::Container { .. } => &[],
+        }
+    }
+
     /// Canonical encoding (cascade_core::Encoder, domain "cascade/recipe", version 1) of
     /// everything but the timeout, the image and the tests; its blake3 is the recipe
     /// digest. They are left out because they cannot change the steps' output: the
     /// image has its own identity ([`ImageDecl::canonical`]), tests only pass or fail.
+    /// A container runner's image is a last field, written only for container runners,
+    /// so the digest of every host recipe is what it was before containers existed.
     pub fn canonical(&self) -> Vec<u8> {
         let mut e = Encoder::new(RECIPE_DOMAIN, RECIPE_VERSION);
         e.strs(1, self.inputs.iter().map(String::as_str));
-        e.strs(2, self.tools.iter().map(String::as_str));
+        e.strs(2, self.tools().iter().map(String::as_str));
         e.map(3, &self.env);
         e.list(4, self.steps.iter(), |e, s| {
             e.str(0, &s.name).str(1, &s.run);
         });
         e.strs(5, self.outputs.iter().map(String::as_str));
+        if let RunnerDecl::Container { image } = &self.runner {
+            e.nested(6, |e| match image {
+                RunnerImage::Component(c) => {
+                    e.str(0, "component").str(1, c);
+                }
+                RunnerImage::Pinned { name, digest } => {
+                    e.str(0, "pinned").str(1, name).str(2, digest);
+                }
+            });
+        }
         e.finish()
     }
 
@@ -424,10 +482,28 @@ impl Recipe {
             s.end()?;
         }
         let outputs = d.strs(5)?;
+        let runner = if d.peek_tag() == Some(6) {
+            let mut c = d.nested(6)?;
+            let image = match c.str(0)? {
+                "component" => RunnerImage::Component(c.str(1)?.to_string()),
+                "pinned" => RunnerImage::Pinned {
+                    name: c.str(1)?.to_string(),
+                    digest: c.str(2)?.to_string(),
+                },
+                _ => return Err(DecodeError::Malformed(6)),
+            };
+            c.end()?;
+            if !tools.is_empty() {
+                return Err(DecodeError::Malformed(2));
+            }
+            RunnerDecl::Container { image }
+        } else {
+            RunnerDecl::Host { tools }
+        };
         d.end()?;
         Ok(Recipe {
             inputs,
-            tools,
+            runner,
             env,
             timeout: None,
             steps,
@@ -438,7 +514,8 @@ impl Recipe {
     }
 
     /// What changed from `old` to `self`, field by field, in the order of the recipe
-    /// file: `inputs`, `runner.host.tools`, `env.NAME`, `steps[i].name|run`, `outputs`.
+    /// file: `inputs`, `runner.host.tools` (or `runner.container.image`, or `runner` when
+    /// it moved between host and container), `env.NAME`, `steps[i].name|run`, `outputs`.
     /// Only fields that are part of the digest are compared (not the timeout), so an
     /// empty list means the two digests are equal.
     pub fn diff(&self, old: &Recipe) -> Vec<FieldChange> {
@@ -447,8 +524,18 @@ impl Recipe {
         if self.inputs != old.inputs {
             push("inputs".into(), Change::Changed);
         }
-        if self.tools != old.tools {
-            push("runner.host.tools".into(), Change::Changed);
+        match (&self.runner, &old.runner) {
+            (RunnerDecl::Host { tools: a }, RunnerDecl::Host { tools: b }) if a != b => {
+                push("runner.host.tools".into(), Change::Changed)
+            }
+            (RunnerDecl::Container { image: a }, RunnerDecl::Container { image: b }) if a != b => {
+                push("runner.container.image".into(), Change::Changed)
+            }
+            (RunnerDecl::Host { .. }, RunnerDecl::Container { .. })
+            | (RunnerDecl::Container { .. }, RunnerDecl::Host { .. }) => {
+                push("runner".into(), Change::Changed)
+            }
+            _ => {}
         }
         for (name, value) in &self.env {
             match old.env.get(name) {
@@ -515,7 +602,9 @@ mod tests {
     fn recipe() -> Recipe {
         Recipe {
             inputs: vec!["a".into(), "b".into()],
-            tools: vec!["cc".into(), "sh".into()],
+            runner: RunnerDecl::Host {
+                tools: vec!["cc".into(), "sh".into()],
+            },
             env: [("OPT".to_string(), "-O2".to_string())].into(),
             timeout: Some(Duration::from_secs(30)),
             steps: vec![
@@ -534,6 +623,70 @@ mod tests {
         }
     }
 
+    fn host_tools(r: &mut Recipe) -> &mut Vec<String> {
+        match &mut r.runner {
+            RunnerDecl::Host { tools } => tools,
+            RunnerDecl::Container { .. } => panic!("a host recipe"),
+        }
+    }
+
+    fn container(image: RunnerImage) -> Recipe {
+        Recipe {
+            runner: RunnerDecl::Container { image },
+            ..recipe()
+        }
+    }
+
+    #[test]
+    fn container_runners_round_trip_and_change_the_digest() {
+        let pinned = RunnerImage::Pinned {
+            name: "debian".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+        };
+        let digests: Vec<Digest> = [
+            recipe(),
+            container(RunnerImage::Component("toolchain".into())),
+            container(RunnerImage::Component("other".into())),
+            container(pinned.clone()),
+        ]
+        .iter()
+        .map(|r| {
+            let back = Recipe::decode_canonical(&r.canonical()).unwrap();
+            assert_eq!(
+                back,
+                Recipe {
+                    timeout: None,
+                    ..r.clone()
+                }
+            );
+            r.digest()
+        })
+        .collect();
+        let unique: std::collections::BTreeSet<_> = digests.iter().collect();
+        assert_eq!(unique.len(), digests.len(), "{digests:?}");
+        // A truncation never decodes to the recipe (cut right before the runner's field,
+        // it is another, host, recipe: blobs are found by digest, so that cannot mix up).
+        let r = container(pinned);
+        let bytes = r.canonical();
+        for n in 0..bytes.len() {
+            let back = Recipe::decode_canonical(&bytes[..n]);
+            assert!(back.as_ref().map_or(true, |b| b.runner != r.runner), "{n}");
+        }
+    }
+
+    #[test]
+    fn diff_names_the_runner() {
+        let fields = |new: &Recipe, old: &Recipe| -> Vec<String> {
+            new.diff(old).iter().map(|c| c.field.clone()).collect()
+        };
+        let a = container(RunnerImage::Component("toolchain".into()));
+        let b = container(RunnerImage::Component("other".into()));
+        assert_eq!(fields(&a, &b), ["runner.container.image"]);
+        assert_eq!(fields(&a, &recipe()), ["runner"]);
+        assert_eq!(fields(&recipe(), &a), ["runner"]);
+        assert!(fields(&a, &a).is_empty());
+    }
+
     #[test]
     fn every_ingredient_changes_the_digest_but_the_timeout() {
         let base = recipe().digest();
@@ -541,7 +694,12 @@ mod tests {
         let changes: Vec<Change> = vec![
             ("input", |r| r.inputs[1] = "c".into()),
             ("no input", |r| r.inputs.clear()),
-            ("tool", |r| r.tools.push("ar".into())),
+            ("tool", |r| host_tools(r).push("ar".into())),
+            ("container runner", |r| {
+                r.runner = RunnerDecl::Container {
+                    image: RunnerImage::Component("toolchain".into()),
+                }
+            }),
             ("env value", |r| {
                 r.env.insert("OPT".into(), "-O3".into());
             }),
@@ -651,7 +809,7 @@ mod tests {
         });
         r.steps[0].name = "compile".into();
         r.outputs.push("lib".into());
-        r.tools.push("ar".into());
+        host_tools(&mut r).push("ar".into());
         r.env.insert("OPT".into(), "-O3".into());
         assert_eq!(
             fields(&r),
@@ -670,10 +828,12 @@ mod tests {
         // The same strings in different fields give different digests.
         let mut a = recipe();
         a.inputs = vec!["x".into()];
-        a.tools = vec![];
+        a.runner = RunnerDecl::Host { tools: vec![] };
         let mut b = recipe();
         b.inputs = vec![];
-        b.tools = vec!["x".into()];
+        b.runner = RunnerDecl::Host {
+            tools: vec!["x".into()],
+        };
         assert_ne!(a.digest(), b.digest());
     }
 }

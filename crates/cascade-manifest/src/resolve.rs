@@ -2,6 +2,7 @@
 
 mod deploy;
 mod image;
+mod runner;
 
 pub use image::DEFAULT_TEST_TIMEOUT;
 
@@ -13,8 +14,7 @@ use cascade_core::{FileId, Span};
 use miette::NamedSource;
 
 use crate::ast::{
-    parse, CompatibilityAst, DeployAst, EnvironmentAst, HostAst, RecipeAst, RunnerAst, SourceAst,
-    StepAst, S,
+    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, SourceAst, StepAst, S,
 };
 use crate::error::{Diagnostics, ManifestError};
 use crate::model::{
@@ -80,6 +80,14 @@ pub fn recipe_alone(db: &SourceDb, file: FileId, component: &str) -> Option<Reci
         .collect();
     if let Some(base) = ast.image.as_ref().and_then(|i| i.value.base.as_ref()) {
         names.insert(base.value.clone());
+    }
+    if let Some(image) = ast
+        .runner
+        .as_ref()
+        .and_then(|r| r.value.container.as_ref())
+        .and_then(|c| c.value.image.as_ref())
+    {
+        names.insert(image.value.clone());
     }
     names.insert(component.to_string());
     let names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
@@ -157,6 +165,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     };
 
     r.image_bases(&mut nodes, &names, &env.name);
+    r.runner_images(&mut nodes, &names, &env.name);
     let order = r.order(&nodes);
     let deploy = match env.deploy.take() {
         Some(d) => r.deploy(files.environment, d, &env.name, &nodes),
@@ -186,6 +195,10 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             .image_base
             .as_ref()
             .and_then(|(b, _)| index.get(b.as_str()).copied());
+        let runner_image = node
+            .runner_image
+            .as_ref()
+            .and_then(|(b, _)| index.get(b.as_str()).copied());
         components.push(Component {
             name: name.to_string(),
             source: (*spec).clone(),
@@ -193,6 +206,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             recipe_file: node.file,
             inputs,
             image_base,
+            runner_image,
         });
     }
     Ok(Graph {
@@ -246,10 +260,13 @@ struct Node {
     file: FileId,
     recipe: Option<Recipe>,
     /// Inputs that are components of the environment, each once, with where they are
-    /// written, and the component its image is based on: the graph's edges.
+    /// written, the component its image is based on and the one whose image its steps
+    /// run in: the graph's edges.
     edges: Vec<(String, Span)>,
     /// `image.base` when it names a component, with where.
     image_base: Option<(String, Span)>,
+    /// `runner.container.image` when it names a component, with where.
+    runner_image: Option<(String, Span)>,
 }
 
 impl Node {
@@ -259,6 +276,7 @@ impl Node {
             recipe: None,
             edges: Vec::new(),
             image_base: None,
+            runner_image: None,
         }
     }
 }
@@ -647,7 +665,7 @@ impl Resolver<'_> {
         let before = self.diags.len();
         let list = ast.inputs.map(|l| l.value).unwrap_or_default();
         let (inputs, edges) = self.inputs(file, comp, list, names, env_name);
-        let tools = self.runner(file, comp, ast.runner);
+        let (runner, runner_image) = self.runner(file, comp, ast.runner);
         let entries = ast.env.map(|e| e.value.0).unwrap_or_default();
         let env = self.env(file, &format!("the env of `{comp}`"), entries, true);
         let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
@@ -669,7 +687,7 @@ impl Resolver<'_> {
         };
         let recipe = (self.diags.len() == before).then_some(Recipe {
             inputs,
-            tools,
+            runner,
             env,
             timeout,
             steps,
@@ -682,6 +700,7 @@ impl Resolver<'_> {
             recipe,
             edges,
             image_base,
+            runner_image,
         }
     }
 
@@ -738,22 +757,6 @@ impl Resolver<'_> {
         }
         inputs.sort();
         (inputs, edges)
-    }
-
-    /// `runner: { host: { tools: [...] } }`: the tools, sorted.
-    fn runner(&mut self, file: FileId, comp: &str, runner: Option<S<RunnerAst>>) -> Vec<String> {
-        let Some(runner) = runner else {
-            self.missing("runner", &format!("recipe `{comp}`"), file_start(file));
-            return Vec::new();
-        };
-        let span = self.span(file, &runner);
-        let RunnerAst { host } = runner.value;
-        let Some(host) = host else {
-            self.missing("host", &format!("the runner of `{comp}`"), span);
-            return Vec::new();
-        };
-        let HostAst { tools } = host.value;
-        self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default())
     }
 
     /// An env map (`what` names it in messages). `reserved`: the names cascade gives a
@@ -895,7 +898,7 @@ impl Resolver<'_> {
         outputs
     }
 
-    fn tools(&mut self, file: FileId, comp: &str, list: Vec<S<String>>) -> Vec<String> {
+    pub(super) fn tools(&mut self, file: FileId, comp: &str, list: Vec<S<String>>) -> Vec<String> {
         let mut tools = Vec::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
         for tool in list {

@@ -14,10 +14,11 @@ use cascade_exec::{HostRun, Outcome, ResolvedTool, Step, Tools};
 use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::{LockImage, LockNode, LockSource, Lockfile};
-use cascade_manifest::{Component, Rev};
+use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage};
 use cascade_store::{remove_tree, ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
+use crate::container::{read_only_entries, ContainerRun, Containers};
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
@@ -172,6 +173,8 @@ pub enum Event<'a> {
 pub(crate) struct Done {
     /// The inputs' output digests its key was computed from.
     pub inputs: BTreeMap<String, OutputDigest>,
+    /// The runner identity its key was computed from.
+    pub runner: RunnerIdentity,
     pub output: OutputDigest,
     pub key: NodeKey,
     pub artifacts: BTreeMap<String, Digest>,
@@ -208,8 +211,12 @@ impl Node<'_> {
 pub(crate) struct Node<'a> {
     pub component: &'a Component,
     pub pinned: &'a Pinned,
+    /// The host runner's tools; none for a container runner.
     pub tools: Vec<ResolvedTool>,
-    pub runner: RunnerIdentity,
+    /// The runner identity, when it is known before anything is built: the host's
+    /// tools, or a pinned image. `None` when the steps run in the image of a component
+    /// of the graph ([`Node::runner_given`]).
+    pub runner: Option<RunnerIdentity>,
     pub recipe: Digest,
     /// Where its image is tagged, when it has one: from the environment's `registry:`
     /// and `tag:`, or as a replayed lockfile recorded it.
@@ -217,8 +224,28 @@ pub(crate) struct Node<'a> {
 }
 
 impl Node<'_> {
-    /// The ingredients of this node's key, given its inputs' output digests.
-    pub fn ingredients(&self, inputs: &BTreeMap<String, OutputDigest>) -> KeyIngredients {
+    /// The runner identity, given the manifest digests of the images built so far (by
+    /// node index): for a container of a component's image, that image's digest.
+    pub fn runner_given(
+        &self,
+        image_of: impl Fn(usize) -> Option<OciDigest>,
+    ) -> Option<RunnerIdentity> {
+        if let Some(r) = &self.runner {
+            return Some(r.clone());
+        }
+        let image = image_of(self.component.runner_image?)?;
+        Some(RunnerIdentity::Container {
+            image: image.to_string(),
+        })
+    }
+
+    /// The ingredients of this node's key, given its inputs' output digests and its
+    /// runner.
+    pub fn ingredients(
+        &self,
+        inputs: &BTreeMap<String, OutputDigest>,
+        runner: &RunnerIdentity,
+    ) -> KeyIngredients {
         let c = self.component;
         let s = &self.pinned.source;
         KeyIngredients {
@@ -233,7 +260,7 @@ impl Node<'_> {
                 commit_time: s.commit_time,
             },
             inputs: inputs.clone(),
-            runner: self.runner.clone(),
+            runner: runner.clone(),
             env: c.recipe.env.clone(),
         }
     }
@@ -273,6 +300,7 @@ pub fn build(
         }
     }
     let layout = open_layout(&store, &project.graph.components)?;
+    let containers = Containers::for_graph(&project.graph.components, layout.as_ref())?;
     // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
     let remote_opts = RemoteOptions {
         url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),
@@ -285,6 +313,7 @@ pub fn build(
         components: &project.graph.components,
         nodes: &nodes,
         layout: layout.as_ref(),
+        containers: containers.as_ref(),
         env_name: &opts.env,
         jobs: opts.jobs,
         keep_going: opts.keep_going,
@@ -324,13 +353,15 @@ pub(crate) fn any_tests(components: &[Component]) -> bool {
     components.iter().any(|c| !c.recipe.tests.is_empty())
 }
 
-/// The store's image layout, opened only when an image is declared, so a build without
-/// images leaves no trace.
+/// The store's image layout, opened only when an image is declared or a step runs in a
+/// container, so a build without images leaves no trace.
 pub(crate) fn open_layout(
     store: &Store,
     components: &[Component],
 ) -> Result<Option<OciLayout>, Error> {
-    if components.iter().any(|c| c.recipe.image.is_some()) {
+    if components.iter().any(|c| {
+        c.recipe.image.is_some() || matches!(c.recipe.runner, RunnerDecl::Container { .. })
+    }) {
         Ok(Some(
             OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?,
         ))
@@ -346,6 +377,8 @@ pub(crate) struct Run<'a> {
     pub components: &'a [Component],
     pub nodes: &'a [Node<'a>],
     pub layout: Option<&'a OciLayout>,
+    /// The engine, when a step runs in a container.
+    pub containers: Option<&'a Containers>,
     pub env_name: &'a str,
     pub jobs: usize,
     pub keep_going: bool,
@@ -419,17 +452,27 @@ pub(crate) fn run_graph(
             .and_then(|d| d.image.as_ref())
             .map(|i| i.digest);
         let mut remote_hit = false;
-        let result = run_node(
-            run.store,
-            run.git,
-            run.remote,
-            node,
-            run.env_name,
-            &inputs,
-            &mut warnings,
-            &mut remote_hit,
-        )
-        .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
+        let image_of = |j: usize| {
+            done[j]
+                .get()
+                .and_then(|d| d.image.as_ref())
+                .map(|i| i.digest)
+        };
+        let result = node
+            .runner_given(image_of)
+            .ok_or_else(|| {
+                let image = node.component.runner_image.map(|j| &components[j].name);
+                fail(
+                    FailureCause::Environment,
+                    format!(
+                        "the image of `{}`, which the steps run in, was not built",
+                        image.map_or("?", |n| n.as_str())
+                    ),
+                    None,
+                )
+            })
+            .and_then(|runner| run_node(run, node, &inputs, runner, &mut warnings, &mut remote_hit))
+            .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
         let (status, key, output, image) = match result {
             Ok((d, built)) => {
                 let (k, o, img) = (d.key, d.output, d.image.clone());
@@ -515,28 +558,45 @@ pub(crate) fn prepare<'a>(
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
     for (c, p) in components.iter().zip(pinned) {
-        // Steps run under `sh`, so it is always part of the runner.
-        let mut names: Vec<&str> = c.recipe.tools.iter().map(String::as_str).collect();
-        if !names.contains(&"sh") {
-            names.push("sh");
-        }
-        names.sort_unstable();
-        names.dedup();
-        let mut resolved = Vec::new();
-        for n in names {
-            match tools.resolve(n) {
-                Ok(t) => resolved.push(t),
-                Err(e) => problems.push(Box::new(ToolProblem {
-                    component: c.name.clone(),
-                    source: e,
-                })),
+        let (resolved, runner) = match &c.recipe.runner {
+            RunnerDecl::Container {
+                image: RunnerImage::Pinned { digest, .. },
+            } => (
+                Vec::new(),
+                Some(RunnerIdentity::Container {
+                    image: digest.clone(),
+                }),
+            ),
+            // Known once that component's image is built.
+            RunnerDecl::Container {
+                image: RunnerImage::Component(_),
+            } => (Vec::new(), None),
+            RunnerDecl::Host { tools: declared } => {
+                // Steps run under `sh`, so it is always part of the runner.
+                let mut names: Vec<&str> = declared.iter().map(String::as_str).collect();
+                if !names.contains(&"sh") {
+                    names.push("sh");
+                }
+                names.sort_unstable();
+                names.dedup();
+                let mut resolved = Vec::new();
+                for n in names {
+                    match tools.resolve(n) {
+                        Ok(t) => resolved.push(t),
+                        Err(e) => problems.push(Box::new(ToolProblem {
+                            component: c.name.clone(),
+                            source: e,
+                        })),
+                    }
+                }
+                let runner = RunnerIdentity::Host {
+                    tools: resolved
+                        .iter()
+                        .map(|t| (t.name.clone(), t.digest))
+                        .collect(),
+                };
+                (resolved, Some(runner))
             }
-        }
-        let runner = RunnerIdentity::Host {
-            tools: resolved
-                .iter()
-                .map(|t| (t.name.clone(), t.digest))
-                .collect(),
         };
         let recipe = c.recipe.digest();
         nodes.push(Node {
@@ -623,24 +683,23 @@ fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
 
 /// Keys one node and either finds it in the action cache or builds it. Returns
 /// whether it was built.
-#[allow(clippy::too_many_arguments)]
 fn run_node(
-    store: &Store,
-    git: &Git,
-    remote: Option<&RemoteCache>,
+    run: &Run<'_>,
     node: &Node<'_>,
-    env_name: &str,
     inputs: &BTreeMap<String, OutputDigest>,
+    runner: RunnerIdentity,
     warnings: &mut Vec<String>,
     remote_hit: &mut bool,
 ) -> Result<(Done, bool), Failure> {
+    let (store, remote) = (run.store, run.remote);
     let c = node.component;
-    let ingredients = node.ingredients(inputs);
+    let ingredients = node.ingredients(inputs, &runner);
     let key = store
         .put_key_manifest(&ingredients.encode())
         .map_err(|e| fail(FailureCause::Environment, e, None))?;
     let done = |output, artifacts| Done {
         inputs: inputs.clone(),
+        runner: runner.clone(),
         output,
         key,
         artifacts,
@@ -684,23 +743,21 @@ fn run_node(
     let tmp = store
         .temp_dir()
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    let result = execute(store, git, remote, node, env_name, inputs, key, tmp.path());
+    let result = execute(run, node, inputs, &runner, key, tmp.path());
     let _ = remove_tree(tmp.path());
     let outputs = result?;
     Ok((done(outputs.digest, outputs.artifacts), true))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn execute(
-    store: &Store,
-    git: &Git,
-    remote: Option<&RemoteCache>,
+    run: &Run<'_>,
     node: &Node<'_>,
-    env_name: &str,
     inputs: &BTreeMap<String, OutputDigest>,
+    runner: &RunnerIdentity,
     key: NodeKey,
     tmp: &Path,
 ) -> Result<cascade_store::Outputs, Failure> {
+    let (store, git, remote, env_name) = (run.store, run.git, run.remote, run.env_name);
     let c = node.component;
     let k = Some(key);
     let work = tmp.join("work");
@@ -745,6 +802,19 @@ fn execute(
             e => fail(FailureCause::Environment, format!("could not materialize input `{name}`: {e}"), k),
         })?;
     }
+    if !inputs.is_empty() {
+        // 0755 whatever the umask (the source's directories are exported so too): a
+        // container's user reaches the inputs through it.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = work.join("inputs");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| {
+            fail(
+                FailureCause::Environment,
+                format!("could not open `inputs/` to the steps: {e}"),
+                k,
+            )
+        })?;
+    }
     let steps: Vec<Step> = c
         .recipe
         .steps
@@ -755,19 +825,68 @@ fn execute(
         })
         .collect();
     let env = step_env(node);
-    let run = HostRun {
-        work: &work,
-        tools_dir: &tools_dir,
-        temp: &temp,
-        tools: &node.tools,
-        env: &env,
-        steps: &steps,
-        timeout: c.recipe.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        log: &log,
-    }
-    .run();
+    let timeout = c.recipe.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let ran = match runner {
+        RunnerIdentity::Host { .. } => HostRun {
+            work: &work,
+            tools_dir: &tools_dir,
+            temp: &temp,
+            tools: &node.tools,
+            env: &env,
+            steps: &steps,
+            timeout,
+            log: &log,
+        }
+        .run(),
+        RunnerIdentity::Container { image } => {
+            let containers = run.containers.ok_or_else(|| {
+                fail(
+                    FailureCause::Environment,
+                    "no Docker Engine was connected",
+                    k,
+                )
+            })?;
+            let image: OciDigest = image
+                .parse()
+                .map_err(|e| fail(FailureCause::Environment, format!("runner image: {e}"), k))?;
+            // Mounted read-only: everything in the work directory so far, the source as
+            // exported and `inputs/`.
+            let read_only = read_only_entries(&work).map_err(|e| {
+                fail(
+                    FailureCause::Environment,
+                    format!("could not list the work directory: {e}"),
+                    k,
+                )
+            })?;
+            let reference = match &c.recipe.runner {
+                RunnerDecl::Container {
+                    image: RunnerImage::Pinned { name, .. },
+                } => format!("{name}:cascade-{}", &image.hex()[..12]),
+                // The image as the component that makes it tags it.
+                _ => c
+                    .runner_image
+                    .and_then(|j| run.nodes[j].reference.clone())
+                    .unwrap_or_else(|| format!("cascade-runner:{}", &image.hex()[..12])),
+            };
+            containers.run(
+                store,
+                run.layout,
+                &ContainerRun {
+                    component: c,
+                    image,
+                    reference,
+                    work: &work,
+                    read_only,
+                    env: &env,
+                    steps: &steps,
+                    timeout,
+                    log: &log,
+                },
+            )
+        }
+    };
     let log_bytes = fs::read(&log).unwrap_or_default();
-    if let Err(e) = run {
+    if let Err(e) = ran {
         let log_name = format!("{env_name}-{}-{}", c.name, key.short(12));
         let log_path = store.keep_log(&log_name, &log_bytes).ok();
         let text = String::from_utf8_lossy(&log_bytes);
@@ -777,7 +896,9 @@ fn execute(
             .map(|l| l.to_string())
             .collect();
         let cause = match e {
-            cascade_exec::RunError::Setup { .. } => FailureCause::Environment,
+            cascade_exec::RunError::Setup { .. } | cascade_exec::RunError::Interrupted => {
+                FailureCause::Environment
+            }
             _ => FailureCause::Step,
         };
         return Err(Failure {
@@ -911,7 +1032,7 @@ pub(crate) fn lockfile(
                     version: s.version.to_string(),
                 },
                 recipe: node.recipe,
-                runner: node.runner.digest(),
+                runner: d.runner.digest(),
                 inputs: d.inputs.clone(),
                 key: d.key,
                 output: d.output,

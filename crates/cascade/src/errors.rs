@@ -101,6 +101,17 @@ pub enum Error {
         source: cascade_docker::DockerError,
     },
 
+    #[error("recipe `{component}` runs its steps in a container, and no Docker Engine answers")]
+    #[diagnostic(
+        code(cascade::docker::containers),
+        help("start one (`.ci/services/docker.sh` installs and starts Debian's docker.io), or point DOCKER_HOST at one")
+    )]
+    ContainerEngine {
+        component: String,
+        #[source]
+        source: cascade_docker::DockerError,
+    },
+
     #[error("could not load `{reference}` into Docker: {message}")]
     #[diagnostic(code(cascade::docker_load))]
     Load { reference: String, message: String },
@@ -314,6 +325,7 @@ impl Error {
             | Error::WriteManifest { .. }
             | Error::Image(_)
             | Error::Docker { .. }
+            | Error::ContainerEngine { .. }
             | Error::Load { .. }
             | Error::Push { .. }
             | Error::ReproducibilityRisk { .. }

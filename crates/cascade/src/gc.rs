@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cascade_core::{BlobDigest, EntryKind, TreeDigest};
 use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::Lockfile;
-use cascade_manifest::{ImageBase, ImageDecl};
+use cascade_manifest::{ImageBase, ImageDecl, Recipe, RunnerDecl, RunnerImage};
 use cascade_store::{GcReport, Keep, Store};
 
 use crate::{all_lockfiles, read_lockfile, Error};
@@ -82,11 +82,25 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
 }
 
 /// Marks everything one lockfile needs: key manifests and action results, recipes,
-/// image declarations, logs, output trees and their blobs, images and their bases.
+/// image declarations, logs, output trees and their blobs, images and their bases, and
+/// the pinned images steps run in.
 fn reach(store: &Store, layout: &OciLayout, lock: &Lockfile, keep: &mut Keep) {
     for node in lock.nodes.values() {
         keep.keys.insert(node.key.0);
         keep.blobs.insert(node.recipe);
+        // A pinned runner image in the store runs the steps again (`--check`).
+        let recipe = store
+            .get_blob(&BlobDigest(node.recipe))
+            .ok()
+            .and_then(|b| Recipe::decode_canonical(&b).ok());
+        if let Some(RunnerDecl::Container {
+            image: RunnerImage::Pinned { digest, .. },
+        }) = recipe.map(|r| r.runner)
+        {
+            if let Ok(d) = digest.parse::<OciDigest>() {
+                reach_image(layout, &d, keep);
+            }
+        }
         if let Ok(Some(action)) = store.get_action(&node.key) {
             keep.blobs.insert(action.log.0);
         }

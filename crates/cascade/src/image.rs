@@ -192,20 +192,22 @@ fn image_key(
     Digest::of(e.as_bytes())
 }
 
-/// The node's image: found by image key, or assembled from its output. `base` is the
-/// manifest digest of the base component's image, when the base is a component.
-pub(crate) fn build_image(
-    store: &Store,
+/// What an image is before it is made: its base, annotations, epoch, platform and key.
+struct ImagePlan {
+    base: Option<OciDigest>,
+    annotations: BTreeMap<String, String>,
+    epoch: i64,
+    platform: Platform,
+    key: Digest,
+}
+
+fn plan_image(
     layout: &OciLayout,
     node: &Node<'_>,
     decl: &ImageDecl,
     output: &OutputDigest,
     base: Option<&OciDigest>,
-) -> Result<ImageRef, ImageFailure> {
-    let reference = node
-        .reference
-        .clone()
-        .unwrap_or_else(|| format!("{}:latest", node.component.name));
+) -> Result<ImagePlan, ImageFailure> {
     let base = match &decl.base {
         ImageBase::Scratch => None,
         ImageBase::Component(name) => Some(*base.ok_or_else(|| {
@@ -228,15 +230,52 @@ pub(crate) fn build_image(
     let epoch = node.pinned.source.commit_time.max(0);
     let platform = platform();
     let key = image_key(decl, output, base.as_ref(), &annotations, epoch, &platform);
-    if let Ok(Some(recorded)) = store.get_image(&key) {
-        if let Ok(d) = recorded.parse::<OciDigest>() {
-            if layout.image_blobs(&d).is_ok() {
-                return Ok(ImageRef {
-                    reference,
-                    digest: d,
-                });
-            }
-        }
+    Ok(ImagePlan {
+        base,
+        annotations,
+        epoch,
+        platform,
+        key,
+    })
+}
+
+/// The manifest digest the image cache records for this image key, when the image is
+/// complete in the layout.
+fn recorded(store: &Store, layout: &OciLayout, key: &Digest) -> Option<OciDigest> {
+    let d = store.get_image(key).ok()??.parse::<OciDigest>().ok()?;
+    layout.image_blobs(&d).is_ok().then_some(d)
+}
+
+/// The node's image if the store has it already (for `plan`, which makes nothing).
+pub(crate) fn cached_image(
+    store: &Store,
+    layout: &OciLayout,
+    node: &Node<'_>,
+    decl: &ImageDecl,
+    output: &OutputDigest,
+    base: Option<&OciDigest>,
+) -> Option<OciDigest> {
+    let plan = plan_image(layout, node, decl, output, base).ok()?;
+    recorded(store, layout, &plan.key)
+}
+
+/// The node's image: found by image key, or assembled from its output. `base` is the
+/// manifest digest of the base component's image, when the base is a component.
+pub(crate) fn build_image(
+    store: &Store,
+    layout: &OciLayout,
+    node: &Node<'_>,
+    decl: &ImageDecl,
+    output: &OutputDigest,
+    base: Option<&OciDigest>,
+) -> Result<ImageRef, ImageFailure> {
+    let reference = node
+        .reference
+        .clone()
+        .unwrap_or_else(|| format!("{}:latest", node.component.name));
+    let plan = plan_image(layout, node, decl, output, base)?;
+    if let Some(digest) = recorded(store, layout, &plan.key) {
+        return Ok(ImageRef { reference, digest });
     }
 
     // The layers are made from the output as materialized (every blob verified on the
@@ -247,15 +286,15 @@ pub(crate) fn build_image(
         layout,
         decl,
         output,
-        base,
-        annotations,
-        epoch,
-        platform,
+        plan.base,
+        plan.annotations,
+        plan.epoch,
+        plan.platform,
         tmp.path(),
     );
     let _ = remove_tree(tmp.path());
     let built = result?;
-    store.put_image(&key, &built.to_string())?;
+    store.put_image(&plan.key, &built.to_string())?;
     Ok(ImageRef {
         reference,
         digest: built,

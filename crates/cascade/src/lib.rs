@@ -6,6 +6,7 @@
 mod build;
 mod cache;
 mod check;
+mod container;
 mod deploy;
 mod diff;
 mod errors;

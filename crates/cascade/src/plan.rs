@@ -23,11 +23,13 @@ use std::sync::OnceLock;
 use cascade_core::{BlobDigest, Digest, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity};
 use cascade_exec::Tools;
 use cascade_git::Git;
+use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::{LockNode, LockSource, Lockfile};
 use cascade_manifest::{Change, Recipe, Rev};
 use cascade_store::Store;
 
 use crate::build::{prepare, Node};
+use crate::image::cached_image;
 use crate::lockfiles::{newest_lockfile, read_lockfile};
 use crate::short::{short_digest as short, short_sha};
 use crate::{load, pin_all, Error};
@@ -95,7 +97,12 @@ pub struct PlanNode {
     pub baseline_key: Option<NodeKey>,
     /// The output a `cached` node reuses.
     pub output: Option<OutputDigest>,
-    /// For `pending`: the inputs that must be rebuilt first.
+    /// The manifest digest of a `cached` node's image, when it declares one and the
+    /// store has it (what nodes that run their steps in it are keyed by).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<OciDigest>,
+    /// For `pending`: the inputs (and the image the steps run in) that must be rebuilt
+    /// first.
     pub waits_for: Vec<String>,
     /// For `pending`: true when nothing but those inputs differs from the baseline and
     /// the baseline's result is in the store, so an upstream rebuilt to identical
@@ -123,9 +130,17 @@ impl Reason {
         }
     }
 
-    /// Whether this reason is about the node itself rather than one of its inputs.
+    /// Whether this reason is about the node itself rather than one of its inputs (or
+    /// the component whose image its steps run in).
     pub fn is_own(&self) -> bool {
-        !matches!(self.kind, ReasonKind::Input { .. })
+        !matches!(
+            self.kind,
+            ReasonKind::Input { .. }
+                | ReasonKind::RunnerImage {
+                    component: Some(_),
+                    ..
+                }
+        )
     }
 }
 
@@ -167,6 +182,16 @@ pub enum ReasonKind {
     },
     /// The runner's identity, when the old key manifest is gone (no per-tool detail).
     Runner { from: Digest, to: Digest },
+    /// The image the steps run in (a container runner): its manifest digest, `None` on
+    /// the host side of a move between host and container. `to` is absent while
+    /// `component`, which makes the image, must be rebuilt first (`pending`).
+    RunnerImage {
+        from: Option<String>,
+        to: Option<String>,
+        /// The component of the graph whose image it is.
+        component: Option<String>,
+        pending: bool,
+    },
     /// No earlier key for this node: not in the baseline.
     NeverBuilt,
     /// Same key as the baseline, but its result is not in the store (cleared or
@@ -324,6 +349,21 @@ impl fmt::Display for ReasonKind {
             ReasonKind::Runner { from, to } => {
                 write!(f, "runner: {} → {}", short(from), short(to))
             }
+            ReasonKind::RunnerImage {
+                pending: true,
+                component,
+                ..
+            } => write!(
+                f,
+                "runner: image pending ({} must be rebuilt first)",
+                component.as_deref().unwrap_or("its image")
+            ),
+            ReasonKind::RunnerImage { from, to, .. } => match (from, to) {
+                (Some(a), Some(b)) => write!(f, "runner: image {} → {}", short(a), short(b)),
+                (None, Some(b)) => write!(f, "runner: host → image {}", short(b)),
+                (Some(a), None) => write!(f, "runner: image {} → host", short(a)),
+                (None, None) => f.write_str("runner: host → host"),
+            },
             ReasonKind::NeverBuilt => f.write_str("never built"),
             ReasonKind::NotInStore => f.write_str(
                 "not in the store (same key as the baseline: the store was cleared or collected)",
@@ -387,10 +427,18 @@ fn walk(
     let deps: Vec<Vec<usize>> = graph.components.iter().map(|c| c.deps()).collect();
     let planned: Vec<OnceLock<PlanNode>> = (0..nodes.len()).map(|_| OnceLock::new()).collect();
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Read-only: a plan creates no image layout.
+    let layout = store
+        .oci_dir()
+        .join("oci-layout")
+        .exists()
+        .then(|| OciLayout::open_or_create(store.oci_dir()).ok())
+        .flatten();
     let ctx = Ctx {
         store,
         git,
         lock: lock.as_ref(),
+        layout: layout.as_ref(),
     };
     cascade_exec::schedule(&deps, jobs, true, |i| {
         let node = plan_node(&ctx, &nodes[i], &planned, graph);
@@ -418,6 +466,7 @@ struct Ctx<'a> {
     store: &'a Store,
     git: &'a Git,
     lock: Option<&'a Lockfile>,
+    layout: Option<&'a OciLayout>,
 }
 
 fn plan_node(
@@ -438,12 +487,33 @@ fn plan_node(
             _ => waits_for.push(name.clone()),
         }
     }
+    // A container of a component's image: keyed by that image once it is known.
+    let image_of = |j: usize| planned[j].get().and_then(|p| p.image);
+    let runner = node.runner_given(image_of);
+    let runner_component = c.runner_image.map(|j| graph.components[j].name.as_str());
+    let inputs_pending = waits_for.clone();
+    if let Some(r) =
+        runner_component.filter(|r| runner.is_none() && !waits_for.iter().any(|w| w == r))
+    {
+        waits_for.push(r.to_string());
+    }
     waits_for.sort();
     let base = ctx.lock.and_then(|l| l.nodes.get(&c.name));
-    let key = waits_for.is_empty().then(|| node.ingredients(&known).key());
+    let key = match &runner {
+        Some(r) if waits_for.is_empty() => Some(node.ingredients(&known, r).key()),
+        _ => None,
+    };
     // Unchanged since the baseline: nothing to compare (the common case, kept cheap).
     let mut reasons = match base {
-        Some(b) if key != Some(b.key) => changes(node, b, &known, &waits_for, ctx),
+        Some(b) if key != Some(b.key) => changes(
+            node,
+            b,
+            &known,
+            &inputs_pending,
+            runner.as_ref(),
+            runner_component,
+            ctx,
+        ),
         _ => Vec::new(),
     };
     let (state, output, early_cutoff) = match key {
@@ -470,7 +540,7 @@ fn plan_node(
                     ReasonKind::Input {
                         change: InputChange::Pending,
                         ..
-                    }
+                    } | ReasonKind::RunnerImage { pending: true, .. }
                 )
             });
             let cutoff = only_pending
@@ -485,6 +555,15 @@ fn plan_node(
         .map(|&j| graph.components[j].name.clone())
         .collect();
     inputs.sort();
+    // The image of a cached node, as the image cache has it (what a node running its
+    // steps in it is keyed by).
+    let base_image = c.image_base.and_then(image_of);
+    let image = match (&c.recipe.image, output, ctx.layout) {
+        (Some(decl), Some(o), Some(layout)) => {
+            cached_image(ctx.store, layout, node, decl, &o, base_image.as_ref())
+        }
+        _ => None,
+    };
     PlanNode {
         name: c.name.clone(),
         state,
@@ -498,6 +577,7 @@ fn plan_node(
         key,
         baseline_key: base.map(|b| b.key),
         output,
+        image,
         waits_for,
         early_cutoff,
         reasons,
@@ -540,12 +620,15 @@ fn baseline(opts: &PlanOptions) -> Result<Baseline, Error> {
 }
 
 /// Every difference between a node as it is now and its baseline, in this order:
-/// source, recipe, runner, inputs.
+/// source, recipe, runner, inputs. `runner_component` is the component whose image the
+/// steps run in, if any; `runner` is `None` while it must be rebuilt first.
 fn changes(
     node: &Node<'_>,
     base: &LockNode,
     known: &BTreeMap<String, OutputDigest>,
     pending: &[String],
+    runner: Option<&RunnerIdentity>,
+    runner_component: Option<&str>,
     ctx: &Ctx<'_>,
 ) -> Vec<Reason> {
     let c = node.component;
@@ -605,19 +688,27 @@ fn changes(
         }
     }
 
-    if base.runner != node.runner.digest() {
-        // The old runner's tools, from the old key manifest (the lockfile's `key:` is
-        // its address in the store).
+    if runner.is_none_or(|r| base.runner != r.digest()) {
+        // The old runner's tools or image, from the old key manifest (the lockfile's
+        // `key:` is its address in the store).
         let old = ctx
             .store
             .get_key_manifest(&base.key)
             .ok()
             .and_then(|b| KeyIngredients::decode(&b).ok());
-        match old {
-            Some(old) => out.extend(tool_changes(&old.runner, &node.runner)),
-            None => out.push(Reason::new(ReasonKind::Runner {
+        match (old, runner) {
+            (old, None) => out.push(Reason::new(ReasonKind::RunnerImage {
+                from: old.and_then(|o| runner_image(&o.runner)),
+                to: None,
+                component: runner_component.map(str::to_string),
+                pending: true,
+            })),
+            (Some(old), Some(now)) => {
+                out.extend(runner_changes(&old.runner, now, runner_component))
+            }
+            (None, Some(now)) => out.push(Reason::new(ReasonKind::Runner {
                 from: base.runner,
-                to: node.runner.digest(),
+                to: now.digest(),
             })),
         }
     }
@@ -660,8 +751,39 @@ fn input(
     })
 }
 
-fn tool_changes(old: &RunnerIdentity, new: &RunnerIdentity) -> Vec<Reason> {
-    let (RunnerIdentity::Host { tools: old }, RunnerIdentity::Host { tools: new }) = (old, new);
+/// A container runner's image digest.
+fn runner_image(r: &RunnerIdentity) -> Option<String> {
+    match r {
+        RunnerIdentity::Container { image } => Some(image.clone()),
+        RunnerIdentity::Host { .. } => None,
+    }
+}
+
+/// How the runner changed: tool by tool on the host, by image in a container, or
+/// between the two.
+fn runner_changes(
+    old: &RunnerIdentity,
+    new: &RunnerIdentity,
+    component: Option<&str>,
+) -> Vec<Reason> {
+    match (old, new) {
+        (RunnerIdentity::Host { tools: old }, RunnerIdentity::Host { tools: new }) => {
+            tool_changes(old, new)
+        }
+        (old, new) if old == new => Vec::new(),
+        (old, new) => vec![Reason::new(ReasonKind::RunnerImage {
+            from: runner_image(old),
+            to: runner_image(new),
+            component: component.map(str::to_string),
+            pending: false,
+        })],
+    }
+}
+
+fn tool_changes(
+    old: &BTreeMap<String, BlobDigest>,
+    new: &BTreeMap<String, BlobDigest>,
+) -> Vec<Reason> {
     let mut out = Vec::new();
     let mut tool = |name: &str, change, from: Option<&BlobDigest>, to: Option<&BlobDigest>| {
         out.push(Reason::new(ReasonKind::Tool {
@@ -772,6 +894,9 @@ fn explain<'p>(
                 change: InputChange::Changed | InputChange::Pending | InputChange::Added,
                 ..
             } => index.get(input.as_str()),
+            ReasonKind::RunnerImage {
+                component: Some(c), ..
+            } => index.get(c.as_str()),
             _ => None,
         })
         .map(|n| explain(n, index, seen))

@@ -60,12 +60,25 @@ impl TestReport {
 /// The engine a build is using, so an interrupt can remove what it started.
 static ENGINE: Mutex<Option<Arc<Docker>>> = Mutex::new(None);
 
-/// Removes the containers and networks this process started (for SIGINT/SIGTERM).
+/// Removes the containers and networks this process started, and starts no more (for
+/// SIGINT/SIGTERM).
 pub fn cleanup_containers() {
     let engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(d) = engine {
-        let _ = d.cleanup_all_cascade_resources();
+        let _ = d.shut_down();
     }
+}
+
+/// The process's connection to Docker, made on first use and registered for
+/// [`cleanup_containers`]: smoke tests and container steps share it.
+pub(crate) fn engine() -> Result<Arc<Docker>, cascade_docker::DockerError> {
+    let mut engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = &*engine {
+        return Ok(d.clone());
+    }
+    let d = Arc::new(Docker::connect()?);
+    *engine = Some(d.clone());
+    Ok(d)
 }
 
 /// Connects to Docker when this build needs it: before anything is built, so a missing
@@ -81,12 +94,8 @@ pub(crate) fn engine_for(
     } else {
         return Ok(None);
     };
-    match Docker::connect() {
-        Ok(d) => {
-            let d = Arc::new(d);
-            *ENGINE.lock().unwrap_or_else(|e| e.into_inner()) = Some(d.clone());
-            Ok(Some(d))
-        }
+    match engine() {
+        Ok(d) => Ok(Some(d)),
         Err(source) => Err(Error::Docker {
             needed_by: why.to_string(),
             source,

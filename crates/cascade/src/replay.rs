@@ -19,7 +19,9 @@ use std::time::Instant;
 use cascade_core::{BlobDigest, FileId, KeyIngredients, Span};
 use cascade_git::{Git, GitError, RevSpec};
 use cascade_lock::{LockNode, Lockfile};
-use cascade_manifest::{Component, ImageBase, ImageDecl, Recipe, Rev, SourceSpec};
+use cascade_manifest::{
+    Component, ImageBase, ImageDecl, Recipe, Rev, RunnerDecl, RunnerImage, SourceSpec,
+};
 use cascade_store::Store;
 use miette::Diagnostic;
 
@@ -28,6 +30,7 @@ use crate::build::{
     BuildOptions, BuildReport, Event, Run,
 };
 use crate::check::{compare_outputs, Mismatch};
+use crate::container::Containers;
 use crate::errors::LockfileProblem;
 use crate::pin::locate;
 use crate::{publish, Error, Pinned, Problems};
@@ -146,12 +149,14 @@ pub(crate) fn replay(
     if let (Some(l), true) = (&layout, opts.replay.check) {
         copy_pinned_bases(&real, l, &components)?;
     }
+    let containers = Containers::for_graph(&components, layout.as_ref())?;
     let run = Run {
         store: &store,
         git: &git,
         components: &components,
         nodes: &nodes,
         layout: layout.as_ref(),
+        containers: containers.as_ref(),
         env_name: &lock.environment,
         jobs: opts.jobs,
         keep_going: opts.keep_going,
@@ -333,6 +338,12 @@ fn components(
             {
                 d.insert(b.clone());
             }
+            if let RunnerDecl::Container {
+                image: RunnerImage::Component(c),
+            } = &r.runner
+            {
+                d.insert(c.clone());
+            }
             (name.to_string(), d)
         })
         .collect();
@@ -370,6 +381,12 @@ fn components(
             }) => index.get(b.as_str()).copied(),
             _ => None,
         };
+        let runner_image = match &recipe.runner {
+            RunnerDecl::Container {
+                image: RunnerImage::Component(c),
+            } => index.get(c.as_str()).copied(),
+            _ => None,
+        };
         // The rev as recorded (a new lockfile says the same); `pin` below goes by the
         // recorded commit, not by this.
         let rev = match &ln.source.r#ref {
@@ -392,6 +409,7 @@ fn components(
             recipe_file: FileId(0),
             inputs,
             image_base,
+            runner_image,
         });
     }
     Ok(out)
@@ -489,7 +507,15 @@ fn verify_keys(
             .get_key_manifest(&ln.key)
             .ok()
             .and_then(|b| KeyIngredients::decode(&b).ok());
-        let runner_same = node.runner.digest() == ln.runner;
+        // A container of a component's image: that image as the lockfile records it
+        // (if the replay makes another, the difference is reported there).
+        let runner = node.runner_given(|j| {
+            locked.lock.nodes[&nodes[j].component.name]
+                .image
+                .as_ref()
+                .and_then(|i| i.digest.parse().ok())
+        });
+        let runner_same = runner.as_ref().map(|r| r.digest()) == Some(ln.runner);
         // The ingredients that give the recorded key: from the store when it has them,
         // else ours, with the recorded inputs.
         let edited = match &old {
@@ -502,8 +528,10 @@ fn verify_keys(
                     || o.inputs != ln.inputs
                     || o.runner.digest() != ln.runner
             }
-            None if runner_same => node.ingredients(&ln.inputs).key() != ln.key,
-            None => false,
+            None => match &runner {
+                Some(r) if runner_same => node.ingredients(&ln.inputs, r).key() != ln.key,
+                _ => false,
+            },
         };
         if edited {
             return Err(locked.problem(
@@ -518,13 +546,13 @@ fn verify_keys(
             ));
         }
         if !runner_same {
-            let detail = match (&old, &node.runner) {
+            let detail = match (&old, &runner) {
                 (
                     Some(KeyIngredients {
                         runner: cascade_core::RunnerIdentity::Host { tools: was },
                         ..
                     }),
-                    cascade_core::RunnerIdentity::Host { tools: now },
+                    Some(cascade_core::RunnerIdentity::Host { tools: now }),
                 ) => {
                     let changed: Vec<String> = now
                         .iter()
@@ -533,6 +561,9 @@ fn verify_keys(
                         .chain(was.keys().filter(|t| !now.contains_key(*t)).cloned())
                         .collect();
                     format!("tools {}", changed.join(", "))
+                }
+                (_, Some(cascade_core::RunnerIdentity::Container { image })) => {
+                    format!("its runner image ({image})")
                 }
                 _ => "its runner".to_string(),
             };
@@ -547,21 +578,31 @@ fn verify_keys(
     Ok(risks)
 }
 
-/// `--check` builds in a fresh store: pinned base images come from the real one.
+/// `--check` builds in a fresh store: pinned base and runner images come from the real
+/// one.
 fn copy_pinned_bases(
     real: &Store,
     to: &cascade_image::OciLayout,
     components: &[Component],
 ) -> Result<(), Error> {
     let from = cascade_image::OciLayout::open_or_create(real.oci_dir()).map_err(Error::Image)?;
-    for c in components {
-        let Some(ImageDecl {
-            base: ImageBase::Pinned { digest, .. },
-            ..
-        }) = &c.recipe.image
-        else {
-            continue;
+    let pinned = components.iter().flat_map(|c| {
+        let base = match &c.recipe.image {
+            Some(ImageDecl {
+                base: ImageBase::Pinned { digest, .. },
+                ..
+            }) => Some(digest),
+            _ => None,
         };
+        let runner = match &c.recipe.runner {
+            RunnerDecl::Container {
+                image: RunnerImage::Pinned { digest, .. },
+            } => Some(digest),
+            _ => None,
+        };
+        base.into_iter().chain(runner)
+    });
+    for digest in pinned {
         let Ok(manifest) = digest.parse::<cascade_image::OciDigest>() else {
             continue;
         };

@@ -195,6 +195,31 @@ pub fn assert_no_leftovers(name: &str) {
     });
 }
 
+/// Fails if a container this process created (by its `cascade.pid` label) still exists.
+pub fn assert_no_containers_of_this_process() {
+    let (rt, client) = inspector();
+    rt.block_on(async {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!(
+                "{}={}",
+                cascade_docker::LABEL_PID,
+                std::process::id()
+            )],
+        )]);
+        let containers = client
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap();
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+    });
+}
+
 /// The id of the running cascade container whose environment holds `token`, waiting
 /// up to 10 s for it to appear.
 pub fn find_container_by_env(token: &str) -> Option<String> {

@@ -120,7 +120,18 @@ pub fn summary(db: &SourceDb, g: &Graph) -> String {
             db.path(c.recipe_file),
             r.digest().short(16)
         );
-        let _ = writeln!(s, "   tools: [{}]", r.tools.join(", "));
+        match &r.runner {
+            cascade_manifest::RunnerDecl::Host { tools } => {
+                let _ = writeln!(s, "   tools: [{}]", tools.join(", "));
+            }
+            cascade_manifest::RunnerDecl::Container { image } => {
+                let after = c
+                    .runner_image
+                    .map(|b| format!(" (after {})", g.components[b].name))
+                    .unwrap_or_default();
+                let _ = writeln!(s, "   container: {image}{after}");
+            }
+        }
         if !r.env.is_empty() {
             let env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
             let _ = writeln!(s, "   env: {}", env.join(" "));
