@@ -430,6 +430,17 @@ impl Docker {
             host_config: Some(host_config),
             ..Default::default()
         };
+        self.create_tracked(name, body, image)
+    }
+
+    /// Creates a container that cascade removes itself (smoke tests, steps): counted as
+    /// being created while the request runs, then tracked for the interrupt sweep.
+    pub(crate) fn create_tracked(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        image: &str,
+    ) -> Result<String, DockerError> {
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let _creating = self.creating()?;
         let id = self.run(async {

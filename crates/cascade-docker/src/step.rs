@@ -12,7 +12,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig, Mount,
     MountBindOptions, MountBindOptionsPropagationEnum, MountType,
 };
-use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
+use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
 use crate::error::is_not_found;
@@ -206,19 +206,7 @@ impl Docker {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(name).build();
-        let _creating = self.creating()?;
-        let id = self.run(async {
-            match self.client.create_container(Some(options), body).await {
-                Ok(r) => Ok(r.id),
-                Err(e) if is_not_found(&e) => Err(DockerError::ImageNotFound {
-                    image: step.image.to_string(),
-                }),
-                Err(e) => Err(DockerError::engine(format!("create container `{name}`"))(e)),
-            }
-        })?;
-        self.track_container(&id);
-        Ok(id)
+        self.create_tracked(name, body, step.image)
     }
 
     /// Whether a stopped step's container is gone (or going), and whether it was killed
