@@ -182,11 +182,24 @@ pub fn diff_lockfiles(
     }
 }
 
-/// Every name of both lockfiles in build order: inputs first (the edges of `new`, and
-/// `old`'s for a node only `old` has), the smallest ready name first, as the graph
-/// orders components. A cycle (a hand-edited lockfile) leaves the rest in name order.
+/// Every name of both lockfiles in build order: inputs and runner images first (the
+/// edges of `new`, and `old`'s for a node only `old` has), the smallest ready name
+/// first, as the graph orders components. A cycle (a hand-edited lockfile) leaves the
+/// rest in name order.
 fn order(old: &BTreeMap<String, LockNode>, new: &BTreeMap<String, LockNode>) -> Vec<String> {
     let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    // A node that runs in another node's image records that image as its runner: the
+    // lockfile's one trace of the edge (it is not an input).
+    let runner_of: BTreeMap<cascade_core::Digest, &String> = names
+        .iter()
+        .filter_map(|n| {
+            let image = new.get(*n).or_else(|| old.get(*n))?.image.as_ref()?;
+            let runner = cascade_core::RunnerIdentity::Container {
+                image: image.digest.clone(),
+            };
+            Some((runner.digest(), *n))
+        })
+        .collect();
     let deps: BTreeMap<String, BTreeSet<String>> = names
         .iter()
         .map(|n| {
@@ -195,6 +208,7 @@ fn order(old: &BTreeMap<String, LockNode>, new: &BTreeMap<String, LockNode>) -> 
                 .map(|node| {
                     node.inputs
                         .keys()
+                        .chain(runner_of.get(&node.runner).copied())
                         .filter(|i| names.contains(i) && *i != *n)
                         .cloned()
                         .collect()
@@ -472,6 +486,27 @@ mod tests {
 
     fn no_distance(_: &str, _: &str, _: &str) -> Option<Distance> {
         None
+    }
+
+    /// A node that runs in another node's image comes after it, though that image is
+    /// not among its inputs: the lockfile's runner digest is the edge.
+    #[test]
+    fn a_runner_image_comes_before_the_nodes_that_run_in_it() {
+        let image = format!("sha256:{}", "ab".repeat(32));
+        let runner = cascade_core::RunnerIdentity::Container {
+            image: image.clone(),
+        }
+        .digest();
+        let toolchain = node("zz-toolchain", 'a', "t", &[], "").replace(
+            "    artifacts: {}\n",
+            &format!("    artifacts: {{}}\n    image:\n      digest: {image}\n      ref: x/zz-toolchain:1\n"),
+        );
+        let app = node("app", 'a', "app", &[], "").replace(
+            &format!("runner: {}", cascade_core::Digest::of(b"runner")),
+            &format!("runner: {runner}"),
+        );
+        let l = lock(&[app, toolchain]);
+        assert_eq!(order(&BTreeMap::new(), &l.nodes), ["zz-toolchain", "app"]);
     }
 
     #[test]
