@@ -273,3 +273,66 @@ fn a_registry_serving_corrupt_bytes_is_caught_and_the_node_built_locally() {
     );
     assert_eq!(second.node("base")["output"], first.node("base")["output"]);
 }
+
+/// `gc --remote-cache` deletes the entries no kept lockfile references and keeps the
+/// rest: a clean machine still gets the kept build from the registry, while the
+/// collected one is built again. `--dry-run` deletes nothing.
+#[test]
+fn gc_collects_the_remote_cache_down_to_what_kept_lockfiles_reference() {
+    if !cascade_tests::registry("127.0.0.1:5000", 200) {
+        return;
+    }
+    let url = cache_url();
+    let dirs = tempfile::tempdir().unwrap();
+    let mut p = project("");
+    let v1 = build(&p, &store(&dirs, "a"), &["--remote-cache", &url]);
+    assert_eq!(v1.json()["remote_cache"]["uploads"], 2);
+    // v2: app's recipe changes, base does not. The registry now holds 3 entries.
+    p.write(
+        "recipes/app.yaml",
+        &fs::read_to_string(p.root.join("recipes/app.yaml"))
+            .unwrap()
+            .replace("outputs: [out]", "env: { V: \"2\" }\noutputs: [out]"),
+    );
+    p.commit("app", "develop", &[("data.txt", Some("app v2\n"))], "v2");
+    let v2 = build(&p, &store(&dirs, "a"), &["--remote-cache", &url]);
+    assert_eq!(v2.json()["remote_cache"]["uploads"], 1);
+
+    let store_a = store(&dirs, "a");
+    let gc = |extra: &[&str]| {
+        let mut args = vec![
+            "gc",
+            "--keep",
+            "1",
+            "--store",
+            &store_a,
+            "--remote-cache",
+            &url,
+            "--json",
+        ];
+        args.extend(extra);
+        let r = p.run(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.json()["remote"].clone()
+    };
+    let dry = gc(&["--dry-run"]);
+    assert_eq!(
+        (dry["kept"].as_u64(), dry["removed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let done = gc(&[]);
+    assert_eq!(
+        (done["kept"].as_u64(), done["removed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let again = gc(&["--dry-run"]);
+    assert_eq!(again["removed"], 0, "the entry is gone");
+
+    // The kept build is still shared; v1's app entry is gone (its base was kept).
+    let kept = build(&p, &store(&dirs, "clean"), &["--remote-cache", &url]);
+    assert_eq!(kept.json()["remote_cache"]["hits"], 2, "{}", kept.stderr);
+    let q = project("");
+    let old = build(&q, &store(&dirs, "clean-old"), &["--remote-cache", &url]);
+    assert_eq!(old.json()["remote_cache"]["hits"], 1, "{}", old.stderr);
+    assert_eq!(old.json()["built"], 1);
+}

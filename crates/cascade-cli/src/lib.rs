@@ -115,6 +115,10 @@ struct GcArgs {
     /// The store directory [default: <project>/cache].
     #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Also delete the entries of this remote cache (`oci://host/repo`) that no kept
+    /// lockfile references. Never taken from CASCADE_REMOTE_CACHE: deleting is asked for.
+    #[arg(long, value_name = "URL")]
+    remote_cache: Option<String>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -626,6 +630,7 @@ fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
         store: default_store(project, args.store.as_ref()),
         keep: args.keep as usize,
         dry_run: args.dry_run,
+        remote: args.remote_cache.clone(),
     };
     match cascade::gc(&opts) {
         Ok(r) if args.json => json_ok(&mut io, &r),
@@ -645,6 +650,15 @@ fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
             ));
             for (kind, (n, b)) in &r.report.removed {
                 io.err_line(&format!("  {kind:<8} {n} ({})", bytes(*b)));
+            }
+            if let Some(rc) = &r.remote {
+                io.err_line(&format!(
+                    "remote cache {}: kept {} entr{}; {verb} {}",
+                    rc.url,
+                    rc.kept,
+                    if rc.kept == 1 { "y" } else { "ies" },
+                    rc.removed
+                ));
             }
             EXIT_OK
         }

@@ -91,6 +91,7 @@ pub(crate) enum Method {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl Method {
@@ -100,6 +101,7 @@ impl Method {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
         }
     }
 }
@@ -212,6 +214,83 @@ impl Client {
                 .get_manifest(repository, reference)
                 .map(|(d, _)| Some(d)),
         }
+    }
+
+    /// Every tag of the repository (none when the registry does not know it), following
+    /// the `Link: <…>; rel="next"` pages of the distribution spec.
+    pub fn list_tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        self.check_name(repository)?;
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut next = Some(format!("{}/v2/{repository}/tags/list?n=1000", self.base));
+        while let Some(url) = next.take() {
+            let req = Req {
+                url,
+                allow_404: true,
+                ..self.req(
+                    Method::Get,
+                    format!("/v2/{repository}/tags/list"),
+                    pull(repository),
+                )
+            };
+            let page = self.exchange(&req, |mut resp| {
+                if resp.status().as_u16() == 404 {
+                    return Ok(Step::Done(None));
+                }
+                self.expect_status(&req.what, &resp, &[200])?;
+                let link = header(&resp, "link");
+                match resp
+                    .body_mut()
+                    .with_config()
+                    .limit(TAGS_LIMIT)
+                    .read_to_vec()
+                {
+                    Ok(b) => Ok(Step::Done(Some((b, link)))),
+                    Err(e) => Ok(Step::Retry(format!(
+                        "reading the body: {}",
+                        self.scrub(&e.to_string())
+                    ))),
+                }
+            })?;
+            let Some((body, link)) = page else { break };
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| self.protocol(&req.what, format!("not a tag list: {e}")))?;
+            tags.extend(page.tags.unwrap_or_default());
+            if let Some(target) = link.as_deref().and_then(next_link) {
+                next = Some(self.resolve_location(&req.what, target)?);
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// Deletes the manifest `digest` (and so every tag naming it); `false` when the
+    /// registry did not have it. A registry that forbids deletes refuses (an error).
+    pub fn delete_manifest(
+        &self,
+        repository: &str,
+        digest: &OciDigest,
+    ) -> Result<bool, RegistryError> {
+        self.check_name(repository)?;
+        let req = Req {
+            allow_404: true,
+            ..self.req(
+                Method::Delete,
+                format!("/v2/{repository}/manifests/{digest}"),
+                format!("repository:{repository}:pull,push,delete"),
+            )
+        };
+        self.exchange(&req, |resp| match resp.status().as_u16() {
+            404 => Ok(Step::Done(false)),
+            _ => {
+                self.expect_status(&req.what, &resp, &[200, 202])?;
+                Ok(Step::Done(true))
+            }
+        })
     }
 
     /// Whether the repository has the blob.
@@ -583,6 +662,7 @@ impl Client {
         Ok(match req.method {
             Method::Head => with_headers(self.agent.head(&req.url), headers).call(),
             Method::Get => with_headers(self.agent.get(&req.url), headers).call(),
+            Method::Delete => with_headers(self.agent.delete(&req.url), headers).call(),
             Method::Post | Method::Put => {
                 let b = if req.method == Method::Post {
                     self.agent.post(&req.url)
@@ -1005,8 +1085,36 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
     })
 }
 
+/// The target of a `Link` header's `rel="next"` entry (`<url>; rel="next"`).
+fn next_link(link: &str) -> Option<&str> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>'))
+    })
+}
+
+/// A tag list page is small JSON; anything this big is not one.
+const TAGS_LIMIT: u64 = 16 << 20;
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_next_page_is_the_link_marked_next() {
+        use super::next_link;
+        assert_eq!(
+            next_link(r#"</v2/r/tags/list?n=2&last=b>; rel="next""#),
+            Some("/v2/r/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/a>; rel="prev", <https://x/b>; rel="next""#),
+            Some("https://x/b")
+        );
+        assert_eq!(next_link(r#"</v2/r/tags/list?n=2>; rel="prev""#), None);
+    }
+
     use super::*;
 
     #[test]

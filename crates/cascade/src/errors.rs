@@ -206,6 +206,13 @@ pub enum Error {
     )]
     NothingToKeep,
 
+    #[error("could not collect the remote cache `{url}`: {message}")]
+    #[diagnostic(
+        code(cascade::remote_cache_gc),
+        help("the local store was collected; the registry must answer and allow deletes (distribution: `storage.delete.enabled: true`)")
+    )]
+    RemoteCacheGc { url: String, message: String },
+
     #[error("a build is using the store `{}`", store.display())]
     #[diagnostic(
         code(cascade::store_busy),
@@ -330,6 +337,7 @@ impl Error {
             | Error::Push { .. }
             | Error::ReproducibilityRisk { .. }
             | Error::StoreBusy { .. }
+            | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
             | Error::DeployEngine { .. } => 3,
         }

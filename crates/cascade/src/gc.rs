@@ -9,6 +9,7 @@ use cascade_lock::Lockfile;
 use cascade_manifest::{ImageBase, ImageDecl, Recipe, RunnerDecl, RunnerImage};
 use cascade_store::{GcReport, Keep, Store};
 
+use crate::remote::{RemoteCache, RemoteGcReport, RemoteMode, RemoteOptions};
 use crate::{all_lockfiles, read_lockfile, Error};
 
 pub struct GcOptions {
@@ -17,6 +18,8 @@ pub struct GcOptions {
     /// How many of each environment's newest lockfiles are kept reachable.
     pub keep: usize,
     pub dry_run: bool,
+    /// Also collect this remote cache (`oci://…`): entries of keys no kept lockfile has.
+    pub remote: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -26,6 +29,8 @@ pub struct GcResult {
     pub dry_run: bool,
     #[serde(flatten)]
     pub report: GcReport,
+    /// With `--remote-cache`.
+    pub remote: Option<RemoteGcReport>,
 }
 
 pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
@@ -46,6 +51,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
     }
     let layout = OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?;
     let mut keep = Keep::default();
+    let mut keys = std::collections::BTreeSet::new();
     let mut shown = Vec::new();
     for path in &roots {
         let rel = path
@@ -56,6 +62,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
         // what an unreadable lockfile still needs.
         let lock = read_lockfile(path, &rel.display().to_string())?;
         reach(&store, &layout, &lock, &mut keep);
+        keys.extend(lock.nodes.values().map(|n| n.key));
         shown.push(rel);
     }
     for (key, manifest) in store.image_records() {
@@ -74,10 +81,27 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
             .collect();
         layout.write_index(&kept).map_err(Error::Image)?;
     }
+    // The remote last: an unreachable registry leaves the local collection done.
+    let remote = match RemoteCache::new(&RemoteOptions {
+        url: opts.remote.clone(),
+        mode: RemoteMode::ReadWrite,
+    })? {
+        None => None,
+        Some(rc) => {
+            Some(
+                rc.collect(&keys, opts.dry_run)
+                    .map_err(|message| Error::RemoteCacheGc {
+                        url: opts.remote.clone().unwrap_or_default(),
+                        message,
+                    })?,
+            )
+        }
+    };
     Ok(GcResult {
         roots: shown,
         dry_run: opts.dry_run,
         report,
+        remote,
     })
 }
 

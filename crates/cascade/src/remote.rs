@@ -63,6 +63,16 @@ pub struct RemoteReport {
     pub problems: Vec<String>,
 }
 
+/// What `gc --remote-cache` did to the remote cache.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RemoteGcReport {
+    pub url: String,
+    /// Entries that the kept lockfiles reference.
+    pub kept: usize,
+    /// Entries deleted (or, with `--dry-run`, that would be).
+    pub removed: usize,
+}
+
 pub(crate) struct RemoteCache {
     client: Client,
     repository: String,
@@ -118,6 +128,47 @@ impl RemoteCache {
                 ..RemoteReport::default()
             }),
         }))
+    }
+
+    /// `cascade gc --remote-cache`: deletes every entry (`k-<key>` tag and its manifest)
+    /// whose key is not in `keep`. The registry frees the blobs in its own garbage
+    /// collection. Tags that are not entries are left alone.
+    pub fn collect(
+        &self,
+        keep: &BTreeSet<NodeKey>,
+        dry_run: bool,
+    ) -> Result<RemoteGcReport, String> {
+        let mut report = RemoteGcReport {
+            url: self.url.clone(),
+            ..RemoteGcReport::default()
+        };
+        let keep: BTreeSet<String> = keep.iter().map(Self::tag).collect();
+        let tags = self
+            .client
+            .list_tags(&self.repository)
+            .map_err(|e| e.to_string())?;
+        for tag in tags.iter().filter(|t| t.starts_with("k-")) {
+            if keep.contains(tag) {
+                report.kept += 1;
+                continue;
+            }
+            report.removed += 1;
+            if dry_run {
+                continue;
+            }
+            // Deleted by digest, as the distribution spec asks; gone already is fine
+            // (another gc, or a registry that dropped it).
+            if let Some(d) = self
+                .client
+                .manifest_digest(&self.repository, tag)
+                .map_err(|e| e.to_string())?
+            {
+                self.client
+                    .delete_manifest(&self.repository, &d)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(report)
     }
 
     fn tag(key: &NodeKey) -> String {
