@@ -941,11 +941,7 @@ impl Resolver<'_> {
     /// An image based on another component's image: that component must be in the
     /// environment and have an image; it becomes an edge (built first), not an input.
     fn image_bases(&mut self, nodes: &mut BTreeMap<&str, Node>, names: &BTreeSet<&str>, env: &str) {
-        let with_image: BTreeSet<String> = nodes
-            .iter()
-            .filter(|(_, n)| n.recipe.as_ref().is_some_and(|r| r.image.is_some()))
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let with_image = with_image(nodes);
         for (comp, node) in nodes.iter_mut() {
             let Some((base, span)) = node.image_base.clone() else {
                 continue;
@@ -1267,6 +1263,15 @@ pub(crate) fn closest<'a>(
         .filter(|(d, _)| *d <= limit)
         .min()
         .map(|(_, c)| c)
+}
+
+/// The components whose recipe declares `image:` (bases and runner images must).
+fn with_image(nodes: &BTreeMap<&str, Node>) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|(_, n)| n.recipe.as_ref().is_some_and(|r| r.image.is_some()))
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 #[cfg(test)]

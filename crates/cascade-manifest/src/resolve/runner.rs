@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cascade_core::{FileId, Span};
 
-use super::{closest, file_start, is_name, Node, Resolver};
+use super::{closest, file_start, is_name, with_image, Node, Resolver};
 use crate::ast::{ContainerAst, HostAst, RunnerAst, S};
 use crate::error::ManifestError;
 use crate::model::{RunnerDecl, RunnerImage};
@@ -144,11 +144,7 @@ impl Resolver<'_> {
         names: &BTreeSet<&str>,
         env: &str,
     ) {
-        let with_image: BTreeSet<String> = nodes
-            .iter()
-            .filter(|(_, n)| n.recipe.as_ref().is_some_and(|r| r.image.is_some()))
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let with_image = with_image(nodes);
         for (comp, node) in nodes.iter_mut() {
             let Some((image, span)) = node.runner_image.clone() else {
                 continue;
