@@ -60,6 +60,22 @@ pub fn step_writable_dir() -> tempfile::TempDir {
         .expect("a directory in /dev/shm")
 }
 
+/// Replaces, after every `prefix` in `text`, the run of characters `keep` accepts with
+/// `with` (redacting stamps, digests and the like for snapshots).
+pub fn replace_after(text: &str, prefix: &str, keep: impl Fn(char) -> bool, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(prefix) {
+        out.push_str(&rest[..i + prefix.len()]);
+        rest = &rest[i + prefix.len()..];
+        let n = rest.find(|c: char| !keep(c)).unwrap_or(rest.len());
+        out.push_str(with);
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Copies a directory tree (files and directories only).
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();

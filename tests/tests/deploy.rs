@@ -143,12 +143,7 @@ fn a_failing_health_check_rolls_back_to_the_previous_lockfile() {
     let ids1 = ex.container_ids();
 
     // The recipe variant: a new commit whose image answers 500 on /health.
-    ex.commit("services", "SERVICES_NOTE", "broken\n");
-    ex.recipe_variant(
-        "services",
-        "env: { SERVICES_BIND: 0.0.0.0 }",
-        "env: { SERVICES_BIND: 0.0.0.0, SERVICES_UNHEALTHY: \"1\" }",
-    );
+    ex.services_variant("broken\n", "SERVICES_UNHEALTHY: \"1\"");
     let v2 = ex.build();
     assert_ne!(v2.services_commit, v1.services_commit);
     let failed = ex.deploy(&[], 1);

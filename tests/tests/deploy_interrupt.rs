@@ -21,12 +21,7 @@ fn an_interrupted_deploy_rolls_back_to_the_old_state() {
     let ids1 = ex.container_ids();
 
     // v2 takes 5 s to listen, so its health check is still waiting when we interrupt.
-    ex.commit("services", "SERVICES_NOTE", "slow\n");
-    ex.recipe_variant(
-        "services",
-        "env: { SERVICES_BIND: 0.0.0.0 }",
-        "env: { SERVICES_BIND: 0.0.0.0, SERVICES_STARTUP_DELAY: \"5\" }",
-    );
+    ex.services_variant("slow\n", "SERVICES_STARTUP_DELAY: \"5\"");
     let v2 = ex.build();
     let env = ex.env.clone();
     let v1_image = ex

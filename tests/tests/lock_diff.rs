@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cascade_tests::{Run, TestProject};
+use cascade_tests::{replace_after, Run, TestProject};
 use serde_json::Value;
 
 const ENV: &str = "test";
@@ -106,20 +106,6 @@ fn redacted(p: &TestProject, text: &str) -> String {
         "[stamp]",
     )
     .replace("test-2[stamp]", "test-[stamp]")
-}
-
-fn replace_after(text: &str, prefix: &str, keep: impl Fn(char) -> bool, with: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find(prefix) {
-        out.push_str(&rest[..i + prefix.len()]);
-        rest = &rest[i + prefix.len()..];
-        let n = rest.find(|c: char| !keep(c)).unwrap_or(rest.len());
-        out.push_str(with);
-        rest = &rest[n..];
-    }
-    out.push_str(rest);
-    out
 }
 
 fn node<'a>(j: &'a Value, name: &str) -> &'a Value {

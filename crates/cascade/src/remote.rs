@@ -256,6 +256,8 @@ impl RemoteCache {
             return Err(format!("tag {tag} names another key ({})", config.key));
         }
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        // One scratch directory for the file blobs downloaded below, made on first need.
+        let mut tmp = None;
         for l in &layers {
             let d = descriptor(l)?;
             let kind = l["mediaType"].as_str().unwrap_or_default();
@@ -270,8 +272,11 @@ impl RemoteCache {
             let mismatch = || format!("{} does not hash to its blake3 digest", d.digest);
             if kind == BLOB_TYPE {
                 // File contents can be big: streamed to disk, never whole in memory.
-                let tmp = store.temp_dir().map_err(|e| e.to_string())?;
-                let file = tmp.path().join("blob");
+                let dir = match &mut tmp {
+                    Some(d) => d,
+                    None => tmp.insert(store.temp_dir().map_err(|e| e.to_string())?),
+                };
+                let file = dir.path().join("blob");
                 self.client
                     .get_blob_to_file(repo, &d.digest, d.size, &file)
                     .map_err(|e| e.to_string())?;

@@ -173,6 +173,17 @@ impl Example {
         fs::write(&p, text.replace(from, to)).unwrap();
     }
 
+    /// A new services commit (`note`) built with one more variable in its recipe's env
+    /// (`SERVICES_UNHEALTHY: "1"`, `SERVICES_STARTUP_DELAY: "5"`).
+    pub fn services_variant(&self, note: &str, env: &str) {
+        self.commit("services", "SERVICES_NOTE", note);
+        self.recipe_variant(
+            "services",
+            "env: { SERVICES_BIND: 0.0.0.0 }",
+            &format!("env: {{ SERVICES_BIND: 0.0.0.0, {env} }}"),
+        );
+    }
+
     fn docker() -> cascade_docker::Docker {
         cascade_docker::Docker::connect().expect("a Docker Engine")
     }
