@@ -168,7 +168,7 @@ pub enum RunError {
     },
 }
 
-fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+pub(crate) fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Setup { what, source }
 }
@@ -209,7 +209,7 @@ impl HostRun<'_> {
         if !sandboxed {
             writeln!(log, "==> sandbox: off (CASCADE_SANDBOX=off)")
                 .map_err(setup("write the log"))?;
-        } else if !crate::sandbox::available() {
+        } else if !crate::landlock::available() {
             writeln!(
                 log,
                 "==> sandbox: unavailable (this kernel does not enforce Landlock); writes outside the work directory are not prevented"
@@ -221,9 +221,9 @@ impl HostRun<'_> {
                 return Err(RunError::Interrupted);
             }
             writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
-            let sandbox = if sandboxed && crate::sandbox::available() {
+            let sandbox = if sandboxed && crate::landlock::available() {
                 Some(std::sync::Arc::new(
-                    crate::sandbox::Sandbox::new(self.work, self.temp, self.log).map_err(|e| {
+                    crate::landlock::Sandbox::new(self.work, self.temp, self.log).map_err(|e| {
                         setup(format!("sandbox step `{}`", step.name))(io::Error::other(e))
                     })?,
                 ))
@@ -258,62 +258,90 @@ impl HostRun<'_> {
                     }
                 });
             }
-            let started = Instant::now();
             let mut child = cmd
                 .spawn()
                 .map_err(setup(format!("start step `{}`", step.name)))?;
             let pgid = child.id() as libc::pid_t;
-            RUNNING
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(pgid);
-            let (tx, rx) = mpsc::channel();
-            let waiter = std::thread::spawn(move || {
-                let _ = tx.send(child.wait());
-            });
-            let result = rx.recv_timeout(self.timeout).ok();
-            // Kill the whole group either way: on timeout, and to reap anything a
-            // finished step left running in the background.
-            // SAFETY: plain syscall; a negative pid names the process group.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-            let _ = waiter.join();
-            RUNNING
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&pgid);
-            match result {
-                None => {
-                    let after = started.elapsed();
-                    let _ = writeln!(
-                        log,
-                        "==> step {} timed out after {:.1}s; killed",
-                        step.name,
-                        after.as_secs_f64()
-                    );
-                    return Err(RunError::Timeout {
-                        step: step.name.clone(),
-                        after: self.timeout,
-                    });
-                }
-                Some(Err(e)) => return Err(setup(format!("wait for step `{}`", step.name))(e)),
-                Some(Ok(status)) if status.success() => {}
-                Some(Ok(status)) => {
-                    let status = match (status.code(), status.signal()) {
-                        (Some(c), _) => format!("exit code {c}"),
-                        (None, Some(s)) => format!("killed by signal {s}"),
-                        _ => status.to_string(),
-                    };
-                    let _ = writeln!(log, "==> step {} failed: {status}", step.name);
-                    return Err(RunError::Failed {
-                        step: step.name.clone(),
-                        status,
-                    });
-                }
-            }
+            wait_step(
+                pgid,
+                move || {
+                    child.wait().map(|s| match (s.code(), s.signal()) {
+                        (Some(c), _) => Ended::Code(c),
+                        (None, Some(sig)) => Ended::Signal(sig),
+                        _ => Ended::Code(-1),
+                    })
+                },
+                self.timeout,
+                step,
+                &mut log,
+            )?;
         }
         Ok(())
+    }
+}
+
+/// How a step's process ended.
+pub(crate) enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Waits for a step whose process group is `pgid` (`wait` blocks until it ends), under
+/// `timeout`, registered for [`kill_running_steps`]; kills the whole group either way
+/// (on timeout, and to reap anything a finished step left running in the background).
+pub(crate) fn wait_step(
+    pgid: libc::pid_t,
+    wait: impl FnOnce() -> io::Result<Ended> + Send + 'static,
+    timeout: Duration,
+    step: &Step,
+    log: &mut fs::File,
+) -> Result<(), RunError> {
+    let started = Instant::now();
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pgid);
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(wait());
+    });
+    let result = rx.recv_timeout(timeout).ok();
+    // SAFETY: plain syscall; a negative pid names the process group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    let _ = waiter.join();
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pgid);
+    match result {
+        None => {
+            let after = started.elapsed();
+            let _ = writeln!(
+                log,
+                "==> step {} timed out after {:.1}s; killed",
+                step.name,
+                after.as_secs_f64()
+            );
+            Err(RunError::Timeout {
+                step: step.name.clone(),
+                after: timeout,
+            })
+        }
+        Some(Err(e)) => Err(setup(format!("wait for step `{}`", step.name))(e)),
+        Some(Ok(Ended::Code(0))) => Ok(()),
+        Some(Ok(ended)) => {
+            let status = match ended {
+                Ended::Code(c) => format!("exit code {c}"),
+                Ended::Signal(s) => format!("killed by signal {s}"),
+            };
+            let _ = writeln!(log, "==> step {} failed: {status}", step.name);
+            Err(RunError::Failed {
+                step: step.name.clone(),
+                status,
+            })
+        }
     }
 }
 
@@ -448,7 +476,7 @@ mod tests {
     /// `/dev/null`, `/dev/stderr` and the log stay writable.
     #[test]
     fn the_sandbox_confines_writes() {
-        if !crate::sandbox::available() {
+        if !crate::landlock::available() {
             assert!(
                 std::env::var("CI").is_err(),
                 "CI runs on kernels with Landlock; this one does not enforce it"

@@ -12,6 +12,8 @@
 //! process or file copy, and a pool of `--jobs` threads is all the parallelism needed.
 
 pub mod host;
+pub mod landlock;
+pub mod namespace;
 pub mod sandbox;
 pub mod schedule;
 
@@ -19,4 +21,5 @@ pub use host::{
     interrupt, interrupted, kill_running_steps, resolve_tool, HostRun, ResolvedTool, RunError,
     Step, ToolError, Tools,
 };
+pub use sandbox::{RootFs, SandboxRun};
 pub use schedule::{schedule, Outcome};

@@ -1,92 +1,442 @@
-//! The host runner's write sandbox: Linux Landlock. A step may write only beneath its
-//! work directory and its own temporary directory (`TMPDIR`), to its log, and to the
-//! usual devices; reading and executing are not restricted (the host runner is not
-//! hermetic; a container runner is). Landlock needs no privileges and binds root too.
+//! The sandbox runner: every step of a node in fresh Linux namespaces ([`namespace`]),
+//! cascade's embedded default, no daemon.
 //!
-//! The ruleset is built in the parent (where allocating and opening paths is safe) and
-//! only enforced in the child between fork and exec, by two plain system calls.
+//! What a step sees:
+//! - a root filesystem that is either the host's (read-only, without its `/proc`,
+//!   `/sys`, `/dev`, `/tmp`, `/run` and `/work`), with the declared tools on `PATH`
+//!   (`/.cascade/tools`), or an unpacked image (read-only), with its config's
+//!   environment;
+//! - `/work`, the work directory, writable, with the entries the caller names (the
+//!   source's, `inputs/`) mounted read-only over themselves; `HOME=/work`;
+//! - `/tmp`, a directory of its own (`TMPDIR` on host roots);
+//! - its own `/proc` and pid namespace, a minimal `/dev`, a network namespace with only
+//!   loopback, a uid and gid that are not root, no capabilities, `no_new_privs`;
+//! - Landlock over the same writable places, where the kernel has it (a second wall).
+//!
+//! When a step ends, or its timeout fires, its pid namespace ends with it.
+//!
+//! [`namespace`]: crate::namespace
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use landlock::{
-    AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, RulesetStatus, ABI,
+use crate::host::{setup, wait_step, Ended};
+use crate::namespace::{self, Bind, Jail, Limits, Root};
+use crate::{interrupted, ResolvedTool, RunError, Step};
+
+/// The memory and process limits of a sandboxed step (the container runner's too).
+pub const LIMITS: Limits = Limits {
+    data: 4 << 30,
+    processes: 4096,
 };
 
-/// The Landlock ABI whose write rights are handled: v3 adds `Truncate`. IoctlDev (v5)
-/// is left alone so terminal and device ioctls keep working.
-const ABI_USED: ABI = ABI::V3;
+/// Where the declared tools of a host root are, inside.
+const TOOLS_INSIDE: &str = "/.cascade/tools";
 
-/// Whether this kernel enforces Landlock (ABI ≥ 1). Asked once per process.
-pub fn available() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-        // only returns the ABI version (or -1); it takes no memory from us.
-        let abi = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_create_ruleset,
-                std::ptr::null::<u8>(),
-                0usize,
-                1u32,
-            )
-        };
-        abi >= 1
-    })
+/// What a sandboxed step's root filesystem is.
+pub enum RootFs<'a> {
+    /// The host's filesystem, read-only, with the declared tools on `PATH`.
+    Host { tools: &'a [ResolvedTool] },
+    /// An unpacked image, read-only, and its config's `Env` (`NAME=value`).
+    Image { rootfs: &'a Path, env: &'a [String] },
 }
 
-/// A ruleset ready to be enforced in a child process.
-pub struct Sandbox {
-    ruleset: Mutex<Option<RulesetCreated>>,
+/// One node's steps in the sandbox.
+pub struct SandboxRun<'a> {
+    /// The work directory: exported source and materialized inputs; `/work` inside.
+    pub work: &'a Path,
+    /// An empty directory outside `work` for the tools' links, `/tmp` and the root's
+    /// mount point.
+    pub scratch: &'a Path,
+    pub root: RootFs<'a>,
+    /// Entries of `work` mounted read-only over themselves.
+    pub read_only: &'a [String],
+    /// The declared env and the engine's variables.
+    pub env: &'a BTreeMap<String, String>,
+    pub steps: &'a [Step],
+    /// Per step.
+    pub timeout: Duration,
+    /// Where the steps' output goes (stdout and stderr interleaved).
+    pub log: &'a Path,
 }
 
-impl Sandbox {
-    /// Writes allowed beneath `work` and `temp`, to the file `log`, and to `/dev`'s
-    /// files (`/dev/null` and friends) and `/dev/shm`.
-    pub fn new(work: &Path, temp: &Path, log: &Path) -> Result<Sandbox, String> {
-        let all = AccessFs::from_write(ABI_USED);
-        let write_file: BitFlags<AccessFs> = AccessFs::WriteFile | AccessFs::Truncate;
-        let rule = |path: &Path, access: BitFlags<AccessFs>| {
-            PathFd::new(path)
-                .map(|fd| PathBeneath::new(fd, access))
-                .map_err(|e| format!("sandbox: cannot open `{}`: {e}", path.display()))
-        };
-        let mut rules = vec![rule(work, all)?, rule(temp, all)?, rule(log, write_file)?];
-        rules.push(rule(Path::new("/dev"), write_file)?);
-        if Path::new("/dev/shm").is_dir() {
-            rules.push(rule(Path::new("/dev/shm"), all)?);
+impl SandboxRun<'_> {
+    pub fn run(&self) -> Result<(), RunError> {
+        namespace::available().map_err(|e| RunError::Setup {
+            what: "start the sandbox".into(),
+            source: std::io::Error::other(format!("{e}; {}", namespace::Refused::HELP)),
+        })?;
+        let temp = self.scratch.join("tmp");
+        let tools_dir = self.scratch.join("tools");
+        fs::create_dir_all(&temp).map_err(setup("create the step's /tmp"))?;
+        let mut binds = vec![
+            Bind {
+                source: self.work.to_path_buf(),
+                target: "/work".into(),
+                writable: true,
+            },
+            Bind {
+                source: temp.clone(),
+                target: "/tmp".into(),
+                writable: true,
+            },
+        ];
+        for e in self.read_only {
+            binds.push(Bind {
+                source: self.work.join(e),
+                target: format!("/work/{e}"),
+                writable: false,
+            });
         }
-        let ruleset = Ruleset::default()
-            // An older kernel enforces what it knows; none at all is reported by
-            // `available`, not an error here.
-            .set_compatibility(CompatLevel::BestEffort)
-            .handle_access(all)
-            .and_then(|r| r.create())
-            .and_then(|r| r.add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>)))
-            .map_err(|e| format!("sandbox: {e}"))?;
-        Ok(Sandbox {
-            ruleset: Mutex::new(Some(ruleset)),
-        })
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let (root, sh) = match &self.root {
+            RootFs::Host { tools } => {
+                fs::create_dir_all(&tools_dir).map_err(setup("create the tools directory"))?;
+                for t in *tools {
+                    let _ = fs::remove_file(tools_dir.join(&t.name)); // a second run
+                    std::os::unix::fs::symlink(&t.path, tools_dir.join(&t.name))
+                        .map_err(setup(format!("link tool `{}`", t.name)))?;
+                }
+                binds.push(Bind {
+                    source: tools_dir.clone(),
+                    target: TOOLS_INSIDE.into(),
+                    writable: false,
+                });
+                env.insert("PATH".into(), TOOLS_INSIDE.into());
+                env.insert("TMPDIR".into(), "/tmp".into());
+                (Root::Host, format!("{TOOLS_INSIDE}/sh"))
+            }
+            RootFs::Image { rootfs, env: image_env } => {
+                for kv in *image_env {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        env.insert(k.into(), v.into());
+                    }
+                }
+                (Root::Dir(rootfs.to_path_buf()), "/bin/sh".to_string())
+            }
+        };
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("HOME".into(), "/work".into());
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log)
+            .map_err(setup("open the log"))?;
+        let landlock = crate::landlock::available();
+        writeln!(
+            log,
+            "==> sandbox: namespaces (user, mount, pid, network, ipc, uts); limits by rlimit (data {} GiB, {} processes; cgroups not used); landlock {}",
+            LIMITS.data >> 30,
+            LIMITS.processes,
+            if landlock { "on" } else { "unavailable on this kernel" }
+        )
+        .map_err(setup("write the log"))?;
+        for step in self.steps {
+            if interrupted() {
+                return Err(RunError::Interrupted);
+            }
+            writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            let ruleset = {
+                let devices: Vec<PathBuf> = ["null", "zero", "full", "tty"]
+                    .iter()
+                    .map(|d| Path::new("/dev").join(d))
+                    .filter(|p| p.exists())
+                    .collect();
+                let devices: Vec<&Path> = devices.iter().map(PathBuf::as_path).collect();
+                crate::landlock::ruleset_fd(&[self.work, &temp], &devices).map_err(|e| {
+                    setup(format!("sandbox step `{}`", step.name))(std::io::Error::other(e))
+                })?
+            };
+            let output = log.try_clone().map_err(setup("open the log"))?;
+            let jail = Jail {
+                root: root.clone(),
+                binds: binds.clone(),
+                cwd: "/work".into(),
+                argv: vec![sh.clone(), "-e".into(), "-c".into(), step.run.clone()],
+                env: env.clone(),
+                output: output.into(),
+                landlock: ruleset,
+                limits: LIMITS,
+            };
+            let jailed = namespace::spawn(jail, self.scratch).map_err(|e| RunError::Setup {
+                what: format!("start step `{}` in the sandbox", step.name),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let pid = jailed.pid;
+            wait_step(
+                pid,
+                move || {
+                    namespace::Jailed { pid }
+                        .wait()
+                        .map(Ended::Code)
+                },
+                self.timeout,
+                step,
+                &mut log,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tools;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        work: PathBuf,
+        scratch: PathBuf,
+        log: PathBuf,
     }
 
-    /// Enforces the ruleset on the calling process. Meant for `pre_exec`: the mutex is
-    /// this sandbox's own (never held across a fork), and on success the call makes only
-    /// the `prctl` and `landlock_restrict_self` system calls.
-    pub fn enforce(&self) -> std::io::Result<()> {
-        let taken = match self.ruleset.lock() {
-            Ok(mut g) => g.take(),
-            Err(e) => e.into_inner().take(),
-        };
-        let Some(ruleset) = taken else {
-            return Ok(());
-        };
-        match ruleset.restrict_self() {
-            Ok(s) if s.ruleset == RulesetStatus::NotEnforced && available() => Err(
-                std::io::Error::other("sandbox: the kernel did not enforce the ruleset"),
-            ),
-            Ok(_) => Ok(()),
-            Err(e) => Err(std::io::Error::other(format!("sandbox: {e}"))),
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let scratch = dir.path().join("scratch");
+        fs::create_dir(&work).unwrap();
+        fs::create_dir(&scratch).unwrap();
+        let log = dir.path().join("log");
+        Fixture {
+            dir,
+            work,
+            scratch,
+            log,
         }
+    }
+
+    /// Skips (with a message) where the kernel refuses namespaces, except in CI.
+    fn namespaces() -> bool {
+        match namespace::available() {
+            Ok(()) => true,
+            Err(e) if std::env::var("CI").is_err() => {
+                eprintln!("skipping: {e}");
+                false
+            }
+            Err(e) => panic!("CI runs where namespaces work: {e}"),
+        }
+    }
+
+    impl Fixture {
+        fn host(&self, tools: &[&str], run: &str) -> Result<(), RunError> {
+            let t = Tools::from_env();
+            let tools: Vec<ResolvedTool> = tools.iter().map(|n| t.resolve(n).unwrap()).collect();
+            self.run(RootFs::Host { tools: &tools }, &[], run, Duration::from_secs(20))
+        }
+
+        fn run(
+            &self,
+            root: RootFs<'_>,
+            read_only: &[String],
+            run: &str,
+            timeout: Duration,
+        ) -> Result<(), RunError> {
+            let mut env = BTreeMap::new();
+            env.insert("GREETING".to_string(), "hi".to_string());
+            SandboxRun {
+                work: &self.work,
+                scratch: &self.scratch,
+                root,
+                read_only,
+                env: &env,
+                steps: &[Step {
+                    name: "s".into(),
+                    run: run.into(),
+                }],
+                timeout,
+                log: &self.log,
+            }
+            .run()
+        }
+
+        fn log(&self) -> String {
+            fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        fn read(&self, name: &str) -> String {
+            fs::read_to_string(self.work.join(name)).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_step_sees_work_home_env_and_not_root() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        f.host(
+            &["sh", "id", "cat"],
+            "echo \"$GREETING $HOME $PWD $TMPDIR $(id -u)\" > out; echo tmp > /tmp/t; cat /tmp/t >> out",
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        let (uid, _) = namespace::inside_ids();
+        assert_eq!(f.read("out"), format!("hi /work /work /tmp {uid}\ntmp\n"));
+        assert!(uid != 0);
+        assert!(f.log().contains("==> sandbox: namespaces"));
+    }
+
+    #[test]
+    fn no_network_to_the_hosts_loopback() {
+        if !namespaces() {
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let f = fixture();
+        let Ok(_) = Tools::from_env().resolve("python3") else {
+            panic!("the test needs python3 on PATH");
+        };
+        // Inside, 127.0.0.1 is the sandbox's own loopback: nothing listens there.
+        f.host(
+            &["sh", "python3"],
+            &format!(
+                "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)\" 2>err && echo connected > out || echo refused > out"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        assert_eq!(f.read("out"), "refused\n", "{}", f.read("err"));
+    }
+
+    #[test]
+    fn writes_outside_work_and_tmp_fail_and_host_dirs_are_hidden() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        // The host's /etc is there, read-only; the caller's temp dir is not there at all.
+        let outside = f.dir.path().join("outside");
+        for target in [Path::new("/etc/cascade-sandbox-escape"), &outside] {
+            let err = f
+                .host(&["sh"], &format!("echo escaped > {}", target.display()))
+                .unwrap_err();
+            assert!(matches!(err, RunError::Failed { .. }), "{err}");
+            assert!(!target.exists());
+        }
+        assert!(f.log().contains("Read-only file system"), "{}", f.log());
+        let f = fixture();
+        f.host(
+            &["sh", "ls"],
+            "for d in /run /sys /work/../run; do [ -e $d ] && echo $d >> out; done; ls /proc | grep -c '^[0-9]' >> out; echo done >> out",
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        // No /run (daemon sockets) nor /sys, and only the sandbox's own processes in /proc.
+        let out = f.read("out");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.last(), Some(&"done"));
+        assert!(lines.len() == 2, "{out}");
+        let pids: u32 = lines[0].parse().unwrap();
+        assert!(pids <= 5, "the step sees {pids} processes");
+    }
+
+    #[test]
+    fn read_only_entries_and_background_processes_die_with_the_step() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        fs::create_dir(f.work.join("src")).unwrap();
+        fs::write(f.work.join("src/a"), "a").unwrap();
+        let marker = "3131";
+        let r = f.run(
+            RootFs::Host {
+                tools: &["sh", "setsid", "sleep"]
+                    .iter()
+                    .map(|n| Tools::from_env().resolve(n).unwrap())
+                    .collect::<Vec<_>>(),
+            },
+            &["src".to_string()],
+            &format!("setsid sleep {marker} & (echo b > src/a) 2>err || echo refused > out"),
+            Duration::from_secs(20),
+        );
+        r.unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        assert_eq!(f.read("out"), "refused\n");
+        assert_eq!(f.read("src/a"), "a");
+        std::thread::sleep(Duration::from_millis(100));
+        let left: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&format!("sleep {marker}")))
+            .collect();
+        assert!(left.is_empty(), "still running: {left:?}");
+    }
+
+    #[test]
+    fn timeout_kills_the_namespace() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        let tools: Vec<ResolvedTool> = ["sh", "sleep"]
+            .iter()
+            .map(|n| Tools::from_env().resolve(n).unwrap())
+            .collect();
+        let started = std::time::Instant::now();
+        let err = f
+            .run(
+                RootFs::Host { tools: &tools },
+                &[],
+                "sleep 30 & sleep 30",
+                Duration::from_millis(300),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RunError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_callers_environment_is_out_of_reach() {
+        if !namespaces() {
+            return;
+        }
+        std::env::set_var("CASCADE_TEST_SANDBOX_SECRET", "hunter2-sandbox");
+        let f = fixture();
+        f.host(
+            &["sh", "cat"],
+            "for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null || true; done > out; export -p >> out; echo end >> out",
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        let out = f.read("out");
+        assert!(out.ends_with("end\n"));
+        assert!(!out.contains("hunter2-sandbox"), "{out}");
+    }
+
+    /// An image root: only the image's files (here: busybox as /bin/sh), not the host's.
+    #[test]
+    fn an_image_root_holds_only_the_image() {
+        if !namespaces() {
+            return;
+        }
+        let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            assert!(std::env::var("CI").is_err(), "CI installs busybox-static");
+            eprintln!("skipping: no busybox");
+            return;
+        };
+        let f = fixture();
+        let rootfs = f.dir.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+        let env = vec!["PATH=/bin".to_string(), "IMAGE_VAR=1".to_string()];
+        f.run(
+            RootFs::Image {
+                rootfs: &rootfs,
+                env: &env,
+            },
+            &[],
+            "busybox ls / > out; [ -e /etc/hostname ] && echo host-file >> out; echo $IMAGE_VAR $GREETING >> out; busybox hostname >> out",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
+        assert_eq!(f.read("out"), "bin\ndev\nproc\ntmp\nwork\n1 hi\ncascade\n");
     }
 }

@@ -1,0 +1,1076 @@
+//! Processes in fresh Linux namespaces: the one module of cascade-exec with `unsafe`.
+//!
+//! [`spawn`] starts a command the way Nix's build sandbox and Bazel's `linux-sandbox` do,
+//! in-process and without a daemon:
+//!
+//! ```text
+//! cascade ─fork─► P1: own process group; unshare(user) + uid/gid map; unshare(mount,
+//!                     net, pid, ipc, uts); waits for P2 and exits with its status
+//!                 └─fork─► P2: pid 1 of the new pid namespace; builds the root (a tmpfs
+//!                          with read-only bind mounts, /work, /tmp, /dev, /proc),
+//!                          loopback up, pivot_root; reaps orphans until P3 exits
+//!                          └─fork─► P3: rlimits, Landlock, no_new_privs, no
+//!                                   capabilities, execve
+//! ```
+//!
+//! When P2 exits (P3 ended, or P2 was killed), the kernel kills every process left in
+//! the pid namespace: nothing a step starts with `&`, `nohup` or `setsid` survives it.
+//! Killing P1's process group (a timeout, an interrupt) kills P2, and so everything.
+//!
+//! **Why it is sound.** Between `fork` and `execve` the children run only system calls
+//! on memory prepared before the fork (every path a `CString`, every buffer built,
+//! [`Plan`]): no allocation, no lock, so a fork from a multi-threaded process cannot
+//! deadlock. Errors are reported as `(stage, errno)` through a close-on-exec pipe; the
+//! parent reads it to its end, which comes when P3's `execve` succeeds or a child exits.
+//! P1 and P2 close every inherited descriptor but their own, so another thread's
+//! close-on-exec pipe is never held open by a process that never execs.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, CWD};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+};
+use rustix::thread::UnshareFlags;
+
+/// What a sandboxed process is started with.
+pub struct Jail {
+    /// Where the root filesystem's top-level entries come from.
+    pub root: Root,
+    /// Mounted after the root's entries, in order: host path → absolute path inside.
+    pub binds: Vec<Bind>,
+    /// The working directory inside.
+    pub cwd: String,
+    /// `argv[0]` is the program's absolute path inside the sandbox.
+    pub argv: Vec<String>,
+    /// The whole environment, `NAME=value`.
+    pub env: Vec<String>,
+    /// Where stdout and stderr go (stdin is `/dev/null`).
+    pub output: OwnedFd,
+    /// A Landlock ruleset to enforce before `execve` (the second wall).
+    pub landlock: Option<OwnedFd>,
+    pub limits: Limits,
+}
+
+/// The source of the root filesystem's top-level entries, each bound read-only.
+#[derive(Clone, Debug)]
+pub enum Root {
+    /// The host's own `/` (less `/proc`, `/sys`, `/dev`, `/tmp`, `/run` and `/work`).
+    Host,
+    /// A directory: an unpacked image.
+    Dir(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// Absolute, inside the sandbox; created as a mount point when missing.
+    pub target: String,
+    pub writable: bool,
+}
+
+/// Resource limits (rlimits: cgroup v2 is not used).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// RLIMIT_DATA: heap and private mappings.
+    pub data: u64,
+    /// RLIMIT_NPROC.
+    pub processes: u64,
+}
+
+/// The uid and gid a sandboxed process has inside: the caller's, or 65534 when cascade
+/// runs as root (never root inside).
+pub fn inside_ids() -> (u32, u32) {
+    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    if uid.is_root() {
+        (65534, 65534)
+    } else {
+        (uid.as_raw(), gid.as_raw())
+    }
+}
+
+/// A started sandbox: P1, the leader of its own process group.
+pub struct Jailed {
+    pub pid: libc::pid_t,
+}
+
+impl Jailed {
+    /// Waits for P1; its exit status is P3's (128 + the signal when P3 was killed).
+    pub fn wait(&self) -> io::Result<i32> {
+        wait_status(self.pid)
+    }
+
+    /// Kills everything: P1's group holds P2, whose death ends the pid namespace.
+    pub fn kill(&self) {
+        // SAFETY: plain syscall; a negative pid names the process group.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Waits for a child and decodes its status as a shell would.
+fn wait_status(pid: libc::pid_t) -> io::Result<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only into `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Why the kernel refused the namespaces: what to change, or what to use instead.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("this kernel refuses the namespaces a sandboxed step needs ({stage}: {errno})")]
+pub struct Refused {
+    pub stage: &'static str,
+    pub errno: String,
+}
+
+impl Refused {
+    /// The settings that decide it, for a diagnostic's help.
+    pub const HELP: &'static str = "allow user namespaces (`sysctl kernel.unprivileged_userns_clone=1`, a non-zero `user.max_user_namespaces`, and on Ubuntu `kernel.apparmor_restrict_unprivileged_userns=0`), or run with `--executor docker`";
+}
+
+/// Whether this process may create the namespaces [`spawn`] uses. Asked once per
+/// process, by a child that creates them and exits.
+pub fn available() -> Result<(), Refused> {
+    static ANSWER: std::sync::OnceLock<Result<(), Refused>> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<(), Refused> {
+    let maps = IdMaps::new();
+    let (read, write) = error_pipe().map_err(|e| Refused {
+        stage: "pipe",
+        errno: e.to_string(),
+    })?;
+    // SAFETY: the child runs only system calls on memory prepared above (`maps`), then
+    // `_exit`s (see the module's header).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Refused {
+            stage: "fork",
+            errno: io::Error::last_os_error().to_string(),
+        });
+    }
+    if pid == 0 {
+        let w = write.as_raw_fd();
+        let r = maps.enter().and_then(|()| {
+            // SAFETY: unshare of namespaces only (no CLONE_FILES); the child is single-threaded.
+            unsafe { rustix::thread::unshare_unsafe(rest_flags()) }.map_err(|e| (S_UNSHARE, e))
+        });
+        child_exit(w, r);
+    }
+    drop(write);
+    let failure = read_failure(read);
+    let _ = wait_status(pid);
+    match failure {
+        None => Ok(()),
+        Some((stage, errno)) => Err(Refused {
+            stage: stage_name(stage),
+            errno: io::Error::from_raw_os_error(errno).to_string(),
+        }),
+    }
+}
+
+fn rest_flags() -> UnshareFlags {
+    UnshareFlags::NEWNS
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS
+}
+
+// The stages a child reports a failure from.
+const S_USERNS: u32 = 1;
+const S_IDMAP: u32 = 2;
+const S_UNSHARE: u32 = 3;
+const S_FORK: u32 = 4;
+const S_MOUNT: u32 = 5;
+const S_LOOPBACK: u32 = 6;
+const S_PIVOT: u32 = 7;
+const S_LIMITS: u32 = 8;
+const S_PRIVS: u32 = 9;
+const S_EXEC: u32 = 10;
+const S_SETNS: u32 = 11;
+const S_CONNECT: u32 = 12;
+
+fn stage_name(stage: u32) -> &'static str {
+    match stage {
+        S_USERNS => "new user namespace",
+        S_IDMAP => "uid/gid map",
+        S_UNSHARE => "new mount, network, pid, ipc and uts namespaces",
+        S_FORK => "fork",
+        S_MOUNT => "mounting the root filesystem",
+        S_LOOPBACK => "loopback interface",
+        S_PIVOT => "pivot_root",
+        S_LIMITS => "resource limits",
+        S_PRIVS => "dropping privileges",
+        S_EXEC => "execve",
+        S_SETNS => "entering the namespaces",
+        S_CONNECT => "connecting",
+        _ => "setup",
+    }
+}
+
+/// A failed sandbox setup, before the program ran.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox setup failed at {stage}{}: {source}", detail.as_deref().map(|d| format!(" (`{d}`)")).unwrap_or_default())]
+pub struct SetupError {
+    pub stage: &'static str,
+    /// The path involved, when a mount failed.
+    pub detail: Option<String>,
+    #[source]
+    pub source: io::Error,
+}
+
+fn setup_error(stage: &'static str, source: io::Error) -> SetupError {
+    SetupError {
+        stage,
+        detail: None,
+        source,
+    }
+}
+
+/// uid_map, gid_map and setgroups contents, formatted before a fork.
+struct IdMaps {
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+}
+
+impl IdMaps {
+    fn new() -> IdMaps {
+        let (inner_uid, inner_gid) = inside_ids();
+        let outer_uid = rustix::process::geteuid().as_raw();
+        let outer_gid = rustix::process::getegid().as_raw();
+        IdMaps {
+            uid_map: format!("{inner_uid} {outer_uid} 1\n").into_bytes(),
+            gid_map: format!("{inner_gid} {outer_gid} 1\n").into_bytes(),
+        }
+    }
+
+    /// After fork: a new user namespace in which the caller's ids map to the inside ids.
+    fn enter(&self) -> Result<(), (u32, rustix::io::Errno)> {
+        // SAFETY: a user namespace only; the child is single-threaded.
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) }
+            .map_err(|e| (S_USERNS, e))?;
+        write_file(c"/proc/self/setgroups", b"deny").map_err(|e| (S_IDMAP, e))?;
+        write_file(c"/proc/self/uid_map", &self.uid_map).map_err(|e| (S_IDMAP, e))?;
+        write_file(c"/proc/self/gid_map", &self.gid_map).map_err(|e| (S_IDMAP, e))?;
+        Ok(())
+    }
+}
+
+fn write_file(path: &CStr, bytes: &[u8]) -> Result<(), rustix::io::Errno> {
+    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::io::write(&fd, bytes)?;
+    Ok(())
+}
+
+fn error_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Reads a child's `(stage, errno)` report; `None` when the pipe closed empty.
+fn read_failure(read: OwnedFd) -> Option<(u32, i32)> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&read, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+    (got == 8).then(|| {
+        let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        (stage, errno)
+    })
+}
+
+/// In a child: report a failure (if any) and exit. Never returns.
+fn child_exit(pipe: RawFd, r: Result<(), (u32, rustix::io::Errno)>) -> ! {
+    if let Err((stage, errno)) = r {
+        report(pipe, stage, errno);
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(127) }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
+}
+
+fn report(pipe: RawFd, stage: u32, errno: rustix::io::Errno) {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&stage.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.raw_os_error().to_ne_bytes());
+    // SAFETY: write from a stack buffer to a descriptor we own.
+    unsafe {
+        libc::write(pipe, buf.as_ptr().cast(), buf.len());
+    }
+}
+
+/// One mount-namespace operation, with every path resolved (under the new root's
+/// host path) before the fork.
+enum Op {
+    Dir(CString),
+    File(CString),
+    Symlink { link: CString, path: CString },
+    Bind { source: CString, target: CString, writable: bool },
+    Tmpfs { target: CString, data: CString },
+    Proc(CString),
+}
+
+impl Op {
+    fn target(&self) -> &CStr {
+        match self {
+            Op::Dir(p) | Op::File(p) | Op::Proc(p) => p,
+            Op::Symlink { path, .. } => path,
+            Op::Bind { target, .. } | Op::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// Everything P1, P2 and P3 need, allocated before the fork.
+struct Plan {
+    maps: IdMaps,
+    /// The new root's mount point on the host.
+    root: CString,
+    ops: Vec<Op>,
+    cwd: CString,
+    program: CString,
+    _argv: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    output: OwnedFd,
+    devnull: OwnedFd,
+    landlock: Option<OwnedFd>,
+    limits: Limits,
+    /// Descriptors P1 and P2 keep; all others are closed (sorted).
+    keep: Vec<RawFd>,
+}
+
+fn cstring(s: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(s.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))
+}
+
+/// Top-level entries of a host root that a sandbox never sees: its own `/proc`,
+/// `/dev`, `/tmp` and `/work` replace them; `/sys` and `/run` (sockets of daemons such
+/// as Docker's) stay out.
+const HIDDEN: &[&str] = &["proc", "sys", "dev", "tmp", "run", "work"];
+
+/// The devices of `/dev`, bound from the host's.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+impl Plan {
+    fn new(jail: Jail, scratch: &Path) -> io::Result<Plan> {
+        let root_dir = scratch.join("root");
+        fs::create_dir_all(&root_dir)?;
+        let under = |inside: &str| cstring(root_dir.join(inside.trim_start_matches('/')));
+        let mut ops = vec![Op::Tmpfs {
+            target: cstring(&root_dir)?,
+            data: c"mode=0755,size=16m".into(),
+        }];
+        let (base, hidden): (&Path, &[&str]) = match &jail.root {
+            Root::Host => (Path::new("/"), HIDDEN),
+            Root::Dir(d) => (d.as_path(), &["proc", "dev", "tmp", "work"]),
+        };
+        let mut names: Vec<_> = fs::read_dir(base)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| !hidden.iter().any(|h| OsStr::new(h) == n))
+            .collect();
+        names.sort();
+        for name in names {
+            let source = base.join(&name);
+            let target = cstring(root_dir.join(&name))?;
+            let meta = fs::symlink_metadata(&source)?;
+            if meta.file_type().is_symlink() {
+                ops.push(Op::Symlink {
+                    link: cstring(fs::read_link(&source)?)?,
+                    path: target,
+                });
+                continue;
+            }
+            ops.push(if meta.is_dir() {
+                Op::Dir(target.clone())
+            } else {
+                Op::File(target.clone())
+            });
+            ops.push(Op::Bind {
+                source: cstring(&source)?,
+                target,
+                writable: false,
+            });
+        }
+        // /dev: a small tmpfs with the host's harmless devices bound in.
+        ops.push(Op::Dir(under("/dev")?));
+        ops.push(Op::Tmpfs {
+            target: under("/dev")?,
+            data: c"mode=0755,size=64k".into(),
+        });
+        for d in DEVICES {
+            let host = Path::new("/dev").join(d);
+            if host.exists() {
+                ops.push(Op::File(under(&format!("/dev/{d}"))?));
+                ops.push(Op::Bind {
+                    source: cstring(&host)?,
+                    target: under(&format!("/dev/{d}"))?,
+                    writable: true,
+                });
+            }
+        }
+        for (name, link) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            ops.push(Op::Symlink {
+                link: cstring(link)?,
+                path: under(&format!("/dev/{name}"))?,
+            });
+        }
+        ops.push(Op::Dir(under("/proc")?));
+        ops.push(Op::Proc(under("/proc")?));
+        ops.push(Op::Dir(under("/tmp")?));
+        for b in &jail.binds {
+            let target = under(&b.target)?;
+            // Parents of a mount point on the root tmpfs (e.g. /.cascade/tools).
+            let mut prefix = String::new();
+            let parts: Vec<&str> = b.target.split('/').filter(|p| !p.is_empty()).collect();
+            for p in &parts[..parts.len().saturating_sub(1)] {
+                prefix.push('/');
+                prefix.push_str(p);
+                let dir = under(&prefix)?;
+                if !ops.iter().any(|o| o.target() == dir.as_c_str()) {
+                    ops.push(Op::Dir(dir));
+                }
+            }
+            if !ops.iter().any(|o| o.target() == target.as_c_str()) {
+                ops.push(if b.source.is_dir() {
+                    Op::Dir(target.clone())
+                } else {
+                    Op::File(target.clone())
+                });
+            }
+            ops.push(Op::Bind {
+                source: cstring(&b.source)?,
+                target,
+                writable: b.writable,
+            });
+        }
+        let argv_c = jail
+            .argv
+            .iter()
+            .map(cstring)
+            .collect::<io::Result<Vec<_>>>()?;
+        let env_c = jail
+            .env
+            .iter()
+            .map(cstring)
+            .collect::<io::Result<Vec<_>>>()?;
+        let program = argv_c
+            .first()
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no program"))?;
+        let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let devnull: OwnedFd = fs::File::open("/dev/null")?.into();
+        let mut keep = vec![jail.output.as_raw_fd(), devnull.as_raw_fd()];
+        if let Some(l) = &jail.landlock {
+            keep.push(l.as_raw_fd());
+        }
+        Ok(Plan {
+            maps: IdMaps::new(),
+            root: cstring(&root_dir)?,
+            ops,
+            cwd: cstring(&jail.cwd)?,
+            program,
+            _argv: argv_c,
+            argv,
+            _env: env_c,
+            envp,
+            output: jail.output,
+            devnull,
+            landlock: jail.landlock,
+            limits: jail.limits,
+            keep,
+        })
+    }
+}
+
+/// Starts `jail`'s program in fresh namespaces; `scratch` is an empty directory of the
+/// caller's for the new root's mount point. Returns once the program runs.
+pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
+    let mut plan = Plan::new(jail, scratch).map_err(|e| setup_error("preparing the root", e))?;
+    let (read, write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
+    plan.keep.push(write.as_raw_fd());
+    plan.keep.sort_unstable();
+    // SAFETY: the child runs `p1` (system calls on the prepared `plan` only) and never
+    // returns (see the module's header).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(setup_error("fork", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        p1(&plan, write.as_raw_fd());
+    }
+    drop(write);
+    let jailed = Jailed { pid };
+    if let Some((stage, errno)) = read_failure(read) {
+        jailed.kill();
+        let _ = jailed.wait();
+        let detail = (stage == S_MOUNT).then(|| mount_detail(&plan, errno)).flatten();
+        return Err(SetupError {
+            stage: stage_name(stage),
+            detail,
+            source: io::Error::from_raw_os_error(errno & 0xffff),
+        });
+    }
+    Ok(jailed)
+}
+
+/// Mount failures carry the op index in the errno's high bits (see `p2`).
+fn mount_detail(plan: &Plan, errno: i32) -> Option<String> {
+    let index = (errno >> 16) as usize;
+    plan.ops
+        .get(index)
+        .map(|o| o.target().to_string_lossy().replace(&*plan.root.to_string_lossy(), ""))
+}
+
+/// Closes every descriptor but `keep` (sorted) and 0–2.
+fn close_others(keep: &[RawFd]) {
+    let mut from: u32 = 3;
+    for &k in keep {
+        let k = k as u32;
+        if k >= from {
+            if k > from {
+                // SAFETY: close_range only closes descriptors.
+                unsafe {
+                    libc::syscall(libc::SYS_close_range, from, k - 1, 0u32);
+                }
+            }
+            from = k + 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
+    }
+}
+
+fn p1(plan: &Plan, pipe: RawFd) -> ! {
+    let r = (|| {
+        // SAFETY (all below): plain system calls on prepared memory.
+        unsafe {
+            libc::setpgid(0, 0);
+            // Dies with the thread that started it (cascade killed, or its thread gone).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // P1 and P2 are copies of cascade (its environment among them) that never
+            // exec: not dumpable, so a step cannot read their /proc entries or memory.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0);
+            libc::dup2(plan.devnull.as_raw_fd(), 0);
+            libc::dup2(plan.output.as_raw_fd(), 1);
+            libc::dup2(plan.output.as_raw_fd(), 2);
+        }
+        close_others(&plan.keep);
+        plan.maps.enter()?;
+        // SAFETY: namespaces only; single-threaded.
+        unsafe { rustix::thread::unshare_unsafe(rest_flags()) }.map_err(|e| (S_UNSHARE, e))?;
+        // SAFETY: see the module's header.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno())));
+        }
+        if pid == 0 {
+            p2(plan, pipe);
+        }
+        // SAFETY: closing our copy of the report pipe.
+        unsafe {
+            libc::close(pipe);
+        }
+        let code = wait_status(pid).unwrap_or(127);
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(code) }
+    })();
+    child_exit(pipe, r)
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn p2(plan: &Plan, pipe: RawFd) -> ! {
+    let r = (|| {
+        // SAFETY: plain syscall.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        rustix::mount::mount_change(c"/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
+            .map_err(|e| (S_MOUNT, e))?;
+        for (i, op) in plan.ops.iter().enumerate() {
+            // The op's index rides in the errno's high bits, so the parent can name it.
+            mount_op(op).map_err(|e| {
+                (
+                    S_MOUNT,
+                    rustix::io::Errno::from_raw_os_error(e.raw_os_error() | ((i as i32) << 16)),
+                )
+            })?;
+        }
+        let _ = rustix::system::sethostname(b"cascade");
+        loopback_up().map_err(|e| (S_LOOPBACK, e))?;
+        rustix::mount::mount_remount(
+            plan.root.as_c_str(),
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            c"",
+        )
+        .map_err(|e| (S_MOUNT, e))?;
+        rustix::process::chdir(plan.root.as_c_str()).map_err(|e| (S_PIVOT, e))?;
+        rustix::process::pivot_root(c".", c".").map_err(|e| (S_PIVOT, e))?;
+        rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(|e| (S_PIVOT, e))?;
+        rustix::process::chdir(plan.cwd.as_c_str()).map_err(|e| (S_PIVOT, e))?;
+        // SAFETY: see the module's header.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno())));
+        }
+        if pid == 0 {
+            p3(plan, pipe);
+        }
+        // SAFETY: closing our copy of the report pipe.
+        unsafe {
+            libc::close(pipe);
+        }
+        // pid 1: reap every orphan until the program itself exits.
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes only into `status`.
+            let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if r == pid {
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                };
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(code) }
+            }
+            if r < 0 && errno() != libc::EINTR {
+                // SAFETY: as above.
+                unsafe { libc::_exit(127) }
+            }
+        }
+    })();
+    child_exit(pipe, r)
+}
+
+fn mount_op(op: &Op) -> Result<(), rustix::io::Errno> {
+    match op {
+        Op::Dir(p) => match rustix::fs::mkdir(p.as_c_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Op::File(p) => {
+            match rustix::fs::open(
+                p.as_c_str(),
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Symlink { link, path } => rustix::fs::symlink(link.as_c_str(), path.as_c_str()),
+        Op::Tmpfs { target, data } => rustix::mount::mount(
+            c"tmpfs",
+            target.as_c_str(),
+            c"tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            data.as_c_str(),
+        ),
+        Op::Proc(target) => rustix::mount::mount(
+            c"proc",
+            target.as_c_str(),
+            c"proc",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
+        ),
+        Op::Bind {
+            source,
+            target,
+            writable,
+        } => {
+            // A detached recursive copy, made read-only as a whole (mount_setattr), then
+            // attached: submounts are read-only too, which a plain remount misses.
+            let tree = rustix::mount::open_tree(
+                CWD,
+                source.as_c_str(),
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE,
+            )?;
+            // Writable binds are the work dir, /tmp and the devices: no `nodev` there.
+            let mut attr = MountAttr {
+                attr_set: MOUNT_ATTR_NOSUID,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            if !writable {
+                attr.attr_set |= MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV;
+            }
+            // SAFETY: mount_setattr reads `attr`, whose size is passed with it.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH | AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(rustix::io::Errno::from_raw_os_error(errno()));
+            }
+            rustix::mount::move_mount(
+                &tree,
+                c"",
+                CWD,
+                target.as_c_str(),
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        }
+    }
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_int = 0x8000;
+
+/// Brings `lo` up in the new network namespace: 127.0.0.1 works inside, and reaches
+/// nothing outside.
+fn loopback_up() -> Result<(), rustix::io::Errno> {
+    // SAFETY: socket/ioctl on a stack `ifreq` that lives across both calls.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(rustix::io::Errno::from_raw_os_error(errno()));
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(rustix::io::Errno::from_raw_os_error(errno()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(rustix::io::Errno::from_raw_os_error(errno()));
+        }
+    }
+    Ok(())
+}
+
+fn p3(plan: &Plan, pipe: RawFd) -> ! {
+    let r = (|| {
+        let limit = |resource, value: u64| {
+            rustix::process::setrlimit(
+                resource,
+                rustix::process::Rlimit {
+                    current: Some(value),
+                    maximum: Some(value),
+                },
+            )
+            .map_err(|e| (S_LIMITS, e))
+        };
+        limit(rustix::process::Resource::Data, plan.limits.data)?;
+        limit(rustix::process::Resource::Nproc, plan.limits.processes)?;
+        drop_privileges(plan.landlock.as_ref().map(|l| l.as_raw_fd())).map_err(|e| (S_PRIVS, e))?;
+        // SAFETY: umask, signal dispositions and the mask, reset for the program (Rust ignores
+        // SIGPIPE, and an ignored signal stays ignored across execve).
+        unsafe {
+            libc::umask(0o022);
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        }
+        Err((S_EXEC, rustix::io::Errno::from_raw_os_error(errno())))
+    })();
+    child_exit(pipe, r)
+}
+
+/// no_new_privs, Landlock (when given), then no capability in any set.
+fn drop_privileges(landlock: Option<RawFd>) -> Result<(), rustix::io::Errno> {
+    rustix::thread::set_no_new_privs(true)?;
+    if let Some(fd) = landlock {
+        // SAFETY: landlock_restrict_self takes a ruleset descriptor and flags.
+        let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) };
+        if r < 0 {
+            return Err(rustix::io::Errno::from_raw_os_error(errno()));
+        }
+    }
+    for cap in 0..64 {
+        // SAFETY: plain prctl; EINVAL past the last capability is expected.
+        unsafe {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+    }
+    // SAFETY: plain prctl.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )
+}
+
+/// A TCP connection to `127.0.0.1:port` inside the network namespace of a running
+/// sandbox (P1's), made by a child that enters it and hands the socket back.
+pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStream> {
+    let user = cstring(format!("/proc/{}/ns/user", jailed.pid))?;
+    let net = cstring(format!("/proc/{}/ns/net", jailed.pid))?;
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let (read, write) = error_pipe()?;
+    // SAFETY: the child runs system calls on the prepared paths and sockets only.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let w = write.as_raw_fd();
+        let r = (|| {
+            enter(&user, rustix::thread::LinkNameSpaceType::User)?;
+            enter(&net, rustix::thread::LinkNameSpaceType::Network)?;
+            // SAFETY: a socket, a connect from a stack address, and sendmsg of its
+            // descriptor over the pair, from stack buffers.
+            unsafe {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if s < 0 {
+                    return Err((S_CONNECT, rustix::io::Errno::from_raw_os_error(errno())));
+                }
+                let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                addr.sin_family = libc::AF_INET as libc::sa_family_t;
+                addr.sin_port = port.to_be();
+                addr.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+                if libc::connect(
+                    s,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                ) < 0
+                {
+                    return Err((S_CONNECT, rustix::io::Errno::from_raw_os_error(errno())));
+                }
+                send_fd(theirs.as_raw_fd(), s).map_err(|e| (S_CONNECT, e))
+            }
+        })();
+        child_exit(w, r);
+    }
+    drop(write);
+    drop(theirs);
+    let failure = read_failure(read);
+    let _ = wait_status(pid);
+    if let Some((stage, errno)) = failure {
+        let e = io::Error::from_raw_os_error(errno);
+        return Err(if stage == S_CONNECT {
+            e
+        } else {
+            io::Error::new(e.kind(), format!("{}: {e}", stage_name(stage)))
+        });
+    }
+    let fd = recv_fd(ours.as_raw_fd())?;
+    Ok(std::net::TcpStream::from(fd))
+}
+
+fn enter(path: &CStr, kind: rustix::thread::LinkNameSpaceType) -> Result<(), (u32, rustix::io::Errno)> {
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| (S_SETNS, e))?;
+    rustix::thread::move_into_link_name_space(rustix::fd::AsFd::as_fd(&fd), Some(kind))
+        .map_err(|e| (S_SETNS, e))
+}
+
+/// Sends `fd` over a unix socket (SCM_RIGHTS), from stack buffers only.
+///
+/// # Safety
+/// `sock` and `fd` must be open descriptors.
+unsafe fn send_fd(sock: RawFd, fd: RawFd) -> Result<(), rustix::io::Errno> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u8; 64];
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
+    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+    (*cmsg).cmsg_level = libc::SOL_SOCKET;
+    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+    (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    if libc::sendmsg(sock, &msg, 0) < 0 {
+        return Err(rustix::io::Errno::from_raw_os_error(errno()));
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut control = [0u8; 64];
+    // SAFETY: recvmsg into stack buffers described by `msg`; the descriptor read from
+    // the control message is new to this process, so we own it.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len() as _;
+        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::other("no descriptor came back from the sandbox"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Runs `argv` inside a running sandbox (its user, mount, network and pid namespaces,
+/// as the same inside user, no capabilities), with stdout into `stdout`; returns its
+/// exit status. For smoke tests' command probes.
+pub fn exec_inside(
+    jailed: &Jailed,
+    argv: &[String],
+    env: &[String],
+    stdout: OwnedFd,
+) -> io::Result<i32> {
+    let ns = |kind: &str| cstring(format!("/proc/{}/ns/{kind}", jailed.pid));
+    let (user, mnt, net, pid_ns) = (ns("user")?, ns("mnt")?, ns("net")?, ns("pid_for_children")?);
+    let argv_c = argv.iter().map(cstring).collect::<io::Result<Vec<_>>>()?;
+    let env_c = env.iter().map(cstring).collect::<io::Result<Vec<_>>>()?;
+    let program = argv_c
+        .first()
+        .cloned()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no program"))?;
+    let mut argv_p: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_p: Vec<*const libc::c_char> = env_c.iter().map(|c| c.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    let devnull: OwnedFd = fs::File::open("/dev/null")?.into();
+    let (read, write) = error_pipe()?;
+    let mut keep = vec![stdout.as_raw_fd(), devnull.as_raw_fd(), write.as_raw_fd()];
+    keep.sort_unstable();
+    // SAFETY: the child runs system calls on the memory prepared above.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        let w = write.as_raw_fd();
+        let r = (|| {
+            // SAFETY: plain system calls.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::dup2(devnull.as_raw_fd(), 0);
+                libc::dup2(stdout.as_raw_fd(), 1);
+                libc::dup2(devnull.as_raw_fd(), 2);
+            }
+            close_others(&keep);
+            enter(&user, rustix::thread::LinkNameSpaceType::User)?;
+            enter(&mnt, rustix::thread::LinkNameSpaceType::Mount)?;
+            enter(&net, rustix::thread::LinkNameSpaceType::Network)?;
+            enter(&pid_ns, rustix::thread::LinkNameSpaceType::ProcessID)?;
+            // SAFETY: see the module's header.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                return Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno())));
+            }
+            if pid == 0 {
+                let r = (|| {
+                    rustix::process::chdir(c"/").map_err(|e| (S_PIVOT, e))?;
+                    drop_privileges(None).map_err(|e| (S_PRIVS, e))?;
+                    // SAFETY: execve on prepared, NUL-terminated arrays.
+                    unsafe {
+                        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                        libc::execve(program.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
+                    }
+                    Err((S_EXEC, rustix::io::Errno::from_raw_os_error(errno())))
+                })();
+                child_exit(w, r);
+            }
+            // SAFETY: closing our copy of the report pipe.
+            unsafe {
+                libc::close(w);
+            }
+            let code = wait_status(pid).unwrap_or(127);
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(code) }
+        })();
+        child_exit(w, r);
+    }
+    drop(write);
+    drop(stdout);
+    if let Some((stage, errno)) = read_failure(read) {
+        let _ = wait_status(child);
+        let e = io::Error::from_raw_os_error(errno);
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", stage_name(stage))));
+    }
+    wait_status(child)
+}
