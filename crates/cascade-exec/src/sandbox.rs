@@ -321,7 +321,7 @@ mod tests {
         assert!(f.log().contains("Read-only file system"), "{}", f.log());
         let f = fixture();
         f.host(
-            &["sh", "ls"],
+            &["sh", "ls", "grep"],
             "for d in /run /sys /work/../run; do [ -e $d ] && echo $d >> out; done; ls /proc | grep -c '^[0-9]' >> out; echo done >> out",
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
