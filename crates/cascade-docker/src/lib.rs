@@ -50,5 +50,8 @@ mod step;
 pub use deploy::{ContainerInfo, ContainerSpec, HealthOutcome, HealthSpec, Publish, FIRST_RETRY};
 pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL, LABEL_PID};
 pub use error::DockerError;
-pub use smoke::{Expect, Probe, SmokeTest, TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL};
+pub use smoke::{
+    judge_command, judge_http, probe_until, Attempt, Expect, Probe, ProbeEnd, SmokeTest, TestOutcome,
+    LOG_TAIL_LINES, MAX_INTERVAL,
+};
 pub use step::{StepEnd, StepSpec, STEP_MEMORY, STEP_PIDS, STEP_WORKDIR};

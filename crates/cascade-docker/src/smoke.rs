@@ -195,7 +195,8 @@ impl End {
 }
 
 /// The result of one probe.
-pub(crate) enum Attempt {
+#[derive(Debug)]
+pub enum Attempt {
     Pass(String),
     Fail(String),
 }
@@ -302,77 +303,37 @@ impl Docker {
         })
     }
 
-    /// The retry loop.
+    /// The retry loop, on this engine's container.
     fn probe_until_done(
         &self,
         container: &str,
         test: &SmokeTest,
         deadline: Instant,
     ) -> Result<End, DockerError> {
-        // One agent per test: loopback only, so no proxy from the environment; no
-        // redirects, so the status is the service's own and nothing else is reached;
-        // no pooled connections, so each attempt sees the server as it is now.
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_redirects(0)
-            .max_idle_connections(0)
-            .build()
-            .new_agent();
-        let mut delay = test.interval;
-        let mut attempts = 0;
-        let mut last = String::from("no probe was made");
-        loop {
-            let state = self.state(container)?;
-            if !state.running {
-                return Ok(End::exited(&state, attempts, &last));
-            }
-            attempts += 1;
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .clamp(MIN_ATTEMPT, MAX_ATTEMPT);
-            let attempt = match &test.probe {
+        let agent = probe_agent();
+        let mut state = None;
+        let end = probe_until(
+            test,
+            deadline,
+            || {
+                let s = self.state(container)?;
+                let running = s.running;
+                state = Some(s);
+                Ok(running)
+            },
+            |budget| match &test.probe {
                 Probe::Http { port, path } => {
-                    let host_port = published_port(container, &state, *port)?;
-                    http_probe(&agent, host_port, path, &test.expect, budget)
+                    let s = self.state(container)?;
+                    let host_port = published_port(container, &s, *port)?;
+                    Ok(http_probe(&agent, host_port, path, &test.expect, budget))
                 }
-                Probe::Command { argv } => {
-                    self.exec_probe(container, argv, &test.expect, budget)?
-                }
-            };
-            match attempt {
-                Attempt::Pass(detail) => {
-                    return Ok(End {
-                        passed: true,
-                        attempts,
-                        detail,
-                        removed: false,
-                    })
-                }
-                Attempt::Fail(detail) => last = detail,
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                // A container that died during the last attempt is reported as such.
-                let state = self.state(container)?;
-                if !state.running {
-                    return Ok(End::exited(&state, attempts, &last));
-                }
-                let detail = format!(
-                    "not passed within {:.1}s ({attempts} attempt{}); last: {last}",
-                    test.timeout.as_secs_f64(),
-                    if attempts == 1 { "" } else { "s" },
-                );
-                return Ok(End {
-                    passed: false,
-                    attempts,
-                    detail,
-                    removed: false,
-                });
-            }
-            std::thread::sleep(delay.min(deadline - now));
-            delay = (delay * 2).min(MAX_INTERVAL);
-        }
+                Probe::Command { argv } => self.exec_probe(container, argv, &test.expect, budget),
+            },
+        )?;
+        Ok(match (end, state) {
+            (ProbeEnd::Stopped { attempts, last }, Some(state)) => End::exited(&state, attempts, &last),
+            (end, _) => End::from(end),
+        })
     }
 
     fn create_network(&self, name: &str) -> Result<String, DockerError> {
@@ -564,25 +525,7 @@ impl Docker {
             Ok(o) => o,
             Err(message) => return Ok(Attempt::Fail(format!("exec `{shown}`: {message}"))),
         };
-        let want = expect.exit_code.unwrap_or(0);
-        let stdout = String::from_utf8_lossy(&stdout);
-        if code != Some(want) {
-            let got = code.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
-            return Ok(Attempt::Fail(format!(
-                "`{shown}`: expected exit code {want}, got {got} (stdout {}, stderr {})",
-                excerpt(&stdout),
-                excerpt(&String::from_utf8_lossy(&stderr)),
-            )));
-        }
-        if let Some(needle) = &expect.body_contains {
-            if !stdout.contains(needle.as_str()) {
-                return Ok(Attempt::Fail(format!(
-                    "`{shown}`: expected stdout containing {needle:?}, got {}",
-                    excerpt(&stdout)
-                )));
-            }
-        }
-        Ok(Attempt::Pass(format!("`{shown}` exited with {want}")))
+        Ok(judge_command(&shown, code, &stdout, &stderr, expect))
     }
 
     /// The container's last log lines, stdout and stderr interleaved as written.
@@ -608,6 +551,116 @@ impl Docker {
         let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
         Ok(lines.into_iter().skip(skip).collect())
     }
+}
+
+/// An http agent for probes: loopback only, so no proxy from the environment; no
+/// redirects, so the status is the service's own and nothing else is reached; no pooled
+/// connections, so each attempt sees the server as it is now.
+pub(crate) fn probe_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .max_idle_connections(0)
+        .build()
+        .new_agent()
+}
+
+/// How a [`probe_until`] loop ended.
+#[derive(Debug)]
+pub enum ProbeEnd {
+    Passed { attempts: u32, detail: String },
+    /// What runs the service stopped; `last` is the last probe's detail.
+    Stopped { attempts: u32, last: String },
+    /// The deadline passed; `detail` says so with the last probe's detail.
+    TimedOut { attempts: u32, detail: String },
+}
+
+impl From<ProbeEnd> for End {
+    fn from(e: ProbeEnd) -> End {
+        let (passed, attempts, detail) = match e {
+            ProbeEnd::Passed { attempts, detail } => (true, attempts, detail),
+            ProbeEnd::TimedOut { attempts, detail } => (false, attempts, detail),
+            ProbeEnd::Stopped { attempts, last } => (false, attempts, last),
+        };
+        End {
+            passed,
+            attempts,
+            detail,
+            removed: false,
+        }
+    }
+}
+
+/// The retry loop of a smoke test, whatever runs the service (an engine's container,
+/// cascade's sandbox): while `running()` says so, `probe(budget)` until it passes or
+/// `deadline`; delays double from `test.interval` up to [`MAX_INTERVAL`].
+pub fn probe_until<E>(
+    test: &SmokeTest,
+    deadline: Instant,
+    mut running: impl FnMut() -> Result<bool, E>,
+    mut probe: impl FnMut(Duration) -> Result<Attempt, E>,
+) -> Result<ProbeEnd, E> {
+    let mut delay = test.interval;
+    let mut attempts = 0;
+    let mut last = String::from("no probe was made");
+    loop {
+        if !running()? {
+            return Ok(ProbeEnd::Stopped { attempts, last });
+        }
+        attempts += 1;
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_ATTEMPT, MAX_ATTEMPT);
+        match probe(budget)? {
+            Attempt::Pass(detail) => return Ok(ProbeEnd::Passed { attempts, detail }),
+            Attempt::Fail(detail) => last = detail,
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            // What died during the last attempt is reported as such.
+            if !running()? {
+                return Ok(ProbeEnd::Stopped { attempts, last });
+            }
+            let detail = format!(
+                "not passed within {:.1}s ({attempts} attempt{}); last: {last}",
+                test.timeout.as_secs_f64(),
+                if attempts == 1 { "" } else { "s" },
+            );
+            return Ok(ProbeEnd::TimedOut { attempts, detail });
+        }
+        std::thread::sleep(delay.min(deadline - now));
+        delay = (delay * 2).min(MAX_INTERVAL);
+    }
+}
+
+/// A command's end, judged by `expect` (exit code 0 unless it says otherwise).
+pub fn judge_command(
+    shown: &str,
+    code: Option<i64>,
+    stdout: &[u8],
+    stderr: &[u8],
+    expect: &Expect,
+) -> Attempt {
+    let want = expect.exit_code.unwrap_or(0);
+    let stdout = String::from_utf8_lossy(stdout);
+    if code != Some(want) {
+        let got = code.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
+        return Attempt::Fail(format!(
+            "`{shown}`: expected exit code {want}, got {got} (stdout {}, stderr {})",
+            excerpt(&stdout),
+            excerpt(&String::from_utf8_lossy(stderr)),
+        ));
+    }
+    if let Some(needle) = &expect.body_contains {
+        if !stdout.contains(needle.as_str()) {
+            return Attempt::Fail(format!(
+                "`{shown}`: expected stdout containing {needle:?}, got {}",
+                excerpt(&stdout)
+            ));
+        }
+    }
+    Attempt::Pass(format!("`{shown}` exited with {want}"))
 }
 
 /// `<prefix>-<pid>-<counter>-<random>`: unique among this process's containers, and
@@ -697,7 +750,12 @@ pub(crate) fn http_probe(
         Err(ureq::Error::BodyExceedsLimit(_)) => Vec::new(),
         Err(e) => return Attempt::Fail(format!("GET {path}: status {status}, then {e}")),
     };
-    let body = String::from_utf8_lossy(&body);
+    judge_http(path, status, &body, expect)
+}
+
+/// A response to `GET path`, judged by `expect` (status 200 unless it says otherwise).
+pub fn judge_http(path: &str, status: u16, body: &[u8], expect: &Expect) -> Attempt {
+    let body = String::from_utf8_lossy(body);
     let want = expect.status.unwrap_or(200);
     if status != want {
         return Attempt::Fail(format!(

@@ -105,6 +105,22 @@ impl Jailed {
         wait_status(self.pid)
     }
 
+    /// P1's status if it has ended, without waiting.
+    pub fn try_wait(&self) -> io::Result<Option<i32>> {
+        let mut status = 0;
+        // SAFETY: waitpid writes only into `status`.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => Ok(None),
+            r if r == self.pid => Ok(Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            })),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
     /// Kills everything: P1's group holds P2, whose death ends the pid namespace.
     pub fn kill(&self) {
         // SAFETY: plain syscall; a negative pid names the process group.
@@ -992,15 +1008,16 @@ fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
     }
 }
 
-/// Runs `argv` inside a running sandbox (its user, mount, network and pid namespaces,
-/// as the same inside user, no capabilities), with stdout into `stdout`; returns its
-/// exit status. For smoke tests' command probes.
+/// Starts `argv` inside a running sandbox (its user, mount, network and pid namespaces,
+/// as the same inside user, no capabilities), with stdout into `stdout`, stderr into
+/// `stderr`; the handle's status is the command's. For smoke tests' command probes.
 pub fn exec_inside(
     jailed: &Jailed,
     argv: &[String],
     env: &[String],
     stdout: OwnedFd,
-) -> io::Result<i32> {
+    stderr: OwnedFd,
+) -> io::Result<Jailed> {
     let ns = |kind: &str| cstring(format!("/proc/{}/ns/{kind}", jailed.pid));
     let (user, mnt, net, pid_ns) = (ns("user")?, ns("mnt")?, ns("net")?, ns("pid_for_children")?);
     let argv_c = argv.iter().map(cstring).collect::<io::Result<Vec<_>>>()?;
@@ -1015,7 +1032,12 @@ pub fn exec_inside(
     env_p.push(std::ptr::null());
     let devnull: OwnedFd = fs::File::open("/dev/null")?.into();
     let (read, write) = error_pipe()?;
-    let mut keep = vec![stdout.as_raw_fd(), devnull.as_raw_fd(), write.as_raw_fd()];
+    let mut keep = vec![
+        stdout.as_raw_fd(),
+        stderr.as_raw_fd(),
+        devnull.as_raw_fd(),
+        write.as_raw_fd(),
+    ];
     keep.sort_unstable();
     // SAFETY: the child runs system calls on the memory prepared above.
     let child = unsafe { libc::fork() };
@@ -1027,10 +1049,11 @@ pub fn exec_inside(
         let r = (|| {
             // SAFETY: plain system calls.
             unsafe {
+                libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 libc::dup2(devnull.as_raw_fd(), 0);
                 libc::dup2(stdout.as_raw_fd(), 1);
-                libc::dup2(devnull.as_raw_fd(), 2);
+                libc::dup2(stderr.as_raw_fd(), 2);
             }
             close_others(&keep);
             enter(&user, rustix::thread::LinkNameSpaceType::User)?;
@@ -1067,10 +1090,11 @@ pub fn exec_inside(
     }
     drop(write);
     drop(stdout);
+    drop(stderr);
     if let Some((stage, errno)) = read_failure(read) {
         let _ = wait_status(child);
         let e = io::Error::from_raw_os_error(errno);
         return Err(io::Error::new(e.kind(), format!("{}: {e}", stage_name(stage))));
     }
-    wait_status(child)
+    Ok(Jailed { pid: child })
 }

@@ -222,11 +222,34 @@ impl OciLayout {
         Ok(out)
     }
 
+    /// What a container of the image whose manifest is `manifest` runs, for runners that
+    /// start images without an engine (cascade's sandbox).
+    pub fn run_config(&self, manifest: &OciDigest) -> Result<RunConfig, ImageError> {
+        let c = read_image(self, manifest)?.1.config;
+        Ok(RunConfig {
+            env: c.env,
+            entrypoint: c.entrypoint,
+            cmd: c.cmd,
+            working_dir: c.working_dir,
+        })
+    }
+
     /// The digest of the config of the image whose manifest is `manifest`, after the
     /// same checks: what Docker's classic image store names the image by (its id).
     pub fn config_digest(&self, manifest: &OciDigest) -> Result<OciDigest, ImageError> {
         Ok(read_image(self, manifest)?.0.config.digest)
     }
+}
+
+/// The runtime part of an image's config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    /// `NAME=value`, in the image's order.
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// Empty: `/`.
+    pub working_dir: String,
 }
 
 /// Reads and checks an image manifest and its config from the layout: media types,

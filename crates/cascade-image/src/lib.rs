@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 pub use archive::export_archive;
 pub use digest::{HashingWriter, OciDigest};
 pub use image::{
-    assemble, rfc3339, Base, ConfigSpec, ImageBuilt, ImageSpec, LayerSpec, Platform,
+    assemble, rfc3339, Base, ConfigSpec, ImageBuilt, ImageSpec, LayerSpec, Platform, RunConfig,
     ANNOTATION_BASE_DIGEST,
 };
 pub use layer::{

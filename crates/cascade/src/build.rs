@@ -18,7 +18,7 @@ use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage};
 use cascade_store::{remove_tree, ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
-use crate::container::{read_only_entries, ContainerRun, Containers};
+use crate::execute::{ExecutorKind, Executors};
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
@@ -27,8 +27,6 @@ use crate::{load, pin_all, Error, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// How many lines of a failed step's log are shown.
-const LOG_TAIL: usize = 20;
 
 pub struct BuildOptions {
     pub project: PathBuf,
@@ -47,6 +45,8 @@ pub struct BuildOptions {
     pub replay: ReplayOptions,
     /// `--remote-cache`: share results through an OCI registry.
     pub remote: RemoteOptions,
+    /// `--executor`: where container steps and smoke tests run.
+    pub executor: ExecutorKind,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -289,7 +289,8 @@ pub fn build(
     }
     // What publishing needs is checked before anything is built.
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
-    let docker = publish::engine_for(&opts.publish, any_tests(&project.graph.components))?;
+    let tests = any_tests(&project.graph.components) && !opts.publish.skip_tests;
+    let docker = publish::engine_for(&opts.publish, tests && opts.executor == ExecutorKind::Docker)?;
     // The normalized recipes and image declarations are kept in the store under their
     // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
     // replayed, and `plan` can name the fields that changed, after a recipe changed.
@@ -300,7 +301,8 @@ pub fn build(
         }
     }
     let layout = open_layout(&store, &project.graph.components)?;
-    let containers = Containers::for_graph(&project.graph.components, layout.as_ref())?;
+    let executors =
+        Executors::for_graph(opts.executor, &project.graph.components, layout.as_ref(), tests)?;
     // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
     let remote_opts = RemoteOptions {
         url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),
@@ -313,7 +315,7 @@ pub fn build(
         components: &project.graph.components,
         nodes: &nodes,
         layout: layout.as_ref(),
-        containers: containers.as_ref(),
+        executors: &executors,
         env_name: &opts.env,
         jobs: opts.jobs,
         keep_going: opts.keep_going,
@@ -377,8 +379,8 @@ pub(crate) struct Run<'a> {
     pub components: &'a [Component],
     pub nodes: &'a [Node<'a>],
     pub layout: Option<&'a OciLayout>,
-    /// The engine, when a step runs in a container.
-    pub containers: Option<&'a Containers>,
+    /// Where Actions run.
+    pub executors: &'a Executors,
     pub env_name: &'a str,
     pub jobs: usize,
     pub keep_going: bool,
@@ -405,7 +407,7 @@ pub(crate) fn publish_all(
         .filter_map(|d| d.get().and_then(|d| d.image.clone()))
         .collect();
     index_images(l, &images).map_err(Error::Image)?;
-    publish_images(opts, run.store, l, docker, run.nodes, report, on_event)?;
+    publish_images(opts, run, l, docker, report, on_event)?;
     if report.success() && opts.publish.push {
         for line in publish::push(l, &images)? {
             on_event(Event::Published(&line));
@@ -625,9 +627,9 @@ struct ToolProblem {
     source: cascade_exec::ToolError,
 }
 
-struct Failure {
-    status: NodeStatus,
-    key: Option<NodeKey>,
+pub(crate) struct Failure {
+    pub status: NodeStatus,
+    pub key: Option<NodeKey>,
 }
 
 /// Adds the node's image, when its recipe declares one, to what it built or found.
@@ -657,7 +659,11 @@ fn with_image(
     }
 }
 
-fn fail(cause: FailureCause, error: impl std::fmt::Display, key: Option<NodeKey>) -> Failure {
+pub(crate) fn fail(
+    cause: FailureCause,
+    error: impl std::fmt::Display,
+    key: Option<NodeKey>,
+) -> Failure {
     Failure {
         status: NodeStatus::Failed {
             cause,
@@ -667,18 +673,6 @@ fn fail(cause: FailureCause, error: impl std::fmt::Display, key: Option<NodeKey>
         },
         key,
     }
-}
-
-fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
-    let mut env = node.component.recipe.env.clone();
-    let s = &node.pinned.source;
-    env.insert("SOURCE_DATE_EPOCH".into(), s.commit_time.to_string());
-    env.insert("TZ".into(), "UTC".into());
-    env.insert("LC_ALL".into(), "C".into());
-    env.insert("CASCADE_COMPONENT".into(), node.component.name.clone());
-    env.insert("CASCADE_COMMIT".into(), s.commit.clone());
-    env.insert("CASCADE_VERSION".into(), s.version.to_string());
-    env
 }
 
 /// Keys one node and either finds it in the action cache or builds it. Returns
@@ -743,216 +737,31 @@ fn run_node(
     let tmp = store
         .temp_dir()
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    let result = execute(run, node, inputs, &runner, key, tmp.path());
+    let result = crate::execute::execute(run, node, inputs, &runner, key, tmp.path());
     let _ = remove_tree(tmp.path());
     let outputs = result?;
     Ok((done(outputs.digest, outputs.artifacts), true))
-}
-
-fn execute(
-    run: &Run<'_>,
-    node: &Node<'_>,
-    inputs: &BTreeMap<String, OutputDigest>,
-    runner: &RunnerIdentity,
-    key: NodeKey,
-    tmp: &Path,
-) -> Result<cascade_store::Outputs, Failure> {
-    let (store, git, remote, env_name) = (run.store, run.git, run.remote, run.env_name);
-    let c = node.component;
-    let k = Some(key);
-    let work = tmp.join("work");
-    let tools_dir = tmp.join("tools");
-    let temp = tmp.join("tmp");
-    let log = tmp.join("log");
-    for d in [&work, &tools_dir, &temp] {
-        fs::create_dir(d).map_err(|e| {
-            fail(
-                FailureCause::Environment,
-                format!("could not create `{}`: {e}", d.display()),
-                k,
-            )
-        })?;
-    }
-    git.export(&node.pinned.location, &node.pinned.source.tree, &work)
-        .map_err(|e| {
-            fail(
-                FailureCause::Environment,
-                format!("could not export the source: {e}"),
-                k,
-            )
-        })?;
-    // Inputs, read-only, at inputs/<name>/<their declared paths>.
-    for (name, output) in inputs {
-        let dest = work.join("inputs").join(name);
-        fs::create_dir_all(&dest).map_err(|e| {
-            fail(
-                FailureCause::Environment,
-                format!("could not create `inputs/{name}`: {e}"),
-                k,
-            )
-        })?;
-        store.materialize(output, &dest).map_err(|e| match e {
-            // The bad entry is gone now, so the next build rebuilds the input.
-            StoreError::Corrupt { .. } => fail(
-                FailureCause::Input,
-
-                format!("input `{name}` is corrupt in the store ({e}); run the build again to rebuild it"),
-                k,
-            ),
-            e => fail(FailureCause::Environment, format!("could not materialize input `{name}`: {e}"), k),
-        })?;
-    }
-    if !inputs.is_empty() {
-        // 0755 whatever the umask (the source's directories are exported so too): a
-        // container's user reaches the inputs through it.
-        use std::os::unix::fs::PermissionsExt;
-        let dir = work.join("inputs");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| {
-            fail(
-                FailureCause::Environment,
-                format!("could not open `inputs/` to the steps: {e}"),
-                k,
-            )
-        })?;
-    }
-    let steps: Vec<Step> = c
-        .recipe
-        .steps
-        .iter()
-        .map(|s| Step {
-            name: s.name.clone(),
-            run: s.run.clone(),
-        })
-        .collect();
-    let env = step_env(node);
-    let timeout = c.recipe.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let ran = match runner {
-        RunnerIdentity::Host { .. } => HostRun {
-            work: &work,
-            tools_dir: &tools_dir,
-            temp: &temp,
-            tools: &node.tools,
-            env: &env,
-            steps: &steps,
-            timeout,
-            log: &log,
-        }
-        .run(),
-        RunnerIdentity::Container { image } => {
-            let containers = run.containers.ok_or_else(|| {
-                fail(
-                    FailureCause::Environment,
-                    "no Docker Engine was connected",
-                    k,
-                )
-            })?;
-            let image: OciDigest = image
-                .parse()
-                .map_err(|e| fail(FailureCause::Environment, format!("runner image: {e}"), k))?;
-            // Mounted read-only: everything in the work directory so far, the source as
-            // exported and `inputs/`.
-            let read_only = read_only_entries(&work).map_err(|e| {
-                fail(
-                    FailureCause::Environment,
-                    format!("could not list the work directory: {e}"),
-                    k,
-                )
-            })?;
-            let reference = match &c.recipe.runner {
-                RunnerDecl::Container {
-                    image: RunnerImage::Pinned { name, .. },
-                } => format!("{name}:cascade-{}", &image.hex()[..12]),
-                // The image as the component that makes it tags it.
-                _ => c
-                    .runner_image
-                    .and_then(|j| run.nodes[j].reference.clone())
-                    .unwrap_or_else(|| format!("cascade-runner:{}", &image.hex()[..12])),
-            };
-            containers.run(
-                store,
-                run.layout,
-                &ContainerRun {
-                    component: c,
-                    image,
-                    reference,
-                    work: &work,
-                    read_only,
-                    env: &env,
-                    steps: &steps,
-                    timeout,
-                    log: &log,
-                },
-            )
-        }
-    };
-    let log_bytes = fs::read(&log).unwrap_or_default();
-    if let Err(e) = ran {
-        let log_name = format!("{env_name}-{}-{}", c.name, key.short(12));
-        let log_path = store.keep_log(&log_name, &log_bytes).ok();
-        let text = String::from_utf8_lossy(&log_bytes);
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(LOG_TAIL)..]
-            .iter()
-            .map(|l| l.to_string())
-            .collect();
-        let cause = match e {
-            cascade_exec::RunError::Setup { .. } | cascade_exec::RunError::Interrupted => {
-                FailureCause::Environment
-            }
-            _ => FailureCause::Step,
-        };
-        return Err(Failure {
-            status: NodeStatus::Failed {
-                cause,
-                error: e.to_string(),
-                log_tail: tail,
-                log_path,
-            },
-            key: k,
-        });
-    }
-    let outputs = store
-        .ingest_outputs(&work, &c.recipe.outputs)
-        .map_err(|e| match e {
-            cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
-            e => fail(FailureCause::Output, e, k),
-        })?;
-    let log_digest = store
-        .put_blob(&log_bytes)
-        .map_err(|e| fail(FailureCause::Environment, e, k))?;
-    let action = ActionResult {
-        output: outputs.digest,
-        log: log_digest,
-    };
-    cascade_store::crash_point("build:before-action");
-    store
-        .put_action(&key, &action)
-        .map_err(|e| fail(FailureCause::Environment, e, k))?;
-    cascade_store::crash_point("build:after-action");
-    if let Some(rc) = remote {
-        rc.upload(store, &key, &action, &c.name);
-    }
-    Ok(outputs)
 }
 
 /// Loads the images that must be in Docker (all with `--load`, else those with tests)
 /// and runs the smoke tests, in build order; results go into the node reports.
 fn publish_images(
     opts: &BuildOptions,
-    store: &Store,
+    run: &Run<'_>,
     layout: &OciLayout,
     docker: Option<&cascade_docker::Docker>,
-    nodes: &[Node<'_>],
     report: &mut BuildReport,
     on_event: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<(), Error> {
-    let p = &opts.publish;
-    for (node, r) in nodes.iter().zip(report.nodes.iter_mut()) {
+    let (p, store) = (&opts.publish, run.store);
+    let smoke = crate::execute::smoke_tests_on(Some(run.executors), docker, store, layout);
+    for (node, r) in run.nodes.iter().zip(report.nodes.iter_mut()) {
         let Some(image) = r.image.clone() else {
             continue;
         };
         let tests = &node.component.recipe.tests;
-        let wanted = p.load || (!tests.is_empty() && !p.skip_tests);
+        let in_docker = run.executors.kind == ExecutorKind::Docker;
+        let wanted = p.load || (!tests.is_empty() && !p.skip_tests && in_docker);
         if let (true, Some(d)) = (wanted, docker) {
             let id = publish::load(d, store, layout, &image).map_err(|message| Error::Load {
                 reference: image.reference.clone(),
@@ -968,7 +777,7 @@ fn publish_images(
             commit: &r.commit,
             version: &r.version,
         };
-        r.tests = publish::run_tests(docker, &image, tests, &facts, p.skip_tests);
+        r.tests = publish::run_tests(&smoke, &image, tests, &facts, p.skip_tests);
         for t in &r.tests {
             on_event(Event::Published(&test_line(&r.name, t)));
         }

@@ -112,6 +112,14 @@ pub enum Error {
         source: cascade_docker::DockerError,
     },
 
+    #[error("{needed_by} run in cascade's sandbox, and this kernel refuses its namespaces")]
+    #[diagnostic(code(cascade::sandbox), help("{}", cascade_exec::namespace::Refused::HELP))]
+    Sandbox {
+        needed_by: String,
+        #[source]
+        source: cascade_exec::namespace::Refused,
+    },
+
     #[error("could not load `{reference}` into Docker: {message}")]
     #[diagnostic(code(cascade::docker_load))]
     Load { reference: String, message: String },
@@ -333,6 +341,7 @@ impl Error {
             | Error::Image(_)
             | Error::Docker { .. }
             | Error::ContainerEngine { .. }
+            | Error::Sandbox { .. }
             | Error::Load { .. }
             | Error::Push { .. }
             | Error::ReproducibilityRisk { .. }

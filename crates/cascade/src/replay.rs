@@ -30,7 +30,7 @@ use crate::build::{
     BuildOptions, BuildReport, Event, Run,
 };
 use crate::check::{compare_outputs, Mismatch};
-use crate::container::Containers;
+use crate::execute::{ExecutorKind, Executors};
 use crate::errors::LockfileProblem;
 use crate::pin::locate;
 use crate::{publish, Error, Pinned, Problems};
@@ -132,7 +132,8 @@ pub(crate) fn replay(
     for r in &risks {
         on_event(Event::Published(&format!("  warning  {r}")));
     }
-    let docker = publish::engine_for(&opts.publish, any_tests(&components))?;
+    let tests = any_tests(&components) && !opts.publish.skip_tests && !opts.replay.check;
+    let docker = publish::engine_for(&opts.publish, tests && opts.executor == ExecutorKind::Docker)?;
 
     // --check: a fresh store for everything that is built; the real one keeps serving
     // git mirrors (through `git`), and pinned base images are copied over.
@@ -149,14 +150,14 @@ pub(crate) fn replay(
     if let (Some(l), true) = (&layout, opts.replay.check) {
         copy_pinned_bases(&real, l, &components)?;
     }
-    let containers = Containers::for_graph(&components, layout.as_ref())?;
+    let executors = Executors::for_graph(opts.executor, &components, layout.as_ref(), tests)?;
     let run = Run {
         store: &store,
         git: &git,
         components: &components,
         nodes: &nodes,
         layout: layout.as_ref(),
-        containers: containers.as_ref(),
+        executors: &executors,
         env_name: &lock.environment,
         jobs: opts.jobs,
         keep_going: opts.keep_going,

@@ -1,0 +1,479 @@
+//! [IO] The execute stage, along one seam: a node becomes an [`Action`] (built in one
+//! place, [`Action::of`]), an executor runs it, its outputs are recorded.
+//!
+//! - **prepare**: a fresh work directory on the store's disk gets the source tree,
+//!   exported from git, and each input's output tree, materialized read-only at
+//!   `inputs/<name>/`;
+//! - **execute**: the Action runs on an executor. Host-rooted Actions always run in the
+//!   sandbox (cascade's own namespaces; `CASCADE_SANDBOX=off` runs them directly on the
+//!   host instead). Image-rooted Actions run on the chosen [`ExecutorKind`]: the sandbox,
+//!   on the image unpacked from the store, or Docker, in a container of it. Which one
+//!   never enters a key: the same Action gives the same output bytes on either;
+//! - **record**: declared outputs become a Merkle tree in the store, the log a blob,
+//!   then the action result (node key → output, log), then the remote cache.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use cascade_core::{NodeKey, OutputDigest, RunnerIdentity};
+use cascade_exec::{HostRun, ResolvedTool, RootFs, RunError, SandboxRun, Step};
+use cascade_image::{OciDigest, OciLayout};
+use cascade_manifest::{Component, RunnerDecl, RunnerImage};
+use cascade_store::{ActionResult, Store, StoreError};
+use miette::Diagnostic;
+
+use crate::build::{fail, FailureCause, Failure, Node, NodeStatus, Run, DEFAULT_TIMEOUT};
+use crate::container::{read_only_entries, ContainerRun, Containers};
+use crate::rootfs::Rootfses;
+use crate::{Error, Problems};
+
+/// How many lines of a failed step's log are shown.
+const LOG_TAIL: usize = 20;
+
+/// Where image-rooted Actions (container runners) and smoke tests run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    /// cascade's own Linux namespaces: no daemon.
+    #[default]
+    Sandbox,
+    /// A Docker Engine.
+    Docker,
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sandbox" => Ok(ExecutorKind::Sandbox),
+            "docker" => Ok(ExecutorKind::Docker),
+            other => Err(format!("unknown executor `{other}` (expected `sandbox` or `docker`)")),
+        }
+    }
+}
+
+/// What a node's steps need and nothing else: the unit every executor runs.
+pub(crate) struct Action<'a> {
+    pub component: &'a Component,
+    pub key: NodeKey,
+    /// The input root: the source tree (from `node.pinned`) plus these outputs at
+    /// `inputs/<name>/`.
+    pub inputs: &'a BTreeMap<String, OutputDigest>,
+    pub root: ActionRoot<'a>,
+    pub steps: Vec<Step>,
+    pub env: BTreeMap<String, String>,
+    pub outputs: &'a [String],
+    pub timeout: Duration,
+}
+
+/// The root filesystem an Action runs in.
+pub(crate) enum ActionRoot<'a> {
+    /// The host's, read-only, with these tools on `PATH`.
+    Host { tools: &'a [ResolvedTool] },
+    /// An image's: its manifest digest, and the reference it is known by.
+    Image { digest: OciDigest, reference: String },
+}
+
+impl<'a> Action<'a> {
+    /// The Action of `node`, keyed `key`, given its inputs' outputs and its runner.
+    pub(crate) fn of(
+        run: &Run<'_>,
+        node: &'a Node<'a>,
+        inputs: &'a BTreeMap<String, OutputDigest>,
+        runner: &RunnerIdentity,
+        key: NodeKey,
+    ) -> Result<Action<'a>, Failure> {
+        let c = node.component;
+        let root = match runner {
+            RunnerIdentity::Host { .. } => ActionRoot::Host { tools: &node.tools },
+            RunnerIdentity::Container { image } => {
+                let digest: OciDigest = image.parse().map_err(|e| {
+                    fail(FailureCause::Environment, format!("runner image: {e}"), Some(key))
+                })?;
+                let reference = match &c.recipe.runner {
+                    RunnerDecl::Container {
+                        image: RunnerImage::Pinned { name, .. },
+                    } => format!("{name}:cascade-{}", &digest.hex()[..12]),
+                    // The image as the component that makes it tags it.
+                    _ => c
+                        .runner_image
+                        .and_then(|j| run.nodes[j].reference.clone())
+                        .unwrap_or_else(|| format!("cascade-runner:{}", &digest.hex()[..12])),
+                };
+                ActionRoot::Image { digest, reference }
+            }
+        };
+        Ok(Action {
+            component: c,
+            key,
+            inputs,
+            root,
+            steps: c
+                .recipe
+                .steps
+                .iter()
+                .map(|s| Step {
+                    name: s.name.clone(),
+                    run: s.run.clone(),
+                })
+                .collect(),
+            env: step_env(node),
+            outputs: &c.recipe.outputs,
+            timeout: c.recipe.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        })
+    }
+}
+
+/// The declared env plus the engine's own variables.
+fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
+    let mut env = node.component.recipe.env.clone();
+    let s = &node.pinned.source;
+    env.insert("SOURCE_DATE_EPOCH".into(), s.commit_time.to_string());
+    env.insert("TZ".into(), "UTC".into());
+    env.insert("LC_ALL".into(), "C".into());
+    env.insert("CASCADE_COMPONENT".into(), node.component.name.clone());
+    env.insert("CASCADE_COMMIT".into(), s.commit.clone());
+    env.insert("CASCADE_VERSION".into(), s.version.to_string());
+    env
+}
+
+/// The executors of one build.
+pub(crate) struct Executors {
+    pub kind: ExecutorKind,
+    /// The engine, when image-rooted Actions run in Docker.
+    containers: Option<Containers>,
+    /// Unpacked runner images, for the sandbox (steps and smoke tests).
+    pub rootfs: Rootfses,
+}
+
+/// Whether host steps run without the sandbox (`CASCADE_SANDBOX=off`).
+fn sandbox_off() -> bool {
+    std::env::var_os("CASCADE_SANDBOX").is_some_and(|v| v == "off")
+}
+
+/// A pinned runner image the sandbox cannot find.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("recipe `{component}` runs in `{image}`, which is not in the store")]
+#[diagnostic(code(cascade::runner_image), help("{help}"))]
+struct MissingImage {
+    component: String,
+    image: String,
+    help: String,
+}
+
+impl Executors {
+    /// Checks, before anything is built, what this graph's Actions and smoke tests
+    /// need: namespaces for the sandbox (exit 3, naming the setting, when refused; never
+    /// an unsandboxed run instead), the engine and its images for Docker, pinned runner
+    /// images in the store for the sandbox.
+    pub(crate) fn for_graph(
+        kind: ExecutorKind,
+        components: &[Component],
+        layout: Option<&OciLayout>,
+        smoke_tests: bool,
+    ) -> Result<Executors, Error> {
+        let host = components
+            .iter()
+            .find(|c| matches!(c.recipe.runner, RunnerDecl::Host { .. }));
+        let container = components
+            .iter()
+            .find(|c| matches!(c.recipe.runner, RunnerDecl::Container { .. }));
+        let needs_sandbox = match (host, container) {
+            (Some(c), _) if !sandbox_off() => Some(format!("the steps of `{}`", c.name)),
+            (_, Some(c)) if kind == ExecutorKind::Sandbox => Some(format!("the steps of `{}`", c.name)),
+            _ if smoke_tests && kind == ExecutorKind::Sandbox => Some("the smoke tests".into()),
+            _ => None,
+        };
+        if let Some(needed_by) = needs_sandbox {
+            cascade_exec::namespace::available()
+                .map_err(|source| Error::Sandbox { needed_by, source })?;
+        }
+        let containers = match kind {
+            ExecutorKind::Docker => Containers::for_graph(components, layout)?,
+            ExecutorKind::Sandbox => {
+                check_pinned_in_store(components, layout)?;
+                None
+            }
+        };
+        Ok(Executors {
+            kind,
+            containers,
+            rootfs: Rootfses::default(),
+        })
+    }
+
+    /// Runs `action` in `work` (prepared), with `scratch` (an empty directory beside
+    /// it) for the executor's own files, its steps' output into `log`.
+    fn run(
+        &self,
+        run: &Run<'_>,
+        action: &Action<'_>,
+        work: &Path,
+        scratch: &Path,
+        log: &Path,
+    ) -> Result<(), RunError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| RunError::Setup {
+            what: what.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        match &action.root {
+            ActionRoot::Host { tools } if sandbox_off() => {
+                let (tools_dir, temp) = (scratch.join("tools"), scratch.join("tmp"));
+                for d in [&tools_dir, &temp] {
+                    fs::create_dir_all(d).map_err(|e| setup("create the step's directories", &e))?;
+                }
+                HostRun {
+                    work,
+                    tools_dir: &tools_dir,
+                    temp: &temp,
+                    tools,
+                    env: &action.env,
+                    steps: &action.steps,
+                    timeout: action.timeout,
+                    log,
+                }
+                .run()
+            }
+            ActionRoot::Host { tools } => {
+                // Inputs read-only; the source stays writable to host steps, as it
+                // always was (recipes build in place).
+                let read_only: Vec<String> = if work.join("inputs").is_dir() {
+                    vec!["inputs".into()]
+                } else {
+                    Vec::new()
+                };
+                SandboxRun {
+                    work,
+                    scratch,
+                    root: RootFs::Host { tools },
+                    read_only: &read_only,
+                    env: &action.env,
+                    steps: &action.steps,
+                    timeout: action.timeout,
+                    log,
+                }
+                .run()
+            }
+            ActionRoot::Image { digest, reference } => {
+                // Mounted read-only: everything in the work directory so far, the
+                // source as exported and `inputs/`.
+                let read_only = read_only_entries(work)
+                    .map_err(|e| setup("list the work directory", &e))?;
+                match &self.containers {
+                    Some(containers) => containers.run(
+                        run.store,
+                        run.layout,
+                        &ContainerRun {
+                            component: action.component,
+                            image: *digest,
+                            reference: reference.clone(),
+                            work,
+                            read_only,
+                            env: &action.env,
+                            steps: &action.steps,
+                            timeout: action.timeout,
+                            log,
+                        },
+                    ),
+                    None => {
+                        let layout = run
+                            .layout
+                            .ok_or_else(|| setup("find the runner image", &"no image layout was opened"))?;
+                        let rootfs = self
+                            .rootfs
+                            .get(run.store, layout, digest)
+                            .map_err(|e| setup("unpack the runner image", &e))?;
+                        SandboxRun {
+                            work,
+                            scratch,
+                            root: RootFs::Image {
+                                rootfs: &rootfs.tree,
+                                env: &rootfs.config.env,
+                            },
+                            read_only: &read_only,
+                            env: &action.env,
+                            steps: &action.steps,
+                            timeout: action.timeout,
+                            log,
+                        }
+                        .run()
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sandbox runs images from the store only: every pinned runner image must be in
+/// its layout.
+fn check_pinned_in_store(components: &[Component], layout: Option<&OciLayout>) -> Result<(), Error> {
+    let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
+    for c in components {
+        let RunnerDecl::Container {
+            image: RunnerImage::Pinned { name, digest },
+        } = &c.recipe.runner
+        else {
+            continue;
+        };
+        let Ok(d) = digest.parse::<OciDigest>() else {
+            continue; // the manifest checked its form
+        };
+        if layout.is_some_and(|l| l.image_blobs(&d).is_ok()) {
+            continue;
+        }
+        problems.push(Box::new(MissingImage {
+            component: c.name.clone(),
+            image: format!("{name}@{digest}"),
+            help: format!(
+                "the sandbox runs images from the store only (nothing is pulled): copy it in with `skopeo copy docker://{name}@{digest} oci:{}:{name}`, or run with `--executor docker` where the engine has it",
+                layout.map_or_else(|| "<store>/oci".to_string(), |l| l.root().display().to_string())
+            ),
+        }));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Environment(Problems::new("missing runner image", problems)))
+    }
+}
+
+/// Prepares the work directory, runs the Action, records what it made.
+pub(crate) fn execute(
+    run: &Run<'_>,
+    node: &Node<'_>,
+    inputs: &BTreeMap<String, OutputDigest>,
+    runner: &RunnerIdentity,
+    key: NodeKey,
+    tmp: &Path,
+) -> Result<cascade_store::Outputs, Failure> {
+    let k = Some(key);
+    let action = Action::of(run, node, inputs, runner, key)?;
+    let work = tmp.join("work");
+    let scratch = tmp.join("scratch");
+    let log = tmp.join("log");
+    prepare(run, node, &action, &work, &scratch)?;
+    let ran = run.executors.run(run, &action, &work, &scratch, &log);
+    let log_bytes = fs::read(&log).unwrap_or_default();
+    if let Err(e) = ran {
+        return Err(step_failure(run, &action, e, &log_bytes));
+    }
+    record(run, &action, &work, &log_bytes).map_err(|f| Failure { key: k, ..f })
+}
+
+/// The work directory: the source tree exported, the inputs materialized read-only.
+fn prepare(
+    run: &Run<'_>,
+    node: &Node<'_>,
+    action: &Action<'_>,
+    work: &Path,
+    scratch: &Path,
+) -> Result<(), Failure> {
+    let k = Some(action.key);
+    let env_fail = |e: String| fail(FailureCause::Environment, e, k);
+    for d in [work, scratch] {
+        fs::create_dir(d).map_err(|e| env_fail(format!("could not create `{}`: {e}", d.display())))?;
+    }
+    run.git
+        .export(&node.pinned.location, &node.pinned.source.tree, work)
+        .map_err(|e| env_fail(format!("could not export the source: {e}")))?;
+    for (name, output) in action.inputs {
+        let dest = work.join("inputs").join(name);
+        fs::create_dir_all(&dest)
+            .map_err(|e| env_fail(format!("could not create `inputs/{name}`: {e}")))?;
+        run.store.materialize(output, &dest).map_err(|e| match e {
+            // The bad entry is gone now, so the next build rebuilds the input.
+            StoreError::Corrupt { .. } => fail(
+                FailureCause::Input,
+                format!("input `{name}` is corrupt in the store ({e}); run the build again to rebuild it"),
+                k,
+            ),
+            e => env_fail(format!("could not materialize input `{name}`: {e}")),
+        })?;
+    }
+    if !action.inputs.is_empty() {
+        // 0755 whatever the umask (the source's directories are exported so too): a
+        // sandboxed or container step's user reaches the inputs through it.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(work.join("inputs"), fs::Permissions::from_mode(0o755))
+            .map_err(|e| env_fail(format!("could not open `inputs/` to the steps: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A step that failed: its log kept in the store, its tail in the report.
+fn step_failure(run: &Run<'_>, action: &Action<'_>, e: RunError, log_bytes: &[u8]) -> Failure {
+    let name = &action.component.name;
+    let log_name = format!("{}-{name}-{}", run.env_name, action.key.short(12));
+    let log_path = run.store.keep_log(&log_name, log_bytes).ok();
+    let text = String::from_utf8_lossy(log_bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let cause = match e {
+        RunError::Setup { .. } | RunError::Interrupted => FailureCause::Environment,
+        _ => FailureCause::Step,
+    };
+    Failure {
+        status: NodeStatus::Failed {
+            cause,
+            error: e.to_string(),
+            log_tail: tail,
+            log_path,
+        },
+        key: Some(action.key),
+    }
+}
+
+/// Outputs into the store, the log as a blob, then the action result and the remote
+/// cache.
+fn record(
+    run: &Run<'_>,
+    action: &Action<'_>,
+    work: &Path,
+    log_bytes: &[u8],
+) -> Result<cascade_store::Outputs, Failure> {
+    let (store, k) = (run.store, Some(action.key));
+    let outputs = store.ingest_outputs(work, action.outputs).map_err(|e| match e {
+        cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
+        e => fail(FailureCause::Output, e, k),
+    })?;
+    let log_digest = store
+        .put_blob(log_bytes)
+        .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    let result = ActionResult {
+        output: outputs.digest,
+        log: log_digest,
+    };
+    cascade_store::crash_point("build:before-action");
+    store
+        .put_action(&action.key, &result)
+        .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    cascade_store::crash_point("build:after-action");
+    if let Some(rc) = run.remote {
+        rc.upload(store, &action.key, &result, &action.component.name);
+    }
+    Ok(outputs)
+}
+
+/// Smoke tests of `image` on the build's executor.
+pub(crate) fn smoke_tests_on(
+    executors: Option<&Executors>,
+    docker: Option<&cascade_docker::Docker>,
+    store: &Store,
+    layout: &OciLayout,
+) -> impl Fn(&crate::image::ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>> + '_ {
+    move |image, test| match (executors, docker) {
+        (Some(x), _) if x.kind == ExecutorKind::Sandbox => {
+            Some(crate::smoke::smoke_test(store, layout, &x.rootfs, image, test))
+        }
+        (_, Some(d)) => Some(
+            d.smoke_test(&image.reference, test)
+                .map_err(|e| format!("the engine failed: {e}")),
+        ),
+        _ => None,
+    }
+}
