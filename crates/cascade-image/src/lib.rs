@@ -1,8 +1,9 @@
-//! cascade-image: deterministic, daemonless OCI image assembly.
+//! cascade-image: deterministic, daemonless OCI image assembly, and unpacking.
 //!
 //! Files on disk become layers, layers plus a config become an image in an OCI image
 //! layout (`oci-layout`, `index.json`, `blobs/sha256/<hex>`), and an image can be
-//! exported as one tar that both `skopeo copy oci-archive:…` and `docker load` accept.
+//! exported as one tar that both `skopeo copy oci-archive:…` and `docker load` accept,
+//! or unpacked into a directory ([`unpack()`]) that becomes a sandbox's root filesystem.
 //! No Docker daemon, no network, no clock: the same [`ImageSpec`] and the same file
 //! contents give the same bytes, and so the same digests, on any machine.
 //!
@@ -18,7 +19,9 @@
 //!
 //! Why these crates:
 //! - `tar`: writes headers we fill field by field, streams entries from readers, and has
-//!   the GNU long-name extension for paths over 100 bytes.
+//!   the GNU long-name extension for paths over 100 bytes. When unpacking we use only
+//!   its parser (entries, long names, PAX records); what is created on disk, and where,
+//!   is ours, not its `unpack`.
 //! - `flate2`: streaming gzip with a configurable header. Its pure-Rust `miniz_oxide`
 //!   backend is the only one enabled: another deflate implementation (or version)
 //!   produces other bytes, which is why `Cargo.lock` pins it and a test vector checks it.
@@ -29,7 +32,10 @@
 //!   defines the fields we write and read.
 //!
 //! A layer is streamed in one pass (tar → sha256 → gzip → sha256 → temp file → rename),
-//! so a layer of any size is written in constant memory.
+//! so a layer of any size is written in constant memory; unpacking streams the other
+//! way (blob → sha256 → gunzip → sha256 → entries), checking both digests at the end.
+//! Unpacking assumes hostile layers: nothing is written outside the destination, no
+//! symlink is followed on the host, and the work is bounded.
 
 mod archive;
 mod digest;
@@ -37,6 +43,7 @@ mod image;
 mod layer;
 mod layout;
 mod model;
+mod unpack;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -53,8 +60,10 @@ pub use layer::{
 pub use layout::{IndexEntry, OciLayout};
 pub use model::{
     Descriptor, ANNOTATION_CONTAINERD_NAME, ANNOTATION_CREATED, ANNOTATION_REF_NAME,
-    MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+    MEDIA_TYPE_MANIFEST,
 };
+pub use unpack::{unpack, unpack_with_limit, Unpacked, DEFAULT_UNPACK_LIMIT, HEADER_LIMIT};
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ImageError {
@@ -175,6 +184,45 @@ pub enum ImageError {
     #[error("ref name `{name}` is given to two manifests")]
     #[diagnostic(code(cascade::image::duplicate_ref))]
     DuplicateRefName { name: String },
+
+    #[error("cannot unpack an image into `{path}`: {reason}")]
+    #[diagnostic(
+        code(cascade::image::unpack_destination),
+        help("unpack into a new empty directory, then rename it into place")
+    )]
+    UnpackDestination { path: PathBuf, reason: &'static str },
+
+    #[error("layer `{digest}` has media type `{media_type}`, which cannot be unpacked")]
+    #[diagnostic(
+        code(cascade::image::layer_media_type),
+        help("only `application/vnd.oci.image.layer.v1.tar+gzip` and `application/vnd.oci.image.layer.v1.tar` layers can be unpacked")
+    )]
+    UnsupportedLayerMediaType {
+        digest: OciDigest,
+        media_type: String,
+    },
+
+    #[error("layer `{path}` is not a valid tar: {message}")]
+    #[diagnostic(code(cascade::image::invalid_layer))]
+    InvalidLayer { path: PathBuf, message: String },
+
+    #[error("entry `{path}` of layer `{layer}` cannot be unpacked: {reason}")]
+    #[diagnostic(
+        code(cascade::image::layer_entry),
+        help("the layer is refused, not repaired: an entry must stay inside the image")
+    )]
+    InvalidLayerEntry {
+        layer: OciDigest,
+        path: String,
+        reason: &'static str,
+    },
+
+    #[error("the image unpacks to more than {limit} bytes")]
+    #[diagnostic(
+        code(cascade::image::unpack_too_large),
+        help("a layer this large is likely a decompression bomb; raise the limit if the image is genuine")
+    )]
+    UnpackTooLarge { limit: u64 },
 
     #[error("could not encode an image document: {message}")]
     #[diagnostic(code(cascade::image::encode))]
