@@ -366,6 +366,7 @@ fn a_changed_tool_is_named_with_both_digests() {
                 publish: cascade::PublishOptions::default(),
                 replay: cascade::ReplayOptions::default(),
                 remote: cascade::RemoteOptions::default(),
+                executor: cascade::ExecutorKind::default(),
             },
             &|_| {},
         )

@@ -257,6 +257,7 @@ fn a_different_host_tool_is_a_risk_and_an_error_when_strict() {
                 ..Default::default()
             },
             remote: cascade::RemoteOptions::default(),
+            executor: cascade::ExecutorKind::default(),
         };
     let built = cascade::build(&opts(&p, None, false), &|_| {}).unwrap();
     assert!(built.success());

@@ -224,6 +224,7 @@ fn eight_concurrent_builds_on_one_store_build_each_key_once() {
                                 publish: cascade::PublishOptions::default(),
                                 replay: cascade::ReplayOptions::default(),
                                 remote: cascade::RemoteOptions::default(),
+                                executor: cascade::ExecutorKind::default(),
                             },
                             &|_| {},
                         )

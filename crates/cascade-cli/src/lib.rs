@@ -237,6 +237,16 @@ struct BuildArgs {
     /// With --dry-run: compare with this lockfile instead of the newest.
     #[arg(long, value_name = "LOCKFILE", requires = "dry_run")]
     against: Option<PathBuf>,
+    /// Where container steps and smoke tests run: `sandbox` (cascade's own Linux
+    /// namespaces, no daemon) or `docker`. Host steps always run in the sandbox.
+    #[arg(long, env = "CASCADE_EXECUTOR", value_enum, default_value = "sandbox")]
+    executor: ExecutorArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ExecutorArg {
+    Sandbox,
+    Docker,
 }
 
 #[derive(clap::Args, Debug)]
@@ -619,6 +629,11 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
         against: None,
         remote_cache: None,
         remote_cache_mode: RemoteModeArg::ReadWrite,
+        // A rollback runs what the lockfile recorded, wherever it runs here.
+        executor: match std::env::var("CASCADE_EXECUTOR").as_deref() {
+            Ok("docker") => ExecutorArg::Docker,
+            _ => ExecutorArg::Sandbox,
+        },
     };
     build(project, build_args, io)
 }
@@ -755,6 +770,10 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             .unwrap_or(1)
     });
     let opts = BuildOptions {
+        executor: match args.executor {
+            ExecutorArg::Sandbox => cascade::ExecutorKind::Sandbox,
+            ExecutorArg::Docker => cascade::ExecutorKind::Docker,
+        },
         project: project.to_path_buf(),
         env: args.env.clone().unwrap_or_default(),
         store: default_store(project, args.store.as_ref()),

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use cascade_core::{
     Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceIdentity,
 };
-use cascade_exec::{HostRun, Outcome, ResolvedTool, Step, Tools};
+use cascade_exec::{Outcome, ResolvedTool, Tools};
 use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::{LockImage, LockNode, LockSource, Lockfile};
 use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage};
-use cascade_store::{remove_tree, ActionResult, Store, StoreError};
+use cascade_store::{remove_tree, Store, StoreError};
 use miette::Diagnostic;
 
 use crate::execute::{ExecutorKind, Executors};

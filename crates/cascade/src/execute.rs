@@ -460,12 +460,13 @@ fn record(
 }
 
 /// Smoke tests of `image` on the build's executor.
-pub(crate) fn smoke_tests_on(
-    executors: Option<&Executors>,
-    docker: Option<&cascade_docker::Docker>,
-    store: &Store,
-    layout: &OciLayout,
-) -> impl Fn(&crate::image::ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>> + '_ {
+pub(crate) fn smoke_tests_on<'a>(
+    executors: Option<&'a Executors>,
+    docker: Option<&'a cascade_docker::Docker>,
+    store: &'a Store,
+    layout: &'a OciLayout,
+) -> impl Fn(&crate::image::ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>>
+       + 'a {
     move |image, test| match (executors, docker) {
         (Some(x), _) if x.kind == ExecutorKind::Sandbox => {
             Some(crate::smoke::smoke_test(store, layout, &x.rootfs, image, test))

@@ -74,10 +74,8 @@ fn find_or_unpack(store: &Store, layout: &OciLayout, image: &OciDigest) -> Resul
     }
     let parent = store.root().join("rootfs");
     fs::create_dir_all(&parent).map_err(|e| format!("could not create `{}`: {e}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".unpack-")
-        .tempdir_in(&parent)
-        .map_err(|e| format!("could not create a directory in `{}`: {e}", parent.display()))?;
+    // The store's own temp space: same disk, so the rename below is atomic.
+    let tmp = store.temp_dir().map_err(|e| e.to_string())?;
     let staged = tmp.path().join("tree");
     fs::create_dir(&staged).map_err(|e| format!("could not create `{}`: {e}", staged.display()))?;
     cascade_image::unpack(layout, image, &staged)
