@@ -905,6 +905,9 @@ pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStr
     if pid == 0 {
         let w = write.as_raw_fd();
         let r = (|| {
+            // Opened before entering any: once in the sandbox's user namespace, its
+            // (non-dumpable) P1's /proc entries are out of reach.
+            let (user, net) = (open_ns(&user)?, open_ns(&net)?);
             enter(&user, rustix::thread::LinkNameSpaceType::User)?;
             enter(&net, rustix::thread::LinkNameSpaceType::Network)?;
             // SAFETY: a socket, a connect from a stack address, and sendmsg of its
@@ -947,10 +950,12 @@ pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStr
     Ok(std::net::TcpStream::from(fd))
 }
 
-fn enter(path: &CStr, kind: rustix::thread::LinkNameSpaceType) -> Result<(), (u32, rustix::io::Errno)> {
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| (S_SETNS, e))?;
-    rustix::thread::move_into_link_name_space(rustix::fd::AsFd::as_fd(&fd), Some(kind))
+fn open_ns(path: &CStr) -> Result<OwnedFd, (u32, rustix::io::Errno)> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| (S_SETNS, e))
+}
+
+fn enter(fd: &OwnedFd, kind: rustix::thread::LinkNameSpaceType) -> Result<(), (u32, rustix::io::Errno)> {
+    rustix::thread::move_into_link_name_space(rustix::fd::AsFd::as_fd(fd), Some(kind))
         .map_err(|e| (S_SETNS, e))
 }
 
@@ -1056,6 +1061,9 @@ pub fn exec_inside(
                 libc::dup2(stderr.as_raw_fd(), 2);
             }
             close_others(&keep);
+            // All opened before entering any (see `connect_inside`).
+            let (user, mnt) = (open_ns(&user)?, open_ns(&mnt)?);
+            let (net, pid_ns) = (open_ns(&net)?, open_ns(&pid_ns)?);
             enter(&user, rustix::thread::LinkNameSpaceType::User)?;
             enter(&mnt, rustix::thread::LinkNameSpaceType::Mount)?;
             enter(&net, rustix::thread::LinkNameSpaceType::Network)?;
