@@ -51,13 +51,21 @@ pub fn registry(addr: &str, status: u16) -> bool {
 }
 
 /// A directory that steps may write to, so a test can watch them from outside (marks,
-/// counters): the write sandbox confines steps to their work dir, `TMPDIR` and `/dev`,
-/// whose `/dev/shm` is allowed for shared memory.
+/// counters): the sandbox shows steps nothing of the host's but what it binds, so every
+/// such directory is under one per-process directory that `CASCADE_SANDBOX_SHARE`
+/// binds into every sandbox (the test hook for exactly this).
 pub fn step_writable_dir() -> tempfile::TempDir {
+    static SHARED: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let base = SHARED.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("cascade-test-marks-{}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("the marks directory");
+        std::env::set_var("CASCADE_SANDBOX_SHARE", &base);
+        base
+    });
     tempfile::Builder::new()
-        .prefix("cascade-test-marks-")
-        .tempdir_in("/dev/shm")
-        .expect("a directory in /dev/shm")
+        .prefix("marks-")
+        .tempdir_in(base)
+        .expect("a marks directory")
 }
 
 /// Replaces, after every `prefix` in `text`, the run of characters `keep` accepts with

@@ -84,6 +84,18 @@ impl SandboxRun<'_> {
                 writable: true,
             },
         ];
+        // The escape hatch for watching steps from outside (tests): one directory bound
+        // writable at its own path. Never set it for real builds.
+        let share = std::env::var_os("CASCADE_SANDBOX_SHARE")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && p.is_dir());
+        if let Some(p) = &share {
+            binds.push(Bind {
+                source: p.clone(),
+                target: p.display().to_string(),
+                writable: true,
+            });
+        }
         for e in self.read_only {
             binds.push(Bind {
                 source: self.work.join(e),
@@ -148,7 +160,9 @@ impl SandboxRun<'_> {
                     .filter(|p| p.exists())
                     .collect();
                 let devices: Vec<&Path> = devices.iter().map(PathBuf::as_path).collect();
-                crate::landlock::ruleset_fd(&[self.work, &temp], &devices).map_err(|e| {
+                let mut dirs = vec![self.work, temp.as_path()];
+                dirs.extend(share.as_deref());
+                crate::landlock::ruleset_fd(&dirs, &devices).map_err(|e| {
                     setup(format!("sandbox step `{}`", step.name))(std::io::Error::other(e))
                 })?
             };

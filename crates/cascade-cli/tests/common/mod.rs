@@ -28,12 +28,16 @@ pub fn verify_clean(dir: &Path, store: &Path, when: &str) {
     );
 }
 
-/// A directory that steps may write to, so a test can watch them from outside: the
-/// write sandbox confines steps to their work dir, `TMPDIR` and `/dev`, whose `/dev/shm`
-/// is allowed for shared memory.
+/// A directory that steps may write to, so a test can watch them from outside: it is
+/// what `CASCADE_SANDBOX_SHARE` (inherited by every `cascade` these tests start) binds
+/// into each sandbox. One base per test process, so parallel tests agree on it.
 pub fn step_writable_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cascade-test-marks-")
-        .tempdir_in("/dev/shm")
-        .expect("a directory in /dev/shm")
+    static BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        let base = std::env::temp_dir().join(format!("cascade-cli-marks-{}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("the marks directory");
+        std::env::set_var("CASCADE_SANDBOX_SHARE", &base);
+        base
+    });
+    tempfile::tempdir_in(base).expect("a marks directory")
 }
