@@ -183,6 +183,7 @@ pub(crate) struct RunnerAst {
 #[serde(deny_unknown_fields)]
 pub(crate) struct HostAst {
     pub tools: Option<S<Vec<S<String>>>>,
+    pub sets: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -218,11 +218,42 @@ pub struct Recipe {
 /// A recipe's `runner:`: where its steps run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunnerDecl {
-    /// `host: { tools: [...] }`, sorted: on this machine, with only these tools on PATH.
-    Host { tools: Vec<String> },
+    /// `host: { tools: [...], sets: [...] }`, each sorted: on this machine, with only
+    /// these tools (and the members of these [`TOOL_SETS`] found here) on PATH.
+    Host { tools: Vec<String>, sets: Vec<String> },
     /// `container: { image: … }`: each step in a fresh container of this image, with the
     /// network off and only the work directory writable.
     Container { image: RunnerImage },
+}
+
+/// Named sets of host tools (`runner: { host: { sets: [posix, cc] } }`), the way Nix's
+/// stdenv and Bazel's toolchains name what a build expects: a set stands for those of
+/// its members that are found on PATH, each still keyed by its own content digest.
+pub const TOOL_SETS: &[(&str, &[&str])] = &[
+    (
+        "posix",
+        &[
+            "[", "awk", "basename", "cat", "chmod", "cmp", "comm", "cp", "cut", "date", "dd",
+            "diff", "dirname", "echo", "egrep", "env", "expr", "false", "fgrep", "find",
+            "grep", "gzip", "head", "id", "install", "join", "ln", "ls", "make", "mkdir",
+            "mktemp", "mv", "nproc", "od", "paste", "patch", "printf", "pwd", "readlink",
+            "realpath", "rm", "rmdir", "sed", "seq", "sh", "sleep", "sort", "split", "stat",
+            "tail", "tar", "tee", "test", "touch", "tr", "true", "tsort", "uname", "uniq",
+            "wc", "xargs", "zcat",
+        ],
+    ),
+    (
+        "cc",
+        &[
+            "addr2line", "ar", "as", "c++", "cc", "cpp", "g++", "gcc", "ld", "nm", "objcopy",
+            "objdump", "pkg-config", "ranlib", "readelf", "size", "strings", "strip",
+        ],
+    ),
+];
+
+/// The members of the tool set `name`, if it is one.
+pub fn tool_set(name: &str) -> Option<&'static [&'static str]> {
+    TOOL_SETS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
 }
 
 /// The image a container runner runs.
@@ -428,7 +459,15 @@ impl Recipe {
     /// The host runner's tools; none for a container runner.
     pub fn tools(&self) -> &[String] {
         match &self.runner {
-            RunnerDecl::Host { tools } => tools,
+            RunnerDecl::Host { tools, .. } => tools,
+            RunnerDecl::Container { .. } => &[],
+        }
+    }
+
+    /// The tool sets of a host runner.
+    pub fn sets(&self) -> &[String] {
+        match &self.runner {
+            RunnerDecl::Host { sets, .. } => sets,
             RunnerDecl::Container { .. } => &[],
         }
     }
@@ -438,7 +477,8 @@ impl Recipe {
     /// digest. They are left out because they cannot change the steps' output: the
     /// image has its own identity ([`ImageDecl::canonical`]), tests only pass or fail.
     /// A container runner's image is a last field, written only for container runners,
-    /// so the digest of every host recipe is what it was before containers existed.
+    /// so the digest of every host recipe is what it was before containers existed; so
+    /// are a host runner's tool sets (field 7), written only when there are some.
     pub fn canonical(&self) -> Vec<u8> {
         let mut e = Encoder::new(RECIPE_DOMAIN, RECIPE_VERSION);
         e.strs(1, self.inputs.iter().map(String::as_str));
@@ -457,6 +497,9 @@ impl Recipe {
                     e.str(0, "pinned").str(1, name).str(2, digest);
                 }
             });
+        }
+        if !self.sets().is_empty() {
+            e.strs(7, self.sets().iter().map(String::as_str));
         }
         e.finish()
     }
@@ -498,7 +541,12 @@ impl Recipe {
             }
             RunnerDecl::Container { image }
         } else {
-            RunnerDecl::Host { tools }
+            let sets = if d.peek_tag() == Some(7) {
+                d.strs(7)?
+            } else {
+                Vec::new()
+            };
+            RunnerDecl::Host { tools, sets }
         };
         d.end()?;
         Ok(Recipe {
@@ -525,8 +573,16 @@ impl Recipe {
             push("inputs".into(), Change::Changed);
         }
         match (&self.runner, &old.runner) {
-            (RunnerDecl::Host { tools: a }, RunnerDecl::Host { tools: b }) if a != b => {
-                push("runner.host.tools".into(), Change::Changed)
+            (
+                RunnerDecl::Host { tools: a, sets: sa },
+                RunnerDecl::Host { tools: b, sets: sb },
+            ) => {
+                if a != b {
+                    push("runner.host.tools".into(), Change::Changed)
+                }
+                if sa != sb {
+                    push("runner.host.sets".into(), Change::Changed)
+                }
             }
             (RunnerDecl::Container { image: a }, RunnerDecl::Container { image: b }) if a != b => {
                 push("runner.container.image".into(), Change::Changed)
@@ -604,6 +660,7 @@ mod tests {
             inputs: vec!["a".into(), "b".into()],
             runner: RunnerDecl::Host {
                 tools: vec!["cc".into(), "sh".into()],
+                sets: vec![],
             },
             env: [("OPT".to_string(), "-O2".to_string())].into(),
             timeout: Some(Duration::from_secs(30)),
@@ -625,7 +682,7 @@ mod tests {
 
     fn host_tools(r: &mut Recipe) -> &mut Vec<String> {
         match &mut r.runner {
-            RunnerDecl::Host { tools } => tools,
+            RunnerDecl::Host { tools, .. } => tools,
             RunnerDecl::Container { .. } => panic!("a host recipe"),
         }
     }
@@ -828,12 +885,34 @@ mod tests {
         // The same strings in different fields give different digests.
         let mut a = recipe();
         a.inputs = vec!["x".into()];
-        a.runner = RunnerDecl::Host { tools: vec![] };
+        a.runner = RunnerDecl::Host {
+            tools: vec![],
+            sets: vec![],
+        };
         let mut b = recipe();
         b.inputs = vec![];
         b.runner = RunnerDecl::Host {
             tools: vec!["x".into()],
+            sets: vec![],
         };
         assert_ne!(a.digest(), b.digest());
+    }
+
+    /// Tool sets enter the recipe digest and decode back; a recipe without sets keeps
+    /// the digest it had before sets existed (the field is not written).
+    #[test]
+    fn tool_sets_round_trip_and_leave_old_digests_alone() {
+        let without = recipe();
+        let mut with = recipe();
+        if let RunnerDecl::Host { sets, .. } = &mut with.runner {
+            sets.push("posix".into());
+        }
+        assert_ne!(without.digest(), with.digest());
+        let back = Recipe::decode_canonical(&with.canonical()).unwrap();
+        assert_eq!(back.sets(), ["posix".to_string()]);
+        assert!(!without.canonical().windows(5).any(|w| w == b"posix"));
+        assert!(tool_set("posix").unwrap().contains(&"sed"));
+        assert!(tool_set("cc").unwrap().contains(&"ar"));
+        assert!(tool_set("gnu").is_none());
     }
 }

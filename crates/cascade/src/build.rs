@@ -573,7 +573,10 @@ pub(crate) fn prepare<'a>(
             RunnerDecl::Container {
                 image: RunnerImage::Component(_),
             } => (Vec::new(), None),
-            RunnerDecl::Host { tools: declared } => {
+            RunnerDecl::Host {
+                tools: declared,
+                sets,
+            } => {
                 // Steps run under `sh`, so it is always part of the runner.
                 let mut names: Vec<&str> = declared.iter().map(String::as_str).collect();
                 if !names.contains(&"sh") {
@@ -582,7 +585,7 @@ pub(crate) fn prepare<'a>(
                 names.sort_unstable();
                 names.dedup();
                 let mut resolved = Vec::new();
-                for n in names {
+                for n in &names {
                     match tools.resolve(n) {
                         Ok(t) => resolved.push(t),
                         Err(e) => problems.push(Box::new(ToolProblem {
@@ -591,6 +594,20 @@ pub(crate) fn prepare<'a>(
                         })),
                     }
                 }
+                // A set is those of its members this machine has; each is keyed by its
+                // own digest, like a declared tool.
+                let members: std::collections::BTreeSet<&str> = sets
+                    .iter()
+                    .filter_map(|s| cascade_manifest::tool_set(s))
+                    .flat_map(|m| m.iter().copied())
+                    .filter(|m| !names.contains(m))
+                    .collect();
+                for m in members {
+                    if let Ok(t) = tools.resolve(m) {
+                        resolved.push(t);
+                    }
+                }
+                resolved.sort_by(|a, b| a.name.cmp(&b.name));
                 let runner = RunnerIdentity::Host {
                     tools: resolved
                         .iter()

@@ -7,7 +7,7 @@ use cascade_core::{FileId, Span};
 use super::{closest, file_start, is_name, with_image, Node, Resolver};
 use crate::ast::{ContainerAst, HostAst, RunnerAst, S};
 use crate::error::ManifestError;
-use crate::model::{RunnerDecl, RunnerImage};
+use crate::model::{tool_set, RunnerDecl, RunnerImage, TOOL_SETS};
 use crate::source::source_span;
 
 impl Resolver<'_> {
@@ -33,7 +33,10 @@ impl Resolver<'_> {
         comp: &str,
         runner: Option<S<RunnerAst>>,
     ) -> (RunnerDecl, Option<(String, Span)>) {
-        let none = RunnerDecl::Host { tools: Vec::new() };
+        let none = RunnerDecl::Host {
+            tools: Vec::new(),
+            sets: Vec::new(),
+        };
         let Some(runner) = runner else {
             self.missing("runner", &format!("recipe `{comp}`"), file_start(file));
             return (none, None);
@@ -41,9 +44,10 @@ impl Resolver<'_> {
         let span = self.span(file, &runner);
         match (runner.value.host, runner.value.container) {
             (Some(host), None) => {
-                let HostAst { tools } = host.value;
+                let HostAst { tools, sets } = host.value;
                 let tools = self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default());
-                (RunnerDecl::Host { tools }, None)
+                let sets = self.tool_sets(file, comp, sets.map(|t| t.value).unwrap_or_default());
+                (RunnerDecl::Host { tools, sets }, None)
             }
             (None, Some(container)) => self.container(file, comp, container),
             (Some(host), Some(container)) => {
@@ -71,6 +75,38 @@ impl Resolver<'_> {
         }
     }
 
+    /// `sets: [...]`: names of [`TOOL_SETS`], each once.
+    fn tool_sets(&mut self, file: FileId, comp: &str, list: Vec<S<String>>) -> Vec<String> {
+        let mut sets = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for set in list {
+            let span = self.span(file, &set);
+            let name = set.value;
+            if tool_set(&name).is_none() {
+                let known: Vec<&str> = TOOL_SETS.iter().map(|(n, _)| *n).collect();
+                let help = match closest(&name, known.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`? the sets are {}", known.join(", ")),
+                    None => format!("the sets are {}; other tools go in `tools:`", known.join(", ")),
+                };
+                self.bad_runner(
+                    format!("`{name}` is not a tool set"),
+                    "unknown tool set",
+                    Some(help),
+                    span,
+                );
+                continue;
+            }
+            if let Some(&first) = seen.get(&name) {
+                self.duplicate(&name, &format!("the tool sets of `{comp}`"), span, first);
+                continue;
+            }
+            seen.insert(name.clone(), span);
+            sets.push(name);
+        }
+        sets.sort();
+        sets
+    }
+
     /// `container: { image: … }`: a component of the graph (checked against the graph in
     /// [`Resolver::runner_images`]) or `name@sha256:<hex>`. A tag alone is refused: it
     /// can move, and the image is the runner's identity.
@@ -81,7 +117,10 @@ impl Resolver<'_> {
         ast: S<ContainerAst>,
     ) -> (RunnerDecl, Option<(String, Span)>) {
         let span = self.span(file, &ast);
-        let none = RunnerDecl::Host { tools: Vec::new() };
+        let none = RunnerDecl::Host {
+            tools: Vec::new(),
+            sets: Vec::new(),
+        };
         let ContainerAst { image } = ast.value;
         let ctx = format!("the container runner of `{comp}`");
         let Some((image, ispan)) = self.required(file, image, "image", &ctx, span) else {

@@ -121,8 +121,11 @@ pub fn summary(db: &SourceDb, g: &Graph) -> String {
             r.digest().short(16)
         );
         match &r.runner {
-            cascade_manifest::RunnerDecl::Host { tools } => {
+            cascade_manifest::RunnerDecl::Host { tools, sets } => {
                 let _ = writeln!(s, "   tools: [{}]", tools.join(", "));
+                if !sets.is_empty() {
+                    let _ = writeln!(s, "   sets: [{}]", sets.join(", "));
+                }
             }
             cascade_manifest::RunnerDecl::Container { image } => {
                 let after = c
