@@ -108,8 +108,9 @@ fn interrupt_kills_running_steps_and_writes_no_lockfile() {
     assert!(!tmp.path().join("lockfiles").exists());
 }
 
-/// Smoke tests need Docker: without an engine the build stops before building, exit 3,
-/// saying what is missing; `--skip-tests` builds anyway and records them as skipped.
+/// Smoke tests on the docker executor need Docker: without an engine the build stops
+/// before building, exit 3, saying what is missing; `--skip-tests` builds anyway and
+/// records them as skipped.
 #[test]
 fn smoke_tests_without_docker_exit_3_unless_skipped() {
     let tmp = tempfile::tempdir().unwrap();
@@ -125,6 +126,7 @@ fn smoke_tests_without_docker_exit_3_unless_skipped() {
     let nowhere = tmp.path().join("no-docker.sock");
     let out = cascade(tmp.path())
         .env("DOCKER_HOST", format!("unix://{}", nowhere.display()))
+        .env("CASCADE_EXECUTOR", "docker")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -139,6 +141,7 @@ fn smoke_tests_without_docker_exit_3_unless_skipped() {
 
     let out = cascade(tmp.path())
         .env("DOCKER_HOST", format!("unix://{}", nowhere.display()))
+        .env("CASCADE_EXECUTOR", "docker")
         .arg("--skip-tests")
         .output()
         .unwrap();
@@ -188,6 +191,17 @@ fn interrupt_during_a_container_step_removes_the_container() {
     if !docker_answers() {
         return;
     }
+    interrupt_during_an_image_step("docker");
+}
+
+/// The same in the sandbox: the step and everything it started are gone (its pid
+/// namespace ended), and the store verifies clean.
+#[test]
+fn interrupt_during_a_sandboxed_image_step_kills_it() {
+    interrupt_during_an_image_step("sandbox");
+}
+
+fn interrupt_during_an_image_step(executor: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     fs::create_dir_all(dir.join("graph/environments")).unwrap();
@@ -208,7 +222,7 @@ fn interrupt_during_a_container_step_removes_the_container() {
     .unwrap();
     fs::write(
         dir.join("recipes/app.yaml"),
-        "runner: { container: { image: tc } }\nsteps:\n  - name: nap\n    run: touch started; sleep 60\noutputs: [out]\n",
+        "runner: { container: { image: tc } }\nsteps:\n  - name: nap\n    run: touch started; sleep 6061 & sleep 6062\noutputs: [out]\n",
     )
     .unwrap();
     let repo = git2::Repository::init(dir.join("repo")).unwrap();
@@ -220,7 +234,11 @@ fn interrupt_during_a_container_step_removes_the_container() {
     repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
         .unwrap();
 
-    let mut child = cascade(dir).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cascade(dir)
+        .env("CASCADE_EXECUTOR", executor)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     // The step's work directory is `<store>/tmp/<build>/work`, mounted at /work.
     let started = || {
@@ -241,6 +259,26 @@ fn interrupt_during_a_container_step_removes_the_container() {
         assert!(Instant::now() < deadline, "the step never started");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let sleeping = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| c.starts_with(b"sleep\x006061") || c.starts_with(b"sleep\x006062"))
+    };
+    if executor == "sandbox" {
+        assert!(sleeping(), "the step is not running");
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sleeping() {
+            assert!(Instant::now() < deadline, "the step's processes survived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!dir.join("lockfiles").exists());
+        verify(dir);
+        return;
+    }
     let containers = || {
         let out = Command::new("docker")
             .args(["ps", "-aq", "--filter"])
@@ -258,6 +296,10 @@ fn interrupt_during_a_container_step_removes_the_container() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(containers(), "", "containers left behind");
     assert!(!dir.join("lockfiles").exists());
+    verify(dir);
+}
+
+fn verify(dir: &Path) {
     let verify = Command::new(env!("CARGO_BIN_EXE_cascade"))
         .arg("--project")
         .arg(dir)
