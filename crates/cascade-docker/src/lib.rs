@@ -51,7 +51,7 @@ pub use deploy::{ContainerInfo, ContainerSpec, HealthOutcome, HealthSpec, Publis
 pub use engine::{Docker, Loaded, DEFAULT_ENDPOINT, LABEL, LABEL_PID};
 pub use error::DockerError;
 pub use smoke::{
-    judge_command, judge_http, probe_until, Attempt, Expect, Probe, ProbeEnd, SmokeTest, TestOutcome,
-    LOG_TAIL_LINES, MAX_INTERVAL,
+    judge_command, judge_http, probe_until, Attempt, Expect, Probe, ProbeEnd, SmokeTest,
+    TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL,
 };
 pub use step::{StepEnd, StepSpec, STEP_MEMORY, STEP_PIDS, STEP_WORKDIR};

@@ -331,7 +331,9 @@ impl Docker {
             },
         )?;
         Ok(match (end, state) {
-            (ProbeEnd::Stopped { attempts, last }, Some(state)) => End::exited(&state, attempts, &last),
+            (ProbeEnd::Stopped { attempts, last }, Some(state)) => {
+                End::exited(&state, attempts, &last)
+            }
             (end, _) => End::from(end),
         })
     }
@@ -569,11 +571,20 @@ pub(crate) fn probe_agent() -> ureq::Agent {
 /// How a [`probe_until`] loop ended.
 #[derive(Debug)]
 pub enum ProbeEnd {
-    Passed { attempts: u32, detail: String },
+    Passed {
+        attempts: u32,
+        detail: String,
+    },
     /// What runs the service stopped; `last` is the last probe's detail.
-    Stopped { attempts: u32, last: String },
+    Stopped {
+        attempts: u32,
+        last: String,
+    },
     /// The deadline passed; `detail` says so with the last probe's detail.
-    TimedOut { attempts: u32, detail: String },
+    TimedOut {
+        attempts: u32,
+        detail: String,
+    },
 }
 
 impl From<ProbeEnd> for End {

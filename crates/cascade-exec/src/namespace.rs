@@ -348,9 +348,19 @@ fn report(pipe: RawFd, stage: u32, errno: rustix::io::Errno) {
 enum Op {
     Dir(CString),
     File(CString),
-    Symlink { link: CString, path: CString },
-    Bind { source: CString, target: CString, writable: bool },
-    Tmpfs { target: CString, data: CString },
+    Symlink {
+        link: CString,
+        path: CString,
+    },
+    Bind {
+        source: CString,
+        target: CString,
+        writable: bool,
+    },
+    Tmpfs {
+        target: CString,
+        data: CString,
+    },
     Proc(CString),
 }
 
@@ -558,7 +568,9 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     if let Some((stage, errno)) = read_failure(read) {
         jailed.kill();
         let _ = jailed.wait();
-        let detail = (stage == S_MOUNT).then(|| mount_detail(&plan, errno)).flatten();
+        let detail = (stage == S_MOUNT)
+            .then(|| mount_detail(&plan, errno))
+            .flatten();
         return Err(SetupError {
             stage: stage_name(stage),
             detail,
@@ -571,9 +583,11 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
 /// Mount failures carry the op index in the errno's high bits (see `p2`).
 fn mount_detail(plan: &Plan, errno: i32) -> Option<String> {
     let index = (errno >> 16) as usize;
-    plan.ops
-        .get(index)
-        .map(|o| o.target().to_string_lossy().replace(&*plan.root.to_string_lossy(), ""))
+    plan.ops.get(index).map(|o| {
+        o.target()
+            .to_string_lossy()
+            .replace(&*plan.root.to_string_lossy(), "")
+    })
 }
 
 /// Closes every descriptor but `keep` (sorted) and 0–2.
@@ -644,8 +658,11 @@ fn p2(plan: &Plan, pipe: RawFd) -> ! {
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
-        rustix::mount::mount_change(c"/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
-            .map_err(|e| (S_MOUNT, e))?;
+        rustix::mount::mount_change(
+            c"/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        )
+        .map_err(|e| (S_MOUNT, e))?;
         for (i, op) in plan.ops.iter().enumerate() {
             // The op's index rides in the errno's high bits, so the parent can name it.
             mount_op(op).map_err(|e| {
@@ -841,7 +858,11 @@ fn p3(plan: &Plan, pipe: RawFd) -> ! {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            libc::execve(
+                plan.program.as_ptr(),
+                plan.argv.as_ptr(),
+                plan.envp.as_ptr(),
+            );
         }
         Err((S_EXEC, rustix::io::Errno::from_raw_os_error(errno())))
     })();
@@ -951,10 +972,14 @@ pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStr
 }
 
 fn open_ns(path: &CStr) -> Result<OwnedFd, (u32, rustix::io::Errno)> {
-    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| (S_SETNS, e))
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| (S_SETNS, e))
 }
 
-fn enter(fd: &OwnedFd, kind: rustix::thread::LinkNameSpaceType) -> Result<(), (u32, rustix::io::Errno)> {
+fn enter(
+    fd: &OwnedFd,
+    kind: rustix::thread::LinkNameSpaceType,
+) -> Result<(), (u32, rustix::io::Errno)> {
     rustix::thread::move_into_link_name_space(rustix::fd::AsFd::as_fd(fd), Some(kind))
         .map_err(|e| (S_SETNS, e))
 }
@@ -1102,7 +1127,10 @@ pub fn exec_inside(
     if let Some((stage, errno)) = read_failure(read) {
         let _ = wait_status(child);
         let e = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(e.kind(), format!("{}: {e}", stage_name(stage))));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", stage_name(stage)),
+        ));
     }
     Ok(Jailed { pid: child })
 }

@@ -117,11 +117,41 @@ impl SandboxRun<'_> {
                     target: TOOLS_INSIDE.into(),
                     writable: false,
                 });
+                // A declared tool that lives where the sandbox hides the host (`/tmp`,
+                // `/run`) is still found: its directory is bound read-only in place.
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                for t in *tools {
+                    for p in [Some(t.path.clone()), fs::canonicalize(&t.path).ok()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let Some(dir) = p.parent().map(Path::to_path_buf) else {
+                            continue;
+                        };
+                        let hidden = dir
+                            .components()
+                            .nth(1)
+                            .is_some_and(|c| c.as_os_str() == "tmp" || c.as_os_str() == "run");
+                        if hidden && !dirs.contains(&dir) {
+                            dirs.push(dir);
+                        }
+                    }
+                }
+                for dir in dirs {
+                    binds.push(Bind {
+                        target: dir.display().to_string(),
+                        source: dir,
+                        writable: false,
+                    });
+                }
                 env.insert("PATH".into(), TOOLS_INSIDE.into());
                 env.insert("TMPDIR".into(), "/tmp".into());
                 (Root::Host, format!("{TOOLS_INSIDE}/sh"))
             }
-            RootFs::Image { rootfs, env: image_env } => {
+            RootFs::Image {
+                rootfs,
+                env: image_env,
+            } => {
                 for kv in *image_env {
                     if let Some((k, v)) = kv.split_once('=') {
                         env.insert(k.into(), v.into());
@@ -184,11 +214,7 @@ impl SandboxRun<'_> {
             let pid = jailed.pid;
             wait_step(
                 pid,
-                move || {
-                    namespace::Jailed { pid }
-                        .wait()
-                        .map(Ended::Code)
-                },
+                move || namespace::Jailed { pid }.wait().map(Ended::Code),
                 self.timeout,
                 step,
                 &mut log,
@@ -241,7 +267,12 @@ mod tests {
         fn host(&self, tools: &[&str], run: &str) -> Result<(), RunError> {
             let t = Tools::from_env();
             let tools: Vec<ResolvedTool> = tools.iter().map(|n| t.resolve(n).unwrap()).collect();
-            self.run(RootFs::Host { tools: &tools }, &[], run, Duration::from_secs(20))
+            self.run(
+                RootFs::Host { tools: &tools },
+                &[],
+                run,
+                Duration::from_secs(20),
+            )
         }
 
         fn run(

@@ -30,12 +30,12 @@ mod source;
 
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
+pub use model::tool_set;
 pub use model::{
     Change, Component, Constraint, Deploy, DeployComponent, Environment, Expect, FieldChange,
     Graph, HealthCheck, ImageBase, ImageDecl, LayerDecl, Mode, PortMap, Probe, Recipe, Rev,
     RunnerDecl, RunnerImage, SmokeTest, SourceSpec, Step, Volume, TEST_PLACEHOLDERS, TOOL_SETS,
 };
-pub use model::tool_set;
 pub use range::{RangeError, VersionRange};
 pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
 pub use source::SourceDb;

@@ -220,7 +220,10 @@ pub struct Recipe {
 pub enum RunnerDecl {
     /// `host: { tools: [...], sets: [...] }`, each sorted: on this machine, with only
     /// these tools (and the members of these [`TOOL_SETS`] found here) on PATH.
-    Host { tools: Vec<String>, sets: Vec<String> },
+    Host {
+        tools: Vec<String>,
+        sets: Vec<String>,
+    },
     /// `container: { image: … }`: each step in a fresh container of this image, with the
     /// network off and only the work directory writable.
     Container { image: RunnerImage },
@@ -234,19 +237,34 @@ pub const TOOL_SETS: &[(&str, &[&str])] = &[
         "posix",
         &[
             "[", "awk", "basename", "cat", "chmod", "cmp", "comm", "cp", "cut", "date", "dd",
-            "diff", "dirname", "echo", "egrep", "env", "expr", "false", "fgrep", "find",
-            "grep", "gzip", "head", "id", "install", "join", "ln", "ls", "make", "mkdir",
-            "mktemp", "mv", "nproc", "od", "paste", "patch", "printf", "pwd", "readlink",
-            "realpath", "rm", "rmdir", "sed", "seq", "sh", "sleep", "sort", "split", "stat",
-            "tail", "tar", "tee", "test", "touch", "tr", "true", "tsort", "uname", "uniq",
-            "wc", "xargs", "zcat",
+            "diff", "dirname", "echo", "egrep", "env", "expr", "false", "fgrep", "find", "grep",
+            "gzip", "head", "id", "install", "join", "ln", "ls", "make", "mkdir", "mktemp", "mv",
+            "nproc", "od", "paste", "patch", "printf", "pwd", "readlink", "realpath", "rm",
+            "rmdir", "sed", "seq", "sh", "sleep", "sort", "split", "stat", "tail", "tar", "tee",
+            "test", "touch", "tr", "true", "tsort", "uname", "uniq", "wc", "xargs", "zcat",
         ],
     ),
     (
         "cc",
         &[
-            "addr2line", "ar", "as", "c++", "cc", "cpp", "g++", "gcc", "ld", "nm", "objcopy",
-            "objdump", "pkg-config", "ranlib", "readelf", "size", "strings", "strip",
+            "addr2line",
+            "ar",
+            "as",
+            "c++",
+            "cc",
+            "cpp",
+            "g++",
+            "gcc",
+            "ld",
+            "nm",
+            "objcopy",
+            "objdump",
+            "pkg-config",
+            "ranlib",
+            "readelf",
+            "size",
+            "strings",
+            "strip",
         ],
     ),
 ];
@@ -573,10 +591,7 @@ impl Recipe {
             push("inputs".into(), Change::Changed);
         }
         match (&self.runner, &old.runner) {
-            (
-                RunnerDecl::Host { tools: a, sets: sa },
-                RunnerDecl::Host { tools: b, sets: sb },
-            ) => {
+            (RunnerDecl::Host { tools: a, sets: sa }, RunnerDecl::Host { tools: b, sets: sb }) => {
                 if a != b {
                     push("runner.host.tools".into(), Change::Changed)
                 }

@@ -290,7 +290,10 @@ pub fn build(
     // What publishing needs is checked before anything is built.
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
     let tests = any_tests(&project.graph.components) && !opts.publish.skip_tests;
-    let docker = publish::engine_for(&opts.publish, tests && opts.executor == ExecutorKind::Docker)?;
+    let docker = publish::engine_for(
+        &opts.publish,
+        tests && opts.executor == ExecutorKind::Docker,
+    )?;
     // The normalized recipes and image declarations are kept in the store under their
     // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
     // replayed, and `plan` can name the fields that changed, after a recipe changed.
@@ -301,8 +304,12 @@ pub fn build(
         }
     }
     let layout = open_layout(&store, &project.graph.components)?;
-    let executors =
-        Executors::for_graph(opts.executor, &project.graph.components, layout.as_ref(), tests)?;
+    let executors = Executors::for_graph(
+        opts.executor,
+        &project.graph.components,
+        layout.as_ref(),
+        tests,
+    )?;
     // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
     let remote_opts = RemoteOptions {
         url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),

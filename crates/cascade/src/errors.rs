@@ -113,7 +113,10 @@ pub enum Error {
     },
 
     #[error("{needed_by} run in cascade's sandbox, and this kernel refuses its namespaces")]
-    #[diagnostic(code(cascade::sandbox), help("{}", cascade_exec::namespace::Refused::HELP))]
+    #[diagnostic(
+        code(cascade::sandbox),
+        help("{}", cascade_exec::namespace::Refused::HELP)
+    )]
     Sandbox {
         needed_by: String,
         #[source]

@@ -24,7 +24,7 @@ use cascade_manifest::{Component, RunnerDecl, RunnerImage};
 use cascade_store::{ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
-use crate::build::{fail, FailureCause, Failure, Node, NodeStatus, Run, DEFAULT_TIMEOUT};
+use crate::build::{fail, Failure, FailureCause, Node, NodeStatus, Run, DEFAULT_TIMEOUT};
 use crate::container::{read_only_entries, ContainerRun, Containers};
 use crate::rootfs::Rootfses;
 use crate::{Error, Problems};
@@ -49,7 +49,9 @@ impl std::str::FromStr for ExecutorKind {
         match s {
             "sandbox" => Ok(ExecutorKind::Sandbox),
             "docker" => Ok(ExecutorKind::Docker),
-            other => Err(format!("unknown executor `{other}` (expected `sandbox` or `docker`)")),
+            other => Err(format!(
+                "unknown executor `{other}` (expected `sandbox` or `docker`)"
+            )),
         }
     }
 }
@@ -73,7 +75,10 @@ pub(crate) enum ActionRoot<'a> {
     /// The host's, read-only, with these tools on `PATH`.
     Host { tools: &'a [ResolvedTool] },
     /// An image's: its manifest digest, and the reference it is known by.
-    Image { digest: OciDigest, reference: String },
+    Image {
+        digest: OciDigest,
+        reference: String,
+    },
 }
 
 impl<'a> Action<'a> {
@@ -90,7 +95,11 @@ impl<'a> Action<'a> {
             RunnerIdentity::Host { .. } => ActionRoot::Host { tools: &node.tools },
             RunnerIdentity::Container { image } => {
                 let digest: OciDigest = image.parse().map_err(|e| {
-                    fail(FailureCause::Environment, format!("runner image: {e}"), Some(key))
+                    fail(
+                        FailureCause::Environment,
+                        format!("runner image: {e}"),
+                        Some(key),
+                    )
                 })?;
                 let reference = match &c.recipe.runner {
                     RunnerDecl::Container {
@@ -182,7 +191,9 @@ impl Executors {
             .find(|c| matches!(c.recipe.runner, RunnerDecl::Container { .. }));
         let needs_sandbox = match (host, container) {
             (Some(c), _) if !sandbox_off() => Some(format!("the steps of `{}`", c.name)),
-            (_, Some(c)) if kind == ExecutorKind::Sandbox => Some(format!("the steps of `{}`", c.name)),
+            (_, Some(c)) if kind == ExecutorKind::Sandbox => {
+                Some(format!("the steps of `{}`", c.name))
+            }
             _ if smoke_tests && kind == ExecutorKind::Sandbox => Some("the smoke tests".into()),
             _ => None,
         };
@@ -222,7 +233,8 @@ impl Executors {
             ActionRoot::Host { tools } if sandbox_off() => {
                 let (tools_dir, temp) = (scratch.join("tools"), scratch.join("tmp"));
                 for d in [&tools_dir, &temp] {
-                    fs::create_dir_all(d).map_err(|e| setup("create the step's directories", &e))?;
+                    fs::create_dir_all(d)
+                        .map_err(|e| setup("create the step's directories", &e))?;
                 }
                 HostRun {
                     work,
@@ -259,8 +271,8 @@ impl Executors {
             ActionRoot::Image { digest, reference } => {
                 // Mounted read-only: everything in the work directory so far, the
                 // source as exported and `inputs/`.
-                let read_only = read_only_entries(work)
-                    .map_err(|e| setup("list the work directory", &e))?;
+                let read_only =
+                    read_only_entries(work).map_err(|e| setup("list the work directory", &e))?;
                 match &self.containers {
                     Some(containers) => containers.run(
                         run.store,
@@ -278,9 +290,9 @@ impl Executors {
                         },
                     ),
                     None => {
-                        let layout = run
-                            .layout
-                            .ok_or_else(|| setup("find the runner image", &"no image layout was opened"))?;
+                        let layout = run.layout.ok_or_else(|| {
+                            setup("find the runner image", &"no image layout was opened")
+                        })?;
                         let rootfs = self
                             .rootfs
                             .get(run.store, layout, digest)
@@ -308,7 +320,10 @@ impl Executors {
 
 /// The sandbox runs images from the store only: every pinned runner image must be in
 /// its layout.
-fn check_pinned_in_store(components: &[Component], layout: Option<&OciLayout>) -> Result<(), Error> {
+fn check_pinned_in_store(
+    components: &[Component],
+    layout: Option<&OciLayout>,
+) -> Result<(), Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     for c in components {
         let RunnerDecl::Container {
@@ -335,7 +350,10 @@ fn check_pinned_in_store(components: &[Component], layout: Option<&OciLayout>) -
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Environment(Problems::new("missing runner image", problems)))
+        Err(Error::Environment(Problems::new(
+            "missing runner image",
+            problems,
+        )))
     }
 }
 
@@ -373,7 +391,8 @@ fn prepare(
     let k = Some(action.key);
     let env_fail = |e: String| fail(FailureCause::Environment, e, k);
     for d in [work, scratch] {
-        fs::create_dir(d).map_err(|e| env_fail(format!("could not create `{}`: {e}", d.display())))?;
+        fs::create_dir(d)
+            .map_err(|e| env_fail(format!("could not create `{}`: {e}", d.display())))?;
     }
     run.git
         .export(&node.pinned.location, &node.pinned.source.tree, work)
@@ -437,10 +456,12 @@ fn record(
     log_bytes: &[u8],
 ) -> Result<cascade_store::Outputs, Failure> {
     let (store, k) = (run.store, Some(action.key));
-    let outputs = store.ingest_outputs(work, action.outputs).map_err(|e| match e {
-        cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
-        e => fail(FailureCause::Output, e, k),
-    })?;
+    let outputs = store
+        .ingest_outputs(work, action.outputs)
+        .map_err(|e| match e {
+            cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
+            e => fail(FailureCause::Output, e, k),
+        })?;
     let log_digest = store
         .put_blob(log_bytes)
         .map_err(|e| fail(FailureCause::Environment, e, k))?;
@@ -465,12 +486,15 @@ pub(crate) fn smoke_tests_on<'a>(
     docker: Option<&'a cascade_docker::Docker>,
     store: &'a Store,
     layout: &'a OciLayout,
-) -> impl Fn(&crate::image::ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>>
+) -> impl Fn(
+    &crate::image::ImageRef,
+    &cascade_docker::SmokeTest,
+) -> Option<Result<cascade_docker::TestOutcome, String>>
        + 'a {
     move |image, test| match (executors, docker) {
-        (Some(x), _) if x.kind == ExecutorKind::Sandbox => {
-            Some(crate::smoke::smoke_test(store, layout, &x.rootfs, image, test))
-        }
+        (Some(x), _) if x.kind == ExecutorKind::Sandbox => Some(crate::smoke::smoke_test(
+            store, layout, &x.rootfs, image, test,
+        )),
         (_, Some(d)) => Some(
             d.smoke_test(&image.reference, test)
                 .map_err(|e| format!("the engine failed: {e}")),

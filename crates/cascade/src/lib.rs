@@ -9,8 +9,8 @@ mod check;
 mod container;
 mod deploy;
 mod diff;
-mod execute;
 mod errors;
+mod execute;
 mod gc;
 mod image;
 mod load;
@@ -25,7 +25,6 @@ mod rootfs;
 mod short;
 mod smoke;
 
-pub use execute::ExecutorKind;
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use check::{FileDiff, Mismatch};
@@ -39,6 +38,7 @@ pub use diff::{
     LockDiff, NodeDiff, NodeState,
 };
 pub use errors::{Error, LockfileProblem, Problems};
+pub use execute::ExecutorKind;
 pub use gc::{gc, GcOptions, GcResult};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};

@@ -164,7 +164,10 @@ pub(crate) fn load(
 
 /// Runs a node's smoke tests against its (loaded) image, in order.
 pub(crate) fn run_tests(
-    smoke: &dyn Fn(&ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>>,
+    smoke: &dyn Fn(
+        &ImageRef,
+        &cascade_docker::SmokeTest,
+    ) -> Option<Result<cascade_docker::TestOutcome, String>>,
     image: &ImageRef,
     tests: &[SmokeTest],
     facts: &Facts<'_>,

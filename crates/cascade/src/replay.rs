@@ -30,8 +30,8 @@ use crate::build::{
     BuildOptions, BuildReport, Event, Run,
 };
 use crate::check::{compare_outputs, Mismatch};
-use crate::execute::{ExecutorKind, Executors};
 use crate::errors::LockfileProblem;
+use crate::execute::{ExecutorKind, Executors};
 use crate::pin::locate;
 use crate::{publish, Error, Pinned, Problems};
 
@@ -133,7 +133,10 @@ pub(crate) fn replay(
         on_event(Event::Published(&format!("  warning  {r}")));
     }
     let tests = any_tests(&components) && !opts.publish.skip_tests && !opts.replay.check;
-    let docker = publish::engine_for(&opts.publish, tests && opts.executor == ExecutorKind::Docker)?;
+    let docker = publish::engine_for(
+        &opts.publish,
+        tests && opts.executor == ExecutorKind::Docker,
+    )?;
 
     // --check: a fresh store for everything that is built; the real one keeps serving
     // git mirrors (through `git`), and pinned base images are copied over.

@@ -73,14 +73,16 @@ fn find_or_unpack(store: &Store, layout: &OciLayout, image: &OciDigest) -> Resul
         }
     }
     let parent = store.root().join("rootfs");
-    fs::create_dir_all(&parent).map_err(|e| format!("could not create `{}`: {e}", parent.display()))?;
+    fs::create_dir_all(&parent)
+        .map_err(|e| format!("could not create `{}`: {e}", parent.display()))?;
     // The store's own temp space: same disk, so the rename below is atomic.
     let tmp = store.temp_dir().map_err(|e| e.to_string())?;
     let staged = tmp.path().join("tree");
     fs::create_dir(&staged).map_err(|e| format!("could not create `{}`: {e}", staged.display()))?;
     cascade_image::unpack(layout, image, &staged)
         .map_err(|e| format!("could not unpack the runner image {image}: {e}"))?;
-    let digest = tree_digest(&staged).map_err(|e| format!("could not hash the unpacked image: {e}"))?;
+    let digest =
+        tree_digest(&staged).map_err(|e| format!("could not hash the unpacked image: {e}"))?;
     make_read_only(&staged).map_err(|e| format!("could not seal the unpacked image: {e}"))?;
     fs::write(tmp.path().join("digest"), format!("{digest}\n"))
         .map_err(|e| format!("could not record the unpacked image's digest: {e}"))?;
@@ -94,7 +96,10 @@ fn find_or_unpack(store: &Store, layout: &OciLayout, image: &OciDigest) -> Resul
         }
         Err(e) => {
             let _ = remove_tree(&staged_dir);
-            Err(format!("could not move the unpacked image into `{}`: {e}", dir.display()))
+            Err(format!(
+                "could not move the unpacked image into `{}`: {e}",
+                dir.display()
+            ))
         }
     }
 }
@@ -120,7 +125,14 @@ fn tree_digest(root: &Path) -> io::Result<String> {
         } else if meta.is_dir() {
             field(&mut h, b"d");
         } else {
-            field(&mut h, if meta.permissions().mode() & 0o111 != 0 { b"x" } else { b"f" });
+            field(
+                &mut h,
+                if meta.permissions().mode() & 0o111 != 0 {
+                    b"x"
+                } else {
+                    b"f"
+                },
+            );
             let mut fh = blake3::Hasher::new();
             fh.update_reader(fs::File::open(&path)?)?;
             field(&mut h, fh.finalize().as_bytes());

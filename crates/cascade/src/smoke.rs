@@ -11,7 +11,9 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cascade_docker::{judge_command, judge_http, probe_until, Attempt, Probe, ProbeEnd, SmokeTest, TestOutcome};
+use cascade_docker::{
+    judge_command, judge_http, probe_until, Attempt, Probe, ProbeEnd, SmokeTest, TestOutcome,
+};
 use cascade_exec::namespace::{self, Bind, Jail, Jailed, Root};
 use cascade_image::OciLayout;
 use cascade_store::Store;
@@ -53,13 +55,14 @@ pub(crate) fn smoke_test(
     let mut argv = config.entrypoint.clone();
     argv.extend(test.cmd.clone().unwrap_or_else(|| config.cmd.clone()));
     let Some(program) = argv.first().cloned() else {
-        return Ok(failed(started, "the image has neither an entrypoint nor a cmd".into()));
+        return Ok(failed(
+            started,
+            "the image has neither an entrypoint nor a cmd".into(),
+        ));
     };
     match find_program(&rootfs.tree, &program, &env) {
         Some(p) => argv[0] = p,
-        None => {
-            return Ok(failed(started, format!("`{program}` is not in the image")))
-        }
+        None => return Ok(failed(started, format!("`{program}` is not in the image"))),
     }
     let landlock = cascade_exec::landlock::ruleset_fd(&[&tmp], &[Path::new("/dev/null")])?;
     let jail = Jail {
@@ -96,7 +99,15 @@ pub(crate) fn smoke_test(
         |budget| {
             Ok(match &test.probe {
                 Probe::Http { port, path } => http(&jailed, *port, path, &test.expect, budget),
-                Probe::Command { argv } => command(&jailed, &rootfs.tree, scratch.path(), argv, &env, &test.expect, budget),
+                Probe::Command { argv } => command(
+                    &jailed,
+                    &rootfs.tree,
+                    scratch.path(),
+                    argv,
+                    &env,
+                    &test.expect,
+                    budget,
+                ),
             })
         },
     )?;
@@ -157,23 +168,32 @@ fn find_program(tree: &Path, program: &str, env: &[String]) -> Option<String> {
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    path.split(':').filter(|d| d.starts_with('/')).find_map(|d| {
-        let inside = format!("{}/{program}", d.trim_end_matches('/'));
-        let on_disk = tree.join(inside.trim_start_matches('/'));
-        // symlink_metadata: a link is resolved inside the sandbox, not here.
-        fs::symlink_metadata(on_disk).ok().map(|_| inside)
-    })
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .find_map(|d| {
+            let inside = format!("{}/{program}", d.trim_end_matches('/'));
+            let on_disk = tree.join(inside.trim_start_matches('/'));
+            // symlink_metadata: a link is resolved inside the sandbox, not here.
+            fs::symlink_metadata(on_disk).ok().map(|_| inside)
+        })
 }
 
 /// One `GET` over a connection made inside the sandbox's network namespace.
-fn http(jailed: &Jailed, port: u16, path: &str, expect: &cascade_docker::Expect, budget: Duration) -> Attempt {
+fn http(
+    jailed: &Jailed,
+    port: u16,
+    path: &str,
+    expect: &cascade_docker::Expect,
+    budget: Duration,
+) -> Attempt {
     let mut stream = match namespace::connect_inside(jailed, port) {
         Ok(s) => s,
         Err(e) => return Attempt::Fail(format!("GET {path}: {e}")),
     };
     let _ = stream.set_read_timeout(Some(budget));
     let _ = stream.set_write_timeout(Some(budget));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if let Err(e) = stream.write_all(request.as_bytes()) {
         return Attempt::Fail(format!("GET {path}: {e}"));
     }
@@ -217,7 +237,10 @@ fn command(
         let mut argv = argv.to_vec();
         // Found on the image's PATH, as `docker exec` would.
         argv[0] = find_program(tree, &argv[0], env).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, format!("`{}` is not in the image", argv[0]))
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("`{}` is not in the image", argv[0]),
+            )
         })?;
         let child = namespace::exec_inside(jailed, &argv, env, out.into(), err.into())?;
         let until = Instant::now() + budget;
@@ -253,7 +276,10 @@ fn command(
 fn tail(path: &Path) -> Vec<String> {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let lines: Vec<String> = text.lines().map(|l| l.chars().take(500).collect()).collect();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().take(500).collect())
+        .collect();
     let skip = lines.len().saturating_sub(LOG_TAIL);
     lines.into_iter().skip(skip).collect()
 }

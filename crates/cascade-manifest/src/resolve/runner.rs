@@ -86,7 +86,10 @@ impl Resolver<'_> {
                 let known: Vec<&str> = TOOL_SETS.iter().map(|(n, _)| *n).collect();
                 let help = match closest(&name, known.iter().copied()) {
                     Some(c) => format!("did you mean `{c}`? the sets are {}", known.join(", ")),
-                    None => format!("the sets are {}; other tools go in `tools:`", known.join(", ")),
+                    None => format!(
+                        "the sets are {}; other tools go in `tools:`",
+                        known.join(", ")
+                    ),
                 };
                 self.bad_runner(
                     format!("`{name}` is not a tool set"),
