@@ -1,6 +1,8 @@
 //! A secret in cascade's own environment goes nowhere (issue #7): not into a step (which
-//! starts from an empty environment), nor the log, the store, the lockfile, the OCI
-//! layout, an exported image or anything cascade prints.
+//! starts from an empty environment, in its own pid namespace, so that even reading
+//! every `/proc/*/environ` it sees, its parent's included, finds nothing of cascade's),
+//! nor the log, the store, the lockfile, the OCI layout, an exported image or anything
+//! cascade prints.
 //!
 //! The secret is planted in this process's environment, which every test of a binary
 //! shares, so this file is its own test binary with a single test.
@@ -137,10 +139,12 @@ fn a_secret_in_cascades_environment_reaches_no_step_log_store_lockfile_or_image(
     );
     p.write(
         "recipes/app.yaml",
-        "runner: { host: { tools: [sh, env, mkdir, cp] } }\n\
+        "runner: { host: { tools: [sh, env, mkdir, cp, cat] } }\n\
          steps:\n  - name: make\n    run: |\n      \
          mkdir -p out/bin\n      \
          env\n      \
+         for f in /proc/$PPID/environ /proc/[0-9]*/environ; do cat $f 2>&1 || true; done > out/proc-environ.txt\n      \
+         cat out/proc-environ.txt\n      \
          env > out/env.txt\n      \
          cp data.txt out/data.txt\n      \
          cp run.sh out/bin/app\n\

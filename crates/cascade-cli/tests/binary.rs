@@ -313,3 +313,43 @@ fn verify(dir: &Path) {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// Where the kernel refuses user namespaces, a build stops before anything runs: exit 3,
+/// naming the setting and the other way (`--executor docker`), never an unsandboxed
+/// run. The refusal is real: cascade runs in a user namespace whose
+/// `user.max_user_namespaces` is 0 (`unshare`, from util-linux).
+#[test]
+fn refused_namespaces_stop_the_build_with_exit_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    project(tmp.path(), "mkdir out; echo ran > out/x", "{}");
+    let recipe = tmp.path().join("recipes/app.yaml");
+    let text = fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("[sh, sleep]", "[sh, mkdir]");
+    fs::write(&recipe, text).unwrap();
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c"])
+        .arg("echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_cascade"))
+        .arg("--project")
+        .arg(tmp.path())
+        .args(["build", "--env", "test"])
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("refuses its namespaces"), "{stderr}");
+    assert!(stderr.contains("user.max_user_namespaces"), "{stderr}");
+    assert!(stderr.contains("--executor docker"), "{stderr}");
+    insta::assert_snapshot!(stderr);
+    assert!(!tmp.path().join("lockfiles").exists());
+    assert!(
+        !tmp.path().join("cache/actions").exists()
+            || fs::read_dir(tmp.path().join("cache/actions"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "something was built"
+    );
+}

@@ -160,7 +160,7 @@ pub struct Refused {
 
 impl Refused {
     /// The settings that decide it, for a diagnostic's help.
-    pub const HELP: &'static str = "allow user namespaces (`sysctl kernel.unprivileged_userns_clone=1`, a non-zero `user.max_user_namespaces`, and on Ubuntu `kernel.apparmor_restrict_unprivileged_userns=0`), or run with `--executor docker`";
+    pub const HELP: &'static str = "allow user namespaces (`sysctl kernel.unprivileged_userns_clone=1`, a non-zero `user.max_user_namespaces`, and on Ubuntu `kernel.apparmor_restrict_unprivileged_userns=0`); or, knowingly, run container steps and smoke tests with `--executor docker` and host steps unsandboxed with `CASCADE_SANDBOX=off`";
 }
 
 /// Whether this process may create the namespaces [`spawn`] uses. Asked once per

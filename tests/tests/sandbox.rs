@@ -1,0 +1,121 @@
+//! The sandbox end to end (issue #14): what a build's steps cannot do, whatever the
+//! runner. Each of these held before only for container steps on Docker, or not at all.
+//! The network, the caller's environment and writes outside the work directory are
+//! covered beside the tests they extend (`container.rs`, `secrets.rs`, the bad-input
+//! case `step_writes_outside_workdir`).
+
+use std::fs;
+
+use cascade_tests::TestProject;
+
+/// The command lines of this machine's processes.
+fn processes() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+fn project(recipe: &str) -> TestProject {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/test.yaml",
+        "name: test\nmode: branch\nsources:\n  app: { repo: ../../repos/app, ref: main }\n",
+    );
+    p.write("recipes/app.yaml", recipe);
+    p.commit("app", "main", &[("data.txt", Some("data\n"))], "initial");
+    p
+}
+
+/// `setsid … &` leaves a step's process group, which is all the host runner used to
+/// kill: in the sandbox the step's pid namespace ends with it, and so does the sleeper.
+#[test]
+fn a_process_a_step_left_in_the_background_dies_with_it() {
+    let p = project(
+        "runner: { host: { tools: [sh, setsid, sleep, nohup, mkdir, cp] } }\n\
+         steps:\n  - name: make\n    run: |\n      setsid sleep 3071 &\n      nohup sleep 3072 >/dev/null 2>&1 &\n      mkdir -p out\n      cp data.txt out/\n\
+         outputs: [out]\n",
+    );
+    let r = p.build("test", 0);
+    assert_eq!(r.node("app")["status"], "built");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let left: Vec<String> = processes()
+        .into_iter()
+        .filter(|c| c.starts_with("sleep 3071") || c.starts_with("sleep 3072"))
+        .collect();
+    assert!(left.is_empty(), "still running after the build: {left:?}");
+}
+
+/// A host step sees the host's files read-only, but not its `/tmp`, `/run` (daemon
+/// sockets: Docker's among them) or processes, and runs as no one in particular.
+#[test]
+fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
+    let p = project(
+        "runner: { host: { tools: [sh, ls, id, mkdir, cat, touch] } }\n\
+         steps:\n  - name: look\n    run: |\n      mkdir -p out\n      \
+         ( [ -e /run ] && echo run ) > out/seen || true\n      \
+         ( [ -S /var/run/docker.sock ] && echo docker-socket ) >> out/seen || true\n      \
+         ( touch /usr/cascade-was-here 2>/dev/null && echo wrote-usr ) >> out/seen || true\n      \
+         ls /proc | (while read -r e; do case $e in [0-9]*) echo pid;; esac; done) > out/pids\n      \
+         id -u > out/uid\n\
+         outputs: [out]\n",
+    );
+    let r = p.build("test", 0);
+    let out = p.root.join("out");
+    fs::create_dir(&out).unwrap();
+    let store = cascade_store::Store::open(p.root.join("cache")).unwrap();
+    let digest: cascade_core::OutputDigest =
+        r.node("app")["output"].as_str().unwrap().parse().unwrap();
+    store.materialize(&digest, &out).unwrap();
+    assert_eq!(fs::read_to_string(out.join("out/seen")).unwrap(), "");
+    assert!(!std::path::Path::new("/usr/cascade-was-here").exists());
+    let pids = fs::read_to_string(out.join("out/pids"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(pids <= 4, "the step saw {pids} processes");
+    let uid = fs::read_to_string(out.join("out/uid")).unwrap();
+    assert_ne!(uid.trim(), "0", "the step ran as root");
+    cascade_store::remove_tree(&out).unwrap();
+}
+
+/// A container step in the sandbox sees the image's files and the sandbox's own mount
+/// points, nothing of the host (its `/etc/hostname`, its `/usr`).
+#[test]
+fn a_container_step_in_the_sandbox_sees_only_its_image() {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/test.yaml",
+        "name: test\nmode: branch\nsources:\n  tc: { repo: ../../repos/tc, ref: main }\n  app: { repo: ../../repos/app, ref: main }\n",
+    );
+    p.write(
+        "recipes/tc.yaml",
+        "runner: { host: { tools: [sh, mkdir, ln, cp, busybox] } }\n\
+         steps:\n  - name: rootfs\n    run: |\n      mkdir -p rootfs/bin rootfs/etc\n      cp \"$(command -v busybox)\" rootfs/bin/busybox\n      for a in sh ls mkdir cat; do ln -s busybox rootfs/bin/$a; done\n      echo image > rootfs/etc/motd\n\
+         outputs: [rootfs]\n\
+         image:\n  base: scratch\n  layers: [{ from: rootfs, to: / }]\n  env: { PATH: /bin }\n",
+    );
+    p.write(
+        "recipes/app.yaml",
+        "runner: { container: { image: tc } }\n\
+         steps:\n  - name: look\n    run: |\n      mkdir -p out\n      ls / > out/root\n      ls /etc > out/etc\n\
+         outputs: [out]\n",
+    );
+    p.commit("tc", "main", &[("README", Some("tc\n"))], "initial");
+    p.commit("app", "main", &[("data.txt", Some("data\n"))], "initial");
+    let r = p.run(&["build", "--env", "test", "--json", "--executor", "sandbox"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = p.root.join("out");
+    fs::create_dir(&out).unwrap();
+    let store = cascade_store::Store::open(p.root.join("cache")).unwrap();
+    let digest: cascade_core::OutputDigest =
+        r.node("app")["output"].as_str().unwrap().parse().unwrap();
+    store.materialize(&digest, &out).unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("out/root")).unwrap(),
+        "bin\ndev\netc\nproc\ntmp\nwork\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("out/etc")).unwrap(), "motd\n");
+    cascade_store::remove_tree(&out).unwrap();
+}
