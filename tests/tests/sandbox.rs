@@ -18,12 +18,13 @@ fn processes() -> Vec<String> {
 }
 
 fn project(recipe: &str) -> TestProject {
+    let recipe = recipe.to_string();
     let mut p = TestProject::new();
     p.write(
         "graph/environments/test.yaml",
         "name: test\nmode: branch\nsources:\n  app: { repo: ../../repos/app, ref: main }\n",
     );
-    p.write("recipes/app.yaml", recipe);
+    p.write("recipes/app.yaml", &recipe);
     p.commit("app", "main", &[("data.txt", Some("data\n"))], "initial");
     p
 }
@@ -32,17 +33,22 @@ fn project(recipe: &str) -> TestProject {
 /// kill: in the sandbox the step's pid namespace ends with it, and so does the sleeper.
 #[test]
 fn a_process_a_step_left_in_the_background_dies_with_it() {
-    let p = project(
-        "runner: { host: { tools: [sh, setsid, sleep, nohup, mkdir, cp] } }\n\
-         steps:\n  - name: make\n    run: |\n      setsid sleep 3071 &\n      nohup sleep 3072 >/dev/null 2>&1 &\n      mkdir -p out\n      cp data.txt out/\n\
-         outputs: [out]\n",
+    // Durations of this run's own, so a sleeper of another run is not taken for ours.
+    let (a, b) = (
+        3000 + std::process::id() % 1000 * 2,
+        3001 + std::process::id() % 1000 * 2,
     );
+    let p = project(&format!(
+        "runner: {{ host: {{ tools: [sh, setsid, sleep, nohup, mkdir, cp] }} }}\n\
+         steps:\n  - name: make\n    run: |\n      setsid sleep {a} &\n      nohup sleep {b} >/dev/null 2>&1 &\n      mkdir -p out\n      cp data.txt out/\n\
+         outputs: [out]\n",
+    ));
     let r = p.build("test", 0);
     assert_eq!(r.node("app")["status"], "built");
     std::thread::sleep(std::time::Duration::from_millis(100));
     let left: Vec<String> = processes()
         .into_iter()
-        .filter(|c| c.starts_with("sleep 3071") || c.starts_with("sleep 3072"))
+        .filter(|c| c.starts_with(&format!("sleep {a} ")) || c.starts_with(&format!("sleep {b} ")))
         .collect();
     assert!(left.is_empty(), "still running after the build: {left:?}");
 }
@@ -51,16 +57,17 @@ fn a_process_a_step_left_in_the_background_dies_with_it() {
 /// sockets: Docker's among them) or processes, and runs as no one in particular.
 #[test]
 fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
-    let p = project(
-        "runner: { host: { tools: [sh, ls, id, mkdir, cat, touch] } }\n\
+    let marker = format!("/usr/cascade-sandbox-test-{}", std::process::id());
+    let p = project(&format!(
+        "runner: {{ host: {{ tools: [sh, ls, id, mkdir, cat, touch] }} }}\n\
          steps:\n  - name: look\n    run: |\n      mkdir -p out\n      \
          ( [ -e /run ] && echo run ) > out/seen || true\n      \
          ( [ -S /var/run/docker.sock ] && echo docker-socket ) >> out/seen || true\n      \
-         ( touch /usr/cascade-was-here 2>/dev/null && echo wrote-usr ) >> out/seen || true\n      \
+         ( touch {marker} 2>/dev/null && echo wrote-usr ) >> out/seen || true\n      \
          ls /proc | (while read -r e; do case $e in [0-9]*) echo pid;; esac; done) > out/pids\n      \
          id -u > out/uid\n\
          outputs: [out]\n",
-    );
+    ));
     let r = p.build("test", 0);
     let out = p.root.join("out");
     fs::create_dir(&out).unwrap();
@@ -69,7 +76,7 @@ fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
         r.node("app")["output"].as_str().unwrap().parse().unwrap();
     store.materialize(&digest, &out).unwrap();
     assert_eq!(fs::read_to_string(out.join("out/seen")).unwrap(), "");
-    assert!(!std::path::Path::new("/usr/cascade-was-here").exists());
+    assert!(!std::path::Path::new(&marker).exists());
     let pids = fs::read_to_string(out.join("out/pids"))
         .unwrap()
         .lines()

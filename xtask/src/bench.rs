@@ -413,15 +413,17 @@ fn remote_bench(base: &Path, mb: usize) -> Result<()> {
     Ok(())
 }
 
-/// `steps` trivial steps (`mkdir -p out`) on the host and in containers of a busybox
-/// image the graph builds: the first container build (which loads the image into
-/// Docker), then three rebuilds of both (a changed `env`), each timed by the node's own
-/// `duration_ms`.
+/// `steps` trivial steps (`mkdir -p out`), side by side in one run: a host runner run
+/// directly (`CASCADE_SANDBOX=off`, the floor: one process a step) and in the sandbox;
+/// an image runner (a busybox image the graph builds) in the sandbox and, when an
+/// engine answers, in Docker. The first build of each (the image unpacked or loaded),
+/// then three rebuilds (a changed `env`), each timed by the node's own `duration_ms`.
 fn container_bench(base: &Path, steps: usize) -> Result<()> {
     let dir = base.join("container");
     let _ = fs::remove_dir_all(&dir);
     let (repo, sig) = project_skeleton(&dir)?;
     commit_node(&repo, &sig, 0, b"data\n")?;
+    let docker = cascade_docker::Docker::connect().is_ok();
     let mut env = String::from("name: bench\nmode: branch\nsources:\n");
     for name in ["tc", "host", "box"] {
         writeln!(env, "  {name}: {{ repo: ../../repo, ref: {} }}", node(0))?;
@@ -442,41 +444,64 @@ fn container_bench(base: &Path, steps: usize) -> Result<()> {
         r.push_str("outputs: [out]\n");
         r
     };
-    let mut rows = Vec::new();
-    for round in 0..4 {
-        fs::write(
-            dir.join("recipes/host.yaml"),
-            recipe("{ host: { tools: [sh, mkdir] } }", round),
-        )?;
-        fs::write(
-            dir.join("recipes/box.yaml"),
-            recipe("{ container: { image: tc } }", round),
-        )?;
-        let (_, j) = timed(&dir, &["build", "--jobs", "1"])?;
-        let ms = |name: &str| -> Result<f64> {
+    // (label, executor, CASCADE_SANDBOX=off?, node): each configuration gets rounds of
+    // its own, so every one of them starts with its own first build.
+    let mut configs = vec![
+        ("host runner, no sandbox", "sandbox", true, "host"),
+        ("host runner, sandbox", "sandbox", false, "host"),
+        ("image runner, sandbox", "sandbox", false, "box"),
+    ];
+    if docker {
+        configs.push(("image runner, Docker", "docker", false, "box"));
+    }
+    let mut round = 0;
+    let mut results = Vec::new();
+    for (label, executor, off, name) in &configs {
+        if *off {
+            std::env::set_var("CASCADE_SANDBOX", "off");
+        } else {
+            std::env::remove_var("CASCADE_SANDBOX");
+        }
+        let mut times = Vec::new();
+        // A fresh store per configuration: its first build unpacks or loads the image.
+        let _ = fs::remove_dir_all(dir.join("cache"));
+        for _ in 0..4 {
+            round += 1;
+            fs::write(
+                dir.join("recipes/host.yaml"),
+                recipe("{ host: { tools: [sh, mkdir] } }", round),
+            )?;
+            fs::write(
+                dir.join("recipes/box.yaml"),
+                recipe("{ container: { image: tc } }", round),
+            )?;
+            let (_, j) = timed(&dir, &["build", "--jobs", "1", "--executor", executor])?;
             let n = j["nodes"]
                 .as_array()
-                .and_then(|a| a.iter().find(|n| n["name"] == name))
+                .and_then(|a| a.iter().find(|n| n["name"] == *name))
                 .ok_or("no such node")?;
             if n["status"] != "built" {
                 return Err(format!("`{name}` was not built: {n}").into());
             }
-            Ok(n["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0)
-        };
-        rows.push((ms("host")?, ms("box")?));
+            times.push(n["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0);
+        }
+        results.push((*label, times));
     }
-    let (first_host, first_box) = rows[0];
-    let n = (rows.len() - 1) as f64;
-    let host = rows[1..].iter().map(|r| r.0).sum::<f64>() / n;
-    let boxed = rows[1..].iter().map(|r| r.1).sum::<f64>() / n;
-    println!(
-        "| steps | on the host | in containers | in containers, first (image loaded) | per step |"
-    );
-    println!("|---|---|---|---|---|");
-    println!(
-        "| {steps} | {host:.2} s (first {first_host:.2} s) | {boxed:.2} s | {first_box:.2} s | +{:.0} ms |",
-        (boxed - host) / steps as f64 * 1000.0
-    );
+    std::env::remove_var("CASCADE_SANDBOX");
+    let floor = results[0].1[1..].iter().sum::<f64>() / 3.0;
+    println!("| {steps} steps | first build | rebuilds (mean of 3) | per step, over no sandbox |");
+    println!("|---|---|---|---|");
+    for (label, times) in &results {
+        let mean = times[1..].iter().sum::<f64>() / 3.0;
+        println!(
+            "| {label} | {:.3} s | {mean:.3} s | +{:.1} ms |",
+            times[0],
+            (mean - floor) / steps as f64 * 1000.0
+        );
+    }
+    if !docker {
+        println!("(no Docker Engine answered: the Docker row is left out)");
+    }
     let _ = fs::remove_dir_all(base);
     Ok(())
 }
