@@ -162,12 +162,14 @@ pub(crate) fn load(
     Ok(loaded.id)
 }
 
-/// Runs a node's smoke tests against its (loaded) image, in order.
+/// Runs one smoke test of an image where the build runs them (the sandbox or Docker);
+/// `None` when there is nowhere to run it.
+pub(crate) type SmokeRunner<'a> = dyn Fn(&ImageRef, &cascade_docker::SmokeTest) -> Option<Result<cascade_docker::TestOutcome, String>>
+    + 'a;
+
+/// Runs a node's smoke tests against its image, in order.
 pub(crate) fn run_tests(
-    smoke: &dyn Fn(
-        &ImageRef,
-        &cascade_docker::SmokeTest,
-    ) -> Option<Result<cascade_docker::TestOutcome, String>>,
+    smoke: &SmokeRunner<'_>,
     image: &ImageRef,
     tests: &[SmokeTest],
     facts: &Facts<'_>,
