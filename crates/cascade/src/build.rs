@@ -289,11 +289,6 @@ pub fn build(
     }
     // What publishing needs is checked before anything is built.
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
-    let tests = any_tests(&project.graph.components) && !opts.publish.skip_tests;
-    let docker = publish::engine_for(
-        &opts.publish,
-        tests && opts.executor == ExecutorKind::Docker,
-    )?;
     // The normalized recipes and image declarations are kept in the store under their
     // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
     // replayed, and `plan` can name the fields that changed, after a recipe changed.
@@ -303,33 +298,27 @@ pub fn build(
             store.put_blob(&i.canonical())?;
         }
     }
-    let layout = open_layout(&store, &project.graph.components)?;
-    let executors = Executors::for_graph(
-        opts.executor,
-        &project.graph.components,
-        layout.as_ref(),
-        tests,
-    )?;
     // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
     let remote_opts = RemoteOptions {
         url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),
         ..opts.remote.clone()
     };
     let remote = RemoteCache::new(&remote_opts)?;
-    let run = Run {
-        store: &store,
-        git: &git,
-        components: &project.graph.components,
-        nodes: &nodes,
-        layout: layout.as_ref(),
-        executors: &executors,
-        env_name: &opts.env,
-        jobs: opts.jobs,
-        keep_going: opts.keep_going,
-        remote: remote.as_ref(),
-    };
-    let (mut report, done) = run_graph(&run, on_event);
-    publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+    let (mut report, done) = walk(
+        opts,
+        &Walk {
+            store: &store,
+            git: &git,
+            components: &project.graph.components,
+            nodes: &nodes,
+            env_name: &opts.env,
+            remote: remote.as_ref(),
+            publish: true,
+        },
+        |_| Ok(()),
+        |_, _| {},
+        on_event,
+    )?;
     crate::cache::record_build(
         &store,
         &crate::cache::BuildStat {
@@ -377,6 +366,64 @@ pub(crate) fn open_layout(
     } else {
         Ok(None)
     }
+}
+
+/// What a build or a replay walks, once its nodes are known (from the manifests or from
+/// a lockfile): the one pipeline both feed.
+pub(crate) struct Walk<'a> {
+    pub store: &'a Store,
+    pub git: &'a Git,
+    pub components: &'a [Component],
+    pub nodes: &'a [Node<'a>],
+    pub env_name: &'a str,
+    pub remote: Option<&'a RemoteCache>,
+    /// Smoke tests, `--load` and `--push` after the nodes (not for `--check`).
+    pub publish: bool,
+}
+
+/// Checks what the walk needs (the engine, the executors) before anything runs, then
+/// runs every node, then `after_nodes` (a replay's comparison), then, when every node
+/// succeeded, publishes. `with_layout` sees the store's image layout first (a check
+/// copies pinned base images into its scratch store).
+pub(crate) fn walk(
+    opts: &BuildOptions,
+    w: &Walk<'_>,
+    with_layout: impl FnOnce(&OciLayout) -> Result<(), Error>,
+    after_nodes: impl FnOnce(&mut BuildReport, &[OnceLock<Done>]),
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<(BuildReport, Vec<OnceLock<Done>>), Error> {
+    let tests = w.publish && any_tests(w.components) && !opts.publish.skip_tests;
+    let docker = if w.publish {
+        publish::engine_for(
+            &opts.publish,
+            tests && opts.executor == ExecutorKind::Docker,
+        )?
+    } else {
+        None
+    };
+    let layout = open_layout(w.store, w.components)?;
+    if let Some(l) = &layout {
+        with_layout(l)?;
+    }
+    let executors = Executors::for_graph(opts.executor, w.components, layout.as_ref(), tests)?;
+    let run = Run {
+        store: w.store,
+        git: w.git,
+        components: w.components,
+        nodes: w.nodes,
+        layout: layout.as_ref(),
+        executors: &executors,
+        env_name: w.env_name,
+        jobs: opts.jobs,
+        keep_going: opts.keep_going,
+        remote: w.remote,
+    };
+    let (mut report, done) = run_graph(&run, on_event);
+    after_nodes(&mut report, &done);
+    if w.publish {
+        publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+    }
+    Ok((report, done))
 }
 
 /// One walk of a graph: what it runs on and how.

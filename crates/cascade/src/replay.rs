@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use cascade_core::{BlobDigest, FileId, KeyIngredients, Span};
@@ -26,14 +27,12 @@ use cascade_store::Store;
 use miette::Diagnostic;
 
 use crate::build::{
-    any_tests, lockfile, open_layout, prepare, publish_all, run_graph, write_lockfile,
-    BuildOptions, BuildReport, Event, Run,
+    lockfile, prepare, walk, write_lockfile, BuildOptions, BuildReport, Done, Event, Node, Walk,
 };
 use crate::check::{compare_outputs, Mismatch};
 use crate::errors::LockfileProblem;
-use crate::execute::{ExecutorKind, Executors};
 use crate::pin::locate;
-use crate::{publish, Error, Pinned, Problems};
+use crate::{Error, Pinned, Problems};
 
 /// How a lockfile is replayed.
 #[derive(Clone, Debug, Default)]
@@ -132,12 +131,6 @@ pub(crate) fn replay(
     for r in &risks {
         on_event(Event::Published(&format!("  warning  {r}")));
     }
-    let tests = any_tests(&components) && !opts.publish.skip_tests && !opts.replay.check;
-    let docker = publish::engine_for(
-        &opts.publish,
-        tests && opts.executor == ExecutorKind::Docker,
-    )?;
-
     // --check: a fresh store for everything that is built; the real one keeps serving
     // git mirrors (through `git`), and pinned base images are copied over.
     let scratch = if opts.replay.check {
@@ -149,61 +142,38 @@ pub(crate) fn replay(
         Some(dir) => Store::open(dir.path())?,
         None => real.clone(),
     };
-    let layout = open_layout(&store, &components)?;
-    if let (Some(l), true) = (&layout, opts.replay.check) {
-        copy_pinned_bases(&real, l, &components)?;
-    }
-    let executors = Executors::for_graph(opts.executor, &components, layout.as_ref(), tests)?;
-    let run = Run {
+    let walked = Walk {
         store: &store,
         git: &git,
         components: &components,
         nodes: &nodes,
-        layout: layout.as_ref(),
-        executors: &executors,
         env_name: &lock.environment,
-        jobs: opts.jobs,
-        keep_going: opts.keep_going,
         // A replay checks what this machine makes: no remote results.
         remote: None,
+        publish: !opts.replay.check,
     };
-    let (mut report, done) = run_graph(&run, on_event);
-
-    let mut mismatches = Vec::new();
-    for (node, d) in nodes.iter().zip(&done) {
-        let Some(d) = d.get() else { continue };
-        let ln = &lock.nodes[&node.component.name];
-        if d.output != ln.output {
-            mismatches.push(compare_outputs(
-                &node.component.name,
-                &real,
-                &store,
-                &ln.output,
-                &d.output,
-            ));
-        }
-        if let (Some(was), Some(now)) = (&ln.image, &d.image) {
-            if was.digest != now.digest.to_string() {
-                mismatches.push(Mismatch::image(
-                    &node.component.name,
-                    &was.digest,
-                    &now.digest.to_string(),
-                ));
+    let (report, done) = walk(
+        opts,
+        &walked,
+        |l| match opts.replay.check {
+            true => copy_pinned_bases(&real, l, &components),
+            false => Ok(()),
+        },
+        |report, done| {
+            let mismatches = mismatches(&lock, &nodes, done, &real, &store);
+            for m in &mismatches {
+                on_event(Event::Published(&m.to_string()));
             }
-        }
-    }
-    for m in &mismatches {
-        on_event(Event::Published(&m.to_string()));
-    }
-    report.replay = Some(ReplayReport {
-        lockfile: lock_path.to_path_buf(),
-        check: opts.replay.check,
-        risks,
-        mismatches,
-    });
-    if !opts.replay.check {
-        publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
-    }
+            report.replay = Some(ReplayReport {
+                lockfile: lock_path.to_path_buf(),
+                check: opts.replay.check,
+                risks,
+                mismatches,
+            });
+        },
+        on_event,
+    )?;
+    let mut report = report;
     if report.success() && opts.replay.write_lock {
         let new = lockfile(&lock.environment, lock.graph, &nodes, &done, &report);
         report.lockfile = Some(write_lockfile(
@@ -216,6 +186,41 @@ pub(crate) fn replay(
     drop(scratch);
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Every output and image digest the replay did not reproduce, with the files that
+/// differ.
+fn mismatches(
+    lock: &Lockfile,
+    nodes: &[Node<'_>],
+    done: &[OnceLock<Done>],
+    real: &Store,
+    store: &Store,
+) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    for (node, d) in nodes.iter().zip(done) {
+        let Some(d) = d.get() else { continue };
+        let ln = &lock.nodes[&node.component.name];
+        if d.output != ln.output {
+            out.push(compare_outputs(
+                &node.component.name,
+                real,
+                store,
+                &ln.output,
+                &d.output,
+            ));
+        }
+        if let (Some(was), Some(now)) = (&ln.image, &d.image) {
+            if was.digest != now.digest.to_string() {
+                out.push(Mismatch::image(
+                    &node.component.name,
+                    &was.digest,
+                    &now.digest.to_string(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The lockfile's nodes as components, in build order: recipes and image declarations
