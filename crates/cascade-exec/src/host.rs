@@ -173,23 +173,29 @@ pub(crate) fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunErr
     move |source| RunError::Setup { what, source }
 }
 
-/// One node's steps on the host.
-pub struct HostRun<'a> {
-    /// The work directory: exported source and materialized inputs; steps write here.
-    pub work: &'a Path,
-    /// An empty directory outside `work` for the tool symlinks.
-    pub tools_dir: &'a Path,
-    /// An empty directory outside `work`: the steps' `TMPDIR`, the only place besides
-    /// `work` where the sandbox lets them write.
-    pub temp: &'a Path,
-    pub tools: &'a [ResolvedTool],
-    /// Everything the step sees besides PATH and HOME (declared env + engine vars).
+/// What every runner runs: a node's steps, their environment, timeout and log.
+#[derive(Clone, Copy)]
+pub struct Commands<'a> {
+    /// The declared env and the engine's variables.
     pub env: &'a BTreeMap<String, String>,
     pub steps: &'a [Step],
     /// Per step.
     pub timeout: Duration,
     /// Where the steps' output goes (stdout and stderr interleaved).
     pub log: &'a Path,
+}
+
+/// One node's steps on the host.
+pub struct HostRun<'a> {
+    /// The work directory: exported source and materialized inputs; steps write here.
+    pub work: &'a Path,
+    /// An empty directory outside `work` for the tool symlinks.
+    pub tools_dir: &'a Path,
+    /// An empty directory outside `work`: the steps' `TMPDIR`.
+    pub temp: &'a Path,
+    pub tools: &'a [ResolvedTool],
+    /// What the steps see besides PATH, HOME and TMPDIR is `commands.env`.
+    pub commands: Commands<'a>,
 }
 
 impl HostRun<'_> {
@@ -202,34 +208,19 @@ impl HostRun<'_> {
         let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log)
+            .open(self.commands.log)
             .map_err(setup("open the log"))?;
-        // CASCADE_SANDBOX=off is the escape hatch for a step that must write elsewhere.
-        let sandboxed = std::env::var_os("CASCADE_SANDBOX").is_none_or(|v| v != "off");
-        if !sandboxed {
-            writeln!(log, "==> sandbox: off (CASCADE_SANDBOX=off)")
-                .map_err(setup("write the log"))?;
-        } else if !crate::landlock::available() {
-            writeln!(
-                log,
-                "==> sandbox: unavailable (this kernel does not enforce Landlock); writes outside the work directory are not prevented"
-            )
-            .map_err(setup("write the log"))?;
-        }
-        for step in self.steps {
+        // The runner of `CASCADE_SANDBOX=off`, the escape hatch asked for by name.
+        writeln!(
+            log,
+            "==> sandbox: off (CASCADE_SANDBOX=off): no namespaces, no Landlock; the step runs directly on the host"
+        )
+        .map_err(setup("write the log"))?;
+        for step in self.commands.steps {
             if interrupted() {
                 return Err(RunError::Interrupted);
             }
             writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
-            let sandbox = if sandboxed && crate::landlock::available() {
-                Some(std::sync::Arc::new(
-                    crate::landlock::Sandbox::new(self.work, self.temp, self.log).map_err(|e| {
-                        setup(format!("sandbox step `{}`", step.name))(io::Error::other(e))
-                    })?,
-                ))
-            } else {
-                None
-            };
             let out = log.try_clone().map_err(setup("open the log"))?;
             let err = log.try_clone().map_err(setup("open the log"))?;
             let mut cmd = Command::new(&sh);
@@ -238,7 +229,7 @@ impl HostRun<'_> {
                 .arg(&step.run)
                 .current_dir(self.work)
                 .env_clear()
-                .envs(self.env)
+                .envs(self.commands.env)
                 .env("PATH", self.tools_dir)
                 .env("HOME", self.work)
                 .env("TMPDIR", self.temp)
@@ -247,15 +238,11 @@ impl HostRun<'_> {
                 .stderr(err)
                 // Its own process group, so a timeout kills everything it started.
                 .process_group(0);
-            // SAFETY: umask is async-signal-safe and touches no memory; the sandbox makes
-            // two system calls on a ruleset built before the fork (see `Sandbox::enforce`).
+            // SAFETY: umask is async-signal-safe and touches no memory.
             unsafe {
-                cmd.pre_exec(move || {
+                cmd.pre_exec(|| {
                     libc::umask(0o022);
-                    match &sandbox {
-                        Some(s) => s.enforce(),
-                        None => Ok(()),
-                    }
+                    Ok(())
                 });
             }
             let mut child = cmd
@@ -271,7 +258,7 @@ impl HostRun<'_> {
                         _ => Ended::Code(-1),
                     })
                 },
-                self.timeout,
+                self.commands.timeout,
                 step,
                 &mut log,
             )?;
@@ -395,10 +382,12 @@ mod tests {
                 tools_dir: &self.tools_dir,
                 temp: &self.temp,
                 tools: &ts,
-                env,
-                steps: &steps,
-                timeout,
-                log: &self.log,
+                commands: Commands {
+                    env,
+                    steps: &steps,
+                    timeout,
+                    log: &self.log,
+                },
             }
             .run()
         }
@@ -470,45 +459,6 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, RunError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    /// Landlock keeps a step's writes in its work directory and TMPDIR (root included);
-    /// `/dev/null`, `/dev/stderr` and the log stay writable.
-    #[test]
-    fn the_sandbox_confines_writes() {
-        if !crate::landlock::available() {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI runs on kernels with Landlock; this one does not enforce it"
-            );
-            eprintln!("skipping: this kernel does not enforce Landlock");
-            return;
-        }
-        let f = fixture();
-        f.run(
-            &["sh", "mkdir", "cat", "rm"],
-            &BTreeMap::new(),
-            "mkdir -p d && echo in > d/f && echo tmp > \"$TMPDIR/t\" && cat \"$TMPDIR/t\" >> d/f \
-             && echo quiet > /dev/null && echo logged > /dev/stderr && rm d/f",
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert!(fs::read_to_string(&f.log).unwrap().contains("logged"));
-        let f = fixture();
-        let outside = f._dir.path().join("outside");
-        let err = f
-            .run(
-                &["sh"],
-                &BTreeMap::new(),
-                &format!("echo escaped > {}", outside.display()),
-                Duration::from_secs(10),
-            )
-            .unwrap_err();
-        assert!(matches!(err, RunError::Failed { .. }), "{err}");
-        assert!(!outside.exists(), "the write outside the work dir happened");
-        assert!(fs::read_to_string(&f.log)
-            .unwrap()
-            .contains("Permission denied"));
     }
 
     #[test]

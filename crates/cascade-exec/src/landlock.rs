@@ -1,17 +1,17 @@
-//! The host runner's write sandbox: Linux Landlock. A step may write only beneath its
-//! work directory and its own temporary directory (`TMPDIR`), to its log, and to the
-//! usual devices; reading and executing are not restricted (the host runner is not
-//! hermetic; a container runner is). Landlock needs no privileges and binds root too.
+//! The sandbox's second wall: Linux Landlock. Under the namespaces' read-only mounts, a
+//! sandboxed step may also, by Landlock, write only beneath its work directory and its
+//! `/tmp` and to the devices of its `/dev`. Landlock needs no privileges and binds root
+//! too.
 //!
 //! The ruleset is built in the parent (where allocating and opening paths is safe) and
-//! only enforced in the child between fork and exec, by two plain system calls.
+//! only enforced in the sandbox's last process before `execve`, by two plain system
+//! calls (`namespace.rs`).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use landlock::{
     AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, RulesetStatus, ABI,
+    RulesetCreatedAttr, ABI,
 };
 
 /// The Landlock ABI whose write rights are handled: v3 adds `Truncate`. IoctlDev (v5)
@@ -62,57 +62,55 @@ pub fn ruleset_fd(dirs: &[&Path], files: &[&Path]) -> Result<Option<std::os::fd:
     Ok(ruleset.into())
 }
 
-/// A ruleset ready to be enforced in a child process.
-pub struct Sandbox {
-    ruleset: Mutex<Option<RulesetCreated>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
 
-impl Sandbox {
-    /// Writes allowed beneath `work` and `temp`, to the file `log`, and to `/dev`'s
-    /// files (`/dev/null` and friends) and `/dev/shm`.
-    pub fn new(work: &Path, temp: &Path, log: &Path) -> Result<Sandbox, String> {
-        let all = AccessFs::from_write(ABI_USED);
-        let write_file: BitFlags<AccessFs> = AccessFs::WriteFile | AccessFs::Truncate;
-        let rule = |path: &Path, access: BitFlags<AccessFs>| {
-            PathFd::new(path)
-                .map(|fd| PathBeneath::new(fd, access))
-                .map_err(|e| format!("sandbox: cannot open `{}`: {e}", path.display()))
-        };
-        let mut rules = vec![rule(work, all)?, rule(temp, all)?, rule(log, write_file)?];
-        rules.push(rule(Path::new("/dev"), write_file)?);
-        if Path::new("/dev/shm").is_dir() {
-            rules.push(rule(Path::new("/dev/shm"), all)?);
+    /// The second wall on its own (no namespaces): a process under the ruleset writes
+    /// beneath the allowed directory and to `/dev/null`, and nowhere else, root included.
+    #[test]
+    fn a_ruleset_confines_writes() {
+        if !available() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI runs on kernels with Landlock; this one does not enforce it"
+            );
+            eprintln!("skipping: this kernel does not enforce Landlock");
+            return;
         }
-        let ruleset = Ruleset::default()
-            // An older kernel enforces what it knows; none at all is reported by
-            // `available`, not an error here.
-            .set_compatibility(CompatLevel::BestEffort)
-            .handle_access(all)
-            .and_then(|r| r.create())
-            .and_then(|r| r.add_rules(rules.into_iter().map(Ok::<_, landlock::RulesetError>)))
-            .map_err(|e| format!("sandbox: {e}"))?;
-        Ok(Sandbox {
-            ruleset: Mutex::new(Some(ruleset)),
-        })
-    }
-
-    /// Enforces the ruleset on the calling process. Meant for `pre_exec`: the mutex is
-    /// this sandbox's own (never held across a fork), and on success the call makes only
-    /// the `prctl` and `landlock_restrict_self` system calls.
-    pub fn enforce(&self) -> std::io::Result<()> {
-        let taken = match self.ruleset.lock() {
-            Ok(mut g) => g.take(),
-            Err(e) => e.into_inner().take(),
-        };
-        let Some(ruleset) = taken else {
-            return Ok(());
-        };
-        match ruleset.restrict_self() {
-            Ok(s) if s.ruleset == RulesetStatus::NotEnforced && available() => Err(
-                std::io::Error::other("sandbox: the kernel did not enforce the ruleset"),
-            ),
-            Ok(_) => Ok(()),
-            Err(e) => Err(std::io::Error::other(format!("sandbox: {e}"))),
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let outside = dir.path().join("outside");
+        let fd = ruleset_fd(&[&allowed], &[Path::new("/dev/null")])
+            .unwrap()
+            .expect("a ruleset");
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(format!(
+            "echo in > {}/f && echo quiet > /dev/null && echo out > {}",
+            allowed.display(),
+            outside.display()
+        ));
+        // SAFETY: prctl and landlock_restrict_self, plain system calls on a descriptor
+        // opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_landlock_restrict_self, raw, 0u32) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        assert_eq!(std::fs::read_to_string(allowed.join("f")).unwrap(), "in\n");
+        assert!(!outside.exists(), "the write outside happened");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
     }
 }

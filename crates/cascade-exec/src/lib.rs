@@ -18,8 +18,8 @@ pub mod sandbox;
 pub mod schedule;
 
 pub use host::{
-    interrupt, interrupted, kill_running_steps, resolve_tool, HostRun, ResolvedTool, RunError,
-    Step, ToolError, Tools,
+    interrupt, interrupted, kill_running_steps, resolve_tool, Commands, HostRun, ResolvedTool,
+    RunError, Step, ToolError, Tools,
 };
 pub use sandbox::{RootFs, SandboxRun};
 pub use schedule::{schedule, Outcome};

@@ -21,11 +21,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use crate::host::{setup, wait_step, Ended};
+use crate::host::{setup, wait_step, Commands, Ended};
 use crate::namespace::{self, Bind, Jail, Limits, Root};
-use crate::{interrupted, ResolvedTool, RunError, Step};
+use crate::{interrupted, ResolvedTool, RunError};
 
 /// The memory and process limits of a sandboxed step (the container runner's too).
 pub const LIMITS: Limits = Limits {
@@ -54,13 +53,7 @@ pub struct SandboxRun<'a> {
     pub root: RootFs<'a>,
     /// Entries of `work` mounted read-only over themselves.
     pub read_only: &'a [String],
-    /// The declared env and the engine's variables.
-    pub env: &'a BTreeMap<String, String>,
-    pub steps: &'a [Step],
-    /// Per step.
-    pub timeout: Duration,
-    /// Where the steps' output goes (stdout and stderr interleaved).
-    pub log: &'a Path,
+    pub commands: Commands<'a>,
 }
 
 impl SandboxRun<'_> {
@@ -160,14 +153,19 @@ impl SandboxRun<'_> {
                 (Root::Dir(rootfs.to_path_buf()), "/bin/sh".to_string())
             }
         };
-        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            self.commands
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env.insert("HOME".into(), "/work".into());
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
         let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log)
+            .open(self.commands.log)
             .map_err(setup("open the log"))?;
         let landlock = crate::landlock::available();
         writeln!(
@@ -178,7 +176,7 @@ impl SandboxRun<'_> {
             if landlock { "on" } else { "unavailable on this kernel" }
         )
         .map_err(setup("write the log"))?;
-        for step in self.steps {
+        for step in self.commands.steps {
             if interrupted() {
                 return Err(RunError::Interrupted);
             }
@@ -215,7 +213,7 @@ impl SandboxRun<'_> {
             wait_step(
                 pid,
                 move || namespace::Jailed { pid }.wait().map(Ended::Code),
-                self.timeout,
+                self.commands.timeout,
                 step,
                 &mut log,
             )?;
@@ -227,7 +225,8 @@ impl SandboxRun<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Tools;
+    use crate::{Step, Tools};
+    use std::time::Duration;
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -289,13 +288,15 @@ mod tests {
                 scratch: &self.scratch,
                 root,
                 read_only,
-                env: &env,
-                steps: &[Step {
-                    name: "s".into(),
-                    run: run.into(),
-                }],
-                timeout,
-                log: &self.log,
+                commands: Commands {
+                    env: &env,
+                    steps: &[Step {
+                        name: "s".into(),
+                        run: run.into(),
+                    }],
+                    timeout,
+                    log: &self.log,
+                },
             }
             .run()
         }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cascade_docker::{Docker, DockerError, StepEnd, StepSpec, STEP_MEMORY, STEP_WORKDIR};
-use cascade_exec::{RunError, Step};
+use cascade_exec::{Commands, RunError};
 use cascade_image::{OciDigest, OciLayout};
 use cascade_manifest::{Component, RunnerDecl, RunnerImage};
 use cascade_store::Store;
@@ -187,10 +187,7 @@ pub(crate) struct ContainerRun<'a> {
     pub work: &'a Path,
     /// Relative to `work`: what is mounted read-only.
     pub read_only: Vec<String>,
-    pub env: &'a BTreeMap<String, String>,
-    pub steps: &'a [Step],
-    pub timeout: std::time::Duration,
-    pub log: &'a Path,
+    pub commands: Commands<'a>,
 }
 
 impl Containers {
@@ -213,14 +210,19 @@ impl Containers {
             .map_err(|e| engine(format!("load the runner image {}", r.image), &e))?;
         let user = step_user(r.work)
             .map_err(setup("give the work directory to the step's user".into()))?;
-        let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = r
+            .commands
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         env.push(format!("HOME={STEP_WORKDIR}"));
         let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(r.log)
+            .open(r.commands.log)
             .map_err(setup("open the log".into()))?;
-        for step in r.steps {
+        for step in r.commands.steps {
             if cascade_exec::interrupted() {
                 return Err(RunError::Interrupted);
             }
@@ -232,7 +234,7 @@ impl Containers {
                 work: r.work,
                 read_only: r.read_only.clone(),
                 user: user.clone(),
-                timeout: r.timeout,
+                timeout: r.commands.timeout,
                 labels: vec![
                     ("cascade.component".into(), r.component.name.clone()),
                     ("cascade.step".into(), step.name.clone()),
@@ -254,7 +256,7 @@ impl Containers {
                     );
                     return Err(RunError::Timeout {
                         step: step.name.clone(),
-                        after: r.timeout,
+                        after: r.commands.timeout,
                     });
                 }
                 StepEnd::Exited(code) => format!("exit code {code}"),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cascade_core::{NodeKey, OutputDigest, RunnerIdentity};
-use cascade_exec::{HostRun, ResolvedTool, RootFs, RunError, SandboxRun, Step};
+use cascade_exec::{Commands, HostRun, ResolvedTool, RootFs, RunError, SandboxRun, Step};
 use cascade_image::{OciDigest, OciLayout};
 use cascade_manifest::{Component, RunnerDecl, RunnerImage};
 use cascade_store::{ActionResult, Store, StoreError};
@@ -229,6 +229,22 @@ impl Executors {
             what: what.to_string(),
             source: std::io::Error::other(e.to_string()),
         };
+        let commands = Commands {
+            env: &action.env,
+            steps: &action.steps,
+            timeout: action.timeout,
+            log,
+        };
+        let sandbox = |root: RootFs<'_>, read_only: &[String]| {
+            SandboxRun {
+                work,
+                scratch,
+                root,
+                read_only,
+                commands,
+            }
+            .run()
+        };
         match &action.root {
             ActionRoot::Host { tools } if sandbox_off() => {
                 let (tools_dir, temp) = (scratch.join("tools"), scratch.join("tmp"));
@@ -241,10 +257,7 @@ impl Executors {
                     tools_dir: &tools_dir,
                     temp: &temp,
                     tools,
-                    env: &action.env,
-                    steps: &action.steps,
-                    timeout: action.timeout,
-                    log,
+                    commands,
                 }
                 .run()
             }
@@ -256,17 +269,7 @@ impl Executors {
                 } else {
                     Vec::new()
                 };
-                SandboxRun {
-                    work,
-                    scratch,
-                    root: RootFs::Host { tools },
-                    read_only: &read_only,
-                    env: &action.env,
-                    steps: &action.steps,
-                    timeout: action.timeout,
-                    log,
-                }
-                .run()
+                sandbox(RootFs::Host { tools }, &read_only)
             }
             ActionRoot::Image { digest, reference } => {
                 // Mounted read-only: everything in the work directory so far, the
@@ -283,10 +286,7 @@ impl Executors {
                             reference: reference.clone(),
                             work,
                             read_only,
-                            env: &action.env,
-                            steps: &action.steps,
-                            timeout: action.timeout,
-                            log,
+                            commands,
                         },
                     ),
                     None => {
@@ -297,20 +297,11 @@ impl Executors {
                             .rootfs
                             .get(run.store, layout, digest)
                             .map_err(|e| setup("unpack the runner image", &e))?;
-                        SandboxRun {
-                            work,
-                            scratch,
-                            root: RootFs::Image {
-                                rootfs: &rootfs.tree,
-                                env: &rootfs.config.env,
-                            },
-                            read_only: &read_only,
-                            env: &action.env,
-                            steps: &action.steps,
-                            timeout: action.timeout,
-                            log,
-                        }
-                        .run()
+                        let root = RootFs::Image {
+                            rootfs: &rootfs.tree,
+                            env: &rootfs.config.env,
+                        };
+                        sandbox(root, &read_only)
                     }
                 }
             }
