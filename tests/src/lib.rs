@@ -313,6 +313,24 @@ impl TestProject {
         r
     }
 
+    /// The file `path` of `node`'s output in a build's `--json` report, read back from
+    /// this project's store.
+    pub fn output_file(&self, r: &Run, node: &str, path: &str) -> String {
+        let store = cascade_store::Store::open(self.root.join("cache")).expect("the store");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let out = dir.path().join("out");
+        fs::create_dir(&out).expect("a directory");
+        let digest: cascade_core::OutputDigest = r.node(node)["output"]
+            .as_str()
+            .expect("an output digest")
+            .parse()
+            .expect("a digest");
+        store.materialize(&digest, &out).expect("the output");
+        let text = fs::read_to_string(out.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        cascade_store::remove_tree(&out).expect("removed");
+        text
+    }
+
     /// The lockfiles written so far, oldest first (by name).
     pub fn lockfiles(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(self.root.join("lockfiles"))

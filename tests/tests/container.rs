@@ -124,20 +124,6 @@ fn containers_of(component: &str) -> Vec<String> {
         .collect()
 }
 
-/// The file `path` of a node's output, from the store.
-fn output_file(p: &TestProject, r: &Run, node: &str, path: &str) -> String {
-    let store = cascade_store::Store::open(p.root.join("cache")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    fs::create_dir(&out).unwrap();
-    let digest: cascade_core::OutputDigest =
-        r.node(node)["output"].as_str().unwrap().parse().unwrap();
-    store.materialize(&digest, &out).unwrap();
-    let text = fs::read_to_string(out.join(path)).unwrap();
-    cascade_store::remove_tree(&out).unwrap();
-    text
-}
-
 fn log_tail(r: &Run, node: &str) -> String {
     r.node(node)["log_tail"]
         .as_array()
@@ -257,7 +243,7 @@ fn inputs_and_source_are_read_only() {
         let r = build(&p, 0);
         assert_eq!(r.node("ro-app")["status"], "built", "{}", r.stderr);
         assert_eq!(
-            output_file(&p, &r, "ro-app", "out/all.txt"),
+            p.output_file(&r, "ro-app", "out/all.txt"),
             "lib\nro-app data\n"
         );
     });
@@ -272,14 +258,14 @@ fn outputs_belong_to_the_caller_and_steps_are_not_root() {
         let run = "umask 077\nmkdir -p out/private\necho secret > out/private/file\nid -u > out/uid\nid -g > out/gid";
         let p = project(&[("owner", in_container(&[], "", &[("write", run)]))]);
         let r = build(&p, 0);
-        let uid: u32 = output_file(&p, &r, "owner", "out/uid")
+        let uid: u32 = p.output_file(&r, "owner", "out/uid")
             .trim()
             .parse()
             .unwrap();
         let euid = unsafe { libc::geteuid() };
         assert_ne!(uid, 0, "a step ran as root");
         assert_eq!(uid, if euid == 0 { 65534 } else { euid });
-        assert_eq!(output_file(&p, &r, "owner", "out/private/file"), "secret\n");
+        assert_eq!(p.output_file(&r, "owner", "out/private/file"), "secret\n");
         let tmp = p.root.join("cache/tmp");
         let left: Vec<_> = fs::read_dir(&tmp)
             .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -347,7 +333,7 @@ fn outputs_are_identical_from_two_directories() {
             assert_eq!(ra.node(node)["key"], rb.node(node)["key"], "{node}");
         }
         assert_eq!(
-            output_file(&a, &ra, "det-top", "out/where"),
+            a.output_file(&ra, "det-top", "out/where"),
             "/work\n/work\ndet-top data\nbase\n"
         );
         let lock = |p: &TestProject, r: &Run| {
@@ -537,7 +523,7 @@ fn a_pinned_image_runs_from_the_store() {
         let r = build(&p, 0);
         assert_eq!(r.node("pinned-app")["status"], "built", "{}", r.stderr);
         assert_eq!(
-            output_file(&p, &r, "pinned-app", "out/x"),
+            p.output_file(&r, "pinned-app", "out/x"),
             "pinned-app data\n"
         );
         // The runner in the lockfile is the pinned image's identity.

@@ -69,22 +69,12 @@ fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
          outputs: [out]\n",
     ));
     let r = p.build("test", 0);
-    let out = p.root.join("out");
-    fs::create_dir(&out).unwrap();
-    let store = cascade_store::Store::open(p.root.join("cache")).unwrap();
-    let digest: cascade_core::OutputDigest =
-        r.node("app")["output"].as_str().unwrap().parse().unwrap();
-    store.materialize(&digest, &out).unwrap();
-    assert_eq!(fs::read_to_string(out.join("out/seen")).unwrap(), "");
+    assert_eq!(p.output_file(&r, "app", "out/seen"), "");
     assert!(!std::path::Path::new(&marker).exists());
-    let pids = fs::read_to_string(out.join("out/pids"))
-        .unwrap()
-        .lines()
-        .count();
+    let pids = p.output_file(&r, "app", "out/pids").lines().count();
     assert!(pids <= 4, "the step saw {pids} processes");
-    let uid = fs::read_to_string(out.join("out/uid")).unwrap();
+    let uid = p.output_file(&r, "app", "out/uid");
     assert_ne!(uid.trim(), "0", "the step ran as root");
-    cascade_store::remove_tree(&out).unwrap();
 }
 
 /// A container step in the sandbox sees the image's files and the sandbox's own mount
@@ -113,16 +103,9 @@ fn a_container_step_in_the_sandbox_sees_only_its_image() {
     p.commit("app", "main", &[("data.txt", Some("data\n"))], "initial");
     let r = p.run(&["build", "--env", "test", "--json", "--executor", "sandbox"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let out = p.root.join("out");
-    fs::create_dir(&out).unwrap();
-    let store = cascade_store::Store::open(p.root.join("cache")).unwrap();
-    let digest: cascade_core::OutputDigest =
-        r.node("app")["output"].as_str().unwrap().parse().unwrap();
-    store.materialize(&digest, &out).unwrap();
     assert_eq!(
-        fs::read_to_string(out.join("out/root")).unwrap(),
+        p.output_file(&r, "app", "out/root"),
         "bin\ndev\netc\nproc\ntmp\nwork\n"
     );
-    assert_eq!(fs::read_to_string(out.join("out/etc")).unwrap(), "motd\n");
-    cascade_store::remove_tree(&out).unwrap();
+    assert_eq!(p.output_file(&r, "app", "out/etc"), "motd\n");
 }
