@@ -258,7 +258,8 @@ fn outputs_belong_to_the_caller_and_steps_are_not_root() {
         let run = "umask 077\nmkdir -p out/private\necho secret > out/private/file\nid -u > out/uid\nid -g > out/gid";
         let p = project(&[("owner", in_container(&[], "", &[("write", run)]))]);
         let r = build(&p, 0);
-        let uid: u32 = p.output_file(&r, "owner", "out/uid")
+        let uid: u32 = p
+            .output_file(&r, "owner", "out/uid")
             .trim()
             .parse()
             .unwrap();

@@ -77,10 +77,8 @@ fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
     assert_ne!(uid.trim(), "0", "the step ran as root");
 }
 
-/// A container step in the sandbox sees the image's files and the sandbox's own mount
-/// points, nothing of the host (its `/etc/hostname`, its `/usr`).
-#[test]
-fn a_container_step_in_the_sandbox_sees_only_its_image() {
+/// A project whose `app` runs in `tc`'s busybox image, `motd` its `/etc/motd`.
+fn image_project(motd: &str) -> TestProject {
     let mut p = TestProject::new();
     p.write(
         "graph/environments/test.yaml",
@@ -89,7 +87,8 @@ fn a_container_step_in_the_sandbox_sees_only_its_image() {
     p.write(
         "recipes/tc.yaml",
         "runner: { host: { tools: [sh, mkdir, ln, cp, busybox] } }\n\
-         steps:\n  - name: rootfs\n    run: |\n      mkdir -p rootfs/bin rootfs/etc\n      cp \"$(command -v busybox)\" rootfs/bin/busybox\n      for a in sh ls mkdir cat; do ln -s busybox rootfs/bin/$a; done\n      echo image > rootfs/etc/motd\n\
+         env: { MOTD: image }\n\
+         steps:\n  - name: rootfs\n    run: |\n      mkdir -p rootfs/bin rootfs/etc\n      cp \"$(command -v busybox)\" rootfs/bin/busybox\n      for a in sh ls mkdir cat; do ln -s busybox rootfs/bin/$a; done\n      echo $MOTD > rootfs/etc/motd\n\
          outputs: [rootfs]\n\
          image:\n  base: scratch\n  layers: [{ from: rootfs, to: / }]\n  env: { PATH: /bin }\n",
     );
@@ -101,6 +100,39 @@ fn a_container_step_in_the_sandbox_sees_only_its_image() {
     );
     p.commit("tc", "main", &[("README", Some("tc\n"))], "initial");
     p.commit("app", "main", &[("data.txt", Some("data\n"))], "initial");
+    set_motd(&p, motd);
+    p
+}
+
+fn set_motd(p: &TestProject, motd: &str) {
+    let path = p.root.join("recipes/tc.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let start = text.find("MOTD: ").unwrap() + "MOTD: ".len();
+    let end = start + text[start..].find(' ').unwrap();
+    p.write(
+        "recipes/tc.yaml",
+        &format!("{}{motd}{}", &text[..start], &text[end..]),
+    );
+}
+
+/// The unpacked runner images in the store.
+fn unpacked(p: &TestProject) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p.root.join("cache/rootfs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A container step in the sandbox sees the image's files and the sandbox's own mount
+/// points, nothing of the host (its `/etc/hostname`, its `/usr`).
+#[test]
+fn a_container_step_in_the_sandbox_sees_only_its_image() {
+    let p = image_project("image");
     let r = p.run(&["build", "--env", "test", "--json", "--executor", "sandbox"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
@@ -108,4 +140,37 @@ fn a_container_step_in_the_sandbox_sees_only_its_image() {
         "bin\ndev\netc\nproc\ntmp\nwork\n"
     );
     assert_eq!(p.output_file(&r, "app", "out/etc"), "motd\n");
+}
+
+/// A runner image is unpacked into the store once (`rootfs/<manifest hex>`), a new image
+/// beside it, and `gc` removes the unpacked copy of an image no kept lockfile has.
+#[test]
+fn unpacked_runner_images_are_reused_and_collected() {
+    let p = image_project("one");
+    p.build("test", 0);
+    let first = unpacked(&p);
+    assert_eq!(first.len(), 1, "{first:?}");
+    set_motd(&p, "two");
+    let r = p.build("test", 0);
+    assert_eq!(p.output_file(&r, "app", "out/etc"), "motd\n");
+    let both = unpacked(&p);
+    assert_eq!(both.len(), 2, "{both:?}");
+    let store = p.root.join("cache").display().to_string();
+    let gc = p.run(&["gc", "--keep", "1", "--json", "--store", &store]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    let left = unpacked(&p);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left.contains(&first[0]), "the old image's rootfs was kept");
+    // The kept one still serves a build (all cached) and a rebuild of `app`.
+    p.write(
+        "recipes/app.yaml",
+        &fs::read_to_string(p.root.join("recipes/app.yaml"))
+            .unwrap()
+            .replace(
+                "ls /etc > out/etc",
+                "ls /etc > out/etc; cat /etc/motd > out/motd",
+            ),
+    );
+    let r = p.build("test", 0);
+    assert_eq!(p.output_file(&r, "app", "out/motd"), "two\n");
 }

@@ -26,8 +26,8 @@ pub struct Keep {
 /// What a collection removed (or would remove, in a dry run).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct GcReport {
-    /// Kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`, `tmp`) → entries and
-    /// bytes.
+    /// Kind (`blobs`, `trees`, `keys`, `actions`, `images`, `oci`, `rootfs`, `tmp`) →
+    /// entries and bytes.
     pub removed: BTreeMap<String, (usize, u64)>,
     pub kept: BTreeMap<String, (usize, u64)>,
 }
@@ -102,6 +102,30 @@ impl Store {
         for (name, path) in entries(&oci, false) {
             let wanted = keep.oci.contains(&name);
             self.sweep(&mut report, "oci", &path, wanted, dry_run)?;
+        }
+        // Unpacked runner images (`rootfs/<manifest hex>/`), kept with their manifest.
+        let rootfs = self.root.join("rootfs");
+        let mut unpacked: Vec<_> = fs::read_dir(&rootfs)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        unpacked.sort();
+        for path in unpacked {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let wanted = keep.oci.contains(name);
+            let tally = if wanted {
+                &mut report.kept
+            } else {
+                &mut report.removed
+            };
+            let e = tally.entry("rootfs".to_string()).or_default();
+            e.0 += 1;
+            e.1 += tree_size(&path);
+            if !wanted && !dry_run {
+                crate::remove_tree(&path).map_err(StoreError::io(&path))?;
+            }
         }
         Ok(report)
     }
