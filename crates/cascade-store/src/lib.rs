@@ -13,6 +13,8 @@
 //! - `locks/` one lock file per node key being built (held with `flock`)
 //! - `logs/` the logs of failed nodes, kept under readable names for people
 //! - `tmp/` scratch space for builds (work directories live here, on the same disk)
+//! - `rootfs/` runner images unpacked for the sandbox (written by `cascade`; `gc` sweeps
+//!   those whose manifest it does not keep)
 //!
 //! Every write goes to a temporary file in the destination directory, is fsynced and
 //! renamed into place, and the directory is fsynced: a crash leaves either the old
