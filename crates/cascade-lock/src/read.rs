@@ -81,11 +81,13 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
     match parse::<Raw>(path, text) {
         Ok(raw) => {
             check_format(path, text, raw.format)?;
-            Ok(Lockfile {
+            let lock = Lockfile {
                 environment: raw.environment,
                 graph: raw.graph,
                 nodes: raw.nodes,
-            })
+            };
+            check_ids(path, text, &lock)?;
+            Ok(lock)
         }
         Err(e) => {
             let probe: Probe = parse(path, text)?;
@@ -93,6 +95,63 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
             Err(e)
         }
     }
+}
+
+/// The fields every later use takes for ASCII ids (short SHAs are byte slices): a
+/// commit and a tree are git object ids (40 or 64 lowercase hex digits), an image digest
+/// is `sha256:<64 lowercase hex>`. Digests of our own are checked by their type already.
+fn check_ids(path: &str, text: &str, lock: &Lockfile) -> Result<(), LockError> {
+    let hex = |s: &str, len: &[usize]| {
+        len.contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut bad: Option<(String, String, &'static str)> = None;
+    for (name, n) in &lock.nodes {
+        for (field, v, want) in [
+            (
+                "commit",
+                &n.source.commit,
+                "a git commit id (40 lowercase hex digits)",
+            ),
+            (
+                "tree",
+                &n.source.tree,
+                "a git tree id (40 lowercase hex digits)",
+            ),
+        ] {
+            if !hex(v, &[40, 64]) {
+                bad.get_or_insert((format!("nodes.{name}.source.{field}"), v.clone(), want));
+            }
+        }
+        if let Some(i) = &n.image {
+            let ok = i
+                .digest
+                .strip_prefix("sha256:")
+                .is_some_and(|h| hex(h, &[64]));
+            if !ok {
+                bad.get_or_insert((
+                    format!("nodes.{name}.image.digest"),
+                    i.digest.clone(),
+                    "`sha256:` and 64 lowercase hex digits",
+                ));
+            }
+        }
+    }
+    let Some((field, value, want)) = bad else {
+        return Ok(());
+    };
+    // Where the value is: the first occurrence of it after its node's name.
+    let node = field.split('.').nth(1).unwrap_or_default();
+    let from = text.find(&format!("\n  {node}:")).unwrap_or(0);
+    let span = text[from..]
+        .find(value.as_str())
+        .filter(|_| !value.is_empty())
+        .map(|at| SourceSpan::new((from + at).into(), value.len()));
+    Err(LockError::Invalid {
+        path: path.to_string(),
+        message: format!("`{field}` is not {want}"),
+        src: Arc::new(NamedSource::new(path, text.to_string())),
+        span,
+    })
 }
 
 fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Result<(), LockError> {

@@ -337,12 +337,8 @@ impl<'a> Context<'a> {
     ) -> Result<DeployReport, Error> {
         let env = &self.opts.env;
         let shown = self.shown(target);
-        let bytes = std::fs::read(target).map_err(|source| Error::Read {
-            path: PathBuf::from(&shown),
-            source,
-        })?;
-        let lock_digest = Digest::of(&bytes).to_string();
-        let text = String::from_utf8_lossy(&bytes);
+        let text = crate::lockfiles::read_lockfile_text(target, &shown)?;
+        let lock_digest = Digest::of(text.as_bytes()).to_string();
         let lock = cascade_lock::read(&shown, &text)?;
         if lock.environment != *env {
             return Err(Error::DeployLockfile {

@@ -48,6 +48,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("`{path}` is larger than {limit_mib} MiB, so it is not {what} cascade wrote")]
+    #[diagnostic(
+        code(cascade::read::too_large),
+        help("check the path: cascade reads at most {limit_mib} MiB of {what}")
+    )]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        limit_mib: u64,
+    },
+
+    #[error("`{path}` holds NUL bytes, so it is not {what}")]
+    #[diagnostic(
+        code(cascade::read::binary),
+        help("check the path: {what} is YAML text")
+    )]
+    NotText { path: PathBuf, what: &'static str },
+
     #[error("`{path}` is not UTF-8 text")]
     #[diagnostic(
         code(cascade::read::utf8),
@@ -318,6 +336,8 @@ impl Error {
             | Error::UnknownEnvironment { .. }
             | Error::NotAProject(_)
             | Error::Read { .. }
+            | Error::TooLarge { .. }
+            | Error::NotText { .. }
             | Error::NotUtf8 { .. }
             | Error::Sources(_)
             | Error::Lock(_)

@@ -30,14 +30,19 @@ fn read(root: &Path, rel: &str) -> Result<String, Error> {
         path: PathBuf::from(rel),
         source,
     })?;
+    utf8(rel, bytes)
+}
+
+/// `bytes` as text, or a diagnostic pointing at the first byte that is not UTF-8.
+pub(crate) fn utf8(shown: &str, bytes: Vec<u8>) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|e| {
         // Point at the first bad byte: the valid prefix is the same in the lossy text,
         // where the bad bytes became one U+FFFD (3 bytes).
         let at = e.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
         Error::NotUtf8 {
-            path: PathBuf::from(rel),
-            src: miette::NamedSource::new(rel, text),
+            path: PathBuf::from(shown),
+            src: miette::NamedSource::new(shown, text),
             span: (at, '\u{FFFD}'.len_utf8()).into(),
         }
     })

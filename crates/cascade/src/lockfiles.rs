@@ -136,18 +136,79 @@ pub(crate) fn build_order(deps: &BTreeMap<String, BTreeSet<String>>) -> (Vec<Str
     (order, left)
 }
 
-/// Reads and parses a lockfile; `shown` is how its path is printed.
-pub fn read_lockfile(path: &Path, shown: &str) -> Result<Lockfile, Error> {
-    let text = fs::read_to_string(path).map_err(|source| Error::Read {
+/// The most a lockfile may hold: a 10,000-node lockfile is about 8 MB.
+pub const LOCKFILE_LIMIT: u64 = 64 << 20;
+
+/// Reads a lockfile's text, bounded: at most [`LOCKFILE_LIMIT`] bytes, none of them NUL
+/// (`/dev/zero`, a binary), UTF-8. Read in chunks, so a huge or endless file costs one
+/// chunk of memory before it is refused.
+pub fn read_lockfile_text(path: &Path, shown: &str) -> Result<String, Error> {
+    use std::io::Read;
+    let read_error = |source| Error::Read {
         path: PathBuf::from(shown),
         source,
-    })?;
+    };
+    let mut file = fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e)),
+        };
+        if chunk[..n].contains(&0) {
+            return Err(Error::NotText {
+                path: PathBuf::from(shown),
+                what: "a lockfile",
+            });
+        }
+        if bytes.len() as u64 + n as u64 > LOCKFILE_LIMIT {
+            return Err(Error::TooLarge {
+                path: PathBuf::from(shown),
+                what: "a lockfile",
+                limit_mib: LOCKFILE_LIMIT >> 20,
+            });
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    crate::load::utf8(shown, bytes)
+}
+
+/// Reads and parses a lockfile; `shown` is how its path is printed.
+pub fn read_lockfile(path: &Path, shown: &str) -> Result<Lockfile, Error> {
+    let text = read_lockfile_text(path, shown)?;
     Ok(cascade_lock::read(shown, &text)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lockfile is read in bounded chunks: more than the limit is refused (exit 2)
+    /// without reading the rest, and so is a file with NUL bytes.
+    #[test]
+    fn lockfile_reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let f = fs::File::create(&big).unwrap();
+        let line = "# padding line of a lockfile that is far too large\n".repeat(1000);
+        let mut w = std::io::BufWriter::new(f);
+        let mut written = 0u64;
+        while written <= LOCKFILE_LIMIT {
+            std::io::Write::write_all(&mut w, line.as_bytes()).unwrap();
+            written += line.len() as u64;
+        }
+        drop(w);
+        let e = read_lockfile(&big, "big.yaml").unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let zeros = dir.path().join("zeros.yaml");
+        fs::write(&zeros, b"format: cascade-lock/2\n\0\0").unwrap();
+        let e = read_lockfile(&zeros, "zeros.yaml").unwrap_err();
+        assert!(matches!(e, Error::NotText { .. }), "{e}");
+    }
 
     #[test]
     fn newest_is_by_stamp_then_suffix_and_ignores_other_environments() {

@@ -16,7 +16,6 @@
 //!    atomically, and loaded again; if it does not load, the old bytes are put back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use cascade_core::Span;
@@ -189,10 +188,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
                     .to_string(),
         }),
     };
-    let text = fs::read_to_string(&path).map_err(|source| Error::Read {
-        path: PathBuf::from(&shown),
-        source,
-    })?;
+    let text = crate::lockfiles::read_lockfile_text(&path, &shown)?;
     let lock = cascade_lock::read(&shown, &text)?;
     if let Some(from) = opts.from.as_ref().filter(|f| **f != lock.environment) {
         return Err(Error::LockfileEnvironment {

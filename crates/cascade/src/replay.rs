@@ -12,7 +12,6 @@
 //! image digest with the lockfile's; `check.rs` names the files that differ.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -89,10 +88,7 @@ pub(crate) fn replay(
         .unwrap_or(lock_path)
         .display()
         .to_string();
-    let text = fs::read_to_string(lock_path).map_err(|source| Error::Read {
-        path: PathBuf::from(&shown),
-        source,
-    })?;
+    let text = crate::lockfiles::read_lockfile_text(lock_path, &shown)?;
     let lock = cascade_lock::read(&shown, &text)?;
     if !opts.env.is_empty() && opts.env != lock.environment {
         return Err(Error::WrongEnvironment {
