@@ -57,6 +57,12 @@ pub enum StoreError {
     #[error("store entry `{0}` is missing")]
     #[diagnostic(code(cascade::store::missing))]
     Missing(PathBuf),
+    #[error("there is no store at `{0}`")]
+    #[diagnostic(
+        code(cascade::store::none),
+        help("a build creates the store; pass `--store` (or CASCADE_STORE) when it is elsewhere")
+    )]
+    NoStore(PathBuf),
 }
 
 impl StoreError {
@@ -178,6 +184,22 @@ impl Store {
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
         Ok(Store { root })
+    }
+
+    /// An existing store, for commands that only read or check it: nothing is created,
+    /// and a directory that is not a store is [`StoreError::NoStore`].
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        if !root.join("blobs").is_dir() || !root.join("actions").is_dir() {
+            return Err(StoreError::NoStore(root));
+        }
+        Ok(Store { root })
+    }
+
+    /// A store to look things up in, whether or not it exists yet (a plan before the
+    /// first build): nothing is created, and a missing entry is simply absent.
+    pub fn for_reading(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
     }
 
     pub fn root(&self) -> &Path {

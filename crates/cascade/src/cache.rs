@@ -60,7 +60,7 @@ pub(crate) fn record_build(store: &Store, stat: &BuildStat) {
 }
 
 pub fn cache_stats(store: &Path) -> Result<CacheStats, Error> {
-    let s = Store::open(store)?;
+    let s = Store::open_existing(store)?;
     let builds: Vec<BuildStat> = fs::read_to_string(stats_file(&s))
         .map(|t| {
             t.lines()
@@ -82,7 +82,7 @@ pub fn cache_stats(store: &Path) -> Result<CacheStats, Error> {
 /// Re-hashes every entry, the OCI layout's blobs included (sha256); with `repair`, the
 /// corrupt ones are removed (they are rebuilt or fetched again when next needed).
 pub fn cache_verify(store: &Path, repair: bool) -> Result<VerifyResult, Error> {
-    let s = Store::open(store)?;
+    let s = Store::open_existing(store)?;
     let (mut checked, mut corrupt) = s.verify(repair)?;
     let dir = s.oci_dir().join("blobs/sha256");
     if dir.is_dir() {

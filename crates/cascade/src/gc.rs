@@ -34,13 +34,6 @@ pub struct GcResult {
 }
 
 pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
-    let store = Store::open(&opts.store)?;
-    // No build may run meanwhile: it could be writing what no lockfile references yet.
-    let _lock = store
-        .try_lock_exclusive()?
-        .ok_or_else(|| Error::StoreBusy {
-            store: opts.store.clone(),
-        })?;
     let mut roots = Vec::new();
     for files in all_lockfiles(&opts.project).into_values() {
         roots.extend(files.into_iter().take(opts.keep.max(1)));
@@ -49,7 +42,19 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
         // With nothing to keep, everything would go: refuse instead.
         return Err(Error::NothingToKeep);
     }
-    let layout = OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?;
+    let store = Store::open_existing(&opts.store)?;
+    // No build may run meanwhile: it could be writing what no lockfile references yet.
+    let _lock = store
+        .try_lock_exclusive()?
+        .ok_or_else(|| Error::StoreBusy {
+            store: opts.store.clone(),
+        })?;
+    // A store without images has no layout, and a collection does not make one.
+    let layout = if store.oci_dir().join("oci-layout").exists() {
+        Some(OciLayout::open_or_create(store.oci_dir()).map_err(Error::Image)?)
+    } else {
+        None
+    };
     let mut keep = Keep::default();
     let mut keys = std::collections::BTreeSet::new();
     let mut shown = Vec::new();
@@ -61,7 +66,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
         // Every root must be readable: collecting with partial knowledge would delete
         // what an unreadable lockfile still needs.
         let lock = read_lockfile(path, &rel.display().to_string())?;
-        reach(&store, &layout, &lock, &mut keep);
+        reach(&store, layout.as_ref(), &lock, &mut keep);
         keys.extend(lock.nodes.values().map(|n| n.key));
         shown.push(rel);
     }
@@ -73,7 +78,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
         }
     }
     let report = store.gc(&keep, opts.dry_run)?;
-    if !opts.dry_run {
+    if let (false, Some(layout)) = (opts.dry_run, &layout) {
         let index = layout.read_index().map_err(Error::Image)?;
         let kept: Vec<_> = index
             .into_iter()
@@ -108,7 +113,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
 /// Marks everything one lockfile needs: key manifests and action results, recipes,
 /// image declarations, logs, output trees and their blobs, images and their bases, and
 /// the pinned images steps run in.
-fn reach(store: &Store, layout: &OciLayout, lock: &Lockfile, keep: &mut Keep) {
+fn reach(store: &Store, layout: Option<&OciLayout>, lock: &Lockfile, keep: &mut Keep) {
     for node in lock.nodes.values() {
         keep.keys.insert(node.key.0);
         keep.blobs.insert(node.recipe);
@@ -170,10 +175,11 @@ fn reach(store: &Store, layout: &OciLayout, lock: &Lockfile, keep: &mut Keep) {
     }
 }
 
-fn reach_image(layout: &OciLayout, manifest: &OciDigest, keep: &mut Keep) {
+fn reach_image(layout: Option<&OciLayout>, manifest: &OciDigest, keep: &mut Keep) {
     keep.oci.insert(manifest.hex());
     // An incomplete image is of no use to anyone: only a complete one keeps its blobs.
-    for d in layout.image_blobs(manifest).unwrap_or_default() {
+    let blobs = layout.and_then(|l| l.image_blobs(manifest).ok());
+    for d in blobs.unwrap_or_default() {
         keep.oci.insert(d.hex());
     }
 }

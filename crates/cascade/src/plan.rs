@@ -388,7 +388,8 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
         // The baseline lockfile is parsed while the sources are pinned.
         let base = s.spawn(|| baseline(opts));
         let project = load(&opts.project, &opts.env)?;
-        let store = Store::open(&opts.store)?;
+        // Read-only: a plan before the first build creates no store.
+        let store = Store::for_reading(&opts.store);
         let git = Git::new(store.git_dir());
         let pinned = pin_all(&project, &git)?;
         let nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
