@@ -174,3 +174,43 @@ fn unpacked_runner_images_are_reused_and_collected() {
     let r = p.build("test", 0);
     assert_eq!(p.output_file(&r, "app", "out/motd"), "two\n");
 }
+
+/// A source tree with its own `inputs/` cannot pass files off as an input's: the node
+/// fails (cause `source`, exit 1), naming the directory, before any step runs.
+#[test]
+fn a_source_with_its_own_inputs_dir_is_refused() {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/test.yaml",
+        "name: test\nmode: branch\nsources:\n  lib: { repo: ../../repos/lib, ref: main }\n  app: { repo: ../../repos/app, ref: main }\n",
+    );
+    let recipe = |inputs: &str| {
+        format!(
+            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, mkdir, cp] }} }}\nsteps:\n  - name: make\n    run: mkdir -p out && cp data.txt out/\noutputs: [out]\n"
+        )
+    };
+    p.write("recipes/lib.yaml", &recipe(""));
+    p.write("recipes/app.yaml", &recipe("lib"));
+    p.commit("lib", "main", &[("data.txt", Some("lib\n"))], "initial");
+    p.commit(
+        "app",
+        "main",
+        &[
+            ("data.txt", Some("app\n")),
+            ("inputs/lib/out/data.txt", Some("planted\n")),
+        ],
+        "initial",
+    );
+    let r = p.build("test", 1);
+    assert_eq!(r.node("lib")["status"], "built");
+    assert_eq!(r.node("app")["status"], "failed");
+    assert_eq!(r.node("app")["cause"], "source");
+    assert!(
+        r.node("app")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("own `inputs/`"),
+        "{}",
+        r.stderr
+    );
+}

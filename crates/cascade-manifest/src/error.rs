@@ -277,7 +277,7 @@ pub enum ManifestError {
     #[diagnostic(
         code(cascade::manifest::reserved_env),
         help(
-            "cascade itself sets `PATH`, `HOME`, `SOURCE_DATE_EPOCH`, `TZ`, `LC_ALL` and every `CASCADE_*` variable"
+            "cascade itself sets `PATH`, `HOME`, `TMPDIR`, `SOURCE_DATE_EPOCH`, `TZ`, `LC_ALL` and every `CASCADE_*` variable"
         )
     )]
     ReservedEnv {
@@ -396,6 +396,21 @@ pub enum ManifestError {
         span: SourceSpan,
         #[help]
         help: Option<String>,
+    },
+
+    #[error("`{name}` requires a version of itself in the compatibility matrix")]
+    #[diagnostic(
+        code(cascade::manifest::self_compat),
+        help(
+            "a rule says which versions of an upstream `{name}` works with: name another component"
+        )
+    )]
+    SelfCompat {
+        name: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("the component itself")]
+        span: SourceSpan,
     },
 
     #[error("unknown component `{name}` in the compatibility matrix")]

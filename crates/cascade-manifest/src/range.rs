@@ -187,6 +187,9 @@ impl Partial {
                 return Err(bad("has a number after a wildcard"));
             } else if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad("is not a version"));
+            } else if p.len() > 1 && p.starts_with('0') {
+                // Semver forbids it, and the environment file refuses it too.
+                return Err(bad("has a number with a leading zero"));
             } else {
                 nums[k] = Some(
                     p.parse::<u64>()
@@ -431,6 +434,9 @@ mod tests {
             "1.0.0 -",
             "01.a",
             ">=1.0.0-",
+            "01.2.3",
+            ">=1.02.0",
+            "^0.00",
         ] {
             assert!(VersionRange::parse(r).is_err(), "{r:?} parsed");
         }

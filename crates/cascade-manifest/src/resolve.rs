@@ -306,8 +306,11 @@ fn is_env_name(s: &str) -> bool {
 }
 
 fn is_reserved_env(s: &str) -> bool {
-    matches!(s, "PATH" | "HOME" | "SOURCE_DATE_EPOCH" | "TZ" | "LC_ALL")
-        || s.starts_with("CASCADE_")
+    // TMPDIR too: the sandbox sets it for host steps, so a declared one would be lost.
+    matches!(
+        s,
+        "PATH" | "HOME" | "TMPDIR" | "SOURCE_DATE_EPOCH" | "TZ" | "LC_ALL"
+    ) || s.starts_with("CASCADE_")
 }
 
 impl Resolver<'_> {
@@ -1025,6 +1028,17 @@ impl Resolver<'_> {
                     continue;
                 }
                 seen_up.insert(upstream.clone(), up_span);
+                if upstream == comp {
+                    self.push(
+                        |src| ManifestError::SelfCompat {
+                            name: upstream.clone(),
+                            src,
+                            span: source_span(up_span),
+                        },
+                        up_span,
+                    );
+                    continue;
+                }
                 let up_known = self.known(&upstream, up_span, names, env_name);
                 let range_span = self.span(file, &range);
                 match VersionRange::parse(&range.value) {

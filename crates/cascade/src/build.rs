@@ -58,6 +58,7 @@ pub enum NodeStatus {
     Failed {
         /// What went wrong: `step` (a step failed or timed out), `output` (a declared
         /// output is missing or not allowed), `input` (an input is corrupt in the store),
+        /// `source` (the source tree holds its own `inputs/`),
         /// `environment` (disk, store, git objects: not the recipe's fault).
         cause: FailureCause,
         error: String,
@@ -78,6 +79,8 @@ pub enum FailureCause {
     Step,
     Output,
     Input,
+    /// The exported source cannot be built as it is (it holds its own `inputs/`).
+    Source,
     Environment,
 }
 

@@ -388,6 +388,18 @@ fn prepare(
     run.git
         .export(&node.pinned.location, &node.pinned.source.tree, work)
         .map_err(|e| env_fail(format!("could not export the source: {e}")))?;
+    // `inputs/` is where the inputs go: a source that has one could plant files there
+    // under an input's name.
+    if !action.inputs.is_empty() && fs::symlink_metadata(work.join("inputs")).is_ok() {
+        return Err(fail(
+            FailureCause::Source,
+            format!(
+                "the source of `{}` has its own `inputs/`, where cascade puts the node's inputs: rename it in the repository",
+                action.component.name
+            ),
+            k,
+        ));
+    }
     for (name, output) in action.inputs {
         let dest = work.join("inputs").join(name);
         fs::create_dir_all(&dest)
