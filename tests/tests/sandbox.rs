@@ -54,7 +54,8 @@ fn a_process_a_step_left_in_the_background_dies_with_it() {
 }
 
 /// A host step sees the host's files read-only, but not its `/tmp`, `/run` (daemon
-/// sockets: Docker's among them) or processes, and runs as no one in particular.
+/// sockets: Docker's among them), home directories (keys, tokens) or processes, and runs
+/// as no one in particular.
 #[test]
 fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
     let marker = format!("/usr/cascade-sandbox-test-{}", std::process::id());
@@ -62,6 +63,8 @@ fn a_host_step_sees_a_read_only_host_without_its_sockets_or_processes() {
         "runner: {{ host: {{ tools: [sh, ls, id, mkdir, cat, touch] }} }}\n\
          steps:\n  - name: look\n    run: |\n      mkdir -p out\n      \
          ( [ -e /run ] && echo run ) > out/seen || true\n      \
+         ( [ -e /root ] && echo root ) >> out/seen || true\n      \
+         ( [ -e /home ] && echo home ) >> out/seen || true\n      \
          ( [ -S /var/run/docker.sock ] && echo docker-socket ) >> out/seen || true\n      \
          ( touch {marker} 2>/dev/null && echo wrote-usr ) >> out/seen || true\n      \
          ls /proc | (while read -r e; do case $e in [0-9]*) echo pid;; esac; done) > out/pids\n      \

@@ -400,9 +400,10 @@ fn cstring(s: impl AsRef<OsStr>) -> io::Result<CString> {
 }
 
 /// Top-level entries of a host root that a sandbox never sees: its own `/proc`,
-/// `/dev`, `/tmp` and `/work` replace them; `/sys` and `/run` (sockets of daemons such
-/// as Docker's) stay out.
-const HIDDEN: &[&str] = &["proc", "sys", "dev", "tmp", "run", "work"];
+/// `/dev`, `/tmp` and `/work` replace them; `/sys`, `/run` (sockets of daemons such as
+/// Docker's) and the home directories (`/home`, `/root`: keys, tokens, registry
+/// credentials) stay out.
+pub const HIDDEN: &[&str] = &["proc", "sys", "dev", "tmp", "run", "work", "home", "root"];
 
 /// The devices of `/dev`, bound from the host's.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];

@@ -43,6 +43,30 @@ pub enum RootFs<'a> {
     Image { rootfs: &'a Path, env: &'a [String] },
 }
 
+/// Where a tool at `path` (absolute) is hidden by the sandbox, the directory to bind so
+/// it is found: the entry below the hidden top-level directory (below the user's
+/// directory for `/home`), or the tool's own file when it sits right there.
+fn hidden_home_of(path: &Path) -> Option<PathBuf> {
+    let parts: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let top = parts.first()?.to_str()?;
+    if !namespace::HIDDEN.contains(&top) || matches!(top, "proc" | "sys" | "dev") {
+        return None;
+    }
+    let depth = if top == "home" { 3 } else { 2 };
+    let keep = depth.min(parts.len());
+    Some(
+        parts[..keep]
+            .iter()
+            .fold(PathBuf::from("/"), |p, c| p.join(c)),
+    )
+}
+
 /// One node's steps in the sandbox.
 pub struct SandboxRun<'a> {
     /// The work directory: exported source and materialized inputs; `/work` inside.
@@ -111,21 +135,16 @@ impl SandboxRun<'_> {
                     writable: false,
                 });
                 // A declared tool that lives where the sandbox hides the host (`/tmp`,
-                // `/run`) is still found: its directory is bound read-only in place.
+                // `/run`, a home directory) is still found: the directory that holds it
+                // there (`/root/.pyenv`, `/home/u/.cargo`, `/tmp/x`) is bound read-only
+                // in place, and nothing else of that place.
                 let mut dirs: Vec<PathBuf> = Vec::new();
                 for t in *tools {
                     for p in [Some(t.path.clone()), fs::canonicalize(&t.path).ok()]
                         .into_iter()
                         .flatten()
                     {
-                        let Some(dir) = p.parent().map(Path::to_path_buf) else {
-                            continue;
-                        };
-                        let hidden = dir
-                            .components()
-                            .nth(1)
-                            .is_some_and(|c| c.as_os_str() == "tmp" || c.as_os_str() == "run");
-                        if hidden && !dirs.contains(&dir) {
+                        if let Some(dir) = hidden_home_of(&p).filter(|d| !dirs.contains(d)) {
                             dirs.push(dir);
                         }
                     }
@@ -308,6 +327,22 @@ mod tests {
         fn read(&self, name: &str) -> String {
             fs::read_to_string(self.work.join(name)).unwrap()
         }
+    }
+
+    #[test]
+    fn tools_in_hidden_places_bind_only_their_own_directory() {
+        let at = |p: &str| hidden_home_of(Path::new(p)).map(|d| d.display().to_string());
+        assert_eq!(at("/usr/bin/cc"), None);
+        assert_eq!(
+            at("/root/.pyenv/shims/python3").as_deref(),
+            Some("/root/.pyenv")
+        );
+        assert_eq!(
+            at("/home/u/.cargo/bin/x").as_deref(),
+            Some("/home/u/.cargo")
+        );
+        assert_eq!(at("/tmp/t1/stamp").as_deref(), Some("/tmp/t1"));
+        assert_eq!(at("/root/tool").as_deref(), Some("/root/tool"));
     }
 
     #[test]
