@@ -367,8 +367,7 @@ impl<'a> Context<'a> {
             .as_ref()
             .filter(|p| **p != shown)
             .and_then(|p| {
-                let old_text = std::fs::read_to_string(self.opts.project.join(p)).ok()?;
-                let old = cascade_lock::read(p, &old_text).ok()?;
+                let old = crate::read_lockfile(&self.opts.project.join(p), p).ok()?;
                 Some(diff_lockfiles(
                     Some((p.as_str(), &old)),
                     (shown.as_str(), &lock),
