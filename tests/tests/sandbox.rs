@@ -217,3 +217,22 @@ fn a_source_with_its_own_inputs_dir_is_refused() {
         r.stderr
     );
 }
+
+/// A step that calls a tool its recipe does not declare fails saying where a host
+/// step's commands come from, beside the shell's own `not found`.
+#[test]
+fn an_undeclared_tool_is_named_as_such() {
+    let p = project(
+        "runner: { host: { tools: [sh, mkdir] } }\n\
+         steps:\n  - name: make\n    run: mkdir -p out && cp data.txt out/\n\
+         outputs: [out]\n",
+    );
+    let r = p.build("test", 1);
+    let error = r.node("app")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("exit code 127"), "{error}");
+    assert!(error.contains("`runner.host.tools`"), "{error}");
+    assert!(r.stderr.contains("cp: not found"), "{}", r.stderr);
+}

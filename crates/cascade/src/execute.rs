@@ -439,10 +439,23 @@ fn step_failure(run: &Run<'_>, action: &Action<'_>, e: RunError, log_bytes: &[u8
         RunError::Setup { .. } | RunError::Interrupted => FailureCause::Environment,
         _ => FailureCause::Step,
     };
+    // 127 is the shell's "command not found": say where the commands a step can run come
+    // from, since the log's `sh: 1: x: not found` does not.
+    let mut error = e.to_string();
+    if matches!(&e, RunError::Failed { status, .. } if status == "exit code 127") {
+        error.push_str(&match action.root {
+            ActionRoot::Host { .. } => format!(
+                "; a command was not found: host steps see only the tools that `runner.host.tools` or `sets` declare in the recipe of `{name}`"
+            ),
+            ActionRoot::Image { .. } => {
+                "; a command was not found in the runner image".to_string()
+            }
+        });
+    }
     Failure {
         status: NodeStatus::Failed {
             cause,
-            error: e.to_string(),
+            error,
             log_tail: tail,
             log_path,
         },
