@@ -175,6 +175,8 @@ pub struct SourceSpec {
     pub rev_span: Span,
     /// A sub-directory, normalized (relative, no `.` or `..`, no trailing `/`).
     pub dir: Option<String>,
+    /// The `dir:` value, for diagnostics (a sub-directory the tree lacks).
+    pub dir_span: Option<Span>,
 }
 
 /// What to pin a source at.

@@ -532,6 +532,7 @@ impl Resolver<'_> {
     ) -> Option<SourceSpec> {
         let ctx = format!("source `{comp}`");
         let repo = self.required(file, ast.repo, "repo", &ctx, key_span);
+        let dir_span = ast.dir.as_ref().map(|d| self.span(file, d));
         let dir = match ast.dir {
             None => Some(None),
             Some(d) => {
@@ -610,6 +611,7 @@ impl Resolver<'_> {
             rev,
             rev_span,
             dir,
+            dir_span,
         })
     }
 

@@ -51,7 +51,16 @@ fn problem(
     label: &str,
     help: Option<String>,
 ) -> SourceProblem {
-    let span = c.source.repo_span;
+    problem_at(db, c.source.repo_span, message, label, help)
+}
+
+fn problem_at(
+    db: &SourceDb,
+    span: cascade_core::Span,
+    message: String,
+    label: &str,
+    help: Option<String>,
+) -> SourceProblem {
     SourceProblem {
         message,
         src: db.named_source(span.file),
@@ -120,6 +129,16 @@ pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
                 format!("could not fetch the source of `{}`", c.name),
                 "this repository",
                 Some(e.to_string()),
+            ))),
+            Err(GitError::DirNotFound { dir, commit, .. }) => bad.push(Box::new(problem_at(
+                db,
+                c.source.dir_span.unwrap_or(c.source.repo_span),
+                format!(
+                    "`{dir}` is not a directory of `{}` at commit {commit}",
+                    c.source.repo
+                ),
+                "not a directory of this tree",
+                Some("`dir:` is a sub-directory of the repository at the pinned commit".into()),
             ))),
             Err(GitError::NotARepository { .. }) => bad.push(Box::new(problem(
                 db,

@@ -409,6 +409,7 @@ fn components(
                 rev,
                 rev_span: nowhere,
                 dir: ln.source.dir.clone(),
+                dir_span: None,
             },
             recipe,
             recipe_file: FileId(0),
