@@ -302,6 +302,21 @@ pub enum ManifestError {
         reason: &'static str,
     },
 
+    /// An environment's `registry:`, `tag:` or `remote_cache:` that cannot work: checked
+    /// when the manifests load, not after a build.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::environment_value))]
+    BadEnvironmentValue {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
     /// A recipe's `runner:` that cannot run its steps.
     #[error("{message}")]
     #[diagnostic(code(cascade::manifest::runner))]

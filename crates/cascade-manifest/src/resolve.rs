@@ -305,6 +305,96 @@ fn is_env_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// The placeholders of an image tag template (`cascade::image::reference` fills them).
+pub const TAG_PLACEHOLDERS: &[&str] =
+    &["{ref}", "{short_sha}", "{sha}", "{version}", "{component}"];
+
+/// What is wrong with a `tag:` template: a brace that opens no known placeholder.
+fn tag_problem(tag: &str) -> Option<(String, &'static str, String)> {
+    let help = format!("the placeholders are {}", TAG_PLACEHOLDERS.join(", "));
+    let mut rest = tag;
+    while let Some(i) = rest.find(['{', '}']) {
+        let at = &rest[i..];
+        match TAG_PLACEHOLDERS.iter().find(|p| at.starts_with(**p)) {
+            Some(p) => rest = &at[p.len()..],
+            None => {
+                let what: String = at
+                    .chars()
+                    .take_while(|c| *c != '}')
+                    .chain(Some('}'))
+                    .collect();
+                let what = if at.starts_with('}') {
+                    "}".to_string()
+                } else {
+                    what
+                };
+                return Some((
+                    format!("`tag` has `{what}`, which is not a placeholder"),
+                    "unknown placeholder",
+                    help,
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// What is wrong with a `registry:`: `host[:port]` and lowercase repository path
+/// components (Docker's reference grammar), nothing else.
+fn registry_problem(registry: &str) -> Option<(String, &'static str, String)> {
+    let help = "write `host[:port]` and an optional path of lowercase components, like `127.0.0.1:5000/ottochain`".to_string();
+    let bad = |why: &str| {
+        Some((
+            format!("`{registry}` is not a registry: {why}"),
+            "not a registry",
+            help.clone(),
+        ))
+    };
+    let mut parts = registry.trim_end_matches('/').split('/');
+    let host = parts.next().unwrap_or_default();
+    let (name, port) = host.split_once(':').unwrap_or((host, ""));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return bad("the host is not a host name or address");
+    }
+    if host.contains(':') && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) {
+        return bad("the port is not a number");
+    }
+    for p in parts {
+        let ok = !p.is_empty()
+            && p.bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+            && p.as_bytes()[0].is_ascii_alphanumeric()
+            && p.as_bytes()[p.len() - 1].is_ascii_alphanumeric();
+        if !ok {
+            return bad(&format!("`{p}` is not a repository path component (lowercase letters, digits and `._-` inside)"));
+        }
+    }
+    None
+}
+
+/// What is wrong with a `remote_cache:`: only OCI registries (`oci://host[:port]/repo`).
+fn remote_cache_problem(url: &str) -> Option<(String, &'static str, String)> {
+    let help = "write it `oci://host[:port]/repository`, e.g. `oci://127.0.0.1:5000/cascade-cache`"
+        .to_string();
+    match url.strip_prefix("oci://") {
+        None => Some((
+            format!("`{url}` is not a remote cache cascade can use"),
+            "not `oci://…`",
+            help,
+        )),
+        Some(rest) if !rest.contains('/') => Some((
+            format!("`{url}` names no repository"),
+            "expected `oci://host[:port]/repository`",
+            help,
+        )),
+        Some(rest) => registry_problem(rest),
+    }
+}
+
 fn is_reserved_env(s: &str) -> bool {
     // TMPDIR too: the sandbox sets it for host steps, so a declared one would be lost.
     matches!(
@@ -458,15 +548,15 @@ impl Resolver<'_> {
         let registry = ast
             .registry
             .and_then(|v| self.non_empty(file, v, "`registry`"))
-            .map(|v| v.0);
+            .and_then(|(v, span)| self.env_value(v, span, registry_problem));
         let tag = ast
             .tag
             .and_then(|v| self.non_empty(file, v, "`tag`"))
-            .map(|v| v.0);
+            .and_then(|(v, span)| self.env_value(v, span, tag_problem));
         let remote_cache = ast
             .remote_cache
             .and_then(|v| self.non_empty(file, v, "`remote_cache`"))
-            .map(|v| v.0);
+            .and_then(|(v, span)| self.env_value(v, span, remote_cache_problem));
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -613,6 +703,29 @@ impl Resolver<'_> {
             dir,
             dir_span,
         })
+    }
+
+    /// `value` when `problem` finds nothing wrong with it; else a diagnostic on it.
+    fn env_value(
+        &mut self,
+        value: String,
+        span: Span,
+        problem: fn(&str) -> Option<(String, &'static str, String)>,
+    ) -> Option<String> {
+        let Some((message, label, help)) = problem(&value) else {
+            return Some(value);
+        };
+        self.push(
+            |src| ManifestError::BadEnvironmentValue {
+                message,
+                src,
+                span: source_span(span),
+                label: label.to_string(),
+                help: Some(help),
+            },
+            span,
+        );
+        None
     }
 
     fn wrong_rev(&mut self, comp: &str, field: &'static str, env: &str, mode: Mode, span: Span) {
@@ -1345,6 +1458,22 @@ mod tests {
         assert!(parse_version("4.0").is_err());
         assert!(parse_version("v").is_err());
         assert!(parse_version("vv1.0.0").is_err());
+    }
+
+    #[test]
+    fn environment_values_are_checked() {
+        assert!(tag_problem("{ref}-{short_sha}").is_none());
+        assert!(tag_problem("v{version}-{component}.{sha}").is_none());
+        assert!(tag_problem("{nonsense}{{}}{ref}").is_some());
+        assert!(tag_problem("{ref}}").is_some());
+        assert!(registry_problem("127.0.0.1:5000/ottochain").is_none());
+        assert!(registry_problem("ghcr.io/org/team").is_none());
+        assert!(registry_problem("UPPER CASE/..//x").is_some());
+        assert!(registry_problem("host:port/x").is_some());
+        assert!(registry_problem("host/Upper").is_some());
+        assert!(remote_cache_problem("oci://127.0.0.1:5000/cache").is_none());
+        assert!(remote_cache_problem("ftp://x").is_some());
+        assert!(remote_cache_problem("oci://host").is_some());
     }
 
     #[test]
