@@ -26,7 +26,9 @@ our_pid() {
   local pid
   pid=$(cat "$pidfile" 2>/dev/null) || return 1
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q '^[^ ]*dockerd ' || return 1
+  # Just after the start the process may still be `setsid nohup dockerd …` (before its
+  # execs), so the name may come after those: a check that wanted it first raced them.
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -Eq '(^|[ /])dockerd ' || return 1
   echo "$pid"
 }
 
