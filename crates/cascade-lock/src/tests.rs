@@ -139,7 +139,8 @@ fn nasty_lockfile() -> Lockfile {
         n.source.r#ref = Some(s.to_string());
         n.source.dir = Some(s.to_string());
         n.source.version = s.to_string();
-        n.source.commit = s.to_string();
+        // The commit and tree stay ids: `read` validates them (`check_ids`), so a nasty
+        // commit is the diagnostic tested in `ids_are_validated_when_read`.
         n.inputs.insert(s.to_string(), OutputDigest(d(s)));
         n.artifacts.insert(s.to_string(), d(s));
         // Node names: the nasty string itself, and made unique.
@@ -167,6 +168,30 @@ fn round_trips() {
         graph: d("g"),
         nodes: BTreeMap::new(),
     });
+}
+
+/// A commit, tree or image digest that is not an id is refused when read (later uses
+/// slice them as ASCII), naming the field.
+#[test]
+fn ids_are_validated_when_read() {
+    for (field, bad) in [
+        ("commit", "é1234567"),
+        ("commit", ""),
+        ("tree", "NOT-HEX"),
+    ] {
+        let mut lock = small();
+        let n = lock.nodes.values_mut().next().unwrap();
+        match field {
+            "commit" => n.source.commit = bad.to_string(),
+            _ => n.source.tree = bad.to_string(),
+        }
+        let text = write(&lock);
+        let e = read("test.yaml", &text).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("source.{field}`")),
+            "{field} = {bad:?}: {e}"
+        );
+    }
 }
 
 #[test]
