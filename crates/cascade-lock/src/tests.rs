@@ -174,11 +174,7 @@ fn round_trips() {
 /// slice them as ASCII), naming the field.
 #[test]
 fn ids_are_validated_when_read() {
-    for (field, bad) in [
-        ("commit", "é1234567"),
-        ("commit", ""),
-        ("tree", "NOT-HEX"),
-    ] {
+    for (field, bad) in [("commit", "é1234567"), ("commit", ""), ("tree", "NOT-HEX")] {
         let mut lock = small();
         let n = lock.nodes.values_mut().next().unwrap();
         match field {
