@@ -311,25 +311,32 @@ impl Docker {
         deadline: Instant,
     ) -> Result<End, DockerError> {
         let agent = probe_agent();
-        let mut state = None;
+        // The state the last liveness check saw: the probe reads the published port from
+        // it, as the loop did before, so a container that exits between the two is
+        // reported as exited, not as a port the engine no longer shows.
+        let state: std::cell::RefCell<Option<State>> = std::cell::RefCell::new(None);
         let end = probe_until(
             test,
             deadline,
             || {
                 let s = self.state(container)?;
                 let running = s.running;
-                state = Some(s);
+                *state.borrow_mut() = Some(s);
                 Ok(running)
             },
             |budget| match &test.probe {
                 Probe::Http { port, path } => {
-                    let s = self.state(container)?;
-                    let host_port = published_port(container, &s, *port)?;
+                    let seen = state.borrow();
+                    let Some(s) = seen.as_ref() else {
+                        return Ok(Attempt::Fail("no state of the container yet".into()));
+                    };
+                    let host_port = published_port(container, s, *port)?;
                     Ok(http_probe(&agent, host_port, path, &test.expect, budget))
                 }
                 Probe::Command { argv } => self.exec_probe(container, argv, &test.expect, budget),
             },
         )?;
+        let state = state.into_inner();
         Ok(match (end, state) {
             (ProbeEnd::Stopped { attempts, last }, Some(state)) => {
                 End::exited(&state, attempts, &last)
