@@ -26,6 +26,7 @@ fn project(registry: Option<&str>, expect: &str) -> TestProject {
         "recipes/app.yaml",
         &format!(
             r#"runner: {{ host: {{ tools: [sh, mkdir, cp, busybox] }} }}
+stamp: [commit]
 steps:
   - name: make
     run: |

@@ -191,7 +191,7 @@ fn eight_concurrent_builds_on_one_store_build_each_key_once() {
         p.write(
             &format!("recipes/{n}.yaml"),
             &format!(
-                "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, mkdir, rmdir, sleep, cat] }} }}\nenv: {{ MARKS: {} }}\nsteps:\n  - name: make\n    run: |\n      mkdir \"$MARKS/running-$CASCADE_COMPONENT-$CASCADE_COMMIT\" || echo overlap >> \"$MARKS/overlaps\"\n      echo ran >> \"$MARKS/ran-$CASCADE_COMPONENT-$CASCADE_COMMIT\"\n      sleep 0.2\n      mkdir -p out\n      cat data.txt > out/x\n      rmdir \"$MARKS/running-$CASCADE_COMPONENT-$CASCADE_COMMIT\"\noutputs: [out]\n",
+                "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, mkdir, rmdir, sleep, cat] }} }}\nstamp: [commit]\nenv: {{ MARKS: {} }}\nsteps:\n  - name: make\n    run: |\n      mkdir \"$MARKS/running-$CASCADE_COMPONENT-$CASCADE_COMMIT\" || echo overlap >> \"$MARKS/overlaps\"\n      echo ran >> \"$MARKS/ran-$CASCADE_COMPONENT-$CASCADE_COMMIT\"\n      sleep 0.2\n      mkdir -p out\n      cat data.txt > out/x\n      rmdir \"$MARKS/running-$CASCADE_COMPONENT-$CASCADE_COMMIT\"\noutputs: [out]\n",
                 marks.display()
             ),
         );

@@ -31,6 +31,7 @@ fn available() -> bool {
 fn recipe(delay: u32) -> String {
     format!(
         r#"runner: {{ host: {{ tools: [sh, mkdir, cp, busybox] }} }}
+stamp: [commit]
 steps:
   - name: make
     run: |

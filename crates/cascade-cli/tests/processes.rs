@@ -82,6 +82,7 @@ fn project(dir: &Path, marks: &Path) {
             format!(
                 "inputs: [{inputs}]\n\
                  runner: {{ host: {{ tools: [sh, mkdir, rmdir, sleep, cat, touch] }} }}\n\
+                 stamp: [commit]\n\
                  env: {{ MARKS: {marks} }}\n\
                  steps:\n  - name: make\n    run: |\n\
                  \x20     mkdir \"{key}\" || echo overlap >> \"$MARKS/overlaps\"\n\

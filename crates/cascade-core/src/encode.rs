@@ -157,6 +157,31 @@ impl<'a> Decoder<'a> {
         Ok(d)
     }
 
+    /// Reads the header of a document that exists in several versions: the version,
+    /// and the decoder positioned after it, when the domain is `domain` and the version
+    /// one of `versions`.
+    pub fn any_version(
+        buf: &'a [u8],
+        domain: &str,
+        versions: &[u64],
+    ) -> Result<(Self, u64), DecodeError> {
+        let wrong = || DecodeError::WrongHeader {
+            expected: domain.to_string(),
+            version: versions.last().copied().unwrap_or_default(),
+        };
+        let mut d = Decoder { buf };
+        let n = d.take_len().map_err(|_| wrong())?;
+        let dom = d.take(n).map_err(|_| wrong())?;
+        let v = d.take(8).map_err(|_| wrong())?;
+        let mut le = [0u8; 8];
+        le.copy_from_slice(v);
+        let version = u64::from_le_bytes(le);
+        if dom != domain.as_bytes() || !versions.contains(&version) {
+            return Err(wrong());
+        }
+        Ok((d, version))
+    }
+
     fn bare(buf: &'a [u8]) -> Self {
         Decoder { buf }
     }

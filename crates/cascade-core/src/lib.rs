@@ -10,6 +10,9 @@ pub mod tree;
 
 pub use digest::{BlobDigest, Digest, DigestParseError, NodeKey, OutputDigest, TreeDigest};
 pub use encode::{DecodeError, Decoder, Encoder};
-pub use key::{KeyIngredients, RunnerIdentity, SourceIdentity};
+pub use key::{
+    ContentIdentity, KeyIngredients, RunnerIdentity, SourceIdentity, SourceKey, KEY_VERSION,
+    KEY_VERSIONS,
+};
 pub use span::{FileId, Span};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};

@@ -1,10 +1,12 @@
 //! Pins the canonical encoding: if this test changes, every node key in every store
 //! and lockfile changes with it, so bump `KEY_VERSION` and say so in docs/encoding.md.
+//! Format 1 is pinned as it always was: old lockfiles replay with it.
 
 use std::collections::BTreeMap;
 
 use cascade_core::{
-    BlobDigest, Digest, KeyIngredients, OutputDigest, RunnerIdentity, SourceIdentity,
+    BlobDigest, ContentIdentity, Digest, KeyIngredients, OutputDigest, RunnerIdentity,
+    SourceIdentity, SourceKey,
 };
 
 pub fn sample() -> KeyIngredients {
@@ -25,18 +27,109 @@ pub fn sample() -> KeyIngredients {
     KeyIngredients {
         component: "ottochain".into(),
         recipe: Digest::of(b"recipe"),
-        source: SourceIdentity {
+        source: SourceKey::Commit(SourceIdentity {
             repo: "../../target/ecosystem/ottochain.git".into(),
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: "89abcdef0123456789abcdef0123456789abcdef".into(),
             dir: None,
             version: "0.6.1-dev.5".into(),
             commit_time: 1_700_000_000,
-        },
+        }),
         inputs,
         runner: RunnerIdentity::Host { tools },
         env,
     }
+}
+
+/// The same node in key format 2, unstamped.
+pub fn sample_v2() -> KeyIngredients {
+    KeyIngredients {
+        source: SourceKey::Content(ContentIdentity {
+            content: "89abcdef0123456789abcdef0123456789abcdef".into(),
+            epoch: 1_699_999_000,
+            commit: None,
+            version: None,
+            commit_time: None,
+        }),
+        ..sample()
+    }
+}
+
+fn v1(k: &mut KeyIngredients) -> &mut SourceIdentity {
+    match &mut k.source {
+        SourceKey::Commit(s) => s,
+        SourceKey::Content(_) => unreachable!("sample() is format 1"),
+    }
+}
+
+fn v2(k: &mut KeyIngredients) -> &mut ContentIdentity {
+    match &mut k.source {
+        SourceKey::Content(s) => s,
+        SourceKey::Commit(_) => unreachable!("sample_v2() is format 2"),
+    }
+}
+
+#[test]
+fn key_test_vector_format_2() {
+    let k = sample_v2();
+    let bytes = k.encode();
+    assert_eq!(&bytes[8..24], b"cascade/node-key");
+    assert_eq!(&bytes[24..32], &2u64.to_le_bytes());
+    assert_eq!(
+        k.key().to_string(),
+        "blake3:0dd09d70d18968ec6a969a984fdaf48d5f60bca7ad8ab03165354b1fcca66dad"
+    );
+    assert_eq!(KeyIngredients::decode(&bytes).unwrap(), k);
+}
+
+/// In format 2 the commit, the version and the commit time reach the key only when
+/// stamped, each on its own; the content and the epoch always do.
+#[test]
+fn format_2_keys_content_epoch_and_stamps_only() {
+    let base = sample_v2();
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(base.key());
+    let mut variants: Vec<(&str, KeyIngredients)> = Vec::new();
+    let mut k = sample_v2();
+    v2(&mut k).content = "2".repeat(40);
+    variants.push(("content", k));
+    let mut k = sample_v2();
+    v2(&mut k).epoch += 1;
+    variants.push(("epoch", k));
+    let mut k = sample_v2();
+    v2(&mut k).commit = Some("1".repeat(40));
+    variants.push(("stamped commit", k));
+    let mut k = sample_v2();
+    v2(&mut k).version = Some("0.6.1".into());
+    variants.push(("stamped version", k));
+    let mut k = sample_v2();
+    v2(&mut k).commit_time = Some(1_700_000_000);
+    variants.push(("stamped time", k));
+    let mut k = sample_v2();
+    v2(&mut k).commit_time = Some(1_700_000_001);
+    variants.push(("another stamped time", k));
+    for (what, k) in variants {
+        assert_eq!(KeyIngredients::decode(&k.encode()).unwrap(), k, "{what}");
+        assert!(
+            seen.insert(k.key()),
+            "changing {what} did not change the key"
+        );
+    }
+    // The same ingredients in format 1 give another key: formats never collide.
+    assert_ne!(sample().key(), sample_v2().key());
+    let bytes = sample_v2().encode();
+    for n in 0..bytes.len() {
+        assert!(
+            KeyIngredients::decode(&bytes[..n]).is_err(),
+            "truncated at {n}"
+        );
+    }
+    let mut other = bytes.clone();
+    other[24] = 3;
+    assert!(
+        KeyIngredients::decode(&other).is_err(),
+        "an unknown format is refused"
+    );
 }
 
 #[test]
@@ -66,22 +159,22 @@ fn every_ingredient_changes_the_key() {
     k.recipe = Digest::of(b"other recipe");
     variants.push(("recipe", k));
     let mut k = sample();
-    k.source.repo = "other.git".into();
+    v1(&mut k).repo = "other.git".into();
     variants.push(("repo", k));
     let mut k = sample();
-    k.source.commit = "1".repeat(40);
+    v1(&mut k).commit = "1".repeat(40);
     variants.push(("commit", k));
     let mut k = sample();
-    k.source.tree = "2".repeat(40);
+    v1(&mut k).tree = "2".repeat(40);
     variants.push(("tree", k));
     let mut k = sample();
-    k.source.dir = Some("packages/sdk".into());
+    v1(&mut k).dir = Some("packages/sdk".into());
     variants.push(("dir", k));
     let mut k = sample();
-    k.source.version = "0.6.1".into();
+    v1(&mut k).version = "0.6.1".into();
     variants.push(("version", k));
     let mut k = sample();
-    k.source.commit_time += 1;
+    v1(&mut k).commit_time += 1;
     variants.push(("commit_time", k));
     let mut k = sample();
     k.inputs

@@ -49,6 +49,20 @@ pub enum GitError {
         dir: String,
     },
 
+    #[error("`{pattern}` in a source filter is not a valid glob: {reason}")]
+    #[diagnostic(
+        code(cascade::git::bad_filter),
+        help("`*` matches within one path component, `**` across them, e.g. `src/**`")
+    )]
+    BadFilter { pattern: String, reason: String },
+
+    #[error("`{pattern}` is not a version tag pattern")]
+    #[diagnostic(
+        code(cascade::git::bad_tag_pattern),
+        help("a version tag pattern holds `{{version}}` exactly once, e.g. `web-v{{version}}`")
+    )]
+    BadTagPattern { pattern: String },
+
     #[error("fetching `{url}` failed: {message}")]
     #[diagnostic(
         code(cascade::git::fetch_failed),

@@ -3,7 +3,12 @@
 //! Files are created with `create_new` and directories with `create_dir`, so the export
 //! never writes through something that is already there (a symlink it made earlier
 //! included). Unix only: modes and symlinks are the point.
+//!
+//! With a filter, what is written is exactly the filtered tree (the one whose id is the
+//! pin's `content`): kept files, and the directories that hold one. Symlinks are checked
+//! against that tree too: one that was filtered out is not there to be followed.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions, Permissions};
 use std::io::Write;
@@ -13,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, ObjectType, Oid, Repository, Tree};
 
+use crate::filter::{self, Compiled};
 use crate::GitError;
 
 const MODE_TREE: i32 = 0o040000;
@@ -30,6 +36,7 @@ pub(crate) fn export(
     repo: &Repository,
     display: &str,
     tree: &str,
+    filter: Option<&Compiled>,
     dest: &Path,
 ) -> Result<(), GitError> {
     let not_found = || GitError::TreeNotFound {
@@ -50,6 +57,17 @@ pub(crate) fn export(
         ));
     }
     let git = |e| GitError::git(display, e);
+    // The directories of the filtered tree; `None`: every directory.
+    let kept_dirs = match filter {
+        Some(filter) => {
+            let mut memo = filter::Memo::new();
+            let (_, seen) =
+                filter::filtered_full(repo, root.id(), filter, &mut memo).map_err(git)?;
+            Some(seen.kept_dirs)
+        }
+        None => None,
+    };
+    let present = Present { filter, kept_dirs };
 
     // Depth-first with an explicit stack: a tree can nest deeper than a thread's stack.
     // Each item: the tree, where it goes, and its path in the tree as components.
@@ -68,6 +86,9 @@ pub(crate) fn export(
             };
             if let Some(reason) = bad_name(name) {
                 return Err(bad(reason));
+            }
+            if !present.has(&path_in_tree, entry.filemode()) {
+                continue;
             }
             let target = dir.join(OsStr::from_bytes(name));
             match entry.filemode() {
@@ -90,7 +111,7 @@ pub(crate) fn export(
                 MODE_LINK => {
                     let blob = repo.find_blob(entry.id()).map_err(git)?;
                     let link = blob.content();
-                    check_link(repo, &root, &components, link).map_err(|r| bad(&r))?;
+                    check_link(repo, &root, &present, &components, link).map_err(|r| bad(&r))?;
                     std::os::unix::fs::symlink(OsStr::from_bytes(link), &target)
                         .map_err(|e| GitError::io(&target, e))?;
                 }
@@ -101,6 +122,29 @@ pub(crate) fn export(
         }
     }
     Ok(())
+}
+
+/// Which entries of the tree are in the export.
+struct Present<'f> {
+    filter: Option<&'f Compiled>,
+    kept_dirs: Option<HashSet<Vec<u8>>>,
+}
+
+impl Present<'_> {
+    /// Whether the entry at `path` (components from the root) with `mode` is exported.
+    fn has(&self, path: &[Vec<u8>], mode: i32) -> bool {
+        let Some(filter) = self.filter else {
+            return true;
+        };
+        let joined = path.join(&b'/');
+        if mode == MODE_TREE {
+            self.kept_dirs
+                .as_ref()
+                .is_some_and(|dirs| dirs.contains(&joined))
+        } else {
+            filter.keeps(&joined)
+        }
+    }
 }
 
 fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), GitError> {
@@ -141,6 +185,7 @@ fn shown(components: &[Vec<u8>]) -> String {
 fn check_link(
     repo: &Repository,
     root: &Tree<'_>,
+    present: &Present<'_>,
     dir: &[Vec<u8>],
     link: &[u8],
 ) -> Result<(), String> {
@@ -148,13 +193,14 @@ fn check_link(
         return Err("symlink with an empty target".to_string());
     }
     let mut hops = 0;
-    resolve_link(repo, root, dir.to_vec(), link, &mut hops).map(|_| ())
+    resolve_link(repo, root, present, dir.to_vec(), link, &mut hops).map(|_| ())
 }
 
 /// Resolves `link` from `at` and returns where it ends up, as components from the root.
 fn resolve_link(
     repo: &Repository,
     root: &Tree<'_>,
+    present: &Present<'_>,
     mut at: Vec<Vec<u8>>,
     link: &[u8],
     hops: &mut usize,
@@ -184,7 +230,10 @@ fn resolve_link(
                 let Ok(entry) = root.get_path(Path::new(OsStr::from_bytes(&path))) else {
                     continue;
                 };
-                if entry.filemode() != MODE_LINK || entry.kind() != Some(ObjectType::Blob) {
+                if entry.filemode() != MODE_LINK
+                    || entry.kind() != Some(ObjectType::Blob)
+                    || !present.has(&at, MODE_LINK)
+                {
                     continue;
                 }
                 *hops += 1;
@@ -193,7 +242,7 @@ fn resolve_link(
                 }
                 let blob = repo.find_blob(entry.id()).map_err(|e| e.to_string())?;
                 at.pop();
-                at = resolve_link(repo, root, at, blob.content(), hops)?;
+                at = resolve_link(repo, root, present, at, blob.content(), hops)?;
             }
         }
     }

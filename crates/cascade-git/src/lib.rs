@@ -1,23 +1,33 @@
 //! cascade-git: the `pin` stage and tree export, the only place that talks to git.
 //!
 //! `pin` turns a source as the user wrote it (a repository location plus a branch, tag,
-//! commit or version) into a [`PinnedSource`]: the exact commit, the tree that will be
-//! built (the commit's root tree or a sub-directory's), the commit time and the
-//! component's version. `export` writes a tree, by id, from the object database into a
-//! directory, so uncommitted files in a working copy can never reach a build.
+//! commit or version, a sub-directory, a filter and a version tag pattern) into a
+//! [`PinnedSource`]: the exact commit; the tree at the directory; the `content`, the git
+//! id of the tree that is actually exported once the [`Filter`] has dropped what it
+//! drops; the `epoch`, the time of the newest commit that changed that content; and the
+//! component's version, from the tags of its pattern (`web-v{version}` in a monorepo).
+//! Keys built on `content` and `epoch` stay the same across commits that do not touch
+//! what a component exports. `export` writes a tree, by id, from the object database
+//! into a directory, keeping only what a filter keeps, so uncommitted files in a working
+//! copy can never reach a build.
 //!
-//! All IO goes through `git2` (libgit2). Local paths and `file://` URLs are opened in
+//! All IO goes through `git2` (libgit2), and nothing is ever written into a repository:
+//! filtered trees are hashed, not stored. Local paths and `file://` URLs are opened in
 //! place; any other URL is fetched into a bare mirror under the cache dir
-//! (`<cache>/<blake3 of the URL>.git`), once per [`Git`] value.
+//! (`<cache>/<blake3 of the URL>.git`), once per [`Git`] value. Epochs are also kept
+//! under the cache dir (`<cache>/epochs/`), so the next build does not walk the history
+//! again.
 //!
 //! A [`Git`] value is meant to live for one build: it caches opened repositories, the
-//! commit each `(location, rev)` resolved to and the version derived for each commit, so
-//! pinning thousands of components that live in a few repositories costs a few
-//! resolutions, and every component that names the same branch sees the same commit even
-//! if the branch moves during the build.
+//! commit each `(location, rev)` resolved to, what each source pinned to and the version
+//! derived for each commit and tag pattern, so pinning thousands of components that live
+//! in a few repositories costs a few resolutions, and every component that names the
+//! same branch sees the same commit even if the branch moves during the build.
 
+mod epoch;
 mod error;
 mod export;
+mod filter;
 mod location;
 mod resolve;
 mod version;
@@ -32,6 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use git2::{Oid, Repository};
 
 pub use error::GitError;
+pub use filter::{Filter, FilterError};
+
+use version::TagPattern;
 
 /// What a source names: a ref (branch, tag or commit SHA) or a version (a tag).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +54,23 @@ pub enum RevSpec<'a> {
     /// remote branch (`refs/remotes/origin/<name>`); an abbreviated SHA (at least 7
     /// hex digits) — tried in this order.
     Ref(&'a str),
-    /// The tag `v<version>`, else the tag `<version>`.
+    /// The tag the version tag pattern gives the version; by default `v<version>`, else
+    /// `<version>`.
     Version(&'a semver::Version),
+}
+
+/// How to pin one source.
+#[derive(Clone, Copy, Debug)]
+pub struct PinSpec<'a> {
+    pub rev: RevSpec<'a>,
+    /// The sub-directory that is built, relative to the repository's root.
+    pub dir: Option<&'a str>,
+    /// Which files of that directory are exported and keyed; `None` (or an empty
+    /// filter): all.
+    pub filter: Option<&'a Filter>,
+    /// The version tag pattern, containing `{version}` exactly once, e.g.
+    /// `web-v{version}`. `None`: tags `v{version}` and `{version}`.
+    pub version_tags: Option<&'a str>,
 }
 
 /// A source resolved against its repository.
@@ -50,13 +78,24 @@ pub enum RevSpec<'a> {
 pub struct PinnedSource {
     /// The commit SHA, full hex.
     pub commit: String,
-    /// The tree that is built: the commit's root tree, or the tree at `dir`.
+    /// The commit's root tree, or the tree at `dir`: unfiltered, and in the repository,
+    /// so it can be exported by id.
     pub tree: String,
-    /// The committer time in seconds since the epoch (steps see it as `SOURCE_DATE_EPOCH`).
+    /// The git id of the tree that is exported: `tree` itself without a filter; with one,
+    /// the id git would give the tree of just the kept files. Two commits with the same
+    /// `content` export the same files.
+    pub content: String,
+    /// The committer time of the pinned commit, in seconds since the epoch.
     pub commit_time: i64,
+    /// The committer time of the newest commit that changed `content` (steps see it as
+    /// `SOURCE_DATE_EPOCH`); see [`Git::pin`].
+    pub epoch: i64,
     /// In version mode the requested version; otherwise derived from tags, see
     /// [`Git::pin`].
     pub version: semver::Version,
+    /// The filter's patterns that match no file of this tree (includes, then excludes,
+    /// each in the order written): most likely a typo, worth a warning.
+    pub unmatched: Vec<String>,
 }
 
 /// Pins sources and exports trees; see the crate documentation. Safe to share between
@@ -70,6 +109,9 @@ pub struct Git {
     /// repository is opened (or fetched), so two threads never fetch the same URL twice,
     /// while different repositories open in parallel.
     repos: Mutex<HashMap<String, Arc<RepoSlot>>>,
+    /// How many ancestors epoch walks have looked at: what the epoch cache saves.
+    #[cfg(test)]
+    pub(crate) walked: std::sync::atomic::AtomicUsize,
 }
 
 /// A repository that is opened on first use; `None` until then (or after a failure, so
@@ -92,11 +134,22 @@ pub(crate) struct Repo {
 
 pub(crate) struct RepoState {
     pub(crate) repo: Repository,
-    /// `(rev, dir)` → what it pinned to.
-    pinned: HashMap<(RevKey, Option<String>), PinnedSource>,
-    /// `rev` → commit, so every `dir` of one repository at one rev shares one lookup.
+    /// A source as written → what it pinned to.
+    pinned: HashMap<PinKey, PinnedSource>,
+    /// `rev` → commit, so every `dir`, filter and pattern of one repository at one rev
+    /// shares one lookup.
     commits: HashMap<RevKey, Oid>,
     pub(crate) versions: version::VersionCache,
+    /// Epochs computed or read from the cache dir during this build.
+    epochs: epoch::Known,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PinKey {
+    rev: RevKey,
+    dir: Option<String>,
+    filter: Option<Filter>,
+    version_tags: Option<String>,
 }
 
 /// See [`Git::distance`].
@@ -109,7 +162,8 @@ pub struct Distance {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RevKey {
     Ref(String),
-    Version(semver::Version),
+    /// A version's tag depends on the pattern.
+    Version(semver::Version, TagPattern),
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,24 +173,42 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Git {
-    /// `cache_dir` holds the mirrors of fetched repositories (the engine passes
-    /// `<store>/git`); it is created on the first fetch.
+    /// `cache_dir` holds the mirrors of fetched repositories and the epoch cache (the
+    /// engine passes `<store>/git`); it is created on first use.
     pub fn new(cache_dir: PathBuf) -> Self {
         Git {
             cache_dir,
             fetch_file_urls: false,
             repos: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            walked: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Resolves `rev` in the repository at `location` (an absolute path to a repository,
-    /// bare or not, a `file://` URL or any URL git2 can fetch), then the tree at `dir`.
+    /// Resolves `spec.rev` in the repository at `location` (an absolute path to a
+    /// repository, bare or not, a `file://` URL or any URL git2 can fetch), then the tree
+    /// at `spec.dir`, then what `spec.filter` keeps of it.
     ///
-    /// The version, in version mode, is the one asked for. Otherwise it is derived the
-    /// way `git describe` would, from the nearest version tag:
+    /// The content is `tree` without a filter; with one, the id of the tree holding only
+    /// the kept files (with their modes, in git's order), hashed as `git write-tree` would
+    /// but written nowhere. Patterns that keep or drop nothing are in `unmatched`.
     ///
-    /// - A version tag is a tag named `vX.Y.Z` or `X.Y.Z` (semver, pre-release allowed)
-    ///   that peels to a commit; other tags are ignored, and build metadata is dropped.
+    /// The epoch follows the first-parent chain from the pinned commit: it is the
+    /// committer time of the oldest commit of the unbroken run, starting at the pinned
+    /// commit, whose content (same dir, same filter) equals the pinned commit's; that is
+    /// the newest commit on the first-parent line that changed the exported content. A
+    /// parent without the dir has other content; a revert to older content starts a new
+    /// run; a root commit is its own epoch. Without a dir or filter, any commit that
+    /// changes the tree changes the epoch. Epochs are cached under the cache dir, and a
+    /// walk stops at the first ancestor whose epoch is cached with the same content.
+    ///
+    /// The version, in version mode, is the one asked for, found as the tag the pattern
+    /// names (by default `v<version>`, else `<version>`). Otherwise it is derived the way
+    /// `git describe` would, from the nearest version tag:
+    ///
+    /// - A version tag is a tag named by `spec.version_tags` with a semver (pre-release
+    ///   allowed) in place of `{version}`, by default `vX.Y.Z` or `X.Y.Z`, that peels to a
+    ///   commit; other tags are ignored, and build metadata is dropped.
     /// - Among the version tags reachable from the commit, the nearest is the one with the
     ///   fewest commits between: those reachable from the commit but not from the tag
     ///   (what `git rev-list --count TAG..COMMIT` counts). Ties go to the highest version.
@@ -146,55 +218,99 @@ impl Git {
     ///   always sorts after its tag and before the next release.
     /// - No version tag reachable: `0.0.0-dev.N`, with `N` the number of commits
     ///   reachable from the commit (itself included).
-    pub fn pin(
-        &self,
-        location: &str,
-        rev: RevSpec<'_>,
-        dir: Option<&str>,
-    ) -> Result<PinnedSource, GitError> {
+    pub fn pin(&self, location: &str, spec: &PinSpec<'_>) -> Result<PinnedSource, GitError> {
+        let filter = spec.filter.filter(|f| !f.is_empty());
+        let compiled = compile(filter)?;
+        let pattern =
+            TagPattern::new(spec.version_tags).ok_or_else(|| GitError::BadTagPattern {
+                pattern: spec.version_tags.unwrap_or_default().to_string(),
+            })?;
         let repo = self.open(location)?;
         let mut state = lock(&repo.state);
-        let key = match rev {
+        let key = match spec.rev {
             RevSpec::Ref(name) => RevKey::Ref(name.to_string()),
-            RevSpec::Version(v) => RevKey::Version(v.clone()),
+            RevSpec::Version(v) => RevKey::Version(v.clone(), pattern.clone()),
         };
-        let cache_key = (key.clone(), dir.map(str::to_string));
+        let cache_key = PinKey {
+            rev: key.clone(),
+            dir: spec.dir.map(str::to_string),
+            filter: filter.cloned(),
+            version_tags: spec.version_tags.map(str::to_string),
+        };
         if let Some(pinned) = state.pinned.get(&cache_key) {
             return Ok(pinned.clone());
         }
         let commit_id = match state.commits.get(&key) {
             Some(id) => *id,
             None => {
-                let id = match rev {
+                let id = match spec.rev {
                     RevSpec::Ref(name) => resolve::resolve_ref(&state.repo, &repo.display, name)?,
-                    RevSpec::Version(v) => resolve::resolve_version(&state.repo, &repo.display, v)?,
+                    RevSpec::Version(v) => {
+                        resolve::resolve_version(&state.repo, &repo.display, v, &pattern)?
+                    }
                 };
                 state.commits.insert(key, id);
                 id
             }
         };
         let git_err = |e| GitError::git(&repo.display, e);
-        let (tree, commit_time) = {
-            let commit = state.repo.find_commit(commit_id).map_err(git_err)?;
-            let tree = resolve::tree_at(&repo.display, &commit, dir)?;
-            let time = commit.committer().when().seconds();
-            (tree, time)
-        };
-        let version = match rev {
-            RevSpec::Version(v) => v.clone(),
-            RevSpec::Ref(_) => {
-                let RepoState {
-                    repo: r, versions, ..
-                } = &mut *state;
-                versions.derive(r, commit_id).map_err(git_err)?
+        let RepoState {
+            repo: r,
+            versions,
+            epochs,
+            ..
+        } = &mut *state;
+        let commit = r.find_commit(commit_id).map_err(git_err)?;
+        let tree = resolve::tree_at(r, &repo.display, &commit, spec.dir)?;
+        // `tree_at` succeeded, so the dir does not climb out of the tree.
+        let dir = resolve::normalize_dir(spec.dir).unwrap_or_default();
+        let mut memo = filter::Memo::new();
+        let (content, unmatched) = match (filter, &compiled) {
+            (Some(filter), Some(compiled)) => {
+                let (id, seen) =
+                    filter::filtered_full(r, tree, compiled, &mut memo).map_err(git_err)?;
+                let patterns = filter.include.iter().chain(&filter.exclude);
+                let unmatched = patterns
+                    .zip(&seen.matched)
+                    .filter(|(_, matched)| !**matched)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                (id, unmatched)
             }
+            _ => (tree, Vec::new()),
+        };
+        let source = epoch::Source {
+            dir: &dir,
+            filter: filter.zip(compiled.as_ref()),
+        };
+        let start = epoch::Content { sub: tree, content };
+        let (epoch, _walked) = epoch::epoch(
+            r,
+            &self.cache_dir,
+            epochs,
+            &commit,
+            &source,
+            start,
+            &mut memo,
+        )
+        .map_err(git_err)?;
+        #[cfg(test)]
+        self.walked
+            .fetch_add(_walked, std::sync::atomic::Ordering::Relaxed);
+        let version = match spec.rev {
+            RevSpec::Version(v) => v.clone(),
+            RevSpec::Ref(_) => versions.derive(r, commit_id, &pattern).map_err(git_err)?,
         };
         let pinned = PinnedSource {
             commit: commit_id.to_string(),
             tree: tree.to_string(),
-            commit_time,
+            content: content.to_string(),
+            commit_time: commit.committer().when().seconds(),
+            epoch,
             version,
+            unmatched,
         };
+        drop(commit);
         state.pinned.insert(cache_key, pinned.clone());
         Ok(pinned)
     }
@@ -202,12 +318,21 @@ impl Git {
     /// Writes the tree `tree` (full hex id) from the object database of the repository at
     /// `location` into `dest`, which must exist and be empty: regular files 0644,
     /// executables 0755, symlinks as symlinks (one that is absolute or resolves outside
-    /// the tree is an error), submodules skipped. No mtimes are set. Safe to call from
-    /// several threads at once.
-    pub fn export(&self, location: &str, tree: &str, dest: &Path) -> Result<(), GitError> {
+    /// the tree is an error), submodules skipped. No mtimes are set. With a filter, only
+    /// the files it keeps and the directories that hold them: exactly the tree whose id
+    /// [`PinnedSource::content`] is (`None`, or an empty filter: everything). Safe to call
+    /// from several threads at once.
+    pub fn export(
+        &self,
+        location: &str,
+        tree: &str,
+        filter: Option<&Filter>,
+        dest: &Path,
+    ) -> Result<(), GitError> {
+        let compiled = compile(filter.filter(|f| !f.is_empty()))?;
         let repo = self.open(location)?;
         let handle = repo.borrow_handle()?;
-        let result = export::export(&handle, &repo.display, tree, dest);
+        let result = export::export(&handle, &repo.display, tree, compiled.as_ref(), dest);
         repo.return_handle(handle);
         result
     }
@@ -283,12 +408,25 @@ impl Git {
                 pinned: HashMap::new(),
                 commits: HashMap::new(),
                 versions: version::VersionCache::default(),
+                epochs: epoch::Known::new(),
             }),
             pool: Mutex::new(Vec::new()),
         });
         *slot = Some(opened.clone());
         Ok(opened)
     }
+}
+
+/// The filter's globs, compiled; a bad one is the caller's error, never a panic (the
+/// manifest loader checks them first, so it is rare).
+fn compile(filter: Option<&Filter>) -> Result<Option<filter::Compiled>, GitError> {
+    filter
+        .map(filter::Compiled::new)
+        .transpose()
+        .map_err(|e| GitError::BadFilter {
+            pattern: e.pattern,
+            reason: e.reason,
+        })
 }
 
 impl std::fmt::Debug for Git {

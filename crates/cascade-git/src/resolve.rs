@@ -4,6 +4,7 @@ use std::path::Path;
 
 use git2::{Commit, ErrorClass, ErrorCode, ObjectType, Oid, Reference, Repository};
 
+use crate::version::TagPattern;
 use crate::GitError;
 
 /// How many existing names an unknown-ref error suggests.
@@ -62,24 +63,31 @@ pub(crate) fn resolve_ref(repo: &Repository, display: &str, name: &str) -> Resul
     })
 }
 
-/// Resolves a version to the commit of its tag, `v<version>` first.
+/// Resolves a version to the commit of its tag, the names `pattern` gives it in order
+/// (by default `v<version>` first, then `<version>`).
 pub(crate) fn resolve_version(
     repo: &Repository,
     display: &str,
     version: &semver::Version,
+    pattern: &TagPattern,
 ) -> Result<Oid, GitError> {
-    let with_v = format!("v{version}");
-    let bare = version.to_string();
-    for tag in [&with_v, &bare] {
+    let names = pattern.names(version);
+    for tag in &names {
         if let Some(reference) = find_reference(repo, display, &format!("refs/tags/{tag}"))? {
             return peel(&reference, display, tag);
         }
     }
+    // A version is only ever a tag of its pattern: suggest those, by distance to any
+    // spelling (a monorepo's `web` is not helped by `admin-v1.2.0`).
+    let tags: Vec<String> = ref_names(repo, display, true)?
+        .into_iter()
+        .filter(|name| pattern.parse(name).is_some())
+        .collect();
+    let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
     Err(GitError::UnknownRef {
         repo: display.to_string(),
-        rev: with_v.clone(),
-        // A version is only ever a tag: suggest tags, by distance to either spelling.
-        closest: closest(&ref_names(repo, display, true)?, &[&with_v, &bare]),
+        rev: names.first().cloned().unwrap_or_default(),
+        closest: closest(&tags, &wanted),
     })
 }
 
@@ -111,39 +119,54 @@ fn peel(reference: &Reference<'_>, display: &str, rev: &str) -> Result<Oid, GitE
         })
 }
 
-/// The tree of `commit` at `dir` (a `/`-separated path; empty and `.` components are
-/// ignored, so `./a/b/` is `a/b`), or its root tree without a `dir`.
-pub(crate) fn tree_at(
-    display: &str,
-    commit: &Commit<'_>,
-    dir: Option<&str>,
-) -> Result<Oid, GitError> {
-    let root = commit.tree_id();
+/// `dir` as a path in a tree: `/`-separated, empty and `.` components dropped (so
+/// `./a/b/` is `a/b`, and `.` is the root, the empty string). `None` when it climbs with
+/// `..`: no tree has such a directory.
+pub(crate) fn normalize_dir(dir: Option<&str>) -> Option<String> {
     let Some(dir) = dir else {
-        return Ok(root);
+        return Some(String::new());
     };
     let parts: Vec<&str> = dir
         .split('/')
         .filter(|p| !p.is_empty() && *p != ".")
         .collect();
+    if parts.contains(&"..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// The tree at `dir` (normalized) of the root tree `root`, or `None` when there is no
+/// directory there.
+pub(crate) fn subtree(repo: &Repository, root: Oid, dir: &str) -> Result<Option<Oid>, git2::Error> {
+    if dir.is_empty() {
+        return Ok(Some(root));
+    }
+    let tree = repo.find_tree(root)?;
+    match tree.get_path(Path::new(dir)) {
+        Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok(Some(entry.id())),
+        Ok(_) => Ok(None),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The tree of `commit` at `dir` (see `normalize_dir`), or its root tree without a `dir`.
+pub(crate) fn tree_at(
+    repo: &Repository,
+    display: &str,
+    commit: &Commit<'_>,
+    dir: Option<&str>,
+) -> Result<Oid, GitError> {
     let not_found = || GitError::DirNotFound {
         repo: display.to_string(),
         commit: commit.id().to_string(),
-        dir: dir.to_string(),
+        dir: dir.unwrap_or_default().to_string(),
     };
-    if parts.is_empty() {
-        return Ok(root);
-    }
-    if parts.contains(&"..") {
-        return Err(not_found());
-    }
-    let tree = commit.tree().map_err(|e| GitError::git(display, e))?;
-    match tree.get_path(Path::new(&parts.join("/"))) {
-        Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok(entry.id()),
-        Ok(_) => Err(not_found()),
-        Err(e) if e.code() == ErrorCode::NotFound => Err(not_found()),
-        Err(e) => Err(GitError::git(display, e)),
-    }
+    let normalized = normalize_dir(dir).ok_or_else(not_found)?;
+    subtree(repo, commit.tree_id(), &normalized)
+        .map_err(|e| GitError::git(display, e))?
+        .ok_or_else(not_found)
 }
 
 /// Short names of the branches (local and `origin`'s) and tags, or only the tags.

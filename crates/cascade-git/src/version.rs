@@ -8,17 +8,79 @@
 //! computed once per tag per build. That keeps pinning many commits of one repository
 //! linear in its history instead of a walk per (commit, tag) pair.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 
-use git2::{Oid, Repository};
+use git2::{ErrorCode, Oid, Repository};
 use semver::{BuildMetadata, Prerelease, Version};
 
+/// Which tags are version tags: `Default` is `v{version}` and bare `{version}`; `Custom`
+/// is a pattern such as `web-v{version}` (a monorepo's per-component tags), split around
+/// its one `{version}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum TagPattern {
+    Default,
+    Custom { prefix: String, suffix: String },
+}
+
+impl TagPattern {
+    /// `None` when `pattern` does not hold `{version}` exactly once.
+    pub(crate) fn new(pattern: Option<&str>) -> Option<Self> {
+        let Some(pattern) = pattern else {
+            return Some(TagPattern::Default);
+        };
+        let (prefix, suffix) = pattern.split_once("{version}")?;
+        if suffix.contains("{version}") {
+            return None;
+        }
+        Some(TagPattern::Custom {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
+    }
+
+    /// The version a tag name stands for, build metadata dropped (it does not order
+    /// versions, and two builds of one version are one version here).
+    pub(crate) fn parse(&self, name: &str) -> Option<Version> {
+        let text = match self {
+            TagPattern::Default => name.strip_prefix('v').unwrap_or(name),
+            TagPattern::Custom { prefix, suffix } => name
+                .strip_prefix(prefix.as_str())?
+                .strip_suffix(suffix.as_str())?,
+        };
+        let mut version = Version::parse(text).ok()?;
+        version.build = BuildMetadata::EMPTY;
+        Some(version)
+    }
+
+    /// The tag names `version` may have, in the order they are looked up.
+    pub(crate) fn names(&self, version: &Version) -> Vec<String> {
+        match self {
+            TagPattern::Default => vec![format!("v{version}"), version.to_string()],
+            TagPattern::Custom { prefix, suffix } => vec![format!("{prefix}{version}{suffix}")],
+        }
+    }
+}
+
+/// What is learned once per repository and shared by every pattern: a monorepo's
+/// components each have their own pattern, and should not each walk the history.
 #[derive(Default)]
 pub(crate) struct VersionCache {
-    /// Commit → the highest version tagged on it. Loaded on first use.
-    tags: Option<HashMap<Oid, Version>>,
     /// Tagged commit → how many commits are reachable from it.
     ancestors: HashMap<Oid, usize>,
+    /// Pinned commit → every commit reachable from it (itself included).
+    reachable: HashMap<Oid, Vec<Oid>>,
+    /// Every tag's short name, sorted. Loaded on first use.
+    tag_names: Option<Vec<String>>,
+    /// Each tag pattern's own tags and derived versions: two components of one
+    /// repository may version by different tags.
+    patterns: HashMap<TagPattern, PatternCache>,
+}
+
+#[derive(Default)]
+struct PatternCache {
+    /// Commit → the highest version tagged on it. Loaded on first use.
+    tags: Option<HashMap<Oid, Version>>,
     /// Commit → derived version.
     derived: HashMap<Oid, Version>,
 }
@@ -28,31 +90,38 @@ impl VersionCache {
         &mut self,
         repo: &Repository,
         commit: Oid,
+        pattern: &TagPattern,
     ) -> Result<Version, git2::Error> {
-        if let Some(v) = self.derived.get(&commit) {
+        let VersionCache {
+            ancestors,
+            reachable,
+            tag_names,
+            patterns,
+        } = self;
+        let PatternCache { tags, derived } = patterns.entry(pattern.clone()).or_default();
+        if let Some(v) = derived.get(&commit) {
             return Ok(v.clone());
         }
-        let VersionCache {
-            tags,
-            ancestors,
-            derived,
-        } = self;
         let tags: &HashMap<Oid, Version> = match tags {
             Some(tags) => tags,
-            None => tags.insert(version_tags(repo)?),
-        };
-
-        let mut reachable = 0usize;
-        let mut tagged = Vec::new();
-        let mut walk = repo.revwalk()?;
-        walk.push(commit)?;
-        for id in walk {
-            let id = id?;
-            reachable += 1;
-            if tags.contains_key(&id) {
-                tagged.push(id);
+            None => {
+                let names = match tag_names {
+                    Some(names) => names,
+                    None => tag_names.insert(all_tag_names(repo)?),
+                };
+                tags.insert(version_tags(repo, names, pattern)?)
             }
-        }
+        };
+        let below_commit: &Vec<Oid> = match reachable.entry(commit) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(walk_from(repo, commit)?),
+        };
+        let reachable = below_commit.len();
+        let tagged: Vec<Oid> = below_commit
+            .iter()
+            .filter(|id| tags.contains_key(id))
+            .copied()
+            .collect();
 
         // (commits between, version): the least distance wins, then the highest version.
         let mut best: Option<(usize, &Version)> = None;
@@ -111,44 +180,67 @@ fn dev(mut base: Version, pre: &[&str], n: usize) -> Version {
     base
 }
 
-/// A tag name that is a version: `vX.Y.Z` or `X.Y.Z`, build metadata dropped (it does not
-/// order versions, and two builds of one version are one version here).
+/// A tag name that is a version by the default pattern: `vX.Y.Z` or `X.Y.Z`.
+#[cfg(test)]
 pub(crate) fn parse_tag(name: &str) -> Option<Version> {
-    let text = name.strip_prefix('v').unwrap_or(name);
-    let mut version = Version::parse(text).ok()?;
-    version.build = BuildMetadata::EMPTY;
-    Some(version)
+    TagPattern::Default.parse(name)
 }
 
-/// Every version tag that peels to a commit, as commit → highest version on it.
-fn version_tags(repo: &Repository) -> Result<HashMap<Oid, Version>, git2::Error> {
-    // Sorted by name first so nothing depends on the order refs are listed in.
-    let mut named = BTreeMap::new();
+/// The short names of every tag, sorted so nothing depends on the order refs are listed
+/// in.
+fn all_tag_names(repo: &Repository) -> Result<Vec<String>, git2::Error> {
+    let mut names = Vec::new();
     for reference in repo.references_glob("refs/tags/*")? {
         let reference = reference?;
-        let Some(name) = reference
+        if let Some(name) = reference
             .name()
             .ok()
             .and_then(|n| n.strip_prefix("refs/tags/"))
-        else {
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Every version tag of `pattern` among `names` that peels to a commit, as commit →
+/// highest version on it.
+fn version_tags(
+    repo: &Repository,
+    names: &[String],
+    pattern: &TagPattern,
+) -> Result<HashMap<Oid, Version>, git2::Error> {
+    let mut named = Vec::new();
+    for name in names {
+        let Some(version) = pattern.parse(name) else {
             continue;
         };
-        let Some(version) = parse_tag(name) else {
-            continue;
+        let reference = match repo.find_reference(&format!("refs/tags/{name}")) {
+            Ok(r) => r,
+            // Deleted since it was listed: not a tag any more.
+            Err(e) if e.code() == ErrorCode::NotFound => continue,
+            Err(e) => return Err(e),
         };
         // A tag of a tree or a blob is not a release of anything.
         if let Ok(commit) = reference.peel_to_commit() {
-            named.insert(name.to_string(), (commit.id(), version));
+            named.push((commit.id(), version));
         }
     }
     let mut tags: HashMap<Oid, Version> = HashMap::new();
-    for (id, version) in named.into_values() {
+    for (id, version) in named {
         let slot = tags.entry(id).or_insert_with(|| version.clone());
         if version > *slot {
             *slot = version;
         }
     }
     Ok(tags)
+}
+
+fn walk_from(repo: &Repository, commit: Oid) -> Result<Vec<Oid>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    walk.push(commit)?;
+    walk.collect()
 }
 
 fn count_reachable(repo: &Repository, commit: Oid) -> Result<usize, git2::Error> {
@@ -191,5 +283,33 @@ mod tests {
         assert_eq!(parse_tag("v1.2"), None);
         assert_eq!(parse_tag("V1.2.3"), None);
         assert_eq!(parse_tag("vv1.2.3"), None);
+    }
+
+    #[test]
+    fn tag_patterns() {
+        assert_eq!(TagPattern::new(None), Some(TagPattern::Default));
+        assert_eq!(TagPattern::new(Some("web-v")), None);
+        assert_eq!(TagPattern::new(Some("{version}-{version}")), None);
+        let web = TagPattern::new(Some("web-v{version}")).expect("pattern");
+        assert_eq!(web.parse("web-v1.2.0"), Some(v("1.2.0")));
+        assert_eq!(web.parse("web-v1.2.0-rc.1+b.3"), Some(v("1.2.0-rc.1")));
+        assert_eq!(web.parse("v1.2.0"), None);
+        assert_eq!(web.parse("admin-v1.2.0"), None);
+        assert_eq!(web.parse("web-1.2.0"), None);
+        assert_eq!(web.parse("web-v"), None);
+        assert_eq!(web.names(&v("1.2.0")), vec!["web-v1.2.0"]);
+        let suffixed = TagPattern::new(Some("{version}@web")).expect("pattern");
+        assert_eq!(suffixed.parse("1.0.0-beta@web"), Some(v("1.0.0-beta")));
+        assert_eq!(suffixed.parse("1.0.0"), None);
+        // Prefix and suffix must not overlap.
+        let both = TagPattern::new(Some("a{version}a")).expect("pattern");
+        assert_eq!(both.parse("a"), None);
+        let bare = TagPattern::new(Some("{version}")).expect("pattern");
+        assert_eq!(bare.parse("1.0.0"), Some(v("1.0.0")));
+        assert_eq!(bare.parse("v1.0.0"), None);
+        assert_eq!(
+            TagPattern::Default.names(&v("1.0.0")),
+            vec!["v1.0.0", "1.0.0"]
+        );
     }
 }

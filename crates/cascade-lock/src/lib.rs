@@ -28,20 +28,50 @@ pub use history::{read_history, write_history, Deployment, History, HISTORY_FORM
 pub use read::{read, LockError};
 pub use write::write;
 
-/// The value of the `format:` line this crate writes.
-pub const FORMAT: &str = "cascade-lock/2";
-/// Older formats it still reads: `cascade-lock/1` is `/2` without `image` and `tests`.
-pub const READS: [&str; 2] = ["cascade-lock/1", FORMAT];
+/// The value of the `format:` line this crate writes for builds keyed in the newest key
+/// format.
+pub const FORMAT: &str = "cascade-lock/3";
+/// Every format it reads. `cascade-lock/1` is `/2` without `image` and `tests`; `/3` has
+/// the fields of `/2`, and its keys are of key format 2 (the source by content) where
+/// those of `/1` and `/2` are of key format 1 (by commit).
+pub const READS: [&str; 3] = ["cascade-lock/1", "cascade-lock/2", FORMAT];
+
+/// The `format:` line of a lockfile whose keys are of `key_format`: a replay of an old
+/// lockfile that writes a new one writes it in the old format, so its keys stay true.
+pub fn format_for(key_format: u64) -> &'static str {
+    if key_format >= 2 {
+        FORMAT
+    } else {
+        "cascade-lock/2"
+    }
+}
+
+/// The key format of the keys in a lockfile of `format` (one of [`READS`]).
+pub fn key_format_of(format: &str) -> u64 {
+    if format == FORMAT {
+        2
+    } else {
+        1
+    }
+}
 
 /// One build of one environment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lockfile {
+    /// The key format of every `key:` in it (`cascade_core::KEY_VERSIONS`), which the
+    /// `format:` line tells; not a field of its own.
+    #[serde(skip, default = "newest_key_format")]
+    pub key_format: u64,
     pub environment: String,
     /// Digest of the environment, compatibility and recipe files used.
     pub graph: Digest,
     /// By component name.
     pub nodes: BTreeMap<String, LockNode>,
+}
+
+fn newest_key_format() -> u64 {
+    cascade_core::KEY_VERSION
 }
 
 /// One component of the build.

@@ -31,7 +31,7 @@ pub enum LockError {
     },
 
     #[error(
-        "`{path}` has format `{found}`, but this cascade reads `cascade-lock/1` and `{FORMAT}`"
+        "`{path}` has format `{found}`, but this cascade reads `cascade-lock/1`, `cascade-lock/2` and `{FORMAT}`"
     )]
     #[diagnostic(
         code(cascade::lock::unsupported_format),
@@ -80,8 +80,9 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
     // runs only to explain a failure.
     match parse::<Raw>(path, text) {
         Ok(raw) => {
-            check_format(path, text, raw.format)?;
+            let format = check_format(path, text, raw.format)?;
             let lock = Lockfile {
+                key_format: crate::key_format_of(&format),
                 environment: raw.environment,
                 graph: raw.graph,
                 nodes: raw.nodes,
@@ -154,7 +155,12 @@ fn check_ids(path: &str, text: &str, lock: &Lockfile) -> Result<(), LockError> {
     })
 }
 
-fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Result<(), LockError> {
+/// The format, when it is one this crate reads.
+fn check_format(
+    path: &str,
+    text: &str,
+    format: Option<Spanned<String>>,
+) -> Result<String, LockError> {
     let src = || Arc::new(NamedSource::new(path, text.to_string()));
     let Some(format) = format else {
         return Err(LockError::MissingFormat {
@@ -170,7 +176,7 @@ fn check_format(path: &str, text: &str, format: Option<Spanned<String>>) -> Resu
             span: span(text, &format.referenced),
         });
     }
-    Ok(())
+    Ok(format.value)
 }
 
 pub(crate) fn parse<T: serde::de::DeserializeOwned>(

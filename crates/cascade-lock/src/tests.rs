@@ -54,6 +54,7 @@ fn small() -> Lockfile {
     .into_iter()
     .collect();
     Lockfile {
+        key_format: cascade_core::KEY_VERSION,
         environment: "scratch".to_string(),
         graph: d("graph"),
         nodes: [
@@ -164,6 +165,7 @@ fn round_trip(lock: &Lockfile) {
 fn round_trips() {
     round_trip(&small());
     round_trip(&Lockfile {
+        key_format: cascade_core::KEY_VERSION,
         environment: "empty".to_string(),
         graph: d("g"),
         nodes: BTreeMap::new(),
@@ -287,6 +289,7 @@ fn unknown_fields_are_errors() {
 #[test]
 fn format_1_is_still_read() {
     let mut old = small();
+    old.key_format = 1;
     for n in old.nodes.values_mut() {
         n.image = None;
         n.tests.clear();
@@ -295,15 +298,29 @@ fn format_1_is_still_read() {
     assert_eq!(read("old.yaml", &text).unwrap(), old);
 }
 
+/// Keys of format 1 are written and read as `cascade-lock/2`, those of format 2 as
+/// `cascade-lock/3`: a lockfile says which rules its keys were made with.
+#[test]
+fn the_format_line_tells_the_key_format() {
+    let mut old = small();
+    old.key_format = 1;
+    let text = write(&old);
+    assert!(text.starts_with("format: cascade-lock/2\n"), "{text}");
+    assert_eq!(read("old.yaml", &text).unwrap().key_format, 1);
+    let text = write(&small());
+    assert!(text.starts_with("format: cascade-lock/3\n"), "{text}");
+    assert_eq!(read("new.yaml", &text).unwrap().key_format, 2);
+}
+
 #[test]
 fn wrong_format_is_an_error_naming_it() {
-    let text = write(&small()).replacen("cascade-lock/2", "cascade-lock/3", 1);
+    let text = write(&small()).replacen("cascade-lock/3", "cascade-lock/4", 1);
     // A newer format may have fields this one does not know: the format is the error.
     let text = text.replacen("nodes:", "future: true\nnodes:", 1);
     match read("lockfiles/x.yaml", &text) {
         Err(e @ LockError::UnsupportedFormat { .. }) => {
             let shown = e.to_string();
-            assert!(shown.contains("`cascade-lock/3`"), "{shown}");
+            assert!(shown.contains("`cascade-lock/4`"), "{shown}");
             assert!(shown.contains("lockfiles/x.yaml"), "{shown}");
             let LockError::UnsupportedFormat { span, .. } = e else {
                 unreachable!()
@@ -311,12 +328,12 @@ fn wrong_format_is_an_error_naming_it() {
             let span = span.expect("a label");
             assert_eq!(
                 &text[span.offset()..span.offset() + span.len()],
-                "cascade-lock/3"
+                "cascade-lock/4"
             );
         }
         other => panic!("{other:?}"),
     }
-    let missing = write(&small()).replacen("format: cascade-lock/2\n", "", 1);
+    let missing = write(&small()).replacen("format: cascade-lock/3\n", "", 1);
     assert!(matches!(
         read("x", &missing),
         Err(LockError::MissingFormat { .. })

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::{LockNode, LockSource, Lockfile, FORMAT};
+use crate::{format_for, LockNode, LockSource, Lockfile};
 
 /// YAML limits implicit (`key: value`) keys to 1024 characters; longer keys are written
 /// as explicit `? key` entries. Kept below the limit to leave room for the quotes.
@@ -21,7 +21,7 @@ const MAX_IMPLICIT_KEY: usize = 1000;
 /// The lockfile as YAML text. Same value, same bytes.
 pub fn write(lock: &Lockfile) -> String {
     let mut w = Writer::default();
-    w.scalar(0, "format", FORMAT);
+    w.scalar(0, "format", format_for(lock.key_format));
     w.scalar(0, "environment", &lock.environment);
     w.scalar(0, "graph", &lock.graph.to_string());
     w.open(0, "nodes", lock.nodes.is_empty());

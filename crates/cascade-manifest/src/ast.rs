@@ -97,6 +97,7 @@ pub(crate) struct SourceAst {
     pub git_ref: Option<S<String>>,
     pub version: Option<S<String>>,
     pub dir: Option<S<String>>,
+    pub version_tags: Option<S<String>>,
 }
 
 /// `graph/compatibility.yaml`: component → upstream → range.
@@ -121,6 +122,16 @@ pub(crate) struct RecipeAst {
     pub outputs: Option<S<Vec<S<String>>>>,
     pub image: Option<S<ImageAst>>,
     pub tests: Option<S<Entries<S<TestAst>>>>,
+    pub stamp: Option<S<Vec<S<String>>>>,
+    pub source: Option<S<FilterAst>>,
+}
+
+/// A recipe's `source:`: which files of the source matter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilterAst {
+    pub include: Option<S<Vec<S<String>>>>,
+    pub exclude: Option<S<Vec<S<String>>>>,
 }
 
 /// A recipe's `image:`.

@@ -317,6 +317,20 @@ pub enum ManifestError {
         help: Option<String>,
     },
 
+    /// A recipe's `stamp:` or `source:` value that means nothing.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::recipe_value))]
+    BadRecipeValue {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
     /// A recipe's `runner:` that cannot run its steps.
     #[error("{message}")]
     #[diagnostic(code(cascade::manifest::runner))]

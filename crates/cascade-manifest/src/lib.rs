@@ -34,7 +34,8 @@ pub use model::tool_set;
 pub use model::{
     Change, Component, Constraint, Deploy, DeployComponent, Environment, Expect, FieldChange,
     Graph, HealthCheck, ImageBase, ImageDecl, LayerDecl, Mode, PortMap, Probe, Recipe, Rev,
-    RunnerDecl, RunnerImage, SmokeTest, SourceSpec, Step, Volume, TEST_PLACEHOLDERS, TOOL_SETS,
+    RunnerDecl, RunnerImage, SmokeTest, SourceFilter, SourceSpec, Stamp, Step, Volume,
+    TEST_PLACEHOLDERS, TOOL_SETS,
 };
 pub use range::{RangeError, VersionRange};
 pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};

@@ -177,6 +177,9 @@ pub struct SourceSpec {
     pub dir: Option<String>,
     /// The `dir:` value, for diagnostics (a sub-directory the tree lacks).
     pub dir_span: Option<Span>,
+    /// `version_tags:`, the tag pattern with `{version}` in it (`web-v{version}` for a
+    /// component of a monorepo); `None` for the default, `v{version}` or `{version}`.
+    pub version_tags: Option<String>,
 }
 
 /// What to pin a source at.
@@ -215,6 +218,53 @@ pub struct Recipe {
     pub image: Option<ImageDecl>,
     /// `tests:`, by name; not part of [`Recipe::canonical`].
     pub tests: Vec<SmokeTest>,
+    /// `stamp:`, sorted: what the steps see of the pinned commit (and so what its key
+    /// covers). Empty: nothing, and a commit that leaves the source alone rebuilds
+    /// nothing.
+    pub stamp: Vec<Stamp>,
+    /// `source:`: which files of the source are exported and keyed.
+    pub filter: SourceFilter,
+}
+
+/// One thing a recipe may stamp its steps with, as Bazel's `--stamp` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stamp {
+    /// `CASCADE_COMMIT`: the full SHA of the commit pinned.
+    Commit,
+    /// `CASCADE_VERSION`: the component's version.
+    Version,
+    /// `CASCADE_COMMIT_TIME`: the pinned commit's committer time.
+    Time,
+}
+
+impl Stamp {
+    pub const ALL: [Stamp; 3] = [Stamp::Commit, Stamp::Version, Stamp::Time];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stamp::Commit => "commit",
+            Stamp::Version => "version",
+            Stamp::Time => "time",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stamp> {
+        Stamp::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A recipe's `source: { include: [...], exclude: [...] }`: globs relative to the
+/// exported tree, sorted and without repeats. Both empty: the whole tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl SourceFilter {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
 }
 
 /// A recipe's `runner:`: where its steps run.
@@ -498,7 +548,8 @@ impl Recipe {
     /// image has its own identity ([`ImageDecl::canonical`]), tests only pass or fail.
     /// A container runner's image is a last field, written only for container runners,
     /// so the digest of every host recipe is what it was before containers existed; so
-    /// are a host runner's tool sets (field 7), written only when there are some.
+    /// are a host runner's tool sets (field 7), written only when there are some, the
+    /// stamps (field 8) and the source filter (field 9, 0 include, 1 exclude).
     pub fn canonical(&self) -> Vec<u8> {
         let mut e = Encoder::new(RECIPE_DOMAIN, RECIPE_VERSION);
         e.strs(1, self.inputs.iter().map(String::as_str));
@@ -520,6 +571,15 @@ impl Recipe {
         }
         if !self.sets().is_empty() {
             e.strs(7, self.sets().iter().map(String::as_str));
+        }
+        if !self.stamp.is_empty() {
+            e.strs(8, self.stamp.iter().map(|s| s.as_str()));
+        }
+        if !self.filter.is_empty() {
+            e.nested(9, |e| {
+                e.strs(0, self.filter.include.iter().map(String::as_str))
+                    .strs(1, self.filter.exclude.iter().map(String::as_str));
+            });
         }
         e.finish()
     }
@@ -568,6 +628,26 @@ impl Recipe {
             };
             RunnerDecl::Host { tools, sets }
         };
+        let stamp = match d.peek_tag() {
+            Some(8) => d
+                .strs(8)?
+                .iter()
+                .map(|s| Stamp::parse(s).ok_or(DecodeError::Malformed(8)))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => Vec::new(),
+        };
+        let filter = match d.peek_tag() {
+            Some(9) => {
+                let mut f = d.nested(9)?;
+                let filter = SourceFilter {
+                    include: f.strs(0)?,
+                    exclude: f.strs(1)?,
+                };
+                f.end()?;
+                filter
+            }
+            _ => SourceFilter::default(),
+        };
         d.end()?;
         Ok(Recipe {
             inputs,
@@ -578,6 +658,8 @@ impl Recipe {
             outputs,
             image: None,
             tests: Vec::new(),
+            stamp,
+            filter,
         })
     }
 
@@ -638,6 +720,15 @@ impl Recipe {
         if self.outputs != old.outputs {
             push("outputs".into(), Change::Changed);
         }
+        if self.stamp != old.stamp {
+            push("stamp".into(), Change::Changed);
+        }
+        if self.filter.include != old.filter.include {
+            push("source.include".into(), Change::Changed);
+        }
+        if self.filter.exclude != old.filter.exclude {
+            push("source.exclude".into(), Change::Changed);
+        }
         out
     }
 }
@@ -694,6 +785,8 @@ mod tests {
             outputs: vec!["out".into()],
             image: None,
             tests: Vec::new(),
+            stamp: Vec::new(),
+            filter: SourceFilter::default(),
         }
     }
 
@@ -931,5 +1024,43 @@ mod tests {
         assert!(tool_set("posix").unwrap().contains(&"sed"));
         assert!(tool_set("cc").unwrap().contains(&"ar"));
         assert!(tool_set("gnu").is_none());
+    }
+
+    /// Stamps and the source filter enter the digest and decode back, with a container
+    /// runner too; a recipe with neither keeps the digest it had before they existed.
+    #[test]
+    fn stamps_and_filters_round_trip_and_leave_old_digests_alone() {
+        let plain = recipe();
+        let old = plain.digest();
+        let mut stamped = recipe();
+        stamped.stamp = vec![Stamp::Commit, Stamp::Version];
+        let mut filtered = recipe();
+        filtered.filter = SourceFilter {
+            include: vec!["src/**".into()],
+            exclude: vec!["**/*.md".into()],
+        };
+        let mut both = container(RunnerImage::Component("toolchain".into()));
+        both.stamp = vec![Stamp::Time];
+        both.filter.exclude = vec!["docs/**".into()];
+        let mut digests = std::collections::BTreeSet::new();
+        for r in [&plain, &stamped, &filtered, &both] {
+            assert!(digests.insert(r.digest()));
+            let back = Recipe::decode_canonical(&r.canonical()).unwrap();
+            assert_eq!(back.stamp, r.stamp);
+            assert_eq!(back.filter, r.filter);
+            assert_eq!(back.digest(), r.digest());
+        }
+        assert_eq!(plain.digest(), old);
+        assert!(!plain.canonical().windows(6).any(|w| w == b"commit"));
+        // Include and exclude are separate fields: the same glob in each differs.
+        let mut inc = recipe();
+        inc.filter.include = vec!["a".into()];
+        let mut exc = recipe();
+        exc.filter.exclude = vec!["a".into()];
+        assert_ne!(inc.digest(), exc.digest());
+        let fields: Vec<String> = stamped.diff(&plain).into_iter().map(|f| f.field).collect();
+        assert_eq!(fields, ["stamp"]);
+        let fields: Vec<String> = filtered.diff(&plain).into_iter().map(|f| f.field).collect();
+        assert_eq!(fields, ["source.include", "source.exclude"]);
     }
 }

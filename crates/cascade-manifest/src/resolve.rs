@@ -3,6 +3,7 @@
 mod deploy;
 mod image;
 mod runner;
+mod stamp;
 
 pub use image::DEFAULT_TEST_TIMEOUT;
 
@@ -335,6 +336,34 @@ fn tag_problem(tag: &str) -> Option<(String, &'static str, String)> {
                 ));
             }
         }
+    }
+    None
+}
+
+/// What is wrong with a `version_tags:` pattern: it needs `{version}` once, and the
+/// rest must be something a tag name can hold (git's ref-name rules).
+fn version_tags_problem(pattern: &str) -> Option<(String, &'static str, String)> {
+    let help = "write the tag with `{version}` where the version goes, like `web-v{version}`; the default is `v{version}`".to_string();
+    let count = pattern.matches("{version}").count();
+    if count != 1 {
+        return Some((
+            format!(
+                "`version_tags` needs `{{version}}` exactly once; `{pattern}` has it {count} times"
+            ),
+            "no single `{version}`",
+            help,
+        ));
+    }
+    let rest = pattern.replace("{version}", "");
+    let bad = rest
+        .chars()
+        .find(|c| c.is_control() || " ~^:?*[\\{}".contains(*c));
+    if bad.is_some() || rest.contains("..") || pattern.starts_with(['/', '-', '.']) {
+        return Some((
+            format!("`{pattern}` cannot name a git tag"),
+            "not a tag name",
+            help,
+        ));
     }
     None
 }
@@ -694,7 +723,16 @@ impl Resolver<'_> {
                 }
             }
         };
-        let ((repo, repo_span), (rev, rev_span), dir) = (repo?, rev?, dir?);
+        let version_tags = match ast.version_tags {
+            None => Some(None),
+            Some(t) => {
+                let span = self.span(file, &t);
+                self.env_value(t.value, span, version_tags_problem)
+                    .map(Some)
+            }
+        };
+        let ((repo, repo_span), (rev, rev_span), dir, version_tags) =
+            (repo?, rev?, dir?, version_tags?);
         Some(SourceSpec {
             repo,
             repo_span,
@@ -702,6 +740,7 @@ impl Resolver<'_> {
             rev_span,
             dir,
             dir_span,
+            version_tags,
         })
     }
 
@@ -789,6 +828,8 @@ impl Resolver<'_> {
         let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
         let steps = self.steps(file, comp, ast.steps);
         let outputs = self.outputs(file, comp, ast.outputs);
+        let stamp = self.stamps(file, comp, ast.stamp);
+        let filter = self.filter(file, comp, ast.source);
         let (image, image_base) = match ast.image {
             Some(i) => {
                 let checked = self.image(file, comp, i, &outputs);
@@ -812,6 +853,8 @@ impl Resolver<'_> {
             outputs,
             image,
             tests,
+            stamp,
+            filter,
         });
         Node {
             file,

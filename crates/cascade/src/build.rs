@@ -8,13 +8,14 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cascade_core::{
-    Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceIdentity,
+    ContentIdentity, Digest, Encoder, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity,
+    SourceIdentity, SourceKey,
 };
 use cascade_exec::{Outcome, ResolvedTool, Tools};
 use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::{LockImage, LockNode, LockSource, Lockfile};
-use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage};
+use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage, Stamp};
 use cascade_store::{remove_tree, Store, StoreError};
 use miette::Diagnostic;
 
@@ -205,9 +206,37 @@ impl Node<'_> {
             tests: Vec::new(),
             remote: false,
             duration_ms: 0,
-            warnings: Vec::new(),
+            warnings: self
+                .pinned
+                .source
+                .unmatched
+                .iter()
+                .map(|p| unmatched_pattern(p))
+                .collect(),
         }
     }
+
+    /// Whether the steps see `what` of the pinned commit. In key format 1 they saw
+    /// the commit and the version always (and the commit time as the epoch).
+    pub fn stamps(&self, what: Stamp) -> bool {
+        self.pinned.key_format == 1 || self.component.recipe.stamp.contains(&what)
+    }
+
+    /// `SOURCE_DATE_EPOCH`: the time the exported content last changed; in key format 1,
+    /// the pinned commit's time.
+    pub fn epoch(&self) -> i64 {
+        let s = &self.pinned.source;
+        if self.pinned.key_format == 1 {
+            s.commit_time
+        } else {
+            s.epoch
+        }
+    }
+}
+
+/// The warning for a source filter pattern that matches no file of the tree.
+pub(crate) fn unmatched_pattern(pattern: &str) -> String {
+    format!("the source filter pattern `{pattern}` matches no file of the source tree")
 }
 
 /// Everything one node needs, decided before the scheduler starts.
@@ -251,17 +280,29 @@ impl Node<'_> {
     ) -> KeyIngredients {
         let c = self.component;
         let s = &self.pinned.source;
-        KeyIngredients {
-            component: c.name.clone(),
-            recipe: self.recipe,
-            source: SourceIdentity {
+        let source = if self.pinned.key_format == 1 {
+            SourceKey::Commit(SourceIdentity {
                 repo: c.source.repo.clone(),
                 commit: s.commit.clone(),
                 tree: s.tree.clone(),
                 dir: c.source.dir.clone(),
                 version: s.version.to_string(),
                 commit_time: s.commit_time,
-            },
+            })
+        } else {
+            let stamped = |what| c.recipe.stamp.contains(&what);
+            SourceKey::Content(ContentIdentity {
+                content: s.content.clone(),
+                epoch: s.epoch,
+                commit: stamped(Stamp::Commit).then(|| s.commit.clone()),
+                version: stamped(Stamp::Version).then(|| s.version.to_string()),
+                commit_time: stamped(Stamp::Time).then_some(s.commit_time),
+            })
+        };
+        KeyIngredients {
+            component: c.name.clone(),
+            recipe: self.recipe,
+            source,
             inputs: inputs.clone(),
             runner: runner.clone(),
             env: c.recipe.env.clone(),
@@ -934,6 +975,10 @@ pub(crate) fn lockfile(
         );
     }
     Lockfile {
+        // Every node of one build is keyed in one format (a replay keeps its lockfile's).
+        key_format: nodes
+            .first()
+            .map_or(cascade_core::KEY_VERSION, |n| n.pinned.key_format),
         environment: environment.to_string(),
         graph,
         nodes: out,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use cascade_core::{NodeKey, OutputDigest, RunnerIdentity};
 use cascade_exec::{Commands, HostRun, ResolvedTool, RootFs, RunError, SandboxRun, Step};
 use cascade_image::{OciDigest, OciLayout};
-use cascade_manifest::{Component, RunnerDecl, RunnerImage};
+use cascade_manifest::{Component, RunnerDecl, RunnerImage, Stamp};
 use cascade_store::{ActionResult, Store, StoreError};
 use miette::Diagnostic;
 
@@ -135,16 +135,25 @@ impl<'a> Action<'a> {
     }
 }
 
-/// The declared env plus the engine's own variables.
+/// The declared env plus the engine's own variables: of the pinned commit, only what
+/// the recipe stamps (its key covers exactly that).
 fn step_env(node: &Node<'_>) -> BTreeMap<String, String> {
     let mut env = node.component.recipe.env.clone();
     let s = &node.pinned.source;
-    env.insert("SOURCE_DATE_EPOCH".into(), s.commit_time.to_string());
+    env.insert("SOURCE_DATE_EPOCH".into(), node.epoch().to_string());
     env.insert("TZ".into(), "UTC".into());
     env.insert("LC_ALL".into(), "C".into());
     env.insert("CASCADE_COMPONENT".into(), node.component.name.clone());
-    env.insert("CASCADE_COMMIT".into(), s.commit.clone());
-    env.insert("CASCADE_VERSION".into(), s.version.to_string());
+    if node.stamps(Stamp::Commit) {
+        env.insert("CASCADE_COMMIT".into(), s.commit.clone());
+    }
+    if node.stamps(Stamp::Version) {
+        env.insert("CASCADE_VERSION".into(), s.version.to_string());
+    }
+    // New with stamping: format 1 never set it, so its steps keep the env they had.
+    if node.pinned.key_format >= 2 && node.stamps(Stamp::Time) {
+        env.insert("CASCADE_COMMIT_TIME".into(), s.commit_time.to_string());
+    }
     env
 }
 
@@ -385,8 +394,15 @@ fn prepare(
         fs::create_dir(d)
             .map_err(|e| env_fail(format!("could not create `{}`: {e}", d.display())))?;
     }
+    // Only the files the source filter keeps: what the key covers is what the steps see.
+    let filter = crate::pin::git_filter(&node.component.recipe);
     run.git
-        .export(&node.pinned.location, &node.pinned.source.tree, work)
+        .export(
+            &node.pinned.location,
+            &node.pinned.source.tree,
+            filter.as_ref(),
+            work,
+        )
         .map_err(|e| env_fail(format!("could not export the source: {e}")))?;
     // `inputs/` is where the inputs go: a source that has one could plant files there
     // under an input's name.

@@ -1,8 +1,8 @@
 //! [IO] image: a node's outputs as an OCI image in the store's image layout.
 //!
 //! An image is keyed like a node: its *image key* covers the image declaration, the
-//! node's output digest, the base image's manifest digest, the annotations (commit,
-//! repository, version, SOURCE_DATE_EPOCH) and the platform, so an unchanged image is
+//! node's output digest, the base image's manifest digest, the annotations (repository,
+//! SOURCE_DATE_EPOCH, and the commit and version where stamped) and the platform, so an unchanged image is
 //! found in the store (`images/`) instead of being assembled again. Assembly is
 //! deterministic (cascade-image), so the key only saves work: it never decides bytes.
 
@@ -14,7 +14,7 @@ use cascade_image::{
     assemble, entries_from_dir, Base, ConfigSpec, ImageError, ImageSpec, IndexEntry, LayerSpec,
     OciDigest, OciLayout, Platform,
 };
-use cascade_manifest::{Environment, ImageBase, ImageDecl, Mode, Rev};
+use cascade_manifest::{Environment, ImageBase, ImageDecl, Mode, Rev, Stamp};
 use cascade_store::{remove_tree, Store, StoreError};
 
 use crate::build::Node;
@@ -147,17 +147,21 @@ pub fn reference(env: &Environment, node: &Node<'_>) -> String {
 }
 
 /// The annotations cascade puts on every image: where it came from, never the clock.
+/// The commit and the version only where the steps saw them (key format 1, or stamped),
+/// so an image whose content did not change is the same image at a new commit.
 fn annotations(node: &Node<'_>) -> Result<BTreeMap<String, String>, ImageError> {
     let s = &node.pinned.source;
     let mut a = BTreeMap::new();
     a.insert(
         "org.opencontainers.image.created".to_string(),
-        cascade_image::rfc3339(s.commit_time.max(0))?,
+        cascade_image::rfc3339(node.epoch().max(0))?,
     );
-    a.insert(
-        "org.opencontainers.image.revision".to_string(),
-        s.commit.clone(),
-    );
+    if node.stamps(Stamp::Commit) {
+        a.insert(
+            "org.opencontainers.image.revision".to_string(),
+            s.commit.clone(),
+        );
+    }
     a.insert(
         "org.opencontainers.image.source".to_string(),
         node.component.source.repo.clone(),
@@ -166,10 +170,12 @@ fn annotations(node: &Node<'_>) -> Result<BTreeMap<String, String>, ImageError> 
         "org.opencontainers.image.title".to_string(),
         node.component.name.clone(),
     );
-    a.insert(
-        "org.opencontainers.image.version".to_string(),
-        s.version.to_string(),
-    );
+    if node.stamps(Stamp::Version) {
+        a.insert(
+            "org.opencontainers.image.version".to_string(),
+            s.version.to_string(),
+        );
+    }
     Ok(a)
 }
 
@@ -227,7 +233,7 @@ fn plan_image(
         }
     };
     let annotations = annotations(node)?;
-    let epoch = node.pinned.source.commit_time.max(0);
+    let epoch = node.epoch().max(0);
     let platform = platform();
     let key = image_key(decl, output, base.as_ref(), &annotations, epoch, &platform);
     Ok(ImagePlan {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cascade_git::{Git, GitError, PinnedSource, RevSpec};
-use cascade_manifest::{Component, Rev, SourceDb};
+use cascade_git::{Filter, Git, GitError, PinSpec, PinnedSource, RevSpec};
+use cascade_manifest::{Component, Recipe, Rev, SourceDb};
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
 use crate::{Error, Problems, Project};
@@ -17,6 +17,44 @@ pub struct Pinned {
     /// Where git finds the repository: an absolute path or a URL.
     pub location: String,
     pub source: PinnedSource,
+    /// The key format the node is keyed in (`cascade_core::KEY_VERSIONS`): the newest
+    /// for a build, the lockfile's for a replay. It decides what the steps see of the
+    /// source and what the key covers.
+    pub key_format: u64,
+}
+
+/// A recipe's source filter as git applies it; `None` when it keeps every file.
+pub fn git_filter(recipe: &Recipe) -> Option<Filter> {
+    (!recipe.filter.is_empty()).then(|| Filter {
+        include: recipe.filter.include.clone(),
+        exclude: recipe.filter.exclude.clone(),
+    })
+}
+
+/// How to pin `c` at `rev`: its `dir:` and `version_tags:`, and `filter` (the recipe's,
+/// from [`git_filter`], where the content matters).
+pub fn spec_of<'a>(c: &'a Component, rev: RevSpec<'a>, filter: Option<&'a Filter>) -> PinSpec<'a> {
+    PinSpec {
+        rev,
+        dir: c.source.dir.as_deref(),
+        filter,
+        version_tags: c.source.version_tags.as_deref(),
+    }
+}
+
+/// The tag that releases `v` under a `version_tags:` pattern (`v<version>` by default).
+pub fn tag_name(pattern: Option<&str>, v: &semver::Version) -> String {
+    pattern
+        .unwrap_or("v{version}")
+        .replace("{version}", &v.to_string())
+}
+
+/// The tag a version names under a source's `version_tags:` pattern, for messages.
+pub fn version_tag(pattern: Option<&str>, v: &semver::Version) -> String {
+    match pattern {
+        Some(p) => format!("tag `{}`", p.replace("{version}", &v.to_string())),
+        None => format!("tag `v{v}` or `{v}`"),
+    }
 }
 
 /// A source problem that is not a missing ref: label on the `repo:` value.
@@ -111,12 +149,20 @@ pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
             Rev::Ref(r) => RevSpec::Ref(r),
             Rev::Version(v) => RevSpec::Version(v),
         };
-        match git.pin(&location, rev, c.source.dir.as_deref()) {
-            Ok(source) => pinned.push(Pinned { location, source }),
+        let filter = git_filter(&c.recipe);
+        match git.pin(&location, &spec_of(c, rev, filter.as_ref())) {
+            Ok(source) => pinned.push(Pinned {
+                location,
+                source,
+                key_format: cascade_core::KEY_VERSION,
+            }),
             Err(GitError::UnknownRef { closest, .. }) => {
                 let what = match &c.source.rev {
                     Rev::Ref(r) => format!("ref `{r}`"),
-                    Rev::Version(v) => format!("version `{v}` (tag `v{v}` or `{v}`)"),
+                    Rev::Version(v) => format!(
+                        "version `{v}` ({})",
+                        version_tag(c.source.version_tags.as_deref(), v)
+                    ),
                 };
                 let message = format!("{what} does not exist in `{}`", c.source.repo);
                 bad.push(Box::new(cascade_manifest::unknown_ref(

@@ -20,7 +20,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use cascade_core::{BlobDigest, Digest, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity};
+use cascade_core::{
+    BlobDigest, Digest, KeyIngredients, NodeKey, OutputDigest, RunnerIdentity, SourceKey,
+};
 use cascade_exec::Tools;
 use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
@@ -152,6 +154,10 @@ pub enum ReasonKind {
         component: String,
         from: Box<SourcePoint>,
         to: Box<SourcePoint>,
+        /// Whether the exported content differs. A commit that moved but left it
+        /// alone (another sub-directory, a filtered-out file) changes no key of format
+        /// 2 unless the recipe stamps the commit.
+        tree_changed: bool,
         /// Commits reachable from the new commit and not the old, and the reverse,
         /// when both are in the repository.
         ahead: Option<usize>,
@@ -221,16 +227,22 @@ pub struct SourcePoint {
     pub commit: String,
     pub dir: Option<String>,
     pub version: String,
+    /// The exported tree's git id: after the source filter when it is known (from the
+    /// key manifest, for a baseline), else the `dir:` sub-tree as the lockfile has it.
+    pub tree: String,
 }
 
 impl SourcePoint {
-    fn of(s: &LockSource) -> SourcePoint {
+    /// The baseline's source; `content`, the filtered tree, when its key manifest
+    /// says.
+    fn of(s: &LockSource, content: Option<String>) -> SourcePoint {
         SourcePoint {
             repo: s.repo.clone(),
             r#ref: s.r#ref.clone(),
             commit: s.commit.clone(),
             dir: s.dir.clone(),
             version: s.version.clone(),
+            tree: content.unwrap_or_else(|| s.tree.clone()),
         }
     }
 
@@ -255,11 +267,19 @@ impl fmt::Display for ReasonKind {
                 component,
                 from,
                 to,
+                tree_changed,
                 ahead,
                 behind,
             } => {
                 write!(f, "source {component}: ")?;
                 let mut parts = Vec::new();
+                if *tree_changed && from.tree != to.tree {
+                    parts.push(format!(
+                        "tree {} → {}",
+                        short_sha(&from.tree),
+                        short_sha(&to.tree)
+                    ));
+                }
                 if from.repo != to.repo {
                     parts.push(format!("repo {} → {}", from.repo, to.repo));
                 }
@@ -298,6 +318,9 @@ impl fmt::Display for ReasonKind {
                         String::new()
                     };
                     parts.push(format!("version {} → {}{same}", from.version, to.version));
+                }
+                if !tree_changed && from.commit != to.commit {
+                    parts.push("commit moved, tree unchanged".into());
                 }
                 f.write_str(&parts.join(", "))
             }
@@ -504,7 +527,8 @@ fn plan_node(
         Some(r) if waits_for.is_empty() => Some(node.ingredients(&known, r).key()),
         _ => None,
     };
-    // Unchanged since the baseline: nothing to compare (the common case, kept cheap).
+    // Unchanged since the baseline: nothing to compare (the common case, kept cheap),
+    // but a commit that moved without changing the key is worth a line.
     let mut reasons = match base {
         Some(b) if key != Some(b.key) => changes(
             node,
@@ -515,6 +539,9 @@ fn plan_node(
             runner_component,
             ctx,
         ),
+        Some(b) if b.source.commit != node.pinned.source.commit => {
+            source_change(node, b, ctx).into_iter().collect()
+        }
         _ => Vec::new(),
     };
     let (state, output, early_cutoff) = match key {
@@ -635,32 +662,8 @@ fn changes(
     let c = node.component;
     let mut out = Vec::new();
 
-    let from = SourcePoint::of(&base.source);
-    let s = &node.pinned.source;
-    let to = SourcePoint {
-        repo: c.source.repo.clone(),
-        r#ref: match &c.source.rev {
-            Rev::Ref(r) => Some(r.clone()),
-            Rev::Version(_) => None,
-        },
-        commit: s.commit.clone(),
-        dir: c.source.dir.clone(),
-        version: s.version.to_string(),
-    };
-    if from != to {
-        let d = (from.commit != to.commit && from.repo == to.repo)
-            .then(|| {
-                ctx.git
-                    .distance(&node.pinned.location, &from.commit, &to.commit)
-            })
-            .flatten();
-        out.push(Reason::new(ReasonKind::Source {
-            component: c.name.clone(),
-            from: Box::new(from),
-            to: Box::new(to),
-            ahead: d.map(|d| d.ahead),
-            behind: d.map(|d| d.behind),
-        }));
+    if let Some(r) = source_change(node, base, ctx) {
+        out.push(r);
     }
 
     if base.recipe != node.recipe {
@@ -736,6 +739,57 @@ fn changes(
         }
     }
     out
+}
+
+/// How the node's source moved since the baseline, if it did: the commit, and whether
+/// the exported tree moved with it.
+fn source_change(node: &Node<'_>, base: &LockNode, ctx: &Ctx<'_>) -> Option<Reason> {
+    let c = node.component;
+    let s = &node.pinned.source;
+    // The baseline's exported tree after its filter, from its key manifest (format 2).
+    let old_content = ctx
+        .store
+        .get_key_manifest(&base.key)
+        .ok()
+        .and_then(|b| KeyIngredients::decode(&b).ok())
+        .and_then(|k| match k.source {
+            SourceKey::Content(c) => Some(c.content),
+            SourceKey::Commit(_) => None,
+        });
+    let from = SourcePoint::of(&base.source, old_content);
+    let to = SourcePoint {
+        repo: c.source.repo.clone(),
+        r#ref: match &c.source.rev {
+            Rev::Ref(r) => Some(r.clone()),
+            Rev::Version(_) => None,
+        },
+        commit: s.commit.clone(),
+        dir: c.source.dir.clone(),
+        version: s.version.to_string(),
+        tree: if from.tree == base.source.tree {
+            s.tree.clone()
+        } else {
+            s.content.clone()
+        },
+    };
+    if from == to {
+        return None;
+    }
+    let tree_changed = from.tree != to.tree;
+    let d = (from.commit != to.commit && from.repo == to.repo)
+        .then(|| {
+            ctx.git
+                .distance(&node.pinned.location, &from.commit, &to.commit)
+        })
+        .flatten();
+    Some(Reason::new(ReasonKind::Source {
+        component: c.name.clone(),
+        from: Box::new(from),
+        to: Box::new(to),
+        tree_changed,
+        ahead: d.map(|d| d.ahead),
+        behind: d.map(|d| d.behind),
+    }))
 }
 
 fn input(

@@ -27,7 +27,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 
 use crate::diff::{diff_lockfiles, distances, LockDiff};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
-use crate::pin::locate;
+use crate::pin::{locate, spec_of, tag_name, version_tag};
 use crate::short_sha;
 use crate::{load, Error, LockfileProblem, Project};
 
@@ -233,7 +233,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
                     Rev::Ref(r) => RevSpec::Ref(r),
                     Rev::Version(v) => RevSpec::Version(v),
                 };
-                match git.pin(&location, rev, c.source.dir.as_deref()) {
+                match git.pin(&location, &spec_of(c, rev, None)) {
                     Ok(p) => {
                         versions.insert(c.name.clone(), p.version);
                     }
@@ -457,10 +457,9 @@ fn target<'a>(
     } else {
         format!(" (the lockfile's is `{}`)", node.source.repo)
     };
-    let dir = c.source.dir.as_deref();
     let (field, after, version, changed) = match &c.source.rev {
         Rev::Ref(current) => {
-            let pinned = match git.pin(location, RevSpec::Ref(&full_sha), dir) {
+            let pinned = match git.pin(location, &spec_of(c, RevSpec::Ref(&full_sha), None)) {
                 Ok(p) => p,
                 Err(GitError::UnknownRef { .. }) => {
                     return Err(problem(
@@ -495,12 +494,14 @@ fn target<'a>(
                     ),
                     &format!("`{}` pins versions", project.graph.environment.name),
                     Some(format!(
-                        "the lockfile has `{}` at {version}; tag that commit as a release (for example `v{release}`), build `{}` again and promote that lockfile",
-                        c.name, lock.environment
+                        "the lockfile has `{}` at {version}; tag that commit as a release (for example `{}`), build `{}` again and promote that lockfile",
+                        c.name,
+                        tag_name(c.source.version_tags.as_deref(), &release),
+                        lock.environment
                     )),
                 )
             };
-            match git.pin(location, RevSpec::Version(&version), dir) {
+            match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
                 Ok(p) if p.commit == full_sha => {}
                 Ok(p) => {
                     return Err(no_tag(format!(
@@ -509,7 +510,10 @@ fn target<'a>(
                     )))
                 }
                 Err(GitError::UnknownRef { .. }) => {
-                    return Err(no_tag(format!("no tag `v{version}` or `{version}`")))
+                    return Err(no_tag(format!(
+                        "no {}",
+                        version_tag(c.source.version_tags.as_deref(), &version)
+                    )))
                 }
                 Err(e) => return Err(unresolved(project, c, e)),
             }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use cascade_core::{BlobDigest, FileId, KeyIngredients, Span};
-use cascade_git::{Git, GitError, RevSpec};
+use cascade_core::{BlobDigest, FileId, KeyIngredients, SourceKey, Span};
+use cascade_git::{Git, GitError, PinSpec, RevSpec};
 use cascade_lock::{LockNode, Lockfile};
 use cascade_manifest::{
     Component, ImageBase, ImageDecl, Recipe, Rev, RunnerDecl, RunnerImage, SourceSpec,
@@ -30,7 +30,7 @@ use crate::build::{
 };
 use crate::check::{compare_outputs, Mismatch};
 use crate::errors::LockfileProblem;
-use crate::pin::locate;
+use crate::pin::{git_filter, locate};
 use crate::{Error, Pinned, Problems};
 
 /// How a lockfile is replayed.
@@ -410,6 +410,8 @@ fn components(
                 rev_span: nowhere,
                 dir: ln.source.dir.clone(),
                 dir_span: None,
+                // The version is the lockfile's; no tags are looked at.
+                version_tags: None,
             },
             recipe,
             recipe_file: FileId(0),
@@ -421,7 +423,8 @@ fn components(
     Ok(out)
 }
 
-/// Each node at exactly its recorded commit and tree, with its recorded version.
+/// Each node at exactly its recorded commit and tree, with its recorded version, keyed
+/// in the lockfile's key format (with the recipe's source filter in format 2).
 fn pin(
     locked: &Locked<'_>,
     components: &[Component],
@@ -433,7 +436,15 @@ fn pin(
         let ln: &LockNode = &locked.lock.nodes[&c.name];
         let s = &ln.source;
         let location = locate(&s.repo, env_dir);
-        let mut pinned = match git.pin(&location, RevSpec::Ref(&s.commit), s.dir.as_deref()) {
+        let key_format = locked.lock.key_format;
+        let filter = (key_format >= 2).then(|| git_filter(&c.recipe)).flatten();
+        let spec = PinSpec {
+            rev: RevSpec::Ref(&s.commit),
+            dir: s.dir.as_deref(),
+            filter: filter.as_ref(),
+            version_tags: None,
+        };
+        let mut pinned = match git.pin(&location, &spec) {
             Ok(p) => p,
             Err(e @ GitError::FetchFailed { .. }) => {
                 return Err(Error::Environment(Problems::new(
@@ -484,6 +495,7 @@ fn pin(
         out.push(Pinned {
             location,
             source: pinned,
+            key_format,
         });
     }
     Ok(out)
@@ -526,11 +538,24 @@ fn verify_keys(
         // else ours, with the recorded inputs.
         let edited = match &old {
             Some(o) => {
-                o.recipe != ln.recipe
-                    || o.source.commit != ln.source.commit
-                    || o.source.tree != ln.source.tree
-                    || o.source.version != ln.source.version
-                    || o.source.dir != ln.source.dir
+                let source_differs = match &o.source {
+                    SourceKey::Commit(s) => {
+                        s.commit != ln.source.commit
+                            || s.tree != ln.source.tree
+                            || s.version != ln.source.version
+                            || s.dir != ln.source.dir
+                    }
+                    // What format 2 keys of the commit is only what was stamped; the
+                    // content is checked against the commit by `pin` above.
+                    SourceKey::Content(s) => {
+                        s.commit.as_ref().is_some_and(|c| *c != ln.source.commit)
+                            || s.version.as_ref().is_some_and(|v| *v != ln.source.version)
+                            || s.content != node.pinned.source.content
+                    }
+                };
+                o.source.format() != locked.lock.key_format
+                    || source_differs
+                    || o.recipe != ln.recipe
                     || o.inputs != ln.inputs
                     || o.runner.digest() != ln.runner
             }

@@ -1,0 +1,283 @@
+//! The epoch of a pinned source: the committer time of the newest commit on the
+//! first-parent line that changed the exported content (the rule is on `Git::pin`).
+//!
+//! Walking the history is the slow part of pinning a component that rarely changes, and
+//! a no-op build pins every component again, so each answer is kept twice: in memory for
+//! the build, and on disk under `<cache_dir>/epochs/` for the next one. The walk also
+//! stops at any ancestor whose answer is on disk with the same content, so the build
+//! after a commit walks one commit, not the history.
+//!
+//! The cache is keyed by the commit, not the repository: a commit id fixes its whole
+//! history, so the answer is the same in every clone. A cache file is never trusted
+//! blindly: it carries its key and a checksum, and its content id must equal the one just
+//! computed for that commit; anything else is ignored and recomputed.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use git2::{Commit, ErrorCode, Oid, Repository};
+
+use crate::filter::{self, Compiled, Filter, Memo};
+use crate::resolve;
+
+/// The first line of a cache file; a new format gets a new one (and so new keys).
+const HEADER: &str = "cascade-git epoch 1";
+/// More than any valid cache file; a longer one is not read to its end.
+const MAX_FILE: u64 = 512;
+
+/// What is exported from a commit: the tree at `dir`, and the id of its filtered tree
+/// (the same id without a filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Content {
+    pub(crate) sub: Oid,
+    pub(crate) content: Oid,
+}
+
+/// One source's view of a repository's history: which directory, which filter.
+pub(crate) struct Source<'a> {
+    /// Normalized (see `resolve::normalize_dir`); empty for the root.
+    pub(crate) dir: &'a str,
+    pub(crate) filter: Option<(&'a Filter, &'a Compiled)>,
+}
+
+/// Epochs already known, by cache key: `(content, epoch)`.
+pub(crate) type Known = HashMap<[u8; 32], (Oid, i64)>;
+
+impl Source<'_> {
+    /// The cache key of this source at `commit`: blake3 of an unambiguous encoding of the
+    /// commit, the directory and the filter's patterns (sorted and deduplicated: the
+    /// order they are written in does not change what is kept).
+    pub(crate) fn key(&self, commit: Oid) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        let mut field = |bytes: &[u8]| {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(HEADER.as_bytes());
+        field(commit.as_bytes());
+        field(self.dir.as_bytes());
+        for list in [
+            self.filter.map(|(f, _)| &f.include),
+            self.filter.map(|(f, _)| &f.exclude),
+        ] {
+            let mut patterns: Vec<&str> = list.into_iter().flatten().map(String::as_str).collect();
+            patterns.sort_unstable();
+            patterns.dedup();
+            field(&(patterns.len() as u64).to_le_bytes());
+            for p in patterns {
+                field(p.as_bytes());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// The content of `commit` for `source`, or `None` when it has no tree at the dir.
+/// With a filter, a sub-tree equal to `like`'s is not filtered again: equal trees keep
+/// equal files.
+fn content_of(
+    repo: &Repository,
+    commit: &Commit<'_>,
+    source: &Source<'_>,
+    like: &Content,
+    memo: &mut Memo,
+) -> Result<Option<Content>, git2::Error> {
+    let Some(sub) = resolve::subtree(repo, commit.tree_id(), source.dir)? else {
+        return Ok(None);
+    };
+    let content = match source.filter {
+        _ if sub == like.sub => like.content,
+        None => sub,
+        Some((_, compiled)) => filter::filtered_id(repo, sub, compiled, memo)?,
+    };
+    Ok(Some(Content { sub, content }))
+}
+
+/// The epoch of `source` at `commit`, whose content is `start`, and how many ancestors
+/// were looked at to find it. `memo` is the filtered-tree memo of this source's filter.
+pub(crate) fn epoch(
+    repo: &Repository,
+    cache_dir: &Path,
+    known: &mut Known,
+    commit: &Commit<'_>,
+    source: &Source<'_>,
+    start: Content,
+    memo: &mut Memo,
+) -> Result<(i64, usize), git2::Error> {
+    let cache = Cache {
+        dir: cache_dir.join("epochs"),
+    };
+    let key = source.key(commit.id());
+    if let Some(epoch) = lookup(&cache, known, &key, start.content) {
+        return Ok((epoch, 0));
+    }
+    let mut walked = 0;
+    let mut current = commit.clone();
+    let epoch = loop {
+        let here = current.committer().when().seconds();
+        let Some(parent_id) = current.parent_ids().next() else {
+            break here;
+        };
+        walked += 1;
+        let parent = match repo.find_commit(parent_id) {
+            Ok(p) => p,
+            // A shallow history ends here: nothing older is known to have this content.
+            Err(e) if e.code() == ErrorCode::NotFound => break here,
+            Err(e) => return Err(e),
+        };
+        match content_of(repo, &parent, source, &start, memo)? {
+            Some(c) if c.content == start.content => {}
+            _ => break here,
+        }
+        if let Some(epoch) = lookup(&cache, known, &source.key(parent_id), start.content) {
+            break epoch;
+        }
+        current = parent;
+    };
+    known.insert(key, (start.content, epoch));
+    cache.write(&key, start.content, epoch);
+    Ok((epoch, walked))
+}
+
+/// The epoch known for `key` if its content is `content`: from memory, else from disk.
+fn lookup(cache: &Cache, known: &mut Known, key: &[u8; 32], content: Oid) -> Option<i64> {
+    if let Some((c, epoch)) = known.get(key) {
+        return (*c == content).then_some(*epoch);
+    }
+    let (c, epoch) = cache.read(key)?;
+    known.insert(*key, (c, epoch));
+    (c == content).then_some(epoch)
+}
+
+/// `<cache_dir>/epochs/<hex key>`, each file:
+///
+/// ```text
+/// cascade-git epoch 1
+/// key <hex key>
+/// content <hex content id>
+/// epoch <seconds>
+/// check <hex blake3 of the lines above, newlines included>
+/// ```
+struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    fn path(&self, key: &[u8; 32]) -> PathBuf {
+        self.dir.join(hex(key))
+    }
+
+    fn read(&self, key: &[u8; 32]) -> Option<(Oid, i64)> {
+        let mut text = String::new();
+        fs::File::open(self.path(key))
+            .ok()?
+            .take(MAX_FILE)
+            .read_to_string(&mut text)
+            .ok()?;
+        parse(&text, key)
+    }
+
+    /// Best effort: a cache that cannot be written is only slower next time.
+    fn write(&self, key: &[u8; 32], content: Oid, epoch: i64) {
+        let _ = self.try_write(key, content, epoch);
+    }
+
+    fn try_write(&self, key: &[u8; 32], content: Oid, epoch: i64) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        // A temp file in the same directory, renamed into place: readers see a whole
+        // file or none, whatever else is writing the same entry.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
+        file.write_all(render(key, content, epoch).as_bytes())?;
+        file.persist(self.path(key)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+fn body(key: &[u8; 32], content: Oid, epoch: i64) -> String {
+    format!(
+        "{HEADER}\nkey {}\ncontent {content}\nepoch {epoch}\n",
+        hex(key)
+    )
+}
+
+pub(crate) fn render(key: &[u8; 32], content: Oid, epoch: i64) -> String {
+    let body = body(key, content, epoch);
+    let check = blake3::hash(body.as_bytes()).to_hex();
+    format!("{body}check {check}\n")
+}
+
+/// The content and epoch of a cache file for `key`; `None` for anything but a whole,
+/// unaltered file written for this key.
+pub(crate) fn parse(text: &str, key: &[u8; 32]) -> Option<(Oid, i64)> {
+    let (body, check) = text.rsplit_once("check ")?;
+    let check = check.strip_suffix('\n')?;
+    if blake3::hash(body.as_bytes()).to_hex().as_str() != check {
+        return None;
+    }
+    let mut lines = body.lines();
+    if lines.next()? != HEADER || lines.next()?.strip_prefix("key ")? != hex(key) {
+        return None;
+    }
+    let content = Oid::from_str(lines.next()?.strip_prefix("content ")?).ok()?;
+    let epoch = lines.next()?.strip_prefix("epoch ")?.parse().ok()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    // What was parsed must be what was written: no second spelling of one entry.
+    (body == self::body(key, content, epoch)).then_some((content, epoch))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_files_round_trip_and_reject_alterations() {
+        let key = [7u8; 32];
+        let content = Oid::from_str("4b825dc642cb6eb9a060e54bf8d69288fbee4904").expect("oid");
+        let text = render(&key, content, 1_700_000_060);
+        assert_eq!(parse(&text, &key), Some((content, 1_700_000_060)));
+        // Another key's file, a torn write, an edited epoch, garbage: all ignored.
+        assert_eq!(parse(&text, &[8u8; 32]), None);
+        assert_eq!(parse(&text[..text.len() - 1], &key), None);
+        assert_eq!(parse(&text[..text.len() / 2], &key), None);
+        let edited = text.replace("epoch 1700000060", "epoch 1700000061");
+        assert_eq!(parse(&edited, &key), None);
+        assert_eq!(parse("", &key), None);
+        assert_eq!(parse("check \n", &key), None);
+        assert_eq!(parse("\u{0}\u{1}garbage", &key), None);
+    }
+
+    #[test]
+    fn keys_tell_dirs_and_filters_apart_but_not_pattern_order() {
+        let commit = Oid::from_str("0123456789abcdef0123456789abcdef01234567").expect("oid");
+        let filter = |include: &[&str], exclude: &[&str]| Filter {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        };
+        let key = |dir: &str, f: Option<&Filter>| {
+            let compiled = f.map(|f| Compiled::new(f).expect("filter"));
+            let source = Source {
+                dir,
+                filter: f.zip(compiled.as_ref()),
+            };
+            source.key(commit)
+        };
+        let ab = filter(&["a", "b"], &[]);
+        let ba = filter(&["b", "a", "a"], &[]);
+        let a_b = filter(&["a"], &["b"]);
+        let joined = filter(&["ab"], &[]);
+        assert_eq!(key("x", Some(&ab)), key("x", Some(&ba)));
+        assert_ne!(key("x", Some(&ab)), key("x", Some(&a_b)));
+        assert_ne!(key("x", Some(&ab)), key("x", Some(&joined)));
+        assert_ne!(key("x", Some(&ab)), key("y", Some(&ab)));
+        assert_ne!(key("x", None), key("y", None));
+        assert_ne!(key("x", None), key("x", Some(&ab)));
+    }
+}
