@@ -98,6 +98,13 @@ fn head(p: &TestProject, repo: &str) -> String {
     c
 }
 
+/// The short id of the root tree of `commit` in `repo`.
+fn tree(p: &TestProject, repo: &str, commit: &str) -> String {
+    let r = git2::Repository::open(p.repo_path(repo)).unwrap();
+    let c = r.find_commit(git2::Oid::from_str(commit).unwrap()).unwrap();
+    c.tree_id().to_string()[..7].to_string()
+}
+
 /// Digests depend on the host's tools (keys) and stamps on the clock: replaced for
 /// snapshots. Commit SHAs are stable (fixed dates).
 fn redacted(p: &TestProject, text: &str) -> String {
@@ -196,7 +203,9 @@ fn a_moved_source_names_the_branch_both_commits_and_the_distance() {
     assert_eq!(
         reasons(&r, "ottochain"),
         [format!(
-            "source ottochain: develop {} → {} (3 commits)",
+            "source ottochain: tree {} → {}, develop {} → {} (3 commits)",
+            tree(&p, "ottochain", &old),
+            tree(&p, "ottochain", &new),
             short(&old),
             short(&new)
         )]
@@ -501,7 +510,9 @@ fn why_follows_the_chain_down_to_the_root_cause() {
     assert_eq!(
         j["root_causes"][0]["reasons"][0]["message"],
         format!(
-            "source ottochain: develop {} → {} (1 commit)",
+            "source ottochain: tree {} → {}, develop {} → {} (1 commit)",
+            tree(&p, "ottochain", &old),
+            tree(&p, "ottochain", &new),
             short(&old),
             short(&new)
         )
@@ -674,21 +685,32 @@ fn run_dot(input: &str, format: &str, dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A new tag on the same commit changes only the version: a recipe that does not stamp
+/// it stays cached (the plan still says so); one that stamps it rebuilds.
 #[test]
 fn a_tag_on_the_same_commit_changes_only_the_version() {
     let p = chain();
-    p.build(ENV, 0);
-    let sha = head(&p, "ottochain");
-    p.tag("ottochain", "v0.5.0", &sha);
-    let r = plan(&p, &[]);
-    assert_eq!(state(&r, "ottochain"), "rebuild");
-    assert_eq!(
-        reasons(&r, "ottochain"),
-        [format!(
-            "source ottochain: version 0.0.0-dev.1 → 0.5.0 (same commit {})",
-            short(&sha)
-        )]
+    p.write(
+        "recipes/sdk.yaml",
+        &format!("stamp: [version]\n{}", recipe(&["ottochain"], "")),
     );
+    p.build(ENV, 0);
+    for name in ["ottochain", "sdk"] {
+        let sha = head(&p, name);
+        p.tag(name, "v0.5.0", &sha);
+    }
+    let r = plan(&p, &[]);
+    assert_eq!(state(&r, "ottochain"), "cached");
+    assert_eq!(state(&r, "sdk"), "rebuild");
+    for name in ["ottochain", "sdk"] {
+        assert_eq!(
+            reasons(&r, name),
+            [format!(
+                "source {name}: version 0.0.0-dev.1 → 0.5.0 (same commit {})",
+                short(&head(&p, name))
+            )]
+        );
+    }
 }
 
 #[test]
@@ -729,7 +751,9 @@ fn version_mode_names_both_versions() {
     assert_eq!(
         reasons(&r, "ottochain"),
         [format!(
-            "source ottochain: 1.0.0 {} → 1.1.0 {} (2 commits)",
+            "source ottochain: tree {} → {}, 1.0.0 {} → 1.1.0 {} (2 commits)",
+            tree(&p, "ottochain", &old),
+            tree(&p, "ottochain", &new),
             short(&old),
             short(&new)
         )]

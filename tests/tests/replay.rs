@@ -165,6 +165,11 @@ fn check_names_the_file_that_does_not_reproduce() {
 #[test]
 fn an_edited_lockfile_is_a_diagnostic_at_its_line() {
     let p = project("");
+    // The version is stamped, so the key covers it.
+    p.write(
+        "recipes/base.yaml",
+        &format!("stamp: [version]\n{}", recipe(&[], "")),
+    );
     p.build(ENV, 0);
     let lock = p.lockfiles().pop().unwrap();
     let text = fs::read_to_string(&lock).unwrap();
@@ -195,7 +200,7 @@ fn an_edited_lockfile_is_a_diagnostic_at_its_line() {
     assert!(r.stderr.contains("cannot be found"), "{}", r.stderr);
 
     // Not a lockfile at all, and the wrong environment.
-    fs::write(&gone, "format: cascade-lock/2\nnodes: [").unwrap();
+    fs::write(&gone, "format: cascade-lock/3\nnodes: [").unwrap();
     replay(&p, &gone, &[], 2);
     let lock_s = lock.display().to_string();
     let r = p.run(&["build", "--env", "other", "--lock", &lock_s]);

@@ -147,6 +147,11 @@ pub(crate) fn diff_text(header: &str, diff: &LockDiff) -> String {
         "{} changed, {} unchanged, {} added, {} removed\n",
         diff.changed, diff.unchanged, diff.added, diff.removed
     ));
+    if let Some([from, to]) = diff.key_formats {
+        s.push_str(&format!(
+            "keys: format {from} → {to} (every key differs; sources, outputs and images compared)\n"
+        ));
+    }
     s
 }
 

@@ -99,18 +99,15 @@ fn content_of(
 /// were looked at to find it. `memo` is the filtered-tree memo of this source's filter.
 pub(crate) fn epoch(
     repo: &Repository,
-    cache_dir: &Path,
+    cache: &Cache,
     known: &mut Known,
     commit: &Commit<'_>,
     source: &Source<'_>,
     start: Content,
     memo: &mut Memo,
 ) -> Result<(i64, usize), git2::Error> {
-    let cache = Cache {
-        dir: cache_dir.join("epochs"),
-    };
     let key = source.key(commit.id());
-    if let Some(epoch) = lookup(&cache, known, &key, start.content) {
+    if let Some(epoch) = lookup(cache, known, &key, start.content) {
         return Ok((epoch, 0));
     }
     let mut walked = 0;
@@ -131,7 +128,7 @@ pub(crate) fn epoch(
             Some(c) if c.content == start.content => {}
             _ => break here,
         }
-        if let Some(epoch) = lookup(&cache, known, &source.key(parent_id), start.content) {
+        if let Some(epoch) = lookup(cache, known, &source.key(parent_id), start.content) {
             break epoch;
         }
         current = parent;
@@ -160,11 +157,21 @@ fn lookup(cache: &Cache, known: &mut Known, key: &[u8; 32], content: Oid) -> Opt
 /// epoch <seconds>
 /// check <hex blake3 of the lines above, newlines included>
 /// ```
-struct Cache {
+pub(crate) struct Cache {
     dir: PathBuf,
+    /// Off for readers that must write nothing.
+    write: bool,
 }
 
 impl Cache {
+    /// The cache under `cache_dir`; `write: false` only reads it.
+    pub(crate) fn new(cache_dir: &Path, write: bool) -> Cache {
+        Cache {
+            dir: cache_dir.join("epochs"),
+            write,
+        }
+    }
+
     fn path(&self, key: &[u8; 32]) -> PathBuf {
         self.dir.join(hex(key))
     }
@@ -181,6 +188,9 @@ impl Cache {
 
     /// Best effort: a cache that cannot be written is only slower next time.
     fn write(&self, key: &[u8; 32], content: Oid, epoch: i64) {
+        if !self.write {
+            return;
+        }
         let _ = self.try_write(key, content, epoch);
     }
 

@@ -102,6 +102,9 @@ pub struct PinnedSource {
 /// threads.
 pub struct Git {
     cache_dir: PathBuf,
+    /// Whether epochs found are written to the cache (never by a plan, which writes
+    /// nothing; it still reads what builds wrote).
+    write_epochs: bool,
     /// Send `file://` URLs through the fetch path like any remote. Only tests set it:
     /// there is no network here, and a `file://` remote is the only remote they can use.
     pub(crate) fetch_file_urls: bool,
@@ -178,10 +181,20 @@ impl Git {
     pub fn new(cache_dir: PathBuf) -> Self {
         Git {
             cache_dir,
+            write_epochs: true,
             fetch_file_urls: false,
             repos: Mutex::new(HashMap::new()),
             #[cfg(test)]
             walked: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// As [`Git::new`], but the epoch cache is only read, never written: for commands
+    /// that must not write into a store (a plan, before the first build too).
+    pub fn reading(cache_dir: PathBuf) -> Self {
+        Git {
+            write_epochs: false,
+            ..Git::new(cache_dir)
         }
     }
 
@@ -286,7 +299,7 @@ impl Git {
         let start = epoch::Content { sub: tree, content };
         let (epoch, _walked) = epoch::epoch(
             r,
-            &self.cache_dir,
+            &epoch::Cache::new(&self.cache_dir, self.write_epochs),
             epochs,
             &commit,
             &source,

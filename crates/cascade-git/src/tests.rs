@@ -1576,6 +1576,30 @@ fn epoch_files(cache: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A reading `Git` (a plan's) uses the epochs builds wrote and writes none itself, so
+/// it creates nothing where no store exists.
+#[test]
+fn a_reading_git_writes_no_epoch() {
+    let mut fx = Fixture::bare();
+    let commits = history(&mut fx, 5);
+    let first_time = time_of(&fx, commits[0]);
+    let cache = tempfile::tempdir().expect("cache");
+    let dir = cache.path().join("git");
+    let reader = Git::reading(dir.clone());
+    assert_eq!(
+        pin_at(&reader, &fx, commits[3], Some("b"), None).epoch,
+        first_time
+    );
+    assert!(!dir.exists(), "a reader created its cache dir");
+    let writer = Git::new(dir.clone());
+    pin_at(&writer, &fx, commits[3], Some("b"), None);
+    assert_eq!(epoch_files(&dir).len(), 1);
+    let reader = Git::reading(dir.clone());
+    pin_at(&reader, &fx, commits[4], Some("b"), None);
+    assert_eq!(walked(&reader), 1, "the reader used the writer's entry");
+    assert_eq!(epoch_files(&dir).len(), 1, "and wrote none of its own");
+}
+
 #[test]
 fn the_epoch_cache_carries_over_to_the_next_build() {
     let mut fx = Fixture::bare();

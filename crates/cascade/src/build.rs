@@ -206,14 +206,18 @@ impl Node<'_> {
             tests: Vec::new(),
             remote: false,
             duration_ms: 0,
-            warnings: self
-                .pinned
-                .source
-                .unmatched
-                .iter()
-                .map(|p| unmatched_pattern(p))
-                .collect(),
+            warnings: self.source_warnings(),
         }
+    }
+
+    /// What pinning found worth saying: source filter patterns that match nothing.
+    fn source_warnings(&self) -> Vec<String> {
+        self.pinned
+            .source
+            .unmatched
+            .iter()
+            .map(|p| unmatched_pattern(p))
+            .collect()
     }
 
     /// Whether the steps see `what` of the pinned commit. In key format 1 they saw
@@ -544,7 +548,7 @@ pub(crate) fn run_graph(
                     .map(|d| (components[j].name.clone(), d.output))
             })
             .collect();
-        let mut warnings = Vec::new();
+        let mut warnings = node.source_warnings();
         let base_image = node
             .component
             .image_base

@@ -37,6 +37,10 @@ pub struct LockDiff {
     pub changed: usize,
     pub added: usize,
     pub removed: usize,
+    /// The key formats of the two lockfiles (`[from, to]`) when they differ: every key
+    /// differs then, even where nothing else does, so a deploy compares by output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_formats: Option<[u64; 2]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -178,6 +182,9 @@ pub fn diff_lockfiles(
         changed: count(Change::Changed),
         added: count(Change::Added),
         removed: count(Change::Removed),
+        key_formats: from
+            .map(|(_, l)| [l.key_format, to.1.key_format])
+            .filter(|[a, b]| a != b),
         nodes,
     }
 }

@@ -413,7 +413,8 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
         let project = load(&opts.project, &opts.env)?;
         // Read-only: a plan before the first build creates no store.
         let store = Store::for_reading(&opts.store);
-        let git = Git::new(store.git_dir());
+        // Reads the epochs builds found, writes none.
+        let git = Git::reading(store.git_dir());
         let pinned = pin_all(&project, &git)?;
         let nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
         let base = base
@@ -442,8 +443,14 @@ fn walk(
     let Baseline {
         path: baseline,
         lock,
-        warnings,
+        mut warnings,
     } = base;
+    for n in nodes {
+        for p in &n.pinned.source.unmatched {
+            let w = crate::build::unmatched_pattern(p);
+            warnings.push(format!("{}: {w}", n.component.name));
+        }
+    }
 
     // The same walk as a build, on all cores: a node is planned once its inputs are
     // (looking up a cached output re-hashes its tree, which is most of the work).
@@ -539,7 +546,10 @@ fn plan_node(
             runner_component,
             ctx,
         ),
-        Some(b) if b.source.commit != node.pinned.source.commit => {
+        Some(b)
+            if b.source.commit != node.pinned.source.commit
+                || b.source.version != node.pinned.source.version.to_string() =>
+        {
             source_change(node, b, ctx).into_iter().collect()
         }
         _ => Vec::new(),
