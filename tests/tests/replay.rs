@@ -165,10 +165,11 @@ fn check_names_the_file_that_does_not_reproduce() {
 #[test]
 fn an_edited_lockfile_is_a_diagnostic_at_its_line() {
     let p = project("");
-    // The version is stamped, so the key covers it.
+    // The version of `app` (the first in the lockfile) is stamped, so its key covers
+    // it.
     p.write(
-        "recipes/base.yaml",
-        &format!("stamp: [version]\n{}", recipe(&[], "")),
+        "recipes/app.yaml",
+        &format!("stamp: [version]\n{}", recipe(&["base"], "")),
     );
     p.build(ENV, 0);
     let lock = p.lockfiles().pop().unwrap();

@@ -4,6 +4,10 @@
 //! cached graph and after the change, and compared with the no-op build. A benchmark,
 //! not a test: it prints figures and checks only that each run did what it should
 //! (everything built, nothing built, one rebuilt; plan: all cached, one rebuild).
+//! The `mono` shape is the diamond kept as one repository with one directory per node
+//! (`dir:`), each step hashing its data and its inputs' outputs; its change is one
+//! commit to the directory of a first-layer node, which must rebuild exactly that node
+//! and its dependents (keys by content: the commit moves every node's source).
 //! `--image MB` times the assembly of one image layer; `--container STEPS` what running
 //! steps in containers costs against running them on the host.
 
@@ -22,6 +26,8 @@ pub enum Shape {
     Wide,
     /// Layers of 10; each node depends on two nodes of the layer above.
     Diamond,
+    /// Diamond, in one repository with a directory per node.
+    Mono,
 }
 
 impl Shape {
@@ -30,6 +36,7 @@ impl Shape {
             Shape::Chain => "chain",
             Shape::Wide => "wide",
             Shape::Diamond => "diamond",
+            Shape::Mono => "mono",
         }
     }
 
@@ -43,7 +50,7 @@ impl Shape {
                     vec![0]
                 }
             }
-            Shape::Diamond => {
+            Shape::Diamond | Shape::Mono => {
                 const W: usize = 10;
                 if i < W {
                     vec![]
@@ -81,7 +88,85 @@ fn project_skeleton(dir: &Path) -> Result<(git2::Repository, git2::Signature<'st
     Ok((repo, sig))
 }
 
+/// The nodes that depend on `changed`, directly or not.
+fn dependents(shape: Shape, n: usize, changed: usize) -> usize {
+    let mut hit = vec![false; n];
+    hit[changed] = true;
+    // Inputs always come before their users, so one pass in order finds them all.
+    for i in 0..n {
+        if shape.inputs(i).into_iter().any(|j| hit[j]) {
+            hit[i] = true;
+        }
+    }
+    hit.iter().filter(|h| **h).count() - 1
+}
+
+/// The `mono` project: one repository, branch `main`, `n<i>/data` per node, and every
+/// node's source `dir: n<i>` of it.
+fn generate_mono(dir: &Path, n: usize) -> Result<()> {
+    let (repo, sig) = project_skeleton(dir)?;
+    commit_mono(&repo, &sig, n, None)?;
+    let mut env = String::from("name: bench\nmode: branch\nsources:\n");
+    for i in 0..n {
+        writeln!(
+            env,
+            "  {}: {{ repo: ../../repo, ref: main, dir: {} }}",
+            node(i),
+            node(i)
+        )?;
+    }
+    fs::write(dir.join("graph/environments/bench.yaml"), env)?;
+    for i in 0..n {
+        let inputs: Vec<String> = Shape::Mono.inputs(i).into_iter().map(node).collect();
+        // The output hashes everything upstream, so a change reaches every dependent
+        // (no early cutoff hides it).
+        let cats: String = inputs.iter().map(|i| format!(" inputs/{i}/out")).collect();
+        let recipe = format!(
+            "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, cksum] }} }}\nsteps:\n  - name: make\n    run: 'cat data{cats} | cksum > out'\noutputs: [out]\n",
+            inputs.join(", ")
+        );
+        fs::write(
+            dir.join("recipes").join(format!("{}.yaml", node(i))),
+            recipe,
+        )?;
+    }
+    Ok(())
+}
+
+/// A commit on `main` of the mono repository holding `n` directories, on top of its
+/// tip; `changed` gets other data.
+fn commit_mono(
+    repo: &git2::Repository,
+    sig: &git2::Signature<'_>,
+    n: usize,
+    changed: Option<usize>,
+) -> Result<()> {
+    let mut root = repo.treebuilder(None)?;
+    for i in 0..n {
+        let data = match changed {
+            Some(c) if c == i => "changed\n".to_string(),
+            _ => format!("{i}\n"),
+        };
+        let blob = repo.blob(data.as_bytes())?;
+        let mut sub = repo.treebuilder(None)?;
+        sub.insert("data", blob, 0o100644)?;
+        root.insert(node(i), sub.write()?, 0o040000)?;
+    }
+    let tree = repo.find_tree(root.write()?)?;
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let oid = repo.commit(None, sig, sig, "mono", &tree, &parents)?;
+    repo.reference("refs/heads/main", oid, true, "bench")?;
+    Ok(())
+}
+
 fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
+    if let Shape::Mono = shape {
+        return generate_mono(dir, n);
+    }
     let (repo, sig) = project_skeleton(dir)?;
     for i in 0..n {
         commit_node(&repo, &sig, i, format!("{i}\n").as_bytes())?;
@@ -196,7 +281,7 @@ fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut sizes = vec![1_000usize, 10_000];
-    let mut shapes = vec![Shape::Chain, Shape::Wide, Shape::Diamond];
+    let mut shapes = vec![Shape::Chain, Shape::Wide, Shape::Diamond, Shape::Mono];
     let mut jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -217,13 +302,14 @@ pub fn run(args: &[String]) -> Result<()> {
             "--shapes" => {
                 let v = it
                     .next()
-                    .ok_or("--shapes needs a value like chain,wide,diamond")?;
+                    .ok_or("--shapes needs a value like chain,wide,diamond,mono")?;
                 shapes = v
                     .split(',')
                     .map(|s| match s {
                         "chain" => Ok(Shape::Chain),
                         "wide" => Ok(Shape::Wide),
                         "diamond" => Ok(Shape::Diamond),
+                        "mono" => Ok(Shape::Mono),
                         other => Err(format!("unknown shape `{other}`")),
                     })
                     .collect::<std::result::Result<_, _>>()?;
@@ -278,12 +364,36 @@ pub fn run(args: &[String]) -> Result<()> {
             if cached != n as u64 {
                 return Err(format!("plan of a built graph: {cached} of {n} cached").into());
             }
-            change_leaf(&dir, n)?;
+            // What the change must rebuild: the leaf alone, or in `mono` node 0 and
+            // every node below it.
+            let expected = match shape {
+                Shape::Mono => {
+                    let repo = git2::Repository::open_bare(dir.join("repo"))?;
+                    let sig = git2::Signature::new(
+                        "bench",
+                        "bench@example.com",
+                        &git2::Time::new(1_767_229_200, 0),
+                    )?;
+                    commit_mono(&repo, &sig, n, Some(0))?;
+                    1 + dependents(shape, n, 0)
+                }
+                _ => {
+                    change_leaf(&dir, n)?;
+                    1
+                }
+            };
             let (plan_leaf, _, rebuild) = plan(&dir)?;
             if rebuild != 1 {
                 return Err(format!("plan after one leaf changed: {rebuild} rebuild").into());
             }
             let leaf = build(&dir, jobs)?;
+            if leaf.built != expected as u64 || leaf.cached != (n - expected) as u64 {
+                return Err(format!(
+                    "after the change: {} built, {} cached; expected {expected} built",
+                    leaf.built, leaf.cached
+                )
+                .into());
+            }
             let pct = |t: f64| (t / noop.secs - 1.0) * 100.0;
             println!(
                 "| {} | {n} | {:.2} s | {:.3} s | {:.3} s ({:+.0}%) | {:.3} s ({:+.0}%) | {:.3} s ({}) |",
