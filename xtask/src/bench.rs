@@ -6,8 +6,9 @@
 //! (everything built, nothing built, one rebuilt; plan: all cached, one rebuild).
 //! The `mono` shape is the diamond kept as one repository with one directory per node
 //! (`dir:`), each step hashing its data and its inputs' outputs; its change is one
-//! commit to the directory of a first-layer node, which must rebuild exactly that node
-//! and its dependents (keys by content: the commit moves every node's source).
+//! commit to the directory of a node ten layers above the last, which must rebuild
+//! exactly that node and its 54 dependents (keys by content: the commit moves every
+//! node's source, and only its tree changes).
 //! `--image MB` times the assembly of one image layer; `--container STEPS` what running
 //! steps in containers costs against running them on the host.
 
@@ -374,8 +375,11 @@ pub fn run(args: &[String]) -> Result<()> {
                         "bench@example.com",
                         &git2::Time::new(1_767_229_200, 0),
                     )?;
-                    commit_mono(&repo, &sig, n, Some(0))?;
-                    1 + dependents(shape, n, 0)
+                    // A node ten layers above the last: it and its 54 dependents, as
+                    // a leaf package with dependents in a monorepo.
+                    let changed = (n / 10).saturating_sub(10) * 10;
+                    commit_mono(&repo, &sig, n, Some(changed))?;
+                    1 + dependents(shape, n, changed)
                 }
                 _ => {
                     change_leaf(&dir, n)?;

@@ -17,10 +17,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use git2::{Commit, ErrorCode, Oid, Repository};
+use git2::{Commit, ErrorCode, Oid};
 
 use crate::filter::{self, Compiled, Filter, Memo};
-use crate::resolve;
+use crate::resolve::Reader;
 
 /// The first line of a cache file; a new format gets a new one (and so new keys).
 const HEADER: &str = "cascade-git epoch 1";
@@ -78,19 +78,19 @@ impl Source<'_> {
 /// With a filter, a sub-tree equal to `like`'s is not filtered again: equal trees keep
 /// equal files.
 fn content_of(
-    repo: &Repository,
+    git: &mut Reader<'_>,
     commit: &Commit<'_>,
     source: &Source<'_>,
     like: &Content,
     memo: &mut Memo,
 ) -> Result<Option<Content>, git2::Error> {
-    let Some(sub) = resolve::subtree(repo, commit.tree_id(), source.dir)? else {
+    let Some(sub) = git.subtree(commit.tree_id(), source.dir)? else {
         return Ok(None);
     };
     let content = match source.filter {
         _ if sub == like.sub => like.content,
         None => sub,
-        Some((_, compiled)) => filter::filtered_id(repo, sub, compiled, memo)?,
+        Some((_, compiled)) => filter::filtered_id(git.repo, sub, compiled, memo)?,
     };
     Ok(Some(Content { sub, content }))
 }
@@ -98,7 +98,7 @@ fn content_of(
 /// The epoch of `source` at `commit`, whose content is `start`, and how many ancestors
 /// were looked at to find it. `memo` is the filtered-tree memo of this source's filter.
 pub(crate) fn epoch(
-    repo: &Repository,
+    git: &mut Reader<'_>,
     cache: &Cache,
     known: &mut Known,
     commit: &Commit<'_>,
@@ -118,13 +118,13 @@ pub(crate) fn epoch(
             break here;
         };
         walked += 1;
-        let parent = match repo.find_commit(parent_id) {
+        let parent = match git.repo.find_commit(parent_id) {
             Ok(p) => p,
             // A shallow history ends here: nothing older is known to have this content.
             Err(e) if e.code() == ErrorCode::NotFound => break here,
             Err(e) => return Err(e),
         };
-        match content_of(repo, &parent, source, &start, memo)? {
+        match content_of(git, &parent, source, &start, memo)? {
             Some(c) if c.content == start.content => {}
             _ => break here,
         }

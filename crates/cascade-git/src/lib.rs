@@ -145,6 +145,8 @@ pub(crate) struct RepoState {
     pub(crate) versions: version::VersionCache,
     /// Epochs computed or read from the cache dir during this build.
     epochs: epoch::Known,
+    /// Trees looked into during this build.
+    trees: resolve::Trees,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -271,10 +273,12 @@ impl Git {
             repo: r,
             versions,
             epochs,
+            trees,
             ..
         } = &mut *state;
+        let mut reader = resolve::Reader { repo: r, trees };
         let commit = r.find_commit(commit_id).map_err(git_err)?;
-        let tree = resolve::tree_at(r, &repo.display, &commit, spec.dir)?;
+        let tree = reader.tree_at(&repo.display, &commit, spec.dir)?;
         // `tree_at` succeeded, so the dir does not climb out of the tree.
         let dir = resolve::normalize_dir(spec.dir).unwrap_or_default();
         let mut memo = filter::Memo::new();
@@ -298,7 +302,7 @@ impl Git {
         };
         let start = epoch::Content { sub: tree, content };
         let (epoch, _walked) = epoch::epoch(
-            r,
+            &mut reader,
             &epoch::Cache::new(&self.cache_dir, self.write_epochs),
             epochs,
             &commit,
@@ -422,6 +426,7 @@ impl Git {
                 commits: HashMap::new(),
                 versions: version::VersionCache::default(),
                 epochs: epoch::Known::new(),
+                trees: resolve::Trees::default(),
             }),
             pool: Mutex::new(Vec::new()),
         });

@@ -24,6 +24,7 @@ mod ast;
 mod compat;
 mod error;
 mod model;
+mod order;
 mod range;
 mod resolve;
 mod source;
@@ -37,6 +38,7 @@ pub use model::{
     RunnerDecl, RunnerImage, SmokeTest, SourceFilter, SourceSpec, Stamp, Step, Volume,
     TEST_PLACEHOLDERS, TOOL_SETS,
 };
+pub use order::{build_order, Ordered};
 pub use range::{RangeError, VersionRange};
 pub use resolve::{recipe_alone, resolve, ProjectFiles, DEFAULT_TEST_TIMEOUT};
 pub use source::SourceDb;

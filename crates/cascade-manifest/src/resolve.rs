@@ -1244,53 +1244,26 @@ impl Resolver<'_> {
 
     // ---- order and cycles -------------------------------------------------------
 
-    /// Topological order, inputs first, ties broken by name; every cycle is reported.
+    /// Topological order, inputs first, ties broken by name; every cycle is reported
+    /// ([`crate::build_order`], which lockfiles share).
     fn order<'n>(&mut self, nodes: &BTreeMap<&'n str, Node>) -> Vec<&'n str> {
-        let mut order: Vec<&'n str> = Vec::new();
-        let mut remaining: BTreeSet<&'n str> = nodes.keys().copied().collect();
-        loop {
-            // Kahn's algorithm over what remains, smallest name first.
-            loop {
-                let next = remaining
-                    .iter()
-                    .copied()
-                    .find(|n| inputs_of(nodes, n).iter().all(|i| !remaining.contains(i)));
-                match next {
-                    Some(n) => {
-                        remaining.remove(n);
-                        order.push(n);
-                    }
-                    None => break,
-                }
-            }
-            let Some(&start) = remaining.iter().next() else {
-                return order;
-            };
-            // Every remaining node has a remaining input: walk them until one repeats.
-            let mut path: Vec<&'n str> = Vec::new();
-            let mut cur = start;
-            let cycle = loop {
-                if let Some(pos) = path.iter().position(|p| *p == cur) {
-                    break path.split_off(pos);
-                }
-                path.push(cur);
-                match inputs_of(nodes, cur)
+        let graph: BTreeMap<&'n str, Vec<&'n str>> = nodes
+            .keys()
+            .map(|n| (*n, inputs_of(nodes, n).into_iter().collect()))
+            .map(|(n, ins): (&'n str, Vec<&str>)| {
+                // Edges name nodes of the graph: the same names, borrowed from its keys.
+                let ins = ins
                     .into_iter()
-                    .find_map(|i| remaining.get(i).copied())
-                {
-                    Some(next) => cur = next,
-                    None => break Vec::new(), // cannot happen; stop rather than loop
-                }
-            };
-            if cycle.is_empty() {
-                remaining.remove(start);
-                continue;
-            }
-            self.cycle(nodes, &cycle);
-            for n in &cycle {
-                remaining.remove(n);
-            }
+                    .filter_map(|i| nodes.get_key_value(i).map(|(k, _)| *k))
+                    .collect();
+                (n, ins)
+            })
+            .collect();
+        let ordered = crate::build_order(&graph);
+        for cycle in &ordered.cycles {
+            self.cycle(nodes, cycle);
         }
+        ordered.order
     }
 
     fn cycle(&mut self, nodes: &BTreeMap<&str, Node>, cycle: &[&str]) {

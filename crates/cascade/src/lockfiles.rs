@@ -96,44 +96,26 @@ fn stamp_of(name: &str, env: &str) -> Option<(String, u64)> {
     ok.then(|| (stamp.to_string(), n))
 }
 
-/// The build order of a lockfile's nodes, given each node's dependencies by name:
-/// Kahn's algorithm with the smallest ready name first, as `resolve` orders a graph.
-/// Returns the ordered names and, in name order, those that could not be placed (a
-/// dependency that is not a node, or a cycle).
+/// The build order of a lockfile's nodes, given each node's dependencies by name: the
+/// graph's own order ([`cascade_manifest::build_order`]: inputs first, the smallest ready
+/// name first). Returns the ordered names and, in name order, those that could not be
+/// placed (in a cycle, or waiting on a dependency that is not a node).
 pub(crate) fn build_order(deps: &BTreeMap<String, BTreeSet<String>>) -> (Vec<String>, Vec<String>) {
-    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut dependents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (n, ds) in deps {
-        // A dependency that is not a node can never be met: count it, never release it.
-        waiting.insert(n, ds.len());
-        for d in ds {
-            dependents.entry(d.as_str()).or_default().push(n);
-        }
-    }
-    let mut ready: BTreeSet<&str> = waiting
+    let graph: BTreeMap<&str, Vec<&str>> = deps
         .iter()
-        .filter(|(_, w)| **w == 0)
-        .map(|(n, _)| *n)
+        .map(|(n, ds)| (n.as_str(), ds.iter().map(String::as_str).collect()))
         .collect();
-    let mut order = Vec::with_capacity(deps.len());
-    while let Some(n) = ready.pop_first() {
-        order.push(n.to_string());
-        for d in dependents.get(n).into_iter().flatten() {
-            if let Some(w) = waiting.get_mut(d) {
-                *w -= 1;
-                if *w == 0 {
-                    ready.insert(d);
-                }
-            }
-        }
-    }
-    let placed: BTreeSet<&str> = order.iter().map(String::as_str).collect();
-    let left = deps
-        .keys()
-        .filter(|n| !placed.contains(n.as_str()))
-        .cloned()
+    let o = cascade_manifest::build_order(&graph);
+    let mut left: Vec<String> = o
+        .cycles
+        .iter()
+        .flatten()
+        .chain(&o.unplaced)
+        .map(|n| n.to_string())
         .collect();
-    (order, left)
+    left.sort();
+    left.dedup();
+    (o.order.iter().map(|n| n.to_string()).collect(), left)
 }
 
 /// The most a lockfile may hold: a 10,000-node lockfile is about 8 MB.
