@@ -10,14 +10,15 @@
 //! exactly that node and its 54 dependents (keys by content: the commit moves every
 //! node's source, and only its tree changes).
 //! `--image MB` times the assembly of one image layer; `--container STEPS` what running
-//! steps in containers costs against running them on the host.
+//! steps in containers costs against running them on the host; `--peers` the same
+//! lattice built by ninja, make and cascade (`peers.rs`).
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
@@ -247,6 +248,10 @@ fn plan(dir: &Path) -> Result<(f64, u64, u64)> {
 }
 
 /// Runs `cascade <command> --env bench --json <rest…>` in-process and times it.
+pub(crate) fn timed_cascade(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
+    timed(dir, command)
+}
+
 fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
     let mut args: Vec<String> = vec![
         "cascade".into(),
@@ -290,6 +295,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut image_mb: Option<usize> = None;
     let mut remote_mb: Option<usize> = None;
     let mut container_steps: Option<usize> = None;
+    let mut peers = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -317,6 +323,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
             "--jobs" => jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
             "--keep" => keep = true,
+            "--peers" => peers = true,
             "--image" => {
                 let v = it.next().ok_or("--image needs a size in MB, like 100")?;
                 image_mb = Some(v.parse()?);
@@ -343,6 +350,13 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(steps) = container_steps {
         return container_bench(&base, steps);
+    }
+    if peers {
+        let r = crate::peers::run(&base, &sizes, jobs, keep);
+        if !keep {
+            let _ = fs::remove_dir_all(&base);
+        }
+        return r;
     }
     println!(
         "| shape | nodes | cold build | no-op build | plan, all cached | one-leaf change: plan | one-leaf change: build (rebuilt) |"

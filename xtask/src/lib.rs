@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod build;
 pub mod ecosystem;
+mod peers;
 
 use std::path::{Path, PathBuf};
 

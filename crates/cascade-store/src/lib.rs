@@ -16,10 +16,18 @@
 //! - `rootfs/` runner images unpacked for the sandbox (written by `cascade`; `gc` sweeps
 //!   those whose manifest it does not keep)
 //!
-//! Every write goes to a temporary file in the destination directory, is fsynced and
-//! renamed into place, and the directory is fsynced: a crash leaves either the old
-//! state or the new one. Every read re-hashes what it read; an entry that does not
-//! match its name is removed and reported as [`StoreError::Corrupt`], never returned.
+//! Every write goes to a temporary file in the destination directory and is renamed
+//! into place, so a reader (or a killed build) sees the old state or the new one. Store
+//! entries are not fsynced one by one (thousands a second made a cold build spend most
+//! of its time in the kernel). Durability is a group commit: before an action result is
+//! written, everything written so far is flushed by one `syncfs(2)`, which every node
+//! finishing meanwhile shares ([`Store::sync`]); so no action result, and no lockfile,
+//! ever points at data that is not on the disk. An entry a power loss cut short is
+//! caught like any other corruption. Every read re-hashes what
+//! it read; an entry that does not match its name is removed and reported as
+//! [`StoreError::Corrupt`], never returned (a cache hit checks every blob's size).
+//! Files outside the entries (lockfiles, histories, logs kept for people) are fsynced
+//! with their directory, each.
 
 mod gc;
 mod outputs;
@@ -29,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use cascade_core::encode::{DecodeError, Decoder, Encoder};
 use cascade_core::{BlobDigest, Digest, EntryKind, NodeKey, OutputDigest, Tree, TreeDigest};
@@ -173,6 +182,77 @@ pub struct StoreLock {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Shared by every clone: one build's nodes share their flushes.
+    commits: Arc<GroupCommit>,
+}
+
+/// Group commit of the store's writes: callers take a ticket; one of them (the leader)
+/// runs `syncfs` for every ticket taken before it started, the others wait for it.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    state: Mutex<Commits>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Commits {
+    /// Tickets handed out; each caller wrote its data before taking one.
+    taken: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A flush is running.
+    flushing: bool,
+    /// How many flushes ran (for the test that they are shared).
+    #[cfg(test)]
+    flushes: u64,
+}
+
+impl GroupCommit {
+    fn sync(&self, root: &Path) -> Result<(), StoreError> {
+        // A panic while the lock was held leaves counters that are still true.
+        let lock = || self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = lock();
+        s.taken += 1;
+        let ticket = s.taken;
+        loop {
+            if s.durable >= ticket {
+                return Ok(());
+            }
+            if s.flushing {
+                s = self.done.wait(s).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Lead: flush for every ticket taken so far (their data is written).
+            s.flushing = true;
+            let covers = s.taken;
+            drop(s);
+            let flushed = syncfs(root);
+            s = lock();
+            s.flushing = false;
+            #[cfg(test)]
+            {
+                s.flushes += 1;
+            }
+            if flushed.is_ok() {
+                s.durable = s.durable.max(covers);
+            }
+            self.done.notify_all();
+            // On failure the waiters try again themselves, and report their own error.
+            flushed?;
+        }
+    }
+}
+
+/// `syncfs(2)` of the file system that holds `root`.
+fn syncfs(root: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(root).map_err(StoreError::io(root))?;
+    // SAFETY: syncfs takes an open file descriptor, which `dir` owns for the call.
+    let r = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if r != 0 {
+        return Err(StoreError::io(root)(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -183,7 +263,7 @@ impl Store {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
-        Ok(Store { root })
+        Ok(Store::at(root))
     }
 
     /// An existing store, for commands that only read or check it: nothing is created,
@@ -193,13 +273,20 @@ impl Store {
         if !root.join("blobs").is_dir() || !root.join("actions").is_dir() {
             return Err(StoreError::NoStore(root));
         }
-        Ok(Store { root })
+        Ok(Store::at(root))
     }
 
     /// A store to look things up in, whether or not it exists yet (a plan before the
     /// first build): nothing is created, and a missing entry is simply absent.
     pub fn for_reading(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store::at(root.into())
+    }
+
+    fn at(root: PathBuf) -> Store {
+        Store {
+            root,
+            commits: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -241,7 +328,21 @@ impl Store {
     fn write_file(dest: &Path, bytes: &[u8], clobber: bool) -> Result<bool, StoreError> {
         let mut tmp = Self::temp_beside(dest)?;
         tmp.write_all(bytes).map_err(StoreError::io(dest))?;
-        Self::finish_write(tmp, dest, clobber)
+        Self::finish_write(tmp, dest, clobber, Durable::Now)
+    }
+
+    /// A store entry: renamed into place, made durable by the next [`Store::sync`].
+    fn write_entry(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut tmp = Self::temp_beside(dest)?;
+        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+        Self::finish_write(tmp, dest, true, Durable::AtSync).map(|_| ())
+    }
+
+    /// Makes every entry written so far (by this process) durable: one `syncfs(2)` of
+    /// the store's file system, shared with every caller that comes while it runs
+    /// (group commit). Action results and lockfiles are written only after it.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.commits.sync(&self.root)
     }
 
     /// A temporary file in `dest`'s directory (created if needed), so the final rename
@@ -255,12 +356,14 @@ impl Store {
             .map_err(StoreError::io(dir))
     }
 
-    /// The end of every write: permissions, fsync, rename into place (or not, when
-    /// `clobber` is false and `dest` exists: `Ok(false)`), fsync of the directory.
+    /// The end of every write: permissions, fsync (for [`Durable::Now`]), rename into
+    /// place (or not, when `clobber` is false and `dest` exists: `Ok(false)`), fsync of
+    /// the directory (for `Now`).
     pub(crate) fn finish_write(
         tmp: tempfile::NamedTempFile,
         dest: &Path,
         clobber: bool,
+        durable: Durable,
     ) -> Result<bool, StoreError> {
         // tempfile creates 0600: a file being replaced keeps its permissions, a new one
         // (store entries, lockfiles) is 0644, meant to be read by others.
@@ -273,7 +376,9 @@ impl Store {
         tmp.as_file()
             .set_permissions(permissions)
             .map_err(StoreError::io(dest))?;
-        tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
+        if durable == Durable::Now {
+            tmp.as_file().sync_all().map_err(StoreError::io(dest))?;
+        }
         crash_point("write:before-rename");
         if clobber {
             tmp.persist(dest)
@@ -286,7 +391,9 @@ impl Store {
             }
         }
         crash_point("write:after-rename");
-        sync_dir(dest.parent().unwrap_or(Path::new(".")));
+        if durable == Durable::Now {
+            sync_dir(dest.parent().unwrap_or(Path::new(".")));
+        }
         Ok(true)
     }
 
@@ -304,7 +411,7 @@ impl Store {
                 }
             }
         }
-        Self::write_atomic(&p, bytes)
+        Self::write_entry(&p, bytes)
     }
 
     /// Reads an entry and checks it hashes to its name.
@@ -369,7 +476,9 @@ impl Store {
 
     /// Records an action result. The file carries a checksum of its body, since its
     /// name is the node key, not the digest of its content.
+    /// Everything it points at is made durable first ([`Store::sync`]).
     pub fn put_action(&self, key: &NodeKey, result: &ActionResult) -> Result<(), StoreError> {
+        self.sync()?;
         self.put_checked(Kind::Action, &key.0, &result.encode())
     }
 
@@ -547,6 +656,15 @@ impl Store {
     }
 }
 
+/// When a write reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// Before the call returns: fsync of the file and of its directory.
+    Now,
+    /// At the next [`Store::sync`] (store entries).
+    AtSync,
+}
+
 fn sync_dir(dir: &Path) {
     // Makes the rename durable; some file systems refuse fsync on directories, which
     // is harmless.
@@ -662,5 +780,28 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Concurrent callers share flushes (group commit), and every one returns only once
+    /// a flush that started after its call has finished.
+    #[test]
+    fn syncs_are_shared_between_concurrent_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..25 {
+                        store.sync().unwrap();
+                    }
+                });
+            }
+        });
+        let s = store.commits.state.lock().unwrap();
+        assert_eq!(s.taken, 200);
+        assert_eq!(s.durable, 200);
+        assert!(s.flushes >= 1 && s.flushes < 200, "{} flushes", s.flushes);
     }
 }

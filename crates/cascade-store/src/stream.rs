@@ -115,7 +115,7 @@ impl Store {
                 "the file changed while it was stored",
             )));
         }
-        Store::finish_write(tmp, &dest, true)?;
+        Store::finish_write(tmp, &dest, true, crate::Durable::AtSync)?;
         Ok((BlobDigest(digest), size))
     }
 }

@@ -384,6 +384,8 @@ pub fn build(
             &done,
             &report,
         );
+        // What the lockfile names reaches the disk first, in one flush.
+        store.sync()?;
         report.lockfile = Some(write_lockfile(
             &opts.project,
             &opts.env,
@@ -1019,8 +1021,14 @@ pub(crate) fn write_lockfile(
     let text = cascade_lock::write(lock);
     let dir = root.join("lockfiles");
     // An identical file is reused only when it is the newest: a rollback within the
-    // same second must still become the newest lockfile.
+    // same second must still become the newest lockfile. A no-op build gives the
+    // newest lockfile's bytes again: it is the lockfile of this build too.
     let newest = crate::newest_lockfile(root, env);
+    if let Some(newest) = &newest {
+        if fs::read(newest).is_ok_and(|b| b == text.as_bytes()) {
+            return Ok(newest.clone());
+        }
+    }
     let mut n = 1;
     loop {
         let name = if n == 1 {

@@ -172,6 +172,7 @@ pub(crate) fn replay(
     let mut report = report;
     if report.success() && opts.replay.write_lock {
         let new = lockfile(&lock.environment, lock.graph, &nodes, &done, &report);
+        store.sync()?;
         report.lockfile = Some(write_lockfile(
             &opts.project,
             &lock.environment,

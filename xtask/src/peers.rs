@@ -1,0 +1,290 @@
+//! `cargo xtask bench --peers`: the same lattice built by cascade, ninja and make, side by
+//! side in one run. `layers` × 100 packages, each taking two packages of the layer below
+//! as inputs, one `cat … | cksum` step each. Timed: a cold build, a no-op, and a change
+//! to one package of the bottom layer (which invalidates it and everything above it that
+//! reaches it: 55 packages in 10 layers).
+//!
+//! ninja and make see a work tree (`pkgs/<p>/src.txt`, outputs `out/<p>`) and judge by
+//! mtimes; cascade sees the same files as one git repository with a directory per
+//! package (`dir:`), keys by content and runs each step in its sandbox. ninja is
+//! installed (Debian's `ninja-build`) when it is missing.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::bench::{timed_cascade, Result};
+
+const WIDTH: usize = 100;
+
+fn name(layer: usize, k: usize) -> String {
+    format!("p{layer:03}x{k:03}")
+}
+
+/// The inputs of package `k` of `layer`: two of the layer below.
+fn inputs(layer: usize, k: usize) -> Vec<String> {
+    if layer == 0 {
+        return Vec::new();
+    }
+    vec![name(layer - 1, k), name(layer - 1, (k + 1) % WIDTH)]
+}
+
+fn source(layer: usize, k: usize, changed: bool) -> String {
+    if changed {
+        format!("{} changed\n", name(layer, k))
+    } else {
+        format!("{}\n", name(layer, k))
+    }
+}
+
+/// The work tree (for ninja and make), its build files, and the cascade project over a
+/// repository of the same files.
+fn generate(dir: &Path, layers: usize) -> Result<()> {
+    let tree = dir.join("tree");
+    // ninja's own output directory: `cat … > out/p` needs it before the first step.
+    fs::create_dir_all(tree.join("out"))?;
+    let mut ninja = String::from("rule step\n  command = cat $in | cksum > $out\n");
+    let mut make = String::from(".PHONY: all\n");
+    let mut all = Vec::new();
+    for layer in 0..layers {
+        for k in 0..WIDTH {
+            let p = name(layer, k);
+            let src = tree.join("pkgs").join(&p);
+            fs::create_dir_all(&src)?;
+            fs::write(src.join("src.txt"), source(layer, k, false))?;
+            let ins: Vec<String> = inputs(layer, k)
+                .into_iter()
+                .map(|i| format!("out/{i}"))
+                .collect();
+            writeln!(
+                ninja,
+                "build out/{p}: step pkgs/{p}/src.txt {}",
+                ins.join(" ")
+            )?;
+            writeln!(
+                make,
+                "out/{p}: pkgs/{p}/src.txt {}\n\t@mkdir -p out && cat $^ | cksum > $@",
+                ins.join(" ")
+            )?;
+            all.push(format!("out/{p}"));
+        }
+    }
+    make = format!("all: {}\n{make}", all.join(" "));
+    fs::write(tree.join("build.ninja"), ninja)?;
+    fs::write(tree.join("Makefile"), make)?;
+
+    // cascade: one repository, a directory per package, the same files.
+    let project = dir.join("cascade");
+    fs::create_dir_all(project.join("graph/environments"))?;
+    fs::create_dir_all(project.join("recipes"))?;
+    let repo = git2::Repository::init_bare(project.join("repo"))?;
+    commit(&repo, layers, None)?;
+    let mut env = String::from("name: bench\nmode: branch\nsources:\n");
+    for layer in 0..layers {
+        for k in 0..WIDTH {
+            let p = name(layer, k);
+            writeln!(env, "  {p}: {{ repo: ../../repo, ref: main, dir: {p} }}")?;
+            let ins = inputs(layer, k);
+            let cats: String = ins.iter().map(|i| format!(" inputs/{i}/out")).collect();
+            let recipe = format!(
+                "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, cksum] }} }}\nsteps:\n  - name: step\n    run: 'cat src.txt{cats} | cksum > out'\noutputs: [out]\n",
+                ins.join(", ")
+            );
+            fs::write(project.join("recipes").join(format!("{p}.yaml")), recipe)?;
+        }
+    }
+    fs::write(project.join("graph/environments/bench.yaml"), env)?;
+    Ok(())
+}
+
+/// A commit on `main` of the packages' tree; `changed` gets other source.
+fn commit(repo: &git2::Repository, layers: usize, changed: Option<(usize, usize)>) -> Result<()> {
+    let seconds = if changed.is_some() {
+        1_767_229_200
+    } else {
+        1_767_225_600
+    };
+    let sig = git2::Signature::new("bench", "bench@example.com", &git2::Time::new(seconds, 0))?;
+    let mut root = repo.treebuilder(None)?;
+    for layer in 0..layers {
+        for k in 0..WIDTH {
+            let blob = repo.blob(source(layer, k, changed == Some((layer, k))).as_bytes())?;
+            let mut sub = repo.treebuilder(None)?;
+            sub.insert("src.txt", blob, 0o100644)?;
+            root.insert(name(layer, k), sub.write()?, 0o040000)?;
+        }
+    }
+    let tree = repo.find_tree(root.write()?)?;
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let oid = repo.commit(None, &sig, &sig, "packages", &tree, &parents)?;
+    repo.reference("refs/heads/main", oid, true, "bench")?;
+    Ok(())
+}
+
+/// Runs a peer in its work tree and times it.
+fn peer(tree: &Path, program: &str, args: &[&str]) -> Result<f64> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let t = Instant::now();
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(tree)
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("{program} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(secs)
+}
+
+fn ninja_available() -> Result<()> {
+    if Command::new("ninja").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("bench: installing ninja-build");
+    let sudo = if unsafe { libc::geteuid() } == 0 {
+        vec![]
+    } else {
+        vec!["sudo"]
+    };
+    let run = |args: &[&str]| -> Result<()> {
+        let mut all: Vec<&str> = sudo.clone();
+        all.extend(args);
+        let status = Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            return Err(format!("`{}` failed", all.join(" ")).into());
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    run(&["apt-get", "install", "-y", "-qq", "ninja-build"])
+}
+
+struct Row {
+    cold: [f64; 3],
+    noop: [f64; 3],
+    leaf: [f64; 3],
+    rebuilt: u64,
+}
+
+fn measure(dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
+    generate(dir, layers)?;
+    let project = dir.join("cascade");
+    let j = jobs.to_string();
+    let n = (layers * WIDTH) as u64;
+    // A package of the bottom layer, and how many it invalidates: itself and, in each
+    // layer above, one more than in the layer below, up to the width.
+    let leaf = (0, WIDTH / 2);
+    let expected: u64 = (0..layers).map(|l| (l + 1).min(WIDTH) as u64).sum();
+    let change = |tree: &Path| {
+        fs::write(
+            tree.join("pkgs").join(name(leaf.0, leaf.1)).join("src.txt"),
+            source(leaf.0, leaf.1, true),
+        )
+    };
+
+    // Each peer in a work tree of its own: cold, no-op, then the change.
+    let mut peers = [[0.0; 3]; 2];
+    for (i, (program, args)) in [("ninja", vec!["-j", &j]), ("make", vec!["-s", "-j", &j])]
+        .into_iter()
+        .enumerate()
+    {
+        let tree = dir.join(format!("tree-{program}"));
+        copy_tree(&dir.join("tree"), &tree)?;
+        peers[i][0] = peer(&tree, program, &args)?;
+        peers[i][1] = peer(&tree, program, &args)?;
+        change(&tree)?;
+        peers[i][2] = peer(&tree, program, &args)?;
+    }
+
+    let cascade = |what: &str| -> Result<(f64, u64)> {
+        let (secs, report) = timed_cascade(&project, &["build", "--jobs", &j])?;
+        let built = report["built"].as_u64().unwrap_or(0);
+        match what {
+            "cold" if built != n => Err(format!("cascade cold built {built} of {n}").into()),
+            "no-op" if built != 0 => Err(format!("cascade no-op built {built}").into()),
+            _ => Ok((secs, built)),
+        }
+    };
+    let (c_cold, _) = cascade("cold")?;
+    let (c_noop, _) = cascade("no-op")?;
+    let repo = git2::Repository::open_bare(project.join("repo"))?;
+    commit(&repo, layers, Some(leaf))?;
+    let (c_leaf, rebuilt) = cascade("leaf")?;
+    if rebuilt != expected {
+        return Err(
+            format!("cascade rebuilt {rebuilt} after one change; expected {expected}").into(),
+        );
+    }
+    Ok(Row {
+        cold: [peers[0][0], peers[1][0], c_cold],
+        noop: [peers[0][1], peers[1][1], c_noop],
+        leaf: [peers[0][2], peers[1][2], c_leaf],
+        rebuilt,
+    })
+}
+
+/// Copies the generated work tree (files and directories only).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn secs(t: f64) -> String {
+    if t < 1.0 {
+        format!("{:.1} ms", t * 1000.0)
+    } else {
+        format!("{t:.2} s")
+    }
+}
+
+pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> {
+    ninja_available()?;
+    println!("| figure | ninja | make | cascade | cascade ÷ ninja | target |");
+    println!("|---|---|---|---|---|---|");
+    for &n in sizes {
+        let layers = (n / WIDTH).max(1);
+        let dir = base.join(format!("peers-{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        let row = measure(&dir, layers, jobs)?;
+        let nodes = layers * WIDTH;
+        let line = |what: String, t: [f64; 3], target: &str| {
+            println!(
+                "| {what} | {} | {} | {} | {:.1}× | {target} |",
+                secs(t[0]),
+                secs(t[1]),
+                secs(t[2]),
+                t[2] / t[0]
+            );
+        };
+        line(format!("cold, {nodes}"), row.cold, "≤ 1.5×");
+        line(format!("no-op, {nodes}"), row.noop, "≤ 3×");
+        line(
+            format!("one leaf changed ({} rebuilt), {nodes}", row.rebuilt),
+            row.leaf,
+            "≤ 1.5×",
+        );
+        if !keep {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+    Ok(())
+}
