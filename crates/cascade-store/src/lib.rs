@@ -648,10 +648,14 @@ impl Store {
         Ok(Some(artifacts))
     }
 
-    /// Keeps a failed node's log under a readable name and returns its path.
-    pub fn keep_log(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+    /// Keeps a failed node's log (the file at `src`, copied in chunks: a log can be
+    /// large) under a readable name and returns its path.
+    pub fn keep_log(&self, name: &str, src: &Path) -> Result<PathBuf, StoreError> {
         let p = self.root.join("logs").join(format!("{name}.log"));
-        Self::write_atomic(&p, bytes)?;
+        let mut tmp = Self::temp_beside(&p)?;
+        let mut from = fs::File::open(src).map_err(StoreError::io(src))?;
+        io::copy(&mut from, tmp.as_file_mut()).map_err(StoreError::io(&p))?;
+        Self::finish_write(tmp, &p, true, Durable::Now)?;
         Ok(p)
     }
 }

@@ -373,11 +373,37 @@ pub(crate) fn execute(
     let log = tmp.join("log");
     prepare(run, node, &action, &work, &scratch)?;
     let ran = run.executors.run(run, &action, &work, &scratch, &log);
-    let log_bytes = fs::read(&log).unwrap_or_default();
+    // The log is never read whole: a step may print gigabytes.
     if let Err(e) = ran {
-        return Err(step_failure(run, &action, e, &log_bytes));
+        return Err(step_failure(run, &action, e, &log));
     }
-    record(run, &action, &work, &log_bytes).map_err(|f| Failure { key: k, ..f })
+    record(run, &action, &work, &log).map_err(|f| Failure { key: k, ..f })
+}
+
+/// The last [`LOG_TAIL`] lines of a log, read from its last 64 KiB.
+fn log_tail(log: &Path) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const WINDOW: u64 = 64 << 10;
+    let Ok(mut f) = fs::File::open(log) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(WINDOW);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    // A window that starts mid-file starts mid-line: that first piece is not a line
+    // (unless it is all there is: the end of one huge line).
+    if from > 0 && lines.len() > 1 {
+        lines.remove(0);
+    }
+    lines[lines.len().saturating_sub(LOG_TAIL)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// The work directory: the source tree exported, the inputs materialized read-only.
@@ -441,16 +467,11 @@ fn prepare(
 }
 
 /// A step that failed: its log kept in the store, its tail in the report.
-fn step_failure(run: &Run<'_>, action: &Action<'_>, e: RunError, log_bytes: &[u8]) -> Failure {
+fn step_failure(run: &Run<'_>, action: &Action<'_>, e: RunError, log: &Path) -> Failure {
     let name = &action.component.name;
     let log_name = format!("{}-{name}-{}", run.env_name, action.key.short(12));
-    let log_path = run.store.keep_log(&log_name, log_bytes).ok();
-    let text = String::from_utf8_lossy(log_bytes);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(LOG_TAIL)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect();
+    let log_path = run.store.keep_log(&log_name, log).ok();
+    let tail = log_tail(log);
     let cause = match e {
         RunError::Setup { .. } | RunError::Interrupted => FailureCause::Environment,
         _ => FailureCause::Step,
@@ -485,7 +506,7 @@ fn record(
     run: &Run<'_>,
     action: &Action<'_>,
     work: &Path,
-    log_bytes: &[u8],
+    log: &Path,
 ) -> Result<cascade_store::Outputs, Failure> {
     let (store, k) = (run.store, Some(action.key));
     let outputs = store
@@ -494,9 +515,12 @@ fn record(
             cascade_store::OutputError::Store(e) => fail(FailureCause::Environment, e, k),
             e => fail(FailureCause::Output, e, k),
         })?;
-    let log_digest = store
-        .put_blob(log_bytes)
-        .map_err(|e| fail(FailureCause::Environment, e, k))?;
+    // A step that wrote no log at all has an empty one.
+    let log_digest = match log.exists() {
+        true => store.put_blob_file(log).map(|(d, _)| d),
+        false => store.put_blob(b""),
+    }
+    .map_err(|e| fail(FailureCause::Environment, e, k))?;
     let result = ActionResult {
         output: outputs.digest,
         log: log_digest,
@@ -532,5 +556,29 @@ pub(crate) fn smoke_tests_on<'a>(
                 .map_err(|e| format!("the engine failed: {e}")),
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tail of a log comes from its end, whatever its size, in whole lines.
+    #[test]
+    fn log_tail_reads_the_end_in_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(&log, &text).unwrap();
+        let tail = log_tail(&log);
+        let want: Vec<String> = (100_000 - LOG_TAIL..100_000)
+            .map(|i| format!("line {i}"))
+            .collect();
+        assert_eq!(tail, want);
+        fs::write(&log, "one\ntwo\n").unwrap();
+        assert_eq!(log_tail(&log), ["one", "two"]);
+        fs::write(&log, "x".repeat(200_000)).unwrap();
+        assert_eq!(log_tail(&log), ["x".repeat(64 << 10)]);
+        assert!(log_tail(&dir.path().join("none")).is_empty());
     }
 }
