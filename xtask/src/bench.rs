@@ -120,19 +120,22 @@ fn generate_mono(dir: &Path, n: usize) -> Result<()> {
     fs::write(dir.join("graph/environments/bench.yaml"), env)?;
     for i in 0..n {
         let inputs: Vec<String> = Shape::Mono.inputs(i).into_iter().map(node).collect();
-        // The output hashes everything upstream, so a change reaches every dependent
-        // (no early cutoff hides it).
-        let cats: String = inputs.iter().map(|i| format!(" inputs/{i}/out")).collect();
-        let recipe = format!(
-            "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, cksum] }} }}\nsteps:\n  - name: make\n    run: 'cat data{cats} | cksum > out'\noutputs: [out]\n",
-            inputs.join(", ")
-        );
         fs::write(
             dir.join("recipes").join(format!("{}.yaml", node(i))),
-            recipe,
+            hashing_recipe(&inputs, "data"),
         )?;
     }
     Ok(())
+}
+
+/// A recipe whose output hashes its source file and its inputs' outputs, so a change
+/// reaches every dependent (no early cutoff hides it): the peers' step too.
+pub(crate) fn hashing_recipe(inputs: &[String], file: &str) -> String {
+    let cats: String = inputs.iter().map(|i| format!(" inputs/{i}/out")).collect();
+    format!(
+        "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, cksum] }} }}\nsteps:\n  - name: make\n    run: 'cat {file}{cats} | cksum > out'\noutputs: [out]\n",
+        inputs.join(", ")
+    )
 }
 
 /// A commit on `main` of the mono repository holding `n` directories, on top of its
@@ -143,16 +146,30 @@ fn commit_mono(
     n: usize,
     changed: Option<usize>,
 ) -> Result<()> {
-    let mut root = repo.treebuilder(None)?;
-    for i in 0..n {
+    let dirs = (0..n).map(|i| {
         let data = match changed {
             Some(c) if c == i => "changed\n".to_string(),
             _ => format!("{i}\n"),
         };
-        let blob = repo.blob(data.as_bytes())?;
+        (node(i), data)
+    });
+    commit_dirs(repo, sig, "data", dirs)
+}
+
+/// Moves `main` to a new commit (on top of it, if it exists) whose tree has one
+/// directory per `(name, text)`, holding `file` with that text.
+pub(crate) fn commit_dirs(
+    repo: &git2::Repository,
+    sig: &git2::Signature<'_>,
+    file: &str,
+    dirs: impl Iterator<Item = (String, String)>,
+) -> Result<()> {
+    let mut root = repo.treebuilder(None)?;
+    for (name, text) in dirs {
+        let blob = repo.blob(text.as_bytes())?;
         let mut sub = repo.treebuilder(None)?;
-        sub.insert("data", blob, 0o100644)?;
-        root.insert(node(i), sub.write()?, 0o040000)?;
+        sub.insert(file, blob, 0o100644)?;
+        root.insert(name, sub.write()?, 0o040000)?;
     }
     let tree = repo.find_tree(root.write()?)?;
     let parent = repo
@@ -160,7 +177,7 @@ fn commit_mono(
         .ok()
         .and_then(|r| r.peel_to_commit().ok());
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    let oid = repo.commit(None, sig, sig, "mono", &tree, &parents)?;
+    let oid = repo.commit(None, sig, sig, "packages", &tree, &parents)?;
     repo.reference("refs/heads/main", oid, true, "bench")?;
     Ok(())
 }

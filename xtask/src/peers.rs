@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::bench::{timed_cascade, Result};
+use crate::bench::{commit_dirs, hashing_recipe, timed_cascade, Result};
 
 const WIDTH: usize = 100;
 
@@ -86,12 +86,7 @@ fn generate(dir: &Path, layers: usize) -> Result<()> {
         for k in 0..WIDTH {
             let p = name(layer, k);
             writeln!(env, "  {p}: {{ repo: ../../repo, ref: main, dir: {p} }}")?;
-            let ins = inputs(layer, k);
-            let cats: String = ins.iter().map(|i| format!(" inputs/{i}/out")).collect();
-            let recipe = format!(
-                "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat, cksum] }} }}\nsteps:\n  - name: step\n    run: 'cat src.txt{cats} | cksum > out'\noutputs: [out]\n",
-                ins.join(", ")
-            );
+            let recipe = hashing_recipe(&inputs(layer, k), "src.txt");
             fs::write(project.join("recipes").join(format!("{p}.yaml")), recipe)?;
         }
     }
@@ -107,24 +102,15 @@ fn commit(repo: &git2::Repository, layers: usize, changed: Option<(usize, usize)
         1_767_225_600
     };
     let sig = git2::Signature::new("bench", "bench@example.com", &git2::Time::new(seconds, 0))?;
-    let mut root = repo.treebuilder(None)?;
-    for layer in 0..layers {
-        for k in 0..WIDTH {
-            let blob = repo.blob(source(layer, k, changed == Some((layer, k))).as_bytes())?;
-            let mut sub = repo.treebuilder(None)?;
-            sub.insert("src.txt", blob, 0o100644)?;
-            root.insert(name(layer, k), sub.write()?, 0o040000)?;
-        }
-    }
-    let tree = repo.find_tree(root.write()?)?;
-    let parent = repo
-        .find_reference("refs/heads/main")
-        .ok()
-        .and_then(|r| r.peel_to_commit().ok());
-    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    let oid = repo.commit(None, &sig, &sig, "packages", &tree, &parents)?;
-    repo.reference("refs/heads/main", oid, true, "bench")?;
-    Ok(())
+    let dirs = (0..layers).flat_map(|layer| {
+        (0..WIDTH).map(move |k| {
+            (
+                name(layer, k),
+                source(layer, k, changed == Some((layer, k))),
+            )
+        })
+    });
+    commit_dirs(repo, &sig, "src.txt", dirs)
 }
 
 /// Runs a peer in its work tree and times it.
