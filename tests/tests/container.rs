@@ -257,7 +257,19 @@ fn outputs_belong_to_the_caller_and_steps_are_not_root() {
     each_executor(|| {
         let run = "umask 077\nmkdir -p out/private\necho secret > out/private/file\nid -u > out/uid\nid -g > out/gid";
         let p = project(&[("owner", in_container(&[], "", &[("write", run)]))]);
-        let r = build(&p, 0);
+        // Work directories under the project, to see that none is left behind.
+        let work = p.root.join("work");
+        let r = p.run(&[
+            "build",
+            "--env",
+            ENV,
+            "--json",
+            "--executor",
+            executor(),
+            "--work-dir",
+            work.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
         let uid: u32 = p
             .output_file(&r, "owner", "out/uid")
             .trim()
@@ -267,8 +279,13 @@ fn outputs_belong_to_the_caller_and_steps_are_not_root() {
         assert_ne!(uid, 0, "a step ran as root");
         assert_eq!(uid, if euid == 0 { 65534 } else { euid });
         assert_eq!(p.output_file(&r, "owner", "out/private/file"), "secret\n");
-        let tmp = p.root.join("cache/tmp");
-        let left: Vec<_> = fs::read_dir(&tmp)
+        let base = fs::read_dir(&work)
+            .unwrap()
+            .flatten()
+            .next()
+            .expect("the per-user work base")
+            .path();
+        let left: Vec<_> = fs::read_dir(&base)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "work directories left: {left:?}");

@@ -376,6 +376,7 @@ fn a_changed_tool_is_named_with_both_digests() {
                 replay: cascade::ReplayOptions::default(),
                 remote: cascade::RemoteOptions::default(),
                 executor: cascade::ExecutorKind::default(),
+                work_dir: None,
             },
             &|_| {},
         )

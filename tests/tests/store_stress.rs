@@ -225,6 +225,7 @@ fn eight_concurrent_builds_on_one_store_build_each_key_once() {
                                 replay: cascade::ReplayOptions::default(),
                                 remote: cascade::RemoteOptions::default(),
                                 executor: cascade::ExecutorKind::default(),
+                                work_dir: None,
                             },
                             &|_| {},
                         )

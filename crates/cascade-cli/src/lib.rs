@@ -241,6 +241,10 @@ struct BuildArgs {
     /// namespaces, no daemon) or `docker`. Host steps always run in the sandbox.
     #[arg(long, env = "CASCADE_EXECUTOR", value_enum, default_value = "sandbox")]
     executor: ExecutorArg,
+    /// Where steps' work directories go: a directory, or `store` for the store's disk.
+    /// Default: /dev/shm when it is a tmpfs with 4 GiB free, else the store's disk.
+    #[arg(long, env = "CASCADE_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -634,6 +638,7 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
             Ok("docker") => ExecutorArg::Docker,
             _ => ExecutorArg::Sandbox,
         },
+        work_dir: std::env::var_os("CASCADE_WORK_DIR").map(PathBuf::from),
     };
     build(project, build_args, io)
 }
@@ -770,6 +775,7 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             .unwrap_or(1)
     });
     let opts = BuildOptions {
+        work_dir: args.work_dir.clone(),
         executor: match args.executor {
             ExecutorArg::Sandbox => cascade::ExecutorKind::Sandbox,
             ExecutorArg::Docker => cascade::ExecutorKind::Docker,

@@ -236,11 +236,13 @@ fn interrupt_during_an_image_step(executor: &str) {
 
     let mut child = cascade(dir)
         .env("CASCADE_EXECUTOR", executor)
+        .env("CASCADE_WORK_DIR", "store")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    // The step's work directory is `<store>/tmp/<build>/work`, mounted at /work.
+    // The step's work directory is `<store>/tmp/<build>/work` (`CASCADE_WORK_DIR=store`),
+    // mounted at /work.
     let started = || {
         fs::read_dir(dir.join("cache/tmp"))
             .into_iter()

@@ -239,7 +239,13 @@ fn a_full_disk_is_exit_3_with_nothing_half_written() {
         eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
         return;
     }
-    let out = build(&dir, &store);
+    // The work directory on the same small disk as the store (not a roomy tmpfs).
+    let out = cascade(&dir, &store)
+        .env("CASCADE_WORK_DIR", "store")
+        .args(["build", "--env", "test", "--json"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let verified = cascade(&dir, &store)
         .args(["cache", "verify"])
@@ -260,4 +266,65 @@ fn a_full_disk_is_exit_3_with_nothing_half_written() {
         !dir.join("lockfiles").exists(),
         "no lockfile for a failed build"
     );
+}
+
+/// A step that runs out of room in a small tmpfs work directory runs again on the
+/// store's disk, and the build succeeds with the same outputs, saying so.
+#[test]
+fn a_full_tmpfs_work_dir_falls_back_to_the_store_s_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(&dir);
+    let reference = outputs(&build(&dir, &tmp.path().join("reference")));
+    let small = tmp.path().join("small-work");
+    fs::create_dir_all(&small).unwrap();
+    // Room for a's and b's work directories, not for app's 300 KB of zeros.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root and can mount a tmpfs for this test"
+        );
+        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let store = tmp.path().join("store");
+    let out = cascade(&dir, &store)
+        .env("CASCADE_WORK_DIR", &small)
+        .args(["build", "--env", "test", "--json"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let left: Vec<_> = fs::read_dir(&small)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .collect();
+    let _ = Command::new("umount").arg(&small).status();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(outputs(&out), reference);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = j["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "app")
+        .unwrap();
+    assert!(
+        app["warnings"]
+            .to_string()
+            .contains("ran again on the store's disk"),
+        "{app}"
+    );
+    assert!(left.is_empty(), "work directories left behind: {left:?}");
 }

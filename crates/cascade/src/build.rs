@@ -48,6 +48,9 @@ pub struct BuildOptions {
     pub remote: RemoteOptions,
     /// `--executor`: where container steps and smoke tests run.
     pub executor: ExecutorKind,
+    /// `--work-dir`: where Actions' work directories go (`store` for the store's disk);
+    /// `None` for a roomy tmpfs, else the store ([`crate::workdir`]).
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -456,6 +459,7 @@ pub(crate) fn walk(
         with_layout(l)?;
     }
     let executors = Executors::for_graph(opts.executor, w.components, layout.as_ref(), tests)?;
+    let work = crate::workdir::WorkBase::choose(opts.work_dir.as_deref());
     let run = Run {
         store: w.store,
         git: w.git,
@@ -467,6 +471,7 @@ pub(crate) fn walk(
         jobs: opts.jobs,
         keep_going: opts.keep_going,
         remote: w.remote,
+        work: &work,
     };
     let (mut report, done) = run_graph(&run, on_event);
     after_nodes(&mut report, &done);
@@ -489,6 +494,8 @@ pub(crate) struct Run<'a> {
     pub jobs: usize,
     pub keep_going: bool,
     pub remote: Option<&'a RemoteCache>,
+    /// Where work directories go.
+    pub work: &'a crate::workdir::WorkBase,
 }
 
 /// After every node succeeded: the images are indexed, loaded, tested and pushed.
@@ -854,13 +861,28 @@ fn run_node(
         }
     }
 
-    // Execute in a fresh directory on the store's disk.
-    let tmp = store
-        .temp_dir()
+    // Execute in a fresh directory, on a tmpfs when there is one; a step that fails
+    // there while it is nearly full runs again on the store's disk.
+    let attempt = |on_disk: bool| {
+        let tmp = match on_disk {
+            true => store.temp_dir(),
+            false => run.work.temp_dir(store),
+        }
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    let result = crate::execute::execute(run, node, inputs, &runner, key, tmp.path());
-    let _ = remove_tree(tmp.path());
-    let outputs = result?;
+        let result = crate::execute::execute(run, node, inputs, &runner, key, tmp.path());
+        let _ = remove_tree(tmp.path());
+        result
+    };
+    let outputs = match attempt(run.work.on_disk()) {
+        Err(_) if run.work.nearly_full() => {
+            warnings.push(
+                "the work directory's tmpfs was nearly full: the steps ran again on the store's disk"
+                    .into(),
+            );
+            attempt(true)
+        }
+        r => r,
+    }?;
     Ok((done(outputs.digest, outputs.artifacts), true))
 }
 

@@ -24,6 +24,7 @@ mod replay;
 mod rootfs;
 mod short;
 mod smoke;
+mod workdir;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
