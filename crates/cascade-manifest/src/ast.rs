@@ -206,8 +206,70 @@ pub(crate) struct ContainerAst {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StepAst {
-    pub name: Option<S<String>>,
-    pub run: Option<S<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<S<Scalar>>,
+    #[serde(default, deserialize_with = "present")]
+    pub run: Option<S<Scalar>>,
+}
+
+/// A value where a string is wanted, as YAML read it: `run: 42` is a number and
+/// `run: true` a boolean, not the strings `"42"` and `"true"` (which would run as
+/// commands of those names), and `run: ~` is there but null, not missing. The resolver
+/// says which, on the value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar {
+    Str(String),
+    /// A number, a boolean or null: what it is, for the message.
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a number"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a number"))
+            }
+            fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a number"))
+            }
+            fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a number"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a number"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a boolean"))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other("null"))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other("null"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A field that is there, whatever its value (`~` included): `Some`. Absent fields get
+/// `None` from `#[serde(default)]`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S<Scalar>>, D::Error> {
+    S::<Scalar>::deserialize(d).map(Some)
 }
 
 /// Manifests are small; anything bigger is a mistake (or an attack).

@@ -317,6 +317,19 @@ pub enum ManifestError {
         help: Option<String>,
     },
 
+    /// A value that must be a string is a number, a boolean or null.
+    #[error("{message}")]
+    #[diagnostic(code(cascade::manifest::not_a_string))]
+    NotAString {
+        message: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("not a string")]
+        span: SourceSpan,
+        #[help]
+        help: String,
+    },
+
     /// A recipe's `stamp:` or `source:` value that means nothing.
     #[error("{message}")]
     #[diagnostic(code(cascade::manifest::recipe_value))]

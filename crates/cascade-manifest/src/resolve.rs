@@ -15,7 +15,7 @@ use cascade_core::{FileId, Span};
 use miette::NamedSource;
 
 use crate::ast::{
-    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, SourceAst, StepAst, S,
+    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, Scalar, SourceAst, StepAst, S,
 };
 use crate::error::{Diagnostics, ManifestError};
 use crate::model::{
@@ -476,6 +476,57 @@ impl Resolver<'_> {
             return None;
         };
         self.non_empty(file, v, &format!("`{field}` in {context}"))
+    }
+
+    /// A required string that YAML may have read as something else (`run: 42`): a
+    /// diagnostic on the value saying what it is, so it is quoted rather than run.
+    fn required_str(
+        &mut self,
+        file: FileId,
+        value: Option<S<Scalar>>,
+        field: &str,
+        context: &str,
+        at: Span,
+    ) -> Option<(String, Span)> {
+        let Some(v) = value else {
+            self.missing(field, context, at);
+            return None;
+        };
+        let span = self.span(file, &v);
+        match v.value {
+            Scalar::Str(text) => self.non_empty(
+                file,
+                S {
+                    value: text,
+                    referenced: v.referenced,
+                    defined: v.defined,
+                },
+                &format!("`{field}` in {context}"),
+            ),
+            Scalar::Other(what) => {
+                let raw = self
+                    .db
+                    .text(span.file)
+                    .get(span.offset..span.offset + span.len)
+                    .unwrap_or_default()
+                    .to_string();
+                let message = format!("`{field}` in {context} is {what}, not a string");
+                let help = match what {
+                    "null" => format!("write the step's `{field}` here, or remove the step"),
+                    _ => format!("quote it if it is meant as text: `{field}: \"{raw}\"`"),
+                };
+                self.push(
+                    |src| ManifestError::NotAString {
+                        message,
+                        src,
+                        span: source_span(span),
+                        help,
+                    },
+                    span,
+                );
+                None
+            }
+        }
     }
 
     /// A string that must not be blank.
@@ -1005,8 +1056,8 @@ impl Resolver<'_> {
             let span = self.span(file, &step);
             let StepAst { name, run } = step.value;
             let ctx = format!("step {} of `{comp}`", i + 1);
-            let name = self.required(file, name, "name", &ctx, span);
-            let run = self.required(file, run, "run", &ctx, span);
+            let name = self.required_str(file, name, "name", &ctx, span);
+            let run = self.required_str(file, run, "run", &ctx, span);
             if let Some((n, nspan)) = &name {
                 if let Some(&first) = seen.get(n) {
                     self.duplicate(n, &format!("the steps of `{comp}`"), *nspan, first);
