@@ -421,3 +421,38 @@ fn without_a_lockfile_there_is_nothing_to_promote() {
     );
     promote(&p, &["--to", "staging"], 2);
 }
+
+/// A lockfile of the older format (keys by commit) promotes like a new one: the target
+/// pins its commits, and the plan says the key formats differ.
+#[test]
+fn a_lockfile_of_the_older_format_promotes_too() {
+    let p = project(SATISFIED);
+    p.build("staging", 0);
+    let beta = p.build("beta", 0);
+    let rel = beta.json()["lockfile"].as_str().unwrap().to_string();
+    let text = fs::read_to_string(p.root.join(&rel)).unwrap();
+    assert!(text.starts_with("format: cascade-lock/3\n"));
+    let old = p.root.join("old-beta.yaml");
+    fs::write(&old, text.replacen("cascade-lock/3", "cascade-lock/2", 1)).unwrap();
+    let r = promote(
+        &p,
+        &[
+            "--from",
+            "beta",
+            "--lock",
+            old.to_str().unwrap(),
+            "--to",
+            "staging",
+            "--json",
+        ],
+        0,
+    );
+    let j = r.json();
+    assert_eq!(j["written"], true);
+    assert_eq!(j["plan"]["key_formats"], serde_json::json!([2, 1]), "{j}");
+    let sha = beta.node("core")["commit"].as_str().unwrap().to_string();
+    assert!(manifest(&p, "staging").contains(&sha));
+    // staging builds those commits with today's keys: beta's results, all cached.
+    let after = p.build("staging", 0);
+    assert_eq!(after.with_status("cached").len(), 4, "{}", after.stdout);
+}
