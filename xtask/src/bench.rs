@@ -103,31 +103,6 @@ fn dependents(shape: Shape, n: usize, changed: usize) -> usize {
     hit.iter().filter(|h| **h).count() - 1
 }
 
-/// The `mono` project: one repository, branch `main`, `n<i>/data` per node, and every
-/// node's source `dir: n<i>` of it.
-fn generate_mono(dir: &Path, n: usize) -> Result<()> {
-    let (repo, sig) = project_skeleton(dir)?;
-    commit_mono(&repo, &sig, n, None)?;
-    let mut env = String::from("name: bench\nmode: branch\nsources:\n");
-    for i in 0..n {
-        writeln!(
-            env,
-            "  {}: {{ repo: ../../repo, ref: main, dir: {} }}",
-            node(i),
-            node(i)
-        )?;
-    }
-    fs::write(dir.join("graph/environments/bench.yaml"), env)?;
-    for i in 0..n {
-        let inputs: Vec<String> = Shape::Mono.inputs(i).into_iter().map(node).collect();
-        fs::write(
-            dir.join("recipes").join(format!("{}.yaml", node(i))),
-            hashing_recipe(&inputs, "data"),
-        )?;
-    }
-    Ok(())
-}
-
 /// A recipe whose output hashes its source file and its inputs' outputs, so a change
 /// reaches every dependent (no early cutoff hides it): the peers' step too.
 pub(crate) fn hashing_recipe(inputs: &[String], file: &str) -> String {
@@ -182,30 +157,37 @@ pub(crate) fn commit_dirs(
     Ok(())
 }
 
+/// Every shape but `mono`: each node's source is its own branch of one repository.
+/// `mono`: one branch, `main`, with a directory `n<i>/` per node (`dir:`), and recipes
+/// that hash their inputs' outputs.
 fn generate(dir: &Path, shape: Shape, n: usize) -> Result<()> {
-    if let Shape::Mono = shape {
-        return generate_mono(dir, n);
-    }
     let (repo, sig) = project_skeleton(dir)?;
-    for i in 0..n {
-        commit_node(&repo, &sig, i, format!("{i}\n").as_bytes())?;
+    let mono = matches!(shape, Shape::Mono);
+    if mono {
+        commit_mono(&repo, &sig, n, None)?;
+    } else {
+        for i in 0..n {
+            commit_node(&repo, &sig, i, format!("{i}\n").as_bytes())?;
+        }
     }
     let mut env = String::from("name: bench\nmode: branch\nsources:\n");
     for i in 0..n {
-        writeln!(
-            env,
-            "  {}: {{ repo: ../../repo, ref: {} }}",
-            node(i),
-            node(i)
-        )?;
+        let rev = match mono {
+            true => format!("ref: main, dir: {}", node(i)),
+            false => format!("ref: {}", node(i)),
+        };
+        writeln!(env, "  {}: {{ repo: ../../repo, {rev} }}", node(i))?;
     }
     fs::write(dir.join("graph/environments/bench.yaml"), env)?;
     for i in 0..n {
         let inputs: Vec<String> = shape.inputs(i).into_iter().map(node).collect();
-        let recipe = format!(
-            "inputs: [{}]\nrunner: {{ host: {{ tools: [sh] }} }}\nsteps:\n  - name: make\n    run: 'read x < data; echo \"$x $CASCADE_COMPONENT\" > out'\noutputs: [out]\n",
-            inputs.join(", ")
-        );
+        let recipe = match mono {
+            true => hashing_recipe(&inputs, "data"),
+            false => format!(
+                "inputs: [{}]\nrunner: {{ host: {{ tools: [sh] }} }}\nsteps:\n  - name: make\n    run: 'read x < data; echo \"$x $CASCADE_COMPONENT\" > out'\noutputs: [out]\n",
+                inputs.join(", ")
+            ),
+        };
         fs::write(
             dir.join("recipes").join(format!("{}.yaml", node(i))),
             recipe,

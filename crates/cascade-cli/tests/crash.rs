@@ -47,6 +47,25 @@ fn project(dir: &Path) {
     }
 }
 
+/// Mounts a tmpfs of `size` at `at`; false (a skip, except in CI, which runs as root)
+/// when this machine cannot.
+fn small_tmpfs(at: &Path, size: &str) -> bool {
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root and can mount a tmpfs for this test"
+        );
+        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+    }
+    mounted
+}
+
 fn build(dir: &Path, store: &Path) -> std::process::Output {
     cascade(dir, store)
         .args(["build", "--env", "test", "--json"])
@@ -225,18 +244,7 @@ fn a_full_disk_is_exit_3_with_nothing_half_written() {
     fs::create_dir_all(&store).unwrap();
     // Room for app's work directory (300 KB of zeros) but not for it and its copy in
     // the store as well.
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(&store)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI runs as root and can mount a tmpfs for this test"
-        );
-        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+    if !small_tmpfs(&store, "512k") {
         return;
     }
     // The work directory on the same small disk as the store (not a roomy tmpfs).
@@ -279,18 +287,7 @@ fn a_full_tmpfs_work_dir_falls_back_to_the_store_s_disk() {
     let small = tmp.path().join("small-work");
     fs::create_dir_all(&small).unwrap();
     // Room for a's and b's work directories, not for app's 300 KB of zeros.
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&small)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI runs as root and can mount a tmpfs for this test"
-        );
-        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+    if !small_tmpfs(&small, "256k") {
         return;
     }
     let store = tmp.path().join("store");

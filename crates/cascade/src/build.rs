@@ -297,13 +297,13 @@ impl Node<'_> {
                 commit_time: s.commit_time,
             })
         } else {
-            let stamped = |what| c.recipe.stamp.contains(&what);
+            // Exactly what the steps see (`stamps`, `epoch`): no more, no less.
             SourceKey::Content(ContentIdentity {
                 content: s.content.clone(),
-                epoch: s.epoch,
-                commit: stamped(Stamp::Commit).then(|| s.commit.clone()),
-                version: stamped(Stamp::Version).then(|| s.version.to_string()),
-                commit_time: stamped(Stamp::Time).then_some(s.commit_time),
+                epoch: self.epoch(),
+                commit: self.stamps(Stamp::Commit).then(|| s.commit.clone()),
+                version: self.stamps(Stamp::Version).then(|| s.version.to_string()),
+                commit_time: self.stamps(Stamp::Time).then_some(s.commit_time),
             })
         };
         KeyIngredients {
