@@ -195,7 +195,7 @@ fn a_registry_that_is_down_never_fails_a_build_and_says_so_once() {
     let loud: Vec<&str> = text
         .stderr
         .lines()
-        .filter(|l| l.contains("check CASCADE_REMOTE_CACHE"))
+        .filter(|l| l.contains("check the remote"))
         .collect();
     assert_eq!(loud.len(), 1, "said once:\n{}", text.stderr);
     // A malformed address is bad input.

@@ -231,6 +231,13 @@ struct BuildArgs {
     /// [default: the environment's `remote_cache:`].
     #[arg(long, env = "CASCADE_REMOTE_CACHE", value_name = "URL")]
     remote_cache: Option<String>,
+    /// A REAPI engine as the shared cache: `grpc://HOST:PORT[/INSTANCE]` (`grpcs://`
+    /// for TLS; a bearer token from CASCADE_REMOTE_TOKEN). Wins over --remote-cache.
+    #[arg(long, env = "CASCADE_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+    /// With --remote: run the nodes' Actions on the engine's workers.
+    #[arg(long)]
+    remote_exec: bool,
     /// Read, write or both (CI writes; laptops read).
     #[arg(long, value_enum, default_value = "read-write")]
     remote_cache_mode: RemoteModeArg,
@@ -535,7 +542,7 @@ fn summary(r: &BuildReport) -> String {
         if rc.errors > 0 {
             // Loud, once: a misconfigured cache must not go unnoticed.
             s.push_str(&format!(
-                "\nremote cache: {} error{}, {} hit{} — check CASCADE_REMOTE_CACHE ({})",
+                "\nremote cache: {} error{}, {} hit{} — check the remote ({})",
                 rc.errors,
                 if rc.errors == 1 { "" } else { "s" },
                 rc.hits,
@@ -632,6 +639,8 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
         skip_tests: true,
         against: None,
         remote_cache: None,
+        remote: None,
+        remote_exec: false,
         remote_cache_mode: RemoteModeArg::ReadWrite,
         // A rollback runs what the lockfile recorded, wherever it runs here.
         executor: match std::env::var("CASCADE_EXECUTOR").as_deref() {
@@ -799,12 +808,17 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             strict: args.strict,
         },
         remote: cascade::RemoteOptions {
-            url: args.remote_cache.clone(),
+            url: args
+                .remote
+                .clone()
+                .filter(|u| !u.is_empty())
+                .or_else(|| args.remote_cache.clone()),
             mode: match args.remote_cache_mode {
                 RemoteModeArg::Read => cascade::RemoteMode::Read,
                 RemoteModeArg::Write => cascade::RemoteMode::Write,
                 RemoteModeArg::ReadWrite => cascade::RemoteMode::ReadWrite,
             },
+            exec: args.remote_exec,
         },
     };
     let result = {

@@ -106,6 +106,9 @@ pub struct NodeReport {
     /// Cached: found in the remote cache (and now in the local store too).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub remote: bool,
+    /// Built: executed on a REAPI engine's worker (which, and each phase's time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_exec: Option<crate::reapi::RemoteRun>,
     /// Wall time of this node, for people; never hashed or written to a lockfile.
     pub duration_ms: u64,
     /// Store problems met on the way (a corrupt entry discarded, …).
@@ -208,6 +211,7 @@ impl Node<'_> {
             image: None,
             tests: Vec::new(),
             remote: false,
+            remote_exec: None,
             duration_ms: 0,
             warnings: self.source_warnings(),
         }
@@ -471,6 +475,10 @@ pub(crate) fn walk(
         jobs: opts.jobs,
         keep_going: opts.keep_going,
         remote: w.remote,
+        remote_exec: w
+            .remote
+            .filter(|_| opts.remote.exec)
+            .and_then(RemoteCache::executor),
         work: &work,
     };
     let (mut report, done) = run_graph(&run, on_event);
@@ -494,6 +502,8 @@ pub(crate) struct Run<'a> {
     pub jobs: usize,
     pub keep_going: bool,
     pub remote: Option<&'a RemoteCache>,
+    /// `--remote-exec`: the engine whose workers run the Actions.
+    pub remote_exec: Option<&'a crate::reapi::ReapiCache>,
     /// Where work directories go.
     pub work: &'a crate::workdir::WorkBase,
 }
@@ -565,6 +575,7 @@ pub(crate) fn run_graph(
             .and_then(|d| d.image.as_ref())
             .map(|i| i.digest);
         let mut remote_hit = false;
+        let mut remote_run = None;
         let image_of = |j: usize| {
             done[j]
                 .get()
@@ -584,7 +595,13 @@ pub(crate) fn run_graph(
                     None,
                 )
             })
-            .and_then(|runner| run_node(run, node, &inputs, runner, &mut warnings, &mut remote_hit))
+            .and_then(|runner| {
+                let origin = Origin {
+                    remote_hit: &mut remote_hit,
+                    remote_run: &mut remote_run,
+                };
+                run_node(run, node, &inputs, runner, &mut warnings, origin)
+            })
             .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
         let (status, key, output, image) = match result {
             Ok((d, built)) => {
@@ -609,6 +626,7 @@ pub(crate) fn run_graph(
             output,
             image,
             remote: remote_hit,
+            remote_exec: remote_run,
             duration_ms: t0.elapsed().as_millis() as u64,
             warnings,
             ..node.report(status)
@@ -803,6 +821,14 @@ pub(crate) fn fail(
     }
 }
 
+/// Where a node's result came from, beyond the local store.
+struct Origin<'a> {
+    /// Found in the remote cache.
+    remote_hit: &'a mut bool,
+    /// Executed on a REAPI engine's worker.
+    remote_run: &'a mut Option<crate::reapi::RemoteRun>,
+}
+
 /// Keys one node and either finds it in the action cache or builds it. Returns
 /// whether it was built.
 fn run_node(
@@ -811,8 +837,12 @@ fn run_node(
     inputs: &BTreeMap<String, OutputDigest>,
     runner: RunnerIdentity,
     warnings: &mut Vec<String>,
-    remote_hit: &mut bool,
+    origin: Origin<'_>,
 ) -> Result<(Done, bool), Failure> {
+    let Origin {
+        remote_hit,
+        remote_run,
+    } = origin;
     let (store, remote) = (run.store, run.remote);
     let c = node.component;
     let ingredients = node.ingredients(inputs, &runner);
@@ -851,7 +881,7 @@ fn run_node(
     }
     // The remote cache, verified entry by entry into the local store; under the key's
     // lock, so builds sharing a store download each result once.
-    if let Some(r) = remote.and_then(|rc| rc.fetch(store, &key, &c.name)) {
+    if let Some(r) = remote.and_then(|rc| rc.fetch(store, &key, &c.recipe.outputs, &c.name)) {
         match store.check_output(&r.output, &c.recipe.outputs) {
             Ok(Some(artifacts)) => {
                 *remote_hit = true;
@@ -863,13 +893,14 @@ fn run_node(
 
     // Execute in a fresh directory, on a tmpfs when there is one; a step that fails
     // there while it is nearly full runs again on the store's disk.
-    let attempt = |on_disk: bool| {
+    let mut attempt = |on_disk: bool| {
         let tmp = match on_disk {
             true => store.temp_dir(),
             false => run.work.temp_dir(store),
         }
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-        let result = crate::execute::execute(run, node, inputs, &runner, key, tmp.path());
+        let result =
+            crate::execute::execute(run, node, inputs, &runner, key, tmp.path(), remote_run);
         let _ = remove_tree(tmp.path());
         result
     };

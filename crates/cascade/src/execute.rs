@@ -365,6 +365,7 @@ pub(crate) fn execute(
     runner: &RunnerIdentity,
     key: NodeKey,
     tmp: &Path,
+    remote_run: &mut Option<crate::reapi::RemoteRun>,
 ) -> Result<cascade_store::Outputs, Failure> {
     let k = Some(key);
     let action = Action::of(run, node, inputs, runner, key)?;
@@ -372,12 +373,20 @@ pub(crate) fn execute(
     let scratch = tmp.join("scratch");
     let log = tmp.join("log");
     prepare(run, node, &action, &work, &scratch)?;
-    let ran = run.executors.run(run, &action, &work, &scratch, &log);
+    // On the engine's workers the outputs come back into a directory of their own.
+    let (ran, made) = match run.remote_exec {
+        Some(engine) => {
+            let out = tmp.join("out");
+            let ran = engine.execute(run.layout, &action, &work, &out, &log);
+            (ran.map(|r| *remote_run = Some(r)), out)
+        }
+        None => (run.executors.run(run, &action, &work, &scratch, &log), work),
+    };
     // The log is never read whole: a step may print gigabytes.
     if let Err(e) = ran {
         return Err(step_failure(run, &action, e, &log));
     }
-    record(run, &action, &work, &log).map_err(|f| Failure { key: k, ..f })
+    record(run, &action, &made, &log).map_err(|f| Failure { key: k, ..f })
 }
 
 /// The last [`LOG_TAIL`] lines of a log, read from its last 64 KiB.
@@ -531,7 +540,13 @@ fn record(
         .map_err(|e| fail(FailureCause::Environment, e, k))?;
     cascade_store::crash_point("build:after-action");
     if let Some(rc) = run.remote {
-        rc.upload(store, &action.key, &result, &action.component.name);
+        rc.upload(
+            store,
+            &action.key,
+            &result,
+            action.outputs,
+            &action.component.name,
+        );
     }
     Ok(outputs)
 }

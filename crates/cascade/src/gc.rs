@@ -90,6 +90,7 @@ pub fn gc(opts: &GcOptions) -> Result<GcResult, Error> {
     let remote = match RemoteCache::new(&RemoteOptions {
         url: opts.remote.clone(),
         mode: RemoteMode::ReadWrite,
+        exec: false,
     })? {
         None => None,
         Some(rc) => {

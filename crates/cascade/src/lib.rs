@@ -19,6 +19,7 @@ mod pin;
 mod plan;
 mod promote;
 mod publish;
+mod reapi;
 mod remote;
 mod replay;
 mod rootfs;

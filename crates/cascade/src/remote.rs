@@ -1,6 +1,8 @@
-//! [IO] The remote cache: action results shared through any OCI registry.
+//! [IO] The remote cache: action results shared through any OCI registry, or through a
+//! REAPI engine ([`crate::reapi`]); both behind [`RemoteCache`], with one [`Tally`] of
+//! hits, misses, uploads and errors.
 //!
-//! One node key is one OCI artifact in the cache repository, tagged `k-<key hex>`:
+//! On a registry, //! One node key is one OCI artifact in the cache repository, tagged `k-<key hex>`:
 //! - its config (`application/vnd.cascade.action.config.v1+json`) names the key, the
 //!   output tree and the log;
 //! - its layers are every store entry a hit needs (the key manifest, the log, each tree
@@ -42,11 +44,15 @@ pub enum RemoteMode {
     ReadWrite,
 }
 
-/// Where and how: `oci://host[:port]/repository`.
+/// Where and how.
 #[derive(Clone, Debug, Default)]
 pub struct RemoteOptions {
+    /// `oci://host[:port]/repository` (a registry) or `grpc[s]://host:port[/instance]`
+    /// (a REAPI engine).
     pub url: Option<String>,
     pub mode: RemoteMode,
+    /// `--remote-exec`: nodes execute on the engine's workers.
+    pub exec: bool,
 }
 
 /// What the remote cache did in one build.
@@ -73,13 +79,146 @@ pub struct RemoteGcReport {
     pub removed: usize,
 }
 
-pub(crate) struct RemoteCache {
+/// The remote cache of a build: an OCI registry or a REAPI engine, one interface.
+pub(crate) enum RemoteCache {
+    Oci(OciCache),
+    Reapi(crate::reapi::ReapiCache),
+}
+
+impl RemoteCache {
+    /// The backend `opts.url` names (`oci://…` or `grpc[s]://…`), or `None` without one.
+    pub fn new(opts: &RemoteOptions) -> Result<Option<RemoteCache>, Error> {
+        let Some(url) = opts.url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        if url.starts_with("grpc://") || url.starts_with("grpcs://") {
+            let c = crate::reapi::ReapiCache::new(url, opts.mode).map_err(|e| {
+                Error::RemoteCacheUrl {
+                    url: url.to_string(),
+                    why: e.to_string(),
+                }
+            })?;
+            return Ok(Some(RemoteCache::Reapi(c)));
+        }
+        if opts.exec {
+            return Err(Error::RemoteCacheUrl {
+                url: url.to_string(),
+                why: "`--remote-exec` needs a REAPI engine (`grpc://HOST:PORT`), not a registry"
+                    .into(),
+            });
+        }
+        Ok(OciCache::new(url, opts.mode)?.map(RemoteCache::Oci))
+    }
+
+    pub fn fetch(
+        &self,
+        store: &Store,
+        key: &NodeKey,
+        outputs: &[String],
+        node: &str,
+    ) -> Option<ActionResult> {
+        match self {
+            RemoteCache::Oci(c) => c.fetch(store, key, node),
+            RemoteCache::Reapi(c) => c.fetch(store, key, outputs, node),
+        }
+    }
+
+    pub fn upload(
+        &self,
+        store: &Store,
+        key: &NodeKey,
+        result: &ActionResult,
+        outputs: &[String],
+        node: &str,
+    ) {
+        match self {
+            RemoteCache::Oci(c) => c.upload(store, key, result, node),
+            RemoteCache::Reapi(c) => c.upload(store, key, result, outputs, node),
+        }
+    }
+
+    pub fn report(&self) -> RemoteReport {
+        match self {
+            RemoteCache::Oci(c) => c.tally.report(),
+            RemoteCache::Reapi(c) => c.tally.report(),
+        }
+    }
+
+    /// `cascade gc --remote-cache`: registries only; an engine evicts by its own rules.
+    pub fn collect(
+        &self,
+        keep: &BTreeSet<NodeKey>,
+        dry_run: bool,
+    ) -> Result<RemoteGcReport, String> {
+        match self {
+            RemoteCache::Oci(c) => c.collect(keep, dry_run),
+            RemoteCache::Reapi(_) => Err(
+                "a REAPI engine's cache is not collected by cascade: the engine evicts by its own policy"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The engine, when nodes execute on it.
+    pub fn executor(&self) -> Option<&crate::reapi::ReapiCache> {
+        match self {
+            RemoteCache::Reapi(c) => Some(c),
+            RemoteCache::Oci(_) => None,
+        }
+    }
+}
+
+/// What a remote cache counts and how many errors it may still make: the same rules
+/// for every backend.
+pub(crate) struct Tally {
+    errors: AtomicUsize,
+    report: Mutex<RemoteReport>,
+}
+
+impl Tally {
+    pub fn new(url: &str, mode: RemoteMode) -> Tally {
+        Tally {
+            errors: AtomicUsize::new(0),
+            report: Mutex::new(RemoteReport {
+                url: url.to_string(),
+                mode,
+                ..RemoteReport::default()
+            }),
+        }
+    }
+
+    /// Whether the remote is still asked (after [`ERROR_BUDGET`] errors it is not).
+    pub fn usable(&self) -> bool {
+        self.errors.load(Ordering::Relaxed) < ERROR_BUDGET
+    }
+
+    pub fn with(&self, f: impl FnOnce(&mut RemoteReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.with(|r| {
+            r.errors += 1;
+            r.problems.push(what);
+        });
+    }
+
+    pub fn report(&self) -> RemoteReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The remote cache on an OCI registry.
+pub(crate) struct OciCache {
     client: Client,
     repository: String,
     url: String,
     mode: RemoteMode,
-    errors: AtomicUsize,
-    report: Mutex<RemoteReport>,
+    pub(crate) tally: Tally,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -89,11 +228,8 @@ struct Config {
     log: String,
 }
 
-impl RemoteCache {
-    pub fn new(opts: &RemoteOptions) -> Result<Option<RemoteCache>, Error> {
-        let Some(url) = opts.url.as_deref().filter(|u| !u.is_empty()) else {
-            return Ok(None);
-        };
+impl OciCache {
+    pub fn new(url: &str, mode: RemoteMode) -> Result<Option<OciCache>, Error> {
         let bad = |why: &str| Error::RemoteCacheUrl {
             url: url.to_string(),
             why: why.to_string(),
@@ -116,17 +252,12 @@ impl RemoteCache {
                 timeout: Duration::from_secs(10),
             },
         );
-        Ok(Some(RemoteCache {
+        Ok(Some(OciCache {
             client,
             repository: repository.trim_end_matches('/').to_string(),
             url: url.to_string(),
-            mode: opts.mode,
-            errors: AtomicUsize::new(0),
-            report: Mutex::new(RemoteReport {
-                url: url.to_string(),
-                mode: opts.mode,
-                ..RemoteReport::default()
-            }),
+            mode,
+            tally: Tally::new(url, mode),
         }))
     }
 
@@ -175,29 +306,6 @@ impl RemoteCache {
         format!("k-{}", key.hex())
     }
 
-    fn usable(&self) -> bool {
-        self.errors.load(Ordering::Relaxed) < ERROR_BUDGET
-    }
-
-    fn with_report(&self, f: impl FnOnce(&mut RemoteReport)) {
-        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    fn error(&self, what: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.with_report(|r| {
-            r.errors += 1;
-            r.problems.push(what);
-        });
-    }
-
-    pub fn report(&self) -> RemoteReport {
-        self.report
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// The manifest and the config of the artifact tagged `tag`.
     fn entry(&self, tag: &str) -> Result<(serde_json::Value, Config), String> {
         let repo = &self.repository;
@@ -221,20 +329,21 @@ impl RemoteCache {
     /// Looks `key` up; on a hit every entry is downloaded, verified and stored, and the
     /// action result is recorded locally. `None` on a miss or any failure.
     pub fn fetch(&self, store: &Store, key: &NodeKey, node: &str) -> Option<ActionResult> {
-        if self.mode == RemoteMode::Write || !self.usable() {
+        if self.mode == RemoteMode::Write || !self.tally.usable() {
             return None;
         }
         match self.try_fetch(store, key) {
             Ok(Some(r)) => {
-                self.with_report(|r| r.hits += 1);
+                self.tally.with(|r| r.hits += 1);
                 Some(r)
             }
             Ok(None) => {
-                self.with_report(|r| r.misses += 1);
+                self.tally.with(|r| r.misses += 1);
                 None
             }
             Err(e) => {
-                self.error(format!("`{node}`: reading {}: {e}", self.url));
+                self.tally
+                    .error(format!("`{node}`: reading {}: {e}", self.url));
                 None
             }
         }
@@ -311,13 +420,15 @@ impl RemoteCache {
     /// After a node was built: publish its action result, unless the cache already has
     /// one (the first writer wins; another output is reported, never overwritten).
     pub fn upload(&self, store: &Store, key: &NodeKey, result: &ActionResult, node: &str) {
-        if self.mode == RemoteMode::Read || !self.usable() {
+        if self.mode == RemoteMode::Read || !self.tally.usable() {
             return;
         }
         match self.try_upload(store, key, result, node) {
-            Ok(true) => self.with_report(|r| r.uploads += 1),
+            Ok(true) => self.tally.with(|r| r.uploads += 1),
             Ok(false) => {}
-            Err(e) => self.error(format!("`{node}`: writing {}: {e}", self.url)),
+            Err(e) => self
+                .tally
+                .error(format!("`{node}`: writing {}: {e}", self.url)),
         }
     }
 
@@ -339,7 +450,7 @@ impl RemoteCache {
             // Someone wrote this key first: same output is fine, another is a finding.
             let (_, theirs) = self.entry(&tag)?;
             if theirs.output != result.output.to_string() {
-                self.with_report(|r| {
+                self.tally.with(|r| {
                     r.problems.push(format!(
                         "reproducibility: `{node}` (key {}) is {} in the remote cache but {} here; the cache keeps the first",
                         key.short(12),
