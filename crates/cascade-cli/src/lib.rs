@@ -73,6 +73,29 @@ enum Command {
     /// Inspect and check the store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Run Actions for a REAPI engine that hands out work through the Remote Workers
+    /// API (BuildGrid's bots), in cascade's sandbox: cascade's Actions or anyone's.
+    Worker(WorkerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// The engine: `grpc://HOST:PORT[/INSTANCE]` (`grpcs://` for TLS; a bearer token
+    /// from CASCADE_REMOTE_TOKEN).
+    #[arg(long, env = "CASCADE_REMOTE", value_name = "URL")]
+    server: String,
+    /// How many Actions run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    capacity: u32,
+    /// The worker's store: runner images and work directories [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The bot's name, unique on the engine [default: cascade-<host>-<pid>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Stop after this many Actions.
+    #[arg(long, value_name = "N")]
+    max_actions: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -390,6 +413,7 @@ where
         Command::Gc(args) | Command::Cache(CacheCommand::Gc(args)) => gc(&cli.project, args, io),
         Command::Cache(CacheCommand::Stats(args)) => cache_stats(&cli.project, args, io),
         Command::Cache(CacheCommand::Verify(args)) => cache_verify(&cli.project, args, io),
+        Command::Worker(args) => worker(&cli.project, args, io),
     }
 }
 
@@ -650,6 +674,53 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
         work_dir: std::env::var_os("CASCADE_WORK_DIR").map(PathBuf::from),
     };
     build(project, build_args, io)
+}
+
+fn worker(project: &std::path::Path, args: WorkerArgs, mut io: Io<'_>) -> i32 {
+    let opts = cascade::WorkerOptions {
+        server: args.server.clone(),
+        capacity: args.capacity as usize,
+        store: default_store(project, args.store.as_ref()),
+        name: args.name.clone(),
+        tools_path: std::env::var_os("PATH").unwrap_or_default(),
+        max_leases: args.max_actions,
+    };
+    let color = io.color;
+    let result = {
+        let on_event = |e: cascade::WorkerEvent<'_>| {
+            io.err_line(&match e {
+                cascade::WorkerEvent::Connected { session, name } => {
+                    format!("worker {name}: connected to {} ({session})", args.server)
+                }
+                cascade::WorkerEvent::Started { lease, action } => {
+                    format!("  started  {lease}  action {action}")
+                }
+                cascade::WorkerEvent::Finished {
+                    lease,
+                    exit_code,
+                    status,
+                    ms,
+                } => format!(
+                    "  finished {lease}  exit {exit_code}{}  in {}",
+                    if status == 0 {
+                        String::new()
+                    } else {
+                        format!(", status {status}")
+                    },
+                    secs(ms)
+                ),
+                cascade::WorkerEvent::Cancelled { lease } => format!("  cancelled {lease}"),
+                cascade::WorkerEvent::Lost { error } => {
+                    format!("worker: the engine is unreachable, retrying: {error}")
+                }
+            })
+        };
+        cascade::worker(&opts, &on_event)
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(&mut io, &e, false, color),
+    }
 }
 
 fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {

@@ -159,6 +159,9 @@ pub enum RunError {
     #[error("interrupted before it ran")]
     #[diagnostic(code(cascade::step::interrupted))]
     Interrupted,
+    #[error("cancelled, and killed")]
+    #[diagnostic(code(cascade::step::cancelled))]
+    Cancelled,
     #[error("could not {what}")]
     #[diagnostic(code(cascade::step::setup))]
     Setup {
@@ -183,6 +186,11 @@ pub struct Commands<'a> {
     pub timeout: Duration,
     /// Where the steps' output goes (stdout and stderr interleaved).
     pub log: &'a Path,
+    /// Only the steps' own output in the log, none of cascade's `==>` lines (a REAPI
+    /// worker running an Action that is not cascade's: its stdout is its own).
+    pub quiet: bool,
+    /// Set from another thread to kill the running step (a cancelled lease).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// One node's steps on the host.
@@ -211,16 +219,20 @@ impl HostRun<'_> {
             .open(self.commands.log)
             .map_err(setup("open the log"))?;
         // The runner of `CASCADE_SANDBOX=off`, the escape hatch asked for by name.
-        writeln!(
-            log,
-            "==> sandbox: off (CASCADE_SANDBOX=off): no namespaces, no Landlock; the step runs directly on the host"
-        )
-        .map_err(setup("write the log"))?;
+        if !self.commands.quiet {
+            writeln!(
+                log,
+                "==> sandbox: off (CASCADE_SANDBOX=off): no namespaces, no Landlock; the step runs directly on the host"
+            )
+            .map_err(setup("write the log"))?;
+        }
         for step in self.commands.steps {
             if interrupted() {
                 return Err(RunError::Interrupted);
             }
-            writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            if !self.commands.quiet {
+                writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            }
             let out = log.try_clone().map_err(setup("open the log"))?;
             let err = log.try_clone().map_err(setup("open the log"))?;
             let mut cmd = Command::new(&sh);
@@ -258,7 +270,7 @@ impl HostRun<'_> {
                         _ => Ended::Code(-1),
                     })
                 },
-                self.commands.timeout,
+                &self.commands,
                 step,
                 &mut log,
             )?;
@@ -279,10 +291,11 @@ pub(crate) enum Ended {
 pub(crate) fn wait_step(
     pgid: libc::pid_t,
     wait: impl FnOnce() -> io::Result<Ended> + Send + 'static,
-    timeout: Duration,
+    commands: &Commands<'_>,
     step: &Step,
     log: &mut fs::File,
 ) -> Result<(), RunError> {
+    let (timeout, quiet) = (commands.timeout, commands.quiet);
     let started = Instant::now();
     RUNNING
         .lock()
@@ -292,7 +305,22 @@ pub(crate) fn wait_step(
     let waiter = std::thread::spawn(move || {
         let _ = tx.send(wait());
     });
-    let result = rx.recv_timeout(timeout).ok();
+    // In slices, so a cancellation is noticed within a fifth of a second.
+    let mut cancelled = false;
+    let result = loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(r) => break Some(r),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => break None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if commands.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    cancelled = true;
+                    break None;
+                }
+            }
+        }
+    };
     // SAFETY: plain syscall; a negative pid names the process group.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
@@ -303,14 +331,17 @@ pub(crate) fn wait_step(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&pgid);
     match result {
+        None if cancelled => Err(RunError::Cancelled),
         None => {
             let after = started.elapsed();
-            let _ = writeln!(
-                log,
-                "==> step {} timed out after {:.1}s; killed",
-                step.name,
-                after.as_secs_f64()
-            );
+            if !quiet {
+                let _ = writeln!(
+                    log,
+                    "==> step {} timed out after {:.1}s; killed",
+                    step.name,
+                    after.as_secs_f64()
+                );
+            }
             Err(RunError::Timeout {
                 step: step.name.clone(),
                 after: timeout,
@@ -323,7 +354,9 @@ pub(crate) fn wait_step(
                 Ended::Code(c) => format!("exit code {c}"),
                 Ended::Signal(s) => format!("killed by signal {s}"),
             };
-            let _ = writeln!(log, "==> step {} failed: {status}", step.name);
+            if !quiet {
+                let _ = writeln!(log, "==> step {} failed: {status}", step.name);
+            }
             Err(RunError::Failed {
                 step: step.name.clone(),
                 status,
@@ -387,6 +420,8 @@ mod tests {
                     steps: &steps,
                     timeout,
                     log: &self.log,
+                    quiet: false,
+                    cancel: None,
                 },
             }
             .run()

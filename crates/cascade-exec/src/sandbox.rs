@@ -187,19 +187,23 @@ impl SandboxRun<'_> {
             .open(self.commands.log)
             .map_err(setup("open the log"))?;
         let landlock = crate::landlock::available();
-        writeln!(
+        if !self.commands.quiet {
+            writeln!(
             log,
             "==> sandbox: namespaces (user, mount, pid, network, ipc, uts); limits by rlimit (data {} GiB, {} processes; cgroups not used); landlock {}",
             LIMITS.data >> 30,
             LIMITS.processes,
             if landlock { "on" } else { "unavailable on this kernel" }
-        )
-        .map_err(setup("write the log"))?;
+            )
+            .map_err(setup("write the log"))?;
+        }
         for step in self.commands.steps {
             if interrupted() {
                 return Err(RunError::Interrupted);
             }
-            writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            if !self.commands.quiet {
+                writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
+            }
             let ruleset = {
                 let devices: Vec<PathBuf> = ["null", "zero", "full", "tty"]
                     .iter()
@@ -232,7 +236,7 @@ impl SandboxRun<'_> {
             wait_step(
                 pid,
                 move || namespace::Jailed { pid }.wait().map(Ended::Code),
-                self.commands.timeout,
+                &self.commands,
                 step,
                 &mut log,
             )?;
@@ -315,6 +319,8 @@ mod tests {
                     }],
                     timeout,
                     log: &self.log,
+                    quiet: false,
+                    cancel: None,
                 },
             }
             .run()

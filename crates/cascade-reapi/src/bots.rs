@@ -37,7 +37,6 @@ pub enum BotStatus {
     Unhealthy = 2,
     HostRebooting = 3,
     BotTerminating = 4,
-    Initializing = 5,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -64,8 +63,13 @@ pub struct Lease {
     pub status: Option<Status>,
     #[prost(message, optional, tag = "4")]
     pub requirements: Option<Worker>,
-    #[prost(message, optional, tag = "6")]
+    #[prost(message, optional, tag = "5")]
     pub expire_time: Option<Timestamp>,
+    /// Deprecated in favour of `payload`, kept so the message round-trips.
+    #[prost(string, tag = "1")]
+    pub assignment: String,
+    #[prost(message, optional, tag = "6")]
+    pub inline_assignment: Option<Any>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

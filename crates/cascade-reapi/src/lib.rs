@@ -34,8 +34,10 @@ pub use re::{Action, ActionResult, Command, Digest, Directory};
 
 /// The generated messages, for callers that build Actions and Commands.
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as proto;
-pub use bazel_remote_apis::google::protobuf::{Any, Duration as ProtoDuration};
+pub use bazel_remote_apis::google::protobuf::{Any, Duration as ProtoDuration, Timestamp};
 pub use bazel_remote_apis::google::rpc::Status as RpcStatus;
+pub use prost;
+pub use tonic::Code;
 
 /// What went wrong talking to the engine. Never holds the bearer token.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

@@ -243,6 +243,8 @@ impl Executors {
             steps: &action.steps,
             timeout: action.timeout,
             log,
+            quiet: false,
+            cancel: None,
         };
         let sandbox = |root: RootFs<'_>, read_only: &[String]| {
             SandboxRun {

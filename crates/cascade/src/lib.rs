@@ -26,6 +26,7 @@ mod rootfs;
 mod short;
 mod smoke;
 mod workdir;
+mod worker;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
@@ -56,6 +57,8 @@ pub use promote::{
     promote, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
+pub use reapi::RemoteRun;
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};
 pub use short::{short_digest, short_sha};
+pub use worker::{worker, WorkerEvent, WorkerOptions};

@@ -87,10 +87,6 @@ impl ReapiCache {
         })
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// The key Action of a node: its Command and Action, encoded, and the Action's digest.
     fn key_action(key: &NodeKey, outputs: &[String]) -> (Digest, Vec<(Digest, Vec<u8>)>) {
         let mut paths = outputs.to_vec();
