@@ -522,6 +522,31 @@ fn node_status_line(r: &NodeReport) -> String {
             format!("  cached   {:<14} {version}  (remote cache)", r.name)
         }
         NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),
+        NodeStatus::Built if r.remote_exec.is_some() => {
+            let x = r
+                .remote_exec
+                .as_ref()
+                .map(|x| x.clone())
+                .unwrap_or_default();
+            format!(
+                "  built    {:<14} {version}  in {} on {}{} (upload {}, execute {}, download {})",
+                r.name,
+                secs(r.duration_ms),
+                if x.worker.is_empty() {
+                    "the engine"
+                } else {
+                    &x.worker
+                },
+                if x.engine_cached {
+                    ", from the engine's cache"
+                } else {
+                    ""
+                },
+                secs(x.upload_ms),
+                secs(x.execute_ms),
+                secs(x.download_ms)
+            )
+        }
         NodeStatus::Built => format!(
             "  built    {:<14} {version}  in {}",
             r.name,

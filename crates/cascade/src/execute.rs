@@ -377,12 +377,27 @@ pub(crate) fn execute(
     prepare(run, node, &action, &work, &scratch)?;
     // On the engine's workers the outputs come back into a directory of their own.
     let (ran, made) = match run.remote_exec {
-        Some(engine) => {
+        Some(engine) if engine.tally.usable() => {
             let out = tmp.join("out");
-            let ran = engine.execute(run.layout, &action, &work, &out, &log);
-            (ran.map(|r| *remote_run = Some(r)), out)
+            match engine.execute(run.layout, &action, &work, &out, &log) {
+                Ok(r) => {
+                    *remote_run = Some(r);
+                    (Ok(()), out)
+                }
+                // The engine failed, not the steps: like a cache, it only costs time.
+                // The Action runs here instead, and the build says so at the end.
+                Err(RunError::Setup { what, source }) => {
+                    engine.tally.error(format!(
+                        "`{}`: could not {what} ({source}); it ran here instead",
+                        action.component.name
+                    ));
+                    let _ = fs::remove_file(&log);
+                    (run.executors.run(run, &action, &work, &scratch, &log), work)
+                }
+                Err(e) => (Err(e), out),
+            }
         }
-        None => (run.executors.run(run, &action, &work, &scratch, &log), work),
+        _ => (run.executors.run(run, &action, &work, &scratch, &log), work),
     };
     // The log is never read whole: a step may print gigabytes.
     if let Err(e) = ran {
