@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod engine;
+
 /// Whether a test that needs `what` can run. In CI (`CI=true`) a missing service is a
 /// failure, since .ci/run starts it; elsewhere the test says why it skips.
 pub fn require(what: &str, available: bool, how: &str) -> bool {

@@ -534,11 +534,18 @@ impl Ctx {
             None if work.join("inputs").is_dir() => vec!["inputs".into()],
             None => Vec::new(),
         };
-        let env: BTreeMap<String, String> = command
+        let mut env: BTreeMap<String, String> = command
             .environment_variables
             .iter()
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect();
+        // An Action that is not cascade's names no tools: it sees the host's usual
+        // directories on PATH unless it sets PATH itself (cascade's set it to the tools).
+        if image.is_none() && !props.contains_key("cascade-tools") {
+            env.entry("PATH".into()).or_insert_with(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            });
+        }
         let argv: Vec<String> = command.arguments.iter().map(|a| quote(a)).collect();
         let run = if wd.as_os_str().is_empty() {
             format!("exec {}", argv.join(" "))
