@@ -103,9 +103,10 @@ fn one_crate_per_outside_concern() {
         &["cascade-manifest", "cascade-lock", "xtask"],
     );
     // Nothing is async (see ARCHITECTURE.md: the scheduler is a thread pool), but the
-    // Docker client, which keeps bollard's runtime private behind a blocking API.
-    assert_only(&deps, "tokio", &["cascade-docker"]);
+    // Docker and REAPI clients, which keep their runtimes private behind blocking APIs.
+    assert_only(&deps, "tokio", &["cascade-docker", "cascade-reapi"]);
     assert_only(&deps, "bollard", &["cascade-docker"]);
+    assert_only(&deps, "tonic", &["cascade-reapi"]);
     // HTTP: the registry client and the smoke tests' probe.
     assert_only(&deps, "ureq", &["cascade-registry", "cascade-docker"]);
     // Only the CLI renders and parses arguments, and draws progress.

@@ -523,11 +523,7 @@ fn node_status_line(r: &NodeReport) -> String {
         }
         NodeStatus::Cached => format!("  cached   {:<14} {version}", r.name),
         NodeStatus::Built if r.remote_exec.is_some() => {
-            let x = r
-                .remote_exec
-                .as_ref()
-                .map(|x| x.clone())
-                .unwrap_or_default();
+            let x = r.remote_exec.clone().unwrap_or_default();
             format!(
                 "  built    {:<14} {version}  in {} on {}{} (upload {}, execute {}, download {})",
                 r.name,

@@ -81,7 +81,8 @@ pub struct RemoteGcReport {
 
 /// The remote cache of a build: an OCI registry or a REAPI engine, one interface.
 pub(crate) enum RemoteCache {
-    Oci(OciCache),
+    // Boxed: one per build, and the registry client is the bigger of the two.
+    Oci(Box<OciCache>),
     Reapi(crate::reapi::ReapiCache),
 }
 
@@ -107,7 +108,7 @@ impl RemoteCache {
                     .into(),
             });
         }
-        Ok(OciCache::new(url, opts.mode)?.map(RemoteCache::Oci))
+        Ok(OciCache::new(url, opts.mode)?.map(|c| RemoteCache::Oci(Box::new(c))))
     }
 
     pub fn fetch(

@@ -76,8 +76,11 @@ struct Held {
     lease: Lease,
     started: Instant,
     cancel: Arc<AtomicBool>,
-    done: Arc<Mutex<Option<(RpcStatus, Option<re::ActionResult>)>>>,
+    done: Arc<Mutex<Option<Outcome>>>,
 }
+
+/// How a lease ended: its status, and its result when it ran.
+type Outcome = (RpcStatus, Option<re::ActionResult>);
 
 const ACTION_RESULT_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult";
 
@@ -151,7 +154,7 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
             let listed: std::collections::BTreeSet<String> =
                 session.leases.iter().map(|l| l.id.clone()).collect();
             held.retain(|id, h| {
-                let keep = listed.contains(id) && h.lease_state_ok(&session);
+                let keep = listed.contains(id) && h.lease_state_ok(session);
                 if !keep {
                     h.cancel.store(true, Ordering::Relaxed);
                     on_event(WorkerEvent::Cancelled { lease: id });
