@@ -295,6 +295,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut remote_mb: Option<usize> = None;
     let mut container_steps: Option<usize> = None;
     let mut peers = false;
+    let mut remote_exec = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -323,6 +324,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--jobs" => jobs = it.next().ok_or("--jobs needs a number")?.parse()?,
             "--keep" => keep = true,
             "--peers" => peers = true,
+            "--remote-exec" => remote_exec = true,
             "--image" => {
                 let v = it.next().ok_or("--image needs a size in MB, like 100")?;
                 image_mb = Some(v.parse()?);
@@ -349,6 +351,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(steps) = container_steps {
         return container_bench(&base, steps);
+    }
+    if remote_exec {
+        return crate::remote_exec::run(&base, sizes[0], jobs);
     }
     if peers {
         let r = crate::peers::run(&base, &sizes, jobs, keep);

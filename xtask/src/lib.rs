@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod ecosystem;
 mod peers;
+mod remote_exec;
 
 use std::path::{Path, PathBuf};
 

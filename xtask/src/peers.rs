@@ -41,7 +41,7 @@ fn source(layer: usize, k: usize, changed: bool) -> String {
 
 /// The work tree (for ninja and make), its build files, and the cascade project over a
 /// repository of the same files.
-fn generate(dir: &Path, layers: usize) -> Result<()> {
+pub(crate) fn generate(dir: &Path, layers: usize) -> Result<()> {
     let tree = dir.join("tree");
     // ninja's own output directory: `cat … > out/p` needs it before the first step.
     fs::create_dir_all(tree.join("out"))?;

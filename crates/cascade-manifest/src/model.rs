@@ -34,6 +34,9 @@ pub struct Environment {
     pub tag: Option<String>,
     /// `oci://host/repository`: where builds of this environment share results.
     pub remote_cache: Option<String>,
+    /// `grpc[s]://host:port[/instance]`: a REAPI engine, the shared cache (and, with
+    /// `--remote-exec`, the executor); wins over `remote_cache`.
+    pub remote: Option<String>,
     /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
     pub deploy: Option<Deploy>,
     pub file: FileId,

@@ -217,6 +217,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             registry: env.registry,
             tag: env.tag,
             remote_cache: env.remote_cache,
+            remote: env.remote,
             deploy,
             file: files.environment,
         },
@@ -236,6 +237,7 @@ struct EnvChecked {
     registry: Option<String>,
     tag: Option<String>,
     remote_cache: Option<String>,
+    remote: Option<String>,
     sources: Vec<SourceChecked>,
     /// Checked once the recipes are (a deployed component needs an image).
     deploy: Option<S<DeployAst>>,
@@ -401,6 +403,41 @@ fn registry_problem(registry: &str) -> Option<(String, &'static str, String)> {
         if !ok {
             return bad(&format!("`{p}` is not a repository path component (lowercase letters, digits and `._-` inside)"));
         }
+    }
+    None
+}
+
+/// What is wrong with a `remote:`: a REAPI engine, `grpc[s]://host:port[/instance]`.
+fn remote_problem(url: &str) -> Option<(String, &'static str, String)> {
+    let help = "write it `grpc://host:port[/instance]` (`grpcs://` for TLS), e.g. `grpc://127.0.0.1:50051`; a token goes in CASCADE_REMOTE_TOKEN"
+        .to_string();
+    let Some(rest) = url
+        .strip_prefix("grpc://")
+        .or_else(|| url.strip_prefix("grpcs://"))
+    else {
+        return Some((
+            format!("`{url}` is not a REAPI engine cascade can use"),
+            "not `grpc://…` or `grpcs://…`",
+            help,
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Some((
+            format!("`{url}` holds credentials"),
+            "credentials do not go in the file",
+            help,
+        ));
+    }
+    let port_ok = authority
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Some((
+            format!("`{url}` names no host and port"),
+            "expected `grpc://host:port`",
+            help,
+        ));
     }
     None
 }
@@ -637,6 +674,10 @@ impl Resolver<'_> {
             .remote_cache
             .and_then(|v| self.non_empty(file, v, "`remote_cache`"))
             .and_then(|(v, span)| self.env_value(v, span, remote_cache_problem));
+        let remote = ast
+            .remote
+            .and_then(|v| self.non_empty(file, v, "`remote`"))
+            .and_then(|(v, span)| self.env_value(v, span, remote_problem));
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -686,6 +727,7 @@ impl Resolver<'_> {
             registry,
             tag,
             remote_cache,
+            remote,
             sources,
             deploy: ast.deploy,
         }
@@ -1541,6 +1583,17 @@ mod tests {
         assert!(remote_cache_problem("oci://127.0.0.1:5000/cache").is_none());
         assert!(remote_cache_problem("ftp://x").is_some());
         assert!(remote_cache_problem("oci://host").is_some());
+        assert!(remote_problem("grpc://127.0.0.1:50051").is_none());
+        assert!(remote_problem("grpcs://cache.example:443/main").is_none());
+        for bad in [
+            "oci://h/r",
+            "grpc://h",
+            "grpc://u:p@h:1",
+            "grpc://:1",
+            "grpc://h:port",
+        ] {
+            assert!(remote_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

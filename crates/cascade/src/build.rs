@@ -353,9 +353,15 @@ pub fn build(
             store.put_blob(&i.canonical())?;
         }
     }
-    // The flag or CASCADE_REMOTE_CACHE, else the environment's `remote_cache:`.
+    // The flags (--remote, then --remote-cache), else the environment's `remote:`, then
+    // its `remote_cache:`.
     let remote_opts = RemoteOptions {
-        url: opts.remote.url.clone().or_else(|| env.remote_cache.clone()),
+        url: opts
+            .remote
+            .url
+            .clone()
+            .or_else(|| env.remote.clone())
+            .or_else(|| env.remote_cache.clone()),
         ..opts.remote.clone()
     };
     let remote = RemoteCache::new(&remote_opts)?;
