@@ -297,6 +297,18 @@ fn an_engine_killed_mid_build_costs_only_time() {
     // Same output as a build that never saw the engine.
     let local = build(&p, &dirs.path().join("local"), &[]);
     assert_eq!(local.node("app")["output"], r.node("app")["output"]);
+    // The engine comes back: the worker opens a new session and takes work again.
+    engine.restart();
+    let q = project("", &salt());
+    let again = build(
+        &q,
+        &dirs.path().join("again"),
+        &["--remote", &url, "--remote-exec"],
+    );
+    assert_eq!(again.json()["built"], 2, "{}", again.stderr);
+    for n in ["base", "app"] {
+        assert_eq!(again.node(n)["remote_exec"]["worker"], "w", "{}", w.log());
+    }
 }
 
 #[test]

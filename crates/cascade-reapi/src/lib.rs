@@ -354,6 +354,19 @@ impl Client {
         }
     }
 
+    /// A digest as the server sent it: 64 lowercase hex digits and a size that is not
+    /// negative, or nothing is asked for with it.
+    pub fn check(&self, d: &Digest) -> Result<(), ReapiError> {
+        let hex = d.hash.len() == 64
+            && d.hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex || d.size_bytes < 0 {
+            return Err(self.bad(format!("a digest that is not one (`{}`)", show(d))));
+        }
+        Ok(())
+    }
+
     fn bad(&self, what: impl Into<String>) -> ReapiError {
         ReapiError::Bad {
             url: self.inner.endpoint.to_string(),
@@ -395,9 +408,10 @@ impl Client {
         let sha256 = re::digest_function::Value::Sha256 as i32;
         let exec = caps.execution_capabilities.unwrap_or_default();
         let c = Capabilities {
+            // Within what we decode too, whatever the server says.
             max_batch: match usize::try_from(cache.max_batch_total_size_bytes) {
                 Ok(0) | Err(_) => DEFAULT_BATCH,
-                Ok(n) => n,
+                Ok(n) => n.min(MAX_MESSAGE / 2),
             },
             exec_enabled: exec.exec_enabled,
             // An engine that lists none speaks sha256 (the API's default).
@@ -447,8 +461,8 @@ impl Client {
             if !missing.contains(&d.hash) || !sent.insert(d.hash.clone()) {
                 continue;
             }
-            let size = d.size_bytes as usize;
-            if size + PER_BLOB_OVERHEAD > max / 2 {
+            let size = usize::try_from(d.size_bytes).map_err(|_| self.bad("a negative size"))?;
+            if !in_batch(d.size_bytes, max / 2) {
                 self.write_stream(d, blob)?;
                 continue;
             }
@@ -458,15 +472,10 @@ impl Client {
             }
             let data = match blob {
                 Blob::Bytes(b) => b.to_vec(),
-                Blob::File(p) => {
-                    std::fs::read(p).map_err(ReapiError::io(format!("read `{}`", p.display())))?
-                }
+                Blob::File(p) => read_exactly(p, d)?,
             };
             if data.len() != size {
-                return Err(ReapiError::Io {
-                    what: format!("upload {}", show(d)),
-                    source: std::io::Error::other("the file changed while it was uploaded"),
-                });
+                return Err(changed(d));
             }
             batch_size += size + PER_BLOB_OVERHEAD;
             batch.push(re::batch_update_blobs_request::Request {
@@ -514,46 +523,70 @@ impl Client {
             d.hash,
             d.size_bytes
         );
-        let data: Vec<u8> = match blob {
-            Blob::Bytes(b) => b.to_vec(),
-            Blob::File(p) => {
-                std::fs::read(p).map_err(ReapiError::io(format!("read `{}`", p.display())))?
-            }
+        // Chunks are read as they are sent: a big layer is never whole in memory. A file
+        // that does not have the digest's size by its end is refused.
+        let total = u64::try_from(d.size_bytes).map_err(|_| self.bad("a negative size"))?;
+        let mut source: Box<dyn std::io::Read + Send> = match blob {
+            Blob::Bytes(b) => Box::new(std::io::Cursor::new(b.to_vec())),
+            Blob::File(p) => Box::new(
+                std::fs::File::open(p)
+                    .map_err(ReapiError::io(format!("read `{}`", p.display())))?,
+            ),
         };
-        if data.len() as i64 != d.size_bytes {
-            return Err(ReapiError::Io {
-                what: format!("upload {}", show(d)),
-                source: std::io::Error::other("the file changed while it was uploaded"),
-            });
-        }
-        let total = data.len();
-        let mut requests = Vec::new();
-        let mut offset = 0;
-        loop {
-            let end = (offset + CHUNK).min(total);
-            requests.push(bs::WriteRequest {
-                resource_name: if offset == 0 {
-                    resource.clone()
-                } else {
-                    String::new()
-                },
-                write_offset: offset as i64,
-                finish_write: end == total,
-                data: data[offset..end].to_vec(),
-            });
-            offset = end;
-            if offset >= total {
-                break;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bs::WriteRequest>(4);
+        let digest = d.clone();
+        let reader = std::thread::spawn(move || -> Result<(), ReapiError> {
+            use std::io::Read;
+            let mut offset: u64 = 0;
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = source
+                        .read(&mut chunk[filled..])
+                        .map_err(ReapiError::io("read a blob to upload"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                chunk.truncate(filled);
+                let end = offset + filled as u64;
+                if end > total || (filled < CHUNK && end != total) {
+                    return Err(changed(&digest));
+                }
+                let req = bs::WriteRequest {
+                    resource_name: if offset == 0 {
+                        resource.clone()
+                    } else {
+                        String::new()
+                    },
+                    write_offset: offset as i64,
+                    finish_write: end == total,
+                    data: chunk,
+                };
+                if tx.blocking_send(req).is_err() {
+                    return Ok(()); // the call ended; its error says why
+                }
+                offset = end;
+                if offset == total {
+                    return Ok(());
+                }
             }
-        }
+        });
         let mut client = self.bytestream();
-        let secs = 30 + (total / (1 << 20)) as u64;
+        let secs = 30 + total / (1 << 20);
         let got = self.block("ByteStream.Write", Duration::from_secs(secs), async move {
             client
-                .write(tokio_stream::iter(requests))
+                .write(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
                 .map(|r| r.into_inner())
-        })?;
+        });
+        let read = reader
+            .join()
+            .map_err(|_| self.bad("the upload's reader failed"))?;
+        read?;
+        let got = got?;
         if got.committed_size != d.size_bytes && got.committed_size != -1 {
             return Err(self.bad(format!(
                 "committed {} of {} bytes for {}",
@@ -566,9 +599,18 @@ impl Client {
     }
 
     /// Reads one blob, checked against its digest; `None` when the CAS lacks it.
+    /// Held in memory, so at most [`MAX_MESSAGE`] bytes: for messages (Directory, Tree,
+    /// Command, …) and small files; big ones go through [`Client::read_to_file`].
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>, ReapiError> {
+        self.check(d)?;
+        if d.size_bytes as usize > MAX_MESSAGE {
+            return Err(self.bad(format!(
+                "a digest of {} bytes where a message or a small file was expected",
+                d.size_bytes
+            )));
+        }
         let max = self.capabilities()?.max_batch;
-        let data = if (d.size_bytes as usize) + PER_BLOB_OVERHEAD <= max {
+        let data = if in_batch(d.size_bytes, max) {
             let mut cas = self.cas();
             let req = re::BatchReadBlobsRequest {
                 instance_name: self.instance().to_string(),
@@ -613,8 +655,9 @@ impl Client {
     /// a blob that does not match leaves no file.
     pub fn read_to_file(&self, d: &Digest, dest: &Path) -> Result<(), ReapiError> {
         use std::io::Write;
+        self.check(d)?;
         let max = self.capabilities()?.max_batch;
-        if (d.size_bytes as usize) + PER_BLOB_OVERHEAD <= max {
+        if in_batch(d.size_bytes, max) {
             let data = self.read_present(d)?;
             return std::fs::write(dest, data)
                 .map_err(ReapiError::io(format!("write `{}`", dest.display())));
@@ -792,6 +835,8 @@ impl Client {
                 loop {
                     match stream.next().await {
                         Some(Ok(op)) => {
+                            // Progress: only cuts in a row count against the limit.
+                            broken = 0;
                             name = Some(op.name.clone());
                             if let Some(m) = op.metadata.as_ref().and_then(|a| {
                                 re::ExecuteOperationMetadata::decode(a.value.as_slice()).ok()
@@ -883,6 +928,27 @@ fn status_message(s: &tonic::Status) -> String {
             src = e.source();
         }
         text
+    }
+}
+
+/// Whether a blob of `size` goes in a batch call of at most `max` bytes.
+fn in_batch(size: i64, max: usize) -> bool {
+    usize::try_from(size).is_ok_and(|s| s.saturating_add(PER_BLOB_OVERHEAD) <= max)
+}
+
+/// A file read whole for a batch, refused when it no longer has the digest's size.
+fn read_exactly(p: &Path, d: &Digest) -> Result<Vec<u8>, ReapiError> {
+    let data = std::fs::read(p).map_err(ReapiError::io(format!("read `{}`", p.display())))?;
+    if data.len() as i64 != d.size_bytes {
+        return Err(changed(d));
+    }
+    Ok(data)
+}
+
+fn changed(d: &Digest) -> ReapiError {
+    ReapiError::Io {
+        what: format!("upload {}", show(d)),
+        source: std::io::Error::other("the file changed while it was uploaded"),
     }
 }
 

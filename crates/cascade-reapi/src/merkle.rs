@@ -189,6 +189,11 @@ impl Outputs {
         paths.sort();
         paths.dedup();
         for rel in &paths {
+            // A path through a symlink is not an output: collecting happens outside any
+            // sandbox, and must not read what the link points at.
+            if !beneath(work, rel) {
+                continue;
+            }
             let p = work.join(rel);
             let Ok(meta) = fs::symlink_metadata(&p) else {
                 continue;
@@ -203,7 +208,8 @@ impl Outputs {
             } else if ft.is_dir() {
                 let mut children = Vec::new();
                 let root = directory(&p, &mut out.blobs, &mut children)?;
-                let root_digest = digest_of_message(&root).0;
+                // In the CAS too: readers of `root_directory_digest` fetch it.
+                let root_digest = out.blobs.message(&root);
                 // Children once each, in digest order: the same tree, the same bytes.
                 let mut by_digest: BTreeMap<String, re::Directory> = BTreeMap::new();
                 for c in children {
@@ -239,6 +245,43 @@ impl Outputs {
         result.output_directories = self.directories.clone();
         result.output_symlinks = self.symlinks.clone();
     }
+}
+
+/// Whether `rel` (relative, checked) reaches below `base` through directories only: no
+/// component but the last may be a symlink (or anything but a directory).
+pub fn beneath(base: &Path, rel: &str) -> bool {
+    let Some(rel) = safe_relative(rel) else {
+        return false;
+    };
+    let parts: Vec<_> = rel.components().collect();
+    let mut at = base.to_path_buf();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Creates the parent directories of `rel` below `base`, never through a symlink.
+pub fn create_parents(base: &Path, rel: &str) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::other(format!("output path `{rel}`: {what}"));
+    let path =
+        safe_relative(rel).ok_or_else(|| bad("not a relative path inside the input root"))?;
+    let parts: Vec<_> = path.components().collect();
+    let mut at = base.to_path_buf();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Err(bad("a parent is a symlink or a file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir(&at)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A relative path that stays inside the directory it is joined to.
@@ -293,10 +336,16 @@ fn write_dir(
     dest: &Path,
     lookup: &mut dyn FnMut(&Digest) -> Result<re::Directory, ReapiError>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<(), ReapiError> {
     if depth > 256 {
         return Err(bad(client, "a tree deeper than 256 directories"));
     }
+    // A DAG that names one directory many times would unfold without end on disk.
+    let n = dir.files.len() + dir.symlinks.len() + dir.directories.len();
+    *budget = budget
+        .checked_sub(n)
+        .ok_or_else(|| bad(client, "a tree of more than 1,000,000 entries"))?;
     for f in &dir.files {
         let name = safe_name(&f.name).map_err(|w| bad(client, &w))?;
         write_file(client, &f.digest, f.is_executable, &dest.join(name))?;
@@ -317,7 +366,7 @@ fn write_dir(
         let child = lookup(d)?;
         let p = dest.join(name);
         fs::create_dir(&p).map_err(ReapiError::io(format!("create `{}`", p.display())))?;
-        write_dir(client, &child, &p, lookup, depth + 1)?;
+        write_dir(client, &child, &p, lookup, depth + 1, budget)?;
     }
     Ok(())
 }
@@ -325,14 +374,31 @@ fn write_dir(
 /// Writes the directory `root` from the CAS into `dest` (created).
 pub fn fetch_dir(client: &Client, root: &Digest, dest: &Path) -> Result<(), ReapiError> {
     fs::create_dir_all(dest).map_err(ReapiError::io(format!("create `{}`", dest.display())))?;
+    // Each directory fetched once, however often the tree names it.
+    let mut seen: BTreeMap<String, re::Directory> = BTreeMap::new();
     let mut lookup = |d: &Digest| -> Result<re::Directory, ReapiError> {
+        if let Some(dir) = seen.get(&d.hash) {
+            return Ok(dir.clone());
+        }
         let bytes = client.read_present(d)?;
-        re::Directory::decode(bytes.as_slice())
-            .map_err(|e| bad(client, &format!("not a Directory: {e}")))
+        let dir = re::Directory::decode(bytes.as_slice())
+            .map_err(|e| bad(client, &format!("not a Directory: {e}")))?;
+        seen.insert(d.hash.clone(), dir.clone());
+        Ok(dir)
     };
     let top = lookup(root)?;
-    write_dir(client, &top, dest, &mut lookup, 0)
+    write_dir(
+        client,
+        &top,
+        dest,
+        &mut lookup,
+        0,
+        &mut ENTRY_BUDGET.clone(),
+    )
 }
+
+/// The most entries a tree written to disk may have.
+const ENTRY_BUDGET: usize = 1_000_000;
 
 /// Writes `result`'s outputs into `dest` at their paths.
 pub fn fetch_outputs(
@@ -344,28 +410,39 @@ pub fn fetch_outputs(
         let rel = safe_relative(p).ok_or_else(|| bad(client, &format!("an output path `{p}`")))?;
         Ok(dest.join(rel))
     };
-    for f in &result.output_files {
-        write_file(client, &f.digest, f.is_executable, &place(&f.path)?)?;
-    }
     // Engines older than v2.1 list symlinks in the two deprecated fields.
     #[allow(deprecated)]
-    for s in result
+    let symlinks: Vec<&re::OutputSymlink> = result
         .output_symlinks
         .iter()
         .chain(&result.output_file_symlinks)
         .chain(&result.output_directory_symlinks)
-    {
-        let p = place(&s.path)?;
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)
-                .map_err(ReapiError::io(format!("create `{}`", parent.display())))?;
+        .collect();
+    // No output inside another: one could then be written through the other's links.
+    let mut paths: Vec<&str> = result
+        .output_files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(result.output_directories.iter().map(|d| d.path.as_str()))
+        .chain(symlinks.iter().map(|s| s.path.as_str()))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    for w in paths.windows(2) {
+        if w[1]
+            .strip_prefix(w[0])
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Err(bad(
+                client,
+                &format!("output `{}` inside output `{}`", w[1], w[0]),
+            ));
         }
-        if fs::symlink_metadata(&p).is_ok() {
-            continue; // listed twice (output_symlinks and the older fields)
-        }
-        std::os::unix::fs::symlink(&s.target, &p)
-            .map_err(ReapiError::io(format!("link `{}`", p.display())))?;
     }
+    for f in &result.output_files {
+        write_file(client, &f.digest, f.is_executable, &place(&f.path)?)?;
+    }
+    let mut budget = ENTRY_BUDGET;
     for o in &result.output_directories {
         let p = place(&o.path)?;
         let d = o
@@ -388,7 +465,135 @@ pub fn fetch_outputs(
             })
         };
         fs::create_dir_all(&p).map_err(ReapiError::io(format!("create `{}`", p.display())))?;
-        write_dir(client, &tree.root.unwrap_or_default(), &p, &mut lookup, 0)?;
+        write_dir(
+            client,
+            &tree.root.unwrap_or_default(),
+            &p,
+            &mut lookup,
+            0,
+            &mut budget,
+        )?;
+    }
+    // Links last, so nothing above is written through one.
+    for s in symlinks {
+        let p = place(&s.path)?;
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)
+                .map_err(ReapiError::io(format!("create `{}`", parent.display())))?;
+        }
+        if fs::symlink_metadata(&p).is_ok() {
+            continue; // listed twice (output_symlinks and the older fields)
+        }
+        std::os::unix::fs::symlink(&s.target, &p)
+            .map_err(ReapiError::io(format!("link `{}`", p.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.txt"), "hello\n").unwrap();
+        fs::create_dir(d.path().join("bin")).unwrap();
+        fs::write(d.path().join("bin/run"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(d.path().join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("a.txt", d.path().join("link")).unwrap();
+        d
+    }
+
+    /// The digest another REAPI implementation gives the same tree (computed with
+    /// BuildGrid's Python protos): the same files make the same Directory bytes.
+    #[test]
+    fn a_directory_hashes_as_other_reapi_implementations_hash_it() {
+        let d = tree();
+        let m = Merkle::of_dir(d.path()).unwrap();
+        assert_eq!(
+            (m.root.hash.as_str(), m.root.size_bytes),
+            (
+                "2a3927c990edc18cefc5ce28d110e2979adcecbbac801345a35fd2d20ea5e787",
+                171
+            )
+        );
+        assert_eq!(
+            empty_dir().hash,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // Every blob a reader needs is listed: two files, two directories.
+        assert_eq!((m.blobs.files.len(), m.blobs.messages.len()), (2, 2));
+    }
+
+    #[test]
+    fn outputs_list_files_trees_and_links_and_never_follow_a_link() {
+        let d = tree();
+        std::os::unix::fs::symlink("/etc", d.path().join("etc")).unwrap();
+        let paths: Vec<String> = ["a.txt", "bin", "link", "missing", "etc/passwd", "../x"]
+            .map(String::from)
+            .to_vec();
+        let o = Outputs::collect(d.path(), &paths).unwrap();
+        let names = |v: Vec<&str>| v.join(",");
+        assert_eq!(
+            names(o.files.iter().map(|f| f.path.as_str()).collect()),
+            "a.txt"
+        );
+        assert_eq!(
+            names(o.directories.iter().map(|f| f.path.as_str()).collect()),
+            "bin"
+        );
+        assert_eq!(
+            names(o.symlinks.iter().map(|f| f.path.as_str()).collect()),
+            "link"
+        );
+        // The tree and its root are in the CAS for readers of either field.
+        let dir = &o.directories[0];
+        for digest in [&dir.tree_digest, &dir.root_directory_digest] {
+            let h = &digest.as_ref().unwrap().hash;
+            assert!(o.blobs.messages.contains_key(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn parents_are_made_beneath_and_never_through_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("out")).unwrap();
+        create_parents(d.path(), "a/b/c.txt").unwrap();
+        assert!(d.path().join("a/b").is_dir());
+        assert!(create_parents(d.path(), "out/x/y").is_err());
+        assert!(create_parents(d.path(), "../up/y").is_err());
+        assert!(!outside.path().join("x").exists());
+        assert!(beneath(d.path(), "a/b/c.txt"));
+        assert!(!beneath(d.path(), "out/x"));
+        assert!(!beneath(d.path(), "/abs"));
+    }
+
+    /// An engine that lists one output inside another could write through a link it
+    /// made: refused before anything is fetched.
+    #[test]
+    fn an_output_inside_another_is_refused() {
+        let client = Client::new(
+            &crate::Endpoint::parse("grpc://127.0.0.1:9").unwrap(),
+            &crate::Options::default(),
+        )
+        .unwrap();
+        let result = re::ActionResult {
+            output_symlinks: vec![re::OutputSymlink {
+                path: "d".into(),
+                target: "/etc".into(),
+                node_properties: None,
+            }],
+            output_files: vec![re::OutputFile {
+                path: "d/cron".into(),
+                digest: Some(crate::digest_of(b"x")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let e = fetch_outputs(&client, &result, dest.path()).unwrap_err();
+        assert!(e.to_string().contains("inside output `d`"), "{e}");
+        assert_eq!(fs::read_dir(dest.path()).unwrap().count(), 0);
+    }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use cascade_core::{Digest as Blake3, NodeKey};
 use cascade_image::{OciDigest, OciLayout};
 use cascade_reapi::merkle::{self, Merkle, Outputs};
+use cascade_reapi::prost::Message;
 use cascade_reapi::proto as re;
 use cascade_reapi::{digest_of, digest_of_message, show, Blob, Client, Digest};
 use cascade_store::{ActionResult, Store};
@@ -67,24 +68,20 @@ impl ReapiCache {
         url: &str,
         mode: RemoteMode,
     ) -> Result<ReapiCache, cascade_reapi::ReapiError> {
-        let endpoint = cascade_reapi::Endpoint::parse(url)?;
-        let token = std::env::var("CASCADE_REMOTE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let ca = std::env::var_os("CASCADE_REMOTE_CA").map(std::path::PathBuf::from);
-        let client = Client::new(
-            &endpoint,
-            &cascade_reapi::Options {
-                token,
-                ca,
-                timeout: Duration::from_secs(10),
-            },
-        )?;
+        let client = client_for(url)?;
         Ok(ReapiCache {
-            tally: Tally::new(&endpoint.to_string(), mode),
+            tally: Tally::new(&client.endpoint().to_string(), mode),
             client,
             mode,
         })
+    }
+
+    /// The engine hashes as we do (sha256), or nothing is asked of it.
+    fn speaks_sha256(&self) -> Result<(), String> {
+        match self.client.capabilities().map_err(bad)?.sha256 {
+            true => Ok(()),
+            false => Err("the engine does not offer sha256 digests".into()),
+        }
     }
 
     /// The key Action of a node: its Command and Action, encoded, and the Action's digest.
@@ -105,7 +102,10 @@ impl ReapiCache {
             ..Default::default()
         };
         let (ad, ab) = digest_of_message(&action);
-        let empty = digest_of_message(&re::Directory::default());
+        let empty = (
+            merkle::empty_dir(),
+            re::Directory::default().encode_to_vec(),
+        );
         (ad.clone(), vec![(cd, cb), (ad, ab), empty])
     }
 
@@ -144,6 +144,7 @@ impl ReapiCache {
         key: &NodeKey,
         outputs: &[String],
     ) -> Result<Option<ActionResult>, String> {
+        self.speaks_sha256()?;
         let (action, _) = Self::key_action(key, outputs);
         let Some(result) = self.client.get_action_result(&action).map_err(bad)? else {
             return Ok(None);
@@ -253,6 +254,7 @@ impl ReapiCache {
         outputs: &[String],
         node: &str,
     ) -> Result<bool, String> {
+        self.speaks_sha256()?;
         let (action, key_blobs) = Self::key_action(key, outputs);
         if let Some(theirs) = self.client.get_action_result(&action).map_err(bad)? {
             let output = meta_of(&theirs).map(|m| m.output).unwrap_or_else(|e| e);
@@ -348,6 +350,16 @@ impl ReapiCache {
             source: std::io::Error::other(e),
         };
         let mut run = RemoteRun::default();
+        let caps = self
+            .client
+            .capabilities()
+            .map_err(|e| setup("ask the engine what it does", e.to_string()))?;
+        if !caps.exec_enabled || !caps.sha256 {
+            return Err(setup(
+                "execute on the engine",
+                "it does not execute actions with sha256 digests (GetCapabilities)".into(),
+            ));
+        }
         let t0 = Instant::now();
         let root = Merkle::of_dir(work).map_err(|e| setup("hash the input root", e.to_string()))?;
         let (platform, image_blobs) = self
@@ -451,13 +463,9 @@ impl ReapiCache {
         layout: Option<&OciLayout>,
         action: &Action<'_>,
     ) -> Result<(re::Platform, Vec<(Digest, std::path::PathBuf)>), String> {
-        let isa = match std::env::consts::ARCH {
-            "x86_64" => "x86-64",
-            other => other,
-        };
         let mut props: BTreeMap<String, String> = BTreeMap::new();
         props.insert("OSFamily".into(), "linux".into());
-        props.insert("ISA".into(), isa.into());
+        props.insert("ISA".into(), isa().into());
         let mut blobs = Vec::new();
         match &action.root {
             ActionRoot::Host { tools } => {
@@ -493,6 +501,30 @@ impl ReapiCache {
                 .collect(),
         };
         Ok((platform, blobs))
+    }
+}
+
+/// A client for the engine at `url`, the token and CA from the environment
+/// (`CASCADE_REMOTE_TOKEN`, `CASCADE_REMOTE_CA`).
+pub(crate) fn client_for(url: &str) -> Result<Client, cascade_reapi::ReapiError> {
+    let endpoint = cascade_reapi::Endpoint::parse(url)?;
+    Client::new(
+        &endpoint,
+        &cascade_reapi::Options {
+            token: std::env::var("CASCADE_REMOTE_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            ca: std::env::var_os("CASCADE_REMOTE_CA").map(std::path::PathBuf::from),
+            timeout: Duration::from_secs(10),
+        },
+    )
+}
+
+/// This machine's `ISA` platform property, as REAPI engines spell it.
+pub(crate) fn isa() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x86-64",
+        other => other,
     }
 }
 

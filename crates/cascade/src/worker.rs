@@ -23,7 +23,7 @@ use cascade_reapi::merkle::{self, Outputs};
 use cascade_reapi::prost::Message;
 use cascade_reapi::proto as re;
 use cascade_reapi::Code;
-use cascade_reapi::{Any, Blob, Client, Digest, Endpoint, RpcStatus};
+use cascade_reapi::{Any, Blob, Client, Digest, RpcStatus};
 use cascade_store::Store;
 
 use crate::reapi::{cas_digest, quote};
@@ -86,21 +86,7 @@ const ACTION_RESULT_TYPE: &str = "type.googleapis.com/build.bazel.remote.executi
 
 /// Runs until killed (or `max_leases` are done).
 pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Result<(), Error> {
-    let endpoint = Endpoint::parse(&opts.server).map_err(|e| Error::RemoteCacheUrl {
-        url: opts.server.clone(),
-        why: e.to_string(),
-    })?;
-    let client = Client::new(
-        &endpoint,
-        &cascade_reapi::Options {
-            token: std::env::var("CASCADE_REMOTE_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            ca: std::env::var_os("CASCADE_REMOTE_CA").map(PathBuf::from),
-            timeout: Duration::from_secs(10),
-        },
-    )
-    .map_err(|e| Error::RemoteCacheUrl {
+    let client = crate::reapi::client_for(&opts.server).map_err(|e| Error::RemoteCacheUrl {
         url: opts.server.clone(),
         why: e.to_string(),
     })?;
@@ -117,6 +103,9 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
     });
     let mut finished = 0usize;
     let mut backoff = Duration::from_millis(250);
+    // Leases this worker finished and reported: never started again, whatever a server
+    // lists (bounded: the oldest are forgotten).
+    let mut completed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     // Lease threads say here when they are done, so a worker at capacity reports at once.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     'session: loop {
@@ -142,60 +131,84 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                 continue;
             }
         };
-        backoff = Duration::from_millis(250);
         on_event(WorkerEvent::Connected {
             session: &session.name,
             name: &name,
         });
         // What the server's answer says: cancellations, and new leases to start.
-        let take_leases = |session: &BotSession, held: &mut BTreeMap<String, Held>| {
-            // A lease the server no longer lists was cancelled (BuildGrid drops it
-            // rather than sending CANCELLED).
-            let listed: std::collections::BTreeSet<String> =
-                session.leases.iter().map(|l| l.id.clone()).collect();
-            held.retain(|id, h| {
-                let keep = listed.contains(id) && h.lease_state_ok(session);
-                if !keep {
-                    h.cancel.store(true, Ordering::Relaxed);
-                    on_event(WorkerEvent::Cancelled { lease: id });
-                }
-                keep
-            });
-            for lease in session.leases.clone() {
-                let state = LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
-                // New work arrives PENDING (the API) or already ACTIVE (BuildGrid).
-                let new = matches!(state, LeaseState::Pending | LeaseState::Active)
-                    && !held.contains_key(&lease.id);
-                if !new || held.len() >= opts.capacity {
-                    continue;
-                }
-                let h = Held {
-                    lease: lease.clone(),
-                    started: Instant::now(),
-                    cancel: Arc::new(AtomicBool::new(false)),
-                    done: Arc::new(Mutex::new(None)),
-                };
-                let (ctx2, cancel, done, tx) = (
-                    ctx.clone(),
-                    h.cancel.clone(),
-                    h.done.clone(),
-                    done_tx.clone(),
-                );
-                on_event(WorkerEvent::Started {
-                    lease: &lease.id,
-                    action: &describe(&lease),
+        let take_leases =
+            |session: &BotSession,
+             held: &mut BTreeMap<String, Held>,
+             completed: &std::collections::VecDeque<String>| {
+                // A lease the server no longer lists was cancelled (BuildGrid drops it
+                // rather than sending CANCELLED).
+                let listed: std::collections::BTreeSet<String> =
+                    session.leases.iter().map(|l| l.id.clone()).collect();
+                held.retain(|id, h| {
+                    let keep = listed.contains(id) && h.lease_state_ok(session);
+                    if !keep {
+                        h.cancel.store(true, Ordering::Relaxed);
+                        on_event(WorkerEvent::Cancelled { lease: id });
+                    }
+                    keep
                 });
-                held.insert(lease.id.clone(), h);
-                std::thread::spawn(move || {
-                    let outcome = ctx2.run_lease(&lease, &cancel);
-                    *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
-                    let _ = tx.send(());
-                });
-            }
-        };
+                for lease in session.leases.clone() {
+                    let state =
+                        LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
+                    // New work arrives PENDING (the API) or already ACTIVE (BuildGrid).
+                    let new = matches!(state, LeaseState::Pending | LeaseState::Active)
+                        && !held.contains_key(&lease.id)
+                        && !completed.contains(&lease.id);
+                    if !new || held.len() >= opts.capacity {
+                        continue;
+                    }
+                    let h = Held {
+                        lease: lease.clone(),
+                        started: Instant::now(),
+                        cancel: Arc::new(AtomicBool::new(false)),
+                        done: Arc::new(Mutex::new(None)),
+                    };
+                    let (ctx2, cancel, done, tx) = (
+                        ctx.clone(),
+                        h.cancel.clone(),
+                        h.done.clone(),
+                        done_tx.clone(),
+                    );
+                    on_event(WorkerEvent::Started {
+                        lease: &lease.id,
+                        action: &describe(&lease),
+                    });
+                    held.insert(lease.id.clone(), h);
+                    std::thread::spawn(move || {
+                        // A panic is a bug here, but must not leave the lease ACTIVE forever:
+                        // INTERNAL, which the server retries elsewhere.
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                ctx2.run_lease(&lease, &cancel)
+                            }))
+                            .unwrap_or_else(|_| {
+                                (
+                                RpcStatus {
+                                    code: Code::Internal as i32,
+                                    message:
+                                        "the worker failed running this action (a bug in cascade)"
+                                            .into(),
+                                    details: Vec::new(),
+                                },
+                                None,
+                            )
+                            });
+                        *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                        let _ = tx.send(());
+                    });
+                }
+            };
         let mut held: BTreeMap<String, Held> = BTreeMap::new();
         // CreateBotSession may already hand out work (a restarted worker's own leases).
-        take_leases(&session, &mut held);
+        take_leases(&session, &mut held, &completed);
+        // When the last call went through: a session the server has not heard from for
+        // its keepalive is gone, and a new one is opened.
+        let mut last_ok = Instant::now();
         loop {
             if cascade_exec::interrupted() {
                 for h in held.values() {
@@ -218,15 +231,7 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                 .filter(|l| l.state == LeaseState::Completed as i32)
                 .map(|l| l.id.clone())
                 .collect();
-            for h in held.values().filter(|h| h.is_done()) {
-                let (status, exit_code) = h.outcome();
-                on_event(WorkerEvent::Finished {
-                    lease: &h.lease.id,
-                    exit_code,
-                    status,
-                    ms: h.started.elapsed().as_millis() as u64,
-                });
-            }
+
             // With room for work the server holds the call for 80% of its deadline
             // (and hands out nothing under 3 s); each call renews the session, so the
             // deadline stays within half the keepalive the session's expiry shows.
@@ -239,30 +244,51 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
             };
             let answer = match ctx.client.update_bot_session(session.clone(), wait) {
                 Ok(s) => s,
-                Err(e) if e.code() == Code::DeadlineExceeded => continue,
                 Err(e) => {
-                    // The server requeues what this session held (an expired session is
-                    // INVALID_ARGUMENT); ours are stopped, a new session is opened.
+                    // A session the server no longer knows (an expired one is
+                    // INVALID_ARGUMENT), or no answer for as long as the session lives:
+                    // the server has requeued its leases, ours stop, a new session opens.
+                    // Anything else (the engine restarting, a lost answer) is asked
+                    // again, the same session, the leases still running.
+                    let gone = matches!(e.code(), Code::InvalidArgument | Code::NotFound)
+                        || last_ok.elapsed() > 2 * half_keepalive(&session);
                     on_event(WorkerEvent::Lost {
                         error: &e.to_string(),
                     });
-                    for h in held.values() {
-                        h.cancel.store(true, Ordering::Relaxed);
-                    }
                     std::thread::sleep(backoff);
-                    continue 'session;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if gone {
+                        for h in held.values() {
+                            h.cancel.store(true, Ordering::Relaxed);
+                        }
+                        continue 'session;
+                    }
+                    continue;
                 }
             };
+            last_ok = Instant::now();
+            backoff = Duration::from_millis(250);
             for id in &reported {
-                if held.remove(id).is_some() {
+                if let Some(h) = held.remove(id) {
+                    let (status, exit_code) = h.outcome();
+                    on_event(WorkerEvent::Finished {
+                        lease: id,
+                        exit_code,
+                        status,
+                        ms: h.started.elapsed().as_millis() as u64,
+                    });
                     finished += 1;
+                    completed.push_back(id.clone());
+                    if completed.len() > 10_000 {
+                        completed.pop_front();
+                    }
                 }
             }
             if opts.max_leases.is_some_and(|m| finished >= m) && held.is_empty() {
                 return Ok(());
             }
             session = answer;
-            take_leases(&session, &mut held);
+            take_leases(&session, &mut held, &completed);
         }
     }
 }
@@ -330,10 +356,7 @@ fn default_name() -> String {
 
 /// What the bot tells the scheduler it is: the properties it matches on.
 fn worker_description(name: &str, capacity: usize) -> Worker {
-    let isa = match std::env::consts::ARCH {
-        "x86_64" => "x86-64",
-        other => other,
-    };
+    let isa = crate::reapi::isa();
     Worker {
         devices: vec![Device {
             handle: name.to_string(),
@@ -356,19 +379,37 @@ fn describe(lease: &Lease) -> String {
         .unwrap_or_else(|| "an action".into())
 }
 
-fn action_digest_of(payload: &Any) -> Result<Digest, String> {
+/// What a lease carries: the Action itself, or its digest.
+enum Payload {
+    Action(re::Action),
+    Digest(Digest),
+}
+
+fn payload_of(payload: &Any) -> Result<Payload, String> {
+    let bad = |e: cascade_reapi::prost::DecodeError| e.to_string();
     if payload
         .type_url
         .ends_with("build.bazel.remote.execution.v2.Action")
     {
-        Ok(cascade_reapi::digest_of(&payload.value))
+        re::Action::decode(payload.value.as_slice())
+            .map(Payload::Action)
+            .map_err(bad)
     } else if payload
         .type_url
         .ends_with("build.bazel.remote.execution.v2.Digest")
     {
-        Digest::decode(payload.value.as_slice()).map_err(|e| e.to_string())
+        Digest::decode(payload.value.as_slice())
+            .map(Payload::Digest)
+            .map_err(bad)
     } else {
         Err(format!("a lease of type `{}`", payload.type_url))
+    }
+}
+
+fn action_digest_of(payload: &Any) -> Result<Digest, String> {
+    match payload_of(payload)? {
+        Payload::Action(_) => Ok(cascade_reapi::digest_of(&payload.value)),
+        Payload::Digest(d) => Ok(d),
     }
 }
 
@@ -423,18 +464,18 @@ impl Ctx {
             .payload
             .as_ref()
             .ok_or_else(|| LeaseError(Code::InvalidArgument, "a lease without payload".into()))?;
-        let action: re::Action = if payload.type_url.ends_with("v2.Action") {
-            re::Action::decode(payload.value.as_slice())
-                .map_err(|e| LeaseError(Code::InvalidArgument, e.to_string()))?
-        } else {
-            let d = action_digest_of(payload).map_err(|e| LeaseError(Code::InvalidArgument, e))?;
-            let bytes = self
-                .client
-                .read_present(&d)
-                .map_err(|e| failed_precondition("the Action", &e))?;
-            re::Action::decode(bytes.as_slice())
-                .map_err(|e| LeaseError(Code::InvalidArgument, e.to_string()))?
-        };
+        let action: re::Action =
+            match payload_of(payload).map_err(|e| LeaseError(Code::InvalidArgument, e))? {
+                Payload::Action(a) => a,
+                Payload::Digest(d) => {
+                    let bytes = self
+                        .client
+                        .read_present(&d)
+                        .map_err(|e| failed_precondition("the Action", &e))?;
+                    re::Action::decode(bytes.as_slice())
+                        .map_err(|e| LeaseError(Code::InvalidArgument, e.to_string()))?
+                }
+            };
         let cd = action.command_digest.clone().ok_or_else(|| {
             LeaseError(Code::InvalidArgument, "an Action without a Command".into())
         })?;
@@ -500,12 +541,23 @@ impl Ctx {
         } else {
             command.output_paths.clone()
         };
+        // The working directory is a directory of the input root, reached through
+        // directories only; outputs' parents are made there, never through a symlink.
+        let wd_rel = command.working_directory.trim_end_matches('/').to_string();
+        if !wd_rel.is_empty() && !merkle::beneath(&work, &format!("{wd_rel}/x")) {
+            return Err(LeaseError(
+                Code::InvalidArgument,
+                format!("working directory `{wd_rel}` is not a directory of the input root"),
+            ));
+        }
         for o in &outputs {
-            let rel = merkle::safe_relative(o)
-                .ok_or_else(|| LeaseError(Code::InvalidArgument, format!("output path `{o}`")))?;
-            if let Some(parent) = work.join(&wd).join(rel).parent() {
-                fs::create_dir_all(parent).map_err(|e| internal("an output's parent", &e))?;
-            }
+            let full = if wd_rel.is_empty() {
+                o.clone()
+            } else {
+                format!("{wd_rel}/{o}")
+            };
+            merkle::create_parents(&work, &full)
+                .map_err(|e| LeaseError(Code::InvalidArgument, e.to_string()))?;
         }
         // The root the Action asked for.
         let image = props
@@ -730,8 +782,14 @@ impl Ctx {
     }
 }
 
+/// A blob the action needs could not be fetched: missing (the client's fault,
+/// FAILED_PRECONDITION, as REAPI says) or unreachable (UNAVAILABLE: tried again).
 fn failed_precondition(what: &str, e: &cascade_reapi::ReapiError) -> LeaseError {
-    LeaseError(Code::FailedPrecondition, format!("fetch {what}: {e}"))
+    let code = match e.code() {
+        Code::NotFound | Code::Unknown => Code::FailedPrecondition,
+        _ => Code::Unavailable,
+    };
+    LeaseError(code, format!("fetch {what}: {e}"))
 }
 
 /// Wall time for the result's metadata (never hashed: an ActionResult is not a key).
