@@ -136,9 +136,13 @@ schedulers:
       match-property-keys: [OSFamily, ISA]
       wildcard-property-keys: [container-image, cascade-tools]
     assigners:
+      # Idle, an assigner waits interval + up to jitter-factor seconds before it looks
+      # for work again (the defaults, 1.0 + 1.0, add a second to every action of a
+      # chain); busy, it loops at once.
       - !priority-age-assigner
         count: 1
-        interval: 0.5
+        interval: 0.05
+        jitter-factor: 0.05
 
 instances:
   - name: ""

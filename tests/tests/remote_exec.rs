@@ -200,7 +200,7 @@ fn project(extra: &str, salt: &str) -> TestProject {
     );
     let recipe = |inputs: &str, cat: &str, extra: &str| {
         format!(
-            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir, date, sleep] }} }}\nsteps:\n  - name: make\n    run: |\n      mkdir -p out/share\n      cat {cat} data.txt > out/out.txt\n{extra}outputs: [out]\n"
+            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir, date, sleep] }} }}\ntimeout: 1m\nsteps:\n  - name: make\n    run: |\n      mkdir -p out/share\n      cat {cat} data.txt > out/out.txt\n{extra}outputs: [out]\n"
         )
     };
     p.write("recipes/base.yaml", &recipe("", "", ""));

@@ -103,9 +103,6 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
     });
     let mut finished = 0usize;
     let mut backoff = Duration::from_millis(250);
-    // Leases this worker finished and reported: never started again, whatever a server
-    // lists (bounded: the oldest are forgotten).
-    let mut completed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     // Lease threads say here when they are done, so a worker at capacity reports at once.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     'session: loop {
@@ -137,9 +134,9 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
         });
         // What the server's answer says: cancellations, and new leases to start.
         let take_leases =
-            |session: &BotSession,
-             held: &mut BTreeMap<String, Held>,
-             completed: &std::collections::VecDeque<String>| {
+            // A lease id that comes back after it was reported is the server retrying
+            // it (BuildGrid reuses the job's name), so it runs again.
+            |session: &BotSession, held: &mut BTreeMap<String, Held>| {
                 // A lease the server no longer lists was cancelled (BuildGrid drops it
                 // rather than sending CANCELLED).
                 let listed: std::collections::BTreeSet<String> =
@@ -157,8 +154,7 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                         LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
                     // New work arrives PENDING (the API) or already ACTIVE (BuildGrid).
                     let new = matches!(state, LeaseState::Pending | LeaseState::Active)
-                        && !held.contains_key(&lease.id)
-                        && !completed.contains(&lease.id);
+                        && !held.contains_key(&lease.id);
                     if !new || held.len() >= opts.capacity {
                         continue;
                     }
@@ -205,7 +201,7 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
             };
         let mut held: BTreeMap<String, Held> = BTreeMap::new();
         // CreateBotSession may already hand out work (a restarted worker's own leases).
-        take_leases(&session, &mut held, &completed);
+        take_leases(&session, &mut held);
         // When the last call went through: a session the server has not heard from for
         // its keepalive is gone, and a new one is opened.
         let mut last_ok = Instant::now();
@@ -278,17 +274,13 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                         ms: h.started.elapsed().as_millis() as u64,
                     });
                     finished += 1;
-                    completed.push_back(id.clone());
-                    if completed.len() > 10_000 {
-                        completed.pop_front();
-                    }
                 }
             }
             if opts.max_leases.is_some_and(|m| finished >= m) && held.is_empty() {
                 return Ok(());
             }
             session = answer;
-            take_leases(&session, &mut held, &completed);
+            take_leases(&session, &mut held);
         }
     }
 }
