@@ -394,6 +394,7 @@ fn a_changed_tool_is_named_with_both_digests() {
         store: p.root.join("cache"),
         tools: cascade_exec::Tools::new(path.clone().into()),
         against: None,
+        remote: None,
     })
     .unwrap();
     let otto = plan.node("ottochain").unwrap();

@@ -429,3 +429,36 @@ fn the_first_result_wins_and_a_different_one_is_reported_never_written() {
     assert_eq!(c.json()["built"], 0);
     assert_eq!(c.node("app")["output"], a.node("app")["output"]);
 }
+
+#[test]
+fn plan_says_which_nodes_the_engine_has_without_downloading_them() {
+    if !buildgrid() {
+        return;
+    }
+    let dirs = tempfile::tempdir().unwrap();
+    let engine = Engine::start(60);
+    let url = engine.url();
+    let p = project("", &salt());
+    build(&p, &dirs.path().join("a"), &["--remote", &url]);
+    let clean = dirs.path().join("clean");
+    let clean_arg = clean.display().to_string();
+    let plan = p.run(&[
+        "plan", "--env", ENV, "--json", "--store", &clean_arg, "--remote", &url,
+    ]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert_eq!(plan.json()["remote"], 2, "{}", plan.stdout);
+    for n in plan.json()["nodes"].as_array().unwrap() {
+        assert_eq!(n["state"], "remote", "{n}");
+    }
+    // Read-only: no store was made, nothing fetched.
+    assert!(!clean.exists());
+    let text = p.run(&[
+        "plan", "--env", ENV, "--store", &clean_arg, "--remote", &url,
+    ]);
+    let shown = format!("{}{}", text.stdout, text.stderr);
+    assert!(shown.contains("from the remote cache 2"), "{shown}");
+    // Without the engine the same plan rebuilds both.
+    let local = p.run(&["plan", "--env", ENV, "--json", "--store", &clean_arg]);
+    assert_eq!(local.json()["rebuild"], 1, "{}", local.stdout);
+    assert_eq!(local.json()["pending"], 1, "{}", local.stdout);
+}

@@ -34,6 +34,10 @@ pub fn plan_text(p: &Plan) -> String {
                 Some(o) => format!("reuses {}; differs from the baseline:", short(o)),
                 None => String::new(),
             },
+            PlanState::Remote => match &n.output {
+                Some(o) => format!("from the remote cache: {}", short(o)),
+                None => String::new(),
+            },
             PlanState::Rebuild => String::new(),
             PlanState::Pending => {
                 let mut d = format!("waits for {}", n.waits_for.join(", "));
@@ -59,6 +63,9 @@ pub fn plan_text(p: &Plan) -> String {
         "cached {}, rebuild {}, pending {}",
         p.cached, p.rebuild, p.pending
     );
+    if p.remote > 0 {
+        let _ = write!(s, ", from the remote cache {}", p.remote);
+    }
     s
 }
 
@@ -95,6 +102,7 @@ fn why_node(s: &mut String, n: &WhyNode, plan: &Plan, depth: usize) {
     let state = match (n.state, n.reasons.is_empty()) {
         (PlanState::Cached, true) => "is cached and unchanged since the baseline".to_string(),
         (PlanState::Cached, false) => "is cached, but differs from the baseline".to_string(),
+        (PlanState::Remote, _) => "is in the remote cache: a build downloads it".to_string(),
         (PlanState::Rebuild, _) => "rebuilds".to_string(),
         (PlanState::Pending, _) => format!("is pending: it waits for {waits}"),
     };
@@ -140,6 +148,7 @@ pub fn graph_dot(p: &Plan) -> String {
     for n in &p.nodes {
         let (fill, border) = match n.state {
             PlanState::Cached => ("#c8e6c9", "#2e7d32"),
+            PlanState::Remote => ("#bbdefb", "#1565c0"),
             PlanState::Rebuild => ("#ffcdd2", "#c62828"),
             PlanState::Pending => ("#fff9c4", "#f9a825"),
         };

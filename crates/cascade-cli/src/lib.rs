@@ -290,6 +290,10 @@ struct PlanArgs {
     /// Compare with this lockfile instead of the environment's newest.
     #[arg(long, value_name = "LOCKFILE")]
     against: Option<PathBuf>,
+    /// Look up what the local store lacks in this remote cache too (`grpc://…` or
+    /// `oci://…`); such nodes are `remote`: a build downloads them and runs no step.
+    #[arg(long, env = "CASCADE_REMOTE", value_name = "URL")]
+    remote: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -389,6 +393,7 @@ where
                     json: args.json,
                 },
                 against: args.against,
+                remote: args.remote.or(args.remote_cache),
             };
             explain(&cli.project, plan, io, Explain::Plan)
         }
@@ -1000,6 +1005,7 @@ fn explain(project: &std::path::Path, args: PlanArgs, mut io: Io<'_>, what: Expl
         store: store_dir(project, &args.common),
         tools: cascade_exec::Tools::from_env(),
         against: args.against,
+        remote: args.remote.filter(|u| !u.is_empty()),
     };
     let plan = match cascade::plan(&opts) {
         Ok(p) => p,

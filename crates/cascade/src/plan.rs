@@ -33,6 +33,7 @@ use cascade_store::Store;
 use crate::build::{prepare, Node};
 use crate::image::cached_image;
 use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::remote::{RemoteCache, RemoteMode, RemoteOptions};
 use crate::short::{short_digest as short, short_sha};
 use crate::{load, pin_all, Error};
 
@@ -44,6 +45,9 @@ pub struct PlanOptions {
     pub tools: Tools,
     /// Compare with this lockfile instead of the environment's newest.
     pub against: Option<PathBuf>,
+    /// `--remote`: a node the local store lacks is looked up there too (its result's
+    /// metadata only: nothing is downloaded).
+    pub remote: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -54,6 +58,8 @@ pub struct Plan {
     /// In build order.
     pub nodes: Vec<PlanNode>,
     pub cached: usize,
+    /// In the remote cache: a build downloads them and runs no step.
+    pub remote: usize,
     pub rebuild: usize,
     pub pending: usize,
     /// Problems that did not stop the plan (an unreadable newest lockfile, …).
@@ -66,6 +72,8 @@ pub struct Plan {
 pub enum PlanState {
     /// The key is in the action cache with its whole output: nothing to run.
     Cached,
+    /// The key is in the remote cache: downloaded, nothing to run.
+    Remote,
     /// The key is known and not in the cache: its steps will run.
     Rebuild,
     /// An input must be rebuilt first, so the key is not known yet.
@@ -76,6 +84,7 @@ impl fmt::Display for PlanState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PlanState::Cached => "cached",
+            PlanState::Remote => "remote",
             PlanState::Rebuild => "rebuild",
             PlanState::Pending => "pending",
         })
@@ -465,11 +474,17 @@ fn walk(
         .exists()
         .then(|| OciLayout::open_or_create(store.oci_dir()).ok())
         .flatten();
+    let remote = RemoteCache::new(&RemoteOptions {
+        url: opts.remote.clone(),
+        mode: RemoteMode::Read,
+        exec: false,
+    })?;
     let ctx = Ctx {
         store,
         git,
         lock: lock.as_ref(),
         layout: layout.as_ref(),
+        remote: remote.as_ref(),
     };
     cascade_exec::schedule(&deps, jobs, true, |i| {
         let node = plan_node(&ctx, &nodes[i], &planned, graph);
@@ -486,6 +501,7 @@ fn walk(
         environment: opts.env.clone(),
         baseline,
         cached: count(PlanState::Cached),
+        remote: count(PlanState::Remote),
         rebuild: count(PlanState::Rebuild),
         pending: count(PlanState::Pending),
         nodes: out,
@@ -498,6 +514,7 @@ struct Ctx<'a> {
     git: &'a Git,
     lock: Option<&'a Lockfile>,
     layout: Option<&'a OciLayout>,
+    remote: Option<&'a RemoteCache>,
 }
 
 fn plan_node(
@@ -512,7 +529,7 @@ fn plan_node(
     for &j in &c.inputs {
         let name = &graph.components[j].name;
         match planned[j].get().map(|p| (p.state, p.output)) {
-            Some((PlanState::Cached, Some(o))) => {
+            Some((PlanState::Cached | PlanState::Remote, Some(o))) => {
                 known.insert(name.clone(), o);
             }
             _ => waits_for.push(name.clone()),
@@ -557,16 +574,19 @@ fn plan_node(
     let (state, output, early_cutoff) = match key {
         Some(key) => match cached_output(ctx.store, &key, &c.recipe.outputs) {
             Some(o) => (PlanState::Cached, Some(o), false),
-            None => {
-                if reasons.is_empty() {
-                    reasons.push(Reason::new(match base {
-                        None => ReasonKind::NeverBuilt,
-                        Some(b) if b.key == key => ReasonKind::NotInStore,
-                        Some(_) => ReasonKind::KeyFormat,
-                    }));
+            None => match ctx.remote.and_then(|r| r.peek(&key, &c.recipe.outputs)) {
+                Some(o) => (PlanState::Remote, Some(o), false),
+                None => {
+                    if reasons.is_empty() {
+                        reasons.push(Reason::new(match base {
+                            None => ReasonKind::NeverBuilt,
+                            Some(b) if b.key == key => ReasonKind::NotInStore,
+                            Some(_) => ReasonKind::KeyFormat,
+                        }));
+                    }
+                    (PlanState::Rebuild, None, false)
                 }
-                (PlanState::Rebuild, None, false)
-            }
+            },
         },
         None => {
             if base.is_none() {

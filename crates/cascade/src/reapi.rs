@@ -109,6 +109,17 @@ impl ReapiCache {
         (ad.clone(), vec![(cd, cb), (ad, ab), empty])
     }
 
+    /// The output digest the engine's entry for `key` names (its metadata only).
+    pub(crate) fn peek(&self, key: &NodeKey, outputs: &[String]) -> Option<String> {
+        self.speaks_sha256().ok()?;
+        let (action, _) = Self::key_action(key, outputs);
+        let result = self.client.get_action_result(&action).ok()??;
+        meta_of(&result)
+            .ok()
+            .filter(|m| m.key == key.to_string())
+            .map(|m| m.output)
+    }
+
     /// Looks `key` up; on a hit, every output is downloaded, checked and stored, and the
     /// action result is recorded locally. `None` on a miss or any failure.
     pub(crate) fn fetch(

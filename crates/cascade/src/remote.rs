@@ -145,6 +145,21 @@ impl RemoteCache {
         }
     }
 
+    /// The output digest the remote cache names for `key`, without downloading
+    /// anything (`plan --remote`); `None` on a miss or any failure.
+    pub fn peek(&self, key: &NodeKey, outputs: &[String]) -> Option<cascade_core::OutputDigest> {
+        let output = match self {
+            RemoteCache::Oci(c) => {
+                let tag = OciCache::tag(key);
+                c.client.manifest_digest(&c.repository, &tag).ok()??;
+                c.entry(&tag).ok()?.1.output
+            }
+            RemoteCache::Reapi(c) => c.peek(key, outputs)?,
+        };
+        let hex = output.strip_prefix("blake3:")?;
+        Some(cascade_core::OutputDigest(Digest::from_hex(hex).ok()?))
+    }
+
     /// `cascade gc --remote-cache`: registries only; an engine evicts by its own rules.
     pub fn collect(
         &self,
