@@ -167,6 +167,38 @@ pub fn cascade(args: &[String]) -> Run {
     }
 }
 
+/// The remote-cache tests' project: environment `test`, base → app, each a host step
+/// that writes `out/out.txt` (base's data; base's output and app's data); `extra` is more
+/// of app's step, `salt` goes into base's data (so its blobs are the test's own).
+pub fn base_app(extra: &str, salt: &str) -> TestProject {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/test.yaml",
+        "name: test\nmode: branch\nsources:\n\
+         \x20 base: { repo: ../../repos/base, ref: develop }\n\
+         \x20 app:  { repo: ../../repos/app,  ref: develop }\n",
+    );
+    let recipe = |inputs: &str, cat: &str, extra: &str| {
+        format!(
+            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir, date, sleep] }} }}\ntimeout: 1m\nsteps:\n  - name: make\n    run: |\n      mkdir -p out/share\n      cat {cat} data.txt > out/out.txt\n{extra}outputs: [out]\n"
+        )
+    };
+    p.write("recipes/base.yaml", &recipe("", "", ""));
+    p.write(
+        "recipes/app.yaml",
+        &recipe("base", "inputs/base/out/out.txt", extra),
+    );
+    for name in ["base", "app"] {
+        let data = if name == "base" {
+            format!("{name} data{salt}\n")
+        } else {
+            format!("{name} data\n")
+        };
+        p.commit(name, "develop", &[("data.txt", Some(&data))], "initial");
+    }
+    p
+}
+
 pub struct TestProject {
     _dir: tempfile::TempDir,
     pub root: PathBuf,

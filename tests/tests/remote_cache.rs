@@ -17,32 +17,7 @@ fn project(extra: &str) -> TestProject {
 
 /// `salt` goes into base's data, so its blobs are this test's alone in the registry.
 fn salted(extra: &str, salt: &str) -> TestProject {
-    let mut p = TestProject::new();
-    p.write(
-        "graph/environments/test.yaml",
-        "name: test\nmode: branch\nsources:\n\
-         \x20 base: { repo: ../../repos/base, ref: develop }\n\
-         \x20 app:  { repo: ../../repos/app,  ref: develop }\n",
-    );
-    let recipe = |inputs: &str, cat: &str, extra: &str| {
-        format!(
-            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir, date] }} }}\nsteps:\n  - name: make\n    run: |\n      mkdir -p out/share\n      cat {cat} data.txt > out/out.txt\n{extra}outputs: [out]\n"
-        )
-    };
-    p.write("recipes/base.yaml", &recipe("", "", ""));
-    p.write(
-        "recipes/app.yaml",
-        &recipe("base", "inputs/base/out/out.txt", extra),
-    );
-    for name in ["base", "app"] {
-        let data = if name == "base" {
-            format!("{name} data{salt}\n")
-        } else {
-            format!("{name} data\n")
-        };
-        p.commit(name, "develop", &[("data.txt", Some(&data))], "initial");
-    }
-    p
+    cascade_tests::base_app(extra, salt)
 }
 
 fn cache_url() -> String {

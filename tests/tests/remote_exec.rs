@@ -191,28 +191,7 @@ fn a_cascade_worker_runs_an_action_that_is_not_cascades() {
 
 /// base → app; `extra` is more of app's step; `salt` makes base's data this test's own.
 fn project(extra: &str, salt: &str) -> TestProject {
-    let mut p = TestProject::new();
-    p.write(
-        "graph/environments/test.yaml",
-        "name: test\nmode: branch\nsources:\n\
-         \x20 base: { repo: ../../repos/base, ref: develop }\n\
-         \x20 app:  { repo: ../../repos/app,  ref: develop }\n",
-    );
-    let recipe = |inputs: &str, cat: &str, extra: &str| {
-        format!(
-            "inputs: [{inputs}]\nrunner: {{ host: {{ tools: [sh, cat, mkdir, date, sleep] }} }}\ntimeout: 1m\nsteps:\n  - name: make\n    run: |\n      mkdir -p out/share\n      cat {cat} data.txt > out/out.txt\n{extra}outputs: [out]\n"
-        )
-    };
-    p.write("recipes/base.yaml", &recipe("", "", ""));
-    p.write(
-        "recipes/app.yaml",
-        &recipe("base", "inputs/base/out/out.txt", extra),
-    );
-    for name in ["base", "app"] {
-        let data = format!("{name} data {salt}\n");
-        p.commit(name, "develop", &[("data.txt", Some(&data))], "initial");
-    }
-    p
+    cascade_tests::base_app(extra, salt)
 }
 
 fn build(p: &TestProject, store: &Path, extra: &[&str]) -> Run {

@@ -43,7 +43,6 @@ struct Meta {
 pub(crate) struct ReapiCache {
     client: Client,
     pub(crate) tally: Tally,
-    mode: RemoteMode,
 }
 
 /// Where an executed node ran, and how long each phase took.
@@ -72,7 +71,6 @@ impl ReapiCache {
         Ok(ReapiCache {
             tally: Tally::new(&client.endpoint().to_string(), mode),
             client,
-            mode,
         })
     }
 
@@ -129,24 +127,13 @@ impl ReapiCache {
         outputs: &[String],
         node: &str,
     ) -> Option<ActionResult> {
-        if self.mode == RemoteMode::Write || !self.tally.usable() {
+        if !self.tally.reads() {
             return None;
         }
-        match self.try_fetch(store, key, outputs) {
-            Ok(Some(r)) => {
-                self.tally.with(|r| r.hits += 1);
-                Some(r)
-            }
-            Ok(None) => {
-                self.tally.with(|r| r.misses += 1);
-                None
-            }
-            Err(e) => {
-                self.tally
-                    .error(format!("`{node}`: reading {}: {e}", self.client.endpoint()));
-                None
-            }
-        }
+        let r = self.try_fetch(store, key, outputs);
+        self.tally.fetched(r, |e| {
+            format!("`{node}`: reading {}: {e}", self.client.endpoint())
+        })
     }
 
     fn try_fetch(
@@ -245,16 +232,13 @@ impl ReapiCache {
         outputs: &[String],
         node: &str,
     ) {
-        if self.mode == RemoteMode::Read || !self.tally.usable() {
+        if !self.tally.writes() {
             return;
         }
-        match self.try_upload(store, key, result, outputs, node) {
-            Ok(true) => self.tally.with(|r| r.uploads += 1),
-            Ok(false) => {}
-            Err(e) => self
-                .tally
-                .error(format!("`{node}`: writing {}: {e}", self.client.endpoint())),
-        }
+        let r = self.try_upload(store, key, result, outputs, node);
+        self.tally.uploaded(r, |e| {
+            format!("`{node}`: writing {}: {e}", self.client.endpoint())
+        });
     }
 
     fn try_upload(

@@ -226,6 +226,52 @@ impl Tally {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    fn mode(&self) -> RemoteMode {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).mode
+    }
+
+    /// Whether to look the remote up now (its mode reads, its budget lasts).
+    pub fn reads(&self) -> bool {
+        self.mode() != RemoteMode::Write && self.usable()
+    }
+
+    /// Whether to write to it now.
+    pub fn writes(&self) -> bool {
+        self.mode() != RemoteMode::Read && self.usable()
+    }
+
+    /// Counts a lookup: a hit, a miss, or an error (`what` says where, spending the
+    /// budget).
+    pub fn fetched<T>(
+        &self,
+        r: Result<Option<T>, String>,
+        what: impl FnOnce(&str) -> String,
+    ) -> Option<T> {
+        match r {
+            Ok(Some(v)) => {
+                self.with(|r| r.hits += 1);
+                Some(v)
+            }
+            Ok(None) => {
+                self.with(|r| r.misses += 1);
+                None
+            }
+            Err(e) => {
+                self.error(what(&e));
+                None
+            }
+        }
+    }
+
+    /// Counts an upload: written, already there (`false`), or an error.
+    pub fn uploaded(&self, r: Result<bool, String>, what: impl FnOnce(&str) -> String) {
+        match r {
+            Ok(true) => self.with(|r| r.uploads += 1),
+            Ok(false) => {}
+            Err(e) => self.error(what(&e)),
+        }
+    }
 }
 
 /// The remote cache on an OCI registry.
@@ -233,7 +279,6 @@ pub(crate) struct OciCache {
     client: Client,
     repository: String,
     url: String,
-    mode: RemoteMode,
     pub(crate) tally: Tally,
 }
 
@@ -272,7 +317,6 @@ impl OciCache {
             client,
             repository: repository.trim_end_matches('/').to_string(),
             url: url.to_string(),
-            mode,
             tally: Tally::new(url, mode),
         }))
     }
@@ -345,24 +389,12 @@ impl OciCache {
     /// Looks `key` up; on a hit every entry is downloaded, verified and stored, and the
     /// action result is recorded locally. `None` on a miss or any failure.
     pub fn fetch(&self, store: &Store, key: &NodeKey, node: &str) -> Option<ActionResult> {
-        if self.mode == RemoteMode::Write || !self.tally.usable() {
+        if !self.tally.reads() {
             return None;
         }
-        match self.try_fetch(store, key) {
-            Ok(Some(r)) => {
-                self.tally.with(|r| r.hits += 1);
-                Some(r)
-            }
-            Ok(None) => {
-                self.tally.with(|r| r.misses += 1);
-                None
-            }
-            Err(e) => {
-                self.tally
-                    .error(format!("`{node}`: reading {}: {e}", self.url));
-                None
-            }
-        }
+        let r = self.try_fetch(store, key);
+        self.tally
+            .fetched(r, |e| format!("`{node}`: reading {}: {e}", self.url))
     }
 
     fn try_fetch(&self, store: &Store, key: &NodeKey) -> Result<Option<ActionResult>, String> {
@@ -436,16 +468,12 @@ impl OciCache {
     /// After a node was built: publish its action result, unless the cache already has
     /// one (the first writer wins; another output is reported, never overwritten).
     pub fn upload(&self, store: &Store, key: &NodeKey, result: &ActionResult, node: &str) {
-        if self.mode == RemoteMode::Read || !self.tally.usable() {
+        if !self.tally.writes() {
             return;
         }
-        match self.try_upload(store, key, result, node) {
-            Ok(true) => self.tally.with(|r| r.uploads += 1),
-            Ok(false) => {}
-            Err(e) => self
-                .tally
-                .error(format!("`{node}`: writing {}: {e}", self.url)),
-        }
+        let r = self.try_upload(store, key, result, node);
+        self.tally
+            .uploaded(r, |e| format!("`{node}`: writing {}: {e}", self.url));
     }
 
     fn try_upload(
