@@ -15,10 +15,25 @@ fn services_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/cascade-services"))
 }
 
+/// A value of `buildgrid.env`, which `.ci/services/buildgrid.sh` writes.
+pub fn bgd_env(key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(services_dir().join("buildgrid.env")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// PostgreSQL's `host:port`, from the connection string BuildGrid uses.
+fn pg_addr() -> Option<String> {
+    let url = bgd_env("CASCADE_BGD_PG")?;
+    let after = url.split_once('@')?.1;
+    Some(after.split('/').next()?.to_string())
+}
+
 /// Whether BuildGrid is installed and PostgreSQL runs (`.ci/services/buildgrid.sh`).
 pub fn buildgrid() -> bool {
-    let env = services_dir().join("buildgrid.env");
-    let ok = env.is_file() && TcpStream::connect("127.0.0.1:54329").is_ok();
+    let ok = bgd_env("CASCADE_BGD").is_some()
+        && pg_addr().is_some_and(|a| TcpStream::connect(a).is_ok());
     crate::require(
         "BuildGrid and PostgreSQL",
         ok,
@@ -186,23 +201,10 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.kill();
         // The database too, best effort (a new machine has none left over anyway).
-        if let Ok(env) = std::fs::read_to_string(services_dir().join("buildgrid.env")) {
-            let bin = env
-                .lines()
-                .find_map(|l| l.strip_prefix("CASCADE_PG_BIN="))
-                .unwrap_or("/usr/lib/postgresql/15/bin")
-                .to_string();
+        if let (Some(bin), Some(addr)) = (bgd_env("CASCADE_PG_BIN"), pg_addr()) {
+            let (host, port) = addr.rsplit_once(':').unwrap_or((&addr, "5432"));
             let _ = Command::new(format!("{bin}/dropdb"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    "54329",
-                    "-U",
-                    "bgd",
-                    "--if-exists",
-                    &self.db,
-                ])
+                .args(["-h", host, "-p", port, "-U", "bgd", "--if-exists", &self.db])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -138,19 +138,7 @@ fn a_cascade_worker_runs_an_action_that_is_not_cascades() {
     if !buildgrid() {
         return;
     }
-    let env = fs::read_to_string("/tmp/cascade-services/buildgrid.env")
-        .or_else(|_| {
-            fs::read_to_string(
-                Path::new(&std::env::var("CASCADE_SERVICES_DIR").unwrap_or_default())
-                    .join("buildgrid.env"),
-            )
-        })
-        .expect("buildgrid.env");
-    let bgd = env
-        .lines()
-        .find_map(|l| l.strip_prefix("CASCADE_BGD="))
-        .expect("CASCADE_BGD")
-        .to_string();
+    let bgd = cascade_tests::engine::bgd_env("CASCADE_BGD").expect("CASCADE_BGD");
     let dirs = tempfile::tempdir().unwrap();
     let engine = Engine::start(60);
     let w = engine.worker("generic", dirs.path());
