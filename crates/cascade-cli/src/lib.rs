@@ -15,6 +15,7 @@ mod deploy;
 mod explain;
 mod lock;
 mod progress;
+mod sign;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -73,6 +74,10 @@ enum Command {
     /// Inspect and check the store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Write a signing key pair (`cascade.key`, mode 0600, and `cascade.pub`).
+    Keygen(sign::KeygenArgs),
+    /// Check an image's signatures, or those of every image a lockfile names.
+    Verify(sign::VerifyArgs),
     /// Run Actions for a REAPI engine that hands out work through the Remote Workers
     /// API (BuildGrid's bots), in cascade's sandbox: cascade's Actions or anyone's.
     Worker(WorkerArgs),
@@ -250,6 +255,10 @@ struct BuildArgs {
     /// Do not run the smoke tests; the lockfile records them as skipped.
     #[arg(long)]
     skip_tests: bool,
+    /// With --push: sign each pushed image with this secret key (a file, or `env:VAR`
+    /// for a variable holding it) [default: the environment's `sign:`].
+    #[arg(long, value_name = "KEY", requires = "push", value_parser = parse_key_location)]
+    sign: Option<cascade::KeyLocation>,
     /// Share results through an OCI registry: `oci://host[:port]/repository`
     /// [default: the environment's `remote_cache:`].
     #[arg(long, env = "CASCADE_REMOTE_CACHE", value_name = "URL")]
@@ -275,6 +284,11 @@ struct BuildArgs {
     /// Default: /dev/shm when it is a tmpfs with 4 GiB free, else the store's disk.
     #[arg(long, env = "CASCADE_WORK_DIR", value_name = "DIR")]
     work_dir: Option<PathBuf>,
+}
+
+fn parse_key_location(s: &str) -> Result<cascade::KeyLocation, String> {
+    cascade::KeyLocation::parse(s)
+        .ok_or_else(|| "expected a key file's path or `env:VAR`".to_string())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -419,6 +433,8 @@ where
         Command::Cache(CacheCommand::Stats(args)) => cache_stats(&cli.project, args, io),
         Command::Cache(CacheCommand::Verify(args)) => cache_verify(&cli.project, args, io),
         Command::Worker(args) => worker(&cli.project, args, io),
+        Command::Keygen(args) => sign::keygen(args, io),
+        Command::Verify(args) => sign::verify(&cli.project, args, io),
     }
 }
 
@@ -698,6 +714,7 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
             _ => ExecutorArg::Sandbox,
         },
         work_dir: std::env::var_os("CASCADE_WORK_DIR").map(PathBuf::from),
+        sign: None,
     };
     build(project, build_args, io)
 }
@@ -881,6 +898,7 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             .unwrap_or(1)
     });
     let opts = BuildOptions {
+        sign: args.sign.clone(),
         work_dir: args.work_dir.clone(),
         executor: match args.executor {
             ExecutorArg::Sandbox => cascade::ExecutorKind::Sandbox,

@@ -52,6 +52,7 @@ pub(crate) struct EnvironmentAst {
     pub tag: Option<S<String>>,
     pub remote_cache: Option<S<String>>,
     pub remote: Option<S<String>>,
+    pub sign: Option<S<String>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
     pub deploy: Option<S<DeployAst>>,
 }

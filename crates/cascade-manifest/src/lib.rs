@@ -34,8 +34,8 @@ pub use error::{Diagnostics, ManifestError};
 pub use model::tool_set;
 pub use model::{
     Change, Component, Constraint, Deploy, DeployComponent, Environment, Expect, FieldChange,
-    Graph, HealthCheck, ImageBase, ImageDecl, LayerDecl, Mode, PortMap, Probe, Recipe, Rev,
-    RunnerDecl, RunnerImage, SmokeTest, SourceFilter, SourceSpec, Stamp, Step, Volume,
+    Graph, HealthCheck, ImageBase, ImageDecl, KeyLocation, LayerDecl, Mode, PortMap, Probe, Recipe,
+    Rev, RunnerDecl, RunnerImage, SmokeTest, SourceFilter, SourceSpec, Stamp, Step, Volume,
     TEST_PLACEHOLDERS, TOOL_SETS,
 };
 pub use order::{build_order, Ordered};

@@ -37,9 +37,40 @@ pub struct Environment {
     /// `grpc[s]://host:port[/instance]`: a REAPI engine, the shared cache (and, with
     /// `--remote-exec`, the executor); wins over `remote_cache`.
     pub remote: Option<String>,
+    /// `sign:`: the key that signs pushed images, a file (relative to the environment
+    /// file's directory) or `env:VAR`.
+    pub sign: Option<KeyLocation>,
     /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
     pub deploy: Option<Deploy>,
     pub file: FileId,
+}
+
+/// Where a signing key is: its text is never in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyLocation {
+    /// A file, as written (relative paths start at the environment file's directory).
+    File(String),
+    /// `env:VAR`: the armored key is the variable's value.
+    Env(String),
+}
+
+impl KeyLocation {
+    /// `env:VAR` or a path, as `--sign` and `sign:` take them; `None` when empty or when
+    /// `VAR` is not a variable name.
+    pub fn parse(s: &str) -> Option<KeyLocation> {
+        match s.strip_prefix("env:") {
+            Some(var) => {
+                let ok = var
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                ok.then(|| KeyLocation::Env(var.to_string()))
+            }
+            None if s.is_empty() => None,
+            None => Some(KeyLocation::File(s.to_string())),
+        }
+    }
 }
 
 /// An environment's `deploy:` section, checked.

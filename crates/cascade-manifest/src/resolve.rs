@@ -19,7 +19,7 @@ use crate::ast::{
 };
 use crate::error::{Diagnostics, ManifestError};
 use crate::model::{
-    Component, Constraint, Environment, Graph, Mode, Recipe, Rev, SourceSpec, Step,
+    Component, Constraint, Environment, Graph, KeyLocation, Mode, Recipe, Rev, SourceSpec, Step,
 };
 use crate::range::VersionRange;
 use crate::source::{source_span, span_of};
@@ -218,6 +218,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             tag: env.tag,
             remote_cache: env.remote_cache,
             remote: env.remote,
+            sign: env.sign,
             deploy,
             file: files.environment,
         },
@@ -238,6 +239,7 @@ struct EnvChecked {
     tag: Option<String>,
     remote_cache: Option<String>,
     remote: Option<String>,
+    sign: Option<KeyLocation>,
     sources: Vec<SourceChecked>,
     /// Checked once the recipes are (a deployed component needs an image).
     deploy: Option<S<DeployAst>>,
@@ -461,6 +463,18 @@ fn remote_cache_problem(url: &str) -> Option<(String, &'static str, String)> {
     }
 }
 
+/// What is wrong with a `sign:`: a key file's path, or `env:VAR`.
+fn sign_problem(v: &str) -> Option<(String, &'static str, String)> {
+    if KeyLocation::parse(v).is_some() {
+        return None;
+    }
+    Some((
+        format!("`{v}` does not name a key"),
+        "not a path or `env:VAR`",
+        "write a key file's path (relative to this file's directory), or `env:VAR` for a variable holding the armored key (`cascade keygen` writes one)".to_string(),
+    ))
+}
+
 fn is_reserved_env(s: &str) -> bool {
     // TMPDIR too: the sandbox sets it for host steps, so a declared one would be lost.
     matches!(
@@ -678,6 +692,11 @@ impl Resolver<'_> {
             .remote
             .and_then(|v| self.non_empty(file, v, "`remote`"))
             .and_then(|(v, span)| self.env_value(v, span, remote_problem));
+        let sign = ast
+            .sign
+            .and_then(|v| self.non_empty(file, v, "`sign`"))
+            .and_then(|(v, span)| self.env_value(v, span, sign_problem))
+            .and_then(|v| KeyLocation::parse(&v));
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -728,6 +747,7 @@ impl Resolver<'_> {
             tag,
             remote_cache,
             remote,
+            sign,
             sources,
             deploy: ast.deploy,
         }
@@ -1580,6 +1600,15 @@ mod tests {
         assert!(registry_problem("UPPER CASE/..//x").is_some());
         assert!(registry_problem("host:port/x").is_some());
         assert!(registry_problem("host/Upper").is_some());
+        assert!(sign_problem("keys/cascade.key").is_none());
+        assert!(sign_problem("env:CASCADE_KEY_1").is_none());
+        assert!(sign_problem("env:").is_some());
+        assert!(sign_problem("env:1X").is_some());
+        assert!(sign_problem("env:A-B").is_some());
+        assert_eq!(
+            KeyLocation::parse("env:K"),
+            Some(KeyLocation::Env("K".into()))
+        );
         assert!(remote_cache_problem("oci://127.0.0.1:5000/cache").is_none());
         assert!(remote_cache_problem("ftp://x").is_some());
         assert!(remote_cache_problem("oci://host").is_some());

@@ -51,6 +51,9 @@ pub struct BuildOptions {
     /// `--work-dir`: where Actions' work directories go (`store` for the store's disk);
     /// `None` for a roomy tmpfs, else the store ([`crate::workdir`]).
     pub work_dir: Option<PathBuf>,
+    /// `--sign`: the key that signs each pushed image (a path from the current
+    /// directory, or `env:VAR`); wins over the environment's `sign:`. Only with `push`.
+    pub sign: Option<cascade_manifest::KeyLocation>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -132,6 +135,9 @@ pub struct BuildReport {
     /// With a remote cache: what it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_cache: Option<RemoteReport>,
+    /// With `--push` and a key: the signature made for each pushed image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signed: Vec<crate::sign::Signed>,
 }
 
 impl BuildReport {
@@ -344,6 +350,8 @@ pub fn build(
     }
     // What publishing needs is checked before anything is built.
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
+    // So is the signing key: `--sign`, else the environment's `sign:`.
+    let signer = signer(opts, env.sign.as_ref(), &project.environment_dir())?;
     // The normalized recipes and image declarations are kept in the store under their
     // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
     // replayed, and `plan` can name the fields that changed, after a recipe changed.
@@ -375,6 +383,7 @@ pub fn build(
             env_name: &opts.env,
             remote: remote.as_ref(),
             publish: true,
+            signer: signer.as_ref(),
         },
         |_| Ok(()),
         |_, _| {},
@@ -410,6 +419,26 @@ pub fn build(
     Ok(report)
 }
 
+/// The key that signs this build's pushes, loaded before anything is built: `--sign`
+/// (from the current directory), else the environment's `sign:` (from its directory).
+/// None without `--push`: only pushed images are signed.
+pub(crate) fn signer(
+    opts: &BuildOptions,
+    from_env: Option<&cascade_manifest::KeyLocation>,
+    env_dir: &Path,
+) -> Result<Option<crate::sign::Signer>, Error> {
+    if !opts.publish.push {
+        return Ok(None);
+    }
+    let env_file = format!("`sign:` in `graph/environments/{}.yaml`", opts.env);
+    let (loc, base, by) = match (&opts.sign, from_env) {
+        (Some(loc), _) => (loc, PathBuf::new(), "--sign".to_string()),
+        (None, Some(loc)) => (loc, env_dir.to_path_buf(), env_file),
+        (None, None) => return Ok(None),
+    };
+    crate::sign::Signer::load(loc, &base, &by, &opts.store).map(Some)
+}
+
 pub(crate) fn any_tests(components: &[Component]) -> bool {
     components.iter().any(|c| !c.recipe.tests.is_empty())
 }
@@ -442,6 +471,8 @@ pub(crate) struct Walk<'a> {
     pub remote: Option<&'a RemoteCache>,
     /// Smoke tests, `--load` and `--push` after the nodes (not for `--check`).
     pub publish: bool,
+    /// Signs what `--push` pushed.
+    pub signer: Option<&'a crate::sign::Signer>,
 }
 
 /// Checks what the walk needs (the engine, the executors) before anything runs, then
@@ -490,7 +521,15 @@ pub(crate) fn walk(
     let (mut report, done) = run_graph(&run, on_event);
     after_nodes(&mut report, &done);
     if w.publish {
-        publish_all(opts, &run, docker.as_deref(), &done, &mut report, on_event)?;
+        publish_all(
+            opts,
+            &run,
+            w.signer,
+            docker.as_deref(),
+            &done,
+            &mut report,
+            on_event,
+        )?;
     }
     Ok((report, done))
 }
@@ -518,6 +557,7 @@ pub(crate) struct Run<'a> {
 pub(crate) fn publish_all(
     opts: &BuildOptions,
     run: &Run<'_>,
+    signer: Option<&crate::sign::Signer>,
     docker: Option<&cascade_docker::Docker>,
     done: &[OnceLock<Done>],
     report: &mut BuildReport,
@@ -538,6 +578,19 @@ pub(crate) fn publish_all(
     if report.success() && opts.publish.push {
         for line in publish::push(l, &images)? {
             on_event(Event::Published(&line));
+        }
+        // Signed once pushed: a signature never names an image the registry lacks.
+        if let Some(s) = signer {
+            for signed in s.sign(&images)? {
+                on_event(Event::Published(&format!(
+                    "  signed   {} {} ({}, key {})",
+                    signed.reference,
+                    signed.digest,
+                    signed.signature.display(),
+                    signed.fingerprint
+                )));
+                report.signed.push(signed);
+            }
         }
     }
     Ok(())
@@ -681,6 +734,7 @@ pub(crate) fn run_graph(
         duration_ms: started.elapsed().as_millis() as u64,
         replay: None,
         remote_cache: run.remote.map(RemoteCache::report),
+        signed: Vec::new(),
     };
     (report, done)
 }

@@ -161,6 +161,54 @@ pub enum Error {
     )]
     NoRegistry { env: String },
 
+    /// A signing or verification key that cannot be used (unreadable text, locked).
+    #[error("cannot use the key in {what}")]
+    #[diagnostic(code(cascade::key))]
+    Key {
+        what: String,
+        #[source]
+        #[diagnostic_source]
+        source: cascade_sign::SignError,
+    },
+
+    #[error("the environment variable `{var}` named by {by} is not set")]
+    #[diagnostic(
+        code(cascade::key::variable),
+        help("export the armored secret key in `{var}` (`export {var}=\"$(cat cascade.key)\"`), or name a key file")
+    )]
+    KeyVariable { var: String, by: String },
+
+    #[error("`{path}` exists; cascade keygen never overwrites a key")]
+    #[diagnostic(
+        code(cascade::key::exists),
+        help("choose another directory with `-o`, or move the old key pair away first")
+    )]
+    KeyExists { path: PathBuf },
+
+    #[error("could not write `{path}`")]
+    #[diagnostic(code(cascade::key::write))]
+    WriteKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the registry has no image `{reference}`")]
+    #[diagnostic(
+        code(cascade::verify::no_image),
+        help("check the reference, or verify by digest (`host/repo@sha256:…`) or by lockfile")
+    )]
+    NoSuchImage { reference: String },
+
+    #[error("could not sign `{reference}`")]
+    #[diagnostic(code(cascade::sign))]
+    Sign {
+        reference: String,
+        #[source]
+        #[diagnostic_source]
+        source: cascade_sign::SignError,
+    },
+
     /// A lockfile that cannot be replayed as written: a commit gone, a recipe lost, a
     /// key that does not match its ingredients. Points at the line.
     #[error(transparent)]
@@ -345,6 +393,10 @@ impl Error {
             | Error::NoLockfile { .. }
             | Error::NoImage { .. }
             | Error::NoRegistry { .. }
+            | Error::Key { .. }
+            | Error::KeyVariable { .. }
+            | Error::KeyExists { .. }
+            | Error::NoSuchImage { .. }
             | Error::Lockfile(_)
             | Error::WrongEnvironment { .. }
             | Error::NoPrevious { .. }
@@ -367,6 +419,8 @@ impl Error {
             | Error::Sandbox { .. }
             | Error::Load { .. }
             | Error::Push { .. }
+            | Error::Sign { .. }
+            | Error::WriteKey { .. }
             | Error::ReproducibilityRisk { .. }
             | Error::StoreBusy { .. }
             | Error::RemoteCacheGc { .. }

@@ -24,12 +24,14 @@ mod remote;
 mod replay;
 mod rootfs;
 mod short;
+mod sign;
 mod smoke;
 mod workdir;
 mod worker;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
+pub use cascade_manifest::KeyLocation;
 pub use check::{FileDiff, Mismatch};
 pub use deploy::{
     deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
@@ -61,4 +63,8 @@ pub use reapi::RemoteRun;
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};
 pub use short::{short_digest, short_sha};
+pub use sign::{
+    keygen, verify, ImageVerdict, KeyPair, Signed, Verdict, VerifyOptions, VerifyReport,
+    VerifyTarget,
+};
 pub use worker::{worker, WorkerEvent, WorkerOptions};

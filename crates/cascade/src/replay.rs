@@ -115,6 +115,14 @@ pub(crate) fn replay(
     };
     let components = components(&locked, &real, current.as_ref(), &history)?;
     let env_dir = opts.project.join("graph/environments");
+    // `--sign`, else today's `sign:` of the lockfile's environment.
+    let signer = crate::build::signer(
+        opts,
+        current
+            .as_ref()
+            .and_then(|p| p.graph.environment.sign.as_ref()),
+        &env_dir,
+    )?;
     let pinned = pin(&locked, &components, &git, &env_dir)?;
     let mut nodes = prepare(&components, &pinned, &opts.tools)?;
     for n in &mut nodes {
@@ -147,6 +155,7 @@ pub(crate) fn replay(
         // A replay checks what this machine makes: no remote results.
         remote: None,
         publish: !opts.replay.check,
+        signer: signer.as_ref(),
     };
     let (report, done) = walk(
         opts,

@@ -1,0 +1,365 @@
+//! Keys and image signatures: `keygen`, the sign step of `build --push --sign`, and
+//! `verify`. The cryptography and the formats are `cascade-sign`'s; this module decides
+//! where keys come from and where signatures go:
+//! - a key is a file (mode 0600 when `keygen` writes it) or `env:VAR`; its text is read
+//!   once, never logged, never put in the store or a lockfile;
+//! - signatures go to the store's lookaside directory `<store>/sigstore/`, laid out as
+//!   containers/image reads it (`<repository>@sha256=<hex>/signature-<n>`), so a
+//!   `registries.d` file with `lookaside: file://<store>/sigstore` lets skopeo and podman
+//!   check them (README, "Signing and verification").
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cascade_manifest::KeyLocation;
+use cascade_registry::{Client, ClientOptions, OciDigest, Reference};
+use cascade_sign::simple::{self, Rejection};
+use cascade_sign::{PublicKey, SecretKey};
+
+use crate::image::ImageRef;
+use crate::Error;
+
+/// The lookaside directory of a store.
+pub(crate) fn sigstore_dir(store: &Path) -> PathBuf {
+    store.join("sigstore")
+}
+
+/// What signatures say made them (`optional.creator`).
+fn creator() -> String {
+    format!("cascade {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What `keygen` wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyPair {
+    /// The secret key (armored OpenPGP), mode 0600.
+    pub secret: PathBuf,
+    /// The public key (armored OpenPGP): for `verify --key`, skopeo's `keyPath`,
+    /// `gpg --import`.
+    pub public: PathBuf,
+    pub fingerprint: String,
+}
+
+/// Writes a new key pair into `dir` (created if missing): `cascade.key` and
+/// `cascade.pub`. Never overwrites: an existing file is an error.
+pub fn keygen(dir: &Path, user_id: &str) -> Result<KeyPair, Error> {
+    let secret_path = dir.join("cascade.key");
+    let public_path = dir.join("cascade.pub");
+    for p in [&secret_path, &public_path] {
+        if p.symlink_metadata().is_ok() {
+            return Err(Error::KeyExists { path: p.clone() });
+        }
+    }
+    let key_error = |source| Error::Key {
+        what: "a new key pair".into(),
+        source,
+    };
+    let key = cascade_sign::generate(user_id).map_err(key_error)?;
+    let secret = key.to_armored().map_err(key_error)?;
+    let public = key.public().to_armored().map_err(key_error)?;
+    let write_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::WriteKey { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_error(dir))?;
+    write_new(&secret_path, secret.as_bytes(), 0o600).map_err(write_error(&secret_path))?;
+    write_new(&public_path, public.as_bytes(), 0o644).map_err(write_error(&public_path))?;
+    Ok(KeyPair {
+        secret: secret_path,
+        public: public_path,
+        fingerprint: key.fingerprint(),
+    })
+}
+
+/// Creates `path` (never replacing a file) with `mode` from the start, so a secret is
+/// never readable by others, not even for a moment.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Where a key came from, for messages (never its content).
+fn describe(loc: &KeyLocation, base: &Path) -> (String, Option<PathBuf>) {
+    match loc {
+        KeyLocation::File(p) => {
+            let path = base.join(p);
+            (format!("`{}`", path.display()), Some(path))
+        }
+        KeyLocation::Env(var) => (format!("the variable `{var}`"), None),
+    }
+}
+
+/// Reads the text of a key; `by` says who named it (`--sign`, `sign:` in …).
+fn key_text(loc: &KeyLocation, base: &Path, by: &str) -> Result<(String, String), Error> {
+    let (what, path) = describe(loc, base);
+    let text = match (loc, path) {
+        (KeyLocation::Env(var), _) => std::env::var(var).map_err(|_| Error::KeyVariable {
+            var: var.clone(),
+            by: by.to_string(),
+        })?,
+        (_, Some(path)) => {
+            std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?
+        }
+        (KeyLocation::File(p), None) => {
+            return Err(Error::Read {
+                path: PathBuf::from(p),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        }
+    };
+    Ok((text, what))
+}
+
+/// The key that signs a build's images, and where their signatures go.
+pub(crate) struct Signer {
+    key: SecretKey,
+    sigstore: PathBuf,
+}
+
+impl Signer {
+    /// Loads the key named by `loc` (relative paths from `base`), before anything is
+    /// built: a bad key costs no build time.
+    pub(crate) fn load(
+        loc: &KeyLocation,
+        base: &Path,
+        by: &str,
+        store: &Path,
+    ) -> Result<Signer, Error> {
+        let (text, what) = key_text(loc, base, by)?;
+        let key =
+            SecretKey::from_armored(&text, &what).map_err(|source| Error::Key { what, source })?;
+        Ok(Signer {
+            key,
+            sigstore: sigstore_dir(store),
+        })
+    }
+
+    /// Signs every pushed image, writing each signature into the lookaside directory.
+    pub(crate) fn sign(&self, images: &[ImageRef]) -> Result<Vec<Signed>, Error> {
+        let mut out = Vec::new();
+        for image in images {
+            let err = |source| Error::Sign {
+                reference: image.reference.clone(),
+                source,
+            };
+            let r = Reference::parse(&image.reference).map_err(|e| Error::Push {
+                reference: image.reference.clone(),
+                source: e,
+            })?;
+            let digest = image.digest.to_string();
+            let bytes =
+                simple::sign(&self.key, &image.reference, &digest, &creator()).map_err(err)?;
+            let dir = simple::lookaside_dir(&self.sigstore, &r.repository, &digest);
+            let signature = simple::write_signature(&dir, &bytes).map_err(err)?;
+            out.push(Signed {
+                reference: image.reference.clone(),
+                digest,
+                signature,
+                fingerprint: self.key.fingerprint(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One image signed by a build.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Signed {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: String,
+    /// The `signature-<n>` file in the lookaside directory.
+    pub signature: PathBuf,
+    pub fingerprint: String,
+}
+
+/// What `verify` checks.
+#[derive(Clone, Debug)]
+pub enum VerifyTarget {
+    /// `host/repo:tag` (its digest asked of the registry) or `host/repo@sha256:…`.
+    Image(String),
+    /// Every image a lockfile names, by the lockfile's digests.
+    Lockfile(PathBuf),
+}
+
+pub struct VerifyOptions {
+    pub target: VerifyTarget,
+    /// Public keys (armored or binary OpenPGP); a signature by any of them counts.
+    pub keys: Vec<PathBuf>,
+    /// The lookaside directory (`<store>/sigstore` by default).
+    pub sigstore: PathBuf,
+}
+
+/// `verify`'s answer, also its `--json` schema.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VerifyReport {
+    pub images: Vec<ImageVerdict>,
+}
+
+impl VerifyReport {
+    /// Every image has a good signature (and there is at least one image).
+    pub fn success(&self) -> bool {
+        !self.images.is_empty()
+            && self
+                .images
+                .iter()
+                .all(|i| matches!(i.verdict, Verdict::Verified { .. }))
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImageVerdict {
+    /// The lockfile's node, when verifying a lockfile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub digest: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Verdict {
+    /// A signature by one of the keys names exactly this reference and digest.
+    Verified {
+        fingerprint: String,
+        signature: PathBuf,
+    },
+    /// No signature at all in the lookaside directory.
+    Unsigned { lookaside: PathBuf },
+    /// Signatures, none acceptable: why each was refused.
+    Rejected { signatures: Vec<RejectedSignature> },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RejectedSignature {
+    pub path: PathBuf,
+    pub rejection: Rejection,
+}
+
+/// Checks the signatures of an image, or of every image of a lockfile. A bad key, an
+/// unreadable lockfile or an unreachable registry is an `Error` (exit 2 or 3); a
+/// missing or wrong signature is a verdict (exit 1).
+pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
+    let mut keys = Vec::new();
+    for path in &opts.keys {
+        let what = format!("`{}`", path.display());
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        keys.push(
+            PublicKey::from_bytes(&bytes, &what).map_err(|source| Error::Key { what, source })?,
+        );
+    }
+    let wanted: Vec<(Option<String>, String, String)> = match &opts.target {
+        VerifyTarget::Image(reference) => {
+            let digest = image_digest(reference)?;
+            vec![(None, reference.clone(), digest)]
+        }
+        VerifyTarget::Lockfile(path) => {
+            let lock = crate::read_lockfile(path, &path.display().to_string())?;
+            lock.nodes
+                .iter()
+                .filter_map(|(name, n)| {
+                    n.image
+                        .as_ref()
+                        .map(|i| (Some(name.clone()), i.reference.clone(), i.digest.clone()))
+                })
+                .collect()
+        }
+    };
+    let mut images = Vec::new();
+    for (node, reference, digest) in wanted {
+        let verdict = verdict(&keys, &opts.sigstore, &reference, &digest)?;
+        images.push(ImageVerdict {
+            node,
+            reference,
+            digest,
+            verdict,
+        });
+    }
+    Ok(VerifyReport { images })
+}
+
+/// The manifest digest of `reference`: written in it (`@sha256:…`), else the registry's
+/// answer for its tag.
+fn image_digest(reference: &str) -> Result<String, Error> {
+    let push_error = |source| Error::Push {
+        reference: reference.to_string(),
+        source,
+    };
+    if let Some((_, digest)) = reference.split_once('@') {
+        let d: OciDigest = digest.parse().map_err(|_| {
+            push_error(cascade_registry::RegistryError::InvalidReference {
+                reference: reference.to_string(),
+                reason: format!("`{digest}` is not a sha256 digest"),
+            })
+        })?;
+        return Ok(d.to_string());
+    }
+    let r = Reference::parse(reference).map_err(push_error)?;
+    let creds = cascade_registry::credentials_for(&r.registry).map_err(push_error)?;
+    let client = Client::new(
+        &r.registry,
+        creds,
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        },
+    );
+    let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+    match client
+        .manifest_digest(&r.repository, &tag)
+        .map_err(push_error)?
+    {
+        Some(d) => Ok(d.to_string()),
+        None => Err(Error::NoSuchImage {
+            reference: reference.to_string(),
+        }),
+    }
+}
+
+fn verdict(
+    keys: &[PublicKey],
+    sigstore: &Path,
+    reference: &str,
+    digest: &str,
+) -> Result<Verdict, Error> {
+    let repo_ref = reference.split('@').next().unwrap_or(reference);
+    let r = Reference::parse(repo_ref).map_err(|source| Error::Push {
+        reference: reference.to_string(),
+        source,
+    })?;
+    let dir = simple::lookaside_dir(sigstore, &r.repository, digest);
+    let signatures = simple::read_signatures(&dir).map_err(|source| Error::Sign {
+        reference: reference.to_string(),
+        source,
+    })?;
+    if signatures.is_empty() {
+        return Ok(Verdict::Unsigned { lookaside: dir });
+    }
+    let mut rejected = Vec::new();
+    for (path, bytes) in signatures {
+        match simple::verify(keys, &bytes, reference, digest) {
+            Ok(v) => {
+                return Ok(Verdict::Verified {
+                    fingerprint: v.fingerprint,
+                    signature: path,
+                })
+            }
+            Err(rejection) => rejected.push(RejectedSignature { path, rejection }),
+        }
+    }
+    Ok(Verdict::Rejected {
+        signatures: rejected,
+    })
+}

@@ -1,0 +1,495 @@
+//! Signing, judged by tools we did not write: `cascade keygen`, `build --push --sign`
+//! (and `sign:` in the environment), then skopeo (through gpgme and gpg) verifying the
+//! signatures as containers' "simple signing" (`standalone-verify`, and `copy` under a
+//! `policy.json` that requires our key), and `cascade verify` accepting what
+//! `skopeo standalone-sign` makes. The registry on 127.0.0.1:5000 is started by
+//! .ci/services/registry.sh; without it (or skopeo, or gpg) these tests skip, except
+//! with `CI=true`, where they fail.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cascade_tests::{Run, TestProject};
+
+const ENV: &str = "test";
+
+fn unique(prefix: &str) -> String {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{t}", std::process::id())
+}
+
+/// `app`: a busybox httpd image on scratch, pushed under `prefix`; `sign` is the
+/// environment's `sign:` line, if any.
+fn project(prefix: &str, sign: Option<&str>) -> TestProject {
+    let mut p = TestProject::new();
+    let sign = sign.map(|s| format!("sign: {s}\n")).unwrap_or_default();
+    p.write(
+        "graph/environments/test.yaml",
+        &format!(
+            "name: test\nmode: branch\nregistry: {prefix}\n{sign}sources:\n  app: {{ repo: ../../repos/app, ref: main }}\n"
+        ),
+    );
+    p.write(
+        "recipes/app.yaml",
+        r#"runner: { host: { tools: [sh, mkdir, cp, busybox] } }
+stamp: [commit]
+steps:
+  - name: make
+    run: |
+      mkdir -p out/bin out/www
+      cp "$(command -v busybox)" out/bin/busybox
+      echo "app $CASCADE_COMMIT" > out/www/index.html
+outputs: [out]
+image:
+  base: scratch
+  layers:
+    - { from: out/bin, to: /bin }
+    - { from: out/www, to: /www }
+  entrypoint: [/bin/busybox, httpd, -f, -p, "8080", -h, /www]
+"#,
+    );
+    p.commit("app", "main", &[("README", Some("app\n"))], "initial");
+    p
+}
+
+fn build(p: &TestProject, extra: &[&str], code: i32) -> Run {
+    let mut args = vec!["build", "--env", ENV, "--json", "--skip-tests"];
+    args.extend(extra);
+    let r = p.run(&args);
+    assert_eq!(r.code, code, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    r
+}
+
+fn image_of(r: &Run) -> (String, String) {
+    let image = &r.node("app")["image"];
+    (
+        image["ref"].as_str().expect("ref").to_string(),
+        image["digest"].as_str().expect("digest").to_string(),
+    )
+}
+
+fn tools() -> bool {
+    let ok = ["skopeo", "gpg"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    cascade_tests::require("skopeo and gpg", ok, "apt-get install skopeo gnupg")
+}
+
+/// A key pair written by `cascade keygen` into a fresh directory (outside any project).
+fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join(name);
+    let r = cascade_tests::cascade(&[
+        "keygen".into(),
+        "-o".into(),
+        out.display().to_string(),
+        "--json".into(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    (out.join("cascade.key"), out.join("cascade.pub"))
+}
+
+/// Runs a program, returning (success, stdout, stderr).
+fn run(program: &str, args: &[&str], gnupghome: Option<&Path>) -> (bool, String, String) {
+    let mut c = Command::new(program);
+    c.args(args);
+    if let Some(h) = gnupghome {
+        c.env("GNUPGHOME", h);
+    }
+    let o = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn gnupg_home(dir: &Path) -> PathBuf {
+    let h = dir.join(unique("gnupg"));
+    fs::create_dir(&h).expect("mkdir");
+    fs::set_permissions(&h, fs::Permissions::from_mode(0o700)).expect("chmod");
+    h
+}
+
+/// `skopeo copy` of `reference` under a policy that accepts only signatures by `key`,
+/// with signatures looked up in `lookaside`.
+fn copy_requiring(dir: &Path, key: &Path, lookaside: &Path, reference: &str) -> (bool, String) {
+    let case = dir.join(unique("copy"));
+    fs::create_dir_all(case.join("registries.d")).expect("mkdir");
+    let policy = case.join("policy.json");
+    fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{ "type": "reject" }],
+            "transports": {
+                "docker": {
+                    "127.0.0.1:5000": [{
+                        "type": "signedBy",
+                        "keyType": "GPGKeys",
+                        "keyPath": key,
+                    }]
+                }
+            }
+        })
+        .to_string(),
+    )
+    .expect("policy");
+    fs::write(
+        case.join("registries.d/cascade.yaml"),
+        format!(
+            "docker:\n  127.0.0.1:5000:\n    lookaside: file://{}\n",
+            lookaside.display()
+        ),
+    )
+    .expect("registries.d");
+    let dest = format!("dir:{}", case.join("image").display());
+    let (ok, out, err) = run(
+        "skopeo",
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--registries.d",
+            case.join("registries.d").to_str().expect("utf-8"),
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &dest,
+        ],
+        None,
+    );
+    (ok, format!("{out}{err}"))
+}
+
+/// Every file under `root`, as bytes.
+fn files_under(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => {
+                    if let Ok(b) = fs::read(&p) {
+                        out.push((p, b));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (secret, public) = keygen(dir.path(), "k");
+    let mode = fs::metadata(&secret).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the secret key's mode");
+    let text = fs::read_to_string(&secret).expect("read");
+    assert!(text.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK-----"));
+    assert!(fs::read_to_string(&public)
+        .expect("read")
+        .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+    let again = cascade_tests::cascade(&[
+        "keygen".into(),
+        "-o".into(),
+        dir.path().join("k").display().to_string(),
+    ]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("never overwrites"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(fs::read_to_string(&secret).expect("read"), text);
+}
+
+#[test]
+fn a_bad_key_stops_the_build_before_anything_is_built() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_, public) = keygen(dir.path(), "k");
+    let p = project("127.0.0.1:5000/never-pushed", None);
+    // A public key is not a signing key; nothing is built, no lockfile written.
+    let r = build(
+        &p,
+        &["--push", "--sign", public.to_str().expect("utf-8")],
+        2,
+    );
+    assert!(r.stderr.contains("secret key"), "{}", r.stderr);
+    assert!(p.lockfiles().is_empty());
+    let r = build(
+        &p,
+        &["--push", "--sign", "env:CASCADE_TEST_NO_SUCH_KEY_VAR"],
+        2,
+    );
+    assert!(
+        r.stderr.contains("CASCADE_TEST_NO_SUCH_KEY_VAR"),
+        "{}",
+        r.stderr
+    );
+    // `--sign` means nothing without `--push`: a usage error.
+    let r = build(&p, &["--sign", "x.key"], 2);
+    assert!(r.stderr.contains("--push"), "{}", r.stderr);
+}
+
+/// One function: the images it pushes and signs are its own, and the checks build on
+/// each other (our key, another key, no key; skopeo both ways).
+#[test]
+fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed() {
+    if !cascade_tests::registry("127.0.0.1:5000", 200) || !tools() {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("tmp");
+    let (secret, public) = keygen(keys.path(), "ours");
+    let (other_secret, _) = keygen(keys.path(), "theirs");
+    let secret_text = fs::read_to_string(&secret).expect("read");
+
+    // 1. Signed with our key, from `--sign FILE`.
+    let signed = project(&format!("127.0.0.1:5000/{}", unique("signed")), None);
+    let r = build(
+        &signed,
+        &["--push", "--sign", secret.to_str().expect("utf-8")],
+        0,
+    );
+    let (reference, digest) = image_of(&r);
+    assert!(r.stderr.contains("signed "), "{}", r.stderr);
+    let sigstore = signed.root.join("cache/sigstore");
+    let repo = reference
+        .trim_start_matches("127.0.0.1:5000/")
+        .rsplit_once(':')
+        .expect("a tag")
+        .0
+        .to_string();
+    let sig = sigstore.join(format!(
+        "{repo}@sha256={}/signature-1",
+        digest.trim_start_matches("sha256:")
+    ));
+    assert!(sig.is_file(), "no signature at {}", sig.display());
+
+    // skopeo standalone-verify, with our public key in a keyring of its own.
+    let home = gnupg_home(keys.path());
+    let (ok, _, err) = run(
+        "gpg",
+        &["--batch", "--import", public.to_str().expect("utf-8")],
+        Some(&home),
+    );
+    assert!(ok, "gpg --import: {err}");
+    let (ok, manifest, err) = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo inspect: {err}");
+    let manifest_file = keys.path().join("manifest.json");
+    fs::write(&manifest_file, manifest.as_bytes()).expect("write");
+    let fingerprint = r.json()["signed"][0]["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let (ok, out, err) = run(
+        "skopeo",
+        &[
+            "standalone-verify",
+            manifest_file.to_str().expect("utf-8"),
+            &reference,
+            &fingerprint,
+            sig.to_str().expect("utf-8"),
+        ],
+        Some(&home),
+    );
+    assert!(
+        ok,
+        "skopeo standalone-verify refused our signature:\n{out}{err}"
+    );
+
+    // skopeo copy under a policy requiring our key: accepted.
+    let (ok, out) = copy_requiring(keys.path(), &public, &sigstore, &reference);
+    assert!(ok, "skopeo copy refused our signed image:\n{out}");
+
+    // cascade verify: the image and the lockfile.
+    let pub_arg = public.to_str().expect("utf-8");
+    let v = signed.run(&["verify", &reference, "--key", pub_arg, "--json"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(v.json()["images"][0]["verdict"]["status"], "verified");
+    let lockfile = signed.lockfiles().pop().expect("a lockfile");
+    let v = signed.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+    ]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(v.stderr.contains("verified app: "), "{}", v.stderr);
+
+    // 2. Unsigned: pushed without a key; refused by skopeo and by cascade verify.
+    let unsigned = project(&format!("127.0.0.1:5000/{}", unique("unsigned")), None);
+    let r = build(&unsigned, &["--push"], 0);
+    let (unsigned_ref, _) = image_of(&r);
+    let (ok, out) = copy_requiring(
+        keys.path(),
+        &public,
+        &unsigned.root.join("cache/sigstore"),
+        &unsigned_ref,
+    );
+    assert!(
+        !ok,
+        "skopeo copied an unsigned image under signedBy:\n{out}"
+    );
+    let v = unsigned.run(&["verify", &unsigned_ref, "--key", pub_arg, "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    assert_eq!(v.json()["images"][0]["verdict"]["status"], "unsigned");
+
+    // 3. Signed with another key, named by `sign: env:VAR` in the environment.
+    let var = format!("CASCADE_TEST_SIGNING_KEY_{}", std::process::id());
+    std::env::set_var(&var, fs::read_to_string(&other_secret).expect("read"));
+    let theirs = project(
+        &format!("127.0.0.1:5000/{}", unique("theirs")),
+        Some(&format!("env:{var}")),
+    );
+    let r = build(&theirs, &["--push"], 0);
+    std::env::remove_var(&var);
+    let (their_ref, _) = image_of(&r);
+    assert!(r.stderr.contains("signed "), "`sign:` signs:\n{}", r.stderr);
+    let their_store = theirs.root.join("cache/sigstore");
+    let (ok, out) = copy_requiring(keys.path(), &public, &their_store, &their_ref);
+    assert!(!ok, "skopeo copied an image signed by another key:\n{out}");
+    let v = theirs.run(&["verify", &their_ref, "--key", pub_arg, "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    assert_eq!(v.json()["images"][0]["verdict"]["status"], "rejected");
+    assert_eq!(
+        v.json()["images"][0]["verdict"]["signatures"][0]["rejection"]["reason"],
+        "unknown_key"
+    );
+
+    // 4. A signature made by skopeo standalone-sign with a gpg key: cascade verify
+    //    accepts it for the image it names.
+    let (ok, _, err) = run(
+        "gpg",
+        &[
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "skopeo <skopeo@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        Some(&home),
+    );
+    assert!(ok, "gpg --quick-gen-key: {err}");
+    let (_, colons, _) = run(
+        "gpg",
+        &[
+            "--batch",
+            "--with-colons",
+            "--fingerprint",
+            "skopeo@example.com",
+        ],
+        Some(&home),
+    );
+    let gpg_fpr = colons
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .expect("fingerprint")
+        .to_string();
+    let (_, gpg_pub, _) = run(
+        "gpg",
+        &["--batch", "--armor", "--export", "skopeo@example.com"],
+        Some(&home),
+    );
+    let gpg_pub_file = keys.path().join("gpg.pub");
+    fs::write(&gpg_pub_file, gpg_pub).expect("write");
+    let skopeo_store = keys.path().join("skopeo-sigstore");
+    let skopeo_sig = skopeo_store.join(format!(
+        "{repo}@sha256={}/signature-1",
+        digest.trim_start_matches("sha256:")
+    ));
+    fs::create_dir_all(skopeo_sig.parent().expect("parent")).expect("mkdir");
+    let (ok, out, err) = run(
+        "skopeo",
+        &[
+            "standalone-sign",
+            manifest_file.to_str().expect("utf-8"),
+            &reference,
+            &gpg_fpr,
+            "-o",
+            skopeo_sig.to_str().expect("utf-8"),
+        ],
+        Some(&home),
+    );
+    assert!(ok, "skopeo standalone-sign: {out}{err}");
+    let sigstore_arg = skopeo_store.to_str().expect("utf-8");
+    let v = signed.run(&[
+        "verify",
+        &reference,
+        "--key",
+        gpg_pub_file.to_str().expect("utf-8"),
+        "--sigstore",
+        sigstore_arg,
+        "--json",
+    ]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(
+        v.json()["images"][0]["verdict"]["fingerprint"],
+        gpg_fpr.as_str()
+    );
+    // …and our key did not make it.
+    let v = signed.run(&[
+        "verify",
+        &reference,
+        "--key",
+        pub_arg,
+        "--sigstore",
+        sigstore_arg,
+    ]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+
+    // The secret keys never reach an output, a lockfile or the store.
+    let other_text = fs::read_to_string(&other_secret).expect("read");
+    let planted: Vec<&str> = [secret_text.as_str(), other_text.as_str()]
+        .iter()
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.len() > 40)
+                .nth(1)
+                .expect("a key body line")
+        })
+        .collect();
+    for p in [&signed, &unsigned, &theirs] {
+        for (path, bytes) in files_under(&p.root) {
+            let text = String::from_utf8_lossy(&bytes);
+            for line in &planted {
+                assert!(
+                    !text.contains(line),
+                    "a secret key is in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    for line in &planted {
+        assert!(!r.stdout.contains(line) && !r.stderr.contains(line));
+    }
+}
