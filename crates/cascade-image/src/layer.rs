@@ -7,8 +7,6 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::{Compression, GzBuilder};
-
 use crate::digest::{ExactReader, HashingWriter};
 use crate::layout::{persist, temp_file_in};
 use crate::model::{Descriptor, MEDIA_TYPE_LAYER_GZIP};
@@ -363,9 +361,8 @@ pub fn write_layer(
     let tmp = temp_file_in(&layout.tmp_dir())?;
     let tmp_path = tmp.path().to_path_buf();
     let file_out = BufWriter::with_capacity(BUF_SIZE, tmp.as_file());
-    let gz = GzBuilder::new()
-        .operating_system(GZIP_OS_UNKNOWN)
-        .write(HashingWriter::new(file_out), Compression::new(GZIP_LEVEL));
+    let gz = crate::gzip::GzWriter::new(HashingWriter::new(file_out))
+        .map_err(ImageError::io(&tmp_path))?;
     let mut tar = tar::Builder::new(HashingWriter::new(gz));
 
     for entry in entries.values() {

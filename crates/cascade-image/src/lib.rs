@@ -11,8 +11,9 @@
 //! - layer tars are normalized (sorted bytewise by path, mtime = SOURCE_DATE_EPOCH,
 //!   uid/gid 0, no user names, modes 0644/0755, GNU headers with no PAX records);
 //! - gzip has a fixed header (MTIME 0, no name, OS 255) and a fixed level
-//!   ([`GZIP_LEVEL`]), from flate2's pure-Rust backend only, so no system zlib decides
-//!   the bytes (a test pins the digests);
+//!   ([`GZIP_LEVEL`]), deflated by miniz_oxide called directly (`gzip.rs`), so neither a
+//!   system zlib nor a flate2 backend another crate's features select decides the bytes
+//!   (tests pin the gzip bytes and the digests);
 //! - JSON documents are our own structs with a fixed field order and `BTreeMap`s,
 //!   written compact with no trailing newline;
 //! - every timestamp comes from SOURCE_DATE_EPOCH.
@@ -22,9 +23,12 @@
 //!   the GNU long-name extension for paths over 100 bytes. When unpacking we use only
 //!   its parser (entries, long names, PAX records); what is created on disk, and where,
 //!   is ours, not its `unpack`.
-//! - `flate2`: streaming gzip with a configurable header. Its pure-Rust `miniz_oxide`
-//!   backend is the only one enabled: another deflate implementation (or version)
-//!   produces other bytes, which is why `Cargo.lock` pins it and a test vector checks it.
+//! - `miniz_oxide` (writing) and `flate2` (reading): the encoder is miniz_oxide's
+//!   streaming deflate framed by hand, exactly as flate2's pure-Rust backend wrote it, so
+//!   earlier images keep their digests; flate2's backend is whatever the workspace's
+//!   features unify to (rpgp asks for zlib-rs), which only decodes. Another deflate
+//!   implementation (or version) produces other bytes, which is why `Cargo.lock` pins
+//!   miniz_oxide and a test vector checks it.
 //! - `sha2`: OCI digests are sha256 (our own store uses blake3).
 //! - not `oci-spec`: its labels, annotations and exposed ports are `HashMap`s, so its
 //!   serialization order changes from run to run; its builders also bring
@@ -39,6 +43,7 @@
 
 mod archive;
 mod digest;
+mod gzip;
 mod image;
 mod layer;
 mod layout;
