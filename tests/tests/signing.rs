@@ -3,7 +3,8 @@
 //! signatures as containers' "simple signing" (`standalone-verify`, and `copy` under a
 //! `policy.json` that requires our key), and `cascade verify` accepting what
 //! `skopeo standalone-sign` makes; then the attestations: securesystemslib verifies
-//! each image's DSSE envelope with `cascade.pub.json` and reads its SLSA provenance, and
+//! each image's DSSE envelope with `cascade.pub.json` and reads its SLSA provenance
+//! (from the store, and as skopeo fetches it from the registry's cosign `.att` tag), and
 //! `cascade verify` catches a changed envelope, a changed lockfile and another image's
 //! attestation. The registry on 127.0.0.1:5000 is started by
 //! .ci/services/registry.sh, securesystemslib's virtualenv by .ci/services/sslib.sh;
@@ -539,7 +540,7 @@ fn sslib_judge(python: &Path, envelope: &Path, key: &Path) -> (bool, String, Str
 /// One function: the tampering cases build on one signed image and its lockfile.
 #[test]
 fn attestations_are_verified_by_securesystemslib_and_tampering_is_caught() {
-    if !cascade_tests::registry("127.0.0.1:5000", 200) {
+    if !cascade_tests::registry("127.0.0.1:5000", 200) || !tools() {
         return;
     }
     let Some(python) = cascade_tests::sslib_python() else {
@@ -603,6 +604,61 @@ fn attestations_are_verified_by_securesystemslib_and_tampering_is_caught() {
     let r2 = build(&p, &["--push", "--sign", secret_arg], 0);
     assert_eq!(image_of(&r2).1, digest);
     assert_eq!(fs::read(&attestation).expect("read"), original);
+
+    // 1b. The same envelope is on the registry as cosign attaches it: the tag
+    //     `sha256-<hex>.att`, an OCI manifest whose one layer is the envelope. skopeo
+    //     fetches it; securesystemslib verifies the layer it fetched.
+    let att_tag = r.json()["signed"][0]["attestation_tag"]
+        .as_str()
+        .expect("the attestation's tag")
+        .to_string();
+    assert!(
+        att_tag.ends_with(&format!(
+            ":sha256-{}.att",
+            digest.trim_start_matches("sha256:")
+        )),
+        "{att_tag}"
+    );
+    let (ok, manifest, err) = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{att_tag}"),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo inspect {att_tag}: {err}");
+    let m: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+    let layer = &m["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dsse.envelope.v1+json");
+    assert_eq!(
+        layer["annotations"]["predicateType"],
+        "https://slsa.dev/provenance/v1"
+    );
+    let fetched = keys.path().join("att");
+    let (ok, out, err) = run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{att_tag}"),
+            &format!("dir:{}", fetched.display()),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo copy {att_tag}: {out}{err}");
+    let blob = fetched.join(
+        layer["digest"]
+            .as_str()
+            .expect("digest")
+            .trim_start_matches("sha256:"),
+    );
+    assert_eq!(fs::read(&blob).expect("the layer"), original);
+    let (ok, _, err) = sslib_judge(&python, &blob, &sslib_key);
+    assert!(ok, "securesystemslib refused the pushed attestation: {err}");
 
     // 2. cascade verify: the image and the lockfile are attested.
     let v = p.run(&[

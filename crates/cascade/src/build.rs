@@ -582,7 +582,9 @@ pub(crate) fn publish_all(
         // Signed once pushed: a signature never names an image the registry lacks.
         if let Some(s) = signer {
             let attested = attested_images(run, done);
-            for signed in s.sign(&attested)? {
+            let mut signed = s.sign(&attested)?;
+            crate::sign::push_attestations(l, &mut signed)?;
+            for signed in signed {
                 on_event(Event::Published(&format!(
                     "  signed   {} {} ({}, key {})",
                     signed.reference,
@@ -591,9 +593,14 @@ pub(crate) fn publish_all(
                     signed.fingerprint
                 )));
                 on_event(Event::Published(&format!(
-                    "  attested {} ({})",
+                    "  attested {} ({}{})",
                     signed.reference,
-                    signed.attestation.display()
+                    signed.attestation.display(),
+                    signed
+                        .attestation_tag
+                        .as_deref()
+                        .map(|t| format!(", pushed as {t}"))
+                        .unwrap_or_default()
                 )));
                 report.signed.push(signed);
             }

@@ -9,7 +9,9 @@
 //!   check them (README, "Signing and verification");
 //! - beside each image's signatures, `attestation.dsse.json`: its SLSA provenance
 //!   statement ([`crate::provenance`]) in a DSSE envelope signed by the same key,
-//!   replaced by the newest build of that image; `verify` requires it.
+//!   replaced by the newest build of that image; `verify` requires it. It is also
+//!   pushed beside the image as cosign attaches attestations ([`push_attestations`]):
+//!   an OCI artifact tagged `sha256-<hex>.att` whose one layer is the envelope.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -191,6 +193,7 @@ impl Signer {
                 digest,
                 signature,
                 attestation,
+                attestation_tag: None,
                 fingerprint: self.key.fingerprint(),
             });
         }
@@ -208,7 +211,96 @@ pub struct Signed {
     pub signature: PathBuf,
     /// The DSSE envelope of its provenance, beside the signature.
     pub attestation: PathBuf,
+    /// Where the envelope was pushed, cosign's way (`host/repo:sha256-<hex>.att`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation_tag: Option<String>,
     pub fingerprint: String,
+}
+
+/// The media type of a DSSE envelope as an OCI layer (cosign's).
+const MEDIA_TYPE_DSSE: &str = "application/vnd.dsse.envelope.v1+json";
+
+/// The attestation of an image as cosign attaches it: an OCI image manifest whose
+/// config is cosign's empty-image config naming the layer and whose one layer is the
+/// envelope, annotated with its predicate type. Written into `layout` (blobs only, not
+/// its index); returns the manifest's digest. No clock: the times are cosign's zero time.
+fn attestation_artifact(
+    layout: &cascade_image::OciLayout,
+    envelope: &[u8],
+) -> Result<OciDigest, cascade_image::ImageError> {
+    use cascade_image::{Descriptor, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+    let layer = layout.put_blob_bytes(envelope)?;
+    let config = serde_json::json!({
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "history": [{ "created": "0001-01-01T00:00:00Z" }],
+        "os": "",
+        "rootfs": { "diff_ids": [layer.to_string()], "type": "layers" },
+    })
+    .to_string();
+    let config_digest = layout.put_blob_bytes(config.as_bytes())?;
+    let mut layer_desc = Descriptor::new(MEDIA_TYPE_DSSE, layer, envelope.len() as u64);
+    layer_desc.annotations = [
+        (
+            "dev.cosignproject.cosign/signature".to_string(),
+            String::new(),
+        ),
+        (
+            "predicateType".to_string(),
+            provenance::PREDICATE_TYPE.to_string(),
+        ),
+    ]
+    .into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config.len() as u64),
+        "layers": [layer_desc],
+    })
+    .to_string();
+    layout.put_blob_bytes(manifest.as_bytes())
+}
+
+/// cosign's tag for what is attached to the image `sha256:<hex>`: `sha256-<hex>.<suffix>`.
+fn cosign_tag(digest: &str, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.replacen(':', "-", 1))
+}
+
+/// Pushes each signed image's attestation next to it in its repository, tagged
+/// `sha256-<hex>.att` (cosign's scheme), through the same push as images: blobs, the
+/// manifest by digest, the tag last. Records the tag in each `Signed`.
+pub(crate) fn push_attestations(
+    layout: &cascade_image::OciLayout,
+    signed: &mut [Signed],
+) -> Result<(), Error> {
+    for s in signed {
+        let push_error = |source| Error::Push {
+            reference: s.reference.clone(),
+            source,
+        };
+        let envelope = std::fs::read(&s.attestation).map_err(|source| Error::Read {
+            path: s.attestation.clone(),
+            source,
+        })?;
+        let manifest = attestation_artifact(layout, &envelope).map_err(Error::Image)?;
+        let r = Reference::parse(&s.reference).map_err(push_error)?;
+        let creds = cascade_registry::credentials_for(&r.registry).map_err(push_error)?;
+        let client = Client::new(
+            &r.registry,
+            creds,
+            ClientOptions {
+                timeout: Duration::from_secs(60),
+                ..ClientOptions::default()
+            },
+        );
+        let tag = cosign_tag(&s.digest, "att");
+        client
+            .push(layout, &manifest, &r.repository, std::slice::from_ref(&tag))
+            .map_err(push_error)?;
+        s.attestation_tag = Some(format!("{}/{}:{tag}", r.registry, r.repository));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file in its directory and a rename.
