@@ -24,6 +24,27 @@ pub fn require(what: &str, available: bool, how: &str) -> bool {
     false
 }
 
+/// The repository's root (where `.ci/` and `tests/judges/` are).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The python of securesystemslib's virtualenv
+/// (`${CASCADE_SERVICES_DIR:-/tmp/cascade-services}/sslib-venv`), made by
+/// `.ci/services/sslib.sh` first when it is missing; `None` (a skip, or a failure with
+/// `CI=true`) when that fails.
+pub fn sslib_python() -> Option<PathBuf> {
+    let state = std::env::var_os("CASCADE_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/cascade-services"));
+    let ok = std::process::Command::new("bash")
+        .arg(repo_root().join(".ci/services/sslib.sh"))
+        .status()
+        .is_ok_and(|s| s.success());
+    require("securesystemslib", ok, "run .ci/services/sslib.sh")
+        .then(|| state.join("sslib-venv/bin/python"))
+}
+
 /// A Docker Engine answers (DOCKER_HOST or /var/run/docker.sock).
 pub fn docker() -> bool {
     require(

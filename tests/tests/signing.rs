@@ -2,8 +2,13 @@
 //! (and `sign:` in the environment), then skopeo (through gpgme and gpg) verifying the
 //! signatures as containers' "simple signing" (`standalone-verify`, and `copy` under a
 //! `policy.json` that requires our key), and `cascade verify` accepting what
-//! `skopeo standalone-sign` makes. The registry on 127.0.0.1:5000 is started by
-//! .ci/services/registry.sh; without it (or skopeo, or gpg) these tests skip, except
+//! `skopeo standalone-sign` makes; then the attestations: securesystemslib verifies
+//! each image's DSSE envelope with `cascade.pub.json` and reads its SLSA provenance
+//! (from the store, and as skopeo fetches it from the registry's cosign `.att` tag), and
+//! `cascade verify` catches a changed envelope, a changed lockfile and another image's
+//! attestation. The registry on 127.0.0.1:5000 is started by
+//! .ci/services/registry.sh, securesystemslib's virtualenv by .ci/services/sslib.sh;
+//! without them (or skopeo, or gpg) these tests skip, except
 //! with `CI=true`, where they fail.
 
 use std::fs;
@@ -205,6 +210,12 @@ fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
     assert!(fs::read_to_string(&public)
         .expect("read")
         .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
+    let sslib: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(public.with_extension("pub.json")).expect("cascade.pub.json"),
+    )
+    .expect("json");
+    assert_eq!(sslib["keytype"], "ed25519");
+    assert_eq!(sslib["scheme"], "ed25519");
     let again = cascade_tests::cascade(&[
         "keygen".into(),
         "-o".into(),
@@ -331,6 +342,7 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
     let v = signed.run(&["verify", &reference, "--key", pub_arg, "--json"]);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert_eq!(v.json()["images"][0]["verdict"]["status"], "verified");
+    assert_eq!(v.json()["images"][0]["attestation"]["status"], "verified");
     let lockfile = signed.lockfiles().pop().expect("a lockfile");
     let v = signed.run(&[
         "verify",
@@ -440,12 +452,21 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
         Some(&home),
     );
     assert!(ok, "skopeo standalone-sign: {out}{err}");
+    // The attestation is ours (skopeo makes none): beside skopeo's signature, and our
+    // key given for it.
+    fs::copy(
+        sig.with_file_name("attestation.dsse.json"),
+        skopeo_sig.with_file_name("attestation.dsse.json"),
+    )
+    .expect("copy the attestation");
     let sigstore_arg = skopeo_store.to_str().expect("utf-8");
     let v = signed.run(&[
         "verify",
         &reference,
         "--key",
         gpg_pub_file.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
         "--sigstore",
         sigstore_arg,
         "--json",
@@ -455,7 +476,18 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
         v.json()["images"][0]["verdict"]["fingerprint"],
         gpg_fpr.as_str()
     );
-    // …and our key did not make it.
+    // …and our key did not make the signature, nor gpg's the attestation.
+    let v = signed.run(&[
+        "verify",
+        &reference,
+        "--key",
+        gpg_pub_file.to_str().expect("utf-8"),
+        "--sigstore",
+        sigstore_arg,
+        "--json",
+    ]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    assert_eq!(v.json()["images"][0]["attestation"]["status"], "rejected");
     let v = signed.run(&[
         "verify",
         &reference,
@@ -492,4 +524,222 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
     for line in &planted {
         assert!(!r.stdout.contains(line) && !r.stderr.contains(line));
     }
+}
+
+/// (success, stdout, stderr) of securesystemslib judging an envelope with a key file.
+fn sslib_judge(python: &Path, envelope: &Path, key: &Path) -> (bool, String, String) {
+    let script = cascade_tests::repo_root().join("tests/judges/dsse_verify.py");
+    let (p, e, k) = (
+        script.to_str().expect("utf-8"),
+        envelope.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+    );
+    run(python.to_str().expect("utf-8"), &[p, e, k], None)
+}
+
+/// One function: the tampering cases build on one signed image and its lockfile.
+#[test]
+fn attestations_are_verified_by_securesystemslib_and_tampering_is_caught() {
+    if !cascade_tests::registry("127.0.0.1:5000", 200) || !tools() {
+        return;
+    }
+    let Some(python) = cascade_tests::sslib_python() else {
+        return;
+    };
+    let keys = tempfile::tempdir().expect("tmp");
+    let (secret, public) = keygen(keys.path(), "ours");
+    let sslib_key = public.with_extension("pub.json");
+    let secret_arg = secret.to_str().expect("utf-8");
+    let pub_arg = public.to_str().expect("utf-8");
+
+    let p = project(&format!("127.0.0.1:5000/{}", unique("attested")), None);
+    let r = build(&p, &["--push", "--sign", secret_arg], 0);
+    let (reference, digest) = image_of(&r);
+    let attestation = PathBuf::from(
+        r.json()["signed"][0]["attestation"]
+            .as_str()
+            .expect("the attestation's path"),
+    );
+    assert!(attestation.is_file(), "{}", attestation.display());
+    assert!(attestation.ends_with("attestation.dsse.json"));
+    let original = fs::read(&attestation).expect("read");
+    let lockfile = p.lockfiles().pop().expect("a lockfile");
+    let lock_text = fs::read_to_string(&lockfile).expect("read");
+
+    // 1. securesystemslib verifies the envelope with cascade.pub.json and reads the
+    //    statement: the subject is the image, the dependencies are the lockfile's.
+    let (ok, out, err) = sslib_judge(&python, &attestation, &sslib_key);
+    assert!(ok, "securesystemslib refused our attestation: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["payloadType"], "application/vnd.in-toto+json");
+    let st = &v["payload"];
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(st["subject"][0]["name"], reference.as_str());
+    assert_eq!(
+        st["subject"][0]["digest"]["sha256"],
+        digest.trim_start_matches("sha256:")
+    );
+    let bd = &st["predicate"]["buildDefinition"];
+    assert_eq!(bd["buildType"], "https://cascade.dev/build/v1");
+    assert_eq!(bd["externalParameters"]["environment"], ENV);
+    assert_eq!(bd["externalParameters"]["component"], "app");
+    let dep = &bd["resolvedDependencies"][0];
+    assert_eq!(dep["name"], "source");
+    assert_eq!(dep["uri"], "../../repos/app");
+    // The commit and tree are the lockfile's.
+    let commit = dep["digest"]["gitCommit"]
+        .as_str()
+        .expect("commit")
+        .to_string();
+    let tree = dep["annotations"]["tree"].as_str().expect("tree");
+    assert!(
+        lock_text.contains(&format!("commit: {commit}")) && lock_text.contains(tree),
+        "{lock_text}"
+    );
+    assert!(st["predicate"]["runDetails"]["builder"]["id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("https://cascade.dev/cascade@")));
+    // Deterministic: no clock in it (the same image signed again gives the same bytes).
+    let r2 = build(&p, &["--push", "--sign", secret_arg], 0);
+    assert_eq!(image_of(&r2).1, digest);
+    assert_eq!(fs::read(&attestation).expect("read"), original);
+
+    // 1b. The same envelope is on the registry as cosign attaches it: the tag
+    //     `sha256-<hex>.att`, an OCI manifest whose one layer is the envelope. skopeo
+    //     fetches it; securesystemslib verifies the layer it fetched.
+    let att_tag = r.json()["signed"][0]["attestation_tag"]
+        .as_str()
+        .expect("the attestation's tag")
+        .to_string();
+    assert!(
+        att_tag.ends_with(&format!(
+            ":sha256-{}.att",
+            digest.trim_start_matches("sha256:")
+        )),
+        "{att_tag}"
+    );
+    let (ok, manifest, err) = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{att_tag}"),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo inspect {att_tag}: {err}");
+    let m: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+    let layer = &m["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.dsse.envelope.v1+json");
+    assert_eq!(
+        layer["annotations"]["predicateType"],
+        "https://slsa.dev/provenance/v1"
+    );
+    let fetched = keys.path().join("att");
+    let (ok, out, err) = run(
+        "skopeo",
+        &[
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{att_tag}"),
+            &format!("dir:{}", fetched.display()),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo copy {att_tag}: {out}{err}");
+    let blob = fetched.join(
+        layer["digest"]
+            .as_str()
+            .expect("digest")
+            .trim_start_matches("sha256:"),
+    );
+    assert_eq!(fs::read(&blob).expect("the layer"), original);
+    let (ok, _, err) = sslib_judge(&python, &blob, &sslib_key);
+    assert!(ok, "securesystemslib refused the pushed attestation: {err}");
+
+    // 2. cascade verify: the image and the lockfile are attested.
+    let v = p.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+        "--json",
+    ]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(v.json()["images"][0]["attestation"]["status"], "verified");
+
+    // 3. A changed payload byte: the signature no longer verifies, for us and for
+    //    securesystemslib.
+    let mut env: serde_json::Value = serde_json::from_slice(&original).expect("json");
+    let payload = env["payload"].as_str().expect("payload").to_string();
+    let i = payload.len() / 2;
+    let flipped = if &payload[i..i + 1] == "A" { "B" } else { "A" };
+    env["payload"] = format!("{}{flipped}{}", &payload[..i], &payload[i + 1..]).into();
+    fs::write(&attestation, env.to_string()).expect("write");
+    let v = p.run(&["verify", &reference, "--key", pub_arg, "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    assert_eq!(v.json()["images"][0]["verdict"]["status"], "verified");
+    assert_eq!(v.json()["images"][0]["attestation"]["status"], "rejected");
+    let v = p.run(&["verify", &reference, "--key", pub_arg]);
+    assert!(v.stderr.contains("attestation rejected"), "{}", v.stderr);
+    let (ok, _, _) = sslib_judge(&python, &attestation, &sslib_key);
+    assert!(!ok, "securesystemslib accepted a changed attestation");
+    fs::write(&attestation, &original).expect("restore");
+
+    // 4. A lockfile whose commit was changed: the attestation does not match it.
+    let other_commit: String = commit
+        .chars()
+        .map(|c| if c == 'a' { 'b' } else { 'a' })
+        .collect();
+    fs::write(&lockfile, lock_text.replace(&commit, &other_commit)).expect("write");
+    let v = p.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+        "--json",
+    ]);
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    let a = &v.json()["images"][0]["attestation"];
+    assert_eq!(a["status"], "mismatch", "{a}");
+    assert_eq!(a["differences"][0]["field"], "source", "{a}");
+    let v = p.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+    ]);
+    assert!(
+        v.stderr.contains("attestation does not match") && v.stderr.contains(&other_commit),
+        "{}",
+        v.stderr
+    );
+    fs::write(&lockfile, &lock_text).expect("restore");
+
+    // 5. A swapped digest: another image's attestation (signed by the same key) beside
+    //    this image's signature names the other image.
+    let mut q = project(&format!("127.0.0.1:5000/{}", unique("swapped")), None);
+    q.commit("app", "main", &[("README", Some("other\n"))], "other");
+    let r = build(&q, &["--push", "--sign", secret_arg], 0);
+    let (_, other_digest) = image_of(&r);
+    assert_ne!(other_digest, digest);
+    let other_attestation =
+        PathBuf::from(r.json()["signed"][0]["attestation"].as_str().expect("path"));
+    fs::copy(&other_attestation, &attestation).expect("swap");
+    let v = p.run(&["verify", &reference, "--key", pub_arg, "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stderr);
+    let a = &v.json()["images"][0]["attestation"];
+    assert_eq!(a["status"], "mismatch", "{a}");
+    assert_eq!(a["differences"][0]["field"], "subject digest", "{a}");
+    fs::write(&attestation, &original).expect("restore");
+    let v = p.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+    ]);
+    assert_eq!(v.code, 0, "restored: {}", v.stderr);
 }

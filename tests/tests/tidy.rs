@@ -113,6 +113,7 @@ fn one_crate_per_outside_concern() {
     assert_only(&deps, "clap", &["cascade-cli", "xtask"]);
     // The cryptography lives in one crate.
     assert_only(&deps, "pgp", &["cascade-sign"]);
+    assert_only(&deps, "ed25519-dalek", &["cascade-sign"]);
     assert_only(&deps, "indicatif", &["cascade-cli"]);
     // Only the image crate writes tar, gzip and sha256 (OCI's digests); the bench gzips
     // the same bytes as a baseline.

@@ -2,17 +2,17 @@
 
 use std::path::PathBuf;
 
-use cascade::{Verdict, VerifyOptions, VerifyTarget};
+use cascade::{AttestationVerdict, ImageVerdict, Verdict, VerifyOptions, VerifyTarget};
 
 use crate::{fail, Io, EXIT_OK};
 
-/// `verify` found an image without an acceptable signature.
+/// `verify` found an image without an acceptable signature or attestation.
 const EXIT_CHECK_FAILED: i32 = 1;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct KeygenArgs {
-    /// The directory to write `cascade.key` and `cascade.pub` into (created if missing;
-    /// existing keys are never overwritten).
+    /// The directory to write `cascade.key`, `cascade.pub` and `cascade.pub.json` into
+    /// (created if missing; existing keys are never overwritten).
     #[arg(long, short = 'o', value_name = "DIR")]
     output: PathBuf,
     /// The key's OpenPGP user id.
@@ -52,9 +52,10 @@ pub(crate) fn keygen(args: KeygenArgs, mut io: Io<'_>) -> i32 {
                 io.json(&pair);
             } else {
                 io.err_line(&format!(
-                    "wrote {} (secret, mode 0600) and {}\nfingerprint {}",
+                    "wrote {} (secret, mode 0600), {} and {}\nfingerprint {}",
                     pair.secret.display(),
                     pair.public.display(),
+                    pair.public_sslib.display(),
                     pair.fingerprint
                 ));
             }
@@ -115,6 +116,7 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
                         }
                     };
                     io.err_line(&line);
+                    io.err_line(&attestation_line(i));
                 }
                 if report.images.is_empty() {
                     io.err_line("nothing to verify: the lockfile names no image");
@@ -127,5 +129,49 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
             }
         }
         Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+/// How an image's attestation verdict reads, one line per problem.
+fn attestation_line(i: &ImageVerdict) -> String {
+    match &i.attestation {
+        AttestationVerdict::Verified {
+            fingerprint,
+            attestation,
+        } => format!(
+            "  attested: SLSA provenance (key {fingerprint}, {})",
+            attestation.display()
+        ),
+        AttestationVerdict::Missing { attestation } => format!(
+            "  not attested: no attestation at {}",
+            attestation.display()
+        ),
+        AttestationVerdict::Rejected {
+            attestation,
+            rejection,
+        } => format!(
+            "  attestation rejected: {}: {rejection}",
+            attestation.display()
+        ),
+        AttestationVerdict::NotProvenance {
+            attestation,
+            detail,
+        } => format!(
+            "  attestation rejected: {} is not SLSA provenance: {detail}",
+            attestation.display()
+        ),
+        AttestationVerdict::Mismatch {
+            attestation,
+            differences,
+        } => {
+            let mut s = format!("  attestation does not match: {}", attestation.display());
+            for d in differences {
+                s.push_str(&format!(
+                    "\n    `{}`: attested {}, expected {}",
+                    d.field, d.attested, d.expected
+                ));
+            }
+            s
+        }
     }
 }

@@ -6,7 +6,11 @@
 //!   JSON payload naming the image's reference and manifest digest, in an OpenPGP signed
 //!   message, exactly what `skopeo standalone-sign` writes; skopeo and podman check it
 //!   with a `policy.json` `signedBy` rule, reading it from a `registries.d` lookaside
-//!   directory laid out as containers/image lays it out ([`simple::lookaside_dir`]).
+//!   directory laid out as containers/image lays it out ([`simple::lookaside_dir`]);
+//! - **attestations** in DSSE envelopes ([`dsse`]): the raw Ed25519 key signs the
+//!   pre-authentication encoding of an in-toto statement, what securesystemslib,
+//!   in-toto and cosign verify; [`PublicKey::sslib_json`] is the public half in
+//!   securesystemslib's form.
 //!
 //! Keys ([`generate`], [`SecretKey`], [`PublicKey`]) are ASCII-armored OpenPGP blocks, so
 //! `gpg --import` and containers/image's `keyPath` read the public half as it is. A
@@ -20,6 +24,7 @@
 //! Secrets: no error, `Debug` output or return value but [`SecretKey::to_armored`] holds
 //! secret key material; `Debug` on [`SecretKey`] shows only the fingerprint.
 
+pub mod dsse;
 mod keys;
 pub mod simple;
 

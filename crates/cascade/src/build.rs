@@ -581,7 +581,10 @@ pub(crate) fn publish_all(
         }
         // Signed once pushed: a signature never names an image the registry lacks.
         if let Some(s) = signer {
-            for signed in s.sign(&images)? {
+            let attested = attested_images(run, done);
+            let mut signed = s.sign(&attested)?;
+            crate::sign::push_attestations(l, &mut signed)?;
+            for signed in signed {
                 on_event(Event::Published(&format!(
                     "  signed   {} {} ({}, key {})",
                     signed.reference,
@@ -589,11 +592,63 @@ pub(crate) fn publish_all(
                     signed.signature.display(),
                     signed.fingerprint
                 )));
+                on_event(Event::Published(&format!(
+                    "  attested {} ({}{})",
+                    signed.reference,
+                    signed.attestation.display(),
+                    signed
+                        .attestation_tag
+                        .as_deref()
+                        .map(|t| format!(", pushed as {t}"))
+                        .unwrap_or_default()
+                )));
                 report.signed.push(signed);
             }
         }
     }
     Ok(())
+}
+
+/// Each node's image with the provenance statement its attestation carries.
+fn attested_images(
+    run: &Run<'_>,
+    done: &[OnceLock<Done>],
+) -> Vec<(ImageRef, crate::provenance::Statement)> {
+    let mut out = Vec::new();
+    for (i, node) in run.nodes.iter().enumerate() {
+        let Some(d) = done[i].get() else { continue };
+        let Some(image) = &d.image else { continue };
+        let c = node.component;
+        let base = match c.recipe.image.as_ref().map(|decl| &decl.base) {
+            Some(cascade_manifest::ImageBase::Pinned { name, digest }) => {
+                Some(crate::provenance::BaseImage {
+                    uri: name.clone(),
+                    digest: digest.clone(),
+                })
+            }
+            Some(cascade_manifest::ImageBase::Component(_)) => c
+                .image_base
+                .and_then(|b| done[b].get())
+                .and_then(|b| b.image.as_ref())
+                .map(|b| crate::provenance::BaseImage {
+                    uri: b.reference.clone(),
+                    digest: b.digest.to_string(),
+                }),
+            Some(cascade_manifest::ImageBase::Scratch) | None => None,
+        };
+        let lock = lock_node(node, d, BTreeMap::new());
+        let statement = crate::provenance::statement(
+            run.env_name,
+            &c.name,
+            &lock,
+            &image.reference,
+            &image.digest.to_string(),
+            c.recipe.env.keys().cloned().collect(),
+            base.as_ref(),
+        );
+        out.push((image.clone(), statement));
+    }
+    out
 }
 
 /// Runs every node in dependency order on the scheduler: cache lookup or execution,
@@ -1047,6 +1102,41 @@ fn test_line(node: &str, t: &TestReport) -> String {
     s
 }
 
+/// One node as the lockfile records it (and its attestation attests it).
+pub(crate) fn lock_node(
+    node: &Node<'_>,
+    d: &Done,
+    tests: BTreeMap<String, cascade_lock::TestResult>,
+) -> LockNode {
+    let c = node.component;
+    let s = &node.pinned.source;
+    LockNode {
+        source: LockSource {
+            repo: c.source.repo.clone(),
+            r#ref: match &c.source.rev {
+                Rev::Ref(r) => Some(r.clone()),
+                Rev::Version(_) => None,
+            },
+            commit: s.commit.clone(),
+            tree: s.tree.clone(),
+            dir: c.source.dir.clone(),
+            version: s.version.to_string(),
+        },
+        recipe: node.recipe,
+        runner: d.runner.digest(),
+        inputs: d.inputs.clone(),
+        key: d.key,
+        output: d.output,
+        artifacts: d.artifacts.clone(),
+        image: d.image.as_ref().map(|i| LockImage {
+            reference: i.reference.clone(),
+            digest: i.digest.to_string(),
+            spec: c.recipe.image.as_ref().map(|decl| decl.digest()),
+        }),
+        tests,
+    }
+}
+
 /// The closure of this build as a lockfile value.
 pub(crate) fn lockfile(
     environment: &str,
@@ -1058,40 +1148,12 @@ pub(crate) fn lockfile(
     let mut out = BTreeMap::new();
     for (i, node) in nodes.iter().enumerate() {
         let Some(d) = done[i].get() else { continue };
-        let c = node.component;
-        let s = &node.pinned.source;
-        out.insert(
-            c.name.clone(),
-            LockNode {
-                source: LockSource {
-                    repo: c.source.repo.clone(),
-                    r#ref: match &c.source.rev {
-                        Rev::Ref(r) => Some(r.clone()),
-                        Rev::Version(_) => None,
-                    },
-                    commit: s.commit.clone(),
-                    tree: s.tree.clone(),
-                    dir: c.source.dir.clone(),
-                    version: s.version.to_string(),
-                },
-                recipe: node.recipe,
-                runner: d.runner.digest(),
-                inputs: d.inputs.clone(),
-                key: d.key,
-                output: d.output,
-                artifacts: d.artifacts.clone(),
-                image: d.image.as_ref().map(|i| LockImage {
-                    reference: i.reference.clone(),
-                    digest: i.digest.to_string(),
-                    spec: c.recipe.image.as_ref().map(|decl| decl.digest()),
-                }),
-                tests: report.nodes[i]
-                    .tests
-                    .iter()
-                    .map(|t| (t.name.clone(), t.result()))
-                    .collect(),
-            },
-        );
+        let tests = report.nodes[i]
+            .tests
+            .iter()
+            .map(|t| (t.name.clone(), t.result()))
+            .collect();
+        out.insert(node.component.name.clone(), lock_node(node, d, tests));
     }
     Lockfile {
         // Every node of one build is keyed in one format (a replay keeps its lockfile's).

@@ -18,6 +18,7 @@ mod lockfiles;
 mod pin;
 mod plan;
 mod promote;
+mod provenance;
 mod publish;
 mod reapi;
 mod remote;
@@ -58,13 +59,14 @@ pub use plan::{
 pub use promote::{
     promote, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
+pub use provenance::Difference;
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
 pub use reapi::RemoteRun;
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};
 pub use short::{short_digest, short_sha};
 pub use sign::{
-    keygen, verify, ImageVerdict, KeyPair, Signed, Verdict, VerifyOptions, VerifyReport,
-    VerifyTarget,
+    keygen, verify, AttestationVerdict, ImageVerdict, KeyPair, Signed, Verdict, VerifyOptions,
+    VerifyReport, VerifyTarget,
 };
 pub use worker::{worker, WorkerEvent, WorkerOptions};

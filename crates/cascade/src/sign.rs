@@ -6,7 +6,12 @@
 //! - signatures go to the store's lookaside directory `<store>/sigstore/`, laid out as
 //!   containers/image reads it (`<repository>@sha256=<hex>/signature-<n>`), so a
 //!   `registries.d` file with `lookaside: file://<store>/sigstore` lets skopeo and podman
-//!   check them (README, "Signing and verification").
+//!   check them (README, "Signing and verification");
+//! - beside each image's signatures, `attestation.dsse.json`: its SLSA provenance
+//!   statement ([`crate::provenance`]) in a DSSE envelope signed by the same key,
+//!   replaced by the newest build of that image; `verify` requires it. It is also
+//!   pushed beside the image as cosign attaches attestations ([`push_attestations`]):
+//!   an OCI artifact tagged `sha256-<hex>.att` whose one layer is the envelope.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,11 +19,16 @@ use std::time::Duration;
 
 use cascade_manifest::KeyLocation;
 use cascade_registry::{Client, ClientOptions, OciDigest, Reference};
+use cascade_sign::dsse::{self, EnvelopeRejection};
 use cascade_sign::simple::{self, Rejection};
 use cascade_sign::{PublicKey, SecretKey};
 
 use crate::image::ImageRef;
+use crate::provenance::{self, Difference, Statement};
 use crate::Error;
+
+/// The attestation's file name in an image's lookaside directory.
+pub(crate) const ATTESTATION_FILE: &str = "attestation.dsse.json";
 
 /// The lookaside directory of a store.
 pub(crate) fn sigstore_dir(store: &Path) -> PathBuf {
@@ -38,15 +48,19 @@ pub struct KeyPair {
     /// The public key (armored OpenPGP): for `verify --key`, skopeo's `keyPath`,
     /// `gpg --import`.
     pub public: PathBuf,
+    /// The same public key as securesystemslib's `SSlibKey` reads it (raw Ed25519,
+    /// hex), for DSSE verifiers: `cascade.pub.json`.
+    pub public_sslib: PathBuf,
     pub fingerprint: String,
 }
 
-/// Writes a new key pair into `dir` (created if missing): `cascade.key` and
-/// `cascade.pub`. Never overwrites: an existing file is an error.
+/// Writes a new key pair into `dir` (created if missing): `cascade.key`, `cascade.pub`
+/// and `cascade.pub.json`. Never overwrites: an existing file is an error.
 pub fn keygen(dir: &Path, user_id: &str) -> Result<KeyPair, Error> {
     let secret_path = dir.join("cascade.key");
     let public_path = dir.join("cascade.pub");
-    for p in [&secret_path, &public_path] {
+    let sslib_path = dir.join("cascade.pub.json");
+    for p in [&secret_path, &public_path, &sslib_path] {
         if p.symlink_metadata().is_ok() {
             return Err(Error::KeyExists { path: p.clone() });
         }
@@ -58,6 +72,8 @@ pub fn keygen(dir: &Path, user_id: &str) -> Result<KeyPair, Error> {
     let key = cascade_sign::generate(user_id).map_err(key_error)?;
     let secret = key.to_armored().map_err(key_error)?;
     let public = key.public().to_armored().map_err(key_error)?;
+    // `generate` makes Ed25519 keys, which always have this form.
+    let sslib = key.public().sslib_json().unwrap_or_default();
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::WriteKey { path, source }
@@ -65,9 +81,12 @@ pub fn keygen(dir: &Path, user_id: &str) -> Result<KeyPair, Error> {
     std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     write_new(&secret_path, secret.as_bytes(), 0o600).map_err(write_error(&secret_path))?;
     write_new(&public_path, public.as_bytes(), 0o644).map_err(write_error(&public_path))?;
+    write_new(&sslib_path, format!("{sslib}\n").as_bytes(), 0o644)
+        .map_err(write_error(&sslib_path))?;
     Ok(KeyPair {
         secret: secret_path,
         public: public_path,
+        public_sslib: sslib_path,
         fingerprint: key.fingerprint(),
     })
 }
@@ -141,10 +160,11 @@ impl Signer {
         })
     }
 
-    /// Signs every pushed image, writing each signature into the lookaside directory.
-    pub(crate) fn sign(&self, images: &[ImageRef]) -> Result<Vec<Signed>, Error> {
+    /// Signs every pushed image and attests it, writing each signature and
+    /// attestation into the image's lookaside directory.
+    pub(crate) fn sign(&self, images: &[(ImageRef, Statement)]) -> Result<Vec<Signed>, Error> {
         let mut out = Vec::new();
-        for image in images {
+        for (image, statement) in images {
             let err = |source| Error::Sign {
                 reference: image.reference.clone(),
                 source,
@@ -158,10 +178,22 @@ impl Signer {
                 simple::sign(&self.key, &image.reference, &digest, &creator()).map_err(err)?;
             let dir = simple::lookaside_dir(&self.sigstore, &r.repository, &digest);
             let signature = simple::write_signature(&dir, &bytes).map_err(err)?;
+            let envelope = dsse::sign(&self.key, dsse::IN_TOTO_PAYLOAD_TYPE, &statement.to_bytes())
+                .map_err(err)?;
+            let attestation = dir.join(ATTESTATION_FILE);
+            write_replacing(&attestation, &envelope.to_bytes()).map_err(|source| {
+                err(cascade_sign::SignError::Io {
+                    what: "write",
+                    path: attestation.clone(),
+                    source,
+                })
+            })?;
             out.push(Signed {
                 reference: image.reference.clone(),
                 digest,
                 signature,
+                attestation,
+                attestation_tag: None,
                 fingerprint: self.key.fingerprint(),
             });
         }
@@ -177,7 +209,108 @@ pub struct Signed {
     pub digest: String,
     /// The `signature-<n>` file in the lookaside directory.
     pub signature: PathBuf,
+    /// The DSSE envelope of its provenance, beside the signature.
+    pub attestation: PathBuf,
+    /// Where the envelope was pushed, cosign's way (`host/repo:sha256-<hex>.att`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation_tag: Option<String>,
     pub fingerprint: String,
+}
+
+/// The media type of a DSSE envelope as an OCI layer (cosign's).
+const MEDIA_TYPE_DSSE: &str = "application/vnd.dsse.envelope.v1+json";
+
+/// The attestation of an image as cosign attaches it: an OCI image manifest whose
+/// config is cosign's empty-image config naming the layer and whose one layer is the
+/// envelope, annotated with its predicate type. Written into `layout` (blobs only, not
+/// its index); returns the manifest's digest. No clock: the times are cosign's zero time.
+fn attestation_artifact(
+    layout: &cascade_image::OciLayout,
+    envelope: &[u8],
+) -> Result<OciDigest, cascade_image::ImageError> {
+    use cascade_image::{Descriptor, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+    let layer = layout.put_blob_bytes(envelope)?;
+    let config = serde_json::json!({
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "history": [{ "created": "0001-01-01T00:00:00Z" }],
+        "os": "",
+        "rootfs": { "diff_ids": [layer.to_string()], "type": "layers" },
+    })
+    .to_string();
+    let config_digest = layout.put_blob_bytes(config.as_bytes())?;
+    let mut layer_desc = Descriptor::new(MEDIA_TYPE_DSSE, layer, envelope.len() as u64);
+    layer_desc.annotations = [
+        (
+            "dev.cosignproject.cosign/signature".to_string(),
+            String::new(),
+        ),
+        (
+            "predicateType".to_string(),
+            provenance::PREDICATE_TYPE.to_string(),
+        ),
+    ]
+    .into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": Descriptor::new(MEDIA_TYPE_CONFIG, config_digest, config.len() as u64),
+        "layers": [layer_desc],
+    })
+    .to_string();
+    layout.put_blob_bytes(manifest.as_bytes())
+}
+
+/// cosign's tag for what is attached to the image `sha256:<hex>`: `sha256-<hex>.<suffix>`.
+fn cosign_tag(digest: &str, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.replacen(':', "-", 1))
+}
+
+/// Pushes each signed image's attestation next to it in its repository, tagged
+/// `sha256-<hex>.att` (cosign's scheme), through the same push as images: blobs, the
+/// manifest by digest, the tag last. Records the tag in each `Signed`.
+pub(crate) fn push_attestations(
+    layout: &cascade_image::OciLayout,
+    signed: &mut [Signed],
+) -> Result<(), Error> {
+    for s in signed {
+        let push_error = |source| Error::Push {
+            reference: s.reference.clone(),
+            source,
+        };
+        let envelope = std::fs::read(&s.attestation).map_err(|source| Error::Read {
+            path: s.attestation.clone(),
+            source,
+        })?;
+        let manifest = attestation_artifact(layout, &envelope).map_err(Error::Image)?;
+        let r = Reference::parse(&s.reference).map_err(push_error)?;
+        let creds = cascade_registry::credentials_for(&r.registry).map_err(push_error)?;
+        let client = Client::new(
+            &r.registry,
+            creds,
+            ClientOptions {
+                timeout: Duration::from_secs(60),
+                ..ClientOptions::default()
+            },
+        );
+        let tag = cosign_tag(&s.digest, "att");
+        client
+            .push(layout, &manifest, &r.repository, std::slice::from_ref(&tag))
+            .map_err(push_error)?;
+        s.attestation_tag = Some(format!("{}/{}:{tag}", r.registry, r.repository));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in its directory and a rename.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// What `verify` checks.
@@ -204,13 +337,14 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Every image has a good signature (and there is at least one image).
+    /// Every image has a good signature and a good attestation (and there is at least
+    /// one image).
     pub fn success(&self) -> bool {
         !self.images.is_empty()
-            && self
-                .images
-                .iter()
-                .all(|i| matches!(i.verdict, Verdict::Verified { .. }))
+            && self.images.iter().all(|i| {
+                matches!(i.verdict, Verdict::Verified { .. })
+                    && matches!(i.attestation, AttestationVerdict::Verified { .. })
+            })
     }
 }
 
@@ -222,7 +356,38 @@ pub struct ImageVerdict {
     #[serde(rename = "ref")]
     pub reference: String,
     pub digest: String,
+    /// The simple signature's verdict.
     pub verdict: Verdict,
+    /// The provenance attestation's verdict.
+    pub attestation: AttestationVerdict,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum AttestationVerdict {
+    /// A DSSE envelope signed by one of the keys, whose statement names this image (and,
+    /// for a lockfile, attests what the lockfile records).
+    Verified {
+        fingerprint: String,
+        attestation: PathBuf,
+    },
+    /// No `attestation.dsse.json` beside the signatures.
+    Missing { attestation: PathBuf },
+    /// The envelope is not signed by one of the keys (or is not an envelope).
+    Rejected {
+        attestation: PathBuf,
+        rejection: EnvelopeRejection,
+    },
+    /// Signed, but its body is not a cascade SLSA provenance statement.
+    NotProvenance {
+        attestation: PathBuf,
+        detail: String,
+    },
+    /// Signed, but it attests something else: each difference.
+    Mismatch {
+        attestation: PathBuf,
+        differences: Vec<Difference>,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -260,31 +425,55 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
             PublicKey::from_bytes(&bytes, &what).map_err(|source| Error::Key { what, source })?,
         );
     }
-    let wanted: Vec<(Option<String>, String, String)> = match &opts.target {
+    // (node, reference, digest, the statement the lockfile implies)
+    type Wanted = (Option<String>, String, String, Option<Statement>);
+    let wanted: Vec<Wanted> = match &opts.target {
         VerifyTarget::Image(reference) => {
             let digest = image_digest(reference)?;
-            vec![(None, reference.clone(), digest)]
+            vec![(None, reference.clone(), digest, None)]
         }
         VerifyTarget::Lockfile(path) => {
             let lock = crate::read_lockfile(path, &path.display().to_string())?;
             lock.nodes
                 .iter()
                 .filter_map(|(name, n)| {
-                    n.image
-                        .as_ref()
-                        .map(|i| (Some(name.clone()), i.reference.clone(), i.digest.clone()))
+                    n.image.as_ref().map(|i| {
+                        let expected = provenance::statement(
+                            &lock.environment,
+                            name,
+                            n,
+                            &i.reference,
+                            &i.digest,
+                            Vec::new(),
+                            None,
+                        );
+                        (
+                            Some(name.clone()),
+                            i.reference.clone(),
+                            i.digest.clone(),
+                            Some(expected),
+                        )
+                    })
                 })
                 .collect()
         }
     };
     let mut images = Vec::new();
-    for (node, reference, digest) in wanted {
+    for (node, reference, digest, expected) in wanted {
         let verdict = verdict(&keys, &opts.sigstore, &reference, &digest)?;
+        let attestation = attestation_verdict(
+            &keys,
+            &opts.sigstore,
+            &reference,
+            &digest,
+            expected.as_ref(),
+        )?;
         images.push(ImageVerdict {
             node,
             reference,
             digest,
             verdict,
+            attestation,
         });
     }
     Ok(VerifyReport { images })
@@ -362,4 +551,94 @@ fn verdict(
     Ok(Verdict::Rejected {
         signatures: rejected,
     })
+}
+
+/// The lookaside directory of `reference` (by tag or digest) at `digest`.
+fn lookaside_of(sigstore: &Path, reference: &str, digest: &str) -> Result<PathBuf, Error> {
+    let repo_ref = reference.split('@').next().unwrap_or(reference);
+    let r = Reference::parse(repo_ref).map_err(|source| Error::Push {
+        reference: reference.to_string(),
+        source,
+    })?;
+    Ok(simple::lookaside_dir(sigstore, &r.repository, digest))
+}
+
+/// Checks an image's attestation: signed by one of `keys`, a cascade provenance
+/// statement, whose subject is this image's digest, and, given the statement a
+/// lockfile implies (`expected`), attesting the same sources, inputs and outputs.
+fn attestation_verdict(
+    keys: &[PublicKey],
+    sigstore: &Path,
+    reference: &str,
+    digest: &str,
+    expected: Option<&Statement>,
+) -> Result<AttestationVerdict, Error> {
+    let attestation = lookaside_of(sigstore, reference, digest)?.join(ATTESTATION_FILE);
+    let bytes = match std::fs::metadata(&attestation) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(AttestationVerdict::Missing { attestation })
+        }
+        Ok(m) if m.len() > dsse::MAX_ENVELOPE => Vec::new(),
+        _ => std::fs::read(&attestation).map_err(|source| Error::Read {
+            path: attestation.clone(),
+            source,
+        })?,
+    };
+    let opened = match dsse::verify(keys, &bytes, dsse::IN_TOTO_PAYLOAD_TYPE) {
+        Ok(o) => o,
+        Err(rejection) => {
+            return Ok(AttestationVerdict::Rejected {
+                attestation,
+                rejection,
+            })
+        }
+    };
+    let statement: Statement = match serde_json::from_slice(&opened.payload) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(AttestationVerdict::NotProvenance {
+                attestation,
+                detail: e.to_string(),
+            })
+        }
+    };
+    if statement.predicate_type != provenance::PREDICATE_TYPE
+        || statement.statement_type != provenance::STATEMENT_TYPE
+    {
+        return Ok(AttestationVerdict::NotProvenance {
+            attestation,
+            detail: format!(
+                "`{}` / `{}` is not an in-toto statement of SLSA provenance v1",
+                statement.statement_type, statement.predicate_type
+            ),
+        });
+    }
+    let mut differences = Vec::new();
+    let subject = statement.subject_digest();
+    if subject.as_deref() != Some(digest) {
+        differences.push(Difference {
+            field: "subject digest".into(),
+            attested: serde_json::to_string(&subject).unwrap_or_default(),
+            expected: serde_json::to_string(digest).unwrap_or_default(),
+        });
+    }
+    if let Some(e) = expected {
+        differences.extend(
+            provenance::compare(&statement, e)
+                .into_iter()
+                // The subject's digest is reported once, above.
+                .filter(|d| !(d.field == "subject" && subject.as_deref() != Some(digest))),
+        );
+    }
+    if differences.is_empty() {
+        Ok(AttestationVerdict::Verified {
+            fingerprint: opened.fingerprint,
+            attestation,
+        })
+    } else {
+        Ok(AttestationVerdict::Mismatch {
+            attestation,
+            differences,
+        })
+    }
 }
