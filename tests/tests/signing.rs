@@ -452,14 +452,35 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
         Some(&home),
     );
     assert!(ok, "skopeo standalone-sign: {out}{err}");
-    // The attestation is ours (skopeo makes none): beside skopeo's signature, and our
-    // key given for it.
+    let sigstore_arg = skopeo_store.to_str().expect("utf-8");
+    // skopeo makes no attestation: its signature alone passes with --signature-only,
+    // and not without it.
+    let alone = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            &reference,
+            "--key",
+            gpg_pub_file.to_str().expect("utf-8"),
+            "--sigstore",
+            sigstore_arg,
+            "--json",
+        ];
+        args.extend(extra);
+        signed.run(&args)
+    };
+    let v = alone(&["--signature-only"]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert_eq!(
+        v.json()["images"][0]["verdict"]["fingerprint"],
+        gpg_fpr.as_str()
+    );
+    assert_eq!(alone(&[]).code, 1);
+    // With ours beside skopeo's signature, and our key given for it, both verify.
     fs::copy(
         sig.with_file_name("attestation.dsse.json"),
         skopeo_sig.with_file_name("attestation.dsse.json"),
     )
     .expect("copy the attestation");
-    let sigstore_arg = skopeo_store.to_str().expect("utf-8");
     let v = signed.run(&[
         "verify",
         &reference,

@@ -36,6 +36,10 @@ pub(crate) struct VerifyArgs {
     /// The lookaside directory holding the signatures [default: <store>/sigstore].
     #[arg(long, value_name = "DIR")]
     sigstore: Option<PathBuf>,
+    /// The signatures decide: an image without cascade's attestation (signed by another
+    /// tool, such as `skopeo standalone-sign`) passes; a bad attestation still fails.
+    #[arg(long)]
+    signature_only: bool,
     /// The store directory [default: <project>/cache].
     #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
     store: Option<PathBuf>,
@@ -79,6 +83,7 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
         target,
         keys: args.key,
         sigstore: args.sigstore.unwrap_or_else(|| store.join("sigstore")),
+        signature_only: args.signature_only,
     };
     match cascade::verify(&opts) {
         Ok(report) => {

@@ -328,12 +328,18 @@ pub struct VerifyOptions {
     pub keys: Vec<PathBuf>,
     /// The lookaside directory (`<store>/sigstore` by default).
     pub sigstore: PathBuf,
+    /// `--signature-only`: the signatures decide; an attestation is still checked and
+    /// reported, but a missing one does not fail (images signed by other tools, such as
+    /// `skopeo standalone-sign`, carry none). A bad one still fails.
+    pub signature_only: bool,
 }
 
 /// `verify`'s answer, also its `--json` schema.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VerifyReport {
     pub images: Vec<ImageVerdict>,
+    /// Whether a missing attestation was allowed (`--signature-only`).
+    pub signature_only: bool,
 }
 
 impl VerifyReport {
@@ -343,7 +349,11 @@ impl VerifyReport {
         !self.images.is_empty()
             && self.images.iter().all(|i| {
                 matches!(i.verdict, Verdict::Verified { .. })
-                    && matches!(i.attestation, AttestationVerdict::Verified { .. })
+                    && match i.attestation {
+                        AttestationVerdict::Verified { .. } => true,
+                        AttestationVerdict::Missing { .. } => self.signature_only,
+                        _ => false,
+                    }
             })
     }
 }
@@ -476,7 +486,10 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
             attestation,
         });
     }
-    Ok(VerifyReport { images })
+    Ok(VerifyReport {
+        images,
+        signature_only: opts.signature_only,
+    })
 }
 
 /// The manifest digest of `reference`: written in it (`@sha256:…`), else the registry's
