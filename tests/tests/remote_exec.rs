@@ -201,6 +201,16 @@ fn salt() -> String {
     )
 }
 
+/// A temp directory, an engine of the test's own and a project of its own, or `None`
+/// (skipping) where BuildGrid is not installed.
+fn engine_and_project(extra: &str) -> Option<(tempfile::TempDir, Engine, TestProject)> {
+    if !buildgrid() {
+        return None;
+    }
+    let dirs = tempfile::tempdir().unwrap();
+    Some((dirs, Engine::start(60), project(extra, &salt())))
+}
+
 #[test]
 fn an_engine_that_is_down_costs_only_time_and_says_so_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -325,13 +335,10 @@ fn a_worker_killed_mid_action_is_retried_on_another_and_the_build_succeeds() {
 
 #[test]
 fn a_corrupt_blob_on_the_engine_is_caught_and_the_node_built_here() {
-    if !buildgrid() {
+    let Some((dirs, engine, p)) = engine_and_project("") else {
         return;
-    }
-    let dirs = tempfile::tempdir().unwrap();
-    let engine = Engine::start(60);
+    };
     let url = engine.url();
-    let p = project("", &salt());
     let first = build(&p, &dirs.path().join("a"), &["--remote", &url]);
     assert_eq!(first.json()["remote_cache"]["uploads"], 2);
     // app's out/out.txt as the engine stores it: find it by content, change one byte.
@@ -369,13 +376,10 @@ fn a_corrupt_blob_on_the_engine_is_caught_and_the_node_built_here() {
 
 #[test]
 fn the_first_result_wins_and_a_different_one_is_reported_never_written() {
-    if !buildgrid() {
+    let Some((dirs, engine, p)) = engine_and_project("      date +%s%N > out/share/stamp\n") else {
         return;
-    }
-    let dirs = tempfile::tempdir().unwrap();
-    let engine = Engine::start(60);
+    };
     let url = engine.url();
-    let p = project("      date +%s%N > out/share/stamp\n", &salt());
     let a = build(&p, &dirs.path().join("a"), &["--remote", &url]);
     assert_eq!(a.json()["remote_cache"]["uploads"], 2);
     let b = build(
@@ -399,13 +403,10 @@ fn the_first_result_wins_and_a_different_one_is_reported_never_written() {
 
 #[test]
 fn plan_says_which_nodes_the_engine_has_without_downloading_them() {
-    if !buildgrid() {
+    let Some((dirs, engine, p)) = engine_and_project("") else {
         return;
-    }
-    let dirs = tempfile::tempdir().unwrap();
-    let engine = Engine::start(60);
+    };
     let url = engine.url();
-    let p = project("", &salt());
     build(&p, &dirs.path().join("a"), &["--remote", &url]);
     let clean = dirs.path().join("clean");
     let clean_arg = clean.display().to_string();

@@ -119,6 +119,22 @@ fn run(program: &str, args: &[&str], gnupghome: Option<&Path>) -> (bool, String,
     )
 }
 
+/// The manifest the registry serves for `reference`, as skopeo reads it.
+fn raw_manifest(reference: &str) -> String {
+    let (ok, manifest, err) = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+        None,
+    );
+    assert!(ok, "skopeo inspect {reference}: {err}");
+    manifest
+}
+
 fn gnupg_home(dir: &Path) -> PathBuf {
     let h = dir.join(unique("gnupg"));
     fs::create_dir(&h).expect("mkdir");
@@ -300,17 +316,7 @@ fn skopeo_accepts_what_we_sign_and_refuses_the_unsigned_and_the_wrongly_signed()
         Some(&home),
     );
     assert!(ok, "gpg --import: {err}");
-    let (ok, manifest, err) = run(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-        None,
-    );
-    assert!(ok, "skopeo inspect: {err}");
+    let manifest = raw_manifest(&reference);
     let manifest_file = keys.path().join("manifest.json");
     fs::write(&manifest_file, manifest.as_bytes()).expect("write");
     let fingerprint = r.json()["signed"][0]["fingerprint"]
@@ -640,17 +646,7 @@ fn attestations_are_verified_by_securesystemslib_and_tampering_is_caught() {
         )),
         "{att_tag}"
     );
-    let (ok, manifest, err) = run(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{att_tag}"),
-        ],
-        None,
-    );
-    assert!(ok, "skopeo inspect {att_tag}: {err}");
+    let manifest = raw_manifest(&att_tag);
     let m: serde_json::Value = serde_json::from_str(&manifest).expect("json");
     let layer = &m["layers"][0];
     assert_eq!(layer["mediaType"], "application/vnd.dsse.envelope.v1+json");

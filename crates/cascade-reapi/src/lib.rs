@@ -794,7 +794,6 @@ impl Client {
         let instance = self.instance().to_string();
         let channel = self.channel();
         let action = action.clone();
-        let url = self.inner.endpoint.to_string();
         let fut = async move {
             let mut client = re::execution_client::ExecutionClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE);
@@ -863,7 +862,6 @@ impl Client {
                 tokio::time::sleep(Duration::from_millis(200 << broken)).await;
             }
         };
-        let _ = url;
         self.block("Execute", timeout, fut)
     }
 }

@@ -387,14 +387,8 @@ pub fn fetch_dir(client: &Client, root: &Digest, dest: &Path) -> Result<(), Reap
         Ok(dir)
     };
     let top = lookup(root)?;
-    write_dir(
-        client,
-        &top,
-        dest,
-        &mut lookup,
-        0,
-        &mut ENTRY_BUDGET.clone(),
-    )
+    let mut budget = ENTRY_BUDGET;
+    write_dir(client, &top, dest, &mut lookup, 0, &mut budget)
 }
 
 /// The most entries a tree written to disk may have.
