@@ -76,8 +76,12 @@ enum Command {
     Cache(CacheCommand),
     /// Write a signing key pair (`cascade.key`, mode 0600, and `cascade.pub`).
     Keygen(sign::KeygenArgs),
-    /// Check an image's signatures, or those of every image a lockfile names.
+    /// Check an image's signatures, those of every image a lockfile names, or a release
+    /// bundle's signed checksums.
     Verify(sign::VerifyArgs),
+    /// Write a lockfile's release: its artifacts, image manifests and SPDX SBOMs, with
+    /// `SHA256SUMS` and, with a key, its detached signature `SHA256SUMS.asc`.
+    ReleaseBundle(sign::BundleArgs),
     /// Run Actions for a REAPI engine that hands out work through the Remote Workers
     /// API (BuildGrid's bots), in cascade's sandbox: cascade's Actions or anyone's.
     Worker(WorkerArgs),
@@ -286,7 +290,7 @@ struct BuildArgs {
     work_dir: Option<PathBuf>,
 }
 
-fn parse_key_location(s: &str) -> Result<cascade::KeyLocation, String> {
+pub(crate) fn parse_key_location(s: &str) -> Result<cascade::KeyLocation, String> {
     cascade::KeyLocation::parse(s)
         .ok_or_else(|| "expected a key file's path or `env:VAR`".to_string())
 }
@@ -435,6 +439,7 @@ where
         Command::Worker(args) => worker(&cli.project, args, io),
         Command::Keygen(args) => sign::keygen(args, io),
         Command::Verify(args) => sign::verify(&cli.project, args, io),
+        Command::ReleaseBundle(args) => sign::release_bundle(&cli.project, args, io),
     }
 }
 

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use cascade::{AttestationVerdict, ImageVerdict, Verdict, VerifyOptions, VerifyTarget};
+use cascade::{
+    AttestationVerdict, BundleOptions, BundleProblem, BundleVerdict, ImageVerdict, SumsSignature,
+    Verdict, VerifyOptions, VerifyTarget,
+};
 
 use crate::{fail, Io, EXIT_OK};
 
@@ -26,8 +29,9 @@ pub(crate) struct KeygenArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct VerifyArgs {
     /// An image (`host/repo:tag`, its digest asked of the registry, or
-    /// `host/repo@sha256:…`), or a lockfile (every image it names, by its digests).
-    #[arg(value_name = "IMAGE|LOCKFILE")]
+    /// `host/repo@sha256:…`), a lockfile (every image it names, by its digests), or a
+    /// release bundle's directory (`SHA256SUMS`, its signature and every file).
+    #[arg(value_name = "IMAGE|LOCKFILE|BUNDLE")]
     target: String,
     /// A public key (armored or binary OpenPGP); repeat for several. A signature by any
     /// of them counts.
@@ -74,7 +78,9 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
     let store = crate::default_store(project, args.store.as_ref());
     // A path that exists is a lockfile; anything else is an image reference.
     let path = PathBuf::from(&args.target);
-    let target = if path.is_file() {
+    let target = if path.is_dir() {
+        VerifyTarget::Bundle(path)
+    } else if path.is_file() {
         VerifyTarget::Lockfile(path)
     } else {
         VerifyTarget::Image(args.target.clone())
@@ -89,6 +95,10 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
         Ok(report) => {
             if args.json {
                 io.json(&report);
+            } else if let Some(b) = &report.bundle {
+                for line in bundle_lines(b) {
+                    io.err_line(&line);
+                }
             } else {
                 for i in &report.images {
                     let name = i
@@ -123,7 +133,7 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
                     io.err_line(&line);
                     io.err_line(&attestation_line(i));
                 }
-                if report.images.is_empty() {
+                if report.images.is_empty() && report.bundle.is_none() {
                     io.err_line("nothing to verify: the lockfile names no image");
                 }
             }
@@ -132,6 +142,79 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
             } else {
                 EXIT_CHECK_FAILED
             }
+        }
+        Err(e) => fail(&mut io, &e, args.json, color),
+    }
+}
+
+/// How a release bundle's verdict reads: the signature, then one line per problem.
+fn bundle_lines(b: &BundleVerdict) -> Vec<String> {
+    let mut out = vec![match &b.signature {
+        SumsSignature::Verified { fingerprint } => {
+            format!("verified SHA256SUMS (key {fingerprint}): {} files", b.files)
+        }
+        SumsSignature::Missing => "unsigned: no SHA256SUMS.asc".to_string(),
+        SumsSignature::Rejected { rejection } => format!("rejected SHA256SUMS.asc: {rejection}"),
+    }];
+    for p in &b.problems {
+        out.push(match p {
+            BundleProblem::Changed { path } => format!("  changed: `{path}` is not what SHA256SUMS lists"),
+            BundleProblem::Missing { path } => format!("  missing: `{path}`"),
+            BundleProblem::Unlisted { path } => format!("  unlisted: `{path}` is not in SHA256SUMS"),
+            BundleProblem::BadLine { line } => format!("  SHA256SUMS line {line} is not `<sha256>  <path>`"),
+            BundleProblem::ImageDigest { node, lockfile, bundle } => format!(
+                "  image of `{node}`: the lockfile records {lockfile}, the bundle's manifest is {bundle}"
+            ),
+            BundleProblem::Lockfile { detail } => format!("  lockfile: {detail}"),
+        });
+    }
+    out
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BundleArgs {
+    /// The lockfile to release.
+    #[arg(value_name = "LOCKFILE")]
+    lockfile: PathBuf,
+    /// The directory to write (new, or empty).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: PathBuf,
+    /// The secret key that signs `SHA256SUMS`: a file, or `env:VAR`.
+    #[arg(long, value_name = "KEY", value_parser = crate::parse_key_location)]
+    sign: Option<cascade::KeyLocation>,
+    /// The store directory [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn release_bundle(project: &std::path::Path, args: BundleArgs, mut io: Io<'_>) -> i32 {
+    let color = io.color && !args.json;
+    let opts = BundleOptions {
+        lockfile: args.lockfile,
+        out: args.output,
+        store: crate::default_store(project, args.store.as_ref()),
+        sign: args.sign.map(|loc| (loc, PathBuf::new())),
+    };
+    match cascade::release_bundle(&opts) {
+        Ok(report) => {
+            if args.json {
+                io.json(&report);
+            } else {
+                let signed = report
+                    .signed_by
+                    .as_deref()
+                    .map(|f| format!(", SHA256SUMS.asc signed by {f}"))
+                    .unwrap_or_else(|| ", unsigned (no --sign)".into());
+                io.err_line(&format!(
+                    "wrote {}: {} files in SHA256SUMS{signed}",
+                    report.dir.display(),
+                    report.files.len()
+                ));
+            }
+            EXIT_OK
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }

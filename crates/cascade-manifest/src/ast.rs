@@ -53,6 +53,7 @@ pub(crate) struct EnvironmentAst {
     pub remote_cache: Option<S<String>>,
     pub remote: Option<S<String>>,
     pub sign: Option<S<String>>,
+    pub require_signature: Option<S<RequireSignatureAst>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
     pub deploy: Option<S<DeployAst>>,
 }
@@ -262,6 +263,41 @@ impl<'de> Deserialize<'de> for Scalar {
             }
             fn visit_none<E: serde::de::Error>(self) -> Result<Scalar, E> {
                 Ok(Scalar::Other("null"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `require_signature:` as written: the public keys whose signature promote and deploy
+/// require, or a boolean (`false` turns it off; `true` is a diagnostic, since it names
+/// no key to check against).
+#[derive(Debug)]
+pub(crate) enum RequireSignatureAst {
+    Bool(bool),
+    Keys(Vec<S<String>>),
+}
+
+impl<'de> Deserialize<'de> for RequireSignatureAst {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RequireSignatureAst;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of public key files")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RequireSignatureAst::Bool(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = seq.next_element::<S<String>>()? {
+                    keys.push(k);
+                }
+                Ok(RequireSignatureAst::Keys(keys))
             }
         }
         d.deserialize_any(V)

@@ -40,6 +40,10 @@ pub struct Environment {
     /// `sign:`: the key that signs pushed images, a file (relative to the environment
     /// file's directory) or `env:VAR`.
     pub sign: Option<KeyLocation>,
+    /// `require_signature:`: public key files (relative to the environment file's
+    /// directory); when not empty, `promote` to this environment and `deploy` of it
+    /// refuse any image that one of them has not signed and attested.
+    pub require_signature: Vec<String>,
     /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
     pub deploy: Option<Deploy>,
     pub file: FileId,

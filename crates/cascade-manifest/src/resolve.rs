@@ -15,7 +15,8 @@ use cascade_core::{FileId, Span};
 use miette::NamedSource;
 
 use crate::ast::{
-    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, Scalar, SourceAst, StepAst, S,
+    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, RequireSignatureAst, Scalar,
+    SourceAst, StepAst, S,
 };
 use crate::error::{Diagnostics, ManifestError};
 use crate::model::{
@@ -219,6 +220,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             remote_cache: env.remote_cache,
             remote: env.remote,
             sign: env.sign,
+            require_signature: env.require_signature,
             deploy,
             file: files.environment,
         },
@@ -240,6 +242,7 @@ struct EnvChecked {
     remote_cache: Option<String>,
     remote: Option<String>,
     sign: Option<KeyLocation>,
+    require_signature: Vec<String>,
     sources: Vec<SourceChecked>,
     /// Checked once the recipes are (a deployed component needs an image).
     deploy: Option<S<DeployAst>>,
@@ -475,6 +478,19 @@ fn sign_problem(v: &str) -> Option<(String, &'static str, String)> {
     ))
 }
 
+/// What is wrong with a public key's path in `require_signature:` (public keys are
+/// files in the project, never variables).
+fn public_key_problem(v: &str) -> Option<(String, &'static str, String)> {
+    if v.starts_with("env:") {
+        return Some((
+            format!("`{v}` is not a file"),
+            "a public key is a file",
+            "write the public key file's path relative to this file's directory (public keys are not secret; commit them)".into(),
+        ));
+    }
+    None
+}
+
 fn is_reserved_env(s: &str) -> bool {
     // TMPDIR too: the sandbox sets it for host steps, so a declared one would be lost.
     matches!(
@@ -697,6 +713,10 @@ impl Resolver<'_> {
             .and_then(|v| self.non_empty(file, v, "`sign`"))
             .and_then(|(v, span)| self.env_value(v, span, sign_problem))
             .and_then(|v| KeyLocation::parse(&v));
+        let require_signature = ast
+            .require_signature
+            .map(|v| self.require_signature(file, v))
+            .unwrap_or_default();
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -748,6 +768,7 @@ impl Resolver<'_> {
             remote_cache,
             remote,
             sign,
+            require_signature,
             sources,
             deploy: ast.deploy,
         }
@@ -858,6 +879,42 @@ impl Resolver<'_> {
     }
 
     /// `value` when `problem` finds nothing wrong with it; else a diagnostic on it.
+    /// `require_signature:`: a list of public key files; `false` is none, and `true`
+    /// (or an empty list) is refused: a signature by an unnamed key proves nothing.
+    fn require_signature(&mut self, file: FileId, v: S<RequireSignatureAst>) -> Vec<String> {
+        let span = self.span(file, &v);
+        let keys = match v.value {
+            RequireSignatureAst::Bool(false) => return Vec::new(),
+            RequireSignatureAst::Keys(keys) if !keys.is_empty() => keys,
+            RequireSignatureAst::Bool(true) | RequireSignatureAst::Keys(_) => {
+                self.push(
+                    |src| ManifestError::BadEnvironmentValue {
+                        message: "`require_signature` names no key".into(),
+                        src,
+                        span: source_span(span),
+                        label: "whose signature?".into(),
+                        help: Some(
+                            "list the public keys any of which must have signed each image, relative to this file's directory: `require_signature: [keys/cascade.pub]` (`cascade keygen` writes `cascade.pub`)"
+                                .into(),
+                        ),
+                    },
+                    span,
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(k) = self
+                .non_empty(file, k, "a key of `require_signature`")
+                .and_then(|(k, span)| self.env_value(k, span, public_key_problem))
+            {
+                out.push(k);
+            }
+        }
+        out
+    }
+
     fn env_value(
         &mut self,
         value: String,

@@ -10,7 +10,9 @@
 //! - **attestations** in DSSE envelopes ([`dsse`]): the raw Ed25519 key signs the
 //!   pre-authentication encoding of an in-toto statement, what securesystemslib,
 //!   in-toto and cosign verify; [`PublicKey::sslib_json`] is the public half in
-//!   securesystemslib's form.
+//!   securesystemslib's form;
+//! - **release files** with detached signatures ([`detached`]): `SHA256SUMS.asc`, what
+//!   `gpg --verify` checks.
 //!
 //! Keys ([`generate`], [`SecretKey`], [`PublicKey`]) are ASCII-armored OpenPGP blocks, so
 //! `gpg --import` and containers/image's `keyPath` read the public half as it is. A
@@ -24,6 +26,7 @@
 //! Secrets: no error, `Debug` output or return value but [`SecretKey::to_armored`] holds
 //! secret key material; `Debug` on [`SecretKey`] shows only the fingerprint.
 
+pub mod detached;
 pub mod dsse;
 mod keys;
 pub mod simple;

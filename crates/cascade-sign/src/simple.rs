@@ -19,10 +19,9 @@
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
-use pgp::composed::{Message, MessageBuilder, SubpacketConfig};
+use pgp::composed::{Message, MessageBuilder};
 use pgp::crypto::hash::HashAlgorithm;
-use pgp::packet::{Subpacket, SubpacketData};
-use pgp::types::{KeyDetails, Password};
+use pgp::types::Password;
 
 use crate::keys::{hex_upper, PublicKey, SecretKey};
 use crate::SignError;
@@ -90,21 +89,7 @@ pub fn sign(
     creator: &str,
 ) -> Result<Vec<u8>, SignError> {
     let primary = &key.key.primary_key;
-    // The hashed subpackets rpgp writes by default, with the key's creation time
-    // instead of the clock's (a signature made before its key would be refused).
-    let sub = |d| {
-        Subpacket::regular(d).map_err(|e| SignError::OpenPgp {
-            what: "describe a signature",
-            reason: e.to_string(),
-        })
-    };
-    let subpackets = SubpacketConfig::UserDefined {
-        hashed: vec![
-            sub(SubpacketData::IssuerFingerprint(primary.fingerprint()))?,
-            sub(SubpacketData::SignatureCreationTime(primary.created_at()))?,
-        ],
-        unhashed: vec![sub(SubpacketData::IssuerKeyId(primary.legacy_key_id()))?],
-    };
+    let subpackets = crate::keys::timeless_subpackets(key)?;
     let mut builder = MessageBuilder::from_bytes("", payload(reference, manifest_digest, creator));
     builder.sign_with_subpackets(
         primary,

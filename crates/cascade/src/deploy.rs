@@ -213,8 +213,39 @@ pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<Depl
             })?
         }
     };
+    require_signatures(opts, &project, &ctx, &target)?;
     let _active = ActiveGuard::new();
     ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
+}
+
+/// The environment's `require_signature:`: the image of every deployed component in
+/// `target` signed and attested by one of its keys, or nothing changes. An automatic
+/// rollback is not checked again: it goes back to what was running.
+fn require_signatures(
+    opts: &DeployOptions,
+    project: &crate::Project,
+    ctx: &Context<'_>,
+    target: &Path,
+) -> Result<(), Error> {
+    let keys = &project.graph.environment.require_signature;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let shown = ctx.shown(target);
+    let lock = crate::read_lockfile(target, &shown)?;
+    let deployed: BTreeSet<&str> = ctx
+        .components
+        .iter()
+        .map(|c| c.component.as_str())
+        .collect();
+    crate::sign::require_signatures(
+        &opts.env,
+        keys,
+        &project.environment_dir(),
+        &opts.store,
+        &lock,
+        &|n| deployed.contains(n),
+    )
 }
 
 /// What `cascade rollback --deploy` goes back to: (what runs now, the lockfile to

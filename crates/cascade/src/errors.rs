@@ -200,6 +200,31 @@ pub enum Error {
     )]
     NoSuchImage { reference: String },
 
+    #[error("{}", refused_images(env, refused))]
+    #[diagnostic(
+        code(cascade::signature_required),
+        help("sign them with `cascade build --push --sign KEY` (or `sign:` in the environment that builds them) using a key that `require_signature:` lists; nothing was changed")
+    )]
+    SignatureRequired {
+        env: String,
+        refused: Vec<crate::sign::RefusedImage>,
+    },
+
+    #[error("`{path}` exists and is not empty; a release bundle is written into a new directory")]
+    #[diagnostic(
+        code(cascade::bundle::exists),
+        help("choose another directory with `-o`, or remove this one first")
+    )]
+    BundleExists { path: PathBuf },
+
+    #[error("could not write the release bundle at `{path}`")]
+    #[diagnostic(code(cascade::bundle::write))]
+    WriteBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("could not sign `{reference}`")]
     #[diagnostic(code(cascade::sign))]
     Sign {
@@ -396,6 +421,7 @@ impl Error {
             | Error::Key { .. }
             | Error::KeyVariable { .. }
             | Error::KeyExists { .. }
+            | Error::BundleExists { .. }
             | Error::NoSuchImage { .. }
             | Error::Lockfile(_)
             | Error::WrongEnvironment { .. }
@@ -421,13 +447,25 @@ impl Error {
             | Error::Push { .. }
             | Error::Sign { .. }
             | Error::WriteKey { .. }
+            | Error::WriteBundle { .. }
             | Error::ReproducibilityRisk { .. }
             | Error::StoreBusy { .. }
             | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
             | Error::DeployEngine { .. } => 3,
+            // A check that failed, as a failed smoke test does.
+            Error::SignatureRequired { .. } => 1,
         }
     }
+}
+
+/// `SignatureRequired`'s message: one line per refused image.
+fn refused_images(env: &str, refused: &[crate::sign::RefusedImage]) -> String {
+    let mut out = format!("`{env}` requires images signed by its keys; refused:");
+    for r in refused {
+        out.push_str(&format!("\n  `{}` (`{}`): {}", r.node, r.reference, r.why));
+    }
+    out
 }
 
 /// One problem with a lockfile's content, labelled at its line.

@@ -4,6 +4,7 @@
 //! pin → key → execute → store → lock → publish.
 
 mod build;
+mod bundle;
 mod cache;
 mod check;
 mod container;
@@ -31,6 +32,10 @@ mod workdir;
 mod worker;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
+pub use bundle::{
+    release_bundle, BundleFile, BundleOptions, BundleProblem, BundleReport, BundleVerdict,
+    SumsSignature,
+};
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use cascade_manifest::KeyLocation;
 pub use check::{FileDiff, Mismatch};

@@ -4,7 +4,8 @@
 //! In order, and refusing at the first step that fails (the manifest untouched):
 //! 1. the approval gate (`prod` needs `approve`);
 //! 2. the lockfile (the newest of `from`, or the one named): every recorded smoke test
-//!    must have passed;
+//!    must have passed, and with the target's `require_signature:` every image it
+//!    built for the target's components must be signed and attested by one of its keys;
 //! 3. each source of the target environment that the lockfile has is resolved at the
 //!    lockfile's commit in the *target's* repository: the commit itself in branch mode, a
 //!    version tag on that commit in version mode;
@@ -200,6 +201,22 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
     check_tests(&shown, &text, &lock)?;
 
     let project = load(&opts.project, &opts.to)?;
+    // The target's `require_signature:`: every image the lockfile built for a component
+    // the target has must be signed and attested by one of its keys.
+    let target_has: BTreeSet<&str> = project
+        .graph
+        .components
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    crate::sign::require_signatures(
+        &opts.to,
+        &project.graph.environment.require_signature,
+        &project.environment_dir(),
+        &opts.store,
+        &lock,
+        &|n| target_has.contains(n),
+    )?;
     let git = Git::new(opts.store.join("git"));
     let env_dir = project.environment_dir();
     let mode = project.graph.environment.mode;

@@ -136,6 +136,12 @@ fn key_text(loc: &KeyLocation, base: &Path, by: &str) -> Result<(String, String)
     Ok((text, what))
 }
 
+/// The secret key named by `loc` (relative paths from `base`); `by` says who named it.
+pub(crate) fn secret_key(loc: &KeyLocation, base: &Path, by: &str) -> Result<SecretKey, Error> {
+    let (text, what) = key_text(loc, base, by)?;
+    SecretKey::from_armored(&text, &what).map_err(|source| Error::Key { what, source })
+}
+
 /// The key that signs a build's images, and where their signatures go.
 pub(crate) struct Signer {
     key: SecretKey,
@@ -151,11 +157,8 @@ impl Signer {
         by: &str,
         store: &Path,
     ) -> Result<Signer, Error> {
-        let (text, what) = key_text(loc, base, by)?;
-        let key =
-            SecretKey::from_armored(&text, &what).map_err(|source| Error::Key { what, source })?;
         Ok(Signer {
-            key,
+            key: secret_key(loc, base, by)?,
             sigstore: sigstore_dir(store),
         })
     }
@@ -320,6 +323,8 @@ pub enum VerifyTarget {
     Image(String),
     /// Every image a lockfile names, by the lockfile's digests.
     Lockfile(PathBuf),
+    /// A release bundle (`cascade release-bundle`): its signed `SHA256SUMS`.
+    Bundle(PathBuf),
 }
 
 pub struct VerifyOptions {
@@ -338,6 +343,9 @@ pub struct VerifyOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VerifyReport {
     pub images: Vec<ImageVerdict>,
+    /// The release bundle's verdict, when a bundle was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::bundle::BundleVerdict>,
     /// Whether a missing attestation was allowed (`--signature-only`).
     pub signature_only: bool,
 }
@@ -346,6 +354,9 @@ impl VerifyReport {
     /// Every image has a good signature and a good attestation (and there is at least
     /// one image).
     pub fn success(&self) -> bool {
+        if let Some(b) = &self.bundle {
+            return b.success();
+        }
         !self.images.is_empty()
             && self.images.iter().all(|i| {
                 matches!(i.verdict, Verdict::Verified { .. })
@@ -424,72 +435,171 @@ pub struct RejectedSignature {
 /// unreadable lockfile or an unreachable registry is an `Error` (exit 2 or 3); a
 /// missing or wrong signature is a verdict (exit 1).
 pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, Error> {
-    let mut keys = Vec::new();
-    for path in &opts.keys {
-        let what = format!("`{}`", path.display());
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        keys.push(
-            PublicKey::from_bytes(&bytes, &what).map_err(|source| Error::Key { what, source })?,
-        );
-    }
-    // (node, reference, digest, the statement the lockfile implies)
-    type Wanted = (Option<String>, String, String, Option<Statement>);
-    let wanted: Vec<Wanted> = match &opts.target {
+    let keys = read_public_keys(&opts.keys)?;
+    let images = match &opts.target {
         VerifyTarget::Image(reference) => {
             let digest = image_digest(reference)?;
-            vec![(None, reference.clone(), digest, None)]
+            vec![image_verdict(
+                &keys,
+                &opts.sigstore,
+                None,
+                reference.clone(),
+                digest,
+                None,
+            )?]
         }
         VerifyTarget::Lockfile(path) => {
             let lock = crate::read_lockfile(path, &path.display().to_string())?;
-            lock.nodes
-                .iter()
-                .filter_map(|(name, n)| {
-                    n.image.as_ref().map(|i| {
-                        let expected = provenance::statement(
-                            &lock.environment,
-                            name,
-                            n,
-                            &i.reference,
-                            &i.digest,
-                            Vec::new(),
-                            None,
-                        );
-                        (
-                            Some(name.clone()),
-                            i.reference.clone(),
-                            i.digest.clone(),
-                            Some(expected),
-                        )
-                    })
-                })
-                .collect()
+            lockfile_verdicts(&keys, &opts.sigstore, &lock, &|_| true)?
+        }
+        VerifyTarget::Bundle(dir) => {
+            return Ok(VerifyReport {
+                images: Vec::new(),
+                bundle: Some(crate::bundle::verify_bundle(dir, &keys)?),
+                signature_only: opts.signature_only,
+            })
         }
     };
-    let mut images = Vec::new();
-    for (node, reference, digest, expected) in wanted {
-        let verdict = verdict(&keys, &opts.sigstore, &reference, &digest)?;
-        let attestation = attestation_verdict(
-            &keys,
-            &opts.sigstore,
-            &reference,
-            &digest,
-            expected.as_ref(),
-        )?;
-        images.push(ImageVerdict {
-            node,
-            reference,
-            digest,
-            verdict,
-            attestation,
-        });
-    }
     Ok(VerifyReport {
         images,
+        bundle: None,
         signature_only: opts.signature_only,
     })
+}
+
+/// Reads public keys (armored or binary OpenPGP).
+fn read_public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>, Error> {
+    paths
+        .iter()
+        .map(|path| {
+            let what = format!("`{}`", path.display());
+            let bytes = std::fs::read(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
+            PublicKey::from_bytes(&bytes, &what).map_err(|source| Error::Key { what, source })
+        })
+        .collect()
+}
+
+/// The verdicts on every image of `lock` whose node `wanted` picks, each attestation
+/// compared with the statement the lockfile implies for its node.
+fn lockfile_verdicts(
+    keys: &[PublicKey],
+    sigstore: &Path,
+    lock: &cascade_lock::Lockfile,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<ImageVerdict>, Error> {
+    let mut out = Vec::new();
+    for (name, n) in lock.nodes.iter().filter(|(name, _)| wanted(name)) {
+        let Some(i) = &n.image else { continue };
+        let expected = provenance::statement(
+            &lock.environment,
+            name,
+            n,
+            &i.reference,
+            &i.digest,
+            Vec::new(),
+            None,
+        );
+        out.push(image_verdict(
+            keys,
+            sigstore,
+            Some(name.clone()),
+            i.reference.clone(),
+            i.digest.clone(),
+            Some(&expected),
+        )?);
+    }
+    Ok(out)
+}
+
+fn image_verdict(
+    keys: &[PublicKey],
+    sigstore: &Path,
+    node: Option<String>,
+    reference: String,
+    digest: String,
+    expected: Option<&Statement>,
+) -> Result<ImageVerdict, Error> {
+    let verdict = verdict(keys, sigstore, &reference, &digest)?;
+    let attestation = attestation_verdict(keys, sigstore, &reference, &digest, expected)?;
+    Ok(ImageVerdict {
+        node,
+        reference,
+        digest,
+        verdict,
+        attestation,
+    })
+}
+
+/// `require_signature:` of `env`: every image of `lock` whose node `wanted` picks must
+/// be signed by one of `keys` (paths relative to `base`) and carry an attestation of
+/// what the lockfile records for it, or nothing goes ahead: the error names each image
+/// and why (exit 1). No keys: nothing is required.
+pub(crate) fn require_signatures(
+    env: &str,
+    keys: &[String],
+    base: &Path,
+    store: &Path,
+    lock: &cascade_lock::Lockfile,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<(), Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let keys = read_public_keys(&keys.iter().map(|k| base.join(k)).collect::<Vec<_>>())?;
+    let verdicts = lockfile_verdicts(&keys, &sigstore_dir(store), lock, wanted)?;
+    let refused: Vec<RefusedImage> = verdicts
+        .into_iter()
+        .filter_map(|v| {
+            let why = match (&v.verdict, &v.attestation) {
+                (Verdict::Verified { .. }, AttestationVerdict::Verified { .. }) => return None,
+                (Verdict::Unsigned { .. }, _) => "it is not signed".to_string(),
+                (Verdict::Rejected { signatures }, _) => {
+                    let reasons: Vec<String> =
+                        signatures.iter().map(|s| s.rejection.to_string()).collect();
+                    format!("no signature by a required key: {}", reasons.join("; "))
+                }
+                (_, AttestationVerdict::Missing { .. }) => "it has no attestation".into(),
+                (_, AttestationVerdict::Rejected { rejection, .. }) => {
+                    format!("its attestation is refused: {rejection}")
+                }
+                (_, AttestationVerdict::NotProvenance { detail, .. }) => {
+                    format!("its attestation is not provenance: {detail}")
+                }
+                (_, AttestationVerdict::Mismatch { differences, .. }) => {
+                    let fields: Vec<&str> = differences.iter().map(|d| d.field.as_str()).collect();
+                    format!(
+                        "its attestation does not match the lockfile ({})",
+                        fields.join(", ")
+                    )
+                }
+            };
+            Some(RefusedImage {
+                node: v.node.unwrap_or_default(),
+                reference: v.reference,
+                why,
+            })
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::SignatureRequired {
+            env: env.to_string(),
+            refused,
+        })
+    }
+}
+
+/// An image `require_signature:` refused.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RefusedImage {
+    pub node: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub why: String,
 }
 
 /// The manifest digest of `reference`: written in it (`@sha256:…`), else the registry's
