@@ -291,3 +291,76 @@ fn an_environment_without_deploy_is_bad_input() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("no `deploy:` section"), "{}", r.stderr);
 }
+
+/// `require_signature:` in the environment: a lockfile whose images its key did not
+/// sign and attest is refused before anything changes (the running containers and the
+/// history stay as they are, exit 1, each image named); the same sources built with
+/// `--push --sign` by that key deploy. Needs the registry on 127.0.0.1:5000 too.
+#[test]
+fn require_signature_refuses_unsigned_images_and_changes_nothing() {
+    if !cascade_tests::docker() || !cascade_tests::registry("127.0.0.1:5000", 200) {
+        return;
+    }
+    let ex = Example::new(deploy_support::HEALTH);
+    ex.build();
+    ex.deploy(&[], 0);
+    let ids1 = ex.container_ids();
+    let history1 = ex.history();
+
+    let keys = tempfile::tempdir().unwrap();
+    let r = cascade_tests::cascade(&[
+        "keygen".into(),
+        "-o".into(),
+        keys.path().display().to_string(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env_file = ex.root.join(format!("graph/environments/{}.yaml", ex.env));
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    std::fs::write(
+        &env_file,
+        text.replacen(
+            "\ndeploy:",
+            &format!(
+                "\nrequire_signature: [{}]\ndeploy:",
+                keys.path().join("cascade.pub").display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+
+    ex.commit("explorer", "EXPLORER_NOTE", "unsigned\n");
+    ex.build();
+    let refused = ex.deploy(&[], 1);
+    for needle in [
+        "requires images signed",
+        "`services`",
+        "`explorer`",
+        "not signed",
+    ] {
+        assert!(
+            refused.stderr.contains(needle),
+            "{needle}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(ex.container_ids(), ids1, "nothing was replaced");
+    assert_eq!(ex.history(), history1, "nothing was recorded");
+
+    // The same sources, pushed and signed by the required key: deployed.
+    let key = keys.path().join("cascade.key").display().to_string();
+    let signed = ex.run(&[
+        "build",
+        "--env",
+        &ex.env,
+        "--json",
+        "--skip-tests",
+        "--push",
+        "--sign",
+        &key,
+    ]);
+    assert_eq!(signed.code, 0, "{}", signed.stderr);
+    let ok = ex.deploy(&[], 0);
+    assert_eq!(ok.json()["outcome"], "deployed", "{}", ok.stderr);
+    assert_ne!(ex.container_ids()["explorer"], ids1["explorer"]);
+}

@@ -906,7 +906,7 @@ impl Resolver<'_> {
         let mut out = Vec::new();
         for k in keys {
             if let Some(k) = self
-                .non_empty(file, k, "a key of `require_signature`")
+                .non_empty(file, k, "`require_signature` entry")
                 .and_then(|(k, span)| self.env_value(k, span, public_key_problem))
             {
                 out.push(k);
