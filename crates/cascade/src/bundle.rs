@@ -18,7 +18,7 @@
 //! and the key: no clock, no paths, no owners.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use cascade_lock::Lockfile;
@@ -26,7 +26,6 @@ use cascade_manifest::KeyLocation;
 use cascade_sign::detached::{self, DetachedRejection};
 use cascade_store::Store;
 use sha1::Digest as _;
-use sha2::Digest as _;
 
 use crate::Error;
 
@@ -223,27 +222,23 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)
     Ok(entries)
 }
 
-/// (sha256 hex, sha1 hex, size) of a file, read in chunks.
+/// (sha256 hex, sha1 hex, size) of a file, read in chunks; sha256 is the image crate's
+/// (the one place OCI digests are computed).
 fn hash_file(path: &Path) -> Result<(String, String, u64), Error> {
     let mut f = std::fs::File::open(path).map_err(io_error(path))?;
-    let mut sha256 = sha2::Sha256::new();
+    let mut sha256 = cascade_image::HashingWriter::new(std::io::sink());
     let mut sha1 = sha1::Sha1::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(io_error(path))?;
         if n == 0 {
             break;
         }
-        sha256.update(&buf[..n]);
+        sha256.write_all(&buf[..n]).map_err(io_error(path))?;
         sha1.update(&buf[..n]);
-        size += n as u64;
     }
-    Ok((
-        hex::encode(sha256.finalize()),
-        hex::encode(sha1.finalize()),
-        size,
-    ))
+    let (_, digest, size) = sha256.finish();
+    Ok((digest.hex(), hex::encode(sha1.finalize()), size))
 }
 
 /// Every file under `root` but the checksum file and its signature, sorted by path.
