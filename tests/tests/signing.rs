@@ -688,6 +688,34 @@ fn attestations_are_verified_by_securesystemslib_and_tampering_is_caught() {
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
     assert_eq!(v.json()["images"][0]["attestation"]["status"], "verified");
 
+    // 2b. Elsewhere, with the signatures alone in the lookaside directory (as a machine
+    //     that did not build them has them), verify reads the envelope from the
+    //     registry's `.att` tag.
+    let elsewhere = keys.path().join("elsewhere");
+    let image_dir = attestation
+        .parent()
+        .expect("the image's lookaside directory");
+    let sigstore = attestation
+        .ancestors()
+        .find(|a| a.ends_with("sigstore"))
+        .expect("the sigstore directory");
+    let copy = elsewhere.join(image_dir.strip_prefix(sigstore).expect("inside"));
+    fs::create_dir_all(&copy).expect("mkdir");
+    fs::copy(image_dir.join("signature-1"), copy.join("signature-1")).expect("copy");
+    let v = p.run(&[
+        "verify",
+        lockfile.to_str().expect("utf-8"),
+        "--key",
+        pub_arg,
+        "--sigstore",
+        elsewhere.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    let a = &v.json()["images"][0]["attestation"];
+    assert_eq!(a["status"], "verified", "{a}");
+    assert_eq!(a["attestation"], att_tag.as_str(), "{a}");
+
     // 3. A changed payload byte: the signature no longer verifies, for us and for
     //    securesystemslib.
     let mut env: serde_json::Value = serde_json::from_slice(&original).expect("json");
@@ -920,6 +948,36 @@ fn release_bundles_are_checked_by_sha256sum_gpg_and_spdx_tools() {
         good.stderr.contains("verified SHA256SUMS"),
         "{}",
         good.stderr
+    );
+    // --rebuild: the bundle's lockfile rebuilt from its sources in an empty store
+    // reproduces every digest (the proof that the artifacts came from them).
+    let empty = work.path().join("empty-store");
+    let rebuilt = p.run(&[
+        "verify",
+        bundle.to_str().expect("utf-8"),
+        "--key",
+        public.to_str().expect("utf-8"),
+        "--rebuild",
+        "--store",
+        empty.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    let doc = rebuilt.json();
+    assert_eq!(doc["bundle"]["signature"]["status"], "verified", "{doc}");
+    assert_eq!(doc["rebuild"]["replay"]["check"], true, "{doc}");
+    assert_eq!(
+        doc["rebuild"]["replay"]["mismatches"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "{doc}"
+    );
+    let image = p.run(&["verify", "127.0.0.1:5000/x/app@sha256:0000000000000000000000000000000000000000000000000000000000000000", "--key", public.to_str().expect("utf-8"), "--rebuild"]);
+    assert_eq!(
+        image.code, 2,
+        "an image alone cannot be rebuilt: {}",
+        image.stderr
     );
 
     // A changed artifact, and a file slipped in: each named.

@@ -600,7 +600,7 @@ fn node_status_line(r: &NodeReport) -> String {
     }
 }
 
-fn summary(r: &BuildReport) -> String {
+pub(crate) fn summary(r: &BuildReport) -> String {
     let mut s = format!(
         "built {}, cached {}, failed {}, skipped {} in {}",
         r.built,
@@ -897,12 +897,36 @@ fn shown(project: &std::path::Path, p: &std::path::Path) -> String {
 fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
     let json = args.json;
     let color = io.color && !json;
+    let opts = build_options(project, &args);
+    let result = {
+        // A live bar only where a person watches: stderr is a terminal (`color`) and
+        // stdout is not a JSON document being produced.
+        let progress = progress::Progress::new(&io.err, color);
+        let r = cascade::build(&opts, &|e: Event<'_>| progress.event(e));
+        progress.finish();
+        r
+    };
+    match result {
+        Ok(report) => {
+            if json {
+                io.json(&report);
+            } else {
+                io.err_line(&summary(&report));
+            }
+            report.exit_code()
+        }
+        Err(e) => fail(&mut io, &e, json, color),
+    }
+}
+
+/// What `cascade build` does with these arguments.
+fn build_options(project: &std::path::Path, args: &BuildArgs) -> BuildOptions {
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let opts = BuildOptions {
+    BuildOptions {
         sign: args.sign.clone(),
         work_dir: args.work_dir.clone(),
         executor: match args.executor {
@@ -940,26 +964,44 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
             },
             exec: args.remote_exec,
         },
-    };
-    let result = {
-        // A live bar only where a person watches: stderr is a terminal (`color`) and
-        // stdout is not a JSON document being produced.
-        let progress = progress::Progress::new(&io.err, color);
-        let r = cascade::build(&opts, &|e: Event<'_>| progress.event(e));
-        progress.finish();
-        r
-    };
-    match result {
-        Ok(report) => {
-            if json {
-                io.json(&report);
-            } else {
-                io.err_line(&summary(&report));
-            }
-            report.exit_code()
-        }
-        Err(e) => fail(&mut io, &e, json, color),
     }
+}
+
+/// `verify --rebuild`: `build --lock LOCKFILE --check` on `store`, its report and
+/// progress as `build` shows them.
+pub(crate) fn rebuild_check(
+    project: &std::path::Path,
+    lockfile: &std::path::Path,
+    store: &std::path::Path,
+    io: &Io<'_>,
+    color: bool,
+) -> Result<cascade::BuildReport, cascade::Error> {
+    // `--opt=value`, so a path that starts with `-` is still a value.
+    let with = |opt: &str, p: &std::path::Path| {
+        let mut o = std::ffi::OsString::from(opt);
+        o.push(p.as_os_str());
+        o
+    };
+    let argv = [
+        "cascade".into(),
+        "build".into(),
+        with("--lock=", lockfile),
+        "--check".into(),
+        with("--store=", store),
+    ];
+    let args = match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Build(args),
+            ..
+        }) => args,
+        // These arguments are ours and always parse; a bug otherwise.
+        other => unreachable!("`build --lock --check` did not parse: {other:?}"),
+    };
+    let opts = build_options(project, &args);
+    let progress = progress::Progress::new(&io.err, color);
+    let r = cascade::build(&opts, &|e: Event<'_>| progress.event(e));
+    progress.finish();
+    r
 }
 
 /// Renders an operation's error (and its JSON form with `--json`); returns its exit code.

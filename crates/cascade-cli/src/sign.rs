@@ -44,6 +44,11 @@ pub(crate) struct VerifyArgs {
     /// tool, such as `skopeo standalone-sign`) passes; a bad attestation still fails.
     #[arg(long)]
     signature_only: bool,
+    /// Then rebuild the lockfile (a bundle's, for a bundle) from its recorded sources in
+    /// this store and compare every digest, as `build --lock LOCKFILE --check` does: the
+    /// proof that the artifacts came from those sources.
+    #[arg(long)]
+    rebuild: bool,
     /// The store directory [default: <project>/cache].
     #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
     store: Option<PathBuf>,
@@ -91,60 +96,104 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
         sigstore: args.sigstore.unwrap_or_else(|| store.join("sigstore")),
         signature_only: args.signature_only,
     };
-    match cascade::verify(&opts) {
-        Ok(report) => {
+    let rebuild_lock = match (&opts.target, args.rebuild) {
+        (_, false) => None,
+        (VerifyTarget::Lockfile(p), true) => Some(p.clone()),
+        (VerifyTarget::Bundle(dir), true) => match cascade::bundle_lockfile(dir) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(&mut io, &e, args.json, color),
+        },
+        (VerifyTarget::Image(_), true) => {
+            let message = "`--rebuild` needs a lockfile or a release bundle: an image alone does not say what built it";
+            io.err_line(&format!("error: {message}"));
             if args.json {
-                io.json(&report);
-            } else if let Some(b) = &report.bundle {
-                for line in bundle_lines(b) {
-                    io.err_line(&line);
-                }
-            } else {
-                for i in &report.images {
-                    let name = i
-                        .node
-                        .as_deref()
-                        .map(|n| format!("{n}: "))
-                        .unwrap_or_default();
-                    let line = match &i.verdict {
-                        Verdict::Verified {
-                            fingerprint,
-                            signature,
-                        } => format!(
-                            "verified {name}{} {} (key {fingerprint}, {})",
-                            i.reference,
-                            i.digest,
-                            signature.display()
-                        ),
-                        Verdict::Unsigned { lookaside } => format!(
-                            "unsigned {name}{} {}: no signature in {}",
-                            i.reference,
-                            i.digest,
-                            lookaside.display()
-                        ),
-                        Verdict::Rejected { signatures } => {
-                            let mut s = format!("rejected {name}{} {}", i.reference, i.digest);
-                            for r in signatures {
-                                s.push_str(&format!("\n  {}: {}", r.path.display(), r.rejection));
-                            }
-                            s
-                        }
-                    };
-                    io.err_line(&line);
-                    io.err_line(&attestation_line(i));
-                }
-                if report.images.is_empty() && report.bundle.is_none() {
-                    io.err_line("nothing to verify: the lockfile names no image");
-                }
+                io.json(&serde_json::json!({
+                    "error": { "message": message, "code": null, "exit_code": crate::EXIT_BAD_INPUT }
+                }));
             }
-            if report.success() {
-                EXIT_OK
+            return crate::EXIT_BAD_INPUT;
+        }
+    };
+    let report = match cascade::verify(&opts) {
+        Ok(report) => report,
+        Err(e) => return fail(&mut io, &e, args.json, color),
+    };
+    if !args.json {
+        for line in verdict_lines(&report) {
+            io.err_line(&line);
+        }
+    }
+    let mut code = if report.success() {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    };
+    let Some(lockfile) = rebuild_lock else {
+        if args.json {
+            io.json(&report);
+        }
+        return code;
+    };
+    match crate::rebuild_check(project, &lockfile, &store, &io, color) {
+        Ok(build) => {
+            if args.json {
+                let mut doc = serde_json::to_value(&report).unwrap_or_default();
+                doc["rebuild"] = serde_json::to_value(&build).unwrap_or_default();
+                io.json(&doc);
             } else {
-                EXIT_CHECK_FAILED
+                io.err_line(&crate::summary(&build));
             }
+            if build.exit_code() != EXIT_OK {
+                code = build.exit_code();
+            }
+            code
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }
+}
+
+/// How `verify` reads: one line per image (and its attestation), or the bundle's.
+fn verdict_lines(report: &cascade::VerifyReport) -> Vec<String> {
+    if let Some(b) = &report.bundle {
+        return bundle_lines(b);
+    }
+    let mut out = Vec::new();
+    for i in &report.images {
+        let name = i
+            .node
+            .as_deref()
+            .map(|n| format!("{n}: "))
+            .unwrap_or_default();
+        out.push(match &i.verdict {
+            Verdict::Verified {
+                fingerprint,
+                signature,
+            } => format!(
+                "verified {name}{} {} (key {fingerprint}, {})",
+                i.reference,
+                i.digest,
+                signature.display()
+            ),
+            Verdict::Unsigned { lookaside } => format!(
+                "unsigned {name}{} {}: no signature in {}",
+                i.reference,
+                i.digest,
+                lookaside.display()
+            ),
+            Verdict::Rejected { signatures } => {
+                let mut s = format!("rejected {name}{} {}", i.reference, i.digest);
+                for r in signatures {
+                    s.push_str(&format!("\n  {}: {}", r.path.display(), r.rejection));
+                }
+                s
+            }
+        });
+        out.push(attestation_line(i));
+    }
+    if report.images.is_empty() {
+        out.push("nothing to verify: the lockfile names no image".into());
+    }
+    out
 }
 
 /// How a release bundle's verdict reads: the signature, then one line per problem.
@@ -228,31 +277,34 @@ fn attestation_line(i: &ImageVerdict) -> String {
             attestation,
         } => format!(
             "  attested: SLSA provenance (key {fingerprint}, {})",
-            attestation.display()
+            attestation
         ),
-        AttestationVerdict::Missing { attestation } => format!(
-            "  not attested: no attestation at {}",
-            attestation.display()
-        ),
+        AttestationVerdict::Missing {
+            attestation,
+            detail,
+        } => {
+            let why = detail
+                .as_deref()
+                .map(|d| format!(" (nor in the registry: {d})"))
+                .unwrap_or_default();
+            format!("  not attested: no attestation at {attestation}{why}")
+        }
         AttestationVerdict::Rejected {
             attestation,
             rejection,
-        } => format!(
-            "  attestation rejected: {}: {rejection}",
-            attestation.display()
-        ),
+        } => format!("  attestation rejected: {}: {rejection}", attestation),
         AttestationVerdict::NotProvenance {
             attestation,
             detail,
         } => format!(
             "  attestation rejected: {} is not SLSA provenance: {detail}",
-            attestation.display()
+            attestation
         ),
         AttestationVerdict::Mismatch {
             attestation,
             differences,
         } => {
-            let mut s = format!("  attestation does not match: {}", attestation.display());
+            let mut s = format!("  attestation does not match: {}", attestation);
             for d in differences {
                 s.push_str(&format!(
                     "\n    `{}`: attested {}, expected {}",

@@ -408,6 +408,22 @@ pub fn verify_bundle(dir: &Path, keys: &[cascade_sign::PublicKey]) -> Result<Bun
     })
 }
 
+/// The lockfile at the top of a release bundle (exactly one `.yaml` file there).
+pub fn bundle_lockfile(dir: &Path) -> Result<PathBuf, Error> {
+    let top: Vec<PathBuf> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|(name, _, kind)| kind.is_file() && name.ends_with(".yaml"))
+        .map(|(_, path, _)| path)
+        .collect();
+    match top.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::NotABundle {
+            path: dir.to_path_buf(),
+            lockfiles: top.len(),
+        }),
+    }
+}
+
 /// A path inside the bundle: relative, no `..`, no empty or `.` component.
 fn safe_relative(p: &str) -> bool {
     !p.is_empty()

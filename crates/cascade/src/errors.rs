@@ -217,6 +217,17 @@ pub enum Error {
     )]
     BundleExists { path: PathBuf },
 
+    #[error(
+        "`{path}` holds {lockfiles} lockfiles at its top, not one: it is not a release bundle"
+    )]
+    #[diagnostic(
+        code(cascade::bundle::not_a_bundle),
+        help(
+            "`cascade release-bundle LOCKFILE -o DIR` writes a bundle with its lockfile at the top"
+        )
+    )]
+    NotABundle { path: PathBuf, lockfiles: usize },
+
     #[error("could not write the release bundle at `{path}`")]
     #[diagnostic(code(cascade::bundle::write))]
     WriteBundle {
@@ -422,6 +433,7 @@ impl Error {
             | Error::KeyVariable { .. }
             | Error::KeyExists { .. }
             | Error::BundleExists { .. }
+            | Error::NotABundle { .. }
             | Error::NoSuchImage { .. }
             | Error::Lockfile(_)
             | Error::WrongEnvironment { .. }

@@ -33,8 +33,8 @@ mod worker;
 
 pub use build::{build, BuildOptions, BuildReport, Event, FailureCause, NodeReport, NodeStatus};
 pub use bundle::{
-    release_bundle, BundleFile, BundleOptions, BundleProblem, BundleReport, BundleVerdict,
-    SumsSignature,
+    bundle_lockfile, release_bundle, BundleFile, BundleOptions, BundleProblem, BundleReport,
+    BundleVerdict, SumsSignature,
 };
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use cascade_manifest::KeyLocation;

@@ -390,23 +390,25 @@ pub enum AttestationVerdict {
     /// for a lockfile, attests what the lockfile records).
     Verified {
         fingerprint: String,
-        attestation: PathBuf,
+        attestation: String,
     },
-    /// No `attestation.dsse.json` beside the signatures.
-    Missing { attestation: PathBuf },
+    /// No `attestation.dsse.json` beside the signatures, nor a `sha256-<hex>.att`
+    /// beside the image in its registry (`detail` says why the registry had none).
+    Missing {
+        attestation: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// The envelope is not signed by one of the keys (or is not an envelope).
     Rejected {
-        attestation: PathBuf,
+        attestation: String,
         rejection: EnvelopeRejection,
     },
     /// Signed, but its body is not a cascade SLSA provenance statement.
-    NotProvenance {
-        attestation: PathBuf,
-        detail: String,
-    },
+    NotProvenance { attestation: String, detail: String },
     /// Signed, but it attests something else: each difference.
     Mismatch {
-        attestation: PathBuf,
+        attestation: String,
         differences: Vec<Difference>,
     },
 }
@@ -686,6 +688,40 @@ fn lookaside_of(sigstore: &Path, reference: &str, digest: &str) -> Result<PathBu
     Ok(simple::lookaside_dir(sigstore, &r.repository, digest))
 }
 
+/// The envelope pushed beside `reference`'s image (`<repo>:sha256-<hex>.att`, cosign's
+/// tag): its location and bytes, or why there is none (no registry in the reference,
+/// none reachable, no such tag, no envelope layer).
+fn registry_attestation(reference: &str, digest: &str) -> Result<(String, Vec<u8>), String> {
+    let repo_ref = reference.split('@').next().unwrap_or(reference);
+    let r = Reference::parse(repo_ref).map_err(|e| e.to_string())?;
+    let creds = cascade_registry::credentials_for(&r.registry).map_err(|e| e.to_string())?;
+    let client = Client::new(
+        &r.registry,
+        creds,
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        },
+    );
+    let tag = cosign_tag(digest, "att");
+    let at = format!("{}/{}:{tag}", r.registry, r.repository);
+    let (_, manifest) = client
+        .get_manifest(&r.repository, &tag)
+        .map_err(|e| format!("`{at}`: {e}"))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest)
+        .map_err(|e| format!("`{at}` is not an OCI manifest: {e}"))?;
+    let layer = manifest["layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["mediaType"] == MEDIA_TYPE_DSSE))
+        .and_then(|l| l["digest"].as_str())
+        .and_then(|d| d.parse::<OciDigest>().ok())
+        .ok_or_else(|| format!("`{at}` has no DSSE envelope layer"))?;
+    let bytes = client
+        .get_blob(&r.repository, &layer, dsse::MAX_ENVELOPE)
+        .map_err(|e| format!("`{at}`: {e}"))?;
+    Ok((at, bytes))
+}
+
 /// Checks an image's attestation: signed by one of `keys`, a cascade provenance
 /// statement, whose subject is this image's digest, and, given the statement a
 /// lockfile implies (`expected`), attesting the same sources, inputs and outputs.
@@ -696,19 +732,50 @@ fn attestation_verdict(
     digest: &str,
     expected: Option<&Statement>,
 ) -> Result<AttestationVerdict, Error> {
-    let attestation = lookaside_of(sigstore, reference, digest)?.join(ATTESTATION_FILE);
-    let bytes = match std::fs::metadata(&attestation) {
+    let local = lookaside_of(sigstore, reference, digest)?.join(ATTESTATION_FILE);
+    let mut from_registry = false;
+    let (attestation, bytes) = match std::fs::metadata(&local) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(AttestationVerdict::Missing { attestation })
+            // Not beside the signatures here: where the build pushed it, beside the image.
+            match registry_attestation(reference, digest) {
+                Ok((at, bytes)) => {
+                    from_registry = true;
+                    (at, bytes)
+                }
+                Err(detail) => {
+                    return Ok(AttestationVerdict::Missing {
+                        attestation: local.display().to_string(),
+                        detail: Some(detail),
+                    })
+                }
+            }
         }
-        Ok(m) if m.len() > dsse::MAX_ENVELOPE => Vec::new(),
-        _ => std::fs::read(&attestation).map_err(|source| Error::Read {
-            path: attestation.clone(),
-            source,
-        })?,
+        Ok(m) if m.len() > dsse::MAX_ENVELOPE => (local.display().to_string(), Vec::new()),
+        _ => (
+            local.display().to_string(),
+            std::fs::read(&local).map_err(|source| Error::Read {
+                path: local.clone(),
+                source,
+            })?,
+        ),
     };
     let opened = match dsse::verify(keys, &bytes, dsse::IN_TOTO_PAYLOAD_TYPE) {
         Ok(o) => o,
+        // A registry holds whoever's attestations were pushed; one that names none of
+        // the keys is not for these keys to judge (a changed one of theirs still is).
+        Err(EnvelopeRejection::BadSignature { keyids })
+            if from_registry
+                && !keys
+                    .iter()
+                    .any(|k| keyids.contains(&k.fingerprint().to_lowercase())) =>
+        {
+            return Ok(AttestationVerdict::Missing {
+                attestation: local.display().to_string(),
+                detail: Some(format!(
+                    "`{attestation}` is signed by other keys ({keyids})"
+                )),
+            })
+        }
         Err(rejection) => {
             return Ok(AttestationVerdict::Rejected {
                 attestation,
