@@ -156,6 +156,29 @@ pub(crate) fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
+/// The hashed subpackets rpgp writes by default, with the key's creation time instead of
+/// the clock's (a signature made before its key would be refused), so every signature
+/// `key` makes of the same bytes is the same bytes.
+pub(crate) fn timeless_subpackets(
+    key: &SecretKey,
+) -> Result<pgp::composed::SubpacketConfig, SignError> {
+    use pgp::packet::{Subpacket, SubpacketData};
+    let primary = &key.key.primary_key;
+    let sub = |d| {
+        Subpacket::regular(d).map_err(|e| SignError::OpenPgp {
+            what: "describe a signature",
+            reason: e.to_string(),
+        })
+    };
+    Ok(pgp::composed::SubpacketConfig::UserDefined {
+        hashed: vec![
+            sub(SubpacketData::IssuerFingerprint(primary.fingerprint()))?,
+            sub(SubpacketData::SignatureCreationTime(primary.created_at()))?,
+        ],
+        unhashed: vec![sub(SubpacketData::IssuerKeyId(primary.legacy_key_id()))?],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,27 +207,4 @@ mod tests {
         assert!(matches!(e, SignError::BadKey { .. }), "{e}");
         assert!(PublicKey::from_bytes(b"junk", "x").is_err());
     }
-}
-
-/// The hashed subpackets rpgp writes by default, with the key's creation time instead of
-/// the clock's (a signature made before its key would be refused), so every signature
-/// `key` makes of the same bytes is the same bytes.
-pub(crate) fn timeless_subpackets(
-    key: &SecretKey,
-) -> Result<pgp::composed::SubpacketConfig, SignError> {
-    use pgp::packet::{Subpacket, SubpacketData};
-    let primary = &key.key.primary_key;
-    let sub = |d| {
-        Subpacket::regular(d).map_err(|e| SignError::OpenPgp {
-            what: "describe a signature",
-            reason: e.to_string(),
-        })
-    };
-    Ok(pgp::composed::SubpacketConfig::UserDefined {
-        hashed: vec![
-            sub(SubpacketData::IssuerFingerprint(primary.fingerprint()))?,
-            sub(SubpacketData::SignatureCreationTime(primary.created_at()))?,
-        ],
-        unhashed: vec![sub(SubpacketData::IssuerKeyId(primary.legacy_key_id()))?],
-    })
 }
