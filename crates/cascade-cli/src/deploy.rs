@@ -126,37 +126,65 @@ fn run(
     }
 }
 
+/// ` on HOST`, for a fleet's host (nothing for the one engine of a deploy without
+/// `hosts:`).
+fn on_host(host: &str) -> String {
+    if host == cascade::LOCAL_HOST {
+        String::new()
+    } else {
+        format!(" on {host}")
+    }
+}
+
 fn event_lines(e: &DeployEvent<'_>) -> Vec<String> {
     match e {
         DeployEvent::Plan(r) => plan_lines(r),
-        DeployEvent::Loaded { component, image } => {
-            vec![format!("  loaded     {component:<12} {image}")]
+        DeployEvent::Loaded {
+            component,
+            host,
+            image,
+        } => {
+            vec![format!(
+                "  loaded     {component:<12} {image}{}",
+                on_host(host)
+            )]
         }
         DeployEvent::Replacing {
             component,
+            host,
             container,
-        } => vec![format!("  starting   {component:<12} {container}")],
+        } => vec![format!(
+            "  starting   {component:<12} {container}{}",
+            on_host(host)
+        )],
         DeployEvent::Replaced {
             component,
+            host,
             container: c,
         } if c.healthy => vec![format!(
-            "  healthy    {component:<12} {} in {} ({} attempt{})",
+            "  healthy    {component:<12} {}{} in {} ({} attempt{})",
             c.name,
+            on_host(host),
             secs(c.duration_ms),
             c.attempts,
             if c.attempts == 1 { "" } else { "s" }
         )],
         DeployEvent::Replaced {
             component,
+            host,
             container: c,
         } => vec![format!(
-            "  UNHEALTHY  {component:<12} {}: {}",
-            c.name, c.detail
+            "  UNHEALTHY  {component:<12} {}{}: {}",
+            c.name,
+            on_host(host),
+            c.detail
         )],
         DeployEvent::Failed(f) => {
             let mut v = vec![format!(
-                "deploy failed: `{}` of `{}` is unhealthy",
-                f.container, f.component
+                "deploy failed: `{}` of `{}`{} is unhealthy",
+                f.container,
+                f.component,
+                on_host(&f.host)
             )];
             if !f.log_tail.is_empty() {
                 v.push(format!("  last {} lines of its log:", f.log_tail.len()));
@@ -166,8 +194,12 @@ fn event_lines(e: &DeployEvent<'_>) -> Vec<String> {
         }
         DeployEvent::Removed {
             component,
+            host,
             container,
-        } => vec![format!("  removed    {component:<12} {container}")],
+        } => vec![format!(
+            "  removed    {component:<12} {container}{}",
+            on_host(host)
+        )],
         DeployEvent::RollingBack { to } => vec![format!("rolling back to {to}")],
     }
 }
@@ -180,14 +212,38 @@ fn plan_lines(r: &DeployReport) -> Vec<String> {
         r.lockfile,
         r.running.as_deref().unwrap_or("unknown")
     )];
+    let fleet = r.plan.iter().any(|p| p.host != cascade::LOCAL_HOST);
     let width = r.plan.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    let hwidth = r.plan.iter().map(|p| p.host.len()).max().unwrap_or(0);
+    let mut step = 0;
     for p in &r.plan {
         let why = if p.reasons.is_empty() {
             p.containers.join(", ")
         } else {
             p.reasons.join(", ")
         };
-        v.push(format!("  {:<9}  {:<width$}  {why}", p.change, p.name));
+        if fleet {
+            // The roll, step by step: what changes where, in the order it happens.
+            let n = if p.change == "unchanged" {
+                "   ".to_string()
+            } else {
+                step += 1;
+                format!("{step:>2}.")
+            };
+            v.push(format!(
+                "  {n} {:<9}  {:<width$}  {:<hwidth$}  {why}",
+                p.change, p.name, p.host
+            ));
+        } else {
+            v.push(format!("  {:<9}  {:<width$}  {why}", p.change, p.name));
+        }
+    }
+    // A dry run says what a failure would undo; a real roll's events say what happened.
+    if fleet && step > 0 && r.dry_run {
+        v.push(format!(
+            "if a step fails, the hosts already changed go back to {}, newest first",
+            r.running.as_deref().unwrap_or("what runs now")
+        ));
     }
     if let Some(d) = &r.diff {
         let header = format!(
@@ -254,16 +310,33 @@ fn status_text(r: &StatusReport) -> String {
             (None, false) => "running containers of several or unknown lockfiles".to_string(),
         }
     );
+    let fleet = r.hosts.iter().any(|h| h != cascade::LOCAL_HOST);
     for c in &r.containers {
+        let host = if fleet {
+            format!("{:<10} ", c.host)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "  {:<12} {:<24} {:<9} {:<9} {} {}\n",
+            "  {host}{:<12} {:<24} {:<9} {:<9} {} {}{}\n",
             c.component,
             c.name,
             c.state,
             c.health,
             cascade::short_digest(&c.image),
-            c.ports.join(" ")
+            c.ports.join(" "),
+            if c.secrets_changed {
+                " (secrets changed)"
+            } else {
+                ""
+            }
         ));
+    }
+    if !r.uniform {
+        s.push_str("not uniform: hosts run different lockfiles\n");
+        for st in &r.stragglers {
+            s.push_str(&format!("  {} runs {}\n", st.host, st.lockfiles.join(", ")));
+        }
     }
     if let Some(d) = &r.last {
         s.push_str(&format!(

@@ -358,3 +358,59 @@ impl Docker {
         }
     }
 }
+
+impl Docker {
+    /// Creates the volume `name` with `labels`, or finds the one that exists: the
+    /// engine keeps the first creator's labels, so comparing the answer with `labels`
+    /// tells who made it. That is the compare-and-set a deploy lock needs on an engine
+    /// that several machines drive. Returns the volume's labels.
+    pub fn create_or_get_volume(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, DockerError> {
+        let mut all: HashMap<String, String> = labels.clone().into_iter().collect();
+        all.insert(LABEL.0.to_string(), LABEL.1.to_string());
+        let request = bollard::models::VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(all),
+            ..Default::default()
+        };
+        self.run(async {
+            self.client
+                .create_volume(request)
+                .await
+                .map(|v| v.labels.into_iter().collect())
+                .map_err(DockerError::engine(format!("create volume `{name}`")))
+        })
+    }
+
+    /// The labels of the volume `name`; `None` when there is none.
+    pub fn volume_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, DockerError> {
+        self.run(async {
+            match self.client.inspect_volume(name).await {
+                Ok(v) => Ok(Some(v.labels.into_iter().collect())),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(DockerError::engine(format!("inspect volume `{name}`"))(e)),
+            }
+        })
+    }
+
+    /// Removes the volume `name`; one already gone counts as removed.
+    pub fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.run(async {
+            match self
+                .client
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(DockerError::engine(format!("remove volume `{name}`"))(e)),
+            }
+        })
+    }
+}

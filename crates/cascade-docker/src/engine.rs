@@ -52,6 +52,9 @@ pub struct Docker {
     created: Mutex<Created>,
     /// Signalled when a creation ends (for [`Docker::shut_down`]).
     idle: Condvar,
+    /// For an `ssh://` engine, the socket that bridges to ssh (after the client, so it
+    /// outlives it).
+    _ssh: Option<crate::ssh::Proxy>,
 }
 
 /// What this `Docker` created and has not removed yet, by id, and what it is creating.
@@ -94,6 +97,8 @@ enum Endpoint {
     Unix(PathBuf),
     /// `host:port` on the loopback interface.
     Tcp(String),
+    /// Docker's SSH transport.
+    Ssh(crate::ssh::SshTarget),
 }
 
 impl Docker {
@@ -121,7 +126,7 @@ impl Docker {
         let parsed = parse_endpoint(endpoint).map_err(|reason| {
             unavailable(
                 reason,
-                "set DOCKER_HOST to `unix:///path/to/docker.sock` or `tcp://127.0.0.1:PORT`".into(),
+                "set DOCKER_HOST to `unix:///path/to/docker.sock`, `ssh://user@host[:port]` or `tcp://127.0.0.1:PORT`".into(),
             )
         })?;
         // One thread, IO and timers: every call is `block_on` from the caller's thread.
@@ -131,7 +136,24 @@ impl Docker {
             .map_err(|source| DockerError::Runtime { source })?;
         let _in_rt = rt.enter();
         let version = bollard::API_DEFAULT_VERSION;
+        let ssh = match &parsed {
+            Endpoint::Ssh(target) => Some(crate::ssh::Proxy::start(target).map_err(|e| {
+                unavailable(
+                    format!("cannot start the ssh bridge: {e}"),
+                    INSTALL_HELP.into(),
+                )
+            })?),
+            _ => None,
+        };
         let client = match &parsed {
+            Endpoint::Ssh(_) => {
+                let socket = ssh.as_ref().map(|p| p.socket()).unwrap_or_default();
+                bollard::Docker::connect_with_unix(
+                    &crate::ssh::unix_url(&socket),
+                    REQUEST_TIMEOUT_SECS,
+                    version,
+                )
+            }
             Endpoint::Unix(path) => {
                 if !path.exists() {
                     return Err(unavailable(
@@ -164,6 +186,13 @@ impl Docker {
                 }
             })
             .map_err(|(reason, kind)| {
+                // Over ssh, what ssh said is the reason (a refused host key, a login).
+                if let Some(said) = ssh.as_ref().and_then(|p| p.last_error()) {
+                    return unavailable(
+                        format!("ssh failed: {said}"),
+                        "check that `ssh user@host docker version` works without a prompt: the key in the ssh agent or ~/.ssh (or CASCADE_SSH_CONFIG's), the host's key in known_hosts (cascade never accepts an unknown one), docker on the far end".into(),
+                    );
+                }
                 let help = match kind {
                     Some(io::ErrorKind::PermissionDenied) => {
                         "run as root, or add the user to the `docker` group (then log in again)"
@@ -184,6 +213,7 @@ impl Docker {
             api_version,
             created: Mutex::new(Created::default()),
             idle: Condvar::new(),
+            _ssh: ssh,
         })
     }
 
@@ -481,6 +511,9 @@ const INSTALL_HELP: &str = "install Docker (Debian: `apt-get install docker.io`)
 /// Plain tcp to another host would be an unauthenticated engine on the network, and
 /// nothing here needs one.
 fn parse_endpoint(endpoint: &str) -> Result<Endpoint, String> {
+    if endpoint.starts_with("ssh://") {
+        return crate::ssh::SshTarget::parse(endpoint).map(Endpoint::Ssh);
+    }
     if let Some(path) = endpoint.strip_prefix("unix://") {
         if !path.starts_with('/') {
             return Err("a unix:// endpoint needs an absolute path".into());
@@ -491,7 +524,7 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint, String> {
         .strip_prefix("tcp://")
         .or_else(|| endpoint.strip_prefix("http://"))
         .ok_or_else(|| {
-            "unsupported endpoint (use `unix:///path/to/docker.sock` or `tcp://127.0.0.1:PORT`)"
+            "unsupported endpoint (use `unix:///path/to/docker.sock`, `ssh://user@host[:port]` or `tcp://127.0.0.1:PORT`)"
                 .to_string()
         })?;
     let hostport = rest.strip_suffix('/').unwrap_or(rest);

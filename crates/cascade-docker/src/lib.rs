@@ -45,6 +45,7 @@ mod deploy;
 mod engine;
 mod error;
 mod smoke;
+mod ssh;
 mod step;
 
 pub use deploy::{ContainerInfo, ContainerSpec, HealthOutcome, HealthSpec, Publish, FIRST_RETRY};
@@ -54,4 +55,5 @@ pub use smoke::{
     judge_command, judge_http, probe_until, Attempt, Expect, Probe, ProbeEnd, SmokeTest,
     TestOutcome, LOG_TAIL_LINES, MAX_INTERVAL,
 };
+pub use ssh::SshTarget;
 pub use step::{StepEnd, StepSpec, STEP_MEMORY, STEP_PIDS, STEP_WORKDIR};

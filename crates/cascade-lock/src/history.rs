@@ -43,6 +43,11 @@ pub struct Deployment {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Host → component → the image digest its containers run once this deploy ended
+    /// (a fleet's partial roll shows here host by host). Absent in histories written
+    /// before fleets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl History {
@@ -97,6 +102,26 @@ pub fn write_history(h: &History) -> String {
         if let Some(detail) = &d.detail {
             field(&mut out, "detail");
             scalar(&mut out, detail);
+        }
+        if !d.hosts.is_empty() {
+            field(&mut out, "hosts");
+            out.push('\n');
+            for (host, images) in &d.hosts {
+                out.push_str("      ");
+                push_scalar(&mut out, host, true);
+                out.push(':');
+                if images.is_empty() {
+                    out.push_str(" {}\n");
+                    continue;
+                }
+                out.push('\n');
+                for (c, digest) in images {
+                    out.push_str("        ");
+                    push_scalar(&mut out, c, true);
+                    out.push(':');
+                    scalar(&mut out, digest);
+                }
+            }
         }
         field(&mut out, "images");
         if d.images.is_empty() {
@@ -186,6 +211,17 @@ mod tests {
             lockfile_digest: format!("blake3:{digest}"),
             images: BTreeMap::from([("web".into(), "sha256:ab".into())]),
             detail: (outcome == "failed").then(|| "health check: \"500\"\nsecond line".into()),
+            hosts: if action == "deploy" {
+                BTreeMap::from([
+                    (
+                        "node-1".into(),
+                        BTreeMap::from([("web".into(), "sha256:ab".into())]),
+                    ),
+                    ("node2".into(), BTreeMap::new()),
+                ])
+            } else {
+                BTreeMap::new()
+            },
         }
     }
 

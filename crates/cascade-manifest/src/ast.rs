@@ -63,7 +63,17 @@ pub(crate) struct EnvironmentAst {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeployAst {
     pub engine: Option<S<String>>,
+    pub hosts: Option<S<Entries<S<String>>>>,
+    pub max_unavailable: Option<S<i64>>,
     pub components: Option<S<Entries<S<DeployComponentAst>>>>,
+}
+
+/// Where a secret's value is read at deploy time: exactly one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretAst {
+    pub env: Option<S<String>>,
+    pub file: Option<S<String>>,
 }
 
 /// One deployed component.
@@ -77,6 +87,8 @@ pub(crate) struct DeployComponentAst {
     pub restart: Option<S<String>>,
     pub replicas: Option<S<i64>>,
     pub health: Option<S<HealthAst>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub secrets: Option<S<Entries<S<SecretAst>>>>,
 }
 
 /// A deployed component's health check.

@@ -82,6 +82,11 @@ impl KeyLocation {
 pub struct Deploy {
     /// `unix:///path` or `tcp://127.0.0.1:PORT`; `None`: `DOCKER_HOST`, else the local socket.
     pub engine: Option<String>,
+    /// The fleet, in the order written: each host a Docker Engine. Without `hosts:`, one
+    /// host named [`LOCAL_HOST`] on `engine`.
+    pub hosts: Vec<DeployHost>,
+    /// How many hosts of one component are replaced at once (default 1).
+    pub max_unavailable: u32,
     /// Sorted by component name; `cascade deploy` orders them by the graph.
     pub components: Vec<DeployComponent>,
 }
@@ -99,6 +104,32 @@ pub struct DeployComponent {
     pub restart: String,
     pub replicas: u32,
     pub health: Option<HealthCheck>,
+    /// The hosts it runs on (`replicas` containers on each), in the fleet's order.
+    pub hosts: Vec<String>,
+    /// Values read at deploy time and passed to its containers as variables; only a
+    /// digest of each is ever recorded.
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+/// The host name of a `deploy:` without `hosts:`.
+pub const LOCAL_HOST: &str = "local";
+
+/// One Docker Engine of a fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployHost {
+    pub name: String,
+    /// `ssh://user@host[:port]`, `unix:///path` or `tcp://127.0.0.1:PORT`; `None`: the
+    /// default engine (`DOCKER_HOST`, else the local socket).
+    pub engine: Option<String>,
+}
+
+/// Where a secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A variable of cascade's own environment.
+    Env(String),
+    /// A file, relative to the environment file's directory.
+    File(String),
 }
 
 impl DeployComponent {

@@ -31,8 +31,13 @@ use cascade_manifest::{DeployComponent, Probe};
 use cascade_store::Store;
 
 use crate::diff::{diff_lockfiles, LockDiff};
+
+mod lock;
+mod secrets;
+
 use crate::image::ImageRef;
 use crate::{short_digest, Error};
+use secrets::Secrets;
 
 /// How long a replaced container gets to stop (SIGTERM) before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -88,10 +93,13 @@ pub struct DeployOptions {
     pub stamp: String,
 }
 
-/// How a component's containers compare with the target.
+/// How a component's containers on one host compare with the target: one step of
+/// the roll.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PlannedComponent {
     pub name: String,
+    /// The host (`local` for a deploy without `hosts:`).
+    pub host: String,
     /// `unchanged`, `changed`, `added` or `removed`.
     pub change: &'static str,
     /// Why it is replaced (image, config, replicas, stopped).
@@ -103,10 +111,11 @@ pub struct PlannedComponent {
     pub containers: Vec<String>,
 }
 
-/// One component's swap.
+/// One component's swap on one host.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ComponentReport {
     pub name: String,
+    pub host: String,
     pub containers: Vec<ReplacedContainer>,
 }
 
@@ -126,6 +135,7 @@ pub struct ReplacedContainer {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeployFailure {
     pub component: String,
+    pub host: String,
     pub container: String,
     pub detail: String,
     /// The failing container's last log lines.
@@ -174,19 +184,23 @@ pub enum DeployEvent<'a> {
     Plan(&'a DeployReport),
     Loaded {
         component: &'a str,
+        host: &'a str,
         image: &'a str,
     },
     Replacing {
         component: &'a str,
+        host: &'a str,
         container: &'a str,
     },
     Replaced {
         component: &'a str,
+        host: &'a str,
         container: &'a ReplacedContainer,
     },
     Failed(&'a DeployFailure),
     Removed {
         component: &'a str,
+        host: &'a str,
         container: &'a str,
     },
     RollingBack {
@@ -200,8 +214,10 @@ const L_COMPONENT: &str = "cascade.component";
 const L_IMAGE: &str = "cascade.image";
 const L_CONFIG: &str = "cascade.config";
 const L_LOCKFILE: &str = "cascade.lockfile";
+const L_HOST: &str = "cascade.host";
+const L_SECRETS: &str = "cascade.secrets";
 
-/// `cascade deploy`: the lockfile (or the newest) onto the engine.
+/// `cascade deploy`: the lockfile (or the newest) onto the fleet.
 pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, Error> {
     let project = crate::load(&opts.project, &opts.env)?;
     let ctx = Context::new(opts, &project)?;
@@ -214,8 +230,107 @@ pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<Depl
         }
     };
     require_signatures(opts, &project, &ctx, &target)?;
+    // One deploy of an environment at a time, here and on every host; a dry run reads.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock::acquire(
+            &opts.project,
+            &opts.env,
+            &opts.stamp,
+            &ctx.hosts,
+        )?)
+    };
     let _active = ActiveGuard::new();
     ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
+}
+
+/// Connects to every host of an environment's `deploy:` (in the fleet's order).
+fn connect_hosts(deploy: &cascade_manifest::Deploy) -> Result<Vec<Host>, Error> {
+    deploy
+        .hosts
+        .iter()
+        .map(|h| {
+            let docker = match &h.engine {
+                Some(e) => Docker::connect_to(e),
+                None => Docker::connect(),
+            }
+            .map_err(|source| Error::DeployHost {
+                host: h.name.clone(),
+                source,
+            })?;
+            Ok(Host {
+                name: h.name.clone(),
+                docker,
+            })
+        })
+        .collect()
+}
+
+/// Every container of `env` on every host, by host.
+fn running_on(hosts: &[Host], env: &str) -> Result<BTreeMap<String, Vec<ContainerInfo>>, Error> {
+    let mut out = BTreeMap::new();
+    for h in hosts {
+        let running = h
+            .docker
+            .containers_with(&[(L_ENV, env)])
+            .map_err(|source| Error::DeployEngine { source })?;
+        out.insert(h.name.clone(), running);
+    }
+    Ok(out)
+}
+
+/// What `cascade rollback --deploy` goes back to: (what runs now, the lockfile to
+/// deploy). When the fleet runs something else than the last successful deployment
+/// (a `--no-rollback` failure, a partial roll), that deployment; otherwise the one
+/// before it.
+pub fn rollback_target(project: &Path, env: &str) -> Result<(String, String), Error> {
+    let loaded = crate::load(project, env)?;
+    let deploy = loaded
+        .graph
+        .environment
+        .deploy
+        .as_ref()
+        .ok_or_else(|| Error::NoDeploy {
+            env: env.to_string(),
+        })?;
+    let hosts = connect_hosts(deploy)?;
+    let running: Vec<ContainerInfo> = running_on(&hosts, env)?.into_values().flatten().collect();
+    let history = read_history(project, env)?;
+    let no_previous = || Error::NoPreviousDeploy {
+        env: env.to_string(),
+    };
+    let current = history.current().ok_or_else(no_previous)?;
+    let digests: BTreeSet<&String> = running
+        .iter()
+        .filter_map(|i| i.labels.get(L_LOCKFILE))
+        .collect();
+    let now = running_lockfile(&running, &history).unwrap_or_else(|| "unknown".into());
+    if digests.len() != 1 || !digests.contains(&current.lockfile_digest) {
+        return Ok((now, current.lockfile.clone()));
+    }
+    let previous = history.previous().ok_or_else(no_previous)?;
+    Ok((now, previous.lockfile.clone()))
+}
+
+/// `cascade rollback --deploy`: the deployment [`rollback_target`] names.
+pub fn rollback_deploy(
+    opts: &DeployOptions,
+    on: &dyn Fn(DeployEvent<'_>),
+) -> Result<DeployReport, Error> {
+    let (_, to) = rollback_target(&opts.project, &opts.env)?;
+    let opts = DeployOptions {
+        lock: Some(opts.project.join(to)),
+        action: "rollback",
+        ..opts.clone()
+    };
+    deploy(&opts, on)
+}
+
+/// One Docker Engine of the fleet.
+pub(crate) struct Host {
+    pub(crate) name: String,
+    pub(crate) docker: Docker,
 }
 
 /// The environment's `require_signature:`: the image of every deployed component in
@@ -248,68 +363,25 @@ fn require_signatures(
     )
 }
 
-/// What `cascade rollback --deploy` goes back to: (what runs now, the lockfile to
-/// deploy). When the engine runs something else than the last successful deployment
-/// (a `--no-rollback` failure, a partial deploy), that deployment; otherwise the one
-/// before it.
-pub fn rollback_target(project: &Path, env: &str) -> Result<(String, String), Error> {
-    let loaded = crate::load(project, env)?;
-    let engine = loaded
-        .graph
-        .environment
-        .deploy
-        .as_ref()
-        .ok_or_else(|| Error::NoDeploy {
-            env: env.to_string(),
-        })?
-        .engine
-        .clone();
-    let docker = match engine {
-        Some(e) => Docker::connect_to(&e),
-        None => Docker::connect(),
-    }
-    .map_err(|source| Error::DeployEngine { source })?;
-    let running = docker
-        .containers_with(&[(L_ENV, env)])
-        .map_err(|source| Error::DeployEngine { source })?;
-    let history = read_history(project, env)?;
-    let no_previous = || Error::NoPreviousDeploy {
-        env: env.to_string(),
-    };
-    let current = history.current().ok_or_else(no_previous)?;
-    let digests: BTreeSet<&String> = running
-        .iter()
-        .filter_map(|i| i.labels.get(L_LOCKFILE))
-        .collect();
-    let now = running_lockfile(&running, &history).unwrap_or_else(|| "unknown".into());
-    if digests.len() != 1 || !digests.contains(&current.lockfile_digest) {
-        return Ok((now, current.lockfile.clone()));
-    }
-    let previous = history.previous().ok_or_else(no_previous)?;
-    Ok((now, previous.lockfile.clone()))
-}
-
-/// `cascade rollback --deploy`: the deployment [`rollback_target`] names.
-pub fn rollback_deploy(
-    opts: &DeployOptions,
-    on: &dyn Fn(DeployEvent<'_>),
-) -> Result<DeployReport, Error> {
-    let (_, to) = rollback_target(&opts.project, &opts.env)?;
-    let opts = DeployOptions {
-        lock: Some(opts.project.join(to)),
-        action: "rollback",
-        ..opts.clone()
-    };
-    deploy(&opts, on)
-}
-
-/// What the project and the engine hold for one deploy (and its rollback).
+/// What the project and the fleet hold for one deploy (and its rollback).
 struct Context<'a> {
     opts: &'a DeployOptions,
     /// The deployed components in graph order (upstream first).
     components: Vec<DeployComponent>,
-    docker: Docker,
+    hosts: Vec<Host>,
+    /// How many hosts of one component are replaced at once.
+    max_unavailable: usize,
+    /// Component → its secrets, read once per deploy.
+    secrets: BTreeMap<String, Secrets>,
     store: PathBuf,
+}
+
+/// One container to (re)create in a batch of the roll, once its swap has started.
+struct Started<'p> {
+    step: &'p PlannedComponent,
+    name: String,
+    old_id: Option<String>,
+    new_id: String,
 }
 
 impl<'a> Context<'a> {
@@ -327,26 +399,37 @@ impl<'a> Context<'a> {
             .iter()
             .map(|c| (c.component.as_str(), c))
             .collect();
-        let components = graph
+        let components: Vec<DeployComponent> = graph
             .components
             .iter()
             .filter_map(|c| by_name.get(c.name.as_str()).map(|d| (*d).clone()))
             .collect();
-        let docker = match &deploy.engine {
-            Some(e) => Docker::connect_to(e),
-            None => Docker::connect(),
-        }
-        .map_err(|source| Error::DeployEngine { source })?;
+        // Secrets first: a missing one costs no connection.
+        let secrets = secrets::resolve(&components, &project.environment_dir())?;
+        let hosts = connect_hosts(&deploy)?;
         Ok(Context {
             opts,
             components,
-            docker,
+            hosts,
+            max_unavailable: deploy.max_unavailable.max(1) as usize,
+            secrets,
             store: opts.store.clone(),
         })
     }
 
     fn engine<T>(r: Result<T, cascade_docker::DockerError>) -> Result<T, Error> {
         r.map_err(|source| Error::DeployEngine { source })
+    }
+
+    fn host(&self, name: &str) -> Result<&Docker, Error> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| &h.docker)
+            .ok_or_else(|| Error::DeployLockfile {
+                lockfile: String::new(),
+                why: format!("containers of this environment run on `{name}`, which `deploy.hosts` no longer names"),
+            })
     }
 
     fn shown(&self, p: &Path) -> String {
@@ -391,9 +474,10 @@ impl<'a> Context<'a> {
             images.insert(c.component.clone(), image.digest.clone());
         }
         let history = read_history(&self.opts.project, env)?;
-        let running = Self::engine(self.docker.containers_with(&[(L_ENV, env)]))?;
+        let running = running_on(&self.hosts, env)?;
         let plan = self.plan(&images, &running);
-        let running_lock = running_lockfile(&running, &history);
+        let flat: Vec<ContainerInfo> = running.values().flatten().cloned().collect();
+        let running_lock = running_lockfile(&flat, &history);
         let diff = running_lock
             .as_ref()
             .filter(|p| **p != shown)
@@ -431,6 +515,7 @@ impl<'a> Context<'a> {
             &images,
             &lock_digest,
             &running,
+            action == "auto-rollback",
             &mut report.replaced,
             on,
         )?;
@@ -449,7 +534,8 @@ impl<'a> Context<'a> {
             images: images.clone(),
             detail: failure
                 .as_ref()
-                .map(|f| format!("`{}`: {}", f.container, f.detail)),
+                .map(|f| format!("`{}` on `{}`: {}", f.container, f.host, f.detail)),
+            hosts: self.what_runs()?,
         })?;
         let Some(failure) = failure else {
             return Ok(report);
@@ -460,7 +546,19 @@ impl<'a> Context<'a> {
             report.no_rollback = Some("--no-rollback: the failed state is left running".into());
             return Ok(report);
         }
-        // Back to what was deployed before this attempt (read before it was recorded).
+        self.roll_back(&history, &lock_digest, &mut report, on)?;
+        Ok(report)
+    }
+
+    /// After a failed roll: back to what was deployed before this attempt (read before
+    /// it was recorded), on the hosts already changed, newest first.
+    fn roll_back(
+        &self,
+        history: &History,
+        lock_digest: &str,
+        report: &mut DeployReport,
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<(), Error> {
         match history.current() {
             Some(previous) if previous.lockfile_digest != lock_digest => {
                 let to = self.opts.project.join(&previous.lockfile);
@@ -481,15 +579,19 @@ impl<'a> Context<'a> {
             }
             None => {
                 // Nothing was deployed before: the previous state is no containers.
-                for c in &self.components {
-                    for name in c.container_names() {
-                        if let Some(info) = Self::engine(self.docker.container(&name))? {
-                            if self.ours(&info) {
-                                Self::engine(self.docker.remove(&info.id))?;
-                                on(DeployEvent::Removed {
-                                    component: &c.component,
-                                    container: &name,
-                                });
+                for c in self.components.iter().rev() {
+                    for host in c.hosts.iter().rev() {
+                        let docker = self.host(host)?;
+                        for name in c.container_names() {
+                            if let Some(info) = Self::engine(docker.container(&name))? {
+                                if self.ours(&info) {
+                                    Self::engine(docker.remove(&info.id))?;
+                                    on(DeployEvent::Removed {
+                                        component: &c.component,
+                                        host,
+                                        container: &name,
+                                    });
+                                }
                             }
                         }
                     }
@@ -500,103 +602,156 @@ impl<'a> Context<'a> {
                 );
             }
         }
-        Ok(report)
+        Ok(())
     }
 
-    /// The containers of `component` as the target wants them, against what runs.
+    /// Host → component → image digest, as the containers' labels say now.
+    fn what_runs(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+        let mut out = BTreeMap::new();
+        for (host, infos) in running_on(&self.hosts, &self.opts.env)? {
+            let images = infos
+                .iter()
+                .filter_map(|i| {
+                    Some((
+                        i.labels.get(L_COMPONENT)?.clone(),
+                        i.labels.get(L_IMAGE)?.clone(),
+                    ))
+                })
+                .collect();
+            out.insert(host, images);
+        }
+        Ok(out)
+    }
+
+    /// Each step of the roll: a component on a host (graph order, then the fleet's), as
+    /// the target wants it against what runs; then what runs but is no longer placed.
     fn plan(
         &self,
         images: &BTreeMap<String, String>,
-        running: &[ContainerInfo],
+        running: &BTreeMap<String, Vec<ContainerInfo>>,
     ) -> Vec<PlannedComponent> {
         let mut out = Vec::new();
+        let none = Vec::new();
+        for c in &self.components {
+            for host in &self.hosts {
+                let on_host = running.get(&host.name).unwrap_or(&none);
+                let mine: Vec<&ContainerInfo> = on_host
+                    .iter()
+                    .filter(|i| i.labels.get(L_COMPONENT) == Some(&c.component))
+                    .collect();
+                if c.hosts.contains(&host.name) {
+                    out.push(self.step(c, &host.name, &mine, images));
+                } else if !mine.is_empty() {
+                    out.push(removed(
+                        &c.component,
+                        &host.name,
+                        &mine,
+                        "no longer placed on this host",
+                    ));
+                }
+            }
+        }
+        // Components that run but are no longer deployed.
         let deployed: BTreeSet<&str> = self
             .components
             .iter()
             .map(|c| c.component.as_str())
             .collect();
-        for c in &self.components {
-            let mine: Vec<&ContainerInfo> = running
-                .iter()
-                .filter(|i| i.labels.get(L_COMPONENT) == Some(&c.component))
-                .collect();
-            let want_image = images.get(&c.component).cloned();
-            let want_config = config_digest(c);
-            let names = c.container_names();
-            let mut reasons = Vec::new();
-            let before = mine.first().and_then(|i| i.labels.get(L_IMAGE)).cloned();
-            if mine.is_empty() {
-                reasons.push("not running".to_string());
-            } else {
-                if mine
-                    .iter()
-                    .any(|i| i.labels.get(L_IMAGE) != want_image.as_ref())
-                {
-                    reasons.push(format!(
-                        "image {} → {}",
-                        before.as_ref().map_or("?".into(), short_digest),
-                        want_image.as_ref().map_or("?".into(), short_digest)
-                    ));
-                }
-                if mine
-                    .iter()
-                    .any(|i| i.labels.get(L_CONFIG) != Some(&want_config))
-                {
-                    reasons.push("deploy config changed".to_string());
-                }
-                let have: BTreeSet<&str> = mine.iter().map(|i| i.name.as_str()).collect();
-                let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-                if have != want {
-                    reasons.push(format!("containers {} → {}", have.len(), want.len()));
-                }
-                if let Some(stopped) = mine.iter().find(|i| !i.running) {
-                    reasons.push(format!("`{}` is {}", stopped.name, stopped.state));
+        for host in &self.hosts {
+            let mut gone: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
+            for i in running.get(&host.name).unwrap_or(&none) {
+                if let Some(c) = i.labels.get(L_COMPONENT) {
+                    if !deployed.contains(c.as_str()) {
+                        gone.entry(c.clone()).or_default().push(i);
+                    }
                 }
             }
-            let change = match (mine.is_empty(), reasons.is_empty()) {
-                (true, _) => "added",
-                (false, true) => "unchanged",
-                (false, false) => "changed",
-            };
-            out.push(PlannedComponent {
-                name: c.component.clone(),
-                change,
-                reasons,
-                image_before: before,
-                image_after: want_image,
-                containers: names,
-            });
-        }
-        // Components that run but are no longer deployed.
-        let mut gone: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
-        for i in running {
-            if let Some(c) = i.labels.get(L_COMPONENT) {
-                if !deployed.contains(c.as_str()) {
-                    gone.entry(c.clone()).or_default().push(i);
-                }
+            for (name, infos) in gone {
+                out.push(removed(&name, &host.name, &infos, "no longer in `deploy:`"));
             }
-        }
-        for (name, infos) in gone {
-            out.push(PlannedComponent {
-                name,
-                change: "removed",
-                reasons: vec!["no longer in `deploy:`".into()],
-                image_before: infos.first().and_then(|i| i.labels.get(L_IMAGE)).cloned(),
-                image_after: None,
-                containers: infos.iter().map(|i| i.name.clone()).collect(),
-            });
         }
         out
     }
 
-    /// The engine's image id for each component to (re)create, loading from the store
-    /// what the engine does not have.
+    /// One component on one host, against its containers there (`mine`).
+    fn step(
+        &self,
+        c: &DeployComponent,
+        host: &str,
+        mine: &[&ContainerInfo],
+        images: &BTreeMap<String, String>,
+    ) -> PlannedComponent {
+        let want_image = images.get(&c.component).cloned();
+        let want_config = config_digest(c);
+        let want_secrets = self.secret_digest(&c.component);
+        let names = c.container_names();
+        let mut reasons = Vec::new();
+        let before = mine.first().and_then(|i| i.labels.get(L_IMAGE)).cloned();
+        if mine.is_empty() {
+            reasons.push("not running".to_string());
+        } else {
+            if mine
+                .iter()
+                .any(|i| i.labels.get(L_IMAGE) != want_image.as_ref())
+            {
+                reasons.push(format!(
+                    "image {} → {}",
+                    before.as_ref().map_or("?".into(), short_digest),
+                    want_image.as_ref().map_or("?".into(), short_digest)
+                ));
+            }
+            if mine
+                .iter()
+                .any(|i| i.labels.get(L_CONFIG) != Some(&want_config))
+            {
+                reasons.push("deploy config changed".to_string());
+            }
+            let had_secrets = |i: &&&ContainerInfo| {
+                i.labels.get(L_SECRETS).map(String::as_str).unwrap_or("") != want_secrets
+            };
+            if mine.iter().any(|i| had_secrets(&i)) {
+                reasons.push("secrets changed".to_string());
+            }
+            let have: BTreeSet<&str> = mine.iter().map(|i| i.name.as_str()).collect();
+            let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+            if have != want {
+                reasons.push(format!("containers {} → {}", have.len(), want.len()));
+            }
+            if let Some(stopped) = mine.iter().find(|i| !i.running) {
+                reasons.push(format!("`{}` is {}", stopped.name, stopped.state));
+            }
+        }
+        let change = match (mine.is_empty(), reasons.is_empty()) {
+            (true, _) => "added",
+            (false, true) => "unchanged",
+            (false, false) => "changed",
+        };
+        PlannedComponent {
+            name: c.component.clone(),
+            host: host.to_string(),
+            change,
+            reasons,
+            image_before: before,
+            image_after: want_image,
+            containers: names,
+        }
+    }
+
+    fn secret_digest(&self, component: &str) -> String {
+        self.secrets
+            .get(component)
+            .map(Secrets::digest)
+            .unwrap_or_default()
+    }
+
+    /// The engine's image id for each step to (re)create, by (component, host), loading
+    /// from the store what that host's engine does not have.
     fn load_images(
         &self,
         lock: &Lockfile,
         plan: &[PlannedComponent],
         on: &dyn Fn(DeployEvent<'_>),
-    ) -> Result<BTreeMap<String, String>, Error> {
+    ) -> Result<BTreeMap<(String, String), String>, Error> {
         let mut ids = BTreeMap::new();
         let todo: Vec<&PlannedComponent> = plan
             .iter()
@@ -611,6 +766,7 @@ impl<'a> Context<'a> {
             let Some(image) = lock.nodes.get(&p.name).and_then(|n| n.image.as_ref()) else {
                 continue;
             };
+            let docker = self.host(&p.host)?;
             let digest: OciDigest = image.digest.parse().map_err(Error::Image)?;
             // The engine names an image by its config digest (classic image store).
             let config = layout
@@ -619,7 +775,7 @@ impl<'a> Context<'a> {
                 .get(1)
                 .copied();
             let have = match config {
-                Some(c) => Self::engine(self.docker.image_id(&c.to_string()))?,
+                Some(c) => Self::engine(docker.image_id(&c.to_string()))?,
                 None => None,
             };
             let id = match have {
@@ -629,20 +785,24 @@ impl<'a> Context<'a> {
                         reference: image.reference.clone(),
                         digest,
                     };
-                    let id = crate::publish::load(&self.docker, &store, &layout, &r).map_err(
-                        |message| Error::Load {
-                            reference: image.reference.clone(),
-                            message,
-                        },
-                    )?;
+                    // Streamed from the store to that engine (over its ssh connection
+                    // too): the digest that runs is the lockfile's, never a tag's.
+                    let id =
+                        crate::publish::load(docker, &store, &layout, &r).map_err(|message| {
+                            Error::Load {
+                                reference: image.reference.clone(),
+                                message,
+                            }
+                        })?;
                     on(DeployEvent::Loaded {
                         component: &p.name,
+                        host: &p.host,
                         image: &image.reference,
                     });
                     id
                 }
             };
-            ids.insert(p.name.clone(), id);
+            ids.insert((p.name.clone(), p.host.clone()), id);
         }
         Ok(ids)
     }
@@ -653,147 +813,228 @@ impl<'a> Context<'a> {
             && info.labels.get(L_ENV) == Some(&self.opts.env)
     }
 
-    /// Replaces the changed components in order, health-checking each container; the
-    /// first failure (or an interrupt) stops it. Then removes what is no longer deployed.
+    /// A name taken by a container cascade did not create stops the deploy before
+    /// anything is touched.
+    fn check_foreign(&self, plan: &[PlannedComponent]) -> Result<(), Error> {
+        for p in plan
+            .iter()
+            .filter(|p| matches!(p.change, "changed" | "added"))
+        {
+            let docker = self.host(&p.host)?;
+            for name in &p.containers {
+                if let Some(other) = Self::engine(docker.container(name))? {
+                    if !self.ours(&other) {
+                        return Err(Error::ForeignContainer {
+                            name: name.clone(),
+                            env: self.opts.env.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The roll: component by component in graph order (a rollback: in reverse), and
+    /// within a component `max_unavailable` hosts at a time, each batch health-checked
+    /// before the next starts; the first failure (or an interrupt) stops it. Then removes
+    /// what is no longer deployed, downstream first.
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         plan: &[PlannedComponent],
-        image_ids: &BTreeMap<String, String>,
+        image_ids: &BTreeMap<(String, String), String>,
         images: &BTreeMap<String, String>,
         lock_digest: &str,
-        running: &[ContainerInfo],
+        running: &BTreeMap<String, Vec<ContainerInfo>>,
+        reverse: bool,
         replaced: &mut Vec<ComponentReport>,
         on: &dyn Fn(DeployEvent<'_>),
     ) -> Result<Option<DeployFailure>, Error> {
-        let env = &self.opts.env;
-        // A name taken by a container cascade did not create stops the deploy before
-        // anything is touched.
-        for (c, p) in self.components.iter().zip(plan) {
-            if !matches!(p.change, "changed" | "added") {
-                continue;
-            }
-            for name in c.container_names() {
-                if let Some(other) = Self::engine(self.docker.container(&name))? {
-                    if !self.ours(&other) {
-                        return Err(Error::ForeignContainer {
-                            name,
-                            env: env.clone(),
-                        });
-                    }
-                }
-            }
+        self.check_foreign(plan)?;
+        let mut order: Vec<&DeployComponent> = self.components.iter().collect();
+        if reverse {
+            order.reverse();
         }
-        for (c, p) in self.components.iter().zip(plan) {
-            if !matches!(p.change, "changed" | "added") {
-                continue;
-            }
-            if interrupted() {
-                return Ok(Some(DeployFailure {
-                    component: c.component.clone(),
-                    container: c.container.clone(),
-                    detail: "interrupted before this component was replaced".into(),
-                    log_tail: Vec::new(),
-                }));
-            }
-            let Some(image_id) = image_ids.get(&c.component) else {
-                continue;
-            };
-            let mut report = ComponentReport {
-                name: c.component.clone(),
-                containers: Vec::new(),
-            };
-            let names = c.container_names();
-            for name in &names {
-                on(DeployEvent::Replacing {
-                    component: &c.component,
-                    container: name,
-                });
-                // The swap: a signal now only sets the flag, so it always completes.
-                let old = Self::engine(self.docker.container(name))?;
-                if let Some(old) = &old {
-                    if !self.ours(old) {
-                        return Err(Error::ForeignContainer {
-                            name: name.clone(),
-                            env: env.clone(),
-                        });
-                    }
-                    Self::engine(self.docker.stop(&old.id, STOP_GRACE))?;
-                    Self::engine(self.docker.remove(&old.id))?;
-                }
-                let spec = self.container_spec(c, name, image_id, images, lock_digest);
-                let id = Self::engine(self.docker.create_deployed(&spec))?;
-                Self::engine(self.docker.start(&id))?;
-                let outcome = match &c.health {
-                    Some(h) => {
-                        let check = health_spec(h);
-                        Self::engine(self.docker.wait_healthy(&id, &check, &interrupted))?
-                    }
-                    None => self.still_running(&id)?,
-                };
-                let r = ReplacedContainer {
-                    name: name.clone(),
-                    old_id: old.map(|o| o.id),
-                    new_id: id,
-                    healthy: outcome.passed,
-                    attempts: outcome.attempts,
-                    detail: outcome.detail.clone(),
-                    duration_ms: outcome.elapsed.as_millis() as u64,
-                };
-                on(DeployEvent::Replaced {
-                    component: &c.component,
-                    container: &r,
-                });
-                report.containers.push(r);
-                if !outcome.passed {
-                    replaced.push(report);
-                    return Ok(Some(DeployFailure {
-                        component: c.component.clone(),
-                        container: name.clone(),
-                        detail: outcome.detail,
-                        log_tail: outcome.log_tail,
-                    }));
-                }
-            }
-            // Replicas no longer wanted.
-            for old in running.iter().filter(|i| {
-                i.labels.get(L_COMPONENT) == Some(&c.component) && !names.contains(&i.name)
-            }) {
-                Self::engine(self.docker.remove(&old.id))?;
-                on(DeployEvent::Removed {
-                    component: &c.component,
-                    container: &old.name,
-                });
-            }
-            replaced.push(report);
-        }
-        // Downstream first when taking components away.
-        for p in plan.iter().rev().filter(|p| p.change == "removed") {
-            for i in running
+        for c in order {
+            let mut steps: Vec<&PlannedComponent> = plan
                 .iter()
-                .filter(|i| i.labels.get(L_COMPONENT) == Some(&p.name))
-            {
-                Self::engine(self.docker.stop(&i.id, STOP_GRACE))?;
-                Self::engine(self.docker.remove(&i.id))?;
-                on(DeployEvent::Removed {
-                    component: &p.name,
-                    container: &i.name,
-                });
+                .filter(|p| p.name == c.component && matches!(p.change, "changed" | "added"))
+                .collect();
+            if reverse {
+                steps.reverse();
+            }
+            for batch in steps.chunks(self.max_unavailable) {
+                if let Some(f) = self.roll_batch(
+                    c,
+                    batch,
+                    image_ids,
+                    images,
+                    lock_digest,
+                    running,
+                    replaced,
+                    on,
+                )? {
+                    return Ok(Some(f));
+                }
+            }
+        }
+        // Downstream first when taking containers away.
+        for p in plan.iter().rev().filter(|p| p.change == "removed") {
+            let docker = self.host(&p.host)?;
+            for name in &p.containers {
+                if let Some(i) = Self::engine(docker.container(name))? {
+                    Self::engine(docker.stop(&i.id, STOP_GRACE))?;
+                    Self::engine(docker.remove(&i.id))?;
+                    on(DeployEvent::Removed {
+                        component: &p.name,
+                        host: &p.host,
+                        container: name,
+                    });
+                }
             }
         }
         Ok(None)
     }
 
+    /// One batch of hosts of one component: every container swapped, then every one
+    /// health-checked; the first that fails is the roll's failure.
+    #[allow(clippy::too_many_arguments)]
+    fn roll_batch(
+        &self,
+        c: &DeployComponent,
+        batch: &[&PlannedComponent],
+        image_ids: &BTreeMap<(String, String), String>,
+        images: &BTreeMap<String, String>,
+        lock_digest: &str,
+        running: &BTreeMap<String, Vec<ContainerInfo>>,
+        replaced: &mut Vec<ComponentReport>,
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<Option<DeployFailure>, Error> {
+        let mut started: Vec<Started<'_>> = Vec::new();
+        for step in batch {
+            if interrupted() {
+                return Ok(Some(DeployFailure {
+                    component: c.component.clone(),
+                    host: step.host.clone(),
+                    container: c.container.clone(),
+                    detail: "interrupted before this host was replaced".into(),
+                    log_tail: Vec::new(),
+                }));
+            }
+            let Some(image_id) = image_ids.get(&(c.component.clone(), step.host.clone())) else {
+                continue;
+            };
+            let docker = self.host(&step.host)?;
+            for name in &step.containers {
+                on(DeployEvent::Replacing {
+                    component: &c.component,
+                    host: &step.host,
+                    container: name,
+                });
+                // The swap: a signal now only sets the flag, so it always completes.
+                let old = Self::engine(docker.container(name))?;
+                if let Some(old) = &old {
+                    if !self.ours(old) {
+                        return Err(Error::ForeignContainer {
+                            name: name.clone(),
+                            env: self.opts.env.clone(),
+                        });
+                    }
+                    Self::engine(docker.stop(&old.id, STOP_GRACE))?;
+                    Self::engine(docker.remove(&old.id))?;
+                }
+                let spec = self.container_spec(c, &step.host, name, image_id, images, lock_digest);
+                let id = Self::engine(docker.create_deployed(&spec))?;
+                Self::engine(docker.start(&id))?;
+                started.push(Started {
+                    step,
+                    name: name.clone(),
+                    old_id: old.map(|o| o.id),
+                    new_id: id,
+                });
+            }
+        }
+        let mut reports: BTreeMap<&str, ComponentReport> = BTreeMap::new();
+        let mut failure = None;
+        for s in started {
+            let docker = self.host(&s.step.host)?;
+            let outcome = match &c.health {
+                Some(h) => {
+                    let check = health_spec(h);
+                    Self::engine(docker.wait_healthy(&s.new_id, &check, &interrupted))?
+                }
+                None => self.still_running(docker, &s.new_id)?,
+            };
+            let r = ReplacedContainer {
+                name: s.name.clone(),
+                old_id: s.old_id,
+                new_id: s.new_id,
+                healthy: outcome.passed,
+                attempts: outcome.attempts,
+                detail: outcome.detail.clone(),
+                duration_ms: outcome.elapsed.as_millis() as u64,
+            };
+            on(DeployEvent::Replaced {
+                component: &c.component,
+                host: &s.step.host,
+                container: &r,
+            });
+            reports
+                .entry(s.step.host.as_str())
+                .or_insert_with(|| ComponentReport {
+                    name: c.component.clone(),
+                    host: s.step.host.clone(),
+                    containers: Vec::new(),
+                })
+                .containers
+                .push(r);
+            if !outcome.passed && failure.is_none() {
+                failure = Some(DeployFailure {
+                    component: c.component.clone(),
+                    host: s.step.host.clone(),
+                    container: s.name,
+                    detail: outcome.detail,
+                    log_tail: outcome.log_tail,
+                });
+            }
+        }
+        if failure.is_none() {
+            // Replicas no longer wanted, on the hosts of this batch.
+            let none = Vec::new();
+            for step in batch {
+                let docker = self.host(&step.host)?;
+                for old in running.get(&step.host).unwrap_or(&none).iter().filter(|i| {
+                    i.labels.get(L_COMPONENT) == Some(&c.component)
+                        && !step.containers.contains(&i.name)
+                }) {
+                    Self::engine(docker.remove(&old.id))?;
+                    on(DeployEvent::Removed {
+                        component: &c.component,
+                        host: &step.host,
+                        container: &old.name,
+                    });
+                }
+            }
+        }
+        replaced.extend(reports.into_values());
+        Ok(failure)
+    }
+
     /// Without a health check, a container must at least still run a moment after its
     /// start.
-    fn still_running(&self, id: &str) -> Result<cascade_docker::HealthOutcome, Error> {
+    fn still_running(
+        &self,
+        docker: &Docker,
+        id: &str,
+    ) -> Result<cascade_docker::HealthOutcome, Error> {
         std::thread::sleep(Duration::from_millis(500));
-        let info = Self::engine(self.docker.container(id))?;
+        let info = Self::engine(docker.container(id))?;
         let running = info.as_ref().is_some_and(|i| i.running);
         let log_tail = if running {
             Vec::new()
         } else {
-            self.docker.last_log_lines(id).unwrap_or_default()
+            docker.last_log_lines(id).unwrap_or_default()
         };
         Ok(cascade_docker::HealthOutcome {
             passed: running,
@@ -814,6 +1055,7 @@ impl<'a> Context<'a> {
     fn container_spec(
         &self,
         c: &DeployComponent,
+        host: &str,
         name: &str,
         image_id: &str,
         images: &BTreeMap<String, String>,
@@ -842,9 +1084,10 @@ impl<'a> Context<'a> {
                 });
             }
         }
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (L_ENV.to_string(), self.opts.env.clone()),
             (L_COMPONENT.to_string(), c.component.clone()),
+            (L_HOST.to_string(), host.to_string()),
             (
                 L_IMAGE.to_string(),
                 images.get(&c.component).cloned().unwrap_or_default(),
@@ -852,11 +1095,17 @@ impl<'a> Context<'a> {
             (L_CONFIG.to_string(), config_digest(c)),
             (L_LOCKFILE.to_string(), lock_digest.to_string()),
         ]);
+        let secrets = self.secrets.get(&c.component);
+        if let Some(s) = secrets.filter(|s| !s.digest().is_empty()) {
+            labels.insert(L_SECRETS.to_string(), s.digest());
+        }
+        let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(secrets.into_iter().flat_map(Secrets::env));
         ContainerSpec {
             name: name.to_string(),
             image: image_id.to_string(),
             labels,
-            env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env,
             ports,
             binds: c
                 .volumes
@@ -882,6 +1131,19 @@ impl<'a> Context<'a> {
         let path = history_path(&self.opts.project, &self.opts.env);
         Store::write_atomic(&path, cascade_lock::write_history(&h).as_bytes())?;
         Ok(())
+    }
+}
+
+/// A step that takes a component's containers off a host.
+fn removed(name: &str, host: &str, infos: &[&ContainerInfo], why: &str) -> PlannedComponent {
+    PlannedComponent {
+        name: name.to_string(),
+        host: host.to_string(),
+        change: "removed",
+        reasons: vec![why.into()],
+        image_before: infos.first().and_then(|i| i.labels.get(L_IMAGE)).cloned(),
+        image_after: None,
+        containers: infos.iter().map(|i| i.name.clone()).collect(),
     }
 }
 
@@ -957,6 +1219,8 @@ fn config_digest(c: &DeployComponent) -> String {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ContainerStatus {
     pub component: String,
+    /// The host it runs on.
+    pub host: String,
     pub name: String,
     pub id: String,
     /// `running`, `exited`, …
@@ -966,17 +1230,40 @@ pub struct ContainerStatus {
     pub detail: String,
     pub image: String,
     pub lockfile_digest: String,
+    /// The lockfile the history names for `lockfile_digest`, when it does.
+    pub lockfile: Option<String>,
+    /// Whether its secrets differ from what the environment's `secrets:` hold now
+    /// (only when they can be read here).
+    pub secrets_changed: bool,
     /// `127.0.0.1:18080->8080`.
     pub ports: Vec<String>,
 }
 
-/// `cascade status`: what runs for `env`, from which lockfile, and how healthy.
+/// A host that runs something else than the rest of the fleet.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Straggler {
+    pub host: String,
+    /// The lockfiles its containers came from (as the history names them, else their
+    /// digests).
+    pub lockfiles: Vec<String>,
+}
+
+/// `cascade status`: what runs for `env` on each host, from which lockfile, and how
+/// healthy.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StatusReport {
     pub environment: String,
-    /// The lockfile the history names for the running containers' label.
+    /// The lockfile the history names for the running containers' label, when every
+    /// container of every host agrees.
     pub lockfile: Option<String>,
+    /// The hosts, in the fleet's order.
+    pub hosts: Vec<String>,
     pub containers: Vec<ContainerStatus>,
+    /// Whether every host runs the same lockfile (false after an interrupted roll).
+    pub uniform: bool,
+    /// The hosts that are not on the fleet's newest lockfile (the history's current),
+    /// when the fleet is not uniform.
+    pub stragglers: Vec<Straggler>,
     /// The history's newest entry.
     pub last: Option<Deployment>,
 }
@@ -984,70 +1271,128 @@ pub struct StatusReport {
 /// `cascade status --env E`.
 pub fn status(project: &Path, env: &str) -> Result<StatusReport, Error> {
     let loaded = crate::load(project, env)?;
-    let deploy = loaded.graph.environment.deploy.clone();
-    let docker = match deploy.as_ref().and_then(|d| d.engine.as_deref()) {
-        Some(e) => Docker::connect_to(e),
-        None => Docker::connect(),
-    }
-    .map_err(|source| Error::DeployEngine { source })?;
+    let deploy = loaded
+        .graph
+        .environment
+        .deploy
+        .clone()
+        .ok_or_else(|| Error::NoDeploy {
+            env: env.to_string(),
+        })?;
+    let hosts = connect_hosts(&deploy)?;
     let history = read_history(project, env)?;
-    let running = docker
-        .containers_with(&[(L_ENV, env)])
-        .map_err(|source| Error::DeployEngine { source })?;
-    let health_of: BTreeMap<String, &DeployComponent> = deploy
-        .as_ref()
-        .map(|d| {
-            d.components
-                .iter()
-                .map(|c| (c.component.clone(), c))
-                .collect()
-        })
-        .unwrap_or_default();
+    let running = running_on(&hosts, env)?;
+    let by_component: BTreeMap<&str, &DeployComponent> = deploy
+        .components
+        .iter()
+        .map(|c| (c.component.as_str(), c))
+        .collect();
+    // Secrets that cannot be read here (a variable only the deploy machine has) are
+    // simply not compared.
+    let secrets = secrets::resolve(&deploy.components, &loaded.environment_dir()).ok();
+    let name_of = |digest: &str| {
+        history
+            .deployments
+            .iter()
+            .rev()
+            .find(|d| d.lockfile_digest == digest)
+            .map(|d| d.lockfile.clone())
+    };
     let mut containers = Vec::new();
-    for i in &running {
-        let component = i.labels.get(L_COMPONENT).cloned().unwrap_or_default();
-        let (health, detail) = match (
-            i.running,
-            health_of.get(&component).and_then(|c| c.health.as_ref()),
-        ) {
-            (false, _) => ("stopped".to_string(), i.state.clone()),
-            (true, None) => ("running".to_string(), "no health check declared".into()),
-            (true, Some(h)) => {
-                // One probe, now.
-                let check = HealthSpec {
-                    retries: 1,
-                    start_period: Duration::ZERO,
-                    ..health_spec(h)
-                };
-                match docker.wait_healthy(&i.id, &check, &|| false) {
-                    Ok(o) if o.passed => ("healthy".to_string(), o.detail),
-                    Ok(o) => ("unhealthy".to_string(), o.detail),
-                    Err(e) => ("unknown".to_string(), e.to_string()),
-                }
-            }
-        };
-        containers.push(ContainerStatus {
-            component,
-            name: i.name.clone(),
-            id: i.id.clone(),
-            state: i.state.clone(),
-            health,
-            detail,
-            image: i.labels.get(L_IMAGE).cloned().unwrap_or_default(),
-            lockfile_digest: i.labels.get(L_LOCKFILE).cloned().unwrap_or_default(),
-            ports: i
-                .ports
-                .iter()
-                .map(|(c, ip, h)| format!("{ip}:{h}->{c}"))
-                .collect(),
-        });
+    for h in &hosts {
+        for i in running.get(&h.name).into_iter().flatten() {
+            let component = i.labels.get(L_COMPONENT).cloned().unwrap_or_default();
+            let decl = by_component.get(component.as_str());
+            let (health, detail) = probe_now(&h.docker, i, decl.and_then(|c| c.health.as_ref()));
+            let lockfile_digest = i.labels.get(L_LOCKFILE).cloned().unwrap_or_default();
+            let secrets_changed = secrets.as_ref().is_some_and(|s| {
+                let want = s.get(&component).map(Secrets::digest).unwrap_or_default();
+                i.labels.get(L_SECRETS).map(String::as_str).unwrap_or("") != want
+            });
+            containers.push(ContainerStatus {
+                component,
+                host: h.name.clone(),
+                name: i.name.clone(),
+                id: i.id.clone(),
+                state: i.state.clone(),
+                health,
+                detail,
+                image: i.labels.get(L_IMAGE).cloned().unwrap_or_default(),
+                lockfile: name_of(&lockfile_digest),
+                lockfile_digest,
+                secrets_changed,
+                ports: i
+                    .ports
+                    .iter()
+                    .map(|(c, ip, hp)| format!("{ip}:{hp}->{c}"))
+                    .collect(),
+            });
+        }
     }
+    let flat: Vec<ContainerInfo> = running.values().flatten().cloned().collect();
+    let digests: BTreeSet<&str> = containers
+        .iter()
+        .map(|c| c.lockfile_digest.as_str())
+        .collect();
+    let uniform = digests.len() <= 1;
+    let newest = history.current().map(|d| d.lockfile_digest.clone());
+    let stragglers = if uniform {
+        Vec::new()
+    } else {
+        hosts
+            .iter()
+            .filter_map(|h| {
+                let mine: BTreeSet<&str> = containers
+                    .iter()
+                    .filter(|c| c.host == h.name)
+                    .map(|c| c.lockfile_digest.as_str())
+                    .collect();
+                let on_newest = newest
+                    .as_deref()
+                    .is_some_and(|n| mine.len() == 1 && mine.contains(n));
+                (!on_newest && !mine.is_empty()).then(|| Straggler {
+                    host: h.name.clone(),
+                    lockfiles: mine
+                        .iter()
+                        .map(|d| name_of(d).unwrap_or_else(|| d.to_string()))
+                        .collect(),
+                })
+            })
+            .collect()
+    };
     Ok(StatusReport {
         environment: env.to_string(),
-        lockfile: running_lockfile(&running, &history),
+        lockfile: running_lockfile(&flat, &history),
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
         containers,
+        uniform,
+        stragglers,
         last: history.deployments.last().cloned(),
     })
+}
+
+/// (health, detail) of a running container: one probe of its check, now.
+fn probe_now(
+    docker: &Docker,
+    i: &ContainerInfo,
+    check: Option<&cascade_manifest::HealthCheck>,
+) -> (String, String) {
+    match (i.running, check) {
+        (false, _) => ("stopped".to_string(), i.state.clone()),
+        (true, None) => ("running".to_string(), "no health check declared".into()),
+        (true, Some(h)) => {
+            let check = HealthSpec {
+                retries: 1,
+                start_period: Duration::ZERO,
+                ..health_spec(h)
+            };
+            match docker.wait_healthy(&i.id, &check, &|| false) {
+                Ok(o) if o.passed => ("healthy".to_string(), o.detail),
+                Ok(o) => ("unhealthy".to_string(), o.detail),
+                Err(e) => ("unknown".to_string(), e.to_string()),
+            }
+        }
+    }
 }
 
 /// The engine's side of a declared health check.
@@ -1086,6 +1431,8 @@ mod tests {
             restart: "unless-stopped".into(),
             replicas: 1,
             health: None,
+            hosts: vec!["local".into()],
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -1126,6 +1473,7 @@ mod tests {
             lockfile_digest: digest.into(),
             images: BTreeMap::new(),
             detail: None,
+            hosts: BTreeMap::new(),
         };
         let history = History {
             environment: "e".into(),

@@ -236,6 +236,30 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("the secret `{name}` of `{component}` cannot be read: {why}")]
+    #[diagnostic(
+        code(cascade::deploy::secret),
+        help("set the variable or create the file that `secrets:` names (relative to the environment file's directory); its value is never printed")
+    )]
+    Secret {
+        component: String,
+        name: String,
+        why: String,
+    },
+
+    #[error("a deploy of `{env}` is already running{}: held by {holder} since {since}", at.as_deref().map(|h| format!(" (lock on host `{h}`)")).unwrap_or_default())]
+    #[diagnostic(
+        code(cascade::deploy::locked),
+        help("wait for it to end; a holder on this machine that died is recognised and its lock taken over, one on another machine must be ended there (or its lock removed with `docker volume rm cascade-lock-{env}` on that host)")
+    )]
+    DeployLocked {
+        env: String,
+        /// The host whose marker is held; `None`: this machine's lock file.
+        at: Option<String>,
+        holder: String,
+        since: String,
+    },
+
     #[error("could not sign `{reference}`")]
     #[diagnostic(code(cascade::sign))]
     Sign {
@@ -296,6 +320,15 @@ pub enum Error {
         help("cascade never removes containers it did not create: remove or rename it yourself, or choose another `container:` name")
     )]
     ForeignContainer { name: String, env: String },
+
+    #[error("cannot reach the Docker Engine of host `{host}`")]
+    #[diagnostic(code(cascade::deploy::host))]
+    DeployHost {
+        host: String,
+        #[source]
+        #[diagnostic_source]
+        source: cascade_docker::DockerError,
+    },
 
     #[error("the Docker Engine failed during the deploy")]
     #[diagnostic(code(cascade::deploy::engine))]
@@ -433,6 +466,7 @@ impl Error {
             | Error::KeyVariable { .. }
             | Error::KeyExists { .. }
             | Error::BundleExists { .. }
+            | Error::Secret { .. }
             | Error::NotABundle { .. }
             | Error::NoSuchImage { .. }
             | Error::Lockfile(_)
@@ -460,10 +494,12 @@ impl Error {
             | Error::Sign { .. }
             | Error::WriteKey { .. }
             | Error::WriteBundle { .. }
+            | Error::DeployLocked { .. }
             | Error::ReproducibilityRisk { .. }
             | Error::StoreBusy { .. }
             | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
+            | Error::DeployHost { .. }
             | Error::DeployEngine { .. } => 3,
             // A check that failed, as a failed smoke test does.
             Error::SignatureRequired { .. } => 1,

@@ -37,12 +37,12 @@ pub use bundle::{
     BundleVerdict, SumsSignature,
 };
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
-pub use cascade_manifest::KeyLocation;
+pub use cascade_manifest::{KeyLocation, LOCAL_HOST};
 pub use check::{FileDiff, Mismatch};
 pub use deploy::{
     deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
     ComponentReport, ContainerStatus, DeployEvent, DeployFailure, DeployOptions, DeployReport,
-    PlannedComponent, ReplacedContainer, StatusReport,
+    PlannedComponent, ReplacedContainer, StatusReport, Straggler,
 };
 pub use diff::{
     diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,

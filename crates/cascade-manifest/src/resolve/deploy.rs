@@ -7,9 +7,11 @@ use std::time::Duration;
 use cascade_core::{FileId, Span};
 
 use super::{closest, parse_duration, Node, Resolver};
-use crate::ast::{DeployAst, DeployComponentAst, HealthAst, S};
+use crate::ast::{DeployAst, DeployComponentAst, Entries, HealthAst, SecretAst, S};
 use crate::error::ManifestError;
-use crate::model::{Deploy, DeployComponent, HealthCheck, PortMap, Volume};
+use crate::model::{
+    Deploy, DeployComponent, DeployHost, HealthCheck, PortMap, SecretSource, Volume, LOCAL_HOST,
+};
 use crate::source::source_span;
 
 /// Defaults of a health check, chosen for services that start in seconds.
@@ -57,24 +59,51 @@ impl Resolver<'_> {
     ) -> Option<Deploy> {
         let before = self.diags.len();
         let span = self.span(file, &ast);
-        let DeployAst { engine, components } = ast.value;
+        let DeployAst {
+            engine,
+            hosts,
+            max_unavailable,
+            components,
+        } = ast.value;
+        let engine_span = engine.as_ref().map(|e| self.span(file, e));
         let engine = engine.and_then(|e| {
             let espan = self.span(file, &e);
-            let ok = e
-                .value
-                .strip_prefix("unix://")
-                .is_some_and(|p| p.starts_with('/'))
-                || e.value.starts_with("tcp://");
-            if !ok {
-                self.bad_deploy(
-                    format!("`{}` is not a Docker Engine endpoint", e.value),
-                    "expected `unix:///path` or `tcp://127.0.0.1:PORT`",
-                    Some("leave `engine` out to use DOCKER_HOST, else /var/run/docker.sock".into()),
-                    espan,
-                );
-            }
-            ok.then_some(e.value)
+            self.engine_url(&e.value, espan).then_some(e.value)
         });
+        let hosts = match (hosts, engine_span) {
+            (Some(h), Some(espan)) => {
+                let hspan = self.span(file, &h);
+                self.bad_deploy_at(
+                    "`engine` and `hosts` are both given".into(),
+                    "a fleet",
+                    Some("name every engine under `hosts:` (`engine` is the one engine of a deploy without `hosts:`)".into()),
+                    hspan,
+                    Some(espan),
+                );
+                Vec::new()
+            }
+            (Some(h), None) => self.deploy_hosts(file, h),
+            (None, _) => vec![DeployHost {
+                name: LOCAL_HOST.to_string(),
+                engine: engine.clone(),
+            }],
+        };
+        let max_unavailable = match max_unavailable {
+            None => 1,
+            Some(m) => {
+                let mspan = self.span(file, &m);
+                if m.value < 1 {
+                    self.bad_deploy(
+                        format!("`max_unavailable: {}` would never replace anything", m.value),
+                        "expected 1 or more",
+                        Some("how many hosts of a component are replaced at once; 1 (the default) rolls one host at a time".into()),
+                        mspan,
+                    );
+                }
+                m.value.clamp(1, i64::from(u32::MAX)) as u32
+            }
+        };
+        let host_names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         let Some(components) = components else {
             self.missing("components", "`deploy`", span);
             return None;
@@ -117,17 +146,201 @@ impl Resolver<'_> {
                     }
                 }
             }
-            if let Some(c) =
-                self.deploy_component(file, env, &comp, kspan, value, &mut names, &mut host_ports)
-            {
+            if let Some(c) = self.deploy_component(
+                file,
+                env,
+                &comp,
+                kspan,
+                value,
+                &host_names,
+                &mut names,
+                &mut host_ports,
+            ) {
                 out.push(c);
             }
         }
         out.sort_by(|a, b| a.component.cmp(&b.component));
         (self.diags.len() == before).then_some(Deploy {
             engine,
+            hosts,
+            max_unavailable,
             components: out,
         })
+    }
+
+    /// A Docker Engine's URL: `unix:///path`, `tcp://` to the loopback (plain TCP to
+    /// another machine is unauthenticated), or `ssh://user@host[:port]`.
+    fn engine_url(&mut self, url: &str, span: Span) -> bool {
+        let problem = engine_problem(url);
+        if let Some((message, label)) = problem.clone() {
+            self.bad_deploy(
+                message,
+                label,
+                Some("write `ssh://user@host[:port]` (Docker's ssh transport: keys from the ssh agent or ~/.ssh, the host's key checked against known_hosts), `unix:///path/to/docker.sock` or `tcp://127.0.0.1:PORT`".into()),
+                span,
+            );
+        }
+        problem.is_none()
+    }
+
+    /// `hosts:`: name → engine, in the order written.
+    fn deploy_hosts(&mut self, file: FileId, ast: S<Entries<S<String>>>) -> Vec<DeployHost> {
+        let mut out = Vec::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        let span = self.span(file, &ast);
+        for (key, url) in ast.value.0 {
+            let kspan = self.span(file, &key);
+            if let Some(&first) = seen.get(&key.value) {
+                self.duplicate(&key.value, "`deploy.hosts`", kspan, first);
+                continue;
+            }
+            seen.insert(key.value.clone(), kspan);
+            if !super::is_name(&key.value) {
+                self.bad_deploy(
+                    format!("`{}` is not a host name", key.value),
+                    "expected letters, digits, `_` or `-`",
+                    None,
+                    kspan,
+                );
+                continue;
+            }
+            let uspan = self.span(file, &url);
+            if self.engine_url(&url.value, uspan) {
+                out.push(DeployHost {
+                    name: key.value,
+                    engine: Some(url.value),
+                });
+            }
+        }
+        if out.is_empty() && seen.is_empty() {
+            self.bad_deploy(
+                "`hosts` names no host".into(),
+                "empty",
+                Some("name each Docker Engine: `node1: ssh://deploy@10.0.0.1`".into()),
+                span,
+            );
+        }
+        out
+    }
+
+    /// A component's `hosts:`, each declared; default every host.
+    fn component_hosts(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        ast: Option<S<Vec<S<String>>>>,
+        declared: &[&str],
+    ) -> Vec<String> {
+        let Some(ast) = ast else {
+            return declared.iter().map(|h| h.to_string()).collect();
+        };
+        let lspan = self.span(file, &ast);
+        let before = self.diags.len();
+        let mut chosen: BTreeMap<String, Span> = BTreeMap::new();
+        for h in ast.value {
+            let hspan = self.span(file, &h);
+            if let Some(&first) = chosen.get(&h.value) {
+                self.duplicate(&h.value, &format!("the hosts of `{comp}`"), hspan, first);
+            } else if !declared.contains(&h.value.as_str()) {
+                let help = match closest(&h.value, declared.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!(
+                        "the hosts are {}",
+                        declared
+                            .iter()
+                            .map(|d| format!("`{d}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                self.bad_deploy(
+                    format!("`{}` is not a host of this deploy", h.value),
+                    "not under `deploy.hosts`",
+                    Some(help),
+                    hspan,
+                );
+            } else {
+                chosen.insert(h.value, hspan);
+            }
+        }
+        if chosen.is_empty() && self.diags.len() == before {
+            self.bad_deploy(
+                format!("`{comp}` runs on no host"),
+                "empty",
+                Some("leave `hosts` out to run it on every host".into()),
+                lspan,
+            );
+        }
+        // In the fleet's order, so every component rolls its hosts the same way.
+        declared
+            .iter()
+            .filter(|d| chosen.contains_key(**d))
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    /// `secrets:`: variable name → `{ env: VAR }` or `{ file: path }`.
+    fn secrets(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        ast: S<Entries<S<SecretAst>>>,
+        env: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, SecretSource> {
+        let mut out = BTreeMap::new();
+        let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        for (key, value) in ast.value.0 {
+            let kspan = self.span(file, &key);
+            let name = key.value;
+            if let Some(&first) = seen.get(&name) {
+                self.duplicate(&name, &format!("the secrets of `{comp}`"), kspan, first);
+                continue;
+            }
+            seen.insert(name.clone(), kspan);
+            let var_ok = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !var_ok {
+                self.bad_deploy(
+                    format!("`{name}` is not a variable name"),
+                    "a secret is passed as this variable",
+                    None,
+                    kspan,
+                );
+                continue;
+            }
+            if env.contains_key(&name) {
+                self.bad_deploy(
+                    format!("`{name}` is both in `env` and in `secrets` of `{comp}`"),
+                    "also a plain variable",
+                    Some("keep it in `secrets` only: `env` values are written into labels and the history".into()),
+                    kspan,
+                );
+                continue;
+            }
+            let vspan = self.span(file, &value);
+            let SecretAst {
+                env: from_env,
+                file: from_file,
+            } = value.value;
+            match (from_env, from_file) {
+                (Some(v), None) if !v.value.trim().is_empty() => {
+                    out.insert(name, SecretSource::Env(v.value));
+                }
+                (None, Some(f)) if !f.value.trim().is_empty() => {
+                    out.insert(name, SecretSource::File(f.value));
+                }
+                _ => self.bad_deploy(
+                    format!("the secret `{name}` needs exactly one source"),
+                    "expected `{ env: VAR }` or `{ file: path }`",
+                    Some("a secret's value is never written in a manifest: name the variable or the file that holds it".into()),
+                    vspan,
+                ),
+            }
+        }
+        out
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -138,6 +351,7 @@ impl Resolver<'_> {
         comp: &str,
         kspan: Span,
         ast: S<DeployComponentAst>,
+        declared_hosts: &[&str],
         names: &mut BTreeMap<String, Span>,
         host_ports: &mut BTreeMap<(String, u16), Span>,
     ) -> Option<DeployComponent> {
@@ -150,7 +364,10 @@ impl Resolver<'_> {
             restart,
             replicas,
             health,
+            hosts,
+            secrets,
         } = ast.value;
+        let hosts = self.component_hosts(file, comp, hosts, declared_hosts);
         let replicas = match replicas {
             None => 1,
             Some(r) => {
@@ -271,6 +488,7 @@ impl Resolver<'_> {
             }
         };
         let health = health.and_then(|h| self.health(file, comp, h));
+        let secrets = secrets.map_or_else(BTreeMap::new, |s| self.secrets(file, comp, s, &env_map));
         (self.diags.len() == before).then_some(DeployComponent {
             component: comp.to_string(),
             container,
@@ -280,6 +498,8 @@ impl Resolver<'_> {
             restart,
             replicas,
             health,
+            hosts,
+            secrets,
         })
     }
 
@@ -464,6 +684,56 @@ fn parse_deploy_duration(s: &str) -> Option<Duration> {
 }
 
 /// Docker's container (and volume) name grammar: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+/// What is wrong with a Docker Engine URL, if anything: (message, label).
+fn engine_problem(url: &str) -> Option<(String, &'static str)> {
+    if let Some(path) = url.strip_prefix("unix://") {
+        return (!path.starts_with('/')).then(|| {
+            (
+                format!("`{url}` is not an absolute socket path"),
+                "expected `unix:///path`",
+            )
+        });
+    }
+    if let Some(rest) = url.strip_prefix("tcp://") {
+        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+        return (!matches!(host, "127.0.0.1" | "localhost" | "[::1]")).then(|| {
+            (
+                format!("`{url}` is plain TCP to another machine"),
+                "unauthenticated and unencrypted",
+            )
+        });
+    }
+    if let Some(rest) = url.strip_prefix("ssh://") {
+        let Some((user, hostport)) = rest.split_once('@') else {
+            return Some((
+                format!("`{url}` names no user"),
+                "expected `ssh://user@host[:port]`",
+            ));
+        };
+        let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+        let port_ok = hostport
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_ok_and(|p| p > 0));
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if !plain(user) || !plain(host) || !port_ok {
+            return Some((
+                format!("`{url}` is not `ssh://user@host[:port]`"),
+                "expected a user, a host and an optional port",
+            ));
+        }
+        return None;
+    }
+    Some((
+        format!("`{url}` is not a Docker Engine endpoint"),
+        "expected `ssh://`, `unix://` or `tcp://`",
+    ))
+}
+
 fn is_container_name(s: &str) -> bool {
     let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
