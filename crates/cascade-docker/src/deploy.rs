@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 };
 
 use crate::error::is_not_found;
-use crate::smoke::{exited, http_probe, Attempt};
+use crate::smoke::{exited, http_probe, judge_http, Attempt, OUTPUT_LIMIT};
 use crate::{Docker, DockerError, Expect, Probe, LABEL};
 
 /// The first retry of a health check comes this soon; delays then double up to the
@@ -314,7 +314,22 @@ impl Docker {
                         .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
                         .and_then(|b| b.host_port.as_deref()?.parse::<u16>().ok());
                     match loopback {
-                        Some(hp) => http_probe(&agent, hp, path, &Expect::default(), check.timeout),
+                        // Its process exited and the restart policy brings it back: a
+                        // failed attempt (its ports come back with it), not an error.
+                        None if state.restarting => Attempt::Fail(format!(
+                            "the container exited (code {}) and is restarting",
+                            state.exit_code.map_or("?".into(), |c| c.to_string())
+                        )),
+                        // On an ssh host, the port is on that host's loopback.
+                        Some(hp) => match &self.ssh_target {
+                            Some(t) => match t.http_get(hp, path, check.timeout, OUTPUT_LIMIT) {
+                                Ok((status, body)) => {
+                                    judge_http(path, status, &body, &Expect::default())
+                                }
+                                Err(e) => Attempt::Fail(format!("GET {path}: {e}")),
+                            },
+                            None => http_probe(&agent, hp, path, &Expect::default(), check.timeout),
+                        },
                         None => {
                             return Err(DockerError::PortNotPublished {
                                 container: id.to_string(),

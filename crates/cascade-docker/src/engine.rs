@@ -55,6 +55,8 @@ pub struct Docker {
     /// For an `ssh://` engine, the socket that bridges to ssh (after the client, so it
     /// outlives it).
     _ssh: Option<crate::ssh::Proxy>,
+    /// For an `ssh://` engine, where it is: health checks probe its loopback through ssh.
+    pub(crate) ssh_target: Option<crate::ssh::SshTarget>,
 }
 
 /// What this `Docker` created and has not removed yet, by id, and what it is creating.
@@ -214,6 +216,10 @@ impl Docker {
             created: Mutex::new(Created::default()),
             idle: Condvar::new(),
             _ssh: ssh,
+            ssh_target: match parsed {
+                Endpoint::Ssh(t) => Some(t),
+                _ => None,
+            },
         })
     }
 

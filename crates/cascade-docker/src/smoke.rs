@@ -27,7 +27,7 @@ pub const LOG_TAIL_LINES: usize = 20;
 const MAX_ATTEMPT: Duration = Duration::from_secs(10);
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 /// What is read of an http body or a command's output; the rest is ignored.
-const OUTPUT_LIMIT: usize = 1 << 20;
+pub(crate) const OUTPUT_LIMIT: usize = 1 << 20;
 /// How much of a body or output `detail` quotes.
 const EXCERPT_CHARS: usize = 200;
 /// How much of one log line `log_tail` keeps.
@@ -204,6 +204,9 @@ pub enum Attempt {
 /// The container's state, as one inspect shows it.
 pub(crate) struct State {
     pub(crate) running: bool,
+    /// Exited and about to be started again by its restart policy (the engine says
+    /// `running` meanwhile, with no ports bound).
+    pub(crate) restarting: bool,
     /// Gone, or being removed (by `cleanup_all_cascade_resources`, or by hand).
     pub(crate) removed: bool,
     pub(crate) exit_code: Option<i64>,
@@ -434,6 +437,7 @@ impl Docker {
                 Err(e) if is_not_found(&e) => {
                     return Ok(State {
                         running: false,
+                        restarting: false,
                         removed: true,
                         exit_code: None,
                         oom_killed: false,
@@ -461,6 +465,7 @@ impl Docker {
             );
             Ok(State {
                 running: state.running.unwrap_or(false) && !removed,
+                restarting: state.restarting.unwrap_or(false),
                 removed,
                 exit_code: state.exit_code,
                 oom_killed: state.oom_killed.unwrap_or(false),
@@ -939,6 +944,7 @@ mod tests {
     fn only_loopback_bindings_are_probed() {
         let state = |bindings: Vec<(&str, &str)>| State {
             running: true,
+            restarting: false,
             removed: false,
             exit_code: None,
             oom_killed: false,
@@ -1007,6 +1013,7 @@ mod tests {
     fn exits_name_the_code() {
         let s = State {
             running: false,
+            restarting: false,
             removed: false,
             exit_code: Some(3),
             oom_killed: false,

@@ -75,6 +75,25 @@ impl SshTarget {
 
     /// The ssh command that opens one Engine API stream.
     fn command(&self) -> Command {
+        let mut c = self.base();
+        c.arg("--")
+            .arg(&self.host)
+            .args(["docker", "system", "dial-stdio"]);
+        c
+    }
+
+    /// `ssh -W 127.0.0.1:PORT`: stdin and stdout carried to a port on the far host's
+    /// loopback, where a deployed container publishes what its health check probes.
+    fn forward(&self, port: u16) -> Command {
+        let mut c = self.base();
+        c.arg("-W")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--")
+            .arg(&self.host);
+        c
+    }
+
+    fn base(&self) -> Command {
         let mut c = Command::new("ssh");
         if let Some(cfg) = std::env::var_os("CASCADE_SSH_CONFIG").filter(|v| !v.is_empty()) {
             c.arg("-F").arg(cfg);
@@ -92,10 +111,62 @@ impl SshTarget {
         if let Some(p) = self.port {
             c.arg("-p").arg(p.to_string());
         }
-        c.arg("--")
-            .arg(&self.host)
-            .args(["docker", "system", "dial-stdio"]);
         c
+    }
+
+    /// `GET path` (HTTP/1.0) to `port` on the far host's loopback through ssh: the
+    /// status and at most `limit` bytes of the body, within `budget`.
+    pub(crate) fn http_get(
+        &self,
+        port: u16,
+        path: &str,
+        budget: std::time::Duration,
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let mut child = self
+            .forward(port)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("ssh gave no pipes".into());
+        };
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let r = stdin.write_all(request.as_bytes()).and_then(|()| {
+                (&mut stdout)
+                    .take(limit as u64 + 16 * 1024)
+                    .read_to_end(&mut buf)
+            });
+            let _ = tx.send(r.map(|_| buf));
+        });
+        let got = rx.recv_timeout(budget);
+        let _ = child.kill();
+        let _ = child.wait();
+        let raw = match got {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(format!("through ssh: {e}")),
+            Err(_) => return Err(format!("no answer within {}s", budget.as_secs_f64())),
+        };
+        let head_end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| "no HTTP response (nothing listens there?)".to_string())?;
+        let status = std::str::from_utf8(&raw[..head_end])
+            .ok()
+            .and_then(|h| h.split_whitespace().nth(1))
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| "not an HTTP response".to_string())?;
+        let mut body = raw[head_end + 4..].to_vec();
+        body.truncate(limit);
+        Ok((status, body))
     }
 }
 
@@ -197,8 +268,8 @@ fn bridge(conn: UnixStream, target: &SshTarget, last_error: &Mutex<Option<String
         drop(stdin);
     });
     let _ = copy(&mut stdout, &mut to_client);
-    let _ = to_client.shutdown(std::net::Shutdown::Both);
-    let _ = up.join();
+    // ssh is done: what it said goes on record before the client sees the connection
+    // close, so the error the client reports can quote it (a refused host key).
     let mut said = String::new();
     let _ = stderr.take(64 * 1024).read_to_string(&mut said);
     let status = child.wait();
@@ -207,12 +278,27 @@ fn bridge(conn: UnixStream, target: &SshTarget, last_error: &Mutex<Option<String
             *l = Some(said.trim().to_string());
         }
     }
+    let _ = to_client.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
 }
 
+/// Copies until the end, each read forwarded at once. A plain loop: with `io::copy`
+/// (which may splice between a socket and a pipe) the first request never reached the
+/// engine, and a request-response protocol needs every read passed on as it comes.
 fn copy(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
-    let n = io::copy(from, to)?;
-    to.flush()?;
-    Ok(n)
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+        total += n as u64;
+    }
 }
 
 /// The socket path as bollard takes it.

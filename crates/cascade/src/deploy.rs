@@ -1100,6 +1100,9 @@ impl<'a> Context<'a> {
             labels.insert(L_SECRETS.to_string(), s.digest());
         }
         let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Which node it is, for software that needs an identity per host (a cluster's
+        // members); derived from the placement, so not part of the config digest.
+        env.push(format!("CASCADE_HOST={host}"));
         env.extend(secrets.into_iter().flat_map(Secrets::env));
         ContainerSpec {
             name: name.to_string(),

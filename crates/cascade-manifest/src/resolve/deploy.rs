@@ -70,6 +70,9 @@ impl Resolver<'_> {
             let espan = self.span(file, &e);
             self.engine_url(&e.value, espan).then_some(e.value)
         });
+        // Every host name written, even one whose URL is wrong: a placement on it is
+        // not a second problem.
+        let mut declared: Vec<String> = Vec::new();
         let hosts = match (hosts, engine_span) {
             (Some(h), Some(espan)) => {
                 let hspan = self.span(file, &h);
@@ -82,7 +85,11 @@ impl Resolver<'_> {
                 );
                 Vec::new()
             }
-            (Some(h), None) => self.deploy_hosts(file, h),
+            (Some(h), None) => {
+                let (hosts, names) = self.deploy_hosts(file, h);
+                declared = names;
+                hosts
+            }
             (None, _) => vec![DeployHost {
                 name: LOCAL_HOST.to_string(),
                 engine: engine.clone(),
@@ -103,7 +110,10 @@ impl Resolver<'_> {
                 m.value.clamp(1, i64::from(u32::MAX)) as u32
             }
         };
-        let host_names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+        if declared.is_empty() {
+            declared = hosts.iter().map(|h| h.name.clone()).collect();
+        }
+        let host_names: Vec<&str> = declared.iter().map(String::as_str).collect();
         let Some(components) = components else {
             self.missing("components", "`deploy`", span);
             return None;
@@ -184,9 +194,14 @@ impl Resolver<'_> {
     }
 
     /// `hosts:`: name → engine, in the order written.
-    fn deploy_hosts(&mut self, file: FileId, ast: S<Entries<S<String>>>) -> Vec<DeployHost> {
+    fn deploy_hosts(
+        &mut self,
+        file: FileId,
+        ast: S<Entries<S<String>>>,
+    ) -> (Vec<DeployHost>, Vec<String>) {
         let mut out = Vec::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
+        let mut names = Vec::new();
         let span = self.span(file, &ast);
         for (key, url) in ast.value.0 {
             let kspan = self.span(file, &key);
@@ -195,6 +210,7 @@ impl Resolver<'_> {
                 continue;
             }
             seen.insert(key.value.clone(), kspan);
+            names.push(key.value.clone());
             if !super::is_name(&key.value) {
                 self.bad_deploy(
                     format!("`{}` is not a host name", key.value),
@@ -220,7 +236,7 @@ impl Resolver<'_> {
                 span,
             );
         }
-        out
+        (out, names)
     }
 
     /// A component's `hosts:`, each declared; default every host.
@@ -315,7 +331,7 @@ impl Resolver<'_> {
                 self.bad_deploy(
                     format!("`{name}` is both in `env` and in `secrets` of `{comp}`"),
                     "also a plain variable",
-                    Some("keep it in `secrets` only: `env` values are written into labels and the history".into()),
+                    Some("keep it in `secrets` only: `env` values are written in the manifest for all to read".into()),
                     kspan,
                 );
                 continue;
