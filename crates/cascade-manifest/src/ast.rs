@@ -53,6 +53,9 @@ pub(crate) struct EnvironmentAst {
     pub remote_cache: Option<S<String>>,
     pub remote: Option<S<String>>,
     pub sign: Option<S<String>>,
+    /// Webhook URLs that receive a JSON event per release, promotion, failed build and
+    /// deploy.
+    pub notify: Option<S<Vec<S<String>>>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
     pub deploy: Option<S<DeployAst>>,
 }

@@ -40,6 +40,9 @@ pub struct Environment {
     /// `sign:`: the key that signs pushed images, a file (relative to the environment
     /// file's directory) or `env:VAR`.
     pub sign: Option<KeyLocation>,
+    /// `notify:`: webhook URLs (`https://…`, or `http://` on loopback), in the order
+    /// written, each sent a JSON event per release, promotion, failed build and deploy.
+    pub notify: Vec<String>,
     /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
     pub deploy: Option<Deploy>,
     pub file: FileId,

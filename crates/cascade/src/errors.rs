@@ -340,6 +340,29 @@ pub enum Error {
     #[diagnostic(transparent)]
     Promotion(Box<crate::promote::Refusal>),
 
+    /// `release tag` refused: conflicts with the compatibility matrix, tags on other
+    /// commits. Nothing was tagged.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Release(Box<crate::release::ReleaseRefusal>),
+
+    #[error("`{channel}` is not a pre-release channel")]
+    #[diagnostic(
+        code(cascade::release_channel),
+        help("a channel is one word of letters, digits and `-`, such as `rc`, `beta` or `prerelease`: `--pre rc` proposes `X.Y.Z-rc.N`")
+    )]
+    BadChannel { channel: String },
+
+    #[error("tag `{tag}` of `{component}` could not be written; no tag of this release was kept")]
+    #[diagnostic(code(cascade::release_tagging))]
+    Tagging {
+        component: String,
+        tag: String,
+        #[source]
+        #[diagnostic_source]
+        source: cascade_git::GitError,
+    },
+
     #[error("promoting to `{env}` needs --approve")]
     #[diagnostic(
         code(cascade::approval_required),
@@ -402,6 +425,8 @@ impl Error {
             | Error::NoPrevious { .. }
             | Error::NothingToKeep
             | Error::Promotion(_)
+            | Error::Release(_)
+            | Error::BadChannel { .. }
             | Error::ApprovalRequired { .. }
             | Error::LockfileEnvironment { .. }
             | Error::RewriteInvalid { .. }
@@ -425,7 +450,8 @@ impl Error {
             | Error::StoreBusy { .. }
             | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
-            | Error::DeployEngine { .. } => 3,
+            | Error::DeployEngine { .. }
+            | Error::Tagging { .. } => 3,
         }
     }
 }

@@ -27,6 +27,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 
 use crate::diff::{diff_lockfiles, distances, LockDiff};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
 use crate::pin::{locate, spec_of, tag_name, version_tag};
 use crate::short_sha;
 use crate::{load, Error, LockfileProblem, Project};
@@ -79,6 +80,10 @@ pub struct PromoteReport {
     /// target: the plan then has no baseline).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The `promote` event (sent when the manifest was rewritten), as each of the
+    /// target's `notify:` hooks took it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<cascade_notify::Delivery>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -345,7 +350,39 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             });
         }
     }
+    let notifications = if written {
+        let mut event = NotifyEvent::new(
+            EventKind::Promote,
+            &opts.to,
+            format!(
+                "promoted {} to {}: {}",
+                lock.environment,
+                opts.to,
+                targets
+                    .iter()
+                    .filter(|t| t.changed)
+                    .map(|t| format!("{} {}", t.component.name, t.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        event.from = Some(lock.environment.clone());
+        event.lockfile = Some(shown.clone());
+        event.components = targets
+            .iter()
+            .map(|t| EventComponent {
+                name: t.component.name.clone(),
+                version: Some(t.version.to_string()),
+                commit: Some(t.node.source.commit.clone()),
+                tag: None,
+            })
+            .collect();
+        notify(&project.graph.environment.notify, &event)
+    } else {
+        Vec::new()
+    };
     Ok(PromoteReport {
+        notifications,
         from: lock.environment.clone(),
         to: opts.to.clone(),
         lockfile: shown,
