@@ -211,7 +211,7 @@ pub(crate) fn plan_text(plan: &ReleasePlan) -> String {
         }
         s.push('\n');
         for line in c.changelog.lines() {
-            s.push_str(&format!("  {line}").trim_end().to_string());
+            s.push_str(format!("  {line}").trim_end());
             s.push('\n');
         }
     }

@@ -165,11 +165,14 @@ mod tests {
         Version::parse(s).expect("test version")
     }
 
-    /// message → (type, scope, breaking, bump); `None`: not conventional.
+    /// (type, scope, breaking, bump)
+    type Expected = Option<(&'static str, Option<&'static str>, bool, Bump)>;
+
+    /// message → what it reads as; `None`: not conventional.
     #[test]
     fn messages() {
         #[rustfmt::skip]
-        let table: &[(&str, Option<(&str, Option<&str>, bool, Bump)>)] = &[
+        let table: &[(&str, Expected)] = &[
             ("feat: add a thing", Some(("feat", None, false, Bump::Minor))),
             ("feat(api): add a route", Some(("feat", Some("api"), false, Bump::Minor))),
             ("Feat: capitals in the type", Some(("feat", None, false, Bump::Minor))),

@@ -140,6 +140,33 @@ impl Git {
         })
     }
 
+    /// The versions tagged on `commit` (full SHA) by the `version_tags` pattern, sorted:
+    /// what `promote` pins when the lockfile recorded a derived version and the commit
+    /// was released since.
+    pub fn versions_at(
+        &self,
+        location: &str,
+        commit: &str,
+        version_tags: Option<&str>,
+    ) -> Result<Vec<Version>, GitError> {
+        let pattern = TagPattern::new(version_tags).ok_or_else(|| GitError::BadTagPattern {
+            pattern: version_tags.unwrap_or_default().to_string(),
+        })?;
+        let repo = self.open(location)?;
+        let state = lock(&repo.state);
+        let git_err = |e| GitError::git(&repo.display, e);
+        let id = Oid::from_str(commit).map_err(git_err)?;
+        let mut found: Vec<Version> = tags_of(&state.repo, &pattern)
+            .map_err(git_err)?
+            .into_iter()
+            .filter(|(c, _)| *c == id)
+            .map(|(_, v)| v)
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     /// Whether tag `name` exists in the repository at `location`, and where.
     pub fn tag_state(&self, location: &str, name: &str) -> Result<TagState, GitError> {
         let repo = self.open(location)?;

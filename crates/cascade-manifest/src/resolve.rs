@@ -760,7 +760,7 @@ impl Resolver<'_> {
             .and_then(|v| KeyLocation::parse(&v));
         let mut notify = Vec::new();
         for url in ast.notify.map(|l| l.value).unwrap_or_default() {
-            if let Some((v, span)) = self.non_empty(file, url, "a `notify` URL") {
+            if let Some((v, span)) = self.non_empty(file, url, "`notify` entry") {
                 notify.extend(self.env_value(v, span, notify_problem));
             }
         }

@@ -358,9 +358,21 @@ pub enum Error {
     Tagging {
         component: String,
         tag: String,
+        // Boxed: a `GitError` would make every `Result<_, Error>` large.
         #[source]
-        #[diagnostic_source]
-        source: cascade_git::GitError,
+        source: Box<cascade_git::GitError>,
+    },
+
+    #[error("pushing tags {tags} of `{repo}` failed; the tags stay in the local repository")]
+    #[diagnostic(
+        code(cascade::release_push),
+        help("fix the remote, then run `cascade release tag --push` again: tags already there are pushed again, none is created twice")
+    )]
+    PushTags {
+        repo: String,
+        tags: String,
+        #[source]
+        source: Box<cascade_git::GitError>,
     },
 
     #[error("promoting to `{env}` needs --approve")]
@@ -451,7 +463,8 @@ impl Error {
             | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
             | Error::DeployEngine { .. }
-            | Error::Tagging { .. } => 3,
+            | Error::Tagging { .. }
+            | Error::PushTags { .. } => 3,
         }
     }
 }

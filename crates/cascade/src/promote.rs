@@ -467,7 +467,7 @@ fn target<'a>(
     let commit = &node.source.commit;
     let full_sha = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
     let version = semver::Version::parse(&node.source.version);
-    let (version, full_sha) = match (version, full_sha) {
+    let (mut version, full_sha) = match (version, full_sha) {
         (Ok(v), true) => (v, commit.to_lowercase()),
         (Err(_), true) => {
             return Err(lock_problem(
@@ -538,21 +538,28 @@ fn target<'a>(
                     )),
                 )
             };
-            match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
-                Ok(p) if p.commit == full_sha => {}
-                Ok(p) => {
-                    return Err(no_tag(format!(
-                        "the tag of {version} is commit `{}`",
-                        short_sha(&p.commit)
-                    )))
-                }
-                Err(GitError::UnknownRef { .. }) => {
-                    return Err(no_tag(format!(
-                        "no {}",
-                        version_tag(c.source.version_tags.as_deref(), &version)
-                    )))
-                }
+            let recorded = match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
+                Ok(p) if p.commit == full_sha => Ok(()),
+                Ok(p) => Err(format!(
+                    "the tag of {version} is commit `{}`",
+                    short_sha(&p.commit)
+                )),
+                Err(GitError::UnknownRef { .. }) => Err(format!(
+                    "no {}",
+                    version_tag(c.source.version_tags.as_deref(), &version)
+                )),
                 Err(e) => return Err(unresolved(project, c, e)),
+            };
+            if let Err(found) = recorded {
+                // Released since the lockfile was written (`cascade release tag`): the
+                // highest version tagged on the very commit.
+                match git.versions_at(location, &full_sha, c.source.version_tags.as_deref()) {
+                    Ok(tagged) => match tagged.into_iter().max() {
+                        Some(v) => version = v,
+                        None => return Err(no_tag(found)),
+                    },
+                    Err(e) => return Err(unresolved(project, c, e)),
+                }
             }
             let written = if raw.starts_with('v') {
                 format!("v{version}")

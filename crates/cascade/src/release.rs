@@ -432,21 +432,26 @@ fn propose(
 /// text.
 pub fn changelog(version: &Version, commits: &[ReleaseCommit]) -> String {
     let mut s = format!("## {version}\n");
-    let sections: [(&str, &dyn Fn(&ReleaseCommit) -> bool); 5] = [
-        ("⚠ BREAKING CHANGES", &|c| c.breaking),
-        ("Features", &|c| {
-            !c.breaking && matches!(c.kind.as_str(), "feat" | "feature")
-        }),
-        ("Bug Fixes", &|c| !c.breaking && c.kind == "fix"),
-        ("Performance Improvements", &|c| {
-            !c.breaking && c.kind == "perf"
-        }),
-        ("Reverts", &|c| !c.breaking && c.kind == "revert"),
+    const TITLES: [&str; 5] = [
+        "⚠ BREAKING CHANGES",
+        "Features",
+        "Bug Fixes",
+        "Performance Improvements",
+        "Reverts",
     ];
-    for (title, keep) in sections {
+    // Which section a commit goes in: breaking changes first, whatever their type.
+    let section = |c: &ReleaseCommit| match c.kind.as_str() {
+        _ if c.breaking => Some(0),
+        "feat" | "feature" => Some(1),
+        "fix" => Some(2),
+        "perf" => Some(3),
+        "revert" => Some(4),
+        _ => None,
+    };
+    for (i, title) in TITLES.iter().enumerate() {
         let lines: Vec<String> = commits
             .iter()
-            .filter(|c| keep(c))
+            .filter(|c| section(c) == Some(i))
             .map(|c| {
                 let description = conventional::parse(&c.subject)
                     .map_or_else(|| c.subject.clone(), |p| p.description);
@@ -591,7 +596,7 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
             return Err(Error::Tagging {
                 component: r.name.clone(),
                 tag: tag.clone(),
-                source,
+                source: Box::new(source),
             });
         }
         created.push((location.clone(), tag.clone()));
@@ -616,23 +621,29 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
     // the way on).
     let mut pushed = Vec::new();
     if push {
-        let mut by_repo: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // Location → (the repository as written, its tags).
+        let mut by_repo: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
         for o in &outcomes {
             if let Some(c) = component(&o.component) {
                 by_repo
                     .entry(locate(&c.source.repo, &env_dir))
-                    .or_default()
+                    .or_insert_with(|| (c.source.repo.clone(), BTreeSet::new()))
+                    .1
                     .insert(o.tag.clone());
             }
         }
-        for (location, tags) in by_repo {
+        for (location, (repo, tags)) in by_repo {
             let tags: Vec<String> = tags.into_iter().collect();
             let url = git
                 .push_tags(&location, &tags)
-                .map_err(|source| Error::Tagging {
-                    component: location.clone(),
-                    tag: tags.join(", "),
-                    source,
+                .map_err(|source| Error::PushTags {
+                    repo,
+                    tags: tags
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source: Box::new(source),
                 })?;
             pushed.push(cascade_notify::shown(&url));
         }
