@@ -613,3 +613,207 @@ fn notify_hooks_get_the_events_and_a_failing_one_is_retried_and_reported() {
     assert_eq!(e["event"], "build_failed");
     assert_eq!(e["components"][0]["name"], "app");
 }
+
+#[test]
+fn push_sends_the_tags_to_each_repositorys_origin() {
+    let p = project();
+    let remotes = tempfile::tempdir().unwrap();
+    for repo in ["core", "sdk", "app"] {
+        let bare = remotes.path().join(format!("{repo}.git"));
+        git2::Repository::init_bare(&bare).unwrap();
+        git2::Repository::open(p.repo_path(repo))
+            .unwrap()
+            .remote("origin", bare.to_str().unwrap())
+            .unwrap();
+    }
+    let beta = p.build("beta", 0);
+    let j = run(
+        &p,
+        &["release", "tag", "--env", "beta", "--push", "--json"],
+        0,
+    )
+    .json();
+    let core_remote = remotes.path().join("core.git").display().to_string();
+    assert_eq!(j["pushed"].as_array().unwrap().len(), 3, "{j}");
+    assert!(
+        j["pushed"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(core_remote)),
+        "{j}"
+    );
+    for (repo, tag) in [("core", "v0.2.0"), ("sdk", "v0.1.1"), ("app", "v0.1.1")] {
+        let bare = git2::Repository::open(remotes.path().join(format!("{repo}.git"))).unwrap();
+        let pushed = bare
+            .find_reference(&format!("refs/tags/{tag}"))
+            .unwrap()
+            .peel_to_commit()
+            .unwrap()
+            .id()
+            .to_string();
+        assert_eq!(
+            pushed,
+            beta.node(repo)["commit"].as_str().unwrap(),
+            "{repo}"
+        );
+    }
+    // Again: nothing created, the same tags pushed again (a no-op for the remote).
+    let again = run(
+        &p,
+        &["release", "tag", "--env", "beta", "--push", "--json"],
+        0,
+    )
+    .json();
+    assert_eq!(again["tags"][0]["action"], "existing");
+}
+
+/// This repository's example (its graph, recipes and a scratch lockfile of its history,
+/// with freshly generated repositories): the commits since each component's last tag
+/// are conventional already.
+#[test]
+fn the_example_releases_what_its_conventional_commits_ask_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path();
+    let root = xtask::workspace_root();
+    cascade_tests::copy_dir(&root.join("graph"), &project.join("graph"));
+    cascade_tests::copy_dir(&root.join("recipes"), &project.join("recipes"));
+    std::fs::create_dir_all(project.join("lockfiles")).unwrap();
+    std::fs::copy(
+        root.join("lockfiles/history/scratch-format3.yaml"),
+        project.join("lockfiles/scratch-20260101T000000Z.yaml"),
+    )
+    .unwrap();
+    xtask::ecosystem::generate(&root, &project.join("target/ecosystem")).expect("the ecosystem");
+    let store = project.join("cache").display().to_string();
+    let release = |what: &str| {
+        let args: Vec<String> = [
+            "--project",
+            &project.display().to_string(),
+            "release",
+            what,
+            "--env",
+            "scratch",
+            "--store",
+            &store,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = cascade_tests::cascade(&args);
+        assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    let plan = release("plan");
+    let proposed: Vec<(&str, &str, &str)> = plan["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] != "no_release")
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap(),
+                c["next"].as_str().unwrap(),
+                c["bump"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        proposed,
+        [
+            ("ottochain", "0.8.0", "minor"),
+            ("services", "1.1.1", "patch")
+        ]
+    );
+    assert_eq!(
+        component(&plan, "ottochain")["commits"][0]["subject"],
+        "feat: webhook subscriptions"
+    );
+
+    // The example: a `feat!` on ottochain's develop makes it 1.0.0, which sdk's
+    // and services' ranges (`<1.0.0`) refuse.
+    let ottochain = git2::Repository::open(project.join("target/ecosystem/ottochain.git")).unwrap();
+    let built = component(&plan, "ottochain")["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parent = ottochain
+        .find_commit(git2::Oid::from_str(&built).unwrap())
+        .unwrap();
+    let sig = git2::Signature::new(
+        "Test",
+        "test@example.com",
+        &git2::Time::new(1_800_000_000, 0),
+    )
+    .unwrap();
+    let breaking = ottochain
+        .commit(
+            None,
+            &sig,
+            &sig,
+            "feat!: snapshots v2\n\nBREAKING CHANGE: old snapshots are refused\n",
+            &parent.tree().unwrap(),
+            &[&parent],
+        )
+        .unwrap()
+        .to_string();
+    let text =
+        std::fs::read_to_string(project.join("lockfiles/scratch-20260101T000000Z.yaml")).unwrap();
+    assert!(text.contains(&built));
+    let edited = project.join("breaking.yaml");
+    std::fs::write(&edited, text.replace(&built, &breaking)).unwrap();
+    let r = cascade_tests::cascade(
+        &[
+            "--project",
+            &project.display().to_string(),
+            "release",
+            "plan",
+            "--lock",
+            &edited.display().to_string(),
+            "--store",
+            &store,
+            "--json",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    let conflicts: Vec<(&str, &str)> = j["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["component"].as_str().unwrap(),
+                c["range"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(component(&j, "ottochain")["next"], "1.0.0");
+    assert_eq!(
+        conflicts,
+        [("sdk", ">=0.5.0 <1.0.0"), ("services", ">=0.5.0 <1.0.0")]
+    );
+    assert!(
+        r.stderr
+            .contains("`ottochain` 1.0.0 does not satisfy `>=0.5.0 <1.0.0`, required by `sdk`"),
+        "{}",
+        r.stderr
+    );
+
+    let tagged = release("tag");
+    assert_eq!(tagged["tags"].as_array().unwrap().len(), 2, "{tagged}");
+    let commit = ottochain
+        .revparse_single("v0.8.0^{commit}")
+        .unwrap()
+        .id()
+        .to_string();
+    assert_eq!(
+        commit,
+        component(&plan, "ottochain")["commit"].as_str().unwrap()
+    );
+    assert_eq!(
+        component(&release("plan"), "ottochain")["status"],
+        "released"
+    );
+}

@@ -144,7 +144,8 @@ pub struct TagReport {
     pub plan: ReleasePlan,
     /// One per release tag, in build order.
     pub tags: Vec<TagOutcome>,
-    /// `scheme://host` of each remote pushed to (with `--push`).
+    /// Each remote pushed to (with `--push`): `scheme://host` of a network URL, a local
+    /// path or `file://` URL as it is.
     pub pushed: Vec<String>,
     /// What each `notify:` hook made of the release event.
     pub notifications: Vec<Delivery>,
@@ -645,7 +646,13 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
                         .join(", "),
                     source: Box::new(source),
                 })?;
-            pushed.push(cascade_notify::shown(&url));
+            // A network URL may carry a token in its path; a local path or `file://`
+            // URL does not, and its host part alone would say nothing.
+            pushed.push(if url.contains("://") && !url.starts_with("file://") {
+                cascade_notify::shown(&url)
+            } else {
+                url
+            });
         }
     }
 
