@@ -795,8 +795,9 @@ fn the_example_releases_what_its_conventional_commits_ask_for() {
         [("sdk", ">=0.5.0 <1.0.0"), ("services", ">=0.5.0 <1.0.0")]
     );
     assert!(
-        r.stderr
-            .contains("`ottochain` 1.0.0 does not satisfy `>=0.5.0 <1.0.0`, required by `sdk`"),
+        r.stderr.contains(
+            "releasing `ottochain` 1.0.0 breaks the range `>=0.5.0 <1.0.0` that `sdk` requires"
+        ),
         "{}",
         r.stderr
     );

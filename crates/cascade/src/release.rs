@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use cascade_git::conventional::{self, Bump, PreMajor};
 use cascade_git::{Git, TagState};
 use cascade_lock::Lockfile;
-use cascade_manifest::{Component, Diagnostics};
+use cascade_manifest::Component;
 use cascade_notify::Delivery;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use semver::Version;
@@ -63,9 +63,9 @@ pub struct ReleasePlan {
     pub components: Vec<ComponentRelease>,
     /// Rules of the compatibility matrix the proposed versions break.
     pub conflicts: Vec<Conflict>,
-    /// The same conflicts as diagnostics pointing at each rule, for the CLI.
+    /// The same conflicts as one diagnostic, each rule's range underlined, for the CLI.
     #[serde(skip)]
-    pub diagnostics: Option<Diagnostics>,
+    pub diagnostics: Option<ReleaseRefusal>,
 }
 
 impl ReleasePlan {
@@ -172,13 +172,15 @@ pub enum TagAction {
 #[derive(Debug, thiserror::Error)]
 #[error("{summary}")]
 pub struct ReleaseRefusal {
+    /// `cascade::release_refused` (`tag`), `cascade::release_conflicts` (`plan`'s report).
+    pub code: &'static str,
     pub summary: String,
     pub problems: Vec<Box<dyn Diagnostic + Send + Sync>>,
 }
 
 impl Diagnostic for ReleaseRefusal {
     fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        Some(Box::new("cascade::release_refused"))
+        Some(Box::new(self.code))
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
@@ -284,22 +286,34 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
         .iter()
         .filter_map(|c| Some((c.name.clone(), Version::parse(&c.next).ok()?)))
         .collect();
-    let conflicts = project
-        .graph
-        .compatibility
-        .iter()
-        .filter_map(|rule| {
-            let v = versions.get(&rule.upstream)?;
-            (!rule.range.matches(v)).then(|| Conflict {
-                component: rule.component.clone(),
-                upstream: rule.upstream.clone(),
-                range: rule.range.to_string(),
-                version: v.to_string(),
-            })
-        })
-        .collect();
-    let diagnostics =
-        cascade_manifest::check_compatibility(&project.db, &project.graph, &versions).err();
+    let mut conflicts = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    for rule in &project.graph.compatibility {
+        let Some(v) = versions.get(&rule.upstream) else {
+            continue;
+        };
+        if rule.range.matches(v) {
+            continue;
+        }
+        conflicts.push(Conflict {
+            component: rule.component.clone(),
+            upstream: rule.upstream.clone(),
+            range: rule.range.to_string(),
+            version: v.to_string(),
+        });
+        problems.push(conflict_problem(&project, rule, v, &components));
+    }
+    let diagnostics = (!problems.is_empty()).then(|| {
+        let n = problems.len();
+        ReleaseRefusal {
+            code: "cascade::release_conflicts",
+            summary: format!(
+                "the proposed versions break {n} rule{} of the compatibility matrix",
+                if n == 1 { "" } else { "s" }
+            ),
+            problems,
+        }
+    });
     Ok((
         ReleasePlan {
             environment: lock.environment.clone(),
@@ -311,6 +325,59 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
         },
         project,
     ))
+}
+
+/// One broken rule, underlined in `graph/compatibility.yaml`, naming the commits that
+/// made the upstream's bump.
+fn conflict_problem(
+    project: &Project,
+    rule: &cascade_manifest::Constraint,
+    version: &Version,
+    components: &[ComponentRelease],
+) -> Problem {
+    let upstream = components.iter().find(|c| c.name == rule.upstream);
+    let why = upstream
+        .and_then(|u| {
+            let top = u.commits.iter().filter(|c| c.bump == u.bump);
+            let named: Vec<String> = top
+                .map(|c| format!("`{} {}`", c.short, c.subject))
+                .collect();
+            (!named.is_empty()).then(|| {
+                format!(
+                    "{} is a {} bump because of {}",
+                    version,
+                    bump_name(u.bump),
+                    named.join(", ")
+                )
+            })
+        })
+        .unwrap_or_else(|| format!("{version} is the proposed version"));
+    let span = rule.span;
+    Box::new(ReleaseProblem {
+        message: format!(
+            "releasing `{}` {version} breaks the range `{}` that `{}` requires",
+            rule.upstream, rule.range, rule.component
+        ),
+        src: project.db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: format!(
+            "`{}` needs `{}` in this range",
+            rule.component, rule.upstream
+        ),
+        help: Some(format!(
+            "{why}; once `{0}` works with it, widen this range (and release `{0}` too)",
+            rule.component
+        )),
+    })
+}
+
+fn bump_name(b: Bump) -> &'static str {
+    match b {
+        Bump::None => "no",
+        Bump::Patch => "patch",
+        Bump::Minor => "minor",
+        Bump::Major => "major",
+    }
 }
 
 /// The lockfile named, or `env`'s newest, and how it is shown.
@@ -471,7 +538,11 @@ pub fn changelog(version: &Version, commits: &[ReleaseCommit]) -> String {
 }
 
 fn refused(summary: String, problems: Vec<Problem>) -> Error {
-    Error::Release(Box::new(ReleaseRefusal { summary, problems }))
+    Error::Release(Box::new(ReleaseRefusal {
+        code: "cascade::release_refused",
+        summary,
+        problems,
+    }))
 }
 
 /// `cascade release tag`; see the module documentation.
@@ -479,14 +550,9 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
     let git = Git::new(opts.store.join("git"));
     let (mut plan, project) = plan_with(opts, &git)?;
     if let Some(d) = plan.diagnostics.take() {
-        let n = d.0.len();
         return Err(refused(
-            format!(
-                "`{}` cannot be released: {n} proposed version{} outside the compatibility matrix",
-                plan.lockfile,
-                if n == 1 { " is" } else { "s are" }
-            ),
-            d.0.into_iter().map(|e| Box::new(e) as Problem).collect(),
+            format!("`{}` cannot be released: {}", plan.lockfile, d.summary),
+            d.problems,
         ));
     }
     let env_dir = project.environment_dir();
