@@ -818,3 +818,69 @@ fn the_example_releases_what_its_conventional_commits_ask_for() {
         "released"
     );
 }
+
+/// Two components of one repository, each in its directory with its own tag pattern:
+/// each counts only the commits that touched its directory, and gets its own tag.
+#[test]
+fn components_of_a_monorepo_release_by_their_own_directories_and_tags() {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/beta.yaml",
+        "name: beta\nmode: branch\nsources:\n\
+         \x20 web: { repo: ../../repos/mono, ref: develop, dir: web, version_tags: \"web-v{version}\" }\n\
+         \x20 api: { repo: ../../repos/mono, ref: develop, dir: api, version_tags: \"api-v{version}\" }\n",
+    );
+    p.write("recipes/web.yaml", &recipe(&[]));
+    p.write("recipes/api.yaml", &recipe(&[]));
+    let root = p.commit(
+        "mono",
+        "develop",
+        &[
+            ("web/data.txt", Some("web\n")),
+            ("api/data.txt", Some("api\n")),
+        ],
+        "chore: initial",
+    );
+    p.tag("mono", "web-v0.1.0", &root);
+    p.tag("mono", "api-v1.4.0", &root);
+    p.commit(
+        "mono",
+        "develop",
+        &[("web/page.txt", Some("page"))],
+        "feat(web): a page",
+    );
+    p.commit(
+        "mono",
+        "develop",
+        &[("api/fix.txt", Some("fix"))],
+        "fix(api): a route",
+    );
+    p.commit(
+        "mono",
+        "develop",
+        &[("README", Some("x"))],
+        "feat: top level only",
+    );
+    p.build("beta", 0);
+    let plan = run(&p, &["release", "plan", "--env", "beta", "--json"], 0).json();
+    let web = component(&plan, "web");
+    assert_eq!(
+        (&web["next"], &web["tag"]),
+        (&Value::from("0.2.0"), &Value::from("web-v0.2.0"))
+    );
+    assert_eq!(web["commits"].as_array().unwrap().len(), 1, "{web}");
+    let api = component(&plan, "api");
+    assert_eq!(
+        (&api["next"], &api["tag"]),
+        (&Value::from("1.4.1"), &Value::from("api-v1.4.1"))
+    );
+    run(&p, &["release", "tag", "--env", "beta"], 0);
+    let tip = git2::Repository::open(p.repo_path("mono"))
+        .unwrap()
+        .revparse_single("develop")
+        .unwrap()
+        .id()
+        .to_string();
+    assert_eq!(tag_commit(&p, "mono", "web-v0.2.0"), Some(tip.clone()));
+    assert_eq!(tag_commit(&p, "mono", "api-v1.4.1"), Some(tip));
+}
