@@ -338,6 +338,31 @@ impl TestProject {
         oid.to_string()
     }
 
+    /// A merge commit on `branch` of repository `name` whose second parent is `other`
+    /// (a SHA), with the branch tip's tree and `message`. Returns the SHA.
+    pub fn merge(&mut self, name: &str, branch: &str, other: &str, message: &str) -> String {
+        let repo = git2::Repository::open(self.repo_path(name)).expect("open");
+        let tip = repo
+            .find_branch(branch, git2::BranchType::Local)
+            .expect("branch")
+            .get()
+            .peel_to_commit()
+            .expect("tip");
+        let other = repo
+            .find_commit(git2::Oid::from_str(other).expect("sha"))
+            .expect("other");
+        let sig = git2::Signature::new("Test", "test@example.com", &git2::Time::new(self.clock, 0))
+            .expect("signature");
+        self.clock += 3600;
+        let tree = tip.tree().expect("tree");
+        let oid = repo
+            .commit(None, &sig, &sig, message, &tree, &[&tip, &other])
+            .expect("commit");
+        repo.reference(&format!("refs/heads/{branch}"), oid, true, "merge")
+            .expect("branch");
+        oid.to_string()
+    }
+
     pub fn tag(&self, name: &str, tag: &str, sha: &str) {
         let repo = git2::Repository::open(self.repo_path(name)).expect("open");
         let obj = repo.revparse_single(sha).expect("rev");

@@ -107,8 +107,12 @@ fn one_crate_per_outside_concern() {
     assert_only(&deps, "tokio", &["cascade-docker", "cascade-reapi"]);
     assert_only(&deps, "bollard", &["cascade-docker"]);
     assert_only(&deps, "tonic", &["cascade-reapi"]);
-    // HTTP: the registry client and the smoke tests' probe.
-    assert_only(&deps, "ureq", &["cascade-registry", "cascade-docker"]);
+    // HTTP: the registry client, the smoke tests' probe and the webhooks.
+    assert_only(
+        &deps,
+        "ureq",
+        &["cascade-registry", "cascade-docker", "cascade-notify"],
+    );
     // Only the CLI renders and parses arguments, and draws progress.
     assert_only(&deps, "clap", &["cascade-cli", "xtask"]);
     // The cryptography lives in one crate.

@@ -115,6 +115,7 @@ fn run(
     };
     match result {
         Ok(r) => {
+            crate::release::hook_warnings(&io, &r.notifications);
             if json {
                 io.json(&r);
             } else {

@@ -15,6 +15,7 @@ mod deploy;
 mod explain;
 mod lock;
 mod progress;
+mod release;
 mod sign;
 
 use std::ffi::OsString;
@@ -61,6 +62,9 @@ enum Command {
     Lock(lock::LockCommand),
     /// Pin an environment to what another environment's lockfile built.
     Promote(lock::PromoteArgs),
+    /// Release trains: versions from conventional commits, tagged in every repository.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
     /// Build an environment's previous lockfile again and make it the newest; with
     /// --deploy, deploy the previously deployed lockfile instead.
     Rollback(RollbackArgs),
@@ -422,6 +426,7 @@ where
         Command::Image(ImageCommand::Export(args)) => export(&cli.project, args, io),
         Command::Lock(cmd) => lock::lock(&cli.project, cmd, io),
         Command::Promote(args) => lock::promote(&cli.project, args, io),
+        Command::Release(cmd) => release::release(&cli.project, cmd, io),
         Command::Rollback(args) if args.deploy => deploy::rollback(
             &cli.project,
             args.common.env,
@@ -908,6 +913,7 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
     };
     match result {
         Ok(report) => {
+            release::hook_warnings(&io, &report.notifications);
             if json {
                 io.json(&report);
             } else {

@@ -116,6 +116,7 @@ pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 
             for w in &report.warnings {
                 io.err_line(&format!("warning: {w}"));
             }
+            crate::release::hook_warnings(&io, &report.notifications);
             if json {
                 io.json(&report);
             } else {

@@ -74,6 +74,24 @@ pub enum GitError {
         message: String,
     },
 
+    #[error("`{repo}` has no `origin` remote to push tags to: {message}")]
+    #[diagnostic(
+        code(cascade::git::no_origin),
+        help("add one (`git remote add origin URL`), or tag without --push")
+    )]
+    NoOrigin { repo: String, message: String },
+
+    #[error("pushing tags to `{url}` failed: {message}")]
+    #[diagnostic(
+        code(cascade::git::push_failed),
+        help("check that the remote is reachable and that you may push tags to it; a tag the remote has on another commit is never replaced")
+    )]
+    PushFailed {
+        /// The URL without any `user:password@`.
+        url: String,
+        message: String,
+    },
+
     #[error("tree {tree} is not in `{repo}`")]
     #[diagnostic(code(cascade::git::tree_not_found))]
     TreeNotFound { repo: String, tree: String },

@@ -11,7 +11,8 @@
 //! into a directory, keeping only what a filter keeps, so uncommitted files in a working
 //! copy can never reach a build.
 //!
-//! All IO goes through `git2` (libgit2), and nothing is ever written into a repository:
+//! All IO goes through `git2` (libgit2), and nothing is ever written into a repository
+//! but the version tags `cascade release tag` asks for (`release.rs`):
 //! filtered trees are hashed, not stored. Local paths and `file://` URLs are opened in
 //! place; any other URL is fetched into a bare mirror under the cache dir
 //! (`<cache>/<blake3 of the URL>.git`), once per [`Git`] value. Epochs are also kept
@@ -24,11 +25,13 @@
 //! in a few repositories costs a few resolutions, and every component that names the
 //! same branch sees the same commit even if the branch moves during the build.
 
+pub mod conventional;
 mod epoch;
 mod error;
 mod export;
 mod filter;
 mod location;
+mod release;
 mod resolve;
 mod version;
 
@@ -43,6 +46,7 @@ use git2::{Oid, Repository};
 
 pub use error::GitError;
 pub use filter::{Filter, FilterError};
+pub use release::{CommitInfo, History, TagState, DEFAULT_TAGGER};
 
 use version::TagPattern;
 
@@ -433,6 +437,15 @@ impl Git {
         *slot = Some(opened.clone());
         Ok(opened)
     }
+}
+
+/// Whether `location` is fetched into a mirror (a URL other than `file://`) rather than
+/// opened in place.
+pub fn is_remote(location: &str) -> bool {
+    matches!(
+        location::classify(location, false),
+        location::Location::Remote(_)
+    )
 }
 
 /// The filter's globs, compiled; a bad one is the caller's error, never a panic (the

@@ -81,7 +81,7 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// Removes the URL's credentials from a message libgit2 wrote about it.
-fn redact_message(message: &str, url: &str) -> String {
+pub(crate) fn redact_message(message: &str, url: &str) -> String {
     let redacted = redact(url);
     let mut message = message.replace(url, &redacted);
     if let Some(scheme_end) = url.find("://") {
@@ -166,7 +166,7 @@ fn mirror(url: &str, cache_dir: &Path) -> Result<PathBuf, GitError> {
 /// helpers (from the user's git config) for https. Nothing is read from cascade's own
 /// files or printed. libgit2 asks again after a rejected credential, so the attempts
 /// are bounded.
-fn credentials() -> git2::RemoteCallbacks<'static> {
+pub(crate) fn credentials() -> git2::RemoteCallbacks<'static> {
     use git2::{Cred, CredentialType};
     let mut callbacks = git2::RemoteCallbacks::new();
     let mut attempts = 0;

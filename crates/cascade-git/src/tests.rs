@@ -1830,3 +1830,71 @@ fn a_bad_tag_pattern_is_an_error() {
         );
     }
 }
+
+/// The same release in two identical repositories makes the same tag object (tagger and
+/// time are not the machine's), and a repository's own identity wins when it has one.
+#[test]
+fn release_tags_are_deterministic_annotated_tags() {
+    let tag_in = |identity: Option<(&str, &str)>| {
+        let mut f = Fixture::new();
+        let c = f.commit("main", &[], &[("a", b"a", FILE)]);
+        if let Some((name, email)) = identity {
+            let mut config = f.repo.config().expect("config");
+            config.set_str("user.name", name).expect("name");
+            config.set_str("user.email", email).expect("email");
+        }
+        let git = Git::new(f.path.join("cache"));
+        let location = f.location();
+        assert_eq!(
+            git.tag_state(&location, "v1.0.0").expect("state"),
+            crate::TagState::Missing
+        );
+        git.create_tag(&location, "v1.0.0", &c.to_string(), "a 1.0.0\n")
+            .expect("tag");
+        assert_eq!(
+            git.tag_state(&location, "v1.0.0").expect("state"),
+            crate::TagState::On(c.to_string())
+        );
+        // Never replaced.
+        assert!(git
+            .create_tag(&location, "v1.0.0", &c.to_string(), "other\n")
+            .is_err());
+        let tag = f
+            .repo
+            .find_reference("refs/tags/v1.0.0")
+            .expect("ref")
+            .peel_to_tag()
+            .expect("annotated");
+        let commit_time = f.repo.find_commit(c).expect("commit").committer().when();
+        assert_eq!(tag.tagger().expect("tagger").when(), commit_time);
+        let who = tag.tagger().expect("tagger");
+        let who = (
+            who.name().unwrap_or_default().to_string(),
+            who.email().unwrap_or_default().to_string(),
+        );
+        let history = git
+            .history(&location, &c.to_string(), None, None)
+            .expect("history");
+        assert_eq!(history.on_commit, vec![Version::new(1, 0, 0)]);
+        assert!(history.commits.is_empty());
+        git.delete_tag(&location, "v1.0.0").expect("deleted");
+        assert_eq!(
+            git.tag_state(&location, "v1.0.0").expect("state"),
+            crate::TagState::Missing
+        );
+        (tag.id(), who)
+    };
+    let (a, who) = tag_in(None);
+    let (b, _) = tag_in(None);
+    assert_eq!(a, b);
+    assert_eq!(
+        who,
+        ("cascade".to_string(), "cascade@localhost".to_string())
+    );
+    let (c, who) = tag_in(Some(("Release Bot", "bot@example.com")));
+    assert_ne!(a, c);
+    assert_eq!(
+        who,
+        ("Release Bot".to_string(), "bot@example.com".to_string())
+    );
+}

@@ -54,6 +54,9 @@ pub(crate) struct EnvironmentAst {
     pub remote: Option<S<String>>,
     pub sign: Option<S<String>>,
     pub require_signature: Option<S<RequireSignatureAst>>,
+    /// Webhook URLs that receive a JSON event per release, promotion, failed build and
+    /// deploy.
+    pub notify: Option<S<Vec<S<String>>>>,
     pub sources: Option<S<Entries<S<SourceAst>>>>,
     pub deploy: Option<S<DeployAst>>,
 }

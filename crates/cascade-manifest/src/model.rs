@@ -44,6 +44,9 @@ pub struct Environment {
     /// directory); when not empty, `promote` to this environment and `deploy` of it
     /// refuse any image that one of them has not signed and attested.
     pub require_signature: Vec<String>,
+    /// `notify:`: webhook URLs (`https://…`, or `http://` on loopback), in the order
+    /// written, each sent a JSON event per release, promotion, failed build and deploy.
+    pub notify: Vec<String>,
     /// `deploy:`: how the environment runs on a Docker Engine (`cascade deploy`).
     pub deploy: Option<Deploy>,
     pub file: FileId,

@@ -221,6 +221,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             remote: env.remote,
             sign: env.sign,
             require_signature: env.require_signature,
+            notify: env.notify,
             deploy,
             file: files.environment,
         },
@@ -243,6 +244,7 @@ struct EnvChecked {
     remote: Option<String>,
     sign: Option<KeyLocation>,
     require_signature: Vec<String>,
+    notify: Vec<String>,
     sources: Vec<SourceChecked>,
     /// Checked once the recipes are (a deployed component needs an image).
     deploy: Option<S<DeployAst>>,
@@ -491,6 +493,65 @@ fn public_key_problem(v: &str) -> Option<(String, &'static str, String)> {
     None
 }
 
+/// What is wrong with a `notify:` URL: `https://host/…`, or `http://` to a loopback
+/// host (a token in the path must not cross a network in the clear). The message never
+/// repeats the URL's path or query: chat webhooks carry their token there.
+fn notify_problem(url: &str) -> Option<(String, &'static str, String)> {
+    let help = "write a webhook URL, `https://host/path` (plain `http://` only to 127.0.0.1, [::1] or localhost)"
+        .to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s @ ("http" | "https"), rest)) => (s, rest),
+        _ => {
+            return Some((
+                "a `notify` entry is not an http(s) URL".to_string(),
+                "not `https://…`",
+                help,
+            ))
+        }
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Some((
+            format!("the `notify` URL to `{scheme}://…` holds credentials before its host"),
+            "credentials before the host",
+            "put a webhook's token in its path, as Slack and Telegram do, not in `user:password@`"
+                .to_string(),
+        ));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, rest)) => (h, rest.strip_prefix(':')),
+            None => ("", None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    if host.is_empty()
+        || !port_ok
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    {
+        return Some((
+            format!("the `notify` URL `{scheme}://…` names no host"),
+            "no host",
+            help,
+        ));
+    }
+    let loopback = matches!(host, "127.0.0.1" | "::1" | "localhost");
+    if scheme == "http" && !loopback {
+        return Some((
+            format!("the `notify` URL to `{host}` is plain http"),
+            "plain http to another host",
+            help,
+        ));
+    }
+    None
+}
+
 fn is_reserved_env(s: &str) -> bool {
     // TMPDIR too: the sandbox sets it for host steps, so a declared one would be lost.
     matches!(
@@ -717,6 +778,12 @@ impl Resolver<'_> {
             .require_signature
             .map(|v| self.require_signature(file, v))
             .unwrap_or_default();
+        let mut notify = Vec::new();
+        for url in ast.notify.map(|l| l.value).unwrap_or_default() {
+            if let Some((v, span)) = self.non_empty(file, url, "`notify` entry") {
+                notify.extend(self.env_value(v, span, notify_problem));
+            }
+        }
 
         let mut sources: Vec<SourceChecked> = Vec::new();
         match ast.sources {
@@ -769,6 +836,7 @@ impl Resolver<'_> {
             remote,
             sign,
             require_signature,
+            notify,
             sources,
             deploy: ast.deploy,
         }
@@ -1666,6 +1734,19 @@ mod tests {
             KeyLocation::parse("env:K"),
             Some(KeyLocation::Env("K".into()))
         );
+        assert!(notify_problem("https://hooks.slack.com/services/T0/B0/xyz").is_none());
+        assert!(
+            notify_problem("https://api.telegram.org/bot123:abc/sendMessage?chat_id=1").is_none()
+        );
+        assert!(notify_problem("http://127.0.0.1:8080/hook").is_none());
+        assert!(notify_problem("http://[::1]:8080/hook").is_none());
+        assert!(notify_problem("http://localhost/hook").is_none());
+        assert!(notify_problem("http://hooks.example/hook").is_some());
+        assert!(notify_problem("ftp://127.0.0.1/x").is_some());
+        assert!(notify_problem("hooks.slack.com/x").is_some());
+        assert!(notify_problem("https:///x").is_some());
+        assert!(notify_problem("https://user:pw@host/x").is_some());
+        assert!(notify_problem("https://host:port/x").is_some());
         assert!(remote_cache_problem("oci://127.0.0.1:5000/cache").is_none());
         assert!(remote_cache_problem("ftp://x").is_some());
         assert!(remote_cache_problem("oci://host").is_some());

@@ -138,6 +138,9 @@ pub struct BuildReport {
     /// With `--push` and a key: the signature made for each pushed image.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signed: Vec<crate::sign::Signed>,
+    /// A failed build's `build_failed` event, as each `notify:` hook took it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<cascade_notify::Delivery>,
 }
 
 impl BuildReport {
@@ -415,8 +418,47 @@ pub fn build(
             &lock,
         )?);
     }
+    if !report.success() {
+        report.notifications = notify_failure(&project.graph.environment, &report);
+    }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The `build_failed` event: the failed nodes, with their commits and versions.
+fn notify_failure(
+    env: &cascade_manifest::Environment,
+    report: &BuildReport,
+) -> Vec<cascade_notify::Delivery> {
+    use crate::notify::{EventComponent, EventKind, NotifyEvent};
+    let failed: Vec<&NodeReport> = report
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.status, NodeStatus::Failed { .. }))
+        .collect();
+    let mut event = NotifyEvent::new(
+        EventKind::BuildFailed,
+        &env.name,
+        format!(
+            "build of {} failed: {}",
+            env.name,
+            failed
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    event.components = failed
+        .iter()
+        .map(|n| EventComponent {
+            name: n.name.clone(),
+            version: Some(n.version.clone()),
+            commit: Some(n.commit.clone()),
+            tag: None,
+        })
+        .collect();
+    crate::notify::notify(&env.notify, &event)
 }
 
 /// The key that signs this build's pushes, loaded before anything is built: `--sign`
@@ -790,6 +832,7 @@ pub(crate) fn run_graph(
         replay: None,
         remote_cache: run.remote.map(RemoteCache::report),
         signed: Vec::new(),
+        notifications: Vec::new(),
     };
     (report, done)
 }

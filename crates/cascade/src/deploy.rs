@@ -165,6 +165,9 @@ pub struct DeployReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_rollback: Option<String>,
     pub history: String,
+    /// The `deploy` event, as each `notify:` hook took it (not for a dry run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<cascade_notify::Delivery>,
 }
 
 impl DeployReport {
@@ -242,7 +245,41 @@ pub fn deploy(opts: &DeployOptions, on: &dyn Fn(DeployEvent<'_>)) -> Result<Depl
         )?)
     };
     let _active = ActiveGuard::new();
-    ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)
+    let mut report = ctx.run(&target, opts.action, !opts.no_rollback, opts.dry_run, on)?;
+    if !report.dry_run {
+        report.notifications = notify_deploy(&project.graph.environment, &report);
+    }
+    Ok(report)
+}
+
+/// The `deploy` event: its outcome, the lockfile and the components it replaced.
+fn notify_deploy(
+    env: &cascade_manifest::Environment,
+    report: &DeployReport,
+) -> Vec<cascade_notify::Delivery> {
+    use crate::notify::{EventComponent, EventKind, NotifyEvent};
+    let mut event = NotifyEvent::new(
+        EventKind::Deploy,
+        &env.name,
+        format!(
+            "{} of {}: {} ({})",
+            report.action, env.name, report.outcome, report.lockfile
+        ),
+    );
+    event.lockfile = Some(report.lockfile.clone());
+    event.outcome = Some(report.outcome.to_string());
+    event.components = report
+        .plan
+        .iter()
+        .filter(|p| p.change != "unchanged")
+        .map(|p| EventComponent {
+            name: p.name.clone(),
+            version: None,
+            commit: None,
+            tag: None,
+        })
+        .collect();
+    crate::notify::notify(&env.notify, &event)
 }
 
 /// Connects to every host of an environment's `deploy:` (in the fleet's order).
@@ -503,6 +540,7 @@ impl<'a> Context<'a> {
             rollback: None,
             no_rollback: None,
             history: format!("deployments/{env}.yaml"),
+            notifications: Vec::new(),
         };
         on(DeployEvent::Plan(&report));
         if dry_run {

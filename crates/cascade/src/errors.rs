@@ -409,6 +409,41 @@ pub enum Error {
     #[diagnostic(transparent)]
     Promotion(Box<crate::promote::Refusal>),
 
+    /// `release tag` refused: conflicts with the compatibility matrix, tags on other
+    /// commits. Nothing was tagged.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Release(Box<crate::release::ReleaseRefusal>),
+
+    #[error("`{channel}` is not a pre-release channel")]
+    #[diagnostic(
+        code(cascade::release_channel),
+        help("a channel is one word of letters, digits and `-`, such as `rc`, `beta` or `prerelease`: `--pre rc` proposes `X.Y.Z-rc.N`")
+    )]
+    BadChannel { channel: String },
+
+    #[error("tag `{tag}` of `{component}` could not be written; no tag of this release was kept")]
+    #[diagnostic(code(cascade::release_tagging))]
+    Tagging {
+        component: String,
+        tag: String,
+        // Boxed: a `GitError` would make every `Result<_, Error>` large.
+        #[source]
+        source: Box<cascade_git::GitError>,
+    },
+
+    #[error("pushing tags {tags} of `{repo}` failed; the tags stay in the local repository")]
+    #[diagnostic(
+        code(cascade::release_push),
+        help("fix the remote, then run `cascade release tag --push` again: tags already there are pushed again, none is created twice")
+    )]
+    PushTags {
+        repo: String,
+        tags: String,
+        #[source]
+        source: Box<cascade_git::GitError>,
+    },
+
     #[error("promoting to `{env}` needs --approve")]
     #[diagnostic(
         code(cascade::approval_required),
@@ -474,6 +509,8 @@ impl Error {
             | Error::NoPrevious { .. }
             | Error::NothingToKeep
             | Error::Promotion(_)
+            | Error::Release(_)
+            | Error::BadChannel { .. }
             | Error::ApprovalRequired { .. }
             | Error::LockfileEnvironment { .. }
             | Error::RewriteInvalid { .. }
@@ -500,7 +537,9 @@ impl Error {
             | Error::RemoteCacheGc { .. }
             | Error::ForeignContainer { .. }
             | Error::DeployHost { .. }
-            | Error::DeployEngine { .. } => 3,
+            | Error::DeployEngine { .. }
+            | Error::Tagging { .. }
+            | Error::PushTags { .. } => 3,
             // A check that failed, as a failed smoke test does.
             Error::SignatureRequired { .. } => 1,
         }

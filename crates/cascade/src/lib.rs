@@ -16,12 +16,14 @@ mod gc;
 mod image;
 mod load;
 mod lockfiles;
+mod notify;
 mod pin;
 mod plan;
 mod promote;
 mod provenance;
 mod publish;
 mod reapi;
+mod release;
 mod remote;
 mod replay;
 mod rootfs;
@@ -37,7 +39,9 @@ pub use bundle::{
     BundleVerdict, SumsSignature,
 };
 pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
+pub use cascade_git::conventional::{Bump, PreMajor};
 pub use cascade_manifest::{KeyLocation, LOCAL_HOST};
+pub use cascade_notify::{Delivery, Outcome};
 pub use check::{FileDiff, Mismatch};
 pub use deploy::{
     deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
@@ -56,6 +60,7 @@ pub use load::{load, Project};
 pub use lockfiles::{
     all_lockfiles, lockfiles_of, newest_lockfile, previous_lockfile, read_lockfile,
 };
+pub use notify::{notify, EventComponent, EventKind, NotifyEvent, EVENT_FORMAT};
 pub use pin::{pin_all, Pinned};
 pub use plan::{
     plan, InputChange, Plan, PlanNode, PlanOptions, PlanState, Reason, ReasonKind, RootCause,
@@ -67,6 +72,10 @@ pub use promote::{
 pub use provenance::Difference;
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
 pub use reapi::RemoteRun;
+pub use release::{
+    changelog, release_plan, release_tag, ComponentRelease, Conflict, ReleaseCommit,
+    ReleaseOptions, ReleasePlan, ReleaseRefusal, ReleaseStatus, TagAction, TagOutcome, TagReport,
+};
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};
 pub use short::{short_digest, short_sha};

@@ -28,6 +28,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 
 use crate::diff::{diff_lockfiles, distances, LockDiff};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
 use crate::pin::{locate, spec_of, tag_name, version_tag};
 use crate::short_sha;
 use crate::{load, Error, LockfileProblem, Project};
@@ -80,6 +81,10 @@ pub struct PromoteReport {
     /// target: the plan then has no baseline).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The `promote` event (sent when the manifest was rewritten), as each of the
+    /// target's `notify:` hooks took it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<cascade_notify::Delivery>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -362,7 +367,39 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             });
         }
     }
+    let notifications = if written {
+        let mut event = NotifyEvent::new(
+            EventKind::Promote,
+            &opts.to,
+            format!(
+                "promoted {} to {}: {}",
+                lock.environment,
+                opts.to,
+                targets
+                    .iter()
+                    .filter(|t| t.changed)
+                    .map(|t| format!("{} {}", t.component.name, t.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        event.from = Some(lock.environment.clone());
+        event.lockfile = Some(shown.clone());
+        event.components = targets
+            .iter()
+            .map(|t| EventComponent {
+                name: t.component.name.clone(),
+                version: Some(t.version.to_string()),
+                commit: Some(t.node.source.commit.clone()),
+                tag: None,
+            })
+            .collect();
+        notify(&project.graph.environment.notify, &event)
+    } else {
+        Vec::new()
+    };
     Ok(PromoteReport {
+        notifications,
         from: lock.environment.clone(),
         to: opts.to.clone(),
         lockfile: shown,
@@ -447,7 +484,7 @@ fn target<'a>(
     let commit = &node.source.commit;
     let full_sha = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
     let version = semver::Version::parse(&node.source.version);
-    let (version, full_sha) = match (version, full_sha) {
+    let (mut version, full_sha) = match (version, full_sha) {
         (Ok(v), true) => (v, commit.to_lowercase()),
         (Err(_), true) => {
             return Err(lock_problem(
@@ -518,21 +555,28 @@ fn target<'a>(
                     )),
                 )
             };
-            match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
-                Ok(p) if p.commit == full_sha => {}
-                Ok(p) => {
-                    return Err(no_tag(format!(
-                        "the tag of {version} is commit `{}`",
-                        short_sha(&p.commit)
-                    )))
-                }
-                Err(GitError::UnknownRef { .. }) => {
-                    return Err(no_tag(format!(
-                        "no {}",
-                        version_tag(c.source.version_tags.as_deref(), &version)
-                    )))
-                }
+            let recorded = match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
+                Ok(p) if p.commit == full_sha => Ok(()),
+                Ok(p) => Err(format!(
+                    "the tag of {version} is commit `{}`",
+                    short_sha(&p.commit)
+                )),
+                Err(GitError::UnknownRef { .. }) => Err(format!(
+                    "no {}",
+                    version_tag(c.source.version_tags.as_deref(), &version)
+                )),
                 Err(e) => return Err(unresolved(project, c, e)),
+            };
+            if let Err(found) = recorded {
+                // Released since the lockfile was written (`cascade release tag`): the
+                // highest version tagged on the very commit.
+                match git.versions_at(location, &full_sha, c.source.version_tags.as_deref()) {
+                    Ok(tagged) => match tagged.into_iter().max() {
+                        Some(v) => version = v,
+                        None => return Err(no_tag(found)),
+                    },
+                    Err(e) => return Err(unresolved(project, c, e)),
+                }
             }
             let written = if raw.starts_with('v') {
                 format!("v{version}")

@@ -1,0 +1,761 @@
+//! [IO] `cascade release plan` and `cascade release tag`: the next version of every
+//! component of one lockfile, from the conventional commits since its last release, and
+//! the annotated tags that make those versions, on exactly the commits the lockfile
+//! built, in every repository at once.
+//!
+//! `plan`, per component of the lockfile, in build order:
+//! 1. the history since the highest release tag reachable from the lockfile's commit
+//!    (`Git::history`, by the source's `version_tags:` pattern);
+//! 2. each commit read as a conventional commit (`cascade_git::conventional`): merges
+//!    count only with a conventional subject of their own, other messages are counted and
+//!    ignored; the largest bump wins;
+//! 3. the proposal: the commit's own tag when it already has one of the channel (a
+//!    released commit stays released: `release tag` twice tags once); else the last
+//!    release bumped, and with `--pre CHANNEL` its next `-CHANNEL.N`; else, without a
+//!    releasable commit, the lockfile's version, untagged;
+//! 4. the proposed set against the compatibility matrix (the rules' spans kept for the
+//!    CLI, the conflicts as data).
+//!
+//! `tag` plans, refuses a plan with conflicts, then checks every tag it would create
+//! before creating any: a tag that exists on the same commit is kept, one on another
+//! commit refuses the whole release. Tags are then created; if one fails, those already
+//! created are deleted (all repositories or none). With `push`, the release's tags are
+//! pushed per repository afterwards. Last, the environment's `notify:` hooks get a
+//! `release` event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use cascade_git::conventional::{self, Bump, PreMajor};
+use cascade_git::{Git, TagState};
+use cascade_lock::Lockfile;
+use cascade_manifest::Component;
+use cascade_notify::Delivery;
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use semver::Version;
+
+use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
+use crate::pin::{locate, tag_name};
+use crate::{load, short_sha, Error, Project};
+
+pub struct ReleaseOptions {
+    pub project: PathBuf,
+    /// The environment whose newest lockfile is released; with `lock`, optional, and
+    /// then it must be the lockfile's.
+    pub env: Option<String>,
+    pub lock: Option<PathBuf>,
+    /// Remote repositories are mirrored in `<store>/git`.
+    pub store: PathBuf,
+    /// A pre-release channel (`rc`): `X.Y.Z-rc.N`.
+    pub pre: Option<String>,
+    pub rules: PreMajor,
+}
+
+/// `release plan`'s report; the `--json` schema, and part of `release tag`'s.
+#[derive(Debug, serde::Serialize)]
+pub struct ReleasePlan {
+    pub environment: String,
+    pub lockfile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre: Option<String>,
+    /// The lockfile's components that the environment has, in build order.
+    pub components: Vec<ComponentRelease>,
+    /// Rules of the compatibility matrix the proposed versions break.
+    pub conflicts: Vec<Conflict>,
+    /// The same conflicts as one diagnostic, each rule's range underlined, for the CLI.
+    #[serde(skip)]
+    pub diagnostics: Option<ReleaseRefusal>,
+}
+
+impl ReleasePlan {
+    /// The components that get a new tag.
+    pub fn releases(&self) -> impl Iterator<Item = &ComponentRelease> {
+        self.components
+            .iter()
+            .filter(|c| c.status == ReleaseStatus::Release)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// A new version, to be tagged on the lockfile's commit.
+    Release,
+    /// The lockfile's commit already carries a version tag of the channel.
+    Released,
+    /// No releasable commit since the last release: the version stays, nothing is tagged.
+    NoRelease,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ComponentRelease {
+    pub name: String,
+    /// As the environment writes it.
+    pub repo: String,
+    /// The lockfile's commit, where the tag goes.
+    pub commit: String,
+    /// The lockfile's version (derived in branch mode: `0.6.1-dev.3`).
+    pub current: String,
+    /// The highest release tagged below the commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_release: Option<String>,
+    pub next: String,
+    pub bump: Bump,
+    pub status: ReleaseStatus,
+    /// The tag that carries `next` (to create, or found); none for `no_release`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The commits that decided the bump (conventional, with a bump), newest first.
+    pub commits: Vec<ReleaseCommit>,
+    /// Conventional commits that bump nothing (`chore:`, `docs:`…).
+    pub hidden: usize,
+    /// Commits whose message is not conventional (merges without a conventional
+    /// subject included).
+    pub ignored: usize,
+    /// The changelog section of this release (Markdown), empty without one.
+    pub changelog: String,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReleaseCommit {
+    pub sha: String,
+    pub short: String,
+    pub subject: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    pub breaking: bool,
+    pub bump: Bump,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Conflict {
+    pub component: String,
+    pub upstream: String,
+    pub range: String,
+    pub version: String,
+}
+
+/// `release tag`'s report.
+#[derive(Debug, serde::Serialize)]
+pub struct TagReport {
+    pub plan: ReleasePlan,
+    /// One per release tag, in build order.
+    pub tags: Vec<TagOutcome>,
+    /// Each remote pushed to (with `--push`): `scheme://host` of a network URL, a local
+    /// path or `file://` URL as it is.
+    pub pushed: Vec<String>,
+    /// What each `notify:` hook made of the release event.
+    pub notifications: Vec<Delivery>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TagOutcome {
+    pub component: String,
+    pub tag: String,
+    pub commit: String,
+    pub version: String,
+    pub action: TagAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagAction {
+    Created,
+    /// The tag was there already, on this commit.
+    Existing,
+}
+
+/// Why a release was refused: a summary, then each problem as its own diagnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+pub struct ReleaseRefusal {
+    /// `cascade::release_refused` (`tag`), `cascade::release_conflicts` (`plan`'s report).
+    pub code: &'static str,
+    pub summary: String,
+    pub problems: Vec<Box<dyn Diagnostic + Send + Sync>>,
+}
+
+impl Diagnostic for ReleaseRefusal {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        Some(Box::new(
+            self.problems.iter().map(|d| &**d as &dyn Diagnostic),
+        ))
+    }
+}
+
+/// A release problem pointing into the environment file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(cascade::release))]
+struct ReleaseProblem {
+    message: String,
+    #[source_code]
+    src: NamedSource<String>,
+    #[label("{label}")]
+    span: SourceSpan,
+    label: String,
+    #[help]
+    help: Option<String>,
+}
+
+type Problem = Box<dyn Diagnostic + Send + Sync>;
+
+fn problem(project: &Project, c: &Component, message: String, label: &str, help: &str) -> Problem {
+    let span = c.source.repo_span;
+    Box::new(ReleaseProblem {
+        message,
+        src: project.db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: label.to_string(),
+        help: Some(help.to_string()),
+    })
+}
+
+/// `cascade release plan`; see the module documentation.
+pub fn release_plan(opts: &ReleaseOptions) -> Result<ReleasePlan, Error> {
+    let git = Git::reading(opts.store.join("git"));
+    let (plan, _) = plan_with(opts, &git)?;
+    Ok(plan)
+}
+
+/// The plan, and the project it was made against (for `tag`'s diagnostics).
+fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project), Error> {
+    if let Some(channel) = opts
+        .pre
+        .as_deref()
+        .filter(|c| !conventional::valid_channel(c))
+    {
+        return Err(Error::BadChannel {
+            channel: channel.to_string(),
+        });
+    }
+    let (lock, shown) = lockfile(opts)?;
+    let project = load(&opts.project, &lock.environment)?;
+    let env_dir = project.environment_dir();
+    let mut components = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    for c in &project.graph.components {
+        let Some(node) = lock.nodes.get(&c.name) else {
+            continue;
+        };
+        let location = locate(&c.source.repo, &env_dir);
+        let history = match git.history(
+            &location,
+            &node.source.commit,
+            c.source.dir.as_deref(),
+            c.source.version_tags.as_deref(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(problem(
+                    &project,
+                    c,
+                    format!("the history of `{}` cannot be read: {e}", c.name),
+                    "this repository",
+                    "the lockfile's commit must be in the repository the environment names",
+                ));
+                continue;
+            }
+        };
+        components.push(propose(
+            c,
+            &node.source.commit,
+            &node.source.version,
+            &history,
+            opts,
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(refused(
+            format!(
+                "`{shown}` cannot be released: {} source{} cannot be read",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            problems,
+        ));
+    }
+    let versions: BTreeMap<String, Version> = components
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), Version::parse(&c.next).ok()?)))
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    for rule in &project.graph.compatibility {
+        let Some(v) = versions.get(&rule.upstream) else {
+            continue;
+        };
+        if rule.range.matches(v) {
+            continue;
+        }
+        conflicts.push(Conflict {
+            component: rule.component.clone(),
+            upstream: rule.upstream.clone(),
+            range: rule.range.to_string(),
+            version: v.to_string(),
+        });
+        problems.push(conflict_problem(&project, rule, v, &components));
+    }
+    let diagnostics = (!problems.is_empty()).then(|| {
+        let n = problems.len();
+        ReleaseRefusal {
+            code: "cascade::release_conflicts",
+            summary: format!(
+                "the proposed versions break {n} rule{} of the compatibility matrix",
+                if n == 1 { "" } else { "s" }
+            ),
+            problems,
+        }
+    });
+    Ok((
+        ReleasePlan {
+            environment: lock.environment.clone(),
+            lockfile: shown,
+            pre: opts.pre.clone(),
+            components,
+            conflicts,
+            diagnostics,
+        },
+        project,
+    ))
+}
+
+/// One broken rule, underlined in `graph/compatibility.yaml`, naming the commits that
+/// made the upstream's bump.
+fn conflict_problem(
+    project: &Project,
+    rule: &cascade_manifest::Constraint,
+    version: &Version,
+    components: &[ComponentRelease],
+) -> Problem {
+    let upstream = components.iter().find(|c| c.name == rule.upstream);
+    let why = upstream
+        .and_then(|u| {
+            let top = u.commits.iter().filter(|c| c.bump == u.bump);
+            let named: Vec<String> = top
+                .map(|c| format!("`{} {}`", c.short, c.subject))
+                .collect();
+            (!named.is_empty()).then(|| {
+                format!(
+                    "{} is a {} bump because of {}",
+                    version,
+                    bump_name(u.bump),
+                    named.join(", ")
+                )
+            })
+        })
+        .unwrap_or_else(|| format!("{version} is the proposed version"));
+    let span = rule.span;
+    Box::new(ReleaseProblem {
+        message: format!(
+            "releasing `{}` {version} breaks the range `{}` that `{}` requires",
+            rule.upstream, rule.range, rule.component
+        ),
+        src: project.db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: format!(
+            "`{}` needs `{}` in this range",
+            rule.component, rule.upstream
+        ),
+        help: Some(format!(
+            "{why}; once `{0}` works with it, widen this range (and release `{0}` too)",
+            rule.component
+        )),
+    })
+}
+
+fn bump_name(b: Bump) -> &'static str {
+    match b {
+        Bump::None => "no",
+        Bump::Patch => "patch",
+        Bump::Minor => "minor",
+        Bump::Major => "major",
+    }
+}
+
+/// The lockfile named, or `env`'s newest, and how it is shown.
+fn lockfile(opts: &ReleaseOptions) -> Result<(Lockfile, String), Error> {
+    let (path, shown) =
+        match (&opts.lock, &opts.env) {
+            (Some(l), _) => (l.clone(), l.display().to_string()),
+            (None, Some(env)) => {
+                let p = newest_lockfile(&opts.project, env)
+                    .ok_or_else(|| Error::NoLockfile { env: env.clone() })?;
+                let shown = p
+                    .strip_prefix(&opts.project)
+                    .unwrap_or(&p)
+                    .display()
+                    .to_string();
+                (p, shown)
+            }
+            (None, None) => return Err(Error::UnknownEnvironment {
+                name: String::new(),
+                help: "name the environment to release (`--env ENV`) or a lockfile (`--lock FILE`)"
+                    .to_string(),
+            }),
+        };
+    let lock = read_lockfile(&path, &shown)?;
+    if let Some(env) = opts.env.as_ref().filter(|e| **e != lock.environment) {
+        return Err(Error::LockfileEnvironment {
+            from: env.clone(),
+            lockfile: shown,
+            recorded: lock.environment.clone(),
+        });
+    }
+    Ok((lock, shown))
+}
+
+/// Step 3 of the module documentation for one component.
+fn propose(
+    c: &Component,
+    commit: &str,
+    current: &str,
+    history: &cascade_git::History,
+    opts: &ReleaseOptions,
+) -> ComponentRelease {
+    let mut commits = Vec::new();
+    let (mut hidden, mut ignored) = (0, 0);
+    for info in &history.commits {
+        match conventional::parse(&info.message) {
+            Some(cc) if cc.bump() > Bump::None => commits.push(ReleaseCommit {
+                sha: info.sha.clone(),
+                short: short_sha(&info.sha).to_string(),
+                subject: info.message.lines().next().unwrap_or_default().to_string(),
+                kind: cc.kind.clone(),
+                scope: cc.scope.clone(),
+                breaking: cc.breaking,
+                bump: cc.bump(),
+            }),
+            Some(_) => hidden += 1,
+            None => ignored += 1,
+        }
+    }
+    let bump = commits.iter().map(|c| c.bump).max().unwrap_or(Bump::None);
+    let channel = opts.pre.as_deref();
+    // A tag of the channel already on the commit: released (stable tags count on every
+    // channel; an `rc` tag does not make a stable release).
+    let tagged = history
+        .on_commit
+        .iter()
+        .filter(|v| {
+            v.pre.is_empty()
+                || channel.is_some_and(|ch| v.pre.as_str().split('.').next() == Some(ch))
+        })
+        .max();
+    let base = history
+        .release
+        .as_ref()
+        .map_or_else(|| Version::new(0, 0, 0), |(v, _)| v.clone());
+    let pattern = c.source.version_tags.as_deref();
+    let (status, next) = match (tagged, bump) {
+        (Some(v), _) => (ReleaseStatus::Released, v.clone()),
+        (None, Bump::None) => (
+            ReleaseStatus::NoRelease,
+            Version::parse(current).unwrap_or_else(|_| base.clone()),
+        ),
+        (None, bump) => {
+            let release = conventional::bumped(&base, bump, opts.rules);
+            let next = match channel {
+                Some(ch) => {
+                    conventional::next_pre(&release, ch, &history.pre_releases).unwrap_or(release)
+                }
+                None => release,
+            };
+            (ReleaseStatus::Release, next)
+        }
+    };
+    let tag = (status != ReleaseStatus::NoRelease).then(|| tag_name(pattern, &next));
+    let changelog = if status == ReleaseStatus::NoRelease {
+        String::new()
+    } else {
+        changelog(&next, &commits)
+    };
+    ComponentRelease {
+        name: c.name.clone(),
+        repo: c.source.repo.clone(),
+        commit: commit.to_string(),
+        current: current.to_string(),
+        last_release: history.release.as_ref().map(|(v, _)| v.to_string()),
+        next: next.to_string(),
+        bump,
+        status,
+        tag,
+        commits,
+        hidden,
+        ignored,
+        changelog,
+    }
+}
+
+/// A changelog section, release-please's headings in its order: `## <version>`, then
+/// breaking changes, features, bug fixes, performance improvements and reverts, each
+/// line `* **scope:** subject (short sha)`. No date: the same release gives the same
+/// text.
+pub fn changelog(version: &Version, commits: &[ReleaseCommit]) -> String {
+    let mut s = format!("## {version}\n");
+    const TITLES: [&str; 5] = [
+        "⚠ BREAKING CHANGES",
+        "Features",
+        "Bug Fixes",
+        "Performance Improvements",
+        "Reverts",
+    ];
+    // Which section a commit goes in: breaking changes first, whatever their type.
+    let section = |c: &ReleaseCommit| match c.kind.as_str() {
+        _ if c.breaking => Some(0),
+        "feat" | "feature" => Some(1),
+        "fix" => Some(2),
+        "perf" => Some(3),
+        "revert" => Some(4),
+        _ => None,
+    };
+    for (i, title) in TITLES.iter().enumerate() {
+        let lines: Vec<String> = commits
+            .iter()
+            .filter(|c| section(c) == Some(i))
+            .map(|c| {
+                let description = conventional::parse(&c.subject)
+                    .map_or_else(|| c.subject.clone(), |p| p.description);
+                match &c.scope {
+                    Some(scope) => format!("* **{scope}:** {description} ({})\n", c.short),
+                    None => format!("* {description} ({})\n", c.short),
+                }
+            })
+            .collect();
+        if !lines.is_empty() {
+            s.push_str(&format!("\n### {title}\n\n"));
+            s.extend(lines);
+        }
+    }
+    s
+}
+
+fn refused(summary: String, problems: Vec<Problem>) -> Error {
+    Error::Release(Box::new(ReleaseRefusal {
+        code: "cascade::release_refused",
+        summary,
+        problems,
+    }))
+}
+
+/// `cascade release tag`; see the module documentation.
+pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error> {
+    let git = Git::new(opts.store.join("git"));
+    let (mut plan, project) = plan_with(opts, &git)?;
+    if let Some(d) = plan.diagnostics.take() {
+        return Err(refused(
+            format!("`{}` cannot be released: {}", plan.lockfile, d.summary),
+            d.problems,
+        ));
+    }
+    let env_dir = project.environment_dir();
+    let component = |name: &str| {
+        project
+            .graph
+            .index_of(name)
+            .map(|i| &project.graph.components[i])
+    };
+
+    // 1. Every tag checked before any is created.
+    let mut outcomes = Vec::new();
+    let mut to_create: Vec<(String, &ComponentRelease, String)> = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
+    for r in plan.components.iter().filter(|r| r.tag.is_some()) {
+        let (Some(c), Some(tag)) = (component(&r.name), r.tag.clone()) else {
+            continue;
+        };
+        let location = locate(&c.source.repo, &env_dir);
+        // Two components of one repository asking for one tag on different commits.
+        if let Some(other) = claimed.insert((location.clone(), tag.clone()), r.commit.clone()) {
+            if other != r.commit {
+                problems.push(problem(
+                    &project,
+                    c,
+                    format!(
+                        "tag `{tag}` of `{}` is asked for on two commits of this repository",
+                        r.name
+                    ),
+                    "one repository",
+                    "give each component of a monorepo its own `version_tags:` pattern, such as `web-v{version}`",
+                ));
+            }
+            continue;
+        }
+        // A mirror's tags exist only once they are pushed back to its URL.
+        if !push && cascade_git::is_remote(&location) {
+            problems.push(problem(
+                &project,
+                c,
+                format!(
+                    "`{}` is a remote repository: its tag `{tag}` can only be pushed",
+                    r.name
+                ),
+                "a URL",
+                "run `cascade release tag --push`, or tag a local clone",
+            ));
+            continue;
+        }
+        match git.tag_state(&location, &tag) {
+            Ok(TagState::Missing) => to_create.push((location, r, tag)),
+            Ok(TagState::On(commit)) if commit == r.commit => outcomes.push(TagOutcome {
+                component: r.name.clone(),
+                tag,
+                commit: r.commit.clone(),
+                version: r.next.clone(),
+                action: TagAction::Existing,
+            }),
+            Ok(TagState::On(commit)) => problems.push(problem(
+                &project,
+                c,
+                format!(
+                    "tag `{tag}` of `{}` exists on commit `{}`, not on `{}` that the lockfile built",
+                    r.name,
+                    short_sha(&commit),
+                    short_sha(&r.commit)
+                ),
+                "tag on another commit",
+                "a released version is never moved: build the tagged commit, or release the next version",
+            )),
+            Ok(TagState::NotACommit) => problems.push(problem(
+                &project,
+                c,
+                format!("tag `{tag}` of `{}` exists and does not name a commit", r.name),
+                "tag on another object",
+                "a released version is never moved: delete the tag by hand if it is a mistake",
+            )),
+            Err(e) => problems.push(problem(
+                &project,
+                c,
+                format!("the tags of `{}` cannot be read: {e}", r.name),
+                "this repository",
+                "check that the repository is readable",
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        return Err(refused(
+            format!(
+                "`{}` cannot be released: {n} tag{} cannot be created; no tag was created",
+                plan.lockfile,
+                if n == 1 { "" } else { "s" }
+            ),
+            problems,
+        ));
+    }
+
+    // 2. Created, or none of them.
+    let mut created: Vec<(String, String)> = Vec::new();
+    for (location, r, tag) in &to_create {
+        let message = format!("{} {}\n\n{}", r.name, r.next, r.changelog);
+        if let Err(source) = git.create_tag(location, tag, &r.commit, &message) {
+            for (l, t) in &created {
+                let _ = git.delete_tag(l, t);
+            }
+            return Err(Error::Tagging {
+                component: r.name.clone(),
+                tag: tag.clone(),
+                source: Box::new(source),
+            });
+        }
+        created.push((location.clone(), tag.clone()));
+        outcomes.push(TagOutcome {
+            component: r.name.clone(),
+            tag: tag.clone(),
+            commit: r.commit.clone(),
+            version: r.next.clone(),
+            action: TagAction::Created,
+        });
+    }
+    // Build order, whichever way each tag was found.
+    let order: BTreeMap<&str, usize> = plan
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    outcomes.sort_by_key(|o| order.get(o.component.as_str()).copied());
+
+    // 3. Pushed, per repository (created tags stay if a push fails: pushing again is
+    // the way on).
+    let mut pushed = Vec::new();
+    if push {
+        // Location → (the repository as written, its tags).
+        let mut by_repo: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+        for o in &outcomes {
+            if let Some(c) = component(&o.component) {
+                by_repo
+                    .entry(locate(&c.source.repo, &env_dir))
+                    .or_insert_with(|| (c.source.repo.clone(), BTreeSet::new()))
+                    .1
+                    .insert(o.tag.clone());
+            }
+        }
+        for (location, (repo, tags)) in by_repo {
+            let tags: Vec<String> = tags.into_iter().collect();
+            let url = git
+                .push_tags(&location, &tags)
+                .map_err(|source| Error::PushTags {
+                    repo,
+                    tags: tags
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source: Box::new(source),
+                })?;
+            // A network URL may carry a token in its path; a local path or `file://`
+            // URL does not, and its host part alone would say nothing.
+            pushed.push(if url.contains("://") && !url.starts_with("file://") {
+                cascade_notify::shown(&url)
+            } else {
+                url
+            });
+        }
+    }
+
+    // 4. The hooks.
+    let mut event = NotifyEvent::new(
+        EventKind::Release,
+        &plan.environment,
+        format!(
+            "released {}: {}",
+            plan.environment,
+            outcomes
+                .iter()
+                .map(|o| format!("{} {}", o.component, o.version))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    event.lockfile = Some(plan.lockfile.clone());
+    event.components = outcomes
+        .iter()
+        .map(|o| EventComponent {
+            name: o.component.clone(),
+            version: Some(o.version.clone()),
+            commit: Some(o.commit.clone()),
+            tag: Some(o.tag.clone()),
+        })
+        .collect();
+    let notifications = if outcomes.iter().any(|o| o.action == TagAction::Created) {
+        notify(&project.graph.environment.notify, &event)
+    } else {
+        // Nothing new was released: a second `release tag` is silent.
+        Vec::new()
+    };
+    Ok(TagReport {
+        plan,
+        tags: outcomes,
+        pushed,
+        notifications,
+    })
+}
