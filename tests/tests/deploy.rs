@@ -364,3 +364,82 @@ fn require_signature_refuses_unsigned_images_and_changes_nothing() {
     assert_eq!(ok.json()["outcome"], "deployed", "{}", ok.stderr);
     assert_ne!(ex.container_ids()["explorer"], ids1["explorer"]);
 }
+
+/// The example across a fleet: this machine's engine (`node1`) and a second machine
+/// reached over ssh (`node2`, `.ci/services/fleet.sh`): services on both, explorer on
+/// node2 only, each health-checked where it runs (node2's through ssh).
+#[test]
+fn the_example_runs_across_a_fleet() {
+    let ssh_config = std::env::var_os("CASCADE_SERVICES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/tmp/cascade-services".into())
+        .join("fleet/ssh_config");
+    let fleet = cascade_docker::Docker::connect_to(deploy_support::FLEET_NODE2).is_ok()
+        && ssh_config.exists();
+    if !cascade_tests::docker()
+        || !cascade_tests::require(
+            "the fleet's second machine",
+            fleet,
+            "run .ci/services/fleet.sh",
+        )
+    {
+        return;
+    }
+    // The in-process cascade reads it; every test of this binary would set the same.
+    std::env::set_var("CASCADE_SSH_CONFIG", &ssh_config);
+    let ex = Example::without_engine();
+    let env = &ex.env;
+    std::fs::write(
+        ex.root.join(format!("graph/environments/{env}.yaml")),
+        format!(
+            "{}deploy:\n  hosts:\n    node1: unix:///var/run/docker.sock\n    node2: ssh://root@10.251.2.2:2222\n  components:\n    services:\n      container: {env}-services\n      ports: [\"8080\"]\n{}\n    explorer:\n      hosts: [node2]\n      container: {env}-explorer\n      ports: [\"8080\"]\n      health: {{ http: {{ port: 8080, path: / }}, interval: 1s }}\n",
+            ex.scratch_sources().replace("name: scratch", &format!("name: {env}")),
+            deploy_support::HEALTH
+        ),
+    )
+    .unwrap();
+    let v1 = ex.build();
+    let r = ex.deploy(&[], 0);
+    let steps: Vec<(String, String)> = r.json()["replaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["host"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("services".to_string(), "node1".to_string()),
+            ("services".to_string(), "node2".to_string()),
+            ("explorer".to_string(), "node2".to_string())
+        ],
+        "upstream first, then host by host: {}",
+        r.stderr
+    );
+    // services answers its commit on node1, and every container is healthy where it runs.
+    assert!(http_get(ex.port("services"), "/version").contains(&v1.services_commit));
+    let status = ex.run(&["status", "--env", env, "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let s = status.json();
+    let placed: Vec<(String, String, String)> = s["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["health"], "healthy", "{c}");
+            (
+                c["host"].as_str().unwrap().to_string(),
+                c["component"].as_str().unwrap().to_string(),
+                c["lockfile"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(placed.len(), 3, "{s}");
+    assert!(placed.iter().all(|(_, _, l)| *l == v1.lockfile), "{s}");
+    assert_eq!(s["uniform"], true, "{s}");
+}

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use cascade_tests::{cascade, copy_dir, Run};
 
+/// The engine socket of the fleet tests' second machine (`.ci/services/fleet.sh`), which
+/// cascade reaches as `ssh://root@10.251.2.2:2222`; tests look at it through the socket.
+pub const FLEET_NODE2: &str = "unix:///run/cascade-node2/docker.sock";
+
 /// The services health check most tests use.
 pub const HEALTH: &str = "      health: { http: { port: 8080, path: /health }, interval: 1s }";
 
@@ -70,7 +74,7 @@ impl Example {
     }
 
     /// scratch.yaml up to its `deploy:`.
-    fn scratch_sources(&self) -> String {
+    pub fn scratch_sources(&self) -> String {
         let text = fs::read_to_string(self.root.join("graph/environments/scratch.yaml")).unwrap();
         let cut = text.find("\ndeploy:").map_or(text.len(), |i| i + 1);
         text[..cut].to_string()
@@ -304,10 +308,13 @@ impl Example {
 
     /// Removes this environment's containers (and only them).
     pub fn clean(&self) {
-        if let Ok(d) = cascade_docker::Docker::connect() {
-            if let Ok(list) = d.containers_with(&[("cascade.env", &self.env)]) {
-                for c in list {
-                    let _ = d.remove(&c.id);
+        // This machine's engine, and the fleet tests' second one (.ci/services/fleet.sh).
+        for endpoint in [cascade_docker::DEFAULT_ENDPOINT, FLEET_NODE2] {
+            if let Ok(d) = cascade_docker::Docker::connect_to(endpoint) {
+                if let Ok(list) = d.containers_with(&[("cascade.env", &self.env)]) {
+                    for c in list {
+                        let _ = d.remove(&c.id);
+                    }
                 }
             }
         }
