@@ -3,6 +3,8 @@
 //! a Docker Engine and busybox-static (both installed by .ci/run): skipped without
 //! them, failed without them when `CI=true`.
 
+mod common;
+
 use std::collections::hash_map::RandomState;
 use std::fs;
 use std::hash::BuildHasher;
@@ -48,22 +50,6 @@ image:
   ports: [8080]
 "#
     )
-}
-
-fn commit(repo: &git2::Repository, text: &str, time: i64) -> String {
-    let parent = repo
-        .find_reference("refs/heads/main")
-        .ok()
-        .and_then(|r| r.peel_to_commit().ok());
-    let mut tb = repo.treebuilder(None).unwrap();
-    tb.insert("README", repo.blob(text.as_bytes()).unwrap(), 0o100644)
-        .unwrap();
-    let tree = repo.find_tree(tb.write().unwrap()).unwrap();
-    let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(time, 0)).unwrap();
-    let parents: Vec<&git2::Commit> = parent.iter().collect();
-    repo.commit(Some("refs/heads/main"), &sig, &sig, "c", &tree, &parents)
-        .unwrap()
-        .to_string()
 }
 
 fn cascade(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -120,7 +106,7 @@ fn sigterm_mid_deploy_leaves_the_old_state_running() {
     )
     .unwrap();
     let repo = git2::Repository::init(dir.join("repo")).unwrap();
-    let v1 = commit(&repo, "v1", 1_767_225_600);
+    let v1 = common::commit(&repo, "README", "v1", 1_767_225_600);
     fs::write(dir.join("recipes/app.yaml"), recipe(0)).unwrap();
     let build = cascade(dir, &["build", "--env", &env, "--skip-tests"]);
     assert!(build.status.success(), "{build:?}");
@@ -128,7 +114,7 @@ fn sigterm_mid_deploy_leaves_the_old_state_running() {
     assert_eq!(first.status.code(), Some(0), "{first:?}");
 
     // v2 listens only after 30 s: its health check is waiting when SIGTERM comes.
-    let v2 = commit(&repo, "v2", 1_767_229_200);
+    let v2 = common::commit(&repo, "README", "v2", 1_767_229_200);
     fs::write(dir.join("recipes/app.yaml"), recipe(30)).unwrap();
     let build = cascade(dir, &["build", "--env", &env, "--skip-tests"]);
     assert!(build.status.success(), "{build:?}");

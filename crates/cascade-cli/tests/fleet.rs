@@ -12,6 +12,8 @@
 //! an unknown host key is refused. Skipped without the services; failed without them
 //! when `CI=true` (.ci/run starts them).
 
+mod common;
+
 use std::collections::hash_map::RandomState;
 use std::fs;
 use std::hash::BuildHasher;
@@ -150,25 +152,7 @@ impl Fleet {
     /// A commit and a build of `recipe(version, delay, fail_on)`.
     fn version(&self, version: &str, delay: u32, fail_on: &str, time: i64) {
         let repo = git2::Repository::open(self.dir.join("repo")).unwrap();
-        let parent = repo
-            .find_reference("refs/heads/main")
-            .ok()
-            .and_then(|r| r.peel_to_commit().ok());
-        let mut tb = repo.treebuilder(None).unwrap();
-        tb.insert("VERSION", repo.blob(version.as_bytes()).unwrap(), 0o100644)
-            .unwrap();
-        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
-        let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(time, 0)).unwrap();
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(
-            Some("refs/heads/main"),
-            &sig,
-            &sig,
-            version,
-            &tree,
-            &parents,
-        )
-        .unwrap();
+        common::commit(&repo, "VERSION", version, time);
         fs::write(
             self.dir.join("recipes/app.yaml"),
             recipe(version, delay, fail_on),

@@ -170,7 +170,7 @@ fn write_nodes(store: &Store, lock: &Lockfile, shown: &str, root: &Path) -> Resu
             }
             None => None,
         };
-        let files = file_sums(&artifacts, "")?;
+        let files = file_sums(&artifacts)?;
         let doc = spdx::document(&lock.environment, node, n, manifest, &files);
         write(
             &root.join("sbom").join(format!("{node}.spdx.json")),
@@ -188,27 +188,39 @@ pub(crate) struct ArtifactFile {
     pub sha256: String,
 }
 
-/// Every regular file under `dir` (symlinks are not followed), sorted by path.
-fn file_sums(dir: &Path, rel: &str) -> Result<Vec<ArtifactFile>, Error> {
-    let mut out = Vec::new();
-    for (name, path, kind) in sorted_entries(dir)? {
-        let rel = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        if kind.is_dir() {
-            out.extend(file_sums(&path, &rel)?);
-        } else if kind.is_file() {
-            let (sha256, sha1, _) = hash_file(&path)?;
-            out.push(ArtifactFile {
-                path: rel,
-                sha1,
-                sha256,
-            });
+/// Every regular file under `dir` (symlinks are not followed) as its path relative to
+/// `dir` and its own path, sorted by relative path.
+fn files_under(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result<(), Error> {
+        for (name, path, kind) in sorted_entries(dir)? {
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if kind.is_dir() {
+                walk(&path, &rel, out)?;
+            } else if kind.is_file() {
+                out.push((rel, path));
+            }
         }
+        Ok(())
     }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Every file of a node's artifacts with its SHA-1 and SHA-256, sorted by path.
+fn file_sums(dir: &Path) -> Result<Vec<ArtifactFile>, Error> {
+    files_under(dir)?
+        .into_iter()
+        .map(|(path, full)| {
+            let (sha256, sha1, _) = hash_file(&full)?;
+            Ok(ArtifactFile { path, sha1, sha256 })
+        })
+        .collect()
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, Error> {
@@ -243,31 +255,14 @@ fn hash_file(path: &Path) -> Result<(String, String, u64), Error> {
 
 /// Every file under `root` but the checksum file and its signature, sorted by path.
 fn checksums(root: &Path) -> Result<Vec<BundleFile>, Error> {
-    fn walk(dir: &Path, rel: &str, out: &mut Vec<BundleFile>) -> Result<(), Error> {
-        for (name, path, kind) in sorted_entries(dir)? {
-            let rel = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if kind.is_dir() {
-                walk(&path, &rel, out)?;
-            } else if kind.is_file() && rel != SUMS && rel != SUMS_SIGNATURE {
-                let (sha256, _, size) = hash_file(&path)?;
-                out.push(BundleFile {
-                    path: rel,
-                    sha256,
-                    size,
-                });
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(root, "", &mut out)?;
-    // `sha256sum` sorts nothing; the order is the paths' byte order, as walked.
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+    files_under(root)?
+        .into_iter()
+        .filter(|(rel, _)| rel != SUMS && rel != SUMS_SIGNATURE)
+        .map(|(path, full)| {
+            let (sha256, _, size) = hash_file(&full)?;
+            Ok(BundleFile { path, sha256, size })
+        })
+        .collect()
 }
 
 /// What `verify DIR` found in a release bundle.

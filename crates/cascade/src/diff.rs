@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use cascade_git::{Distance, Git};
 use cascade_lock::{LockNode, Lockfile};
 
-use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::lockfiles::read_lockfile;
 use crate::pin::locate;
 use crate::Error;
 
@@ -431,16 +431,7 @@ pub struct DiffOptions {
 pub fn lock_diff(opts: &DiffOptions) -> Result<LockDiff, Error> {
     let (from_path, from_shown) = match &opts.from {
         DiffFrom::File(p) => (p.clone(), p.display().to_string()),
-        DiffFrom::Newest(env) => {
-            let p = newest_lockfile(&opts.project, env)
-                .ok_or_else(|| Error::NoLockfile { env: env.clone() })?;
-            let shown = p
-                .strip_prefix(&opts.project)
-                .unwrap_or(&p)
-                .display()
-                .to_string();
-            (p, shown)
-        }
+        DiffFrom::Newest(env) => crate::lockfiles::newest_shown(&opts.project, env)?,
     };
     let to_shown = opts.to.display().to_string();
     let old = read_lockfile(&from_path, &from_shown)?;

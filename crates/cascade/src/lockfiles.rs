@@ -15,6 +15,16 @@ pub fn newest_lockfile(root: &Path, env: &str) -> Option<PathBuf> {
     lockfiles_of(root, env).into_iter().next()
 }
 
+/// The newest lockfile of `env` and how it is shown (relative to the project), or
+/// `NoLockfile`.
+pub(crate) fn newest_shown(root: &Path, env: &str) -> Result<(PathBuf, String), Error> {
+    let p = newest_lockfile(root, env).ok_or_else(|| Error::NoLockfile {
+        env: env.to_string(),
+    })?;
+    let shown = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+    Ok((p, shown))
+}
+
 /// Every lockfile of `env`, newest first.
 pub fn lockfiles_of(root: &Path, env: &str) -> Vec<PathBuf> {
     let Ok(dir) = fs::read_dir(root.join("lockfiles")) else {

@@ -181,12 +181,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
     }
     let (path, shown) = match (&opts.lock, &opts.from) {
         (Some(l), _) => (l.clone(), l.display().to_string()),
-        (None, Some(from)) => {
-            let p = newest_lockfile(&opts.project, from)
-                .ok_or_else(|| Error::NoLockfile { env: from.clone() })?;
-            let shown = shown_in(&opts.project, &p);
-            (p, shown)
-        }
+        (None, Some(from)) => crate::lockfiles::newest_shown(&opts.project, from)?,
         (None, None) => return Err(Error::UnknownEnvironment {
             name: String::new(),
             help:

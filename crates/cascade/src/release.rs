@@ -34,7 +34,7 @@ use cascade_notify::Delivery;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use semver::Version;
 
-use crate::lockfiles::{newest_lockfile, read_lockfile};
+use crate::lockfiles::read_lockfile;
 use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
 use crate::pin::{locate, tag_name};
 use crate::{load, short_sha, Error, Project};
@@ -385,16 +385,7 @@ fn lockfile(opts: &ReleaseOptions) -> Result<(Lockfile, String), Error> {
     let (path, shown) =
         match (&opts.lock, &opts.env) {
             (Some(l), _) => (l.clone(), l.display().to_string()),
-            (None, Some(env)) => {
-                let p = newest_lockfile(&opts.project, env)
-                    .ok_or_else(|| Error::NoLockfile { env: env.clone() })?;
-                let shown = p
-                    .strip_prefix(&opts.project)
-                    .unwrap_or(&p)
-                    .display()
-                    .to_string();
-                (p, shown)
-            }
+            (None, Some(env)) => crate::lockfiles::newest_shown(&opts.project, env)?,
             (None, None) => return Err(Error::UnknownEnvironment {
                 name: String::new(),
                 help: "name the environment to release (`--env ENV`) or a lockfile (`--lock FILE`)"

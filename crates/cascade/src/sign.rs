@@ -288,15 +288,7 @@ pub(crate) fn push_attestations(
         })?;
         let manifest = attestation_artifact(layout, &envelope).map_err(Error::Image)?;
         let r = Reference::parse(&s.reference).map_err(push_error)?;
-        let creds = cascade_registry::credentials_for(&r.registry).map_err(push_error)?;
-        let client = Client::new(
-            &r.registry,
-            creds,
-            ClientOptions {
-                timeout: Duration::from_secs(60),
-                ..ClientOptions::default()
-            },
-        );
+        let client = client_for(&r, Duration::from_secs(60)).map_err(push_error)?;
         let tag = cosign_tag(&s.digest, "att");
         client
             .push(layout, &manifest, &r.repository, std::slice::from_ref(&tag))
@@ -304,6 +296,19 @@ pub(crate) fn push_attestations(
         s.attestation_tag = Some(format!("{}/{}:{tag}", r.registry, r.repository));
     }
     Ok(())
+}
+
+/// A client of `r`'s registry, with its credentials (never logged) and `timeout`.
+fn client_for(r: &Reference, timeout: Duration) -> Result<Client, cascade_registry::RegistryError> {
+    let creds = cascade_registry::credentials_for(&r.registry)?;
+    Ok(Client::new(
+        &r.registry,
+        creds,
+        ClientOptions {
+            timeout,
+            ..ClientOptions::default()
+        },
+    ))
 }
 
 /// Writes `bytes` to `path` through a temporary file in its directory and a rename.
@@ -621,15 +626,7 @@ fn image_digest(reference: &str) -> Result<String, Error> {
         return Ok(d.to_string());
     }
     let r = Reference::parse(reference).map_err(push_error)?;
-    let creds = cascade_registry::credentials_for(&r.registry).map_err(push_error)?;
-    let client = Client::new(
-        &r.registry,
-        creds,
-        ClientOptions {
-            timeout: Duration::from_secs(30),
-            ..ClientOptions::default()
-        },
-    );
+    let client = client_for(&r, Duration::from_secs(30)).map_err(push_error)?;
     let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
     match client
         .manifest_digest(&r.repository, &tag)
@@ -694,15 +691,7 @@ fn lookaside_of(sigstore: &Path, reference: &str, digest: &str) -> Result<PathBu
 fn registry_attestation(reference: &str, digest: &str) -> Result<(String, Vec<u8>), String> {
     let repo_ref = reference.split('@').next().unwrap_or(reference);
     let r = Reference::parse(repo_ref).map_err(|e| e.to_string())?;
-    let creds = cascade_registry::credentials_for(&r.registry).map_err(|e| e.to_string())?;
-    let client = Client::new(
-        &r.registry,
-        creds,
-        ClientOptions {
-            timeout: Duration::from_secs(30),
-            ..ClientOptions::default()
-        },
-    );
+    let client = client_for(&r, Duration::from_secs(30)).map_err(|e| e.to_string())?;
     let tag = cosign_tag(digest, "att");
     let at = format!("{}/{}:{tag}", r.registry, r.repository);
     let (_, manifest) = client

@@ -41,3 +41,21 @@ pub fn step_writable_dir() -> tempfile::TempDir {
     });
     tempfile::tempdir_in(base).expect("a marks directory")
 }
+
+/// A commit on `main` of `repo` whose tree is the one file `file` holding `text`, at
+/// `time` (fixed dates, so SHAs are stable); its SHA.
+pub fn commit(repo: &git2::Repository, file: &str, text: &str, time: i64) -> String {
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let mut tb = repo.treebuilder(None).unwrap();
+    tb.insert(file, repo.blob(text.as_bytes()).unwrap(), 0o100644)
+        .unwrap();
+    let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+    let sig = git2::Signature::new("t", "t@example.com", &git2::Time::new(time, 0)).unwrap();
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    repo.commit(Some("refs/heads/main"), &sig, &sig, text, &tree, &parents)
+        .unwrap()
+        .to_string()
+}
