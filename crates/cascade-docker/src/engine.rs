@@ -615,13 +615,20 @@ mod tests {
             parse_endpoint("tcp://[::1]:7"),
             Ok(Endpoint::Tcp("[::1]:7".into()))
         );
+        assert!(matches!(
+            parse_endpoint("ssh://me@host:2222"),
+            Ok(Endpoint::Ssh(crate::ssh::SshTarget {
+                port: Some(2222),
+                ..
+            }))
+        ));
         for bad in [
             "unix://relative.sock",
             "tcp://10.0.0.1:2375",
             "tcp://docker.example:2375",
             "tcp://127.0.0.1:0",
             "tcp://127.0.0.1:x",
-            "ssh://me@host",
+            "ssh://host",
             "npipe:////./pipe/docker_engine",
             "/var/run/docker.sock",
         ] {
