@@ -103,8 +103,13 @@ impl Resolver<'_> {
             Ok(_) => "names the whole source tree",
             Err(reason) => reason,
         };
+        let message = if value.value.is_empty() {
+            "an empty `changelog:` names no file".to_string()
+        } else {
+            format!("`{}` cannot be the changelog file", value.value)
+        };
         self.bad_recipe_value(
-            format!("`{}` cannot be the changelog file", value.value),
+            message,
             reason,
             "`changelog:` is a file relative to the source's `dir:`, like `CHANGELOG.md`".into(),
             span,
