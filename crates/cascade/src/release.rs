@@ -1053,3 +1053,31 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
         notifications,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prepend_section;
+
+    #[test]
+    fn sections_go_first_under_the_heading() {
+        let section = "## 0.2.0\n\n### Features\n\n* a (abc1234)\n";
+        assert_eq!(
+            prepend_section(None, section),
+            format!("# Changelog\n\n{section}")
+        );
+        let old = b"# Changelog\n\n## 0.1.0\n\n* first\n";
+        assert_eq!(
+            prepend_section(Some(old), section),
+            format!("# Changelog\n\n{section}\n## 0.1.0\n\n* first\n")
+        );
+        // No heading: the section on top, the file as it was below.
+        assert_eq!(
+            prepend_section(Some(b"## 0.1.0\n"), section),
+            format!("{section}\n## 0.1.0\n")
+        );
+        assert_eq!(
+            prepend_section(Some(b"# Changelog\n"), section),
+            format!("# Changelog\n\n{section}")
+        );
+    }
+}
