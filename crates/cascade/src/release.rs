@@ -22,6 +22,14 @@
 //! created are deleted (all repositories or none). With `push`, the release's tags are
 //! pushed per repository afterwards. Last, the environment's `notify:` hooks get a
 //! `release` event.
+//!
+//! A recipe's `changelog:` file must be left out of its source filter (`plan` reports it
+//! otherwise, and `tag` refuses): `tag` then writes the section into it in a commit on
+//! top of the built commit, checks that commit exports the built files, tags it instead,
+//! and moves the lockfile's branch to it when the branch still points at the built
+//! commit and is not checked out. Staging then builds the same trees from the cache. A
+//! tag on such a commit ([`cascade_git::Git::is_changelog_commit`]) counts as a tag on
+//! the built commit, so a second `tag` writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -80,9 +88,10 @@ impl ReleasePlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseStatus {
-    /// A new version, to be tagged on the lockfile's commit.
+    /// A new version, to be tagged on the lockfile's commit (or its changelog commit).
     Release,
-    /// The lockfile's commit already carries a version tag of the channel.
+    /// The lockfile's commit (or its changelog commit) already carries a version tag of
+    /// the channel.
     Released,
     /// No releasable commit since the last release: the version stays, nothing is tagged.
     NoRelease,
@@ -93,7 +102,8 @@ pub struct ComponentRelease {
     pub name: String,
     /// As the environment writes it.
     pub repo: String,
-    /// The lockfile's commit, where the tag goes.
+    /// The lockfile's commit, where the tag goes (for a recipe with `changelog:`, on the
+    /// changelog commit made on top of it).
     pub commit: String,
     /// The lockfile's version (derived in branch mode: `0.6.1-dev.3`).
     pub current: String,
