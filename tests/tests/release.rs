@@ -884,3 +884,231 @@ fn components_of_a_monorepo_release_by_their_own_directories_and_tags() {
     assert_eq!(tag_commit(&p, "mono", "web-v0.2.0"), Some(tip.clone()));
     assert_eq!(tag_commit(&p, "mono", "api-v1.4.1"), Some(tip));
 }
+
+/// `recipe` with a changelog file, left out of the source or not.
+fn recipe_with_changelog(inputs: &[&str], excluded: bool) -> String {
+    let mut r = recipe(inputs);
+    r.push_str("changelog: CHANGELOG.md\n");
+    if excluded {
+        r.push_str("source: { exclude: [CHANGELOG.md] }\n");
+    }
+    r
+}
+
+/// The file at `path` on `commit` of repository `repo`.
+fn file_at(p: &TestProject, repo: &str, commit: &str, path: &str) -> Option<String> {
+    let r = git2::Repository::open(p.repo_path(repo)).expect("open");
+    let c = r.revparse_single(commit).ok()?.peel_to_commit().ok()?;
+    let entry = c.tree().ok()?.get_path(std::path::Path::new(path)).ok()?;
+    let blob = r.find_blob(entry.id()).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+fn branch_head(p: &TestProject, repo: &str, branch: &str) -> String {
+    git2::Repository::open(p.repo_path(repo))
+        .expect("open")
+        .revparse_single(branch)
+        .expect("branch")
+        .id()
+        .to_string()
+}
+
+#[test]
+fn a_changelog_is_committed_on_the_built_commit_and_staging_still_builds_from_cache() {
+    let mut p = project();
+    // core has a changelog already; app gets its first.
+    p.write("recipes/core.yaml", &recipe_with_changelog(&[], true));
+    p.write("recipes/app.yaml", &recipe_with_changelog(&["sdk"], true));
+    let old = "# Changelog\n\n## 0.1.0\n\n* initial\n";
+    p.commit(
+        "core",
+        "develop",
+        &[("CHANGELOG.md", Some(old))],
+        "docs: a changelog",
+    );
+    let beta = p.build("beta", 0);
+    // core's work tree is on another branch, so `develop` moves; app's has `develop`
+    // checked out, so it stays (the work tree would be left behind).
+    git2::Repository::open(p.repo_path("core"))
+        .unwrap()
+        .set_head("refs/heads/main")
+        .unwrap();
+    let plan = run(&p, &["release", "plan", "--env", "beta", "--json"], 0).json();
+    let r = run(&p, &["release", "tag", "--env", "beta", "--json"], 0).json();
+    let outcome = |name: &str| {
+        r["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["component"] == name)
+            .unwrap_or_else(|| panic!("no tag of {name} in {r}"))
+            .clone()
+    };
+
+    let cases = [
+        ("core", "v0.2.0", Some(old), "moved"),
+        ("app", "v0.1.1", None, "checked_out"),
+    ];
+    for (name, tag, before, branch) in cases {
+        let built = beta.node(name)["commit"].as_str().unwrap().to_string();
+        let tagged = tag_commit(&p, name, tag).expect("tagged");
+        assert_ne!(tagged, built, "{name}");
+        let o = outcome(name);
+        assert_eq!(o["commit"], tagged.as_str(), "{name}");
+        assert_eq!(o["changelog"]["parent"], built.as_str(), "{name}");
+        assert_eq!(o["changelog"]["file"], "CHANGELOG.md", "{name}");
+        assert_eq!(
+            o["changelog"]["branch"],
+            serde_json::json!({ "state": branch, "branch": "develop" }),
+            "{name}"
+        );
+        // One commit on top of the built one, the branch moved to it.
+        let r = git2::Repository::open(p.repo_path(name)).unwrap();
+        let c = r
+            .find_commit(git2::Oid::from_str(&tagged).unwrap())
+            .unwrap();
+        assert_eq!(c.parent_count(), 1);
+        assert_eq!(c.parent_id(0).unwrap().to_string(), built);
+        assert_eq!(
+            c.author().when().seconds(),
+            c.parent(0).unwrap().committer().when().seconds()
+        );
+        assert_eq!(c.author().name().ok(), Some("cascade"));
+        let version = tag.trim_start_matches('v');
+        assert_eq!(
+            c.message().ok(),
+            Some(format!("chore(release): {name} {version}\n").as_str())
+        );
+        let head = if branch == "moved" { &tagged } else { &built };
+        assert_eq!(&branch_head(&p, name, "develop"), head, "{name}");
+        // The new section first, under the heading; an older one kept below.
+        let section = component(&plan, name)["changelog"].as_str().unwrap();
+        assert!(section.starts_with(&format!("## {version}\n")), "{section}");
+        let expected = match before {
+            Some(_) => format!("# Changelog\n\n{section}\n## 0.1.0\n\n* initial\n"),
+            None => format!("# Changelog\n\n{section}"),
+        };
+        assert_eq!(
+            file_at(&p, name, &tagged, "CHANGELOG.md").as_deref(),
+            Some(expected.as_str()),
+            "{name}"
+        );
+        // Only that file changed.
+        let diff = r
+            .diff_tree_to_tree(
+                Some(&c.parent(0).unwrap().tree().unwrap()),
+                Some(&c.tree().unwrap()),
+                None,
+            )
+            .unwrap();
+        assert_eq!(diff.deltas().len(), 1, "{name}");
+    }
+    // sdk writes no changelog: tagged on the built commit, as before.
+    assert_eq!(
+        tag_commit(&p, "sdk", "v0.1.1").as_deref(),
+        beta.node("sdk")["commit"].as_str()
+    );
+    assert!(outcome("sdk").get("changelog").is_none());
+
+    // Twice: nothing is written, and the plan sees every version released.
+    let heads: Vec<String> = ["core", "sdk", "app"]
+        .iter()
+        .map(|n| branch_head(&p, n, "develop"))
+        .collect();
+    let again = run(&p, &["release", "tag", "--env", "beta"], 0);
+    assert!(
+        again.stdout.contains("0 tags created, 3 already there"),
+        "{}",
+        again.stdout
+    );
+    let after: Vec<String> = ["core", "sdk", "app"]
+        .iter()
+        .map(|n| branch_head(&p, n, "develop"))
+        .collect();
+    assert_eq!(heads, after);
+    let plan = run(&p, &["release", "plan", "--env", "beta", "--json"], 0).json();
+    for name in ["core", "sdk", "app"] {
+        assert_eq!(component(&plan, name)["status"], "released", "{name}");
+    }
+
+    // staging pins the tags (on the changelog commits) and builds from the cache.
+    run(&p, &["promote", "--from", "beta", "--to", "staging"], 0);
+    let built = p.build("staging", 0);
+    assert_eq!(built.with_status("built"), Vec::<String>::new());
+    assert_eq!(built.with_status("cached").len(), 3, "{}", built.stdout);
+    for n in ["core", "sdk", "app"] {
+        assert_eq!(built.node(n)["output"], beta.node(n)["output"], "{n}");
+    }
+    assert_eq!(built.node("core")["version"], "0.2.0");
+    assert_eq!(
+        built.node("core")["commit"].as_str(),
+        tag_commit(&p, "core", "v0.2.0").as_deref()
+    );
+}
+
+#[test]
+fn a_changelog_in_a_sub_directory_is_written_there() {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/beta.yaml",
+        "name: beta\nmode: branch\nsources:\n\
+         \x20 web: { repo: ../../repos/mono, ref: develop, dir: packages/web, version_tags: \"web-v{version}\" }\n",
+    );
+    p.write("recipes/web.yaml", &recipe_with_changelog(&[], true));
+    let root = p.commit(
+        "mono",
+        "develop",
+        &[
+            ("packages/web/data.txt", Some("web\n")),
+            ("README", Some("x")),
+        ],
+        "chore: initial",
+    );
+    p.tag("mono", "web-v0.1.0", &root);
+    p.commit(
+        "mono",
+        "develop",
+        &[("packages/web/page.txt", Some("page"))],
+        "feat(web): a page",
+    );
+    let beta = p.build("beta", 0);
+    let built = beta.node("web")["commit"].as_str().unwrap().to_string();
+    let out = run(&p, &["release", "tag", "--env", "beta"], 0);
+    assert!(
+        out.stdout
+            .contains("wrote packages/web/CHANGELOG.md in a commit on"),
+        "{}",
+        out.stdout
+    );
+    let tagged = tag_commit(&p, "mono", "web-v0.2.0").expect("tagged");
+    let text = file_at(&p, "mono", &tagged, "packages/web/CHANGELOG.md").expect("written");
+    assert!(text.starts_with("# Changelog\n\n## 0.2.0\n"), "{text}");
+    assert_eq!(file_at(&p, "mono", &tagged, "CHANGELOG.md"), None);
+    assert_eq!(file_at(&p, "mono", &tagged, "README").as_deref(), Some("x"));
+    let r = git2::Repository::open(p.repo_path("mono")).unwrap();
+    let c = r
+        .find_commit(git2::Oid::from_str(&tagged).unwrap())
+        .unwrap();
+    assert_eq!(c.parent_id(0).unwrap().to_string(), built);
+}
+
+#[test]
+fn a_changelog_that_is_part_of_the_source_is_refused() {
+    let p = project();
+    p.write("recipes/core.yaml", &recipe_with_changelog(&[], false));
+    p.build("beta", 0);
+    let r = run(&p, &["release", "plan", "--env", "beta"], 1);
+    assert!(
+        r.stderr
+            .contains("`CHANGELOG.md` is part of the source of `core`"),
+        "{}",
+        r.stderr
+    );
+    insta::assert_snapshot!(redacted(&p, &r.stderr));
+    let t = run(&p, &["release", "tag", "--env", "beta", "--json"], 2).json();
+    assert_eq!(t["error"]["code"], "cascade::release_refused");
+    // Nothing tagged anywhere, no branch moved.
+    for repo in ["core", "sdk", "app"] {
+        assert_eq!(tag_count(&p, repo), 1, "{repo} was tagged");
+    }
+}

@@ -122,6 +122,9 @@ pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> i3
                                 t.tag,
                                 cascade::short_sha(&t.commit)
                             ));
+                            if let Some(w) = &t.changelog {
+                                s.push_str(&changelog_line(w));
+                            }
                         }
                         for p in &report.pushed {
                             s.push_str(&format!("pushed to {p}\n"));
@@ -144,6 +147,26 @@ pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> i3
             }
         }
     }
+}
+
+/// Where a changelog commit went, under its tag's line.
+fn changelog_line(w: &cascade::ChangelogWrite) -> String {
+    let branch = match &w.branch {
+        cascade::BranchMove::Moved { branch } => format!("; `{branch}` moved to it"),
+        cascade::BranchMove::MovedOn { branch, head } => format!(
+            "; `{branch}` left at {} (it moved on since the build)",
+            cascade::short_sha(head)
+        ),
+        cascade::BranchMove::CheckedOut { branch } => {
+            format!("; `{branch}` left alone (checked out in a work tree)")
+        }
+        cascade::BranchMove::NotABranch => String::new(),
+    };
+    format!(
+        "           wrote {} in a commit on {}{branch}\n",
+        w.file,
+        cascade::short_sha(&w.parent)
+    )
 }
 
 /// A warning on stderr per `notify:` hook that did not take its event (the operation

@@ -105,6 +105,15 @@ pub enum GitError {
         reason: String,
     },
 
+    #[error("cannot write `{path}` in `{repo}`: {reason}")]
+    #[diagnostic(code(cascade::git::cannot_commit_file))]
+    CannotCommitFile {
+        repo: String,
+        /// The file's path in the repository.
+        path: String,
+        reason: String,
+    },
+
     #[error("cannot write `{}`", path.display())]
     Io {
         path: PathBuf,

@@ -41,6 +41,12 @@ impl Filter {
         Compiled::new(self).map(|_| ())
     }
 
+    /// Whether the file at `path` (relative to the exported tree, `/`-separated) is
+    /// exported: what `release` asks of a changelog file, which must not be.
+    pub fn keeps(&self, path: &str) -> Result<bool, FilterError> {
+        Ok(Compiled::new(self)?.keeps(path.as_bytes()))
+    }
+
     /// No include and no exclude: the same as no filter.
     pub fn is_empty(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()

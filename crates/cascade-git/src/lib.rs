@@ -46,7 +46,7 @@ use git2::{Oid, Repository};
 
 pub use error::GitError;
 pub use filter::{Filter, FilterError};
-pub use release::{CommitInfo, History, TagState, DEFAULT_TAGGER};
+pub use release::{BranchState, CommitInfo, History, TagState, DEFAULT_TAGGER};
 
 use version::TagPattern;
 

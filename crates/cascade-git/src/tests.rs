@@ -1898,3 +1898,102 @@ fn release_tags_are_deterministic_annotated_tags() {
         ("Release Bot".to_string(), "bot@example.com".to_string())
     );
 }
+
+#[test]
+fn a_changelog_commit_in_a_bare_repository_exports_what_its_parent_did() {
+    let (_cache, git) = new_git();
+    let mut fx = Fixture::bare();
+    let built = fx.commit(
+        "develop",
+        &[],
+        &[
+            ("packages/sdk/lib.rs", b"fn f() {}\n", FILE),
+            ("packages/sdk/run.sh", b"#!/bin/sh\n", EXEC),
+            ("README", b"top\n", FILE),
+        ],
+    );
+    let built_sha = built.to_string();
+    let loc = fx.location();
+    let filter = Filter {
+        include: vec![],
+        exclude: vec!["CHANGELOG.md".into()],
+    };
+    assert!(!filter.keeps("CHANGELOG.md").expect("valid"));
+    assert_eq!(
+        git.read_file(&loc, &built_sha, "packages/sdk/CHANGELOG.md")
+            .expect("read"),
+        None
+    );
+    let first = git
+        .commit_file(
+            &loc,
+            &built_sha,
+            "packages/sdk/CHANGELOG.md",
+            b"# Changelog\n",
+            "chore(release): sdk 0.1.0\n",
+        )
+        .expect("commit");
+    // The same inputs give the same commit: no clock, no environment.
+    let again = git
+        .commit_file(
+            &loc,
+            &built_sha,
+            "packages/sdk/CHANGELOG.md",
+            b"# Changelog\n",
+            "chore(release): sdk 0.1.0\n",
+        )
+        .expect("commit");
+    assert_eq!(first, again);
+    assert_eq!(
+        git.read_file(&loc, &first, "packages/sdk/CHANGELOG.md")
+            .expect("read")
+            .as_deref(),
+        Some(&b"# Changelog\n"[..])
+    );
+    let c = fx
+        .repo
+        .find_commit(Oid::from_str(&first).expect("oid"))
+        .expect("commit");
+    assert_eq!(c.parent_ids().collect::<Vec<_>>(), vec![built]);
+    let run = c
+        .tree()
+        .expect("tree")
+        .get_path(Path::new("packages/sdk/run.sh"))
+        .expect("kept");
+    assert_eq!(run.filemode(), EXEC);
+    let sdk = Some("packages/sdk");
+    assert!(git
+        .is_changelog_commit(&loc, &first, &built_sha, sdk, Some(&filter))
+        .expect("check"));
+    // Without the filter the file is exported: not a changelog commit.
+    assert!(!git
+        .is_changelog_commit(&loc, &first, &built_sha, sdk, None)
+        .expect("check"));
+    // Nor is the built commit its own, nor a commit with another parent.
+    assert!(!git
+        .is_changelog_commit(&loc, &built_sha, &built_sha, sdk, Some(&filter))
+        .expect("check"));
+    // A file where a directory is needed is refused, never overwritten.
+    assert!(matches!(
+        git.commit_file(&loc, &built_sha, "README/CHANGELOG.md", b"x", "m"),
+        Err(GitError::CannotCommitFile { .. })
+    ));
+
+    // The branch moves only from where it was.
+    assert!(git
+        .move_branch(&loc, "develop", &first, &built_sha)
+        .is_err());
+    git.move_branch(&loc, "develop", &built_sha, &first)
+        .expect("move");
+    assert_eq!(
+        git.branch_state(&loc, "develop").expect("state"),
+        crate::BranchState::Head {
+            commit: first.clone(),
+            checked_out: false
+        }
+    );
+    assert_eq!(
+        git.branch_state(&loc, "nope").expect("state"),
+        crate::BranchState::NotABranch
+    );
+}

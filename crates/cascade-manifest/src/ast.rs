@@ -142,6 +142,8 @@ pub(crate) struct RecipeAst {
     pub tests: Option<S<Entries<S<TestAst>>>>,
     pub stamp: Option<S<Vec<S<String>>>>,
     pub source: Option<S<FilterAst>>,
+    /// The changelog file `release tag` writes, relative to the source's `dir:`.
+    pub changelog: Option<S<String>>,
 }
 
 /// A recipe's `source:`: which files of the source matter.

@@ -33,10 +33,10 @@ pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::tool_set;
 pub use model::{
-    Change, Component, Constraint, Deploy, DeployComponent, DeployHost, Environment, Expect,
-    FieldChange, Graph, HealthCheck, ImageBase, ImageDecl, KeyLocation, LayerDecl, Mode, PortMap,
-    Probe, Recipe, Rev, RunnerDecl, RunnerImage, SecretSource, SmokeTest, SourceFilter, SourceSpec,
-    Stamp, Step, Volume, LOCAL_HOST, TEST_PLACEHOLDERS, TOOL_SETS,
+    Change, Changelog, Component, Constraint, Deploy, DeployComponent, DeployHost, Environment,
+    Expect, FieldChange, Graph, HealthCheck, ImageBase, ImageDecl, KeyLocation, LayerDecl, Mode,
+    PortMap, Probe, Recipe, Rev, RunnerDecl, RunnerImage, SecretSource, SmokeTest, SourceFilter,
+    SourceSpec, Stamp, Step, Volume, LOCAL_HOST, TEST_PLACEHOLDERS, TOOL_SETS,
 };
 pub use order::{build_order, Ordered};
 pub use range::{RangeError, VersionRange};

@@ -296,6 +296,18 @@ pub struct Recipe {
     pub stamp: Vec<Stamp>,
     /// `source:`: which files of the source are exported and keyed.
     pub filter: SourceFilter,
+    /// `changelog:`: the file `cascade release tag` writes each release's section into;
+    /// not part of [`Recipe::canonical`].
+    pub changelog: Option<Changelog>,
+}
+
+/// A recipe's `changelog:`: a path relative to the source's `dir:` (the exported tree),
+/// normalized (no `.`, no trailing `/`), never `..` or absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changelog {
+    pub path: String,
+    /// The value in the recipe file, for `release`'s diagnostics.
+    pub span: Span,
 }
 
 /// One thing a recipe may stamp its steps with, as Bazel's `--stamp` does.
@@ -615,9 +627,11 @@ impl Recipe {
     }
 
     /// Canonical encoding (cascade_core::Encoder, domain "cascade/recipe", version 1) of
-    /// everything but the timeout, the image and the tests; its blake3 is the recipe
-    /// digest. They are left out because they cannot change the steps' output: the
-    /// image has its own identity ([`ImageDecl::canonical`]), tests only pass or fail.
+    /// everything but the timeout, the image, the tests and the changelog; its blake3 is
+    /// the recipe digest. They are left out because they cannot change the steps'
+    /// output: the image has its own identity ([`ImageDecl::canonical`]), tests only
+    /// pass or fail, and the changelog file is written by `release tag` outside what the
+    /// source filter exports (which `release` checks), so the keys stay the same.
     /// A container runner's image is a last field, written only for container runners,
     /// so the digest of every host recipe is what it was before containers existed; so
     /// are a host runner's tool sets (field 7), written only when there are some, the
@@ -660,8 +674,8 @@ impl Recipe {
         Digest::of(&self.canonical())
     }
 
-    /// Reads back [`Recipe::canonical`] (the timeout, image and tests, not encoded, are
-    /// empty), so an old
+    /// Reads back [`Recipe::canonical`] (the timeout, image, tests and changelog, not
+    /// encoded, are empty), so an old
     /// recipe kept in the store by digest can be compared with today's.
     pub fn decode_canonical(bytes: &[u8]) -> Result<Recipe, DecodeError> {
         let mut d = Decoder::new(bytes, RECIPE_DOMAIN, RECIPE_VERSION)?;
@@ -732,6 +746,7 @@ impl Recipe {
             tests: Vec::new(),
             stamp,
             filter,
+            changelog: None,
         })
     }
 
@@ -859,6 +874,7 @@ mod tests {
             tests: Vec::new(),
             stamp: Vec::new(),
             filter: SourceFilter::default(),
+            changelog: None,
         }
     }
 
@@ -1134,5 +1150,22 @@ mod tests {
         assert_eq!(fields, ["stamp"]);
         let fields: Vec<String> = filtered.diff(&plain).into_iter().map(|f| f.field).collect();
         assert_eq!(fields, ["source.include", "source.exclude"]);
+    }
+
+    #[test]
+    fn a_changelog_leaves_the_digest_alone() {
+        let mut with = recipe();
+        with.changelog = Some(Changelog {
+            path: "CHANGELOG.md".into(),
+            span: Span {
+                file: FileId(0),
+                offset: 0,
+                len: 0,
+            },
+        });
+        // `release tag` writes the file outside what the filter exports: keys of
+        // recipes that declare one stay what they were.
+        assert_eq!(with.canonical(), recipe().canonical());
+        assert_eq!(with.diff(&recipe()), Vec::new());
     }
 }

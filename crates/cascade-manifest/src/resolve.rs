@@ -1068,6 +1068,7 @@ impl Resolver<'_> {
         let outputs = self.outputs(file, comp, ast.outputs);
         let stamp = self.stamps(file, comp, ast.stamp);
         let filter = self.filter(file, comp, ast.source);
+        let changelog = self.changelog(file, ast.changelog);
         let (image, image_base) = match ast.image {
             Some(i) => {
                 let checked = self.image(file, comp, i, &outputs);
@@ -1093,6 +1094,7 @@ impl Resolver<'_> {
             tests,
             stamp,
             filter,
+            changelog,
         });
         Node {
             file,

@@ -73,8 +73,9 @@ pub use provenance::Difference;
 pub use publish::{cleanup_containers, PublishOptions, TestReport};
 pub use reapi::RemoteRun;
 pub use release::{
-    changelog, release_plan, release_tag, ComponentRelease, Conflict, ReleaseCommit,
-    ReleaseOptions, ReleasePlan, ReleaseRefusal, ReleaseStatus, TagAction, TagOutcome, TagReport,
+    changelog, prepend_section, release_plan, release_tag, BranchMove, ChangelogWrite,
+    ComponentRelease, Conflict, ReleaseCommit, ReleaseOptions, ReleasePlan, ReleaseRefusal,
+    ReleaseStatus, TagAction, TagOutcome, TagReport,
 };
 pub use remote::{RemoteMode, RemoteOptions, RemoteReport};
 pub use replay::{ReplayOptions, ReplayReport};

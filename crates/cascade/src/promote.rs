@@ -8,7 +8,9 @@
 //!    built for the target's components must be signed and attested by one of its keys;
 //! 3. each source of the target environment that the lockfile has is resolved at the
 //!    lockfile's commit in the *target's* repository: the commit itself in branch mode, a
-//!    version tag on that commit in version mode;
+//!    version tag on that commit in version mode (or on its changelog commit, which
+//!    `release tag` makes for a recipe with `changelog:`: one parent, that commit, and
+//!    the same exported files);
 //! 4. the compatibility matrix against the versions the target will have;
 //! 5. the deploy plan: the target's newest lockfile against what it will build
 //!    ([`crate::diff_lockfiles`]); a dry run stops here;
@@ -29,7 +31,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use crate::diff::{diff_lockfiles, distances, LockDiff};
 use crate::lockfiles::{newest_lockfile, read_lockfile};
 use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
-use crate::pin::{locate, spec_of, tag_name, version_tag};
+use crate::pin::{git_filter, locate, spec_of, tag_name, version_tag};
 use crate::short_sha;
 use crate::{load, Error, LockfileProblem, Project};
 
@@ -564,8 +566,16 @@ fn target<'a>(
             };
             if let Err(found) = recorded {
                 // Released since the lockfile was written (`cascade release tag`): the
-                // highest version tagged on the very commit.
-                match git.versions_at(location, &full_sha, c.source.version_tags.as_deref()) {
+                // highest version tagged on the very commit, or on its changelog commit
+                // (one parent, this commit, and the same exported files).
+                let filter = git_filter(&c.recipe);
+                match git.released_versions(
+                    location,
+                    &full_sha,
+                    c.source.dir.as_deref(),
+                    filter.as_ref(),
+                    c.source.version_tags.as_deref(),
+                ) {
                     Ok(tagged) => match tagged.into_iter().max() {
                         Some(v) => version = v,
                         None => return Err(no_tag(found)),

@@ -22,12 +22,20 @@
 //! created are deleted (all repositories or none). With `push`, the release's tags are
 //! pushed per repository afterwards. Last, the environment's `notify:` hooks get a
 //! `release` event.
+//!
+//! A recipe's `changelog:` file must be left out of its source filter (`plan` reports it
+//! otherwise, and `tag` refuses): `tag` then writes the section into it in a commit on
+//! top of the built commit, checks that commit exports the built files, tags it instead,
+//! and moves the lockfile's branch to it when the branch still points at the built
+//! commit and is not checked out. Staging then builds the same trees from the cache. A
+//! tag on such a commit ([`cascade_git::Git::is_changelog_commit`]) counts as a tag on
+//! the built commit, so a second `tag` writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cascade_git::conventional::{self, Bump, PreMajor};
-use cascade_git::{Git, TagState};
+use cascade_git::{BranchState, Git, TagState};
 use cascade_lock::Lockfile;
 use cascade_manifest::Component;
 use cascade_notify::Delivery;
@@ -36,7 +44,7 @@ use semver::Version;
 
 use crate::lockfiles::read_lockfile;
 use crate::notify::{notify, EventComponent, EventKind, NotifyEvent};
-use crate::pin::{locate, tag_name};
+use crate::pin::{git_filter, locate, tag_name};
 use crate::{load, short_sha, Error, Project};
 
 pub struct ReleaseOptions {
@@ -80,9 +88,10 @@ impl ReleasePlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseStatus {
-    /// A new version, to be tagged on the lockfile's commit.
+    /// A new version, to be tagged on the lockfile's commit (or its changelog commit).
     Release,
-    /// The lockfile's commit already carries a version tag of the channel.
+    /// The lockfile's commit (or its changelog commit) already carries a version tag of
+    /// the channel.
     Released,
     /// No releasable commit since the last release: the version stays, nothing is tagged.
     NoRelease,
@@ -93,7 +102,8 @@ pub struct ComponentRelease {
     pub name: String,
     /// As the environment writes it.
     pub repo: String,
-    /// The lockfile's commit, where the tag goes.
+    /// The lockfile's commit, where the tag goes (for a recipe with `changelog:`, on the
+    /// changelog commit made on top of it).
     pub commit: String,
     /// The lockfile's version (derived in branch mode: `0.6.1-dev.3`).
     pub current: String,
@@ -155,9 +165,41 @@ pub struct TagReport {
 pub struct TagOutcome {
     pub component: String,
     pub tag: String,
+    /// The commit tagged: the lockfile's, or its changelog commit.
     pub commit: String,
     pub version: String,
     pub action: TagAction,
+    /// The changelog written for this release (a recipe's `changelog:`), when this run
+    /// wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changelog: Option<ChangelogWrite>,
+}
+
+/// A changelog commit `release tag` made: the built commit with the recipe's changelog
+/// file updated, and nothing else.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChangelogWrite {
+    /// The file, from the repository's root.
+    pub file: String,
+    /// The lockfile's commit: the changelog commit's one parent.
+    pub parent: String,
+    pub branch: BranchMove,
+}
+
+/// What became of the lockfile's `ref:` after a changelog commit.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum BranchMove {
+    /// Moved from the built commit to the changelog commit.
+    Moved { branch: String },
+    /// Left alone: it has moved on since the build (the tag still names the changelog
+    /// commit, which no branch holds).
+    MovedOn { branch: String, head: String },
+    /// Left alone: a work tree has it checked out, and moving it would leave the work
+    /// tree behind.
+    CheckedOut { branch: String },
+    /// The lockfile's ref is not a local branch (a tag, a commit, version mode).
+    NotABranch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -221,12 +263,17 @@ fn problem(project: &Project, c: &Component, message: String, label: &str, help:
 /// `cascade release plan`; see the module documentation.
 pub fn release_plan(opts: &ReleaseOptions) -> Result<ReleasePlan, Error> {
     let git = Git::reading(opts.store.join("git"));
-    let (plan, _) = plan_with(opts, &git)?;
+    let (plan, _, _) = plan_with(opts, &git)?;
     Ok(plan)
 }
 
-/// The plan, and the project it was made against (for `tag`'s diagnostics).
-fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project), Error> {
+/// The plan, the project it was made against (for `tag`'s diagnostics) and the
+/// lockfile's `ref:` of each component (the branch a changelog commit moves).
+#[allow(clippy::type_complexity)]
+fn plan_with(
+    opts: &ReleaseOptions,
+    git: &Git,
+) -> Result<(ReleasePlan, Project, BTreeMap<String, Option<String>>), Error> {
     if let Some(channel) = opts
         .pre
         .as_deref()
@@ -237,6 +284,11 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
         });
     }
     let (lock, shown) = lockfile(opts)?;
+    let refs = lock
+        .nodes
+        .iter()
+        .map(|(name, n)| (name.clone(), n.source.r#ref.clone()))
+        .collect();
     let project = load(&opts.project, &lock.environment)?;
     let env_dir = project.environment_dir();
     let mut components = Vec::new();
@@ -264,6 +316,21 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
                 continue;
             }
         };
+        let mut history = history;
+        if c.recipe.changelog.is_some() {
+            // `release tag` tags the changelog commit on top of the built one: that
+            // counts as tagged on the commit, or a second run would propose it again.
+            let filter = git_filter(&c.recipe);
+            if let Ok(v) = git.released_versions(
+                &location,
+                &node.source.commit,
+                c.source.dir.as_deref(),
+                filter.as_ref(),
+                c.source.version_tags.as_deref(),
+            ) {
+                history.on_commit = v;
+            }
+        }
         components.push(propose(
             c,
             &node.source.commit,
@@ -303,14 +370,45 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
         });
         problems.push(conflict_problem(&project, rule, v, &components));
     }
+    let n_conflicts = problems.len();
+    for r in components
+        .iter()
+        .filter(|r| r.status != ReleaseStatus::NoRelease)
+    {
+        let Some(c) = project
+            .graph
+            .index_of(&r.name)
+            .map(|i| &project.graph.components[i])
+        else {
+            continue;
+        };
+        if let Some(p) = changelog_problem(&project, c) {
+            problems.push(p);
+        }
+    }
+    let n_changelogs = problems.len() - n_conflicts;
     let diagnostics = (!problems.is_empty()).then(|| {
-        let n = problems.len();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let mut parts = Vec::new();
+        if n_conflicts > 0 {
+            parts.push(format!(
+                "the proposed versions break {n_conflicts} rule{} of the compatibility matrix",
+                plural(n_conflicts)
+            ));
+        }
+        if n_changelogs > 0 {
+            parts.push(format!(
+                "{n_changelogs} changelog file{} would change what is built",
+                plural(n_changelogs)
+            ));
+        }
         ReleaseRefusal {
-            code: "cascade::release_conflicts",
-            summary: format!(
-                "the proposed versions break {n} rule{} of the compatibility matrix",
-                if n == 1 { "" } else { "s" }
-            ),
+            code: if n_changelogs == 0 {
+                "cascade::release_conflicts"
+            } else {
+                "cascade::release_problems"
+            },
+            summary: parts.join("; "),
             problems,
         }
     });
@@ -324,7 +422,31 @@ fn plan_with(opts: &ReleaseOptions, git: &Git) -> Result<(ReleasePlan, Project),
             diagnostics,
         },
         project,
+        refs,
     ))
+}
+
+/// A recipe's `changelog:` that its source filter exports: writing it would give the
+/// release commit other content than the lockfile built, so staging would not build
+/// from the cache. Underlined in the recipe.
+fn changelog_problem(project: &Project, c: &Component) -> Option<Problem> {
+    let cl = c.recipe.changelog.as_ref()?;
+    // A filter that does not compile was refused when the project loaded.
+    let exported = git_filter(&c.recipe).is_none_or(|f| f.keeps(&cl.path).unwrap_or(true));
+    if !exported {
+        return None;
+    }
+    let span = cl.span;
+    Some(Box::new(ReleaseProblem {
+        message: format!(
+            "`{}` is part of the source of `{}`, so writing it would change what staging builds",
+            cl.path, c.name
+        ),
+        src: project.db.named_source(span.file),
+        span: (span.offset, span.len).into(),
+        label: "exported and keyed".to_string(),
+        help: Some(format!("add it to `source: {{ exclude: [{}] }}`", cl.path)),
+    }))
 }
 
 /// One broken rule, underlined in `graph/compatibility.yaml`, naming the commits that
@@ -528,6 +650,150 @@ pub fn changelog(version: &Version, commits: &[ReleaseCommit]) -> String {
     s
 }
 
+/// A tag `release tag` creates, and the changelog file it writes first (from the
+/// repository's root) when the recipe asks for one.
+struct Creation<'a> {
+    location: String,
+    release: &'a ComponentRelease,
+    component: &'a Component,
+    tag: String,
+    changelog: Option<String>,
+    /// The lockfile's `ref:` (branch mode), the branch a changelog commit moves.
+    built_ref: Option<String>,
+}
+
+/// What step 2 wrote so far, to take back if a later write fails.
+#[derive(Default)]
+struct Undo {
+    /// (location, tag)
+    tags: Vec<(String, String)>,
+    /// (location, branch, built commit, changelog commit)
+    branches: Vec<(String, String, String, String)>,
+}
+
+impl Undo {
+    fn undo(&self, git: &Git) {
+        for (l, t) in &self.tags {
+            let _ = git.delete_tag(l, t);
+        }
+        for (l, b, built, new) in &self.branches {
+            let _ = git.move_branch(l, b, new, built);
+        }
+    }
+}
+
+/// The lockfile's `ref:` of `name`.
+fn lock_ref(nodes: &BTreeMap<String, Option<String>>, name: &str) -> Option<String> {
+    nodes.get(name).cloned().flatten()
+}
+
+/// Step 2 for one tag: the changelog commit when the recipe asks for one (checked to
+/// export what the lockfile built), the tag, then the branch.
+fn create(
+    git: &Git,
+    w: &Creation<'_>,
+    done: &mut Undo,
+) -> Result<TagOutcome, cascade_git::GitError> {
+    let r = w.release;
+    let message = format!("{} {}\n\n{}", r.name, r.next, r.changelog);
+    let Some(file) = &w.changelog else {
+        git.create_tag(&w.location, &w.tag, &r.commit, &message)?;
+        done.tags.push((w.location.clone(), w.tag.clone()));
+        return Ok(TagOutcome {
+            component: r.name.clone(),
+            tag: w.tag.clone(),
+            commit: r.commit.clone(),
+            version: r.next.clone(),
+            action: TagAction::Created,
+            changelog: None,
+        });
+    };
+    let old = git.read_file(&w.location, &r.commit, file)?;
+    let content = prepend_section(old.as_deref(), &r.changelog);
+    let commit = git.commit_file(
+        &w.location,
+        &r.commit,
+        file,
+        content.as_bytes(),
+        &format!("chore(release): {} {}\n", r.name, r.next),
+    )?;
+    let filter = git_filter(&w.component.recipe);
+    // A guard: the plan checked that the filter leaves the file out, so this holds.
+    if !git.is_changelog_commit(
+        &w.location,
+        &commit,
+        &r.commit,
+        w.component.source.dir.as_deref(),
+        filter.as_ref(),
+    )? {
+        return Err(cascade_git::GitError::CannotCommitFile {
+            repo: r.repo.clone(),
+            path: file.clone(),
+            reason: "the changelog commit would export other files than the lockfile built".into(),
+        });
+    }
+    git.create_tag(&w.location, &w.tag, &commit, &message)?;
+    done.tags.push((w.location.clone(), w.tag.clone()));
+    let branch = match &w.built_ref {
+        None => BranchMove::NotABranch,
+        Some(b) => match git.branch_state(&w.location, b)? {
+            BranchState::NotABranch => BranchMove::NotABranch,
+            BranchState::Head {
+                checked_out: true, ..
+            } => BranchMove::CheckedOut { branch: b.clone() },
+            BranchState::Head { commit: head, .. } if head != r.commit => BranchMove::MovedOn {
+                branch: b.clone(),
+                head,
+            },
+            BranchState::Head { .. } => {
+                git.move_branch(&w.location, b, &r.commit, &commit)?;
+                done.branches.push((
+                    w.location.clone(),
+                    b.clone(),
+                    r.commit.clone(),
+                    commit.clone(),
+                ));
+                BranchMove::Moved { branch: b.clone() }
+            }
+        },
+    };
+    Ok(TagOutcome {
+        component: r.name.clone(),
+        tag: w.tag.clone(),
+        commit,
+        version: r.next.clone(),
+        action: TagAction::Created,
+        changelog: Some(ChangelogWrite {
+            file: file.clone(),
+            parent: r.commit.clone(),
+            branch,
+        }),
+    })
+}
+
+/// A changelog file with `section` as its newest entry: after a first `# Changelog`
+/// heading when the file starts with one, else at the top; a missing file becomes the
+/// heading and the section.
+pub fn prepend_section(old: Option<&[u8]>, section: &str) -> String {
+    const HEADING: &str = "# Changelog";
+    let Some(old) = old else {
+        return format!("{HEADING}\n\n{section}");
+    };
+    let old = String::from_utf8_lossy(old);
+    let first = old.lines().next().unwrap_or_default();
+    if first.trim_end() == HEADING {
+        let rest = old[first.len()..].trim_start_matches(['\r', '\n']);
+        if rest.is_empty() {
+            return format!("{first}\n\n{section}");
+        }
+        return format!("{first}\n\n{section}\n{rest}");
+    }
+    if old.is_empty() {
+        return section.to_string();
+    }
+    format!("{section}\n{old}")
+}
+
 fn refused(summary: String, problems: Vec<Problem>) -> Error {
     Error::Release(Box::new(ReleaseRefusal {
         code: "cascade::release_refused",
@@ -539,7 +805,7 @@ fn refused(summary: String, problems: Vec<Problem>) -> Error {
 /// `cascade release tag`; see the module documentation.
 pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error> {
     let git = Git::new(opts.store.join("git"));
-    let (mut plan, project) = plan_with(opts, &git)?;
+    let (mut plan, project, lock_nodes) = plan_with(opts, &git)?;
     if let Some(d) = plan.diagnostics.take() {
         return Err(refused(
             format!("`{}` cannot be released: {}", plan.lockfile, d.summary),
@@ -556,7 +822,7 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
 
     // 1. Every tag checked before any is created.
     let mut outcomes = Vec::new();
-    let mut to_create: Vec<(String, &ComponentRelease, String)> = Vec::new();
+    let mut to_create: Vec<Creation<'_>> = Vec::new();
     let mut problems: Vec<Problem> = Vec::new();
     let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
     for r in plan.components.iter().filter(|r| r.tag.is_some()) {
@@ -594,15 +860,49 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
             ));
             continue;
         }
+        let filter = git_filter(&c.recipe);
+        let existing = |commit: String| TagOutcome {
+            component: r.name.clone(),
+            tag: tag.clone(),
+            commit,
+            version: r.next.clone(),
+            action: TagAction::Existing,
+            changelog: None,
+        };
         match git.tag_state(&location, &tag) {
-            Ok(TagState::Missing) => to_create.push((location, r, tag)),
-            Ok(TagState::On(commit)) if commit == r.commit => outcomes.push(TagOutcome {
-                component: r.name.clone(),
-                tag,
-                commit: r.commit.clone(),
-                version: r.next.clone(),
-                action: TagAction::Existing,
-            }),
+            Ok(TagState::Missing) => {
+                let changelog = c.recipe.changelog.as_ref().map(|cl| {
+                    let dir = c.source.dir.as_deref().map(|d| d.trim_matches('/'));
+                    match dir.filter(|d| !d.is_empty() && *d != ".") {
+                        Some(d) => format!("{d}/{}", cl.path),
+                        None => cl.path.clone(),
+                    }
+                });
+                to_create.push(Creation {
+                    location,
+                    release: r,
+                    component: c,
+                    tag,
+                    changelog,
+                    built_ref: lock_ref(&lock_nodes, &r.name),
+                });
+            }
+            Ok(TagState::On(commit)) if commit == r.commit => outcomes.push(existing(commit)),
+            // Made by an earlier `release tag` for a recipe with `changelog:`.
+            Ok(TagState::On(commit))
+                if c.recipe.changelog.is_some()
+                    && git
+                        .is_changelog_commit(
+                            &location,
+                            &commit,
+                            &r.commit,
+                            c.source.dir.as_deref(),
+                            filter.as_ref(),
+                        )
+                        .unwrap_or(false) =>
+            {
+                outcomes.push(existing(commit))
+            }
             Ok(TagState::On(commit)) => problems.push(problem(
                 &project,
                 c,
@@ -631,6 +931,25 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
             )),
         }
     }
+    // One changelog commit per built commit of a repository: two would each need the
+    // built commit as their parent, and the branch can only move to one of them.
+    let mut writers: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for w in to_create.iter().filter(|w| w.changelog.is_some()) {
+        let key = (w.location.as_str(), w.release.commit.as_str());
+        if let Some(first) = writers.insert(key, &w.release.name) {
+            problems.push(problem(
+                &project,
+                w.component,
+                format!(
+                    "`{first}` and `{}` would both write a changelog commit on `{}` of this repository",
+                    w.release.name,
+                    short_sha(&w.release.commit)
+                ),
+                "one repository",
+                "keep `changelog:` in one of their recipes, or release them from different commits",
+            ));
+        }
+    }
     if !problems.is_empty() {
         let n = problems.len();
         return Err(refused(
@@ -643,28 +962,22 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
         ));
     }
 
-    // 2. Created, or none of them.
-    let mut created: Vec<(String, String)> = Vec::new();
-    for (location, r, tag) in &to_create {
-        let message = format!("{} {}\n\n{}", r.name, r.next, r.changelog);
-        if let Err(source) = git.create_tag(location, tag, &r.commit, &message) {
-            for (l, t) in &created {
-                let _ = git.delete_tag(l, t);
+    // 2. Created, or none of them (changelog commits with their tags, and branches put
+    // back).
+    let mut done = Undo::default();
+    for w in &to_create {
+        let r = w.release;
+        match create(&git, w, &mut done) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(source) => {
+                done.undo(&git);
+                return Err(Error::Tagging {
+                    component: r.name.clone(),
+                    tag: w.tag.clone(),
+                    source: Box::new(source),
+                });
             }
-            return Err(Error::Tagging {
-                component: r.name.clone(),
-                tag: tag.clone(),
-                source: Box::new(source),
-            });
         }
-        created.push((location.clone(), tag.clone()));
-        outcomes.push(TagOutcome {
-            component: r.name.clone(),
-            tag: tag.clone(),
-            commit: r.commit.clone(),
-            version: r.next.clone(),
-            action: TagAction::Created,
-        });
     }
     // Build order, whichever way each tag was found.
     let order: BTreeMap<&str, usize> = plan
@@ -749,4 +1062,32 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
         pushed,
         notifications,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepend_section;
+
+    #[test]
+    fn sections_go_first_under_the_heading() {
+        let section = "## 0.2.0\n\n### Features\n\n* a (abc1234)\n";
+        assert_eq!(
+            prepend_section(None, section),
+            format!("# Changelog\n\n{section}")
+        );
+        let old = b"# Changelog\n\n## 0.1.0\n\n* first\n";
+        assert_eq!(
+            prepend_section(Some(old), section),
+            format!("# Changelog\n\n{section}\n## 0.1.0\n\n* first\n")
+        );
+        // No heading: the section on top, the file as it was below.
+        assert_eq!(
+            prepend_section(Some(b"## 0.1.0\n"), section),
+            format!("{section}\n## 0.1.0\n")
+        );
+        assert_eq!(
+            prepend_section(Some(b"# Changelog\n"), section),
+            format!("# Changelog\n\n{section}")
+        );
+    }
 }

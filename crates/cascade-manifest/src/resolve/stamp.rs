@@ -1,5 +1,6 @@
 //! A recipe's `stamp:` and `source:` (the filter): what of its source's history and
-//! files the steps see, and so what its key covers.
+//! files the steps see, and so what its key covers; and its `changelog:`, which
+//! `release tag` writes outside what the filter keeps.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use cascade_core::{FileId, Span};
 use super::{closest, Resolver};
 use crate::ast::{FilterAst, S};
 use crate::error::ManifestError;
-use crate::model::{SourceFilter, Stamp};
+use crate::model::{Changelog, SourceFilter, Stamp};
 use crate::source::source_span;
 
 impl Resolver<'_> {
@@ -83,6 +84,37 @@ impl Resolver<'_> {
             include: self.globs(file, comp, "include", include),
             exclude: self.globs(file, comp, "exclude", exclude),
         }
+    }
+
+    /// `changelog: CHANGELOG.md`: a file path relative to the source's `dir:`,
+    /// normalized; absolute, `..`, empty or the whole tree is a diagnostic on the value.
+    pub(super) fn changelog(
+        &mut self,
+        file: FileId,
+        value: Option<S<String>>,
+    ) -> Option<Changelog> {
+        let value = value?;
+        let span = self.span(file, &value);
+        let reason = match super::normalize_path(&value.value) {
+            Ok(p) if !p.is_empty() => {
+                return Some(Changelog { path: p, span });
+            }
+            Ok(_) if value.value.is_empty() => "empty",
+            Ok(_) => "names the whole source tree",
+            Err(reason) => reason,
+        };
+        let message = if value.value.is_empty() {
+            "an empty `changelog:` names no file".to_string()
+        } else {
+            format!("`{}` cannot be the changelog file", value.value)
+        };
+        self.bad_recipe_value(
+            message,
+            reason,
+            "`changelog:` is a file relative to the source's `dir:`, like `CHANGELOG.md`".into(),
+            span,
+        );
+        None
     }
 
     fn globs(
