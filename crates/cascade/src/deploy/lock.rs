@@ -41,6 +41,7 @@ fn machine() -> String {
 
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence; EPERM means it exists under another user.
+    // SAFETY: kill with signal 0 sends nothing; it only asks whether `pid` exists.
     pid > 0
         && (unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
