@@ -99,6 +99,11 @@ impl Tools {
         Self::new(std::env::var_os("PATH").unwrap_or_default())
     }
 
+    /// The PATH tools are looked up on.
+    pub fn search_path(&self) -> &OsStr {
+        &self.search_path
+    }
+
     pub fn resolve(&self, name: &str) -> Result<ResolvedTool, ToolError> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache

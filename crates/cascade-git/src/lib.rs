@@ -439,6 +439,49 @@ impl Git {
     }
 }
 
+impl Git {
+    /// The files and directories whose state decides what every ref resolves to in
+    /// the repositories at `locations` (opened, not pinned): `HEAD`, `packed-refs`,
+    /// `config`, `shallow` and everything under `refs/` (directories too, so a new
+    /// loose ref shows), in the git dir and, for a linked worktree, its common dir. A
+    /// file that does not exist is listed too: its appearance matters. `None` when a
+    /// location is fetched (its refs are the remote's, known only by fetching again)
+    /// or cannot be opened.
+    pub fn ref_files(&self, locations: &[String]) -> Option<Vec<PathBuf>> {
+        let mut out = std::collections::BTreeSet::new();
+        for location in locations {
+            if is_remote(location) || self.fetch_file_urls {
+                return None;
+            }
+            let repo = self.open(location).ok()?;
+            let state = lock(&repo.state);
+            for dir in [state.repo.path(), state.repo.commondir()] {
+                for name in ["HEAD", "packed-refs", "config", "shallow"] {
+                    out.insert(dir.join(name));
+                }
+                walk_dir(&dir.join("refs"), &mut out);
+            }
+        }
+        Some(out.into_iter().collect())
+    }
+}
+
+/// `dir` and everything under it, into `out` (nothing when it cannot be read).
+fn walk_dir(dir: &Path, out: &mut std::collections::BTreeSet<PathBuf>) {
+    out.insert(dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_dir(&p, out);
+        } else {
+            out.insert(p);
+        }
+    }
+}
+
 /// Whether `location` is fetched into a mirror (a URL other than `file://`) rather than
 /// opened in place.
 pub fn is_remote(location: &str) -> bool {

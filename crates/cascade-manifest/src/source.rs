@@ -34,6 +34,11 @@ impl SourceDb {
         self.files.get(id.0 as usize).map_or("", |f| f.0.as_str())
     }
 
+    /// Every file: its display path and text, in the order added.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.files.iter().map(|(p, t)| (p.as_str(), &**t))
+    }
+
     /// The text of a file; empty for an id that this database did not hand out.
     pub fn text(&self, id: FileId) -> &str {
         self.files.get(id.0 as usize).map_or("", |f| &*f.1)

@@ -307,6 +307,16 @@ impl Store {
             .map_err(StoreError::io(&tmp))
     }
 
+    /// Where the action result of `key` lives (present or not).
+    pub fn action_path(&self, key: &NodeKey) -> PathBuf {
+        self.path(Kind::Action, &key.0)
+    }
+
+    /// Where the tree of `output` lives (present or not).
+    pub fn tree_path(&self, output: &OutputDigest) -> PathBuf {
+        self.path(Kind::Tree, &output.0)
+    }
+
     fn path(&self, kind: Kind, d: &Digest) -> PathBuf {
         let hex = d.hex();
         self.root.join(kind.dir()).join(&hex[..2]).join(hex)

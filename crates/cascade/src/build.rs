@@ -141,6 +141,10 @@ pub struct BuildReport {
     /// A failed build's `build_failed` event, as each `notify:` hook took it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<cascade_notify::Delivery>,
+    /// A no-op decided by the snapshot of the last build: nothing it read had changed,
+    /// so the graph was not loaded again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_snapshot: bool,
 }
 
 impl BuildReport {
@@ -227,7 +231,7 @@ impl Node<'_> {
     }
 
     /// What pinning found worth saying: source filter patterns that match nothing.
-    fn source_warnings(&self) -> Vec<String> {
+    pub(crate) fn source_warnings(&self) -> Vec<String> {
         self.pinned
             .source
             .unmatched
@@ -338,11 +342,18 @@ pub fn build(
         return crate::replay::replay(opts, lock, on_event);
     }
     let started = Instant::now();
+    // A no-op answered by the snapshot of the last build: nothing it read has changed.
+    if let Some(mut report) = crate::snapshot::check(opts, on_event) {
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+    let mut before = crate::snapshot::Before::start(&opts.project);
     let project = load(&opts.project, &opts.env)?;
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.
     let _store_lock = store.lock_shared()?;
     let git = Git::new(store.git_dir());
+    before.refs(&git, &project);
     let pinned = pin_all(&project, &git)?;
     let mut nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
     let env = &project.graph.environment;
@@ -418,6 +429,16 @@ pub fn build(
             &lock,
         )?);
     }
+    crate::snapshot::record(
+        opts,
+        before,
+        &crate::snapshot::Recorded {
+            project: &project,
+            nodes: &nodes,
+            report: &report,
+            store: &store,
+        },
+    );
     if !report.success() {
         report.notifications = notify_failure(&project.graph.environment, &report);
     }
@@ -833,6 +854,7 @@ pub(crate) fn run_graph(
         remote_cache: run.remote.map(RemoteCache::report),
         signed: Vec::new(),
         notifications: Vec::new(),
+        from_snapshot: false,
     };
     (report, done)
 }

@@ -30,6 +30,7 @@ mod rootfs;
 mod short;
 mod sign;
 mod smoke;
+mod snapshot;
 mod workdir;
 mod worker;
 

@@ -1,0 +1,455 @@
+//! The no-op fast path: what the last successful build of an environment depended on,
+//! and what it found.
+//!
+//! After a build whose nodes all succeeded, cascade records in the store the state of
+//! everything the build read to decide its keys: the manifests (with the digest of the
+//! text it parsed), every file that decides what a ref of a local repository resolves
+//! to, the tools on PATH (with the digest their key used), the options and variables
+//! that matter, the cascade binary; and, beside them, what the build found: each node's
+//! key, output and commit, the lockfile that records it. The next build with the same
+//! options checks those, by `stat` alone where it can: when none changed, every key is
+//! the same and in the action cache, and the lockfile would be byte-identical to the
+//! newest one, so the build is a no-op, reported as such without loading the graph.
+//!
+//! Anything else is a miss and the build takes the ordinary path, which records a new
+//! snapshot. A stat that changed is not yet a miss for a file whose content the build
+//! used (a manifest, a tool): its content is hashed and compared. A file written less
+//! than [`RACY`] before the recorded build started may have changed again within the
+//! file system's timestamp granularity ("racily clean", as git calls it): it is always
+//! compared by content, or counted as changed when its content is not known. The
+//! snapshot is a cache: it is written atomically without fsync, and a torn, foreign or
+//! unreadable one is ignored.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cascade_core::{Digest, NodeKey, OutputDigest};
+use cascade_store::Store;
+
+use crate::build::{BuildOptions, Event, NodeReport, NodeStatus};
+use crate::BuildReport;
+
+/// Bumped whenever what is recorded or how it is checked changes.
+const FORMAT: u32 = 1;
+
+/// How long before the recorded build's start a file must have been written to be
+/// trusted by its `stat` alone (far above any file system's timestamp granularity).
+const RACY: i128 = 2_000_000_000;
+
+/// A snapshot of a 10,000-node graph is a few MB; anything far larger is not ours.
+const MAX_SIZE: u64 = 256 << 20;
+
+/// What `stat` says about a path: enough to see any change to its content or its
+/// place (a rename, a replaced file, a new entry in a directory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Stat {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    size: u64,
+    mtime: i128,
+    ctime: i128,
+}
+
+/// Follows symlinks: a manifest or tool reached through one is watched where it is.
+fn stat(path: &Path) -> Option<Stat> {
+    let m = fs::metadata(path).ok()?;
+    Some(Stat {
+        dev: m.dev(),
+        ino: m.ino(),
+        mode: m.mode(),
+        size: m.size(),
+        mtime: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    })
+}
+
+/// How a watched path is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Check {
+    /// Read by the build, content unknown here (a ref, a directory): the same stat,
+    /// written well before the build.
+    Stat,
+    /// Read by the build, which used content with this digest: the same stat, or the
+    /// same content.
+    Content(Digest),
+    /// Written by the build (a store entry): still there.
+    Exists,
+    /// Replaced, never edited in place (this binary): the same stat, however recent.
+    Exact,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Watched {
+    path: PathBuf,
+    stat: Option<Stat>,
+    check: Check,
+}
+
+impl Watched {
+    /// Its state now, with the content's digest when `content` (a file's bytes, a
+    /// directory's names).
+    fn now(path: PathBuf, content: bool) -> Watched {
+        let stat = stat(&path);
+        let check = match (stat.is_some() && content)
+            .then(|| content_digest(&path))
+            .flatten()
+        {
+            Some(d) => Check::Content(d),
+            None => Check::Stat,
+        };
+        Watched { path, stat, check }
+    }
+
+    fn unchanged(&self, started: i128) -> bool {
+        let now = stat(&self.path);
+        match (self.stat, self.check) {
+            // Absent then: absent still.
+            (None, _) => now.is_none(),
+            (Some(_), Check::Exists) => now.is_some(),
+            (Some(s), Check::Exact) => now == Some(s),
+            (Some(s), Check::Stat) => now == Some(s) && !racy(&s, started),
+            (Some(s), Check::Content(digest)) => {
+                (now == Some(s) && !racy(&s, started))
+                    || (now.is_some() && content_digest(&self.path) == Some(digest))
+            }
+        }
+    }
+}
+
+fn racy(s: &Stat, started: i128) -> bool {
+    s.mtime.max(s.ctime) >= started - RACY
+}
+
+/// The blake3 of a file's content (the digest manifests and tools are known by), or of
+/// a directory's sorted entry names.
+fn content_digest(path: &Path) -> Option<Digest> {
+    let mut h = blake3::Hasher::new();
+    if fs::metadata(path).ok()?.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(path)
+            .ok()?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        names.sort();
+        for n in names {
+            h.update(n.as_encoded_bytes());
+            h.update(b"\0");
+        }
+    } else {
+        h.update_reader(fs::File::open(path).ok()?).ok()?;
+    }
+    Some(Digest::from_hasher(&h))
+}
+
+/// One node as the no-op reports it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct SnapNode {
+    name: String,
+    commit: String,
+    version: String,
+    key: NodeKey,
+    output: OutputDigest,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    format: u32,
+    /// The options, variables and binary the build ran with ([`context`]).
+    context: Digest,
+    /// When the recorded build started (ns since the epoch, this machine's clock):
+    /// only compared with the file system's own timestamps, never recorded elsewhere.
+    started: i128,
+    watched: Vec<Watched>,
+    /// The environment's newest lockfile, which records this graph.
+    lockfile: PathBuf,
+    nodes: Vec<SnapNode>,
+}
+
+/// What a build read before it read it: its start (for the racy-file rule) and the
+/// state of the directories and refs it is about to list and resolve. Recorded only
+/// when none of it changed by the end, so what is recorded is what the build saw.
+pub(crate) struct Before {
+    started: i128,
+    seen: Vec<Watched>,
+    /// A fetched repository: its refs are not watchable.
+    unwatchable: bool,
+}
+
+impl Before {
+    /// Before the manifests are read: the clock and the project's directories.
+    pub(crate) fn start(project: &Path) -> Before {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Before {
+            started: d.as_nanos() as i128,
+            seen: ["graph", "graph/environments", "recipes"]
+                .into_iter()
+                .map(|dir| Watched::now(project.join(dir), true))
+                .collect(),
+            unwatchable: false,
+        }
+    }
+
+    /// Before the sources are pinned: the refs of their repositories.
+    pub(crate) fn refs(&mut self, git: &cascade_git::Git, project: &crate::Project) {
+        let env_dir = project.environment_dir();
+        let locations: Vec<String> = project
+            .graph
+            .components
+            .iter()
+            .map(|c| crate::pin::locate(&c.source.repo, &env_dir))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match git.ref_files(&locations) {
+            Some(files) => self
+                .seen
+                .extend(files.into_iter().map(|p| Watched::now(p, true))),
+            None => self.unwatchable = true,
+        }
+    }
+}
+
+/// Where the snapshot of `opts`' project and environment lives in its store.
+fn path_of(opts: &BuildOptions) -> PathBuf {
+    let root = fs::canonicalize(&opts.project).unwrap_or_else(|_| opts.project.clone());
+    let mut e = blake3::Hasher::new();
+    e.update(root.as_os_str().as_encoded_bytes());
+    e.update(b"\0");
+    e.update(opts.env.as_bytes());
+    opts.store
+        .join("snapshots")
+        .join(format!("{}.json", &Digest::from_hasher(&e).hex()[..32]))
+}
+
+/// Everything outside the watched files that decides what a build finds: the
+/// options, the variables cascade and git read, PATH (where tools are found), this
+/// binary's version and key format.
+fn context(opts: &BuildOptions) -> Digest {
+    let mut parts: Vec<String> = vec![
+        format!("format {FORMAT}"),
+        format!("cascade {}", env!("CARGO_PKG_VERSION")),
+        format!("key {}", cascade_core::KEY_VERSION),
+        format!("env {}", opts.env),
+        format!(
+            "store {}",
+            fs::canonicalize(&opts.store)
+                .unwrap_or_else(|_| opts.store.clone())
+                .display()
+        ),
+        format!("executor {:?}", opts.executor),
+        format!("skip_tests {}", opts.publish.skip_tests),
+        format!("path {}", opts.tools.search_path().to_string_lossy()),
+    ];
+    // BTreeMap: the variables in a fixed order.
+    let vars: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| {
+            k.starts_with("CASCADE_")
+                || k.starts_with("GIT_")
+                || k == "HOME"
+                || k == "XDG_CONFIG_HOME"
+        })
+        .collect();
+    parts.extend(vars.into_iter().map(|(k, v)| format!("var {k}={v}")));
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\0");
+    }
+    Digest::from_hasher(&h)
+}
+
+/// Whether a build with `opts` may be answered from a snapshot at all: not a replay,
+/// nothing to publish. (Images, smoke tests and remotes are checked when recording.)
+fn eligible(opts: &BuildOptions) -> bool {
+    opts.replay.lock.is_none()
+        && !opts.publish.load
+        && !opts.publish.push
+        && opts.remote.url.is_none()
+        && !opts.remote.exec
+}
+
+/// The no-op's report, when the snapshot of `opts`' environment still holds.
+pub(crate) fn check(
+    opts: &BuildOptions,
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> Option<BuildReport> {
+    let t0 = Instant::now();
+    if !eligible(opts) {
+        return None;
+    }
+    let path = path_of(opts);
+    let file = fs::File::open(&path).ok()?;
+    let mut text = Vec::new();
+    file.take(MAX_SIZE).read_to_end(&mut text).ok()?;
+    let snap: Snapshot = serde_json::from_slice(&text).ok()?;
+    if snap.format != FORMAT || snap.context != context(opts) {
+        return None;
+    }
+    if crate::newest_lockfile(&opts.project, &opts.env).as_deref() != Some(&*snap.lockfile) {
+        return None;
+    }
+    if !snap.watched.iter().all(|w| w.unchanged(snap.started)) {
+        return None;
+    }
+    on_event(Event::Scheduled {
+        total: snap.nodes.len(),
+    });
+    let nodes: Vec<NodeReport> = snap
+        .nodes
+        .into_iter()
+        .map(|n| NodeReport {
+            name: n.name,
+            status: NodeStatus::Cached,
+            commit: n.commit,
+            version: n.version,
+            key: Some(n.key),
+            output: Some(n.output),
+            image: None,
+            tests: Vec::new(),
+            remote: false,
+            remote_exec: None,
+            duration_ms: 0,
+            warnings: n.warnings,
+        })
+        .collect();
+    for n in &nodes {
+        on_event(Event::Finished(n));
+    }
+    let store = Store::for_reading(&opts.store);
+    crate::cache::record_build(
+        &store,
+        &crate::cache::BuildStat {
+            environment: opts.env.clone(),
+            built: 0,
+            cached: nodes.len(),
+            remote_hits: 0,
+        },
+    );
+    Some(BuildReport {
+        environment: opts.env.clone(),
+        built: 0,
+        cached: nodes.len(),
+        failed: 0,
+        skipped: 0,
+        nodes,
+        lockfile: Some(snap.lockfile),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        replay: None,
+        remote_cache: None,
+        signed: Vec::new(),
+        notifications: Vec::new(),
+        from_snapshot: true,
+    })
+}
+
+/// What a finished build read and found, for [`record`].
+pub(crate) struct Recorded<'a> {
+    pub project: &'a crate::Project,
+    pub nodes: &'a [crate::build::Node<'a>],
+    pub report: &'a BuildReport,
+    pub store: &'a Store,
+}
+
+/// Records the snapshot of a successful build, or removes a stale one when this build
+/// cannot be answered from a snapshot (an image, a smoke test, a fetched repository,
+/// something that changed while it ran).
+pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
+    let path = path_of(opts);
+    let snapshot = eligible(opts).then(|| snapshot(opts, before, r)).flatten();
+    match snapshot.and_then(|s| serde_json::to_vec(&s).ok()) {
+        Some(bytes) => {
+            // A cache: no fsync; a torn file does not parse and is ignored.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let _ = fs::create_dir_all(dir).and_then(|()| {
+                let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+                std::io::Write::write_all(&mut tmp, &bytes)?;
+                tmp.persist(&path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        }
+        None => {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Snapshot> {
+    let env = &r.project.graph.environment;
+    let publishes = r.project.graph.components.iter().any(|c| {
+        c.recipe.image.is_some() || (!opts.publish.skip_tests && !c.recipe.tests.is_empty())
+    });
+    if publishes || env.remote.is_some() || env.remote_cache.is_some() || !r.report.success() {
+        return None;
+    }
+    // What was listed or resolved must not have changed since.
+    if before.unwatchable || before.seen.iter().any(|w| stat(&w.path) != w.stat) {
+        return None;
+    }
+    let lockfile = r.report.lockfile.clone()?;
+    let mut watched = before.seen;
+    let at = |path: PathBuf, check: Check| Watched {
+        stat: stat(&path),
+        path,
+        check,
+    };
+    // The manifests, as parsed.
+    let root = &r.project.root;
+    for (rel, text) in r.project.db.files() {
+        watched.push(at(
+            root.join(rel),
+            Check::Content(Digest::of(text.as_bytes())),
+        ));
+    }
+    // Tools: the directories of PATH (a new one may come first), each tool's content.
+    let search = opts.tools.search_path();
+    for dir in std::env::split_paths(search).filter(|d| d.is_absolute()) {
+        watched.push(Watched::now(dir, true));
+    }
+    let mut tools = BTreeMap::new();
+    for n in r.nodes {
+        for t in &n.tools {
+            tools.insert(t.path.clone(), t.digest.0);
+        }
+    }
+    for (p, d) in tools {
+        watched.push(at(p, Check::Content(d)));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        watched.push(at(exe, Check::Exact));
+    }
+    // The lockfile as it is now: this build wrote it, or found it identical.
+    watched.push(Watched::now(lockfile.clone(), true));
+    let mut nodes = Vec::with_capacity(r.report.nodes.len());
+    for (n, rep) in r.nodes.iter().zip(&r.report.nodes) {
+        let (key, output) = (rep.key?, rep.output?);
+        watched.push(at(r.store.action_path(&key), Check::Exists));
+        watched.push(at(r.store.tree_path(&output), Check::Exists));
+        nodes.push(SnapNode {
+            name: rep.name.clone(),
+            commit: rep.commit.clone(),
+            version: rep.version.clone(),
+            key,
+            output,
+            warnings: n.source_warnings(),
+        });
+    }
+    Some(Snapshot {
+        format: FORMAT,
+        context: context(opts),
+        started: before.started,
+        watched,
+        lockfile,
+        nodes,
+    })
+}

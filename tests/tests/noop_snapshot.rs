@@ -1,0 +1,221 @@
+//! The no-op fast path: a build whose inputs did not change since the last one is
+//! answered from that build's snapshot, and every change that could change a key, a
+//! version or the lockfile is seen, however it was made.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use cascade_tests::{Run, TestProject};
+
+fn project() -> TestProject {
+    let mut p = TestProject::new();
+    p.write(
+        "graph/environments/test.yaml",
+        "name: test\nmode: branch\nsources:\n\
+         \x20 base: { repo: ../../repos/base, ref: develop }\n\
+         \x20 top:  { repo: ../../repos/top,  ref: develop }\n",
+    );
+    p.write("recipes/base.yaml", &recipe(&[], "make"));
+    p.write("recipes/top.yaml", &recipe(&["base"], "make"));
+    for name in ["base", "top"] {
+        let data = format!("{name} data\n");
+        p.commit(name, "develop", &[("data.txt", Some(&data))], "initial");
+    }
+    p
+}
+
+fn recipe(inputs: &[&str], step: &str) -> String {
+    let cats: String = inputs
+        .iter()
+        .map(|i| format!(" inputs/{i}/out.txt"))
+        .collect();
+    format!(
+        "inputs: [{}]\nrunner: {{ host: {{ tools: [sh, cat] }} }}\nsteps:\n  - name: {step}\n    run: cat{cats} data.txt > out.txt\noutputs: [out.txt]\n",
+        inputs.join(", ")
+    )
+}
+
+fn from_snapshot(r: &Run) -> bool {
+    r.json()["from_snapshot"].as_bool().unwrap_or(false)
+}
+
+/// Sets a file's modification time back to what it was, as a careless tool might.
+fn set_mtime(path: &Path, t: SystemTime) {
+    let f = fs::File::options().write(true).open(path).expect("open");
+    f.set_modified(t).expect("set mtime");
+}
+
+#[test]
+fn a_second_build_is_answered_from_the_snapshot_with_the_same_report() {
+    let p = project();
+    let first = p.build("test", 0);
+    assert_eq!(first.json()["built"], 2, "{}", first.stderr);
+    assert!(!from_snapshot(&first));
+    let second = p.build("test", 0);
+    assert!(from_snapshot(&second), "{}", second.stdout);
+    assert_eq!(second.json()["cached"], 2);
+    assert_eq!(second.json()["lockfile"], first.json()["lockfile"]);
+    for name in ["base", "top"] {
+        for field in ["key", "output", "commit", "version"] {
+            assert_eq!(
+                second.node(name)[field],
+                first.node(name)[field],
+                "{name} {field}"
+            );
+        }
+    }
+    // The ordinary path agrees: with the snapshot gone, the same no-op.
+    fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
+    let third = p.build("test", 0);
+    assert!(!from_snapshot(&third));
+    assert_eq!(third.json()["built"], 0);
+    assert_eq!(third.json()["lockfile"], first.json()["lockfile"]);
+    assert_eq!(p.lockfiles().len(), 1, "a no-op writes no lockfile");
+}
+
+#[test]
+fn a_recipe_edited_to_the_same_size_and_mtime_is_still_seen() {
+    let p = project();
+    p.build("test", 0);
+    let path = p.root.join("recipes/top.yaml");
+    let mtime = fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    // Same length, same mtime: only the content (and the ctime) differ.
+    p.write("recipes/top.yaml", &recipe(&["base"], "mkae"));
+    set_mtime(&path, mtime);
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r));
+    assert_eq!(r.with_status("built"), ["top"]);
+    assert!(from_snapshot(&p.build("test", 0)));
+}
+
+#[test]
+fn a_touched_recipe_with_the_same_content_is_still_a_no_op() {
+    let p = project();
+    let first = p.build("test", 0);
+    let path = p.root.join("recipes/base.yaml");
+    set_mtime(&path, SystemTime::now() + Duration::from_secs(5));
+    let r = p.build("test", 0);
+    assert!(from_snapshot(&r), "verified by content: {}", r.stdout);
+    assert_eq!(r.json()["lockfile"], first.json()["lockfile"]);
+}
+
+#[test]
+fn a_moved_ref_a_new_recipe_or_a_missing_store_entry_is_a_rebuild() {
+    let mut p = project();
+    p.build("test", 0);
+    p.commit("base", "develop", &[("data.txt", Some("v2\n"))], "change");
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r));
+    let mut built = r.with_status("built");
+    built.sort();
+    assert_eq!(built, ["base", "top"]);
+
+    // A new file in recipes/ is a miss (it may change the graph).
+    p.write("recipes/unused.yaml", &recipe(&[], "make"));
+    assert!(!from_snapshot(&p.build("test", 0)));
+    p.remove("recipes/unused.yaml");
+    p.build("test", 0);
+    assert!(from_snapshot(&p.build("test", 0)));
+
+    // An action result removed from the store (by hand, or a gc) rebuilds that node.
+    let key = p.build("test", 0).node("top")["key"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let hex = key.trim_start_matches("blake3:");
+    let action = p.root.join("cache/actions").join(&hex[..2]).join(hex);
+    fs::remove_file(&action).expect("the action result");
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r));
+    assert_eq!(r.with_status("built"), ["top"]);
+}
+
+#[test]
+fn a_tag_that_changes_a_version_is_seen() {
+    let mut p = project();
+    let first = p.build("test", 0);
+    let sha = first.node("base")["commit"]
+        .as_str()
+        .expect("commit")
+        .to_string();
+    p.tag("base", "v1.0.0", &sha);
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r), "a new tag may change versions");
+    assert!(from_snapshot(&p.build("test", 0)));
+}
+
+#[test]
+fn a_deleted_lockfile_is_written_again() {
+    let p = project();
+    p.build("test", 0);
+    for l in p.lockfiles() {
+        fs::remove_file(l).expect("remove");
+    }
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r));
+    assert_eq!(p.lockfiles().len(), 1);
+}
+
+#[test]
+fn a_changed_tool_on_path_is_seen() {
+    let p = project();
+    let bin = tempfile::tempdir().expect("dir");
+    let early = tempfile::tempdir().expect("dir");
+    let cat = bin.path().join("cat");
+    fs::copy(which("cat"), &cat).expect("copy cat");
+    let path = format!(
+        "{}:{}:{}",
+        early.path().display(),
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let build = || {
+        let out = std::process::Command::new(cascade_tests::engine::cascade_bin())
+            .args(["--project"])
+            .arg(&p.root)
+            .args(["build", "--env", "test", "--json", "--store"])
+            .arg(p.root.join("cache"))
+            .env("PATH", &path)
+            .output()
+            .expect("cascade");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v
+    };
+    let first = build();
+    assert_eq!(first["built"], 2);
+    assert_eq!(build()["from_snapshot"], true);
+
+    // The same tool, one byte longer (still runs): a new runner identity.
+    let mut bytes = fs::read(&cat).expect("read");
+    bytes.push(0);
+    fs::write(&cat, &bytes).expect("write");
+    let r = build();
+    assert_eq!(r["from_snapshot"], serde_json::Value::Null);
+    assert_eq!(r["built"], 2);
+    assert_eq!(build()["from_snapshot"], true);
+
+    // A `cat` that appears earlier on PATH is the one steps get.
+    bytes.push(0);
+    fs::write(early.path().join("cat"), &bytes).expect("write");
+    fs::set_permissions(early.path().join("cat"), fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let r = build();
+    assert_eq!(r["from_snapshot"], serde_json::Value::Null);
+    assert_eq!(r["built"], 2);
+}
+
+fn which(tool: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} on PATH"))
+}
