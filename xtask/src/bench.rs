@@ -246,12 +246,22 @@ fn plan(dir: &Path) -> Result<(f64, u64, u64)> {
     Ok((secs, count("cached"), count("rebuild")))
 }
 
-/// Runs `cascade <command> --env bench --json <rest…>` in-process and times it.
-pub(crate) fn timed_cascade(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
-    timed(dir, command)
+fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
+    let args = cascade_args(dir, command);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    // Flush what the previous build wrote first, so the kernel's writeback of it is not
+    // counted against this run.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let t = Instant::now();
+    let code = cascade_cli::run_with(args, &mut out, &mut err, false);
+    let secs = t.elapsed().as_secs_f64();
+    report(command, code, &out, &err).map(|v| (secs, v))
 }
 
-fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
+/// `cascade --project DIR COMMAND --env bench --json --store DIR/cache …`.
+fn cascade_args(dir: &Path, command: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "cascade".into(),
         "--project".into(),
@@ -264,24 +274,36 @@ fn timed(dir: &Path, command: &[&str]) -> Result<(f64, serde_json::Value)> {
         dir.join("cache").display().to_string(),
     ];
     args.extend(command[1..].iter().map(|s| s.to_string()));
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    // Flush what the previous build wrote first, so the kernel's writeback of it is not
-    // counted against this run.
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    let t = Instant::now();
-    let code = cascade_cli::run_with(args, &mut out, &mut err, false);
-    let secs = t.elapsed().as_secs_f64();
+    args
+}
+
+fn report(command: &[&str], code: i32, out: &[u8], err: &[u8]) -> Result<serde_json::Value> {
     if code != 0 {
         return Err(format!(
             "bench {} failed ({code}):\n{}",
             command[0],
-            String::from_utf8_lossy(&err)
+            String::from_utf8_lossy(err)
         )
         .into());
     }
-    Ok((secs, serde_json::from_slice(&out)?))
+    Ok(serde_json::from_slice(out)?)
+}
+
+/// As [`timed`], but the release `cascade` binary as a process of its own, the
+/// way the peers run: its start-up is part of what a user waits for.
+pub(crate) fn timed_process(
+    bin: &Path,
+    dir: &Path,
+    command: &[&str],
+) -> Result<(f64, serde_json::Value)> {
+    let args = cascade_args(dir, command);
+    // SAFETY: as in `timed`.
+    unsafe { libc::sync() };
+    let t = Instant::now();
+    let out = std::process::Command::new(bin).args(&args[1..]).output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let code = out.status.code().unwrap_or(-1);
+    report(command, code, &out.stdout, &out.stderr).map(|v| (secs, v))
 }
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::bench::{commit_dirs, hashing_recipe, timed_cascade, Result};
+use crate::bench::{commit_dirs, hashing_recipe, timed_process, Result};
 
 const WIDTH: usize = 100;
 
@@ -162,7 +162,7 @@ struct Row {
     rebuilt: u64,
 }
 
-fn measure(dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
+fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
     generate(dir, layers)?;
     let project = dir.join("cascade");
     let j = jobs.to_string();
@@ -193,7 +193,7 @@ fn measure(dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
     }
 
     let cascade = |what: &str| -> Result<(f64, u64)> {
-        let (secs, report) = timed_cascade(&project, &["build", "--jobs", &j])?;
+        let (secs, report) = timed_process(bin, &project, &["build", "--jobs", &j])?;
         let built = report["built"].as_u64().unwrap_or(0);
         match what {
             "cold" if built != n => Err(format!("cascade cold built {built} of {n}").into()),
@@ -217,6 +217,31 @@ fn measure(dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
         leaf: [peers[0][2], peers[1][2], c_leaf],
         rebuilt,
     })
+}
+
+/// The release `cascade` binary beside this (release) xtask, built if needed.
+fn cascade_binary() -> Result<std::path::PathBuf> {
+    let root = crate::workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "cascade-cli",
+            "--bin",
+            "cascade",
+        ])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        return Err("building the release cascade binary failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/cascade"))
 }
 
 /// Copies the generated work tree (files and directories only).
@@ -244,13 +269,14 @@ fn secs(t: f64) -> String {
 
 pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> {
     ninja_available()?;
+    let bin = cascade_binary()?;
     println!("| figure | ninja | make | cascade | cascade ÷ ninja | target |");
     println!("|---|---|---|---|---|---|");
     for &n in sizes {
         let layers = (n / WIDTH).max(1);
         let dir = base.join(format!("peers-{n}"));
         let _ = fs::remove_dir_all(&dir);
-        let row = measure(&dir, layers, jobs)?;
+        let row = measure(&bin, &dir, layers, jobs)?;
         let nodes = layers * WIDTH;
         let line = |what: String, t: [f64; 3], target: &str| {
             println!(

@@ -461,8 +461,12 @@ impl Io<'_> {
     }
 
     fn json(&mut self, v: &impl serde::Serialize) {
-        let _ = serde_json::to_writer_pretty(&mut *self.out, v);
-        let _ = writeln!(self.out);
+        // Whole, in one write: stdout is line-buffered, and a big report has a line per
+        // field.
+        let mut text = serde_json::to_vec_pretty(v).unwrap_or_default();
+        text.push(b'\n');
+        let _ = self.out.write_all(&text);
+        let _ = self.out.flush();
     }
 }
 

@@ -74,9 +74,11 @@ impl<'m, 'w> Progress<'m, 'w> {
                         b.inc(1);
                     }
                     None => {
+                        // One write per line: stderr is unbuffered.
                         let w = st.total.to_string().len();
+                        let text = format!("[{:>w$}/{}]{line}\n", st.done, st.total);
                         let mut err = self.err.lock().unwrap_or_else(|e| e.into_inner());
-                        let _ = writeln!(err, "[{:>w$}/{}]{line}", st.done, st.total);
+                        let _ = err.write_all(text.as_bytes());
                     }
                 }
             }

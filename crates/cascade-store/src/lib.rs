@@ -186,19 +186,22 @@ pub struct Store {
     commits: Arc<GroupCommit>,
 }
 
-/// Group commit of the store's writes: callers take a ticket; one of them (the leader)
-/// runs `syncfs` for every ticket taken before it started, the others wait for it.
+/// Group commit of the store's writes: every entry renamed into place is counted; a
+/// sync returns once a flush that started after those writes has finished. One caller
+/// (the leader) runs `syncfs` for every write counted before it started, the others
+/// wait for it; with nothing written since the last flush, nothing runs (a no-op build
+/// flushes nothing).
 #[derive(Debug, Default)]
 struct GroupCommit {
+    /// Entries written (renamed into place) through this store so far.
+    written: std::sync::atomic::AtomicU64,
     state: Mutex<Commits>,
     done: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct Commits {
-    /// Tickets handed out; each caller wrote its data before taking one.
-    taken: u64,
-    /// Every ticket up to this one is durable.
+    /// Every write up to this count is durable.
     durable: u64,
     /// A flush is running.
     flushing: bool,
@@ -208,23 +211,29 @@ struct Commits {
 }
 
 impl GroupCommit {
+    fn wrote(&self) {
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn sync(&self, root: &Path) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // What this caller needs durable: everything written before it asked.
+        let needed = self.written.load(SeqCst);
         // A panic while the lock was held leaves counters that are still true.
         let lock = || self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut s = lock();
-        s.taken += 1;
-        let ticket = s.taken;
         loop {
-            if s.durable >= ticket {
+            if s.durable >= needed {
                 return Ok(());
             }
             if s.flushing {
                 s = self.done.wait(s).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            // Lead: flush for every ticket taken so far (their data is written).
+            // Lead: flush for every write counted so far (each was complete when counted).
             s.flushing = true;
-            let covers = s.taken;
+            let covers = self.written.load(SeqCst);
             drop(s);
             let flushed = syncfs(root);
             s = lock();
@@ -328,6 +337,15 @@ impl Store {
         Self::write_file(dest, bytes, true).map(|_| ())
     }
 
+    /// Replaces `dest` atomically (temp file in the same directory, rename) without
+    /// waiting for the disk: for caches and statistics, which a crash may lose (the
+    /// old file or none) but never tear.
+    pub fn replace_lazily(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut tmp = Self::temp_beside(dest)?;
+        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
+        Self::finish_write(tmp, dest, true, Durable::AtSync).map(|_| ())
+    }
+
     /// Like [`Store::write_atomic`], but never replaces an existing file: returns
     /// `false` when `dest` exists. Two processes racing for one name (lockfiles written
     /// in the same second) cannot overwrite each other.
@@ -421,7 +439,9 @@ impl Store {
                 }
             }
         }
-        Self::write_entry(&p, bytes)
+        Self::write_entry(&p, bytes)?;
+        self.commits.wrote();
+        Ok(())
     }
 
     /// Reads an entry and checks it hashes to its name.
@@ -804,18 +824,32 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let barrier = std::sync::Barrier::new(8);
         std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
+            for t in 0..8u8 {
+                let (store, barrier) = (&store, &barrier);
+                scope.spawn(move || {
                     barrier.wait();
-                    for _ in 0..25 {
+                    for i in 0..25u8 {
+                        store.put_blob(&[t, i]).unwrap();
                         store.sync().unwrap();
                     }
                 });
             }
         });
         let s = store.commits.state.lock().unwrap();
-        assert_eq!(s.taken, 200);
-        assert_eq!(s.durable, 200);
+        assert_eq!(s.durable, 200, "every write durable");
         assert!(s.flushes >= 1 && s.flushes < 200, "{} flushes", s.flushes);
+    }
+
+    /// Nothing written, nothing flushed: a no-op build costs no syncfs.
+    #[test]
+    fn a_sync_with_nothing_written_flushes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.commits.state.lock().unwrap().flushes, 0);
+        store.put_blob(b"x").unwrap();
+        store.sync().unwrap();
+        store.sync().unwrap();
+        assert_eq!(store.commits.state.lock().unwrap().flushes, 1);
     }
 }

@@ -116,6 +116,7 @@ impl Store {
             )));
         }
         Store::finish_write(tmp, &dest, true, crate::Durable::AtSync)?;
+        self.commits.wrote();
         Ok((BlobDigest(digest), size))
     }
 }

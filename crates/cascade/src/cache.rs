@@ -56,7 +56,8 @@ pub(crate) fn record_build(store: &Store, stat: &BuildStat) {
     }
     let start = lines.len().saturating_sub(KEEP_BUILDS);
     let text = lines[start..].join("\n") + "\n";
-    let _ = Store::write_atomic(&path, text.as_bytes());
+    // Statistics: a crash may lose the last line, so no flush is worth its cost.
+    let _ = Store::replace_lazily(&path, text.as_bytes());
 }
 
 pub fn cache_stats(store: &Path) -> Result<CacheStats, Error> {

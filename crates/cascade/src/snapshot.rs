@@ -369,14 +369,8 @@ pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
     let snapshot = eligible(opts).then(|| snapshot(opts, before, r)).flatten();
     match snapshot.and_then(|s| serde_json::to_vec(&s).ok()) {
         Some(bytes) => {
-            // A cache: no fsync; a torn file does not parse and is ignored.
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let _ = fs::create_dir_all(dir).and_then(|()| {
-                let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-                std::io::Write::write_all(&mut tmp, &bytes)?;
-                tmp.persist(&path).map_err(|e| e.error)?;
-                Ok(())
-            });
+            // A cache: no flush; a torn file does not parse and is ignored.
+            let _ = Store::replace_lazily(&path, &bytes);
         }
         None => {
             let _ = fs::remove_file(&path);
