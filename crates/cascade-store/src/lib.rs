@@ -184,7 +184,26 @@ pub struct Store {
     root: PathBuf,
     /// Shared by every clone: one build's nodes share their flushes.
     commits: Arc<GroupCommit>,
+    /// Action results waiting for the next flush (see [`Store::put_action_batched`]).
+    batch: Arc<Mutex<Batch>>,
 }
+
+/// Action results whose outputs are written but not yet durable, with the key locks
+/// that keep other builds from building them meanwhile.
+#[derive(Debug, Default)]
+struct Batch {
+    pending: Vec<(NodeKey, ActionResult, Option<KeyLock>)>,
+    /// A thread will write the batch once its oldest result is [`BATCH_AGE`] old.
+    timer: bool,
+}
+
+/// A batch is written once it holds this many results (each holds a key lock, an open
+/// file) …
+const BATCH_SIZE: usize = 64;
+/// … or, by a timer thread, once its oldest result has waited this long: a crash
+/// loses little, and no key lock is held longer than that whatever the build's
+/// threads are doing (waiting for each other's locks across processes, say).
+const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Group commit of the store's writes: every entry renamed into place is counted; a
 /// sync returns once a flush that started after those writes has finished. One caller
@@ -295,6 +314,7 @@ impl Store {
         Store {
             root,
             commits: Arc::default(),
+            batch: Arc::default(),
         }
     }
 
@@ -512,6 +532,65 @@ impl Store {
         self.put_checked(Kind::Action, &key.0, &result.encode())
     }
 
+    /// Records an action result together with those of the other nodes finished
+    /// meanwhile: one flush makes everything they point at durable, then the results
+    /// are written (group commit). `hold`, the key's build lock, is kept until its
+    /// result is written, so another build waiting for the key finds it. The batch is
+    /// written when it is full or old enough, and by [`Store::flush_actions`], which
+    /// every build calls before its lockfile.
+    pub fn put_action_batched(
+        &self,
+        key: &NodeKey,
+        result: &ActionResult,
+        hold: Option<KeyLock>,
+    ) -> Result<(), StoreError> {
+        let (full, start_timer) = {
+            let mut b = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            b.pending.push((*key, result.clone(), hold));
+            let start_timer = !b.timer;
+            b.timer = true;
+            (b.pending.len() >= BATCH_SIZE, start_timer)
+        };
+        if start_timer {
+            let store = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("cascade-commit".into())
+                .spawn(move || {
+                    std::thread::sleep(BATCH_AGE);
+                    // Best effort: a result not written is only a rebuild later, and
+                    // the build's own flush reports the error.
+                    let _ = store.flush_actions();
+                });
+            if spawned.is_err() {
+                return self.flush_actions();
+            }
+        }
+        if full {
+            self.flush_actions()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every batched action result, after one flush of what they point at.
+    pub fn flush_actions(&self) -> Result<(), StoreError> {
+        let pending = {
+            let mut b = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            b.timer = false;
+            std::mem::take(&mut b.pending)
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.sync()?;
+        for (key, result, hold) in pending {
+            crash_point("build:before-action");
+            self.put_checked(Kind::Action, &key.0, &result.encode())?;
+            crash_point("build:after-action");
+            drop(hold);
+        }
+        Ok(())
+    }
+
     /// Looks a node key up. `Ok(None)` is a miss; a corrupt entry is removed and
     /// reported as an error (callers treat it as a miss and say so).
     pub fn get_action(&self, key: &NodeKey) -> Result<Option<ActionResult>, StoreError> {
@@ -558,7 +637,12 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(StoreError::io(&path))?;
-        file.lock().map_err(StoreError::io(&path))?;
+        // Busy: perhaps by this build's own batch (a key built twice in one graph);
+        // writing it releases those locks before waiting for the holder.
+        if file.try_lock().is_err() {
+            self.flush_actions()?;
+            file.lock().map_err(StoreError::io(&path))?;
+        }
         Ok(KeyLock { _file: file })
     }
 

@@ -812,6 +812,10 @@ pub(crate) fn run_graph(
         *reports[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         ok
     });
+    // The last batch of action results, failed build or not: what built stays cached.
+    // Best effort: a result not recorded only means building that node again later,
+    // and the outputs the lockfile names are made durable before it is written anyway.
+    let _ = run.store.flush_actions();
 
     let mut node_reports = Vec::with_capacity(nodes.len());
     for (i, outcome) in outcomes.iter().enumerate() {
@@ -1051,7 +1055,7 @@ fn run_node(
     }
     // One builder per key and store: wait for whoever builds (or downloads) it now,
     // then look again.
-    let _lock = store
+    let lock = store
         .lock_key(&key)
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
     if let Ok(Some(r)) = store.get_action(&key) {
@@ -1084,7 +1088,7 @@ fn run_node(
         let _ = remove_tree(tmp.path());
         result
     };
-    let outputs = match attempt(run.work.on_disk()) {
+    let (outputs, result) = match attempt(run.work.on_disk()) {
         Err(_) if run.work.nearly_full() => {
             warnings.push(
                 "the work directory's tmpfs was nearly full: the steps ran again on the store's disk"
@@ -1094,6 +1098,10 @@ fn run_node(
         }
         r => r,
     }?;
+    // Durable with the other nodes finished meanwhile; the lock goes with it.
+    store
+        .put_action_batched(&key, &result, Some(lock))
+        .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
     Ok((done(outputs.digest, outputs.artifacts), true))
 }
 

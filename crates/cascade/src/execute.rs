@@ -368,7 +368,7 @@ pub(crate) fn execute(
     key: NodeKey,
     tmp: &Path,
     remote_run: &mut Option<crate::reapi::RemoteRun>,
-) -> Result<cascade_store::Outputs, Failure> {
+) -> Result<(cascade_store::Outputs, ActionResult), Failure> {
     let k = Some(key);
     let action = Action::of(run, node, inputs, runner, key)?;
     let work = tmp.join("work");
@@ -526,14 +526,14 @@ fn step_failure(run: &Run<'_>, action: &Action<'_>, e: RunError, log: &Path) -> 
     }
 }
 
-/// Outputs into the store, the log as a blob, then the action result and the remote
-/// cache.
+/// Outputs into the store, the log as a blob, then the remote cache; the action result
+/// is the caller's to record (batched, under the key's lock).
 fn record(
     run: &Run<'_>,
     action: &Action<'_>,
     work: &Path,
     log: &Path,
-) -> Result<cascade_store::Outputs, Failure> {
+) -> Result<(cascade_store::Outputs, ActionResult), Failure> {
     let (store, k) = (run.store, Some(action.key));
     let outputs = store
         .ingest_outputs(work, action.outputs)
@@ -551,11 +551,6 @@ fn record(
         output: outputs.digest,
         log: log_digest,
     };
-    cascade_store::crash_point("build:before-action");
-    store
-        .put_action(&action.key, &result)
-        .map_err(|e| fail(FailureCause::Environment, e, k))?;
-    cascade_store::crash_point("build:after-action");
     if let Some(rc) = run.remote {
         rc.upload(
             store,
@@ -565,7 +560,7 @@ fn record(
             &action.component.name,
         );
     }
-    Ok(outputs)
+    Ok((outputs, result))
 }
 
 /// Smoke tests of `image` on the build's executor.
