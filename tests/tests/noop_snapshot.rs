@@ -219,3 +219,21 @@ fn which(tool: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{tool} on PATH"))
 }
+
+#[test]
+fn a_plan_from_the_snapshot_says_what_the_full_plan_says() {
+    let p = project();
+    p.build("test", 0);
+    let quick = p.run(&["plan", "--env", "test", "--json"]);
+    assert_eq!(quick.code, 0, "{}", quick.stderr);
+    fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
+    let full = p.run(&["plan", "--env", "test", "--json"]);
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    assert_eq!(quick.json(), full.json());
+    assert_eq!(quick.json()["cached"], 2);
+    // The text a person reads is the same too.
+    p.build("test", 0);
+    let text = p.run(&["plan", "--env", "test"]);
+    fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
+    assert_eq!(text.stdout, p.run(&["plan", "--env", "test"]).stdout);
+}

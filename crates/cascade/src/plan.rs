@@ -416,6 +416,10 @@ fn plural(n: usize) -> &'static str {
 }
 
 pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
+    // Nothing changed since the last build, which recorded what it read: all cached.
+    if let Some(plan) = crate::snapshot::plan(opts) {
+        return Ok(plan);
+    }
     std::thread::scope(|s| {
         // The baseline lockfile is parsed while the sources are pinned.
         let base = s.spawn(|| baseline(opts));

@@ -151,6 +151,10 @@ fn content_digest(path: &Path) -> Option<Digest> {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct SnapNode {
     name: String,
+    /// Its inputs' names, sorted, and the ref as written (branch mode): for a plan.
+    inputs: Vec<String>,
+    #[serde(rename = "ref")]
+    r#ref: Option<String>,
     commit: String,
     version: String,
     key: NodeKey,
@@ -162,8 +166,10 @@ struct SnapNode {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Snapshot {
     format: u32,
-    /// The options, variables and binary the build ran with ([`context`]).
+    /// The options, variables and binary the build ran with ([`Target::context`]).
     context: Digest,
+    /// The same without the build's own options: what a plan must match.
+    plan_context: Digest,
     /// When the recorded build started (ns since the epoch, this machine's clock):
     /// only compared with the file system's own timestamps, never recorded elsewhere.
     started: i128,
@@ -219,54 +225,107 @@ impl Before {
     }
 }
 
-/// Where the snapshot of `opts`' project and environment lives in its store.
-fn path_of(opts: &BuildOptions) -> PathBuf {
-    let root = fs::canonicalize(&opts.project).unwrap_or_else(|_| opts.project.clone());
-    let mut e = blake3::Hasher::new();
-    e.update(root.as_os_str().as_encoded_bytes());
-    e.update(b"\0");
-    e.update(opts.env.as_bytes());
-    opts.store
-        .join("snapshots")
-        .join(format!("{}.json", &Digest::from_hasher(&e).hex()[..32]))
+/// What a snapshot is looked up by: the project, the environment, the store, PATH.
+struct Target<'a> {
+    project: &'a Path,
+    env: &'a str,
+    store: &'a Path,
+    tools: &'a cascade_exec::Tools,
 }
 
-/// Everything outside the watched files that decides what a build finds: the
-/// options, the variables cascade and git read, PATH (where tools are found), this
-/// binary's version and key format.
-fn context(opts: &BuildOptions) -> Digest {
-    let mut parts: Vec<String> = vec![
-        format!("format {FORMAT}"),
-        format!("cascade {}", env!("CARGO_PKG_VERSION")),
-        format!("key {}", cascade_core::KEY_VERSION),
-        format!("env {}", opts.env),
-        format!(
-            "store {}",
-            fs::canonicalize(&opts.store)
-                .unwrap_or_else(|_| opts.store.clone())
-                .display()
-        ),
-        format!("executor {:?}", opts.executor),
-        format!("skip_tests {}", opts.publish.skip_tests),
-        format!("path {}", opts.tools.search_path().to_string_lossy()),
-    ];
-    // BTreeMap: the variables in a fixed order.
-    let vars: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-        .filter(|(k, _)| {
-            k.starts_with("CASCADE_")
-                || k.starts_with("GIT_")
-                || k == "HOME"
-                || k == "XDG_CONFIG_HOME"
-        })
-        .collect();
-    parts.extend(vars.into_iter().map(|(k, v)| format!("var {k}={v}")));
-    let mut h = blake3::Hasher::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update(b"\0");
+impl<'a> Target<'a> {
+    fn of_build(opts: &'a BuildOptions) -> Target<'a> {
+        Target {
+            project: &opts.project,
+            env: &opts.env,
+            store: &opts.store,
+            tools: &opts.tools,
+        }
     }
-    Digest::from_hasher(&h)
+
+    fn of_plan(opts: &'a crate::PlanOptions) -> Target<'a> {
+        Target {
+            project: &opts.project,
+            env: &opts.env,
+            store: &opts.store,
+            tools: &opts.tools,
+        }
+    }
+
+    /// Where the snapshot of this project and environment lives in the store.
+    fn path(&self) -> PathBuf {
+        let root = fs::canonicalize(self.project).unwrap_or_else(|_| self.project.to_path_buf());
+        let mut e = blake3::Hasher::new();
+        e.update(root.as_os_str().as_encoded_bytes());
+        e.update(b"\0");
+        e.update(self.env.as_bytes());
+        self.store
+            .join("snapshots")
+            .join(format!("{}.json", &Digest::from_hasher(&e).hex()[..32]))
+    }
+
+    /// Everything outside the watched files that decides what a plan finds: the
+    /// variables cascade and git read, PATH (where tools are found), this binary's
+    /// version and key format; for a build, `build` (its executor and options) too.
+    fn context(&self, build: Option<&BuildOptions>) -> Digest {
+        let mut parts: Vec<String> = vec![
+            format!("format {FORMAT}"),
+            format!("cascade {}", env!("CARGO_PKG_VERSION")),
+            format!("key {}", cascade_core::KEY_VERSION),
+            format!("env {}", self.env),
+            format!(
+                "store {}",
+                fs::canonicalize(self.store)
+                    .unwrap_or_else(|_| self.store.to_path_buf())
+                    .display()
+            ),
+            format!("path {}", self.tools.search_path().to_string_lossy()),
+        ];
+        if let Some(opts) = build {
+            parts.push(format!("executor {:?}", opts.executor));
+            parts.push(format!("skip_tests {}", opts.publish.skip_tests));
+        }
+        // BTreeMap: the variables in a fixed order.
+        let vars: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .filter(|(k, _)| {
+                k.starts_with("CASCADE_")
+                    || k.starts_with("GIT_")
+                    || k == "HOME"
+                    || k == "XDG_CONFIG_HOME"
+            })
+            .collect();
+        parts.extend(vars.into_iter().map(|(k, v)| format!("var {k}={v}")));
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(p.as_bytes());
+            h.update(b"\0");
+        }
+        Digest::from_hasher(&h)
+    }
+
+    /// The snapshot, when nothing it watched has changed and the environment's newest
+    /// lockfile is still the one it recorded.
+    fn holding(&self, build: Option<&BuildOptions>) -> Option<Snapshot> {
+        let file = fs::File::open(self.path()).ok()?;
+        let mut text = Vec::new();
+        file.take(MAX_SIZE).read_to_end(&mut text).ok()?;
+        let snap: Snapshot = serde_json::from_slice(&text).ok()?;
+        let context = match build {
+            Some(_) => snap.context,
+            None => snap.plan_context,
+        };
+        if snap.format != FORMAT || context != self.context(build) {
+            return None;
+        }
+        if crate::newest_lockfile(self.project, self.env).as_deref() != Some(&*snap.lockfile) {
+            return None;
+        }
+        snap.watched
+            .iter()
+            .all(|w| w.unchanged(snap.started))
+            .then_some(snap)
+    }
 }
 
 /// Whether a build with `opts` may be answered from a snapshot at all: not a replay,
@@ -288,20 +347,7 @@ pub(crate) fn check(
     if !eligible(opts) {
         return None;
     }
-    let path = path_of(opts);
-    let file = fs::File::open(&path).ok()?;
-    let mut text = Vec::new();
-    file.take(MAX_SIZE).read_to_end(&mut text).ok()?;
-    let snap: Snapshot = serde_json::from_slice(&text).ok()?;
-    if snap.format != FORMAT || snap.context != context(opts) {
-        return None;
-    }
-    if crate::newest_lockfile(&opts.project, &opts.env).as_deref() != Some(&*snap.lockfile) {
-        return None;
-    }
-    if !snap.watched.iter().all(|w| w.unchanged(snap.started)) {
-        return None;
-    }
+    let snap = Target::of_build(opts).holding(Some(opts))?;
     on_event(Event::Scheduled {
         total: snap.nodes.len(),
     });
@@ -353,6 +399,54 @@ pub(crate) fn check(
     })
 }
 
+/// The plan of an environment whose snapshot still holds, compared with the lockfile
+/// it recorded: every node cached, nothing changed. Only for a plan against the newest
+/// lockfile and without a remote.
+pub(crate) fn plan(opts: &crate::PlanOptions) -> Option<crate::Plan> {
+    if opts.against.is_some() || opts.remote.is_some() {
+        return None;
+    }
+    let snap = Target::of_plan(opts).holding(None)?;
+    let baseline = snap
+        .lockfile
+        .strip_prefix(&opts.project)
+        .unwrap_or(&snap.lockfile)
+        .to_path_buf();
+    let mut warnings = Vec::new();
+    let nodes: Vec<crate::PlanNode> = snap
+        .nodes
+        .into_iter()
+        .map(|n| {
+            warnings.extend(n.warnings.iter().map(|w| format!("{}: {w}", n.name)));
+            crate::PlanNode {
+                name: n.name,
+                state: crate::PlanState::Cached,
+                inputs: n.inputs,
+                r#ref: n.r#ref,
+                commit: n.commit,
+                version: n.version,
+                key: Some(n.key),
+                baseline_key: Some(n.key),
+                output: Some(n.output),
+                image: None,
+                waits_for: Vec::new(),
+                early_cutoff: false,
+                reasons: Vec::new(),
+            }
+        })
+        .collect();
+    Some(crate::Plan {
+        environment: opts.env.clone(),
+        baseline: Some(baseline),
+        cached: nodes.len(),
+        remote: 0,
+        rebuild: 0,
+        pending: 0,
+        nodes,
+        warnings,
+    })
+}
+
 /// What a finished build read and found, for [`record`].
 pub(crate) struct Recorded<'a> {
     pub project: &'a crate::Project,
@@ -365,7 +459,7 @@ pub(crate) struct Recorded<'a> {
 /// cannot be answered from a snapshot (an image, a smoke test, a fetched repository,
 /// something that changed while it ran).
 pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
-    let path = path_of(opts);
+    let path = Target::of_build(opts).path();
     let snapshot = eligible(opts).then(|| snapshot(opts, before, r)).flatten();
     match snapshot.and_then(|s| serde_json::to_vec(&s).ok()) {
         Some(bytes) => {
@@ -429,8 +523,20 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
         let (key, output) = (rep.key?, rep.output?);
         watched.push(at(r.store.action_path(&key), Check::Exists));
         watched.push(at(r.store.tree_path(&output), Check::Exists));
+        let mut inputs: Vec<String> = n
+            .component
+            .inputs
+            .iter()
+            .map(|&j| r.project.graph.components[j].name.clone())
+            .collect();
+        inputs.sort();
         nodes.push(SnapNode {
             name: rep.name.clone(),
+            inputs,
+            r#ref: match &n.component.source.rev {
+                cascade_manifest::Rev::Ref(r) => Some(r.clone()),
+                cascade_manifest::Rev::Version(_) => None,
+            },
             commit: rep.commit.clone(),
             version: rep.version.clone(),
             key,
@@ -438,9 +544,11 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
             warnings: n.source_warnings(),
         });
     }
+    let target = Target::of_build(opts);
     Some(Snapshot {
         format: FORMAT,
-        context: context(opts),
+        context: target.context(Some(opts)),
+        plan_context: target.context(None),
         started: before.started,
         watched,
         lockfile,
