@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, MessageFormatter, Spanned};
 
 use crate::error::ManifestError;
-use crate::source::{clamp, source_span, span_of};
+use crate::source::{clamp, source_span, span_of, FileProblem};
 use crate::tree::{self, Problem};
 use crate::SourceDb;
 
@@ -369,7 +369,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S<Scalar>>, 
 }
 
 /// Manifests are small; anything bigger is a mistake (or an attack).
-pub(crate) const MAX_FILE_BYTES: usize = 1 << 20;
+pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// Long enough for any script line; short enough for a diagnostic to draw.
 pub(crate) const MAX_LINE_BYTES: usize = 10_000;
 
@@ -407,6 +407,24 @@ pub(crate) fn parse<T: DeserializeOwned>(
     cut: &mut BTreeSet<(FileId, String)>,
 ) -> Option<T> {
     let text = db.text(file);
+    match db.problem(file) {
+        Some(FileProblem::TooLarge { size }) => {
+            diags.push(ManifestError::TooLarge {
+                path: db.path(file).to_string(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: MAX_FILE_BYTES,
+            });
+            return None;
+        }
+        // One problem, and the rest of the file is still read (the bad bytes are
+        // U+FFFD, which YAML reads as text).
+        Some(FileProblem::NotUtf8 { at }) => diags.push(ManifestError::NotUtf8 {
+            path: db.path(file).to_string(),
+            src: db.shared_source(file),
+            span: source_span(clamp(text, file, at, '\u{FFFD}'.len_utf8())),
+        }),
+        None => {}
+    }
     if text.len() > MAX_FILE_BYTES {
         diags.push(ManifestError::TooLarge {
             path: db.path(file).to_string(),

@@ -33,6 +33,7 @@ mod resolve;
 mod source;
 mod tree;
 
+pub use ast::MAX_FILE_BYTES;
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::tool_set;
