@@ -16,6 +16,8 @@ fn a_gigabyte_of_zeros_is_refused_in_bounded_memory() {
         .unwrap();
     let bin = cascade_tests::engine::cascade_bin();
     let started = std::time::Instant::now();
+    // Reaped below by wait4, which is what gives its resource usage.
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(bin)
         .args(["build", "--lock"])
         .arg(&zeros)
