@@ -34,6 +34,9 @@ struct Case {
     /// `(node, field, value)`: in the lockfile's entry of `node`, the first line
     /// `field: …` gets `value` (`\n` in `value` starts a new line).
     edits: Vec<(String, String, String)>,
+    /// `truncate: NODE`: the lockfile is cut just before `NODE`'s entry (after the edits),
+    /// as a copy or a write interrupted exactly at a node boundary leaves it.
+    truncate: Option<String>,
     /// `(kind, size, file)`: text appended to a file of the project (see `generate`).
     generate: Vec<(String, usize, String)>,
     /// A file (relative to the project root) that must not exist after the command.
@@ -89,6 +92,7 @@ fn parse_case(name: &str, dir: &Path) -> Case {
                     .push((w[0].clone(), w[1].parse().expect("size"), w[2].clone()));
             }
             "absent_file" => c.absent_file = Some(value.to_string()),
+            "truncate" => c.truncate = Some(value.to_string()),
             other => panic!("{}:{}: unknown key `{other}`", path.display(), n + 1),
         }
     }
@@ -289,13 +293,17 @@ fn check(case: &Case) {
             .pop()
             .expect("the setup build wrote a lockfile");
         let text = fs::read_to_string(lock).expect("read lockfile");
-        fs::write(
-            p.root.join("lockfile.yaml"),
-            edit_lockfile(&text, &case.edits),
-        )
-        .expect("write lockfile.yaml");
+        let mut text = edit_lockfile(&text, &case.edits);
+        if let Some(node) = &case.truncate {
+            let at = text
+                .find(&format!("\n  {node}:\n"))
+                .unwrap_or_else(|| panic!("no node `{node}` in:\n{text}"));
+            text.truncate(at + 1);
+        }
+        fs::write(p.root.join("lockfile.yaml"), text).expect("write lockfile.yaml");
     } else {
         assert!(case.edits.is_empty(), "`edit:` needs `setup: build`");
+        assert!(case.truncate.is_none(), "`truncate:` needs `setup: build`");
     }
     let before = p.lockfiles();
     let args = args(case, &p.root);

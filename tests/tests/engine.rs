@@ -78,7 +78,7 @@ fn second_build_runs_no_step_and_writes_an_identical_lockfile() {
     .unwrap();
     assert_eq!(a, b, "same inputs, same lockfile bytes");
     let text = String::from_utf8(a).unwrap();
-    assert!(text.starts_with("format: cascade-lock/3\n"), "{text}");
+    assert!(text.starts_with("format: cascade-lock/4\n"), "{text}");
     assert!(
         !text.contains(&p.root.display().to_string()),
         "no absolute paths in a lockfile"

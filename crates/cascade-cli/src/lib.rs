@@ -11,6 +11,7 @@
 //! | 101 | a bug in cascade (a panic) |
 //! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
 
+mod columns;
 mod deploy;
 mod explain;
 mod lock;
@@ -522,7 +523,10 @@ pub fn render(diag: &dyn miette::Diagnostic, color: bool) -> String {
     };
     let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
     let mut out = String::new();
-    if handler.render_report(&mut out, diag).is_err() {
+    if handler
+        .render_report(&mut out, &columns::Columns::new(diag))
+        .is_err()
+    {
         out = format!("error: {diag}");
     }
     out

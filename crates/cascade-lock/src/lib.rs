@@ -30,11 +30,23 @@ pub use write::write;
 
 /// The value of the `format:` line this crate writes for builds keyed in the newest key
 /// format.
-pub const FORMAT: &str = "cascade-lock/3";
+pub const FORMAT: &str = "cascade-lock/4";
 /// Every format it reads. `cascade-lock/1` is `/2` without `image` and `tests`; `/3` has
 /// the fields of `/2`, and its keys are of key format 2 (the source by content) where
-/// those of `/1` and `/2` are of key format 1 (by commit).
-pub const READS: [&str; 3] = ["cascade-lock/1", "cascade-lock/2", FORMAT];
+/// those of `/1` and `/2` are of key format 1 (by commit). `/4` is `/3` ending with a
+/// [`COUNT_FIELD`] line, so that a file cut short anywhere (even exactly between two
+/// nodes, which still parses) is refused rather than replayed as a subset.
+pub const READS: [&str; 4] = ["cascade-lock/1", "cascade-lock/2", "cascade-lock/3", FORMAT];
+
+/// The last line of a `cascade-lock/4` file: `node_count: <the number of nodes>`.
+/// Derived from `nodes` when writing, checked against it when reading; not a field of
+/// [`Lockfile`], and not in any key (only the file carries it).
+pub const COUNT_FIELD: &str = "node_count";
+
+/// Whether lockfiles of `format` end with [`COUNT_FIELD`].
+pub fn has_count(format: &str) -> bool {
+    format == FORMAT
+}
 
 /// The `format:` line of a lockfile whose keys are of `key_format`: a replay of an old
 /// lockfile that writes a new one writes it in the old format, so its keys stay true.
@@ -48,7 +60,7 @@ pub fn format_for(key_format: u64) -> &'static str {
 
 /// The key format of the keys in a lockfile of `format` (one of [`READS`]).
 pub fn key_format_of(format: &str) -> u64 {
-    if format == FORMAT {
+    if format == FORMAT || format == "cascade-lock/3" {
         2
     } else {
         1

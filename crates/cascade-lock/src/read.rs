@@ -31,7 +31,7 @@ pub enum LockError {
     },
 
     #[error(
-        "`{path}` has format `{found}`, but this cascade reads `cascade-lock/1`, `cascade-lock/2` and `{FORMAT}`"
+        "`{path}` has format `{found}`, but this cascade reads `cascade-lock/1` to `{FORMAT}`"
     )]
     #[diagnostic(
         code(cascade::lock::unsupported_format),
@@ -72,6 +72,8 @@ struct Raw {
     environment: String,
     graph: Digest,
     nodes: BTreeMap<String, LockNode>,
+    /// `cascade-lock/4`: how many nodes the writer wrote (see [`crate::COUNT_FIELD`]).
+    node_count: Option<Spanned<u64>>,
 }
 
 /// Parses a lockfile. `path` names the file in messages; `text` is its content.
@@ -81,6 +83,7 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
     match parse::<Raw>(path, text) {
         Ok(raw) => {
             let format = check_format(path, text, raw.format)?;
+            check_count(path, text, &format, raw.node_count, raw.nodes.len())?;
             let lock = Lockfile {
                 key_format: crate::key_format_of(&format),
                 environment: raw.environment,
@@ -95,6 +98,48 @@ pub fn read(path: &str, text: &str) -> Result<Lockfile, LockError> {
             check_format(path, text, probe.format)?;
             Err(e)
         }
+    }
+}
+
+/// A `cascade-lock/4` file ends with the number of its nodes: a file without that line
+/// was cut short (a cut between two nodes still parses), and one whose count differs
+/// lost nodes or was edited. Older formats have no count, and must not claim one.
+fn check_count(
+    path: &str,
+    text: &str,
+    format: &str,
+    count: Option<Spanned<u64>>,
+    nodes: usize,
+) -> Result<(), LockError> {
+    let invalid = |message: String, span: Option<SourceSpan>| LockError::Invalid {
+        path: path.to_string(),
+        message,
+        src: Arc::new(NamedSource::new(path, text.to_string())),
+        span,
+    };
+    let field = crate::COUNT_FIELD;
+    match count {
+        None if crate::has_count(format) => {
+            // Underline the last line: that is where the file stops.
+            let end = text.trim_end_matches('\n').len();
+            let start = text[..end].rfind('\n').map_or(0, |i| i + 1);
+            Err(invalid(
+                format!("it ends before its `{field}:` line, so it is cut short (a `{format}` file ends with the number of its nodes)"),
+                Some(SourceSpan::new(start.into(), end - start)),
+            ))
+        }
+        Some(c) if !crate::has_count(format) => Err(invalid(
+            format!("`{field}` is not a field of `{format}`"),
+            span(text, &c.referenced),
+        )),
+        Some(c) if c.value != nodes as u64 => Err(invalid(
+            format!(
+                "`{field}` says {} nodes but the file holds {nodes}: it is cut short or was edited",
+                c.value
+            ),
+            span(text, &c.referenced),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -263,7 +263,10 @@ fn every_map_is_sorted() {
         .filter(|l| !l.starts_with(' '))
         .map(|l| l.split(':').next().unwrap_or(""))
         .collect();
-    assert_eq!(top, ["format", "environment", "graph", "nodes"]);
+    assert_eq!(
+        top,
+        ["format", "environment", "graph", "nodes", "node_count"]
+    );
 }
 
 #[test]
@@ -299,7 +302,8 @@ fn format_1_is_still_read() {
 }
 
 /// Keys of format 1 are written and read as `cascade-lock/2`, those of format 2 as
-/// `cascade-lock/3`: a lockfile says which rules its keys were made with.
+/// `cascade-lock/4` (or `/3`, read only): a lockfile says which rules its keys were made
+/// with.
 #[test]
 fn the_format_line_tells_the_key_format() {
     let mut old = small();
@@ -308,19 +312,65 @@ fn the_format_line_tells_the_key_format() {
     assert!(text.starts_with("format: cascade-lock/2\n"), "{text}");
     assert_eq!(read("old.yaml", &text).unwrap().key_format, 1);
     let text = write(&small());
-    assert!(text.starts_with("format: cascade-lock/3\n"), "{text}");
+    assert!(text.starts_with("format: cascade-lock/4\n"), "{text}");
     assert_eq!(read("new.yaml", &text).unwrap().key_format, 2);
+    let three = without_count(&text).replacen("cascade-lock/4", "cascade-lock/3", 1);
+    assert_eq!(read("three.yaml", &three).unwrap(), small());
+}
+
+/// `text` as `cascade-lock/3` had it: without the last line.
+fn without_count(text: &str) -> String {
+    let cut = text.trim_end_matches('\n').rfind('\n').unwrap() + 1;
+    assert!(text[cut..].starts_with("node_count: "), "{text}");
+    text[..cut].to_string()
+}
+
+/// A `cascade-lock/4` file cut short is refused, wherever the cut is: exactly between
+/// two nodes (which still parses as YAML), inside the last node's tests, or just before
+/// the count. A count that differs from the nodes is refused too, with a label.
+#[test]
+fn truncation_is_detected() {
+    let text = write(&small());
+    let lines: Vec<&str> = text.lines().collect();
+    let mut refused = 0;
+    for keep in 1..lines.len() {
+        let cut = lines[..keep].join("\n") + "\n";
+        match read("cut.yaml", &cut) {
+            Ok(lock) => panic!("{keep} lines read as {} nodes:\n{cut}", lock.nodes.len()),
+            Err(LockError::Invalid { .. } | LockError::MissingFormat { .. }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(refused, lines.len() - 1);
+    let count = text.replacen("node_count: 3", "node_count: 4", 1);
+    match read("edited.yaml", &count) {
+        Err(LockError::Invalid { message, span, .. }) => {
+            assert!(
+                message.contains("says 4 nodes but the file holds 3"),
+                "{message}"
+            );
+            let span = span.expect("a label");
+            assert_eq!(&count[span.offset()..span.offset() + span.len()], "4");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An older format does not claim a count.
+    let three = text.replacen("cascade-lock/4", "cascade-lock/3", 1);
+    assert!(matches!(
+        read("three.yaml", &three),
+        Err(LockError::Invalid { .. })
+    ));
 }
 
 #[test]
 fn wrong_format_is_an_error_naming_it() {
-    let text = write(&small()).replacen("cascade-lock/3", "cascade-lock/4", 1);
+    let text = write(&small()).replacen("cascade-lock/4", "cascade-lock/5", 1);
     // A newer format may have fields this one does not know: the format is the error.
     let text = text.replacen("nodes:", "future: true\nnodes:", 1);
     match read("lockfiles/x.yaml", &text) {
         Err(e @ LockError::UnsupportedFormat { .. }) => {
             let shown = e.to_string();
-            assert!(shown.contains("`cascade-lock/4`"), "{shown}");
+            assert!(shown.contains("`cascade-lock/5`"), "{shown}");
             assert!(shown.contains("lockfiles/x.yaml"), "{shown}");
             let LockError::UnsupportedFormat { span, .. } = e else {
                 unreachable!()
@@ -328,12 +378,12 @@ fn wrong_format_is_an_error_naming_it() {
             let span = span.expect("a label");
             assert_eq!(
                 &text[span.offset()..span.offset() + span.len()],
-                "cascade-lock/4"
+                "cascade-lock/5"
             );
         }
         other => panic!("{other:?}"),
     }
-    let missing = write(&small()).replacen("format: cascade-lock/3\n", "", 1);
+    let missing = write(&small()).replacen("format: cascade-lock/4\n", "", 1);
     assert!(matches!(
         read("x", &missing),
         Err(LockError::MissingFormat { .. })

@@ -29,6 +29,11 @@ pub fn write(lock: &Lockfile) -> String {
         w.open(1, name, false);
         w.node(2, node);
     }
+    // Last, so that a file cut short anywhere lacks it.
+    if crate::has_count(format_for(lock.key_format)) {
+        // A plain integer, unlike strings that look like one.
+        let _ = writeln!(w.out, "{}: {}", crate::COUNT_FIELD, lock.nodes.len());
+    }
     w.out
 }
 

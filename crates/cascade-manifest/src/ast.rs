@@ -1,8 +1,10 @@
 //! What the user wrote: the YAML files deserialized with serde-saphyr into structs whose
 //! every value keeps its location. Fields are all optional here so that a missing one
 //! becomes our own diagnostic (pointing at the right place) rather than a parser error;
-//! unknown fields are rejected by the parser, which points at the offending key.
+//! unknown fields are rejected by the parser, which points at the offending key. After
+//! such an error, `crate::tree` reads the file on, so every problem of it is reported.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -12,10 +14,49 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::{DuplicateKeyPolicy, Error as YamlError, Location, MessageFormatter, Spanned};
 
 use crate::error::ManifestError;
-use crate::source::{clamp, source_span, span_of};
+use crate::source::{clamp, source_span, span_of, FileProblem};
+use crate::tree::{self, Problem};
 use crate::SourceDb;
 
-pub(crate) type S<T> = Spanned<T>;
+/// A value and where it is. Read through serde-saphyr's `Spanned` normally, and from
+/// the located tree (`crate::tree`) when a file is read again to keep going after an
+/// error.
+#[derive(Debug)]
+pub(crate) struct S<T> {
+    pub value: T,
+    pub referenced: Location,
+    pub defined: Location,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FromTree<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for FromTree<T> {
+            type Value = S<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a located value")
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<S<T>, D::Error> {
+                // Taken before the value is read: the value's own fields set it again.
+                let (referenced, defined) = tree::take_location();
+                T::deserialize(d).map(|value| S {
+                    value,
+                    referenced,
+                    defined,
+                })
+            }
+        }
+        if tree::active() {
+            d.deserialize_newtype_struct(tree::LOCATED, FromTree(PhantomData))
+        } else {
+            Spanned::<T>::deserialize(d).map(|s| S {
+                value: s.value,
+                referenced: s.referenced,
+                defined: s.defined,
+            })
+        }
+    }
+}
 
 /// A mapping kept as written: every entry in order, duplicates included, each key with
 /// its location. Duplicate keys are ours to report (with both places).
@@ -328,7 +369,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S<Scalar>>, 
 }
 
 /// Manifests are small; anything bigger is a mistake (or an attack).
-pub(crate) const MAX_FILE_BYTES: usize = 1 << 20;
+pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// Long enough for any script line; short enough for a diagnostic to draw.
 pub(crate) const MAX_LINE_BYTES: usize = 10_000;
 
@@ -354,13 +395,36 @@ fn options(duplicate_keys: DuplicateKeyPolicy) -> serde_saphyr::Options {
     }
 }
 
-/// Parse one file; on failure, record why and return `None`.
+/// Parse one file, recording every problem in `diags`: `None` when nothing usable came
+/// out. After a structural error the file is read again into a located tree and the
+/// parts that do not fit are left out (see `crate::tree`), so the rest of the file is
+/// still checked; the fields left out that way go into `cut`, so that the resolver does
+/// not report them missing as well.
 pub(crate) fn parse<T: DeserializeOwned>(
     db: &SourceDb,
     file: FileId,
     diags: &mut Vec<ManifestError>,
+    cut: &mut BTreeSet<(FileId, String)>,
 ) -> Option<T> {
     let text = db.text(file);
+    match db.problem(file) {
+        Some(FileProblem::TooLarge { size }) => {
+            diags.push(ManifestError::TooLarge {
+                path: db.path(file).to_string(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: MAX_FILE_BYTES,
+            });
+            return None;
+        }
+        // One problem, and the rest of the file is still read (the bad bytes are
+        // U+FFFD, which YAML reads as text).
+        Some(FileProblem::NotUtf8 { at }) => diags.push(ManifestError::NotUtf8 {
+            path: db.path(file).to_string(),
+            src: db.shared_source(file),
+            span: source_span(clamp(text, file, at, '\u{FFFD}'.len_utf8())),
+        }),
+        None => {}
+    }
     if text.len() > MAX_FILE_BYTES {
         diags.push(ManifestError::TooLarge {
             path: db.path(file).to_string(),
@@ -384,11 +448,94 @@ pub(crate) fn parse<T: DeserializeOwned>(
         });
         return None;
     }
-    match serde_saphyr::from_str_with_options::<T>(text, options(DuplicateKeyPolicy::PassThrough)) {
-        Ok(v) => Some(v),
+    let first = match serde_saphyr::from_str_with_options::<T>(
+        text,
+        options(DuplicateKeyPolicy::PassThrough),
+    ) {
+        Ok(v) => return Some(v),
+        Err(e) => e,
+    };
+    // The tree has no types to get wrong: if it does not read either, the YAML itself
+    // is broken (or over budget), and that is the one problem of this file.
+    let tree = match serde_saphyr::from_str_with_options::<tree::Node>(
+        text,
+        options(DuplicateKeyPolicy::PassThrough),
+    ) {
+        Ok(t) => t,
         Err(e) => {
-            diags.push(yaml_error::<T>(db, file, &e));
-            None
+            let a = yaml_error::<T>(db, file, &first);
+            let b = yaml_error::<T>(db, file, &e);
+            let same = a.to_string() == b.to_string()
+                && miette::Diagnostic::labels(&a)
+                    .map(|l| l.map(|l| *l.inner()).collect::<Vec<_>>())
+                    == miette::Diagnostic::labels(&b)
+                        .map(|l| l.map(|l| *l.inner()).collect::<Vec<_>>());
+            diags.push(a);
+            if !same {
+                diags.push(b);
+            }
+            return None;
+        }
+    };
+    let (ast, problems) = tree::recover::<T>(&tree, text);
+    if problems.is_empty() {
+        // The two readings disagree (they should not): the parser's word stands.
+        diags.push(yaml_error::<T>(db, file, &first));
+        return None;
+    }
+    for p in problems {
+        diags.push(problem(db, file, p, cut));
+    }
+    ast
+}
+
+/// A problem found in the tree, as the diagnostic the direct reading would have given.
+fn problem(
+    db: &SourceDb,
+    file: FileId,
+    p: Problem,
+    cut: &mut BTreeSet<(FileId, String)>,
+) -> ManifestError {
+    let text = db.text(file);
+    match p {
+        Problem::UnknownField {
+            field,
+            expected,
+            at,
+        } => {
+            let expected = expected
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            ManifestError::UnknownField {
+                field,
+                src: db.shared_source(file),
+                span: source_span(span_of(text, file, &at)),
+                help: Some(format!("expected one of {expected}")),
+            }
+        }
+        Problem::DuplicateField { field, at } => ManifestError::DuplicateKey {
+            key: field,
+            src: db.shared_source(file),
+            span: source_span(span_of(text, file, &at)),
+        },
+        Problem::WrongType { message, at, field } => {
+            if let Some(f) = field {
+                cut.insert((file, f));
+            }
+            let message = message.trim_end_matches('.');
+            ManifestError::Yaml {
+                message: match message {
+                    "expected sequence start" => "expected a list".to_string(),
+                    "expected mapping start" => "expected a mapping of `key: value`".to_string(),
+                    m => first_lowercase(m),
+                },
+                src: db.shared_source(file),
+                span: source_span(span_of(text, file, &at)),
+                label: "here".into(),
+                help: None,
+            }
         }
     }
 }

@@ -32,6 +32,20 @@ pub enum ManifestError {
         limit: usize,
     },
 
+    /// The rest of the file is still read, with the bad bytes shown as U+FFFD.
+    #[error("`{path}` is not UTF-8 text")]
+    #[diagnostic(
+        code(cascade::read::utf8),
+        help("manifests are UTF-8: save the file as UTF-8 (invalid bytes are shown as �)")
+    )]
+    NotUtf8 {
+        path: String,
+        #[source_code]
+        src: NamedSource<Arc<str>>,
+        #[label("not UTF-8")]
+        span: SourceSpan,
+    },
+
     /// No snippet: the line is too long to quote (and for miette to draw labels on).
     #[error(
         "line {line} of `{path}` is too long ({len} bytes; manifest lines are limited to {limit} bytes)"

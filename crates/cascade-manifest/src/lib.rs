@@ -7,6 +7,9 @@
 //! - **parse** (`ast`): YAML → structs with serde-saphyr (the only crate that knows
 //!   which YAML library we use), every value wrapped in `Spanned` so it keeps its line,
 //!   column and byte span; unknown fields are rejected, input budgets bound the work.
+//!   After an unknown or repeated field or a value of the wrong type, the file is read
+//!   again into a located tree (`tree`) and the parts that do not fit are left out, so the
+//!   rest of the file is still checked.
 //! - **resolve** (`resolve`): every field checked (modes, refs and versions, names,
 //!   paths, env, durations, ranges), recipes tied to the environment's components, the
 //!   graph ordered topologically with ties broken by name. Every problem of every file is
@@ -28,7 +31,9 @@ mod order;
 mod range;
 mod resolve;
 mod source;
+mod tree;
 
+pub use ast::MAX_FILE_BYTES;
 pub use compat::{check_compatibility, unknown_ref};
 pub use error::{Diagnostics, ManifestError};
 pub use model::tool_set;

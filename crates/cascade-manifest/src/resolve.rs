@@ -36,10 +36,13 @@ pub struct ProjectFiles {
 }
 
 /// Parses recipe files in parallel; each result keeps its own diagnostics.
-fn parse_all(
-    db: &SourceDb,
-    files: &[FileId],
-) -> BTreeMap<FileId, (Option<RecipeAst>, Vec<ManifestError>)> {
+type Parsed = (
+    Option<RecipeAst>,
+    Vec<ManifestError>,
+    BTreeSet<(FileId, String)>,
+);
+
+fn parse_all(db: &SourceDb, files: &[FileId]) -> BTreeMap<FileId, Parsed> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = files.len().div_ceil(threads).max(64);
     std::thread::scope(|s| {
@@ -50,8 +53,9 @@ fn parse_all(
                     part.iter()
                         .map(|&f| {
                             let mut diags = Vec::new();
-                            let ast = parse::<RecipeAst>(db, f, &mut diags);
-                            (f, (ast, diags))
+                            let mut cut = BTreeSet::new();
+                            let ast = parse::<RecipeAst>(db, f, &mut diags, &mut cut);
+                            (f, (ast, diags, cut))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -73,8 +77,9 @@ pub fn recipe_alone(db: &SourceDb, file: FileId, component: &str) -> Option<Reci
     let mut r = Resolver {
         db,
         diags: Vec::new(),
+        cut: BTreeSet::new(),
     };
-    let ast: RecipeAst = parse(db, file, &mut r.diags)?;
+    let ast: RecipeAst = parse(db, file, &mut r.diags, &mut r.cut)?;
     let mut names: BTreeSet<String> = ast
         .inputs
         .iter()
@@ -106,11 +111,12 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     let mut r = Resolver {
         db,
         diags: Vec::new(),
+        cut: BTreeSet::new(),
     };
-    let env_ast: Option<EnvironmentAst> = parse(db, files.environment, &mut r.diags);
+    let env_ast: Option<EnvironmentAst> = parse(db, files.environment, &mut r.diags, &mut r.cut);
     let compat = files
         .compatibility
-        .and_then(|f| parse::<CompatibilityAst>(db, f, &mut r.diags).map(|a| (f, a)));
+        .and_then(|f| parse::<CompatibilityAst>(db, f, &mut r.diags, &mut r.cut).map(|a| (f, a)));
     let Some(env_ast) = env_ast else {
         // Without the environment we know neither the components nor which recipes
         // matter; the compatibility file's syntax has been checked above.
@@ -132,8 +138,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
         .iter()
         .filter_map(|s| recipe_files.get(s.name.as_str()).copied())
         .collect();
-    let mut parsed: BTreeMap<FileId, (Option<RecipeAst>, Vec<ManifestError>)> =
-        parse_all(db, &wanted);
+    let mut parsed: BTreeMap<FileId, Parsed> = parse_all(db, &wanted);
 
     let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
     for source in &env.sources {
@@ -150,10 +155,14 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             nodes.insert(&source.name, Node::failed(files.environment));
             continue;
         };
-        let (ast, diags) = parsed
-            .remove(&file)
-            .unwrap_or_else(|| (parse::<RecipeAst>(db, file, &mut r.diags), Vec::new()));
+        let (ast, diags, cut) = parsed.remove(&file).unwrap_or_else(|| {
+            let mut diags = Vec::new();
+            let mut cut = BTreeSet::new();
+            let ast = parse::<RecipeAst>(db, file, &mut diags, &mut cut);
+            (ast, diags, cut)
+        });
         r.diags.extend(diags);
+        r.cut.extend(cut);
         let node = match ast {
             Some(ast) => r.recipe(&source.name, file, ast, &names, &env.name),
             None => Node::failed(file),
@@ -233,6 +242,9 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
 struct Resolver<'a> {
     db: &'a SourceDb,
     diags: Vec<ManifestError>,
+    /// Fields whose value was of the wrong type and left out when the file was read:
+    /// already reported, so not missing as well.
+    cut: BTreeSet<(FileId, String)>,
 }
 
 struct EnvChecked {
@@ -573,6 +585,9 @@ impl Resolver<'_> {
     /// A missing field; `at` is the mapping (or its key) that lacks it, or the start of
     /// the file for a top-level field.
     fn missing(&mut self, field: &str, context: &str, at: Span) {
+        if self.cut.contains(&(at.file, field.to_string())) {
+            return;
+        }
         let label = if at.offset == 0 && at.len == 0 {
             format!("this file has no `{field}`")
         } else {

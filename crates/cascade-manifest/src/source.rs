@@ -13,6 +13,19 @@ pub struct SourceDb {
     /// Texts are shared with the diagnostics that quote them, so a file with many
     /// problems is not copied once per problem.
     files: Vec<(String, Arc<str>)>,
+    /// What was wrong with a file's bytes, by file: reported as its first problem
+    /// while the other files (and the rest of this one) are still checked.
+    problems: Vec<(FileId, FileProblem)>,
+}
+
+/// A file whose bytes are not a manifest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileProblem {
+    /// Not UTF-8: the text holds the lossy conversion; `at` is the byte offset of the
+    /// first U+FFFD standing for the bad bytes.
+    NotUtf8 { at: usize },
+    /// Larger than a manifest may be; the text is empty, `size` is at least this.
+    TooLarge { size: u64 },
 }
 
 impl SourceDb {
@@ -27,6 +40,35 @@ impl SourceDb {
         let text: String = text.into();
         self.files.push((path.into(), Arc::from(text)));
         id
+    }
+
+    /// A file read as bytes: text that is not UTF-8 is kept with the bad bytes
+    /// replaced by U+FFFD, and its first problem is that it is not UTF-8.
+    pub fn add_bytes(&mut self, path: impl Into<String>, bytes: Vec<u8>) -> FileId {
+        match String::from_utf8(bytes) {
+            Ok(text) => self.add(path, text),
+            Err(e) => {
+                // The valid prefix is the same in the lossy text.
+                let at = e.utf8_error().valid_up_to();
+                let id = self.add(path, String::from_utf8_lossy(e.as_bytes()).into_owned());
+                self.problems.push((id, FileProblem::NotUtf8 { at }));
+                id
+            }
+        }
+    }
+
+    /// A file too large to read (at least `size` bytes): reported, never parsed.
+    pub fn add_too_large(&mut self, path: impl Into<String>, size: u64) -> FileId {
+        let id = self.add(path, String::new());
+        self.problems.push((id, FileProblem::TooLarge { size }));
+        id
+    }
+
+    pub(crate) fn problem(&self, id: FileId) -> Option<FileProblem> {
+        self.problems
+            .iter()
+            .find(|(f, _)| *f == id)
+            .map(|(_, p)| *p)
     }
 
     /// The display path of a file; empty for an id that this database did not hand out.

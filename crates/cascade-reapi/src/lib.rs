@@ -283,8 +283,23 @@ impl Client {
                 .domain_name(endpoint.host.clone())
                 .with_native_roots();
             if let Some(ca) = &opts.ca {
-                let pem = std::fs::read(ca)
+                // Bounded: certificates are a few KiB.
+                const CA_LIMIT: u64 = 1 << 20;
+                let mut pem = Vec::new();
+                std::fs::File::open(ca)
+                    .and_then(|f| {
+                        std::io::Read::read_to_end(
+                            &mut std::io::Read::take(f, CA_LIMIT + 1),
+                            &mut pem,
+                        )
+                    })
                     .map_err(ReapiError::io(format!("read the CA `{}`", ca.display())))?;
+                if pem.len() as u64 > CA_LIMIT {
+                    return Err(bad(format!(
+                        "the CA `{}` is larger than 1 MiB",
+                        ca.display()
+                    )));
+                }
                 tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
             }
             ep = ep.tls_config(tls).map_err(|e| bad(e.to_string()))?;
@@ -936,7 +951,12 @@ fn in_batch(size: i64, max: usize) -> bool {
 
 /// A file read whole for a batch, refused when it no longer has the digest's size.
 fn read_exactly(p: &Path, d: &Digest) -> Result<Vec<u8>, ReapiError> {
-    let data = std::fs::read(p).map_err(ReapiError::io(format!("read `{}`", p.display())))?;
+    // Never more than the digest's size (plus one byte, to see that it grew).
+    let want = u64::try_from(d.size_bytes).map_err(|_| changed(d))?;
+    let mut data = Vec::new();
+    std::fs::File::open(p)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, want + 1), &mut data))
+        .map_err(ReapiError::io(format!("read `{}`", p.display())))?;
     if data.len() as i64 != d.size_bytes {
         return Err(changed(d));
     }

@@ -108,8 +108,20 @@ pub fn credentials_from(
     let Some(dir) = config_dir else {
         return Ok(Credentials::None);
     };
+    const CONFIG_LIMIT: u64 = 4 << 20;
     let path = dir.join("config.json");
-    let bytes = match std::fs::read(&path) {
+    // Bounded: a credentials file is a few KiB; a device or a huge file is refused.
+    let read = std::fs::File::open(&path).and_then(|f| {
+        let mut b = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, CONFIG_LIMIT + 1), &mut b).map(|_| b)
+    });
+    let bytes = match read {
+        Ok(b) if b.len() as u64 > CONFIG_LIMIT => {
+            return Err(RegistryError::CredentialsFile {
+                path,
+                reason: format!("larger than {} MiB", CONFIG_LIMIT >> 20),
+            })
+        }
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Credentials::None),
         Err(e) => {

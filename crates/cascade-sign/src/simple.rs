@@ -290,11 +290,24 @@ pub fn read_signatures(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, SignError>
             }
             Ok(_) => {}
         }
-        let bytes = std::fs::read(&path).map_err(|source| SignError::Io {
-            what: "read",
-            path: path.clone(),
-            source,
-        })?;
+        // Bounded again while reading: a device's metadata says nothing of its size.
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, MAX_SIGNATURE + 1),
+                    &mut bytes,
+                )
+            })
+            .map_err(|source| SignError::Io {
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_SIGNATURE {
+            // As above: refused as unsigned.
+            bytes.clear();
+        }
         out.push((path, bytes));
     }
     Ok(out)

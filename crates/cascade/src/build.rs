@@ -2,7 +2,6 @@
 //! dependency order, in parallel → lockfile.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -1273,7 +1272,8 @@ pub(crate) fn write_lockfile(
     // newest lockfile's bytes again: it is the lockfile of this build too.
     let newest = crate::newest_lockfile(root, env);
     if let Some(newest) = &newest {
-        if fs::read(newest).is_ok_and(|b| b == text.as_bytes()) {
+        let limit = crate::bounded::LOCKFILE_LIMIT;
+        if crate::bounded::read(newest, limit, true).is_ok_and(|b| b == text.as_bytes()) {
             return Ok(newest.clone());
         }
     }
@@ -1285,8 +1285,10 @@ pub(crate) fn write_lockfile(
             format!("{env}-{stamp}-{n}.yaml")
         };
         let path = dir.join(&name);
-        match fs::read_to_string(&path) {
-            Ok(existing) if existing == text && newest.as_ref() == Some(&path) => return Ok(path),
+        match crate::bounded::read(&path, crate::bounded::LOCKFILE_LIMIT, true) {
+            Ok(existing) if existing == text.as_bytes() && newest.as_ref() == Some(&path) => {
+                return Ok(path)
+            }
             Ok(_) => n += 1,
             Err(_) => {
                 // Another build may take this name between the read and the write

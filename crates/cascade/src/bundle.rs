@@ -318,13 +318,13 @@ pub enum BundleProblem {
 pub fn verify_bundle(dir: &Path, keys: &[cascade_sign::PublicKey]) -> Result<BundleVerdict, Error> {
     let sums_path = dir.join(SUMS);
     let sums = crate::lockfiles::read_lockfile_text(&sums_path, &sums_path.display().to_string())?;
-    let signature = match std::fs::read(dir.join(SUMS_SIGNATURE)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SumsSignature::Missing,
-        Err(source) => {
-            return Err(Error::Read {
-                path: dir.join(SUMS_SIGNATURE),
-                source,
-            })
+    let sig_path = dir.join(SUMS_SIGNATURE);
+    let limit = crate::bounded::SMALL_LIMIT;
+    let signature = match crate::bounded::read(&sig_path, limit, false) {
+        Err(e) if e.not_found() => SumsSignature::Missing,
+        Err(e) => {
+            let shown = sig_path.display().to_string();
+            return Err(e.into_error(&shown, "a signature", limit));
         }
         Ok(sig) => match detached::verify(keys, &sig, sums.as_bytes()) {
             Ok(fingerprint) => SumsSignature::Verified { fingerprint },

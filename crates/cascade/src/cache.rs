@@ -44,11 +44,17 @@ fn stats_file(store: &Store) -> PathBuf {
     store.root().join("stats.jsonl")
 }
 
+/// The store's build history, bounded (a store may be shared, or damaged).
+fn read_stats(path: &std::path::Path) -> Option<String> {
+    let bytes = crate::bounded::read(path, crate::bounded::STATS_LIMIT, true).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Appends a build to the store's short history (best effort: statistics never fail a
 /// build).
 pub(crate) fn record_build(store: &Store, stat: &BuildStat) {
     let path = stats_file(store);
-    let mut lines: Vec<String> = fs::read_to_string(&path)
+    let mut lines: Vec<String> = read_stats(&path)
         .map(|t| t.lines().map(str::to_string).collect())
         .unwrap_or_default();
     if let Ok(line) = serde_json::to_string(stat) {
@@ -62,7 +68,7 @@ pub(crate) fn record_build(store: &Store, stat: &BuildStat) {
 
 pub fn cache_stats(store: &Path) -> Result<CacheStats, Error> {
     let s = Store::open_existing(store)?;
-    let builds: Vec<BuildStat> = fs::read_to_string(stats_file(&s))
+    let builds: Vec<BuildStat> = read_stats(&stats_file(&s))
         .map(|t| {
             t.lines()
                 .filter_map(|l| serde_json::from_str(l).ok())

@@ -1197,16 +1197,17 @@ pub fn history_path(project: &Path, env: &str) -> PathBuf {
 pub fn read_history(project: &Path, env: &str) -> Result<History, Error> {
     let path = history_path(project, env);
     let shown = format!("deployments/{env}.yaml");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(cascade_lock::read_history(&shown, &text)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History {
+    let limit = crate::bounded::HISTORY_LIMIT;
+    match crate::bounded::read(&path, limit, true) {
+        Ok(bytes) => {
+            let text = crate::load::utf8(&shown, bytes)?;
+            Ok(cascade_lock::read_history(&shown, &text)?)
+        }
+        Err(e) if e.not_found() => Ok(History {
             environment: env.to_string(),
             deployments: Vec::new(),
         }),
-        Err(source) => Err(Error::Read {
-            path: PathBuf::from(shown),
-            source,
-        }),
+        Err(e) => Err(e.into_error(&shown, "a deploy history", limit)),
     }
 }
 

@@ -48,15 +48,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("`{path}` is larger than {limit_mib} MiB, so it is not {what} cascade wrote")]
+    #[error("`{path}` is larger than {limit}, more than {what} can be")]
     #[diagnostic(
         code(cascade::read::too_large),
-        help("check the path: cascade reads at most {limit_mib} MiB of {what}")
+        help("check the path: cascade reads at most {limit} of {what}")
     )]
     TooLarge {
         path: PathBuf,
         what: &'static str,
-        limit_mib: u64,
+        limit: String,
     },
 
     #[error("`{path}` holds NUL bytes, so it is not {what}")]

@@ -3,6 +3,7 @@
 //! through here; the stages keep the names of ARCHITECTURE.md: load → parse/resolve →
 //! pin → key → execute → store → lock → publish.
 
+mod bounded;
 mod build;
 mod bundle;
 mod cache;

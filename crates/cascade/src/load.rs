@@ -24,13 +24,33 @@ impl Project {
     }
 }
 
-fn read(root: &Path, rel: &str) -> Result<String, Error> {
+/// A manifest's bytes, bounded: `None` when it is larger than a manifest may be (its
+/// size, as far as the file system says, comes with it).
+fn read(root: &Path, rel: &str) -> Result<Read, Error> {
     let path = root.join(rel);
-    let bytes = fs::read(&path).map_err(|source| Error::Read {
-        path: PathBuf::from(rel),
-        source,
-    })?;
-    utf8(rel, bytes)
+    let limit = cascade_manifest::MAX_FILE_BYTES as u64;
+    match crate::bounded::read(&path, limit, false) {
+        Ok(bytes) => Ok(Read::Bytes(bytes)),
+        Err(crate::bounded::ReadError::TooLarge) => {
+            let size = fs::metadata(&path).map_or(0, |m| m.len());
+            Ok(Read::TooLarge(size.max(limit + 1)))
+        }
+        Err(e) => Err(e.into_error(rel, "a manifest", limit)),
+    }
+}
+
+/// What reading a manifest gave: problems with its bytes are the manifest checker's
+/// to report, along with every other problem.
+enum Read {
+    Bytes(Vec<u8>),
+    TooLarge(u64),
+}
+
+fn add(db: &mut SourceDb, rel: String, read: Read) -> cascade_core::FileId {
+    match read {
+        Read::Bytes(b) => db.add_bytes(rel, b),
+        Read::TooLarge(size) => db.add_too_large(rel, size),
+    }
 }
 
 /// `bytes` as text, or a diagnostic pointing at the first byte that is not UTF-8.
@@ -50,7 +70,7 @@ pub(crate) fn utf8(shown: &str, bytes: Vec<u8>) -> Result<String, Error> {
 
 /// Reads `recipes/<stem>.yaml` for every stem, on all cores (big graphs have thousands
 /// of small files), keeping the order.
-fn read_all(root: &Path, stems: Vec<String>) -> Result<Vec<(String, String, String)>, Error> {
+fn read_all(root: &Path, stems: Vec<String>) -> Result<Vec<(String, String, Read)>, Error> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = stems.len().div_ceil(threads).max(64);
     std::thread::scope(|s| {
@@ -123,16 +143,20 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
     }
     let mut db = SourceDb::new();
     let env_rel = format!("graph/environments/{env}.yaml");
-    let environment = db.add(env_rel.clone(), read(root, &env_rel)?);
+    let environment = add(&mut db, env_rel.clone(), read(root, &env_rel)?);
     let compat_rel = "graph/compatibility.yaml";
     let compatibility = if root.join(compat_rel).is_file() {
-        Some(db.add(compat_rel, read(root, compat_rel)?))
+        Some(add(
+            &mut db,
+            compat_rel.to_string(),
+            read(root, compat_rel)?,
+        ))
     } else {
         None
     };
     let mut recipes = Vec::new();
-    for (stem, rel, text) in read_all(root, yaml_stems(&root.join("recipes"))?)? {
-        recipes.push((stem, db.add(rel, text)));
+    for (stem, rel, read) in read_all(root, yaml_stems(&root.join("recipes"))?)? {
+        recipes.push((stem, add(&mut db, rel, read)));
     }
     let files = ProjectFiles {
         environment,

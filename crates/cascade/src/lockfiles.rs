@@ -82,11 +82,12 @@ fn env_of(name: &str) -> Option<String> {
 pub fn previous_lockfile(root: &Path, env: &str) -> Option<(PathBuf, PathBuf)> {
     let all = lockfiles_of(root, env);
     let newest = all.first()?.clone();
-    let bytes = fs::read(&newest).ok()?;
+    let read = |p: &Path| crate::bounded::read(p, LOCKFILE_LIMIT, true).ok();
+    let bytes = read(&newest)?;
     let previous = all
         .into_iter()
         .skip(1)
-        .find(|p| fs::read(p).map(|b| b != bytes).unwrap_or(false))?;
+        .find(|p| read(p).is_some_and(|b| b != bytes))?;
     Some((newest, previous))
 }
 
@@ -128,44 +129,13 @@ pub(crate) fn build_order(deps: &BTreeMap<String, BTreeSet<String>>) -> (Vec<Str
     (o.order.iter().map(|n| n.to_string()).collect(), left)
 }
 
-/// The most a lockfile may hold: a 10,000-node lockfile is about 8 MB.
-pub const LOCKFILE_LIMIT: u64 = 64 << 20;
+pub use crate::bounded::LOCKFILE_LIMIT;
 
 /// Reads a lockfile's text, bounded: at most [`LOCKFILE_LIMIT`] bytes, none of them NUL
 /// (`/dev/zero`, a binary), UTF-8. Read in chunks, so a huge or endless file costs one
 /// chunk of memory before it is refused.
 pub fn read_lockfile_text(path: &Path, shown: &str) -> Result<String, Error> {
-    use std::io::Read;
-    let read_error = |source| Error::Read {
-        path: PathBuf::from(shown),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(read_error)?;
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        let n = match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(e)),
-        };
-        if chunk[..n].contains(&0) {
-            return Err(Error::NotText {
-                path: PathBuf::from(shown),
-                what: "a lockfile",
-            });
-        }
-        if bytes.len() as u64 + n as u64 > LOCKFILE_LIMIT {
-            return Err(Error::TooLarge {
-                path: PathBuf::from(shown),
-                what: "a lockfile",
-                limit_mib: LOCKFILE_LIMIT >> 20,
-            });
-        }
-        bytes.extend_from_slice(&chunk[..n]);
-    }
-    crate::load::utf8(shown, bytes)
+    crate::bounded::read_text(path, shown, "a lockfile", LOCKFILE_LIMIT)
 }
 
 /// Reads and parses a lockfile; `shown` is how its path is printed.

@@ -63,7 +63,10 @@ impl Rootfses {
 fn find_or_unpack(store: &Store, layout: &OciLayout, image: &OciDigest) -> Result<PathBuf, String> {
     let dir = store.root().join("rootfs").join(image.hex());
     let tree = dir.join("tree");
-    if let (Ok(recorded), true) = (fs::read_to_string(dir.join("digest")), tree.is_dir()) {
+    let recorded = crate::bounded::read(&dir.join("digest"), crate::bounded::SMALL_LIMIT, true)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    if let (Some(recorded), true) = (recorded, tree.is_dir()) {
         match tree_digest(&tree) {
             Ok(d) if d == recorded.trim() => return Ok(tree),
             _ => {

@@ -124,7 +124,8 @@ fn key_text(loc: &KeyLocation, base: &Path, by: &str) -> Result<(String, String)
             by: by.to_string(),
         })?,
         (_, Some(path)) => {
-            std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })?
+            let shown = path.display().to_string();
+            crate::bounded::read_text(&path, &shown, "a key", crate::bounded::SMALL_LIMIT)?
         }
         (KeyLocation::File(p), None) => {
             return Err(Error::Read {
@@ -282,10 +283,12 @@ pub(crate) fn push_attestations(
             reference: s.reference.clone(),
             source,
         };
-        let envelope = std::fs::read(&s.attestation).map_err(|source| Error::Read {
-            path: s.attestation.clone(),
-            source,
-        })?;
+        let envelope = crate::bounded::read_file(
+            &s.attestation,
+            &s.attestation.display().to_string(),
+            "an attestation",
+            cascade_sign::dsse::MAX_ENVELOPE,
+        )?;
         let manifest = attestation_artifact(layout, &envelope).map_err(Error::Image)?;
         let r = Reference::parse(&s.reference).map_err(push_error)?;
         let client = client_for(&r, Duration::from_secs(60)).map_err(push_error)?;
@@ -480,10 +483,12 @@ fn read_public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>, Error> {
         .iter()
         .map(|path| {
             let what = format!("`{}`", path.display());
-            let bytes = std::fs::read(path).map_err(|source| Error::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = crate::bounded::read_file(
+                path,
+                &path.display().to_string(),
+                "a public key",
+                crate::bounded::SMALL_LIMIT,
+            )?;
             PublicKey::from_bytes(&bytes, &what).map_err(|source| Error::Key { what, source })
         })
         .collect()
@@ -742,10 +747,12 @@ fn attestation_verdict(
         Ok(m) if m.len() > dsse::MAX_ENVELOPE => (local.display().to_string(), Vec::new()),
         _ => (
             local.display().to_string(),
-            std::fs::read(&local).map_err(|source| Error::Read {
-                path: local.clone(),
-                source,
-            })?,
+            crate::bounded::read_file(
+                &local,
+                &local.display().to_string(),
+                "an attestation",
+                dsse::MAX_ENVELOPE,
+            )?,
         ),
     };
     let opened = match dsse::verify(keys, &bytes, dsse::IN_TOTO_PAYLOAD_TYPE) {

@@ -92,7 +92,9 @@ impl Resolver<'_> {
                 .filter_map(|l| self.layer(file, comp, l, outputs))
                 .collect(),
         };
-        if scratch && layers.is_empty() {
+        // A `layers:` of the wrong type has been reported already.
+        let layers_cut = self.cut.contains(&(file, "layers".to_string()));
+        if scratch && layers.is_empty() && !layers_cut {
             self.bad_image(
                 format!("the image of `{comp}` is empty"),
                 "a `scratch` image needs layers",

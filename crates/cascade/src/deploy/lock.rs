@@ -74,8 +74,9 @@ pub(crate) fn acquire<'a>(
     let me = machine();
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Two short lines; bounded, as any other machine may have written it.
         let mut text = String::new();
-        let _ = file.read_to_string(&mut text);
+        let _ = (&mut file).take(4096).read_to_string(&mut text);
         let mut lines = text.lines();
         return Err(Error::DeployLocked {
             env: env.to_string(),

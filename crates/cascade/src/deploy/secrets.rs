@@ -86,8 +86,18 @@ pub(crate) fn resolve(
                             meta.len()
                         )));
                     }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| fail(format!("`{}`: {e}", path.display())))?;
+                    // Bounded again while reading: the metadata of a device or a
+                    // FIFO says nothing of its size.
+                    let bytes =
+                        crate::bounded::read(&path, MAX_SECRET_BYTES, false).map_err(|e| {
+                            let why = match e {
+                                crate::bounded::ReadError::Io(e) => e.to_string(),
+                                _ => format!("more than a secret ({MAX_SECRET_BYTES} bytes)"),
+                            };
+                            fail(format!("`{}`: {why}", path.display()))
+                        })?;
+                    let text = String::from_utf8(bytes)
+                        .map_err(|_| fail(format!("`{}` is not UTF-8 text", path.display())))?;
                     // A file's one trailing newline is the editor's, not the secret's.
                     text.strip_suffix('\n').unwrap_or(&text).to_string()
                 }
