@@ -289,21 +289,50 @@ fn report(command: &[&str], code: i32, out: &[u8], err: &[u8]) -> Result<serde_j
     Ok(serde_json::from_slice(out)?)
 }
 
-/// As [`timed`], but the release `cascade` binary as a process of its own, the
-/// way the peers run: its start-up is part of what a user waits for.
+/// As [`timed`], but the release `cascade` binary as a process of its own, the way the
+/// peers run: its start-up is part of what a user waits for. Also returns its peak RSS
+/// in bytes (`wait4`'s `ru_maxrss`).
 pub(crate) fn timed_process(
     bin: &Path,
     dir: &Path,
     command: &[&str],
-) -> Result<(f64, serde_json::Value)> {
+) -> Result<(f64, serde_json::Value, u64)> {
+    use std::io::Read;
+    use std::process::Stdio;
     let args = cascade_args(dir, command);
     // SAFETY: as in `timed`.
     unsafe { libc::sync() };
     let t = Instant::now();
-    let out = std::process::Command::new(bin).args(&args[1..]).output()?;
+    let mut child = std::process::Command::new(bin)
+        .args(&args[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = stderr.read_to_end(&mut e);
+        e
+    });
+    child.stdout.take().ok_or("no stdout")?.read_to_end(&mut out)?;
+    err.extend(reader.join().unwrap_or_default());
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes into both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which nothing else reaps.
+    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     let secs = t.elapsed().as_secs_f64();
-    let code = out.status.code().unwrap_or(-1);
-    report(command, code, &out.stdout, &out.stderr).map(|v| (secs, v))
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let rss = usage.ru_maxrss as u64 * 1024;
+    report(command, code, &out, &err).map(|v| (secs, v, rss))
 }
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -160,6 +160,8 @@ struct Row {
     noop: [f64; 3],
     leaf: [f64; 3],
     rebuilt: u64,
+    /// cascade's peak RSS (bytes) in the cold, no-op and changed builds.
+    rss: [u64; 3],
 }
 
 fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
@@ -192,8 +194,15 @@ fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
         peers[i][2] = peer(&tree, program, &args)?;
     }
 
-    let cascade = |what: &str| -> Result<(f64, u64)> {
-        let (secs, report) = timed_process(bin, &project, &["build", "--jobs", &j])?;
+    let mut rss = [0u64; 3];
+    let mut cascade = |what: &str| -> Result<(f64, u64)> {
+        let (secs, report, peak) = timed_process(bin, &project, &["build", "--jobs", &j])?;
+        let slot = match what {
+            "cold" => 0,
+            "no-op" => 1,
+            _ => 2,
+        };
+        rss[slot] = peak;
         let built = report["built"].as_u64().unwrap_or(0);
         match what {
             "cold" if built != n => Err(format!("cascade cold built {built} of {n}").into()),
@@ -216,6 +225,7 @@ fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
         noop: [peers[0][1], peers[1][1], c_noop],
         leaf: [peers[0][2], peers[1][2], c_leaf],
         rebuilt,
+        rss,
     })
 }
 
@@ -293,6 +303,13 @@ pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> 
             format!("one leaf changed ({} rebuilt), {nodes}", row.rebuilt),
             row.leaf,
             "≤ 1.5×",
+        );
+        let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
+        println!(
+            "| peak RSS of cascade, {nodes}: cold {}, no-op {}, changed {} | | | | | ≤ 200 MB at 10,000 |",
+            mb(row.rss[0]),
+            mb(row.rss[1]),
+            mb(row.rss[2])
         );
         if !keep {
             let _ = fs::remove_dir_all(&dir);
