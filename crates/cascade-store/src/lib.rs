@@ -341,11 +341,6 @@ impl Store {
         self.path(Kind::Action, &key.0)
     }
 
-    /// Where the tree of `output` lives (present or not).
-    pub fn tree_path(&self, output: &OutputDigest) -> PathBuf {
-        self.path(Kind::Tree, &output.0)
-    }
-
     fn path(&self, kind: Kind, d: &Digest) -> PathBuf {
         let hex = d.hex();
         self.root.join(kind.dir()).join(&hex[..2]).join(hex)
@@ -765,6 +760,28 @@ impl Store {
             }
         }
         Ok(Some(artifacts))
+    }
+
+    /// Every entry an output consists of: its trees and the blobs they reference (the
+    /// files whose loss or change a cache hit must notice). `None` when one is missing
+    /// or unreadable.
+    pub fn output_entries(&self, output: &OutputDigest) -> Option<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut stack = vec![TreeDigest(output.0)];
+        while let Some(t) = stack.pop() {
+            let tree = self.get_tree(&t).ok()?;
+            out.push(self.path(Kind::Tree, &t.0));
+            for e in tree.entries() {
+                match &e.kind {
+                    EntryKind::File { digest, .. } => out.push(self.path(Kind::Blob, &digest.0)),
+                    EntryKind::Dir { digest } => stack.push(*digest),
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
     }
 
     /// Keeps a failed node's log (the file at `src`, copied in chunks: a log can be

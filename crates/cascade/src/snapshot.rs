@@ -78,9 +78,8 @@ enum Check {
     /// Read by the build, which used content with this digest: the same stat, or the
     /// same content.
     Content(Digest),
-    /// Written by the build (a store entry): still there.
-    Exists,
-    /// Replaced, never edited in place (this binary): the same stat, however recent.
+    /// Replaced, never edited in place (this binary, store entries): the same stat,
+    /// however recent.
     Exact,
 }
 
@@ -111,7 +110,6 @@ impl Watched {
         match (self.stat, self.check) {
             // Absent then: absent still.
             (None, _) => now.is_none(),
-            (Some(_), Check::Exists) => now.is_some(),
             (Some(s), Check::Exact) => now == Some(s),
             (Some(s), Check::Stat) => now == Some(s) && !racy(&s, started),
             (Some(s), Check::Content(digest)) => {
@@ -521,8 +519,13 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
     let mut nodes = Vec::with_capacity(r.report.nodes.len());
     for (n, rep) in r.nodes.iter().zip(&r.report.nodes) {
         let (key, output) = (rep.key?, rep.output?);
-        watched.push(at(r.store.action_path(&key), Check::Exists));
-        watched.push(at(r.store.tree_path(&output), Check::Exists));
+        // The action result and every tree and blob of the output, as they are: a
+        // corrupt, truncated or collected entry (any change to its stat) is a miss, and
+        // the ordinary path verifies and rebuilds.
+        watched.push(at(r.store.action_path(&key), Check::Exact));
+        for p in r.store.output_entries(&output)? {
+            watched.push(at(p, Check::Exact));
+        }
         let mut inputs: Vec<String> = n
             .component
             .inputs
