@@ -4,26 +4,28 @@
 //! in-process and without a daemon:
 //!
 //! ```text
-//! cascade ─fork─► P1: own process group; unshare(user) + uid/gid map; unshare(mount,
-//!                     net, pid, ipc, uts); waits for P2 and exits with its status
-//!                 └─fork─► P2: pid 1 of the new pid namespace; builds the root (a tmpfs
-//!                          with read-only bind mounts, /work, /tmp, /dev, /proc),
-//!                          loopback up, pivot_root; reaps orphans until P3 exits
-//!                          └─fork─► P3: rlimits, Landlock, no_new_privs, no
-//!                                   capabilities, execve
+//! cascade ─clone(new user, mount, net, pid, ipc, uts namespaces)─► P: pid 1 of its pid
+//!     namespace, own process group; waits until cascade has written its uid/gid maps;
+//!     builds the root (a tmpfs with read-only bind mounts, /work, /tmp, /dev, /proc),
+//!     loopback up, pivot_root; rlimits, Landlock, no_new_privs, no capabilities;
+//!     execve: P is the program
 //! ```
 //!
-//! When P2 exits (P3 ended, or P2 was killed), the kernel kills every process left in
-//! the pid namespace: nothing a step starts with `&`, `nohup` or `setsid` survives it.
-//! Killing P1's process group (a timeout, an interrupt) kills P2, and so everything.
+//! When P exits (the program ended, or it was killed), the kernel kills every process
+//! left in the pid namespace: nothing a step starts with `&`, `nohup` or `setsid`
+//! survives it, and orphans are reaped by the program as pid 1 (shells wait for any
+//! child). Killing P's process group (a timeout, an interrupt) kills everything. One
+//! process, not a chain of three: a copy of cascade exists only until the execve, so
+//! what a fork costs (the page tables of a process that holds a big graph, and the
+//! pages cascade writes while a copy shares them) is paid for a millisecond per step.
 //!
 //! **Why it is sound.** Between `fork` and `execve` the children run only system calls
 //! on memory prepared before the fork (every path a `CString`, every buffer built,
 //! [`Plan`]): no allocation, no lock, so a fork from a multi-threaded process cannot
 //! deadlock. Errors are reported as `(stage, errno)` through a close-on-exec pipe; the
-//! parent reads it to its end, which comes when P3's `execve` succeeds or a child exits.
-//! P1 and P2 close every inherited descriptor but their own, so another thread's
-//! close-on-exec pipe is never held open by a process that never execs.
+//! parent reads it to its end, which comes when P's `execve` succeeds or it exits. P
+//! closes every inherited descriptor but its own first, so another thread's
+//! close-on-exec pipe is never held open by it.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs;
@@ -94,18 +96,18 @@ pub fn inside_ids() -> (u32, u32) {
     }
 }
 
-/// A started sandbox: P1, the leader of its own process group.
+/// A started sandbox: P, the program, the leader of its own process group.
 pub struct Jailed {
     pub pid: libc::pid_t,
 }
 
 impl Jailed {
-    /// Waits for P1; its exit status is P3's (128 + the signal when P3 was killed).
+    /// Waits for the program: its exit status (128 + the signal when it was killed).
     pub fn wait(&self) -> io::Result<i32> {
         wait_status(self.pid)
     }
 
-    /// P1's status if it has ended, without waiting.
+    /// The program's status if it has ended, without waiting.
     pub fn try_wait(&self) -> io::Result<Option<i32>> {
         let mut status = 0;
         // SAFETY: waitpid writes only into `status`.
@@ -121,7 +123,7 @@ impl Jailed {
         }
     }
 
-    /// Kills everything: P1's group holds P2, whose death ends the pid namespace.
+    /// Kills everything: P's group holds P, whose death ends the pid namespace.
     pub fn kill(&self) {
         // SAFETY: plain syscall; a negative pid names the process group.
         unsafe {
@@ -293,6 +295,19 @@ impl IdMaps {
     }
 }
 
+impl IdMaps {
+    /// From the parent: the maps of a child created in a new user namespace.
+    fn write_for(&self, pid: libc::pid_t) -> Result<(), rustix::io::Errno> {
+        let path = |name: &str| {
+            CString::new(format!("/proc/{pid}/{name}")).map_err(|_| rustix::io::Errno::INVAL)
+        };
+        write_file(&path("setgroups")?, b"deny")?;
+        write_file(&path("uid_map")?, &self.uid_map)?;
+        write_file(&path("gid_map")?, &self.gid_map)?;
+        Ok(())
+    }
+}
+
 fn write_file(path: &CStr, bytes: &[u8]) -> Result<(), rustix::io::Errno> {
     let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
     rustix::io::write(&fd, bytes)?;
@@ -374,7 +389,7 @@ impl Op {
     }
 }
 
-/// Everything P1, P2 and P3 need, allocated before the fork.
+/// Everything P needs, allocated before the clone.
 struct Plan {
     maps: IdMaps,
     /// The new root's mount point on the host.
@@ -390,7 +405,7 @@ struct Plan {
     devnull: OwnedFd,
     landlock: Option<OwnedFd>,
     limits: Limits,
-    /// Descriptors P1 and P2 keep; all others are closed (sorted).
+    /// Descriptors P keeps; all others are closed (sorted).
     keep: Vec<RawFd>,
 }
 
@@ -553,19 +568,61 @@ impl Plan {
 pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     let mut plan = Plan::new(jail, scratch).map_err(|e| setup_error("preparing the root", e))?;
     let (read, write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
+    // The child waits on this until its uid and gid maps are written.
+    let (go_read, go_write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
     plan.keep.push(write.as_raw_fd());
+    plan.keep.push(go_read.as_raw_fd());
     plan.keep.sort_unstable();
-    // SAFETY: the child runs `p1` (system calls on the prepared `plan` only) and never
+    // One process in every new namespace at once, pid 1 of its pid namespace: it builds
+    // the root and becomes the program. A copy of cascade lives only until that execve,
+    // so the pages cascade writes meanwhile are copied for a millisecond, not for the
+    // whole step (the cost of a fork grows with the graph cascade holds).
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::SIGCHLD;
+    // SAFETY: clone without CLONE_VM and with no stack is a fork into new namespaces;
+    // the child runs `inside` (system calls on the prepared `plan` only) and never
     // returns (see the module's header).
-    let pid = unsafe { libc::fork() };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    } as libc::pid_t;
     if pid < 0 {
-        return Err(setup_error("fork", io::Error::last_os_error()));
+        return Err(SetupError {
+            stage: stage_name(S_USERNS),
+            detail: None,
+            source: io::Error::last_os_error(),
+        });
     }
     if pid == 0 {
-        p1(&plan, write.as_raw_fd());
+        drop(go_write);
+        inside(&plan, write.as_raw_fd(), go_read.as_raw_fd());
     }
     drop(write);
+    drop(go_read);
     let jailed = Jailed { pid };
+    if let Err(e) = plan.maps.write_for(pid) {
+        jailed.kill();
+        let _ = jailed.wait();
+        return Err(SetupError {
+            stage: stage_name(S_IDMAP),
+            detail: None,
+            source: io::Error::from_raw_os_error(e.raw_os_error()),
+        });
+    }
+    // Go: closing it (after one byte) lets the child read past its wait.
+    let _ = rustix::io::write(&go_write, b"1");
+    drop(go_write);
     if let Some((stage, errno)) = read_failure(read) {
         jailed.kill();
         let _ = jailed.wait();
@@ -581,7 +638,7 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     Ok(jailed)
 }
 
-/// Mount failures carry the op index in the errno's high bits (see `p2`).
+/// Mount failures carry the op index in the errno's high bits (see `build_root`).
 fn mount_detail(plan: &Plan, errno: i32) -> Option<String> {
     let index = (errno >> 16) as usize;
     plan.ops.get(index).map(|o| {
@@ -612,112 +669,108 @@ fn close_others(keep: &[RawFd]) {
     }
 }
 
-fn p1(plan: &Plan, pipe: RawFd) -> ! {
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The child of [`spawn`], in its new namespaces: waits for its id maps, builds the
+/// root, pivots into it, drops every privilege and becomes the program.
+fn inside(plan: &Plan, pipe: RawFd, go: RawFd) -> ! {
     let r = (|| {
         // SAFETY (all below): plain system calls on prepared memory.
         unsafe {
             libc::setpgid(0, 0);
             // Dies with the thread that started it (cascade killed, or its thread gone).
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // P1 and P2 are copies of cascade (its environment among them) that never
-            // exec: not dumpable, so a step cannot read their /proc entries or memory.
+            // A copy of cascade (its environment among them) until it execs: not
+            // dumpable, so nothing can read its /proc entries or memory meanwhile.
             libc::prctl(libc::PR_SET_DUMPABLE, 0);
             libc::dup2(plan.devnull.as_raw_fd(), 0);
             libc::dup2(plan.output.as_raw_fd(), 1);
             libc::dup2(plan.output.as_raw_fd(), 2);
         }
         close_others(&plan.keep);
-        plan.maps.enter()?;
-        // SAFETY: namespaces only; single-threaded.
-        unsafe { rustix::thread::unshare_unsafe(rest_flags()) }.map_err(|e| (S_UNSHARE, e))?;
-        // SAFETY: see the module's header.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno())));
-        }
-        if pid == 0 {
-            p2(plan, pipe);
-        }
-        // SAFETY: closing our copy of the report pipe.
-        unsafe {
-            libc::close(pipe);
-        }
-        let code = wait_status(pid).unwrap_or(127);
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(code) }
-    })();
-    child_exit(pipe, r)
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn p2(plan: &Plan, pipe: RawFd) -> ! {
-    let r = (|| {
-        // SAFETY: plain syscall.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        }
-        rustix::mount::mount_change(
-            c"/",
-            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
-        )
-        .map_err(|e| (S_MOUNT, e))?;
-        for (i, op) in plan.ops.iter().enumerate() {
-            // The op's index rides in the errno's high bits, so the parent can name it.
-            mount_op(op).map_err(|e| {
-                (
-                    S_MOUNT,
-                    rustix::io::Errno::from_raw_os_error(e.raw_os_error() | ((i as i32) << 16)),
-                )
-            })?;
-        }
-        let _ = rustix::system::sethostname(b"cascade");
-        loopback_up().map_err(|e| (S_LOOPBACK, e))?;
-        rustix::mount::mount_remount(
-            plan.root.as_c_str(),
-            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-            c"",
-        )
-        .map_err(|e| (S_MOUNT, e))?;
-        rustix::process::chdir(plan.root.as_c_str()).map_err(|e| (S_PIVOT, e))?;
-        rustix::process::pivot_root(c".", c".").map_err(|e| (S_PIVOT, e))?;
-        rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(|e| (S_PIVOT, e))?;
-        rustix::process::chdir(plan.cwd.as_c_str()).map_err(|e| (S_PIVOT, e))?;
-        // SAFETY: see the module's header.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno())));
-        }
-        if pid == 0 {
-            p3(plan, pipe);
-        }
-        // SAFETY: closing our copy of the report pipe.
-        unsafe {
-            libc::close(pipe);
-        }
-        // pid 1: reap every orphan until the program itself exits.
+        // The parent writes the id maps, then one byte; without it (the parent failed
+        // or died), stop.
+        let mut byte = [0u8; 1];
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes only into `status`.
-            let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-            if r == pid {
-                let code = if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else {
-                    128 + libc::WTERMSIG(status)
-                };
-                // SAFETY: _exit is async-signal-safe.
-                unsafe { libc::_exit(code) }
+            // SAFETY: a read into a stack buffer.
+            let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                break;
             }
-            if r < 0 && errno() != libc::EINTR {
-                // SAFETY: as above.
-                unsafe { libc::_exit(127) }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
             }
+            return Err((S_IDMAP, rustix::io::Errno::from_raw_os_error(libc::EPIPE)));
         }
+        // SAFETY: closing our end of the go pipe.
+        unsafe {
+            libc::close(go);
+        }
+        build_root(plan)?;
+        let limit = |resource, value: u64| {
+            rustix::process::setrlimit(
+                resource,
+                rustix::process::Rlimit {
+                    current: Some(value),
+                    maximum: Some(value),
+                },
+            )
+            .map_err(|e| (S_LIMITS, e))
+        };
+        limit(rustix::process::Resource::Data, plan.limits.data)?;
+        limit(rustix::process::Resource::Nproc, plan.limits.processes)?;
+        drop_privileges(plan.landlock.as_ref().map(|l| l.as_raw_fd())).map_err(|e| (S_PRIVS, e))?;
+        // SAFETY: umask, signal dispositions and the mask, reset for the program (Rust ignores
+        // SIGPIPE, and an ignored signal stays ignored across execve).
+        unsafe {
+            libc::umask(0o022);
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::execve(
+                plan.program.as_ptr(),
+                plan.argv.as_ptr(),
+                plan.envp.as_ptr(),
+            );
+        }
+        Err((S_EXEC, rustix::io::Errno::from_raw_os_error(errno())))
     })();
     child_exit(pipe, r)
+}
+
+/// The new root: a tmpfs with the root's entries bound read-only, the binds, `/dev`,
+/// `/proc`, loopback up, then `pivot_root` into it.
+fn build_root(plan: &Plan) -> Result<(), (u32, rustix::io::Errno)> {
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| (S_MOUNT, e))?;
+    for (i, op) in plan.ops.iter().enumerate() {
+        // The op's index rides in the errno's high bits, so the parent can name it.
+        mount_op(op).map_err(|e| {
+            (
+                S_MOUNT,
+                rustix::io::Errno::from_raw_os_error(e.raw_os_error() | ((i as i32) << 16)),
+            )
+        })?;
+    }
+    let _ = rustix::system::sethostname(b"cascade");
+    loopback_up().map_err(|e| (S_LOOPBACK, e))?;
+    rustix::mount::mount_remount(
+        plan.root.as_c_str(),
+        MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+        c"",
+    )
+    .map_err(|e| (S_MOUNT, e))?;
+    rustix::process::chdir(plan.root.as_c_str()).map_err(|e| (S_PIVOT, e))?;
+    rustix::process::pivot_root(c".", c".").map_err(|e| (S_PIVOT, e))?;
+    rustix::mount::unmount(c".", UnmountFlags::DETACH).map_err(|e| (S_PIVOT, e))?;
+    rustix::process::chdir(plan.cwd.as_c_str()).map_err(|e| (S_PIVOT, e))?;
+    Ok(())
 }
 
 fn mount_op(op: &Op) -> Result<(), rustix::io::Errno> {
@@ -836,40 +889,6 @@ fn loopback_up() -> Result<(), rustix::io::Errno> {
     Ok(())
 }
 
-fn p3(plan: &Plan, pipe: RawFd) -> ! {
-    let r = (|| {
-        let limit = |resource, value: u64| {
-            rustix::process::setrlimit(
-                resource,
-                rustix::process::Rlimit {
-                    current: Some(value),
-                    maximum: Some(value),
-                },
-            )
-            .map_err(|e| (S_LIMITS, e))
-        };
-        limit(rustix::process::Resource::Data, plan.limits.data)?;
-        limit(rustix::process::Resource::Nproc, plan.limits.processes)?;
-        drop_privileges(plan.landlock.as_ref().map(|l| l.as_raw_fd())).map_err(|e| (S_PRIVS, e))?;
-        // SAFETY: umask, signal dispositions and the mask, reset for the program (Rust ignores
-        // SIGPIPE, and an ignored signal stays ignored across execve).
-        unsafe {
-            libc::umask(0o022);
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::execve(
-                plan.program.as_ptr(),
-                plan.argv.as_ptr(),
-                plan.envp.as_ptr(),
-            );
-        }
-        Err((S_EXEC, rustix::io::Errno::from_raw_os_error(errno())))
-    })();
-    child_exit(pipe, r)
-}
-
 /// no_new_privs, Landlock (when given), then no capability in any set.
 fn drop_privileges(landlock: Option<RawFd>) -> Result<(), rustix::io::Errno> {
     rustix::thread::set_no_new_privs(true)?;
@@ -908,7 +927,7 @@ fn drop_privileges(landlock: Option<RawFd>) -> Result<(), rustix::io::Errno> {
 }
 
 /// A TCP connection to `127.0.0.1:port` inside the network namespace of a running
-/// sandbox (P1's), made by a child that enters it and hands the socket back.
+/// sandbox (P's), made by a child that enters it and hands the socket back.
 pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStream> {
     let user = cstring(format!("/proc/{}/ns/user", jailed.pid))?;
     let net = cstring(format!("/proc/{}/ns/net", jailed.pid))?;
@@ -928,7 +947,7 @@ pub fn connect_inside(jailed: &Jailed, port: u16) -> io::Result<std::net::TcpStr
         let w = write.as_raw_fd();
         let r = (|| {
             // Opened before entering any: once in the sandbox's user namespace, its
-            // (non-dumpable) P1's /proc entries are out of reach.
+            // /proc entries of the sandbox's processes are out of reach.
             let (user, net) = (open_ns(&user)?, open_ns(&net)?);
             enter(&user, rustix::thread::LinkNameSpaceType::User)?;
             enter(&net, rustix::thread::LinkNameSpaceType::Network)?;
