@@ -315,7 +315,11 @@ pub(crate) fn timed_process(
         let _ = stderr.read_to_end(&mut e);
         e
     });
-    child.stdout.take().ok_or("no stdout")?.read_to_end(&mut out)?;
+    child
+        .stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_end(&mut out)?;
     err.extend(reader.join().unwrap_or_default());
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 writes into both out-parameters.
