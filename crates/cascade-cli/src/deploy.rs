@@ -4,9 +4,9 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
-use cascade::{DeployEvent, DeployOptions, DeployReport, StatusReport};
+use cascade::{DeployEvent, DeployOptions, DeployReport, ExitCode, StatusReport};
 
-use crate::{default_store, fail, secs, stamp_now, Io, EXIT_BAD_INPUT, EXIT_OK};
+use crate::{default_store, fail, secs, stamp_now, Io};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DeployArgs {
@@ -40,7 +40,7 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> i32 {
+pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> ExitCode {
     let opts = DeployOptions {
         project: project.to_path_buf(),
         env: args.env,
@@ -62,7 +62,7 @@ pub(crate) fn rollback(
     yes: bool,
     json: bool,
     mut io: Io<'_>,
-) -> i32 {
+) -> ExitCode {
     let color = io.color && !json;
     let (now, to) = match cascade::rollback_target(project, &env) {
         Ok(t) => t,
@@ -74,14 +74,14 @@ pub(crate) fn rollback(
             io.err_line(&format!(
                 "error: {question} Not asked: stdin is not a terminal; pass --yes to confirm"
             ));
-            return EXIT_BAD_INPUT;
+            return ExitCode::BadInput;
         }
         io.err_line(&format!("{question} [y/N]"));
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             io.err_line("not rolled back");
-            return EXIT_OK;
+            return ExitCode::Ok;
         }
     }
     let opts = DeployOptions {
@@ -101,7 +101,7 @@ fn run(
     mut io: Io<'_>,
     json: bool,
     op: impl FnOnce(&dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, cascade::Error>,
-) -> i32 {
+) -> ExitCode {
     let color = io.color && !json;
     let result = {
         let io = &io;
@@ -286,16 +286,16 @@ fn summary(r: &DeployReport) -> String {
     s
 }
 
-pub(crate) fn status(project: &Path, args: StatusArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn status(project: &Path, args: StatusArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     match cascade::status(project, &args.env) {
         Ok(r) if args.json => {
             io.json(&r);
-            EXIT_OK
+            ExitCode::Ok
         }
         Ok(r) => {
             let _ = write!(io.out, "{}", status_text(&r));
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }

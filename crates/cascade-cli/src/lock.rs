@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cascade::{Change, DiffFrom, DiffOptions, LockDiff, PromoteOptions, PromoteReport};
+use cascade::{Change, DiffFrom, DiffOptions, ExitCode, LockDiff, PromoteOptions, PromoteReport};
 
-use crate::{fail, Io, EXIT_OK};
+use crate::{fail, Io};
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum LockCommand {
@@ -66,7 +66,7 @@ pub(crate) struct PromoteArgs {
     json: bool,
 }
 
-pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
+pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> ExitCode {
     let LockCommand::Diff(args) = cmd;
     let json = args.json;
     let color = io.color && !json;
@@ -74,7 +74,7 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
         (Some(env), Some(to), _, _) => (DiffFrom::Newest(env), to),
         (_, _, Some(old), Some(new)) => (DiffFrom::File(old), new),
         // clap requires OLD and NEW, or --env and --to.
-        _ => return crate::EXIT_BAD_INPUT,
+        _ => return ExitCode::BadInput,
     };
     let opts = DiffOptions {
         project: project.to_path_buf(),
@@ -84,7 +84,7 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
     match cascade::lock_diff(&opts) {
         Ok(diff) if json => {
             io.json(&diff);
-            EXIT_OK
+            ExitCode::Ok
         }
         Ok(diff) => {
             let header = format!(
@@ -93,13 +93,13 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
                 diff.to
             );
             let _ = write!(io.out, "{}", diff_text(&header, &diff));
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, json, color),
     }
 }
 
-pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> ExitCode {
     let json = args.json;
     let color = io.color && !json;
     let opts = PromoteOptions {
@@ -122,7 +122,7 @@ pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 
             } else {
                 let _ = write!(io.out, "{}", promote_text(&report));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, json, color),
     }

@@ -23,7 +23,7 @@ use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
-use crate::{load, pin_all, Error, Pinned, Problems, Project};
+use crate::{load, pin_all, Error, ExitCode, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -147,11 +147,11 @@ pub struct BuildReport {
 }
 
 impl BuildReport {
-    /// 0 on success; 3 when a node failed because of the machine (disk, store, git
-    /// objects); 1 for any other failure.
-    pub fn exit_code(&self) -> i32 {
+    /// `Ok` on success; `Environment` when a node failed because of the machine (disk,
+    /// store, git objects); `Failed` for any other failure.
+    pub fn exit_code(&self) -> ExitCode {
         if self.success() {
-            0
+            ExitCode::Ok
         } else if self.nodes.iter().any(|n| {
             matches!(
                 n.status,
@@ -161,9 +161,9 @@ impl BuildReport {
                 }
             )
         }) {
-            3
+            ExitCode::Environment
         } else {
-            1
+            ExitCode::Failed
         }
     }
 

@@ -36,7 +36,7 @@ mod lock;
 mod secrets;
 
 use crate::image::ImageRef;
-use crate::{short_digest, Error};
+use crate::{short_digest, Error, ExitCode};
 use secrets::Secrets;
 
 /// How long a replaced container gets to stop (SIGTERM) before it is killed.
@@ -171,12 +171,12 @@ pub struct DeployReport {
 }
 
 impl DeployReport {
-    /// 0 deployed (or dry run), 1 failed (rolled back or not), 130 interrupted.
-    pub fn exit_code(&self) -> i32 {
+    /// `Ok` deployed (or dry run), `Failed` failed (rolled back or not), `Interrupted`.
+    pub fn exit_code(&self) -> ExitCode {
         match self.outcome {
-            "deployed" | "dry-run" => 0,
-            "interrupted" => 130,
-            _ => 1,
+            "deployed" | "dry-run" => ExitCode::Ok,
+            "interrupted" => ExitCode::Interrupted,
+            _ => ExitCode::Failed,
         }
     }
 }

@@ -13,6 +13,7 @@ mod deploy;
 mod diff;
 mod errors;
 mod execute;
+mod exit;
 mod gc;
 mod image;
 mod load;
@@ -56,6 +57,7 @@ pub use diff::{
 };
 pub use errors::{Error, LockfileProblem, Problems};
 pub use execute::ExecutorKind;
+pub use exit::ExitCode;
 pub use gc::{gc, GcOptions, GcResult};
 pub use image::{export_image, platform, ImageRef};
 pub use load::{load, Project};

@@ -165,7 +165,7 @@ mod tests {
         drop(w);
         let e = read_lockfile(&big, "big.yaml").unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
-        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.exit_code(), crate::ExitCode::BadInput);
         let zeros = dir.path().join("zeros.yaml");
         fs::write(&zeros, b"format: cascade-lock/2\n\0\0").unwrap();
         let e = read_lockfile(&zeros, "zeros.yaml").unwrap_err();
