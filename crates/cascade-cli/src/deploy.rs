@@ -4,7 +4,10 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
-use cascade::{DeployEvent, DeployOptions, DeployReport, ExitCode, StatusReport};
+use cascade::{
+    DeployAction, DeployChange, DeployEvent, DeployOptions, DeployOutcome, DeployReport, ExitCode,
+    StatusReport,
+};
 
 use crate::{default_store, fail, secs, stamp_now, Io};
 
@@ -46,7 +49,7 @@ pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> ExitCode {
         env: args.env,
         store: default_store(project, args.store.as_ref()),
         lock: args.lock,
-        action: "deploy",
+        action: DeployAction::Deploy,
         dry_run: args.dry_run,
         no_rollback: args.no_rollback,
         stamp: stamp_now(),
@@ -89,7 +92,7 @@ pub(crate) fn rollback(
         env,
         store: default_store(project, store.as_ref()),
         lock: None,
-        action: "rollback",
+        action: DeployAction::Rollback,
         dry_run: false,
         no_rollback: true,
         stamp: stamp_now(),
@@ -225,7 +228,7 @@ fn plan_lines(r: &DeployReport) -> Vec<String> {
         };
         if fleet {
             // The roll, step by step: what changes where, in the order it happens.
-            let n = if p.change == "unchanged" {
+            let n = if p.change == DeployChange::Unchanged {
                 "   ".to_string()
             } else {
                 step += 1;
@@ -263,16 +266,22 @@ fn plan_lines(r: &DeployReport) -> Vec<String> {
 
 fn summary(r: &DeployReport) -> String {
     let replaced = r.replaced.len();
-    let unchanged = r.plan.iter().filter(|p| p.change == "unchanged").count();
+    let unchanged = r
+        .plan
+        .iter()
+        .filter(|p| p.change == DeployChange::Unchanged)
+        .count();
     let mut s = match r.outcome {
-        "dry-run" => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != "unchanged").count()),
-        "deployed" => format!(
+        DeployOutcome::DryRun => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != DeployChange::Unchanged).count()),
+        DeployOutcome::Deployed => format!(
             "deployed {}: {replaced} component{} (re)started, {unchanged} unchanged; recorded in {}",
             r.lockfile,
             if replaced == 1 { "" } else { "s" },
             r.history
         ),
-        other => format!("{} {other}; recorded in {}", r.lockfile, r.history),
+        other @ (DeployOutcome::Failed | DeployOutcome::Interrupted) => {
+            format!("{} {other}; recorded in {}", r.lockfile, r.history)
+        }
     };
     if let Some(back) = &r.rollback {
         s.push_str(&format!(

@@ -181,7 +181,8 @@ pub struct HealthCheck {
 }
 
 /// How an environment's sources are pinned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Sources follow refs (branches, tags or commits).
     Branch,

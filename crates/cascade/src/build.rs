@@ -20,7 +20,7 @@ use miette::Diagnostic;
 
 use crate::execute::{ExecutorKind, Executors};
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
-use crate::publish::{self, PublishOptions, TestReport};
+use crate::publish::{self, PublishOptions, TestReport, TestStatus};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
 use crate::{load, pin_all, Error, ExitCode, Pinned, Problems, Project};
@@ -1152,14 +1152,14 @@ fn test_line(node: &str, t: &TestReport) -> String {
         if t.passed() { "tested" } else { "FAILED" },
         t.name,
         match t.status {
-            "passed" => format!(
+            TestStatus::Passed => format!(
                 "passed after {} attempt{} in {:.1}s",
                 t.attempts,
                 if t.attempts == 1 { "" } else { "s" },
                 t.duration_ms as f64 / 1000.0
             ),
-            "skipped" => format!("skipped ({})", t.detail),
-            _ => t.detail.clone(),
+            TestStatus::Skipped => format!("skipped ({})", t.detail),
+            TestStatus::Failed => t.detail.clone(),
         }
     );
     if !t.log_tail.is_empty() {

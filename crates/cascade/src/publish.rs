@@ -28,12 +28,21 @@ pub struct PublishOptions {
     pub skip_tests: bool,
 }
 
+/// How a smoke test ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    /// Not run: `--skip-tests`, or no engine to run it in.
+    Skipped,
+}
+
 /// One smoke test's result, as the report shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TestReport {
     pub name: String,
-    /// `passed`, `failed` or `skipped`.
-    pub status: &'static str,
+    pub status: TestStatus,
     pub attempts: u32,
     /// What the last probe saw; why it failed.
     pub detail: String,
@@ -45,14 +54,13 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn passed(&self) -> bool {
-        self.status != "failed"
+        self.status != TestStatus::Failed
     }
 
     pub fn result(&self) -> TestResult {
-        if self.status == "skipped" {
-            TestResult::Skipped
-        } else {
-            TestResult::Passed
+        match self.status {
+            TestStatus::Skipped => TestResult::Skipped,
+            TestStatus::Passed | TestStatus::Failed => TestResult::Passed,
         }
     }
 }
@@ -180,7 +188,7 @@ pub(crate) fn run_tests(
         .map(|t| {
             let skipped = |detail: &str| TestReport {
                 name: t.name.clone(),
-                status: "skipped",
+                status: TestStatus::Skipped,
                 attempts: 0,
                 detail: detail.to_string(),
                 log_tail: Vec::new(),
@@ -193,7 +201,11 @@ pub(crate) fn run_tests(
                 None => skipped("no engine"),
                 Some(Ok(o)) => TestReport {
                     name: t.name.clone(),
-                    status: if o.passed { "passed" } else { "failed" },
+                    status: if o.passed {
+                        TestStatus::Passed
+                    } else {
+                        TestStatus::Failed
+                    },
                     attempts: o.attempts,
                     detail: o.detail,
                     log_tail: o.log_tail,
@@ -201,7 +213,7 @@ pub(crate) fn run_tests(
                 },
                 Some(Err(e)) => TestReport {
                     name: t.name.clone(),
-                    status: "failed",
+                    status: TestStatus::Failed,
                     attempts: 0,
                     detail: e,
                     log_tail: Vec::new(),
