@@ -672,7 +672,7 @@ fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
 }
 
 pub(crate) fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
-    store.cloned().unwrap_or_else(|| project.join("cache"))
+    cascade::Layout::new(project).store(store.map(PathBuf::as_path))
 }
 
 /// `cascade rollback`: the previous lockfile (or `--to`), replayed, written as the

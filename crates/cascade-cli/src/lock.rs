@@ -36,6 +36,10 @@ pub(crate) struct DiffArgs {
     /// …with this lockfile (instead of NEW).
     #[arg(long, value_name = "FILE", requires = "env")]
     to: Option<PathBuf>,
+    /// The store whose git mirrors count how far apart two commits of a remote source
+    /// are (read only; nothing is fetched) [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -78,6 +82,7 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> ExitCode
     };
     let opts = DiffOptions {
         project: project.to_path_buf(),
+        store: crate::default_store(project, args.store.as_ref()),
         from,
         to,
     };
@@ -107,7 +112,7 @@ pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> Exit
         from: args.from,
         to: args.to,
         lock: args.lock,
-        store: args.store.unwrap_or_else(|| project.join("cache")),
+        store: crate::default_store(project, args.store.as_ref()),
         dry_run: args.dry_run,
         approve: args.approve,
     };

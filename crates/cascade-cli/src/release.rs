@@ -66,7 +66,7 @@ impl ReleaseArgs {
                 project: project.to_path_buf(),
                 env: self.env,
                 lock: self.lock,
-                store: self.store.unwrap_or_else(|| project.join("cache")),
+                store: crate::default_store(project, self.store.as_ref()),
                 pre: self.pre,
                 rules: PreMajor {
                     bump_minor_pre_major: self.bump_minor_pre_major,

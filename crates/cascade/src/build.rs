@@ -1266,7 +1266,7 @@ pub(crate) fn write_lockfile(
     lock: &Lockfile,
 ) -> Result<PathBuf, Error> {
     let text = cascade_lock::write(lock);
-    let dir = root.join("lockfiles");
+    let dir = crate::Layout::new(root).lockfiles();
     // An identical file is reused only when it is the newest: a rollback within the
     // same second must still become the newest lockfile. A no-op build gives the
     // newest lockfile's bytes again: it is the lockfile of this build too.

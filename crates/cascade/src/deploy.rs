@@ -36,7 +36,7 @@ mod lock;
 mod secrets;
 
 use crate::image::ImageRef;
-use crate::{short_digest, Error, ExitCode};
+use crate::{short_digest, Error, ExitCode, Layout};
 use secrets::Secrets;
 
 /// How long a replaced container gets to stop (SIGTERM) before it is killed.
@@ -591,7 +591,7 @@ impl<'a> Context<'a> {
             failure: None,
             rollback: None,
             no_rollback: None,
-            history: format!("deployments/{env}.yaml"),
+            history: Layout::history_rel(env),
             notifications: Vec::new(),
         };
         on(DeployEvent::Plan(&report));
@@ -1249,13 +1249,13 @@ fn removed(name: &str, host: &str, infos: &[&ContainerInfo], why: &str) -> Plann
 
 /// `<project>/deployments/<env>.yaml`.
 pub fn history_path(project: &Path, env: &str) -> PathBuf {
-    project.join("deployments").join(format!("{env}.yaml"))
+    Layout::new(project).history(env)
 }
 
 /// The deploy history of `env` (empty when there is none yet).
 pub fn read_history(project: &Path, env: &str) -> Result<History, Error> {
     let path = history_path(project, env);
-    let shown = format!("deployments/{env}.yaml");
+    let shown = Layout::history_rel(env);
     let limit = crate::bounded::HISTORY_LIMIT;
     match crate::bounded::read(&path, limit, true) {
         Ok(bytes) => {

@@ -16,6 +16,7 @@ mod execute;
 mod exit;
 mod gc;
 mod image;
+mod layout;
 mod load;
 mod lockfiles;
 mod notify;
@@ -61,6 +62,7 @@ pub use execute::ExecutorKind;
 pub use exit::ExitCode;
 pub use gc::{gc, GcOptions, GcResult};
 pub use image::{export_image, platform, ImageRef};
+pub use layout::Layout;
 pub use load::{load, Project};
 pub use lockfiles::{
     all_lockfiles, lockfiles_of, newest_lockfile, previous_lockfile, read_lockfile,

@@ -243,7 +243,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
         &lock,
         &|n| target_has.contains(n),
     )?;
-    let git = Git::new(opts.store.join("git"));
+    let git = Git::new(crate::layout::store_git_dir(&opts.store));
     let env_dir = project.environment_dir();
     let mode = project.graph.environment.mode;
     let upstreams: BTreeSet<&str> = project

@@ -31,7 +31,7 @@ use crate::build::{
 use crate::check::{compare_outputs, Mismatch};
 use crate::errors::LockfileProblem;
 use crate::pin::{git_filter, locate};
-use crate::{Error, Pinned, Problems};
+use crate::{Error, Layout, Pinned, Problems};
 
 /// How a lockfile is replayed.
 #[derive(Clone, Debug, Default)]
@@ -114,7 +114,7 @@ pub(crate) fn replay(
         project: &opts.project,
     };
     let components = components(&locked, &real, current.as_ref(), &history)?;
-    let env_dir = opts.project.join("graph/environments");
+    let env_dir = Layout::new(&opts.project).environments();
     // `--sign`, else today's `sign:` of the lockfile's environment.
     let signer = crate::build::signer(
         opts,
@@ -243,7 +243,7 @@ const HISTORY_DEPTH: usize = 2000;
 impl History<'_> {
     fn recipe(&self, name: &str, digest: &cascade_core::Digest) -> Option<Recipe> {
         let location = self.project.canonicalize().ok()?.display().to_string();
-        let path = format!("recipes/{name}.yaml");
+        let path = Layout::recipe_rel(name);
         self.git
             .file_history(&location, &path, HISTORY_DEPTH)
             .into_iter()
