@@ -20,7 +20,7 @@ use miette::Diagnostic;
 
 use crate::execute::{ExecutorKind, Executors};
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
-use crate::publish::{self, PublishOptions, TestReport, TestStatus};
+use crate::publish::{self, PublishOptions, PushedImage, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
 use crate::{load, pin_all, Error, ExitCode, Pinned, Problems, Project};
@@ -187,8 +187,27 @@ pub enum Event<'a> {
         name: &'a str,
     },
     Finished(&'a NodeReport),
-    /// After the nodes: an image loaded, tested or pushed (a line for people).
-    Published(&'a str),
+    /// After the nodes: an image loaded into Docker, as the engine's image `id`.
+    ImageLoaded {
+        reference: &'a str,
+        id: &'a str,
+    },
+    /// A smoke test of `node`'s image ended (or was skipped).
+    Tested {
+        node: &'a str,
+        test: &'a TestReport,
+    },
+    /// An image pushed to its registry.
+    Pushed(&'a PushedImage),
+    /// An image signed and its provenance attested (`--sign`).
+    Signed(&'a crate::sign::Signed),
+    /// A replay goes on despite a risk to reproducing the lockfile (`message` says
+    /// which).
+    ReplayWarning {
+        message: &'a str,
+    },
+    /// A replay built a node's output or image to other bytes than the lockfile's.
+    Mismatch(&'a crate::check::Mismatch),
 }
 
 /// A node that built or was cached: what the lockfile records beyond the node itself.
@@ -638,8 +657,8 @@ pub(crate) fn publish_all(
     index_images(l, &images).map_err(Error::Image)?;
     publish_images(opts, run, l, docker, report, on_event)?;
     if report.success() && opts.publish.push {
-        for line in publish::push(l, &images)? {
-            on_event(Event::Published(&line));
+        for pushed in publish::push(l, &images)? {
+            on_event(Event::Pushed(&pushed));
         }
         // Signed once pushed: a signature never names an image the registry lacks.
         if let Some(s) = signer {
@@ -647,23 +666,7 @@ pub(crate) fn publish_all(
             let mut signed = s.sign(&attested)?;
             crate::sign::push_attestations(l, &mut signed)?;
             for signed in signed {
-                on_event(Event::Published(&format!(
-                    "  signed   {} {} ({}, key {})",
-                    signed.reference,
-                    signed.digest,
-                    signed.signature.display(),
-                    signed.fingerprint
-                )));
-                on_event(Event::Published(&format!(
-                    "  attested {} ({}{})",
-                    signed.reference,
-                    signed.attestation.display(),
-                    signed
-                        .attestation_tag
-                        .as_deref()
-                        .map(|t| format!(", pushed as {t}"))
-                        .unwrap_or_default()
-                )));
+                on_event(Event::Signed(&signed));
                 report.signed.push(signed);
             }
         }
@@ -1128,10 +1131,10 @@ fn publish_images(
                 reference: image.reference.clone(),
                 message,
             })?;
-            on_event(Event::Published(&format!(
-                "  loaded   {} as {id}",
-                image.reference
-            )));
+            on_event(Event::ImageLoaded {
+                reference: &image.reference,
+                id: &id,
+            });
         }
         let facts = publish::Facts {
             component: &r.name,
@@ -1139,39 +1142,14 @@ fn publish_images(
             version: &r.version,
         };
         r.tests = publish::run_tests(&smoke, &image, tests, &facts, p.skip_tests);
-        for t in &r.tests {
-            on_event(Event::Published(&test_line(&r.name, t)));
+        for test in &r.tests {
+            on_event(Event::Tested {
+                node: &r.name,
+                test,
+            });
         }
     }
     Ok(())
-}
-
-fn test_line(node: &str, t: &TestReport) -> String {
-    let mut s = format!(
-        "  {:<8} {node}/{}  {}",
-        if t.passed() { "tested" } else { "FAILED" },
-        t.name,
-        match t.status {
-            TestStatus::Passed => format!(
-                "passed after {} attempt{} in {:.1}s",
-                t.attempts,
-                if t.attempts == 1 { "" } else { "s" },
-                t.duration_ms as f64 / 1000.0
-            ),
-            TestStatus::Skipped => format!("skipped ({})", t.detail),
-            TestStatus::Failed => t.detail.clone(),
-        }
-    );
-    if !t.log_tail.is_empty() {
-        s.push_str(&format!(
-            "\n           last {} lines of the container's log:",
-            t.log_tail.len()
-        ));
-        for l in &t.log_tail {
-            s.push_str(&format!("\n           | {l}"));
-        }
-    }
-    s
 }
 
 /// One node as the lockfile records it (and its attestation attests it).

@@ -2,8 +2,6 @@
 //! files whose content, mode, kind or presence differ, with both digests and sizes,
 //! and for small text files the first lines of a unified diff (a tiny diffoscope).
 
-use std::fmt;
-
 use cascade_core::{EntryKind, OutputDigest, Tree, TreeDigest};
 use cascade_store::Store;
 
@@ -98,45 +96,6 @@ impl Mismatch {
             files: Vec::new(),
             note: None,
         }
-    }
-}
-
-fn short(d: &str) -> String {
-    crate::short_digest(&d)
-}
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "  DIFFERS  {} {}: lockfile {}, built {}",
-            self.node,
-            self.what.as_str(),
-            short(&self.expected),
-            short(&self.actual)
-        )?;
-        if let Some(n) = &self.note {
-            write!(f, "\n           {n}")?;
-        }
-        for d in &self.files {
-            let side = |digest: &Option<String>, size: Option<u64>| match (digest, size) {
-                (Some(d), Some(s)) => format!("{} ({s} bytes)", short(d)),
-                (Some(d), None) => short(d),
-                _ => "absent".to_string(),
-            };
-            write!(
-                f,
-                "\n           {} ({}): {} → {}",
-                d.path,
-                d.change.as_str(),
-                side(&d.expected, d.expected_size),
-                side(&d.actual, d.actual_size)
-            )?;
-            for l in &d.diff {
-                write!(f, "\n           | {l}")?;
-            }
-        }
-        Ok(())
     }
 }
 

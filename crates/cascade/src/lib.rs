@@ -77,7 +77,7 @@ pub use promote::{
     promote, PinField, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
 pub use provenance::Difference;
-pub use publish::{cleanup_containers, PublishOptions, TestReport, TestStatus};
+pub use publish::{cleanup_containers, PublishOptions, PushedImage, TestReport, TestStatus};
 pub use reapi::RemoteRun;
 pub use release::{
     changelog, prepend_section, release_plan, release_tag, BranchMove, ChangelogWrite,

@@ -224,10 +224,20 @@ pub(crate) fn run_tests(
         .collect()
 }
 
+/// One image pushed: its manifest's digest, and how many blobs went over the wire.
+#[derive(Clone, Debug)]
+pub struct PushedImage {
+    pub reference: String,
+    pub manifest: String,
+    pub blobs_uploaded: usize,
+    /// Blobs the registry already had.
+    pub blobs_skipped: usize,
+}
+
 /// Pushes every image to its registry: blobs, then the manifest by digest, then the tag.
-pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<String>, Error> {
+pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<PushedImage>, Error> {
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
-    let mut lines = Vec::new();
+    let mut pushed = Vec::new();
     for image in images {
         let r = Reference::parse(&image.reference).map_err(|source| Error::Push {
             reference: image.reference.clone(),
@@ -253,10 +263,12 @@ pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<String
                 reference: image.reference.clone(),
                 source,
             })?;
-        lines.push(format!(
-            "  pushed   {} {} ({} blobs sent, {} already there)",
-            image.reference, report.manifest, report.blobs_uploaded, report.blobs_skipped
-        ));
+        pushed.push(PushedImage {
+            reference: image.reference.clone(),
+            manifest: report.manifest.to_string(),
+            blobs_uploaded: report.blobs_uploaded,
+            blobs_skipped: report.blobs_skipped,
+        });
     }
-    Ok(lines)
+    Ok(pushed)
 }

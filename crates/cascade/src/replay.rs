@@ -133,7 +133,7 @@ pub(crate) fn replay(
     }
     let risks = verify_keys(&locked, &real, &nodes, opts.replay.strict)?;
     for r in &risks {
-        on_event(Event::Published(&format!("  warning  {r}")));
+        on_event(Event::ReplayWarning { message: r });
     }
     // --check: a fresh store for everything that is built; the real one keeps serving
     // git mirrors (through `git`), and pinned base images are copied over.
@@ -167,7 +167,7 @@ pub(crate) fn replay(
         |report, done| {
             let mismatches = mismatches(&lock, &nodes, done, &real, &store);
             for m in &mismatches {
-                on_event(Event::Published(&m.to_string()));
+                on_event(Event::Mismatch(m));
             }
             report.replay = Some(ReplayReport {
                 lockfile: lock_path.to_path_buf(),
