@@ -373,7 +373,12 @@ pub fn build(
     let git = Git::new(store.git_dir());
     before.refs(&git, &project);
     let pinned = pin_all(&project, &git)?;
-    let mut nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
+    let mut nodes = prepare(
+        &project.graph.components,
+        &pinned,
+        &opts.tools,
+        Some(&project.db),
+    )?;
     let env = &project.graph.environment;
     for n in &mut nodes {
         if n.component.recipe.image.is_some() {
@@ -866,11 +871,13 @@ pub(crate) fn run_graph(
 }
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
-/// reported before anything runs.
+/// reported before anything runs: at its name in the recipe when `db` holds the
+/// recipes (a replay's come from the store, so its problem has no location).
 pub(crate) fn prepare<'a>(
     components: &'a [Component],
     pinned: &'a [Pinned],
     tools: &Tools,
+    db: Option<&cascade_manifest::SourceDb>,
 ) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
@@ -903,10 +910,7 @@ pub(crate) fn prepare<'a>(
                 for n in &names {
                     match tools.resolve(n) {
                         Ok(t) => resolved.push(t),
-                        Err(e) => problems.push(Box::new(ToolProblem {
-                            component: c.name.clone(),
-                            source: e,
-                        })),
+                        Err(e) => problems.push(tool_problem(c, n, e, db)),
                     }
                 }
                 // A set is those of its members this machine has; each is keyed by its
@@ -947,6 +951,44 @@ pub(crate) fn prepare<'a>(
     } else {
         Err(Error::Environment(Problems::new("missing tool", problems)))
     }
+}
+
+/// A declared tool this machine lacks, underlined in the recipe when it is a file.
+fn tool_problem(
+    c: &Component,
+    tool: &str,
+    e: cascade_exec::ToolError,
+    db: Option<&cascade_manifest::SourceDb>,
+) -> Box<dyn Diagnostic + Send + Sync> {
+    match (e, db, c.tool_spans.get(tool)) {
+        (cascade_exec::ToolError::NotFound { .. }, Some(db), Some(span)) => Box::new(MissingTool {
+            tool: tool.to_string(),
+            component: c.name.clone(),
+            src: db.named_source(span.file),
+            span: (span.offset, span.len).into(),
+        }),
+        (e, _, _) => Box::new(ToolProblem {
+            component: c.name.clone(),
+            source: e,
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("tool `{tool}` of recipe `{component}` is not on PATH")]
+#[diagnostic(
+    code(cascade::tool::not_found),
+    help(
+        "`runner.host.tools` declares the tools a recipe's steps run; each is looked up on the PATH cascade runs with: install `{tool}` there, or remove it from the list"
+    )
+)]
+struct MissingTool {
+    tool: String,
+    component: String,
+    #[source_code]
+    src: miette::NamedSource<String>,
+    #[label("not found on PATH")]
+    span: miette::SourceSpan,
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]

@@ -124,7 +124,7 @@ pub(crate) fn replay(
         &env_dir,
     )?;
     let pinned = pin(&locked, &components, &git, &env_dir)?;
-    let mut nodes = prepare(&components, &pinned, &opts.tools)?;
+    let mut nodes = prepare(&components, &pinned, &opts.tools, None)?;
     for n in &mut nodes {
         n.reference = lock.nodes[&n.component.name]
             .image
@@ -428,6 +428,7 @@ fn components(
             inputs,
             image_base,
             runner_image,
+            tool_spans: Default::default(),
         });
     }
     Ok(out)
