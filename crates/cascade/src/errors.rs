@@ -305,7 +305,7 @@ pub enum Error {
     #[error("environment `{env}` has no `deploy:` section")]
     #[diagnostic(
         code(cascade::deploy::not_deployable),
-        help("add `deploy: {{ components: {{ <component>: {{ ports: [\"18080:8080\"] }} }} }}` to `graph/environments/{env}.yaml` (README: Deploying)")
+        help("add `deploy: {{ components: {{ <component>: {{ ports: [\"18080:8080\"] }} }} }}` to `graph/environments/{env}.yaml` (docs/deploy.md)")
     )]
     NoDeploy { env: String },
 
