@@ -1,6 +1,6 @@
 //! The bad-input corpus (issue #7): every directory under `tests/bad-input/` is a small
 //! cascade project that is wrong in one way, plus a `case.yaml` saying what it tests,
-//! which command to run and the exit code the README promises (see
+//! which command to run and the exit code `docs/exit-codes.md` promises (see
 //! `tests/bad-input/README.md`). Each case goes through the whole CLI in-process: its
 //! exit code is checked, again with `--json` (one JSON document, `error.exit_code`),
 //! nothing may panic, a failure writes no lockfile, and what a user reads on stderr is an

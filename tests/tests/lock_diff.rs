@@ -262,3 +262,50 @@ fn usage_needs_two_lockfiles_or_env_and_to() {
     diff(&p, &["--env", ENV], 2);
     diff(&p, &["--env", ENV, "--to", path(&first), path(&first)], 2);
 }
+
+/// Commit distances of a remote source come from the mirrors of the store the command
+/// was given (`--store`), never from a fetch and never from another store.
+#[test]
+fn remote_distances_come_from_the_given_store() {
+    let (p, first, second) = two_builds();
+    // The same lockfiles, as if sdk came from a remote: only a mirror can count it.
+    let url = "https://git.invalid/sdk.git";
+    let remote = |from: &Path, name: &str| {
+        let text = fs::read_to_string(from).unwrap();
+        assert!(text.contains("repo: ../../repos/sdk\n"), "{text}");
+        let to = p.root.join(name);
+        fs::write(
+            &to,
+            text.replace("repo: ../../repos/sdk\n", &format!("repo: {url}\n")),
+        )
+        .unwrap();
+        to
+    };
+    let (old, new) = (remote(&first, "old.yaml"), remote(&second, "new.yaml"));
+    let store = tempfile::tempdir().unwrap();
+    let hash = cascade_core::Digest::of(url.as_bytes()).to_string();
+    let mirror = store
+        .path()
+        .join("git")
+        .join(format!("{}.git", hash.trim_start_matches("blake3:")));
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(path(&p.repo_path("sdk")), &mirror)
+        .unwrap();
+    let apart = |args: &[&str]| {
+        let mut full = vec![path(&old), path(&new), "--json"];
+        full.extend(args);
+        node(&diff(&p, &full, 0).json(), "sdk")["commits_apart"].clone()
+    };
+    assert_eq!(
+        apart(&["--store", path(store.path())]),
+        serde_json::json!({ "ahead": 1, "behind": 0 })
+    );
+    // The project's default store has no mirror of it, and nothing is fetched.
+    assert_eq!(apart(&[]), Value::Null);
+    assert!(!p
+        .root
+        .join("cache/git")
+        .join(mirror.file_name().unwrap())
+        .exists());
+}

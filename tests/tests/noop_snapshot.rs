@@ -136,7 +136,7 @@ fn a_moved_ref_a_new_recipe_or_a_missing_store_entry_is_a_rebuild() {
 
 #[test]
 fn a_tag_that_changes_a_version_is_seen() {
-    let mut p = project();
+    let p = project();
     let first = p.build("test", 0);
     let sha = first.node("base")["commit"]
         .as_str()

@@ -291,7 +291,9 @@ fn a_different_host_tool_is_a_risk_and_an_error_when_strict() {
     );
     assert!(r.success(), "same outputs: reproduced, with a warning");
     match cascade::build(&opts(&p, Some(lock), true), &|_| {}) {
-        Err(e @ cascade::Error::ReproducibilityRisk { .. }) => assert_eq!(e.exit_code(), 3),
+        Err(e @ cascade::Error::ReproducibilityRisk { .. }) => {
+            assert_eq!(e.exit_code(), cascade::ExitCode::Environment)
+        }
         other => panic!("--strict must refuse: {:?}", other.map(|r| r.success())),
     }
 }

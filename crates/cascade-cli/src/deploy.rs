@@ -4,9 +4,12 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
-use cascade::{DeployEvent, DeployOptions, DeployReport, StatusReport};
+use cascade::{
+    DeployAction, DeployChange, DeployEvent, DeployOptions, DeployOutcome, DeployReport, ExitCode,
+    StatusReport,
+};
 
-use crate::{default_store, fail, secs, stamp_now, Io, EXIT_BAD_INPUT, EXIT_OK};
+use crate::{default_store, fail, secs, stamp_now, Io};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DeployArgs {
@@ -40,13 +43,13 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> i32 {
+pub(crate) fn deploy(project: &Path, args: DeployArgs, io: Io<'_>) -> ExitCode {
     let opts = DeployOptions {
         project: project.to_path_buf(),
         env: args.env,
         store: default_store(project, args.store.as_ref()),
         lock: args.lock,
-        action: "deploy",
+        action: DeployAction::Deploy,
         dry_run: args.dry_run,
         no_rollback: args.no_rollback,
         stamp: stamp_now(),
@@ -62,7 +65,7 @@ pub(crate) fn rollback(
     yes: bool,
     json: bool,
     mut io: Io<'_>,
-) -> i32 {
+) -> ExitCode {
     let color = io.color && !json;
     let (now, to) = match cascade::rollback_target(project, &env) {
         Ok(t) => t,
@@ -74,14 +77,14 @@ pub(crate) fn rollback(
             io.err_line(&format!(
                 "error: {question} Not asked: stdin is not a terminal; pass --yes to confirm"
             ));
-            return EXIT_BAD_INPUT;
+            return ExitCode::BadInput;
         }
         io.err_line(&format!("{question} [y/N]"));
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             io.err_line("not rolled back");
-            return EXIT_OK;
+            return ExitCode::Ok;
         }
     }
     let opts = DeployOptions {
@@ -89,7 +92,7 @@ pub(crate) fn rollback(
         env,
         store: default_store(project, store.as_ref()),
         lock: None,
-        action: "rollback",
+        action: DeployAction::Rollback,
         dry_run: false,
         no_rollback: true,
         stamp: stamp_now(),
@@ -101,7 +104,7 @@ fn run(
     mut io: Io<'_>,
     json: bool,
     op: impl FnOnce(&dyn Fn(DeployEvent<'_>)) -> Result<DeployReport, cascade::Error>,
-) -> i32 {
+) -> ExitCode {
     let color = io.color && !json;
     let result = {
         let io = &io;
@@ -225,7 +228,7 @@ fn plan_lines(r: &DeployReport) -> Vec<String> {
         };
         if fleet {
             // The roll, step by step: what changes where, in the order it happens.
-            let n = if p.change == "unchanged" {
+            let n = if p.change == DeployChange::Unchanged {
                 "   ".to_string()
             } else {
                 step += 1;
@@ -263,16 +266,22 @@ fn plan_lines(r: &DeployReport) -> Vec<String> {
 
 fn summary(r: &DeployReport) -> String {
     let replaced = r.replaced.len();
-    let unchanged = r.plan.iter().filter(|p| p.change == "unchanged").count();
+    let unchanged = r
+        .plan
+        .iter()
+        .filter(|p| p.change == DeployChange::Unchanged)
+        .count();
     let mut s = match r.outcome {
-        "dry-run" => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != "unchanged").count()),
-        "deployed" => format!(
+        DeployOutcome::DryRun => format!("dry run: nothing changed ({} to replace)", r.plan.iter().filter(|p| p.change != DeployChange::Unchanged).count()),
+        DeployOutcome::Deployed => format!(
             "deployed {}: {replaced} component{} (re)started, {unchanged} unchanged; recorded in {}",
             r.lockfile,
             if replaced == 1 { "" } else { "s" },
             r.history
         ),
-        other => format!("{} {other}; recorded in {}", r.lockfile, r.history),
+        other @ (DeployOutcome::Failed | DeployOutcome::Interrupted) => {
+            format!("{} {other}; recorded in {}", r.lockfile, r.history)
+        }
     };
     if let Some(back) = &r.rollback {
         s.push_str(&format!(
@@ -286,16 +295,16 @@ fn summary(r: &DeployReport) -> String {
     s
 }
 
-pub(crate) fn status(project: &Path, args: StatusArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn status(project: &Path, args: StatusArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     match cascade::status(project, &args.env) {
         Ok(r) if args.json => {
             io.json(&r);
-            EXIT_OK
+            ExitCode::Ok
         }
         Ok(r) => {
             let _ = write!(io.out, "{}", status_text(&r));
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }

@@ -1,15 +1,7 @@
 //! cascade-cli: the command line. Parses arguments (clap), calls an operation of the
 //! `cascade` crate, renders what happened (text on stderr, or one JSON document on
-//! stdout with `--json`), and turns it into an exit code:
-//!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | a build (a step, an output) failed |
-//! | 2 | bad input: manifest, lockfile, command-line usage |
-//! | 3 | environment: a tool, the disk, a git remote |
-//! | 101 | a bug in cascade (a panic) |
-//! | 130 | interrupted (SIGINT/SIGTERM): running steps killed, nothing recorded |
+//! stdout with `--json`), and turns it into an exit code from the one table,
+//! `cascade::ExitCode` (docs/exit-codes.md).
 
 mod columns;
 mod deploy;
@@ -24,12 +16,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use cascade::{BuildOptions, BuildReport, Event, NodeReport, NodeStatus, PlanOptions};
+use cascade::{BuildOptions, BuildReport, Event, ExitCode, NodeReport, NodeStatus, PlanOptions};
 use clap::{Parser, Subcommand};
-
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_BAD_INPUT: i32 = 2;
-pub const EXIT_BUG: i32 = 101;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -385,9 +373,9 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
-                EXIT_BAD_INPUT
+                ExitCode::BadInput
             } else {
-                EXIT_OK
+                ExitCode::Ok
             };
             let text = if color {
                 e.render().ansi().to_string()
@@ -399,7 +387,7 @@ where
             } else {
                 let _ = write!(out, "{text}");
             }
-            return code;
+            return code.code();
         }
     };
     let io = Io {
@@ -407,7 +395,7 @@ where
         err: Mutex::new(err),
         color,
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Build(args) if args.dry_run => {
             let plan = PlanArgs {
                 common: EnvArgs {
@@ -446,7 +434,8 @@ where
         Command::Keygen(args) => sign::keygen(args, io),
         Command::Verify(args) => sign::verify(&cli.project, args, io),
         Command::ReleaseBundle(args) => sign::release_bundle(&cli.project, args, io),
-    }
+    };
+    code.code()
 }
 
 pub(crate) struct Io<'a> {
@@ -495,7 +484,7 @@ fn install_signal_handler() {
             eprintln!(
                 "\ninterrupted (signal {sig}): running steps killed, containers removed, no lockfile written"
             );
-            std::process::exit(130);
+            std::process::exit(ExitCode::Interrupted.code());
         }
     });
 }
@@ -507,7 +496,8 @@ fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             default(info);
             eprintln!(
-                "error: this is a bug in cascade (exit code {EXIT_BUG}); please report it with the message above"
+                "error: this is a bug in cascade (exit code {}); please report it with the message above",
+                ExitCode::Bug.code()
             );
         }));
     });
@@ -682,12 +672,12 @@ fn store_dir(project: &std::path::Path, args: &EnvArgs) -> PathBuf {
 }
 
 pub(crate) fn default_store(project: &std::path::Path, store: Option<&PathBuf>) -> PathBuf {
-    store.cloned().unwrap_or_else(|| project.join("cache"))
+    cascade::Layout::new(project).store(store.map(PathBuf::as_path))
 }
 
 /// `cascade rollback`: the previous lockfile (or `--to`), replayed, written as the
 /// newest, so the environment's history says what is current.
-fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i32 {
+fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> ExitCode {
     let env = args.common.env.clone();
     let target = match args.to.clone() {
         Some(t) => t,
@@ -737,7 +727,7 @@ fn rollback(project: &std::path::Path, args: RollbackArgs, mut io: Io<'_>) -> i3
     build(project, build_args, io)
 }
 
-fn worker(project: &std::path::Path, args: WorkerArgs, mut io: Io<'_>) -> i32 {
+fn worker(project: &std::path::Path, args: WorkerArgs, mut io: Io<'_>) -> ExitCode {
     let opts = cascade::WorkerOptions {
         server: args.server.clone(),
         capacity: args.capacity as usize,
@@ -779,12 +769,12 @@ fn worker(project: &std::path::Path, args: WorkerArgs, mut io: Io<'_>) -> i32 {
         cascade::worker(&opts, &on_event)
     };
     match result {
-        Ok(()) => 0,
+        Ok(()) => ExitCode::Ok,
         Err(e) => fail(&mut io, &e, false, color),
     }
 }
 
-fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
+fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     let opts = cascade::GcOptions {
         project: project.to_path_buf(),
@@ -821,13 +811,13 @@ fn gc(project: &std::path::Path, args: GcArgs, mut io: Io<'_>) -> i32 {
                     rc.removed
                 ));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }
 }
 
-fn cache_stats(project: &std::path::Path, args: StoreArgs, mut io: Io<'_>) -> i32 {
+fn cache_stats(project: &std::path::Path, args: StoreArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     match cascade::cache_stats(&default_store(project, args.store.as_ref())) {
         Ok(s) if args.json => json_ok(&mut io, &s),
@@ -851,13 +841,13 @@ fn cache_stats(project: &std::path::Path, args: StoreArgs, mut io: Io<'_>) -> i3
                 None => out.push_str("\nno build recorded on this store yet"),
             }
             let _ = writeln!(io.out, "{out}");
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }
 }
 
-fn cache_verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> i32 {
+fn cache_verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> ExitCode {
     let json = args.common.json;
     let color = io.color && !json;
     match cascade::cache_verify(
@@ -885,9 +875,9 @@ fn cache_verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> 
             }
             // Corruption found is a failure, even when repaired: something broke it.
             if v.corrupt.is_empty() {
-                EXIT_OK
+                ExitCode::Ok
             } else {
-                1
+                ExitCode::Failed
             }
         }
         Err(e) => fail(&mut io, &e, json, color),
@@ -907,7 +897,7 @@ fn shown(project: &std::path::Path, p: &std::path::Path) -> String {
     p.strip_prefix(project).unwrap_or(p).display().to_string()
 }
 
-fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> i32 {
+fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> ExitCode {
     let json = args.json;
     let color = io.color && !json;
     let opts = build_options(project, &args);
@@ -1019,7 +1009,7 @@ pub(crate) fn rebuild_check(
 }
 
 /// Renders an operation's error (and its JSON form with `--json`); returns its exit code.
-pub(crate) fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> i32 {
+pub(crate) fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool) -> ExitCode {
     io.err_line(render(e, color).trim_end());
     let code = e.exit_code();
     if json {
@@ -1027,14 +1017,14 @@ pub(crate) fn fail(io: &mut Io<'_>, e: &cascade::Error, json: bool, color: bool)
             "error": {
                 "message": e.to_string(),
                 "code": miette::Diagnostic::code(e).map(|c| c.to_string()),
-                "exit_code": code,
+                "exit_code": code.code(),
             }
         }));
     }
     code
 }
 
-fn export(project: &std::path::Path, args: ExportArgs, mut io: Io<'_>) -> i32 {
+fn export(project: &std::path::Path, args: ExportArgs, mut io: Io<'_>) -> ExitCode {
     let json = args.common.json;
     let color = io.color && !json;
     let store = store_dir(project, &args.common);
@@ -1061,7 +1051,7 @@ fn export(project: &std::path::Path, args: ExportArgs, mut io: Io<'_>) -> i32 {
                     args.output.display()
                 ));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, json, color),
     }
@@ -1075,7 +1065,7 @@ enum Explain {
 
 /// `plan`, `why` and `graph`: one plan, rendered three ways. Exit 0 whatever the plan
 /// says: it is a report, not a check.
-fn explain(project: &std::path::Path, args: PlanArgs, mut io: Io<'_>, what: Explain) -> i32 {
+fn explain(project: &std::path::Path, args: PlanArgs, mut io: Io<'_>, what: Explain) -> ExitCode {
     let json = args.common.json;
     let color = io.color && !json;
     let opts = PlanOptions {
@@ -1116,12 +1106,12 @@ fn explain(project: &std::path::Path, args: PlanArgs, mut io: Io<'_>, what: Expl
         Explain::Graph(GraphFormat::Dot) => explain::graph_dot(&plan),
     };
     let _ = writeln!(io.out, "{text}");
-    EXIT_OK
+    ExitCode::Ok
 }
 
-fn json_ok(io: &mut Io<'_>, v: &impl serde::Serialize) -> i32 {
+fn json_ok(io: &mut Io<'_>, v: &impl serde::Serialize) -> ExitCode {
     io.json(v);
-    EXIT_OK
+    ExitCode::Ok
 }
 
 /// The most similar name, if any is similar enough to be a likely typo.

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use cascade::{Change, DiffFrom, DiffOptions, LockDiff, PromoteOptions, PromoteReport};
+use cascade::{Change, DiffFrom, DiffOptions, ExitCode, LockDiff, PromoteOptions, PromoteReport};
 
-use crate::{fail, Io, EXIT_OK};
+use crate::{fail, Io};
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum LockCommand {
@@ -36,6 +36,10 @@ pub(crate) struct DiffArgs {
     /// …with this lockfile (instead of NEW).
     #[arg(long, value_name = "FILE", requires = "env")]
     to: Option<PathBuf>,
+    /// The store whose git mirrors count how far apart two commits of a remote source
+    /// are (read only; nothing is fetched) [default: <project>/cache].
+    #[arg(long, env = "CASCADE_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
     /// Print one JSON document on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -66,7 +70,7 @@ pub(crate) struct PromoteArgs {
     json: bool,
 }
 
-pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
+pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> ExitCode {
     let LockCommand::Diff(args) = cmd;
     let json = args.json;
     let color = io.color && !json;
@@ -74,17 +78,18 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
         (Some(env), Some(to), _, _) => (DiffFrom::Newest(env), to),
         (_, _, Some(old), Some(new)) => (DiffFrom::File(old), new),
         // clap requires OLD and NEW, or --env and --to.
-        _ => return crate::EXIT_BAD_INPUT,
+        _ => return ExitCode::BadInput,
     };
     let opts = DiffOptions {
         project: project.to_path_buf(),
+        store: crate::default_store(project, args.store.as_ref()),
         from,
         to,
     };
     match cascade::lock_diff(&opts) {
         Ok(diff) if json => {
             io.json(&diff);
-            EXIT_OK
+            ExitCode::Ok
         }
         Ok(diff) => {
             let header = format!(
@@ -93,13 +98,13 @@ pub(crate) fn lock(project: &Path, cmd: LockCommand, mut io: Io<'_>) -> i32 {
                 diff.to
             );
             let _ = write!(io.out, "{}", diff_text(&header, &diff));
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, json, color),
     }
 }
 
-pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> ExitCode {
     let json = args.json;
     let color = io.color && !json;
     let opts = PromoteOptions {
@@ -107,7 +112,7 @@ pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 
         from: args.from,
         to: args.to,
         lock: args.lock,
-        store: args.store.unwrap_or_else(|| project.join("cache")),
+        store: crate::default_store(project, args.store.as_ref()),
         dry_run: args.dry_run,
         approve: args.approve,
     };
@@ -122,7 +127,7 @@ pub(crate) fn promote(project: &Path, args: PromoteArgs, mut io: Io<'_>) -> i32 
             } else {
                 let _ = write!(io.out, "{}", promote_text(&report));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, json, color),
     }

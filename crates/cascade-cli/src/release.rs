@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use cascade::{Bump, ComponentRelease, Delivery, Outcome, PreMajor, ReleaseOptions, ReleasePlan};
+use cascade::{
+    Bump, ComponentRelease, Delivery, ExitCode, Outcome, PreMajor, ReleaseOptions, ReleasePlan,
+};
 
-use crate::{fail, render, Io, EXIT_OK};
+use crate::{fail, render, Io};
 
 /// Exit code of a plan whose versions break the compatibility matrix: a check failed.
-const EXIT_CONFLICT: i32 = 1;
 
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum ReleaseCommand {
@@ -65,7 +66,7 @@ impl ReleaseArgs {
                 project: project.to_path_buf(),
                 env: self.env,
                 lock: self.lock,
-                store: self.store.unwrap_or_else(|| project.join("cache")),
+                store: crate::default_store(project, self.store.as_ref()),
                 pre: self.pre,
                 rules: PreMajor {
                     bump_minor_pre_major: self.bump_minor_pre_major,
@@ -77,7 +78,7 @@ impl ReleaseArgs {
     }
 }
 
-pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> i32 {
+pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> ExitCode {
     match cmd {
         ReleaseCommand::Plan(args) => {
             let (opts, json) = args.options(project);
@@ -92,9 +93,9 @@ pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> i3
                     match &plan.diagnostics {
                         Some(d) => {
                             io.err_line(render(d, color).trim_end());
-                            EXIT_CONFLICT
+                            ExitCode::Failed
                         }
-                        None => EXIT_OK,
+                        None => ExitCode::Ok,
                     }
                 }
                 Err(e) => fail(&mut io, &e, json, color),
@@ -141,7 +142,7 @@ pub(crate) fn release(project: &Path, cmd: ReleaseCommand, mut io: Io<'_>) -> i3
                         ));
                         let _ = write!(io.out, "{s}");
                     }
-                    EXIT_OK
+                    ExitCode::Ok
                 }
                 Err(e) => fail(&mut io, &e, json, color),
             }

@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 
 use cascade::{
-    AttestationVerdict, BundleOptions, BundleProblem, BundleVerdict, ImageVerdict, SumsSignature,
-    Verdict, VerifyOptions, VerifyTarget,
+    AttestationVerdict, BundleOptions, BundleProblem, BundleVerdict, ExitCode, ImageVerdict,
+    SumsSignature, Verdict, VerifyOptions, VerifyTarget,
 };
 
-use crate::{fail, Io, EXIT_OK};
+use crate::{fail, Io};
 
 /// `verify` found an image without an acceptable signature or attestation.
-const EXIT_CHECK_FAILED: i32 = 1;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct KeygenArgs {
@@ -57,7 +56,7 @@ pub(crate) struct VerifyArgs {
     json: bool,
 }
 
-pub(crate) fn keygen(args: KeygenArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn keygen(args: KeygenArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     match cascade::keygen(&args.output, &args.name) {
         Ok(pair) => {
@@ -72,13 +71,13 @@ pub(crate) fn keygen(args: KeygenArgs, mut io: Io<'_>) -> i32 {
                     pair.fingerprint
                 ));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }
 }
 
-pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>) -> ExitCode {
     let color = io.color && !args.json;
     let store = crate::default_store(project, args.store.as_ref());
     // A path that exists is a lockfile; anything else is an image reference.
@@ -108,10 +107,10 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
             io.err_line(&format!("error: {message}"));
             if args.json {
                 io.json(&serde_json::json!({
-                    "error": { "message": message, "code": null, "exit_code": crate::EXIT_BAD_INPUT }
+                    "error": { "message": message, "code": null, "exit_code": ExitCode::BadInput.code() }
                 }));
             }
-            return crate::EXIT_BAD_INPUT;
+            return ExitCode::BadInput;
         }
     };
     let report = match cascade::verify(&opts) {
@@ -124,9 +123,9 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
         }
     }
     let mut code = if report.success() {
-        EXIT_OK
+        ExitCode::Ok
     } else {
-        EXIT_CHECK_FAILED
+        ExitCode::Failed
     };
     let Some(lockfile) = rebuild_lock else {
         if args.json {
@@ -143,7 +142,7 @@ pub(crate) fn verify(project: &std::path::Path, args: VerifyArgs, mut io: Io<'_>
             } else {
                 io.err_line(&crate::summary(&build));
             }
-            if build.exit_code() != EXIT_OK {
+            if build.exit_code() != ExitCode::Ok {
                 code = build.exit_code();
             }
             code
@@ -239,7 +238,11 @@ pub(crate) struct BundleArgs {
     json: bool,
 }
 
-pub(crate) fn release_bundle(project: &std::path::Path, args: BundleArgs, mut io: Io<'_>) -> i32 {
+pub(crate) fn release_bundle(
+    project: &std::path::Path,
+    args: BundleArgs,
+    mut io: Io<'_>,
+) -> ExitCode {
     let color = io.color && !args.json;
     let opts = BundleOptions {
         lockfile: args.lockfile,
@@ -263,7 +266,7 @@ pub(crate) fn release_bundle(project: &std::path::Path, args: BundleArgs, mut io
                     report.files.len()
                 ));
             }
-            EXIT_OK
+            ExitCode::Ok
         }
         Err(e) => fail(&mut io, &e, args.json, color),
     }

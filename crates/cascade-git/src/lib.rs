@@ -109,6 +109,9 @@ pub struct Git {
     /// Whether epochs found are written to the cache (never by a plan, which writes
     /// nothing; it still reads what builds wrote).
     write_epochs: bool,
+    /// Whether a remote is fetched into its mirror; offline, only a mirror that is
+    /// already there is read.
+    fetch: bool,
     /// Send `file://` URLs through the fetch path like any remote. Only tests set it:
     /// there is no network here, and a `file://` remote is the only remote they can use.
     pub(crate) fetch_file_urls: bool,
@@ -188,6 +191,7 @@ impl Git {
         Git {
             cache_dir,
             write_epochs: true,
+            fetch: true,
             fetch_file_urls: false,
             repos: Mutex::new(HashMap::new()),
             #[cfg(test)]
@@ -201,6 +205,16 @@ impl Git {
         Git {
             write_epochs: false,
             ..Git::new(cache_dir)
+        }
+    }
+
+    /// As [`Git::reading`], and a remote is never fetched: only the mirrors already in
+    /// `cache_dir` are read (a remote without one is `NotARepository`). For commands that
+    /// answer from what is on the disk (`lock diff`).
+    pub fn offline(cache_dir: PathBuf) -> Self {
+        Git {
+            fetch: false,
+            ..Git::reading(cache_dir)
         }
     }
 
@@ -419,7 +433,8 @@ impl Git {
         if let Some(repo) = &*slot {
             return Ok(repo.clone());
         }
-        let (path, display) = location::prepare(location, &self.cache_dir, self.fetch_file_urls)?;
+        let (path, display) =
+            location::prepare(location, &self.cache_dir, self.fetch_file_urls, self.fetch)?;
         let repo = location::open_repository(&path, &display)?;
         let opened = Arc::new(Repo {
             display,

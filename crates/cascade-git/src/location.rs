@@ -102,9 +102,12 @@ pub(crate) fn prepare(
     location: &str,
     cache_dir: &Path,
     fetch_file_urls: bool,
+    fetch: bool,
 ) -> Result<(PathBuf, String), GitError> {
     match classify(location, fetch_file_urls) {
         Location::Local(path) => Ok((path, location.to_string())),
+        // Offline: the mirror as it is (opening it fails when there is none).
+        Location::Remote(url) if !fetch => Ok((mirror_path(&url, cache_dir), redact(&url))),
         Location::Remote(url) => {
             let path = mirror(&url, cache_dir)?;
             Ok((path, redact(&url)))
@@ -126,6 +129,11 @@ pub(crate) fn open_repository(path: &Path, display: &str) -> Result<Repository, 
     })
 }
 
+/// Where the mirror of `url` is kept.
+fn mirror_path(url: &str, cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("{}.git", blake3::hash(url.as_bytes()).to_hex()))
+}
+
 /// Brings the mirror of `url` up to date and returns its path.
 ///
 /// The first fetch goes into a temp dir next to the mirror, renamed into place only when
@@ -133,8 +141,7 @@ pub(crate) fn open_repository(path: &Path, display: &str) -> Result<Repository, 
 /// fetches update the mirror in place; libgit2 writes objects before it moves refs, so a
 /// failed update leaves the previous refs, each pointing at complete objects.
 fn mirror(url: &str, cache_dir: &Path) -> Result<PathBuf, GitError> {
-    let name = format!("{}.git", blake3::hash(url.as_bytes()).to_hex());
-    let path = cache_dir.join(name);
+    let path = mirror_path(url, cache_dir);
     if path.exists() {
         let repo = open_repository(&path, &redact(url))?;
         fetch(&repo, url)?;

@@ -9,7 +9,7 @@ use git2::{Oid, Repository, Signature, Time};
 use semver::Version;
 use tempfile::TempDir;
 
-use crate::{Filter, Git, GitError, PinSpec, PinnedSource, RevSpec};
+use crate::{Distance, Filter, Git, GitError, PinSpec, PinnedSource, RevSpec};
 
 const EXEC: i32 = 0o100755;
 const FILE: i32 = 0o100644;
@@ -649,6 +649,46 @@ fn fetches_remotes_into_a_mirror() {
         .pin(&url, &spec(RevSpec::Ref("gone")))
         .expect_err("pruned");
     assert!(matches!(err, GitError::UnknownRef { .. }), "{err:?}");
+}
+
+/// Offline, a remote is read from its mirror when there is one, and never fetched.
+#[test]
+fn offline_reads_only_the_mirrors_there_are() {
+    let mut upstream = Fixture::bare();
+    let a = upstream.commit("main", &[], &[("README", b"r\n", FILE)]);
+    let b = upstream.step("main", &[a]);
+    let url = format!("file://{}", upstream.location());
+    let (cache, _) = new_git();
+    let offline = || {
+        let mut git = Git::offline(cache.path().join("git"));
+        git.fetch_file_urls = true;
+        git
+    };
+    assert_eq!(
+        offline().distance(&url, &a.to_string(), &b.to_string()),
+        None
+    );
+    assert!(
+        mirrors(&cache.path().join("git")).is_empty(),
+        "nothing fetched"
+    );
+
+    let mut fetching = Git::new(cache.path().join("git"));
+    fetching.fetch_file_urls = true;
+    fetching
+        .pin(&url, &spec(RevSpec::Ref("main")))
+        .expect("pin");
+    let c = upstream.step("main", &[b]);
+    let git = offline();
+    assert_eq!(
+        git.distance(&url, &a.to_string(), &b.to_string()),
+        Some(Distance {
+            ahead: 1,
+            behind: 0
+        })
+    );
+    // A commit made upstream since the mirror was fetched is not there.
+    assert_eq!(git.distance(&url, &a.to_string(), &c.to_string()), None);
 }
 
 #[test]

@@ -181,7 +181,8 @@ pub struct HealthCheck {
 }
 
 /// How an environment's sources are pinned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Sources follow refs (branches, tags or commits).
     Branch,
@@ -220,6 +221,9 @@ pub struct Component {
     /// <component> } }`): built first, and its image's digest is this node's runner
     /// identity, so it rebuilds this node exactly when that image changes.
     pub runner_image: Option<usize>,
+    /// Where each of a host runner's `tools:` is written in the recipe (for a tool this
+    /// machine lacks); empty for a recipe that is not a file (a replay's, from the store).
+    pub tool_spans: BTreeMap<String, Span>,
 }
 
 impl Component {

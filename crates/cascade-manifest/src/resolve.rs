@@ -218,6 +218,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             inputs,
             image_base,
             runner_image,
+            tool_spans: node.tool_spans,
         });
     }
     Ok(Graph {
@@ -289,6 +290,8 @@ struct Node {
     image_base: Option<(String, Span)>,
     /// `runner.container.image` when it names a component, with where.
     runner_image: Option<(String, Span)>,
+    /// Where each of `runner.host.tools` is written.
+    tool_spans: BTreeMap<String, Span>,
 }
 
 impl Node {
@@ -299,6 +302,7 @@ impl Node {
             edges: Vec::new(),
             image_base: None,
             runner_image: None,
+            tool_spans: BTreeMap::new(),
         }
     }
 }
@@ -1075,7 +1079,7 @@ impl Resolver<'_> {
         let before = self.diags.len();
         let list = ast.inputs.map(|l| l.value).unwrap_or_default();
         let (inputs, edges) = self.inputs(file, comp, list, names, env_name);
-        let (runner, runner_image) = self.runner(file, comp, ast.runner);
+        let (runner, runner_image, tool_spans) = self.runner(file, comp, ast.runner);
         let entries = ast.env.map(|e| e.value.0).unwrap_or_default();
         let env = self.env(file, &format!("the env of `{comp}`"), entries, true);
         let timeout = ast.timeout.and_then(|t| self.timeout(file, t));
@@ -1117,6 +1121,7 @@ impl Resolver<'_> {
             edges,
             image_base,
             runner_image,
+            tool_spans,
         }
     }
 
@@ -1314,7 +1319,12 @@ impl Resolver<'_> {
         outputs
     }
 
-    pub(super) fn tools(&mut self, file: FileId, comp: &str, list: Vec<S<String>>) -> Vec<String> {
+    pub(super) fn tools(
+        &mut self,
+        file: FileId,
+        comp: &str,
+        list: Vec<S<String>>,
+    ) -> (Vec<String>, BTreeMap<String, Span>) {
         let mut tools = Vec::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
         for tool in list {
@@ -1351,7 +1361,7 @@ impl Resolver<'_> {
             tools.push(name);
         }
         tools.sort();
-        tools
+        (tools, seen)
     }
 
     /// An image based on another component's image: that component must be in the

@@ -20,10 +20,10 @@ use miette::Diagnostic;
 
 use crate::execute::{ExecutorKind, Executors};
 use crate::image::{build_image, index_images, ImageFailure, ImageRef};
-use crate::publish::{self, PublishOptions, TestReport};
+use crate::publish::{self, PublishOptions, PushedImage, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
-use crate::{load, pin_all, Error, Pinned, Problems, Project};
+use crate::{load, pin_all, Error, ExitCode, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -147,11 +147,11 @@ pub struct BuildReport {
 }
 
 impl BuildReport {
-    /// 0 on success; 3 when a node failed because of the machine (disk, store, git
-    /// objects); 1 for any other failure.
-    pub fn exit_code(&self) -> i32 {
+    /// `Ok` on success; `Environment` when a node failed because of the machine (disk,
+    /// store, git objects); `Failed` for any other failure.
+    pub fn exit_code(&self) -> ExitCode {
         if self.success() {
-            0
+            ExitCode::Ok
         } else if self.nodes.iter().any(|n| {
             matches!(
                 n.status,
@@ -161,9 +161,9 @@ impl BuildReport {
                 }
             )
         }) {
-            3
+            ExitCode::Environment
         } else {
-            1
+            ExitCode::Failed
         }
     }
 
@@ -187,8 +187,27 @@ pub enum Event<'a> {
         name: &'a str,
     },
     Finished(&'a NodeReport),
-    /// After the nodes: an image loaded, tested or pushed (a line for people).
-    Published(&'a str),
+    /// After the nodes: an image loaded into Docker, as the engine's image `id`.
+    ImageLoaded {
+        reference: &'a str,
+        id: &'a str,
+    },
+    /// A smoke test of `node`'s image ended (or was skipped).
+    Tested {
+        node: &'a str,
+        test: &'a TestReport,
+    },
+    /// An image pushed to its registry.
+    Pushed(&'a PushedImage),
+    /// An image signed and its provenance attested (`--sign`).
+    Signed(&'a crate::sign::Signed),
+    /// A replay goes on despite a risk to reproducing the lockfile (`message` says
+    /// which).
+    ReplayWarning {
+        message: &'a str,
+    },
+    /// A replay built a node's output or image to other bytes than the lockfile's.
+    Mismatch(&'a crate::check::Mismatch),
 }
 
 /// A node that built or was cached: what the lockfile records beyond the node itself.
@@ -354,7 +373,12 @@ pub fn build(
     let git = Git::new(store.git_dir());
     before.refs(&git, &project);
     let pinned = pin_all(&project, &git)?;
-    let mut nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
+    let mut nodes = prepare(
+        &project.graph.components,
+        &pinned,
+        &opts.tools,
+        Some(&project.db),
+    )?;
     let env = &project.graph.environment;
     for n in &mut nodes {
         if n.component.recipe.image.is_some() {
@@ -638,8 +662,8 @@ pub(crate) fn publish_all(
     index_images(l, &images).map_err(Error::Image)?;
     publish_images(opts, run, l, docker, report, on_event)?;
     if report.success() && opts.publish.push {
-        for line in publish::push(l, &images)? {
-            on_event(Event::Published(&line));
+        for pushed in publish::push(l, &images)? {
+            on_event(Event::Pushed(&pushed));
         }
         // Signed once pushed: a signature never names an image the registry lacks.
         if let Some(s) = signer {
@@ -647,23 +671,7 @@ pub(crate) fn publish_all(
             let mut signed = s.sign(&attested)?;
             crate::sign::push_attestations(l, &mut signed)?;
             for signed in signed {
-                on_event(Event::Published(&format!(
-                    "  signed   {} {} ({}, key {})",
-                    signed.reference,
-                    signed.digest,
-                    signed.signature.display(),
-                    signed.fingerprint
-                )));
-                on_event(Event::Published(&format!(
-                    "  attested {} ({}{})",
-                    signed.reference,
-                    signed.attestation.display(),
-                    signed
-                        .attestation_tag
-                        .as_deref()
-                        .map(|t| format!(", pushed as {t}"))
-                        .unwrap_or_default()
-                )));
+                on_event(Event::Signed(&signed));
                 report.signed.push(signed);
             }
         }
@@ -863,11 +871,13 @@ pub(crate) fn run_graph(
 }
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
-/// reported before anything runs.
+/// reported before anything runs: at its name in the recipe when `db` holds the
+/// recipes (a replay's come from the store, so its problem has no location).
 pub(crate) fn prepare<'a>(
     components: &'a [Component],
     pinned: &'a [Pinned],
     tools: &Tools,
+    db: Option<&cascade_manifest::SourceDb>,
 ) -> Result<Vec<Node<'a>>, Error> {
     let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
     let mut nodes = Vec::new();
@@ -900,10 +910,7 @@ pub(crate) fn prepare<'a>(
                 for n in &names {
                     match tools.resolve(n) {
                         Ok(t) => resolved.push(t),
-                        Err(e) => problems.push(Box::new(ToolProblem {
-                            component: c.name.clone(),
-                            source: e,
-                        })),
+                        Err(e) => problems.push(tool_problem(c, n, e, db)),
                     }
                 }
                 // A set is those of its members this machine has; each is keyed by its
@@ -944,6 +951,44 @@ pub(crate) fn prepare<'a>(
     } else {
         Err(Error::Environment(Problems::new("missing tool", problems)))
     }
+}
+
+/// A declared tool this machine lacks, underlined in the recipe when it is a file.
+fn tool_problem(
+    c: &Component,
+    tool: &str,
+    e: cascade_exec::ToolError,
+    db: Option<&cascade_manifest::SourceDb>,
+) -> Box<dyn Diagnostic + Send + Sync> {
+    match (e, db, c.tool_spans.get(tool)) {
+        (cascade_exec::ToolError::NotFound { .. }, Some(db), Some(span)) => Box::new(MissingTool {
+            tool: tool.to_string(),
+            component: c.name.clone(),
+            src: db.named_source(span.file),
+            span: (span.offset, span.len).into(),
+        }),
+        (e, _, _) => Box::new(ToolProblem {
+            component: c.name.clone(),
+            source: e,
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("tool `{tool}` of recipe `{component}` is not on PATH")]
+#[diagnostic(
+    code(cascade::tool::not_found),
+    help(
+        "`runner.host.tools` declares the tools a recipe's steps run; each is looked up on the PATH cascade runs with: install `{tool}` there, or remove it from the list"
+    )
+)]
+struct MissingTool {
+    tool: String,
+    component: String,
+    #[source_code]
+    src: miette::NamedSource<String>,
+    #[label("not found on PATH")]
+    span: miette::SourceSpan,
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -1128,10 +1173,10 @@ fn publish_images(
                 reference: image.reference.clone(),
                 message,
             })?;
-            on_event(Event::Published(&format!(
-                "  loaded   {} as {id}",
-                image.reference
-            )));
+            on_event(Event::ImageLoaded {
+                reference: &image.reference,
+                id: &id,
+            });
         }
         let facts = publish::Facts {
             component: &r.name,
@@ -1139,39 +1184,14 @@ fn publish_images(
             version: &r.version,
         };
         r.tests = publish::run_tests(&smoke, &image, tests, &facts, p.skip_tests);
-        for t in &r.tests {
-            on_event(Event::Published(&test_line(&r.name, t)));
+        for test in &r.tests {
+            on_event(Event::Tested {
+                node: &r.name,
+                test,
+            });
         }
     }
     Ok(())
-}
-
-fn test_line(node: &str, t: &TestReport) -> String {
-    let mut s = format!(
-        "  {:<8} {node}/{}  {}",
-        if t.passed() { "tested" } else { "FAILED" },
-        t.name,
-        match t.status {
-            "passed" => format!(
-                "passed after {} attempt{} in {:.1}s",
-                t.attempts,
-                if t.attempts == 1 { "" } else { "s" },
-                t.duration_ms as f64 / 1000.0
-            ),
-            "skipped" => format!("skipped ({})", t.detail),
-            _ => t.detail.clone(),
-        }
-    );
-    if !t.log_tail.is_empty() {
-        s.push_str(&format!(
-            "\n           last {} lines of the container's log:",
-            t.log_tail.len()
-        ));
-        for l in &t.log_tail {
-            s.push_str(&format!("\n           | {l}"));
-        }
-    }
-    s
 }
 
 /// One node as the lockfile records it (and its attestation attests it).
@@ -1266,7 +1286,7 @@ pub(crate) fn write_lockfile(
     lock: &Lockfile,
 ) -> Result<PathBuf, Error> {
     let text = cascade_lock::write(lock);
-    let dir = root.join("lockfiles");
+    let dir = crate::Layout::new(root).lockfiles();
     // An identical file is reused only when it is the newest: a rollback within the
     // same second must still become the newest lockfile. A no-op build gives the
     // newest lockfile's bytes again: it is the lockfile of this build too.

@@ -2,8 +2,6 @@
 //! files whose content, mode, kind or presence differ, with both digests and sizes,
 //! and for small text files the first lines of a unified diff (a tiny diffoscope).
 
-use std::fmt;
-
 use cascade_core::{EntryKind, OutputDigest, Tree, TreeDigest};
 use cascade_store::Store;
 
@@ -14,12 +12,55 @@ const DIFF_LINES: usize = 12;
 /// How many differing files a node lists.
 const MAX_FILES: usize = 50;
 
+/// What of a node differs from the lockfile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mismatched {
+    Output,
+    Image,
+}
+
+/// How one file of an output differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileChange {
+    Content,
+    /// The executable bit.
+    Mode,
+    /// File, directory or symlink.
+    Kind,
+    /// Only in the new build.
+    Added,
+    /// Only in the lockfile's.
+    Removed,
+}
+
+impl Mismatched {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mismatched::Output => "output",
+            Mismatched::Image => "image",
+        }
+    }
+}
+
+impl FileChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileChange::Content => "content",
+            FileChange::Mode => "mode",
+            FileChange::Kind => "kind",
+            FileChange::Added => "added",
+            FileChange::Removed => "removed",
+        }
+    }
+}
+
 /// One node whose output or image is not what the lockfile says.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Mismatch {
     pub node: String,
-    /// `output` or `image`.
-    pub what: &'static str,
+    pub what: Mismatched,
     /// The lockfile's digest.
     pub expected: String,
     /// The digest built now.
@@ -35,9 +76,7 @@ pub struct Mismatch {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FileDiff {
     pub path: String,
-    /// `content`, `mode` (the executable bit), `kind` (file, directory or symlink),
-    /// `added` (only in the new build) or `removed` (only in the lockfile's).
-    pub change: &'static str,
+    pub change: FileChange,
     pub expected: Option<String>,
     pub actual: Option<String>,
     pub expected_size: Option<u64>,
@@ -51,51 +90,12 @@ impl Mismatch {
     pub(crate) fn image(node: &str, expected: &str, actual: &str) -> Mismatch {
         Mismatch {
             node: node.to_string(),
-            what: "image",
+            what: Mismatched::Image,
             expected: expected.to_string(),
             actual: actual.to_string(),
             files: Vec::new(),
             note: None,
         }
-    }
-}
-
-fn short(d: &str) -> String {
-    crate::short_digest(&d)
-}
-
-impl fmt::Display for Mismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "  DIFFERS  {} {}: lockfile {}, built {}",
-            self.node,
-            self.what,
-            short(&self.expected),
-            short(&self.actual)
-        )?;
-        if let Some(n) = &self.note {
-            write!(f, "\n           {n}")?;
-        }
-        for d in &self.files {
-            let side = |digest: &Option<String>, size: Option<u64>| match (digest, size) {
-                (Some(d), Some(s)) => format!("{} ({s} bytes)", short(d)),
-                (Some(d), None) => short(d),
-                _ => "absent".to_string(),
-            };
-            write!(
-                f,
-                "\n           {} ({}): {} → {}",
-                d.path,
-                d.change,
-                side(&d.expected, d.expected_size),
-                side(&d.actual, d.actual_size)
-            )?;
-            for l in &d.diff {
-                write!(f, "\n           | {l}")?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn compare_outputs(
 ) -> Mismatch {
     let mut m = Mismatch {
         node: node.to_string(),
-        what: "output",
+        what: Mismatched::Output,
         expected: expected.to_string(),
         actual: actual.to_string(),
         files: Vec::new(),
@@ -191,11 +191,11 @@ impl Cx<'_> {
                     }),
                 ) => {
                     let change = if x == y && ex != ey {
-                        "mode"
+                        FileChange::Mode
                     } else {
-                        "content"
+                        FileChange::Content
                     };
-                    let diff = if change == "content" {
+                    let diff = if change == FileChange::Content {
                         self.text_diff(x, *sx, y, *sy)
                     } else {
                         Vec::new()
@@ -212,9 +212,9 @@ impl Cx<'_> {
                 }
                 (a, b) => {
                     let change = match (a, b) {
-                        (None, Some(_)) => "added",
-                        (Some(_), None) => "removed",
-                        _ => "kind",
+                        (None, Some(_)) => FileChange::Added,
+                        (Some(_), None) => FileChange::Removed,
+                        _ => FileChange::Kind,
                     };
                     let (ed, es) = describe(a);
                     let (ad, as_) = describe(b);

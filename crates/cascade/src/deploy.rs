@@ -36,7 +36,7 @@ mod lock;
 mod secrets;
 
 use crate::image::ImageRef;
-use crate::{short_digest, Error};
+use crate::{short_digest, Error, ExitCode, Layout};
 use secrets::Secrets;
 
 /// How long a replaced container gets to stop (SIGTERM) before it is killed.
@@ -77,6 +77,60 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Why a roll runs (what the history and the report record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployAction {
+    Deploy,
+    /// `rollback --deploy`.
+    Rollback,
+    /// The roll back after a failed deploy.
+    AutoRollback,
+}
+
+/// How a component's containers on one host compare with the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployChange {
+    Unchanged,
+    Changed,
+    Added,
+    Removed,
+}
+
+/// How a roll ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployOutcome {
+    Deployed,
+    DryRun,
+    /// A health check failed (rolled back or not).
+    Failed,
+    Interrupted,
+}
+
+/// The names the JSON, the history and the CLI use; `Display` pads, so the CLI can
+/// align them in columns.
+macro_rules! named {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s),*
+                }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+named!(DeployAction { Deploy => "deploy", Rollback => "rollback", AutoRollback => "auto-rollback" });
+named!(DeployChange { Unchanged => "unchanged", Changed => "changed", Added => "added", Removed => "removed" });
+named!(DeployOutcome { Deployed => "deployed", DryRun => "dry-run", Failed => "failed", Interrupted => "interrupted" });
+
 /// What `deploy` is asked to do.
 #[derive(Clone, Debug)]
 pub struct DeployOptions {
@@ -85,8 +139,8 @@ pub struct DeployOptions {
     pub store: PathBuf,
     /// The lockfile to deploy; `None`: the environment's newest.
     pub lock: Option<PathBuf>,
-    /// `deploy` or `rollback` (what the history records).
-    pub action: &'static str,
+    /// `Deploy` or `Rollback` (what the history records).
+    pub action: DeployAction,
     pub dry_run: bool,
     pub no_rollback: bool,
     /// `YYYYMMDDTHHMMSSZ`, from the caller (the library reads no clock for records).
@@ -100,8 +154,7 @@ pub struct PlannedComponent {
     pub name: String,
     /// The host (`local` for a deploy without `hosts:`).
     pub host: String,
-    /// `unchanged`, `changed`, `added` or `removed`.
-    pub change: &'static str,
+    pub change: DeployChange,
     /// Why it is replaced (image, config, replicas, stopped).
     pub reasons: Vec<String>,
     /// The image digest running now (null when nothing runs).
@@ -146,7 +199,7 @@ pub struct DeployFailure {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeployReport {
     pub environment: String,
-    pub action: &'static str,
+    pub action: DeployAction,
     /// The lockfile deployed, relative to the project.
     pub lockfile: String,
     /// The lockfile the running containers came from, when the history knows it.
@@ -156,8 +209,7 @@ pub struct DeployReport {
     /// The lockfile diff from `running` to `lockfile`, when `running` could be read.
     pub diff: Option<LockDiff>,
     pub replaced: Vec<ComponentReport>,
-    /// `deployed`, `dry-run`, `failed`, `interrupted`.
-    pub outcome: &'static str,
+    pub outcome: DeployOutcome,
     pub failure: Option<DeployFailure>,
     /// The automatic rollback after a failure.
     pub rollback: Option<Box<DeployReport>>,
@@ -171,12 +223,12 @@ pub struct DeployReport {
 }
 
 impl DeployReport {
-    /// 0 deployed (or dry run), 1 failed (rolled back or not), 130 interrupted.
-    pub fn exit_code(&self) -> i32 {
+    /// `Ok` deployed (or dry run), `Failed` failed (rolled back or not), `Interrupted`.
+    pub fn exit_code(&self) -> ExitCode {
         match self.outcome {
-            "deployed" | "dry-run" => 0,
-            "interrupted" => 130,
-            _ => 1,
+            DeployOutcome::Deployed | DeployOutcome::DryRun => ExitCode::Ok,
+            DeployOutcome::Interrupted => ExitCode::Interrupted,
+            DeployOutcome::Failed => ExitCode::Failed,
         }
     }
 }
@@ -267,11 +319,11 @@ fn notify_deploy(
         ),
     );
     event.lockfile = Some(report.lockfile.clone());
-    event.outcome = Some(report.outcome.to_string());
+    event.outcome = Some(report.outcome.as_str().to_string());
     event.components = report
         .plan
         .iter()
-        .filter(|p| p.change != "unchanged")
+        .filter(|p| p.change != DeployChange::Unchanged)
         .map(|p| EventComponent {
             name: p.name.clone(),
             version: None,
@@ -358,7 +410,7 @@ pub fn rollback_deploy(
     let (_, to) = rollback_target(&opts.project, &opts.env)?;
     let opts = DeployOptions {
         lock: Some(opts.project.join(to)),
-        action: "rollback",
+        action: DeployAction::Rollback,
         ..opts.clone()
     };
     deploy(&opts, on)
@@ -481,7 +533,7 @@ impl<'a> Context<'a> {
     fn run(
         &self,
         target: &Path,
-        action: &'static str,
+        action: DeployAction,
         rollback: bool,
         dry_run: bool,
         on: &dyn Fn(DeployEvent<'_>),
@@ -535,11 +587,11 @@ impl<'a> Context<'a> {
             plan,
             diff,
             replaced: Vec::new(),
-            outcome: "dry-run",
+            outcome: DeployOutcome::DryRun,
             failure: None,
             rollback: None,
             no_rollback: None,
-            history: format!("deployments/{env}.yaml"),
+            history: Layout::history_rel(env),
             notifications: Vec::new(),
         };
         on(DeployEvent::Plan(&report));
@@ -553,20 +605,20 @@ impl<'a> Context<'a> {
             &images,
             &lock_digest,
             &running,
-            action == "auto-rollback",
+            action == DeployAction::AutoRollback,
             &mut report.replaced,
             on,
         )?;
         let outcome = match &failure {
-            None => "deployed",
-            Some(_) if interrupted() => "interrupted",
-            Some(_) => "failed",
+            None => DeployOutcome::Deployed,
+            Some(_) if interrupted() => DeployOutcome::Interrupted,
+            Some(_) => DeployOutcome::Failed,
         };
         report.outcome = outcome;
         self.record(Deployment {
             at: self.opts.stamp.clone(),
-            action: action.to_string(),
-            outcome: outcome.to_string(),
+            action: action.as_str().to_string(),
+            outcome: outcome.as_str().to_string(),
             lockfile: shown.clone(),
             lockfile_digest: lock_digest.clone(),
             images: images.clone(),
@@ -606,7 +658,7 @@ impl<'a> Context<'a> {
                 on(DeployEvent::RollingBack {
                     to: &previous.lockfile,
                 });
-                let back = self.run(&to, "auto-rollback", false, false, on)?;
+                let back = self.run(&to, DeployAction::AutoRollback, false, false, on)?;
                 report.rollback = Some(Box::new(back));
             }
             Some(_) => {
@@ -760,9 +812,9 @@ impl<'a> Context<'a> {
             }
         }
         let change = match (mine.is_empty(), reasons.is_empty()) {
-            (true, _) => "added",
-            (false, true) => "unchanged",
-            (false, false) => "changed",
+            (true, _) => DeployChange::Added,
+            (false, true) => DeployChange::Unchanged,
+            (false, false) => DeployChange::Changed,
         };
         PlannedComponent {
             name: c.component.clone(),
@@ -793,7 +845,7 @@ impl<'a> Context<'a> {
         let mut ids = BTreeMap::new();
         let todo: Vec<&PlannedComponent> = plan
             .iter()
-            .filter(|p| matches!(p.change, "changed" | "added"))
+            .filter(|p| matches!(p.change, DeployChange::Changed | DeployChange::Added))
             .collect();
         if todo.is_empty() {
             return Ok(ids);
@@ -856,7 +908,7 @@ impl<'a> Context<'a> {
     fn check_foreign(&self, plan: &[PlannedComponent]) -> Result<(), Error> {
         for p in plan
             .iter()
-            .filter(|p| matches!(p.change, "changed" | "added"))
+            .filter(|p| matches!(p.change, DeployChange::Changed | DeployChange::Added))
         {
             let docker = self.host(&p.host)?;
             for name in &p.containers {
@@ -897,7 +949,10 @@ impl<'a> Context<'a> {
         for c in order {
             let mut steps: Vec<&PlannedComponent> = plan
                 .iter()
-                .filter(|p| p.name == c.component && matches!(p.change, "changed" | "added"))
+                .filter(|p| {
+                    p.name == c.component
+                        && matches!(p.change, DeployChange::Changed | DeployChange::Added)
+                })
                 .collect();
             if reverse {
                 steps.reverse();
@@ -918,7 +973,11 @@ impl<'a> Context<'a> {
             }
         }
         // Downstream first when taking containers away.
-        for p in plan.iter().rev().filter(|p| p.change == "removed") {
+        for p in plan
+            .iter()
+            .rev()
+            .filter(|p| p.change == DeployChange::Removed)
+        {
             let docker = self.host(&p.host)?;
             for name in &p.containers {
                 if let Some(i) = Self::engine(docker.container(name))? {
@@ -1180,7 +1239,7 @@ fn removed(name: &str, host: &str, infos: &[&ContainerInfo], why: &str) -> Plann
     PlannedComponent {
         name: name.to_string(),
         host: host.to_string(),
-        change: "removed",
+        change: DeployChange::Removed,
         reasons: vec![why.into()],
         image_before: infos.first().and_then(|i| i.labels.get(L_IMAGE)).cloned(),
         image_after: None,
@@ -1190,13 +1249,13 @@ fn removed(name: &str, host: &str, infos: &[&ContainerInfo], why: &str) -> Plann
 
 /// `<project>/deployments/<env>.yaml`.
 pub fn history_path(project: &Path, env: &str) -> PathBuf {
-    project.join("deployments").join(format!("{env}.yaml"))
+    Layout::new(project).history(env)
 }
 
 /// The deploy history of `env` (empty when there is none yet).
 pub fn read_history(project: &Path, env: &str) -> Result<History, Error> {
     let path = history_path(project, env);
-    let shown = format!("deployments/{env}.yaml");
+    let shown = Layout::history_rel(env);
     let limit = crate::bounded::HISTORY_LIMIT;
     match crate::bounded::read(&path, limit, true) {
         Ok(bytes) => {
@@ -1257,6 +1316,21 @@ fn config_digest(c: &DeployComponent) -> String {
     Digest::of(v.to_string().as_bytes()).to_string()
 }
 
+/// A deployed container's health, from one probe of its check made now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// Running, with no health check declared.
+    Running,
+    Stopped,
+    /// The probe itself failed.
+    Unknown,
+}
+
+named!(Health { Healthy => "healthy", Unhealthy => "unhealthy", Running => "running", Stopped => "stopped", Unknown => "unknown" });
+
 /// One running container, for `cascade status`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ContainerStatus {
@@ -1267,8 +1341,7 @@ pub struct ContainerStatus {
     pub id: String,
     /// `running`, `exited`, …
     pub state: String,
-    /// `healthy`, `unhealthy` (one probe now), `running` (no health check), `stopped`.
-    pub health: String,
+    pub health: Health,
     pub detail: String,
     pub image: String,
     pub lockfile_digest: String,
@@ -1418,10 +1491,10 @@ fn probe_now(
     docker: &Docker,
     i: &ContainerInfo,
     check: Option<&cascade_manifest::HealthCheck>,
-) -> (String, String) {
+) -> (Health, String) {
     match (i.running, check) {
-        (false, _) => ("stopped".to_string(), i.state.clone()),
-        (true, None) => ("running".to_string(), "no health check declared".into()),
+        (false, _) => (Health::Stopped, i.state.clone()),
+        (true, None) => (Health::Running, "no health check declared".into()),
         (true, Some(h)) => {
             let check = HealthSpec {
                 retries: 1,
@@ -1429,9 +1502,9 @@ fn probe_now(
                 ..health_spec(h)
             };
             match docker.wait_healthy(&i.id, &check, &|| false) {
-                Ok(o) if o.passed => ("healthy".to_string(), o.detail),
-                Ok(o) => ("unhealthy".to_string(), o.detail),
-                Err(e) => ("unknown".to_string(), e.to_string()),
+                Ok(o) if o.passed => (Health::Healthy, o.detail),
+                Ok(o) => (Health::Unhealthy, o.detail),
+                Err(e) => (Health::Unknown, e.to_string()),
             }
         }
     }
@@ -1458,6 +1531,56 @@ fn health_spec(h: &cascade_manifest::HealthCheck) -> HealthSpec {
 mod tests {
     use super::*;
     use cascade_manifest::PortMap;
+
+    /// The report's JSON and the history name these states as they did when they were
+    /// strings (deploy tests need Docker, so this pins them everywhere).
+    #[test]
+    fn states_keep_their_names() {
+        let json = |v: &dyn erased::Named| v.json();
+        for (got, want) in [
+            (json(&DeployAction::Deploy), "deploy"),
+            (json(&DeployAction::Rollback), "rollback"),
+            (json(&DeployAction::AutoRollback), "auto-rollback"),
+            (json(&DeployChange::Unchanged), "unchanged"),
+            (json(&DeployChange::Changed), "changed"),
+            (json(&DeployChange::Added), "added"),
+            (json(&DeployChange::Removed), "removed"),
+            (json(&DeployOutcome::Deployed), "deployed"),
+            (json(&DeployOutcome::DryRun), "dry-run"),
+            (json(&DeployOutcome::Failed), "failed"),
+            (json(&DeployOutcome::Interrupted), "interrupted"),
+            (json(&Health::Healthy), "healthy"),
+            (json(&Health::Unhealthy), "unhealthy"),
+            (json(&Health::Running), "running"),
+            (json(&Health::Stopped), "stopped"),
+            (json(&Health::Unknown), "unknown"),
+        ] {
+            assert_eq!(got.0, format!("\"{want}\""));
+            assert_eq!(got.1, want);
+        }
+    }
+
+    mod erased {
+        /// A state's JSON and its `as_str`, side by side.
+        pub(super) trait Named {
+            fn json(&self) -> (String, &'static str);
+        }
+        macro_rules! named {
+            ($($t:ty),*) => {$(
+                impl Named for $t {
+                    fn json(&self) -> (String, &'static str) {
+                        (serde_json::to_string(self).unwrap(), self.as_str())
+                    }
+                }
+            )*};
+        }
+        named!(
+            super::DeployAction,
+            super::DeployChange,
+            super::DeployOutcome,
+            super::Health
+        );
+    }
 
     fn component() -> DeployComponent {
         DeployComponent {

@@ -398,8 +398,8 @@ fn short(d: &str) -> String {
 
 /// Commit distances in the repositories as a project's environment files name them:
 /// relative paths start at `<project>/graph/environments`. Only local repositories (paths
-/// and `file://` URLs) are opened: a diff never fetches, so a remote repository gets no
-/// count unless `remote` is set (`promote` has fetched them already).
+/// and `file://` URLs) are opened, unless `remote` is set: `promote` has fetched them
+/// already, and `lock diff`'s `git` is offline (it reads the mirrors the store has).
 pub(crate) fn distances<'a>(git: &'a Git, env_dir: &'a Path, remote: bool) -> Box<DistanceFn<'a>> {
     Box::new(move |repo: &str, old: &str, new: &str| {
         let local = repo.starts_with("file://") || !repo.contains("://");
@@ -422,6 +422,8 @@ pub enum DiffFrom {
 pub struct DiffOptions {
     /// The project whose `graph/environments` relative repository paths start from.
     pub project: PathBuf,
+    /// The store whose mirrors of remote sources count commits apart (only read).
+    pub store: PathBuf,
     pub from: DiffFrom,
     pub to: PathBuf,
 }
@@ -436,9 +438,11 @@ pub fn lock_diff(opts: &DiffOptions) -> Result<LockDiff, Error> {
     let to_shown = opts.to.display().to_string();
     let old = read_lockfile(&from_path, &from_shown)?;
     let new = read_lockfile(&opts.to, &to_shown)?;
-    let env_dir = opts.project.join("graph/environments");
-    let git = Git::new(opts.project.join("cache/git"));
-    let distance = distances(&git, &env_dir, false);
+    let env_dir = crate::Layout::new(&opts.project).environments();
+    // Offline: a diff never fetches, so remotes are counted only from the mirrors the
+    // store (the one this command was given) has.
+    let git = Git::offline(crate::layout::store_git_dir(&opts.store));
+    let distance = distances(&git, &env_dir, true);
     Ok(diff_lockfiles(
         Some((&from_shown, &old)),
         (&to_shown, &new),

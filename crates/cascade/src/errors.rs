@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use miette::Diagnostic;
 
+use crate::ExitCode;
+
 /// Several problems found in one pass, each its own diagnostic.
 #[derive(Debug, thiserror::Error)]
 #[error("{summary}")]
@@ -303,7 +305,7 @@ pub enum Error {
     #[error("environment `{env}` has no `deploy:` section")]
     #[diagnostic(
         code(cascade::deploy::not_deployable),
-        help("add `deploy: {{ components: {{ <component>: {{ ports: [\"18080:8080\"] }} }} }}` to `graph/environments/{env}.yaml` (README: Deploying)")
+        help("add `deploy: {{ components: {{ <component>: {{ ports: [\"18080:8080\"] }} }} }}` to `graph/environments/{env}.yaml` (docs/deploy.md)")
     )]
     NoDeploy { env: String },
 
@@ -481,8 +483,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error (see the README's table).
-    pub fn exit_code(&self) -> i32 {
+    /// The process exit code for this error (docs/exit-codes.md).
+    pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Manifest(_)
             | Error::UnknownEnvironment { .. }
@@ -517,7 +519,7 @@ impl Error {
             | Error::RemoteCacheUrl { .. }
             | Error::NoDeploy { .. }
             | Error::DeployLockfile { .. }
-            | Error::NoPreviousDeploy { .. } => 2,
+            | Error::NoPreviousDeploy { .. } => ExitCode::BadInput,
             Error::Environment(_)
             | Error::Store(_)
             | Error::WriteLock { .. }
@@ -539,9 +541,9 @@ impl Error {
             | Error::DeployHost { .. }
             | Error::DeployEngine { .. }
             | Error::Tagging { .. }
-            | Error::PushTags { .. } => 3,
+            | Error::PushTags { .. } => ExitCode::Environment,
             // A check that failed, as a failed smoke test does.
-            Error::SignatureRequired { .. } => 1,
+            Error::SignatureRequired { .. } => ExitCode::Failed,
         }
     }
 }

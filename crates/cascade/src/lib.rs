@@ -13,8 +13,10 @@ mod deploy;
 mod diff;
 mod errors;
 mod execute;
+mod exit;
 mod gc;
 mod image;
+mod layout;
 mod load;
 mod lockfiles;
 mod notify;
@@ -44,11 +46,12 @@ pub use cache::{cache_stats, cache_verify, BuildStat, CacheStats, VerifyResult};
 pub use cascade_git::conventional::{Bump, PreMajor};
 pub use cascade_manifest::{KeyLocation, LOCAL_HOST};
 pub use cascade_notify::{Delivery, Outcome};
-pub use check::{FileDiff, Mismatch};
+pub use check::{FileChange, FileDiff, Mismatch, Mismatched};
 pub use deploy::{
     deploy, history_path, interrupt_deploy, read_history, rollback_deploy, rollback_target, status,
-    ComponentReport, ContainerStatus, DeployEvent, DeployFailure, DeployOptions, DeployReport,
-    PlannedComponent, ReplacedContainer, StatusReport, Straggler,
+    ComponentReport, ContainerStatus, DeployAction, DeployChange, DeployEvent, DeployFailure,
+    DeployOptions, DeployOutcome, DeployReport, Health, PlannedComponent, ReplacedContainer,
+    StatusReport, Straggler,
 };
 pub use diff::{
     diff_lockfiles, lock_diff, Change, CommitsApart, DiffFrom, DiffOptions, DistanceFn, ImageState,
@@ -56,8 +59,10 @@ pub use diff::{
 };
 pub use errors::{Error, LockfileProblem, Problems};
 pub use execute::ExecutorKind;
+pub use exit::ExitCode;
 pub use gc::{gc, GcOptions, GcResult};
 pub use image::{export_image, platform, ImageRef};
+pub use layout::Layout;
 pub use load::{load, Project};
 pub use lockfiles::{
     all_lockfiles, lockfiles_of, newest_lockfile, previous_lockfile, read_lockfile,
@@ -69,10 +74,10 @@ pub use plan::{
     SourcePoint, Why, WhyNode,
 };
 pub use promote::{
-    promote, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
+    promote, PinField, PromoteOptions, PromoteReport, PromotedSource, Refusal, NEEDS_APPROVAL,
 };
 pub use provenance::Difference;
-pub use publish::{cleanup_containers, PublishOptions, TestReport};
+pub use publish::{cleanup_containers, PublishOptions, PushedImage, TestReport, TestStatus};
 pub use reapi::RemoteRun;
 pub use release::{
     changelog, prepend_section, release_plan, release_tag, BranchMove, ChangelogWrite,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cascade_manifest::{Graph, ProjectFiles, SourceDb};
 
-use crate::Error;
+use crate::{Error, Layout};
 
 /// A project's manifests, loaded and resolved.
 pub struct Project {
@@ -80,7 +80,7 @@ fn read_all(root: &Path, stems: Vec<String>) -> Result<Vec<(String, String, Read
                 s.spawn(move || {
                     part.iter()
                         .map(|stem| {
-                            let rel = format!("recipes/{stem}.yaml");
+                            let rel = Layout::recipe_rel(stem);
                             read(root, &rel).map(|text| (stem.clone(), rel, text))
                         })
                         .collect::<Result<Vec<_>, Error>>()
@@ -125,7 +125,8 @@ fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// Reads and resolves the project at `root` for environment `env`.
 pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
-    let envs_dir = root.join("graph/environments");
+    let layout = Layout::new(root);
+    let envs_dir = layout.environments();
     if !envs_dir.is_dir() {
         return Err(Error::NotAProject(root.to_path_buf()));
     }
@@ -142,9 +143,9 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
         });
     }
     let mut db = SourceDb::new();
-    let env_rel = format!("graph/environments/{env}.yaml");
+    let env_rel = Layout::environment_rel(env);
     let environment = add(&mut db, env_rel.clone(), read(root, &env_rel)?);
-    let compat_rel = "graph/compatibility.yaml";
+    let compat_rel = Layout::COMPATIBILITY;
     let compatibility = if root.join(compat_rel).is_file() {
         Some(add(
             &mut db,
@@ -155,7 +156,7 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
         None
     };
     let mut recipes = Vec::new();
-    for (stem, rel, read) in read_all(root, yaml_stems(&root.join("recipes"))?)? {
+    for (stem, rel, read) in read_all(root, yaml_stems(&layout.recipes())?)? {
         recipes.push((stem, add(&mut db, rel, read)));
     }
     let files = ProjectFiles {

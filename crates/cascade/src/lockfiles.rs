@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cascade_lock::Lockfile;
 
-use crate::Error;
+use crate::{Error, Layout};
 
 /// The newest lockfile of `env` in `<root>/lockfiles`, by the stamp in its name (and
 /// the `-<n>` suffix of a second build in the same second). Names of other
@@ -27,7 +27,7 @@ pub(crate) fn newest_shown(root: &Path, env: &str) -> Result<(PathBuf, String), 
 
 /// Every lockfile of `env`, newest first.
 pub fn lockfiles_of(root: &Path, env: &str) -> Vec<PathBuf> {
-    let Ok(dir) = fs::read_dir(root.join("lockfiles")) else {
+    let Ok(dir) = fs::read_dir(Layout::new(root).lockfiles()) else {
         return Vec::new();
     };
     let mut found: Vec<((String, u64), PathBuf)> = dir
@@ -45,7 +45,7 @@ pub fn lockfiles_of(root: &Path, env: &str) -> Vec<PathBuf> {
 /// Every environment that has lockfiles, with them newest first.
 pub fn all_lockfiles(root: &Path) -> std::collections::BTreeMap<String, Vec<PathBuf>> {
     let mut envs = std::collections::BTreeSet::new();
-    if let Ok(dir) = fs::read_dir(root.join("lockfiles")) {
+    if let Ok(dir) = fs::read_dir(Layout::new(root).lockfiles()) {
         for e in dir.filter_map(|e| e.ok()) {
             if let Ok(name) = e.file_name().into_string() {
                 if let Some(env) = env_of(&name) {
@@ -165,7 +165,7 @@ mod tests {
         drop(w);
         let e = read_lockfile(&big, "big.yaml").unwrap_err();
         assert!(matches!(e, Error::TooLarge { .. }), "{e}");
-        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.exit_code(), crate::ExitCode::BadInput);
         let zeros = dir.path().join("zeros.yaml");
         fs::write(&zeros, b"format: cascade-lock/2\n\0\0").unwrap();
         let e = read_lockfile(&zeros, "zeros.yaml").unwrap_err();

@@ -429,7 +429,12 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
         // Reads the epochs builds found, writes none.
         let git = Git::reading(store.git_dir());
         let pinned = pin_all(&project, &git)?;
-        let nodes = prepare(&project.graph.components, &pinned, &opts.tools)?;
+        let nodes = prepare(
+            &project.graph.components,
+            &pinned,
+            &opts.tools,
+            Some(&project.db),
+        )?;
         let base = base
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;

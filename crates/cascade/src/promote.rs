@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use cascade_core::Span;
 use cascade_git::{Git, GitError, RevSpec};
 use cascade_lock::{LockNode, Lockfile, TestResult};
-use cascade_manifest::{Component, Rev};
+use cascade_manifest::{Component, Mode, Rev};
 use cascade_store::Store;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
@@ -66,7 +66,7 @@ pub struct PromoteReport {
     /// The manifest rewritten, relative to the project.
     pub manifest: String,
     /// The target's mode: `branch` (sources pinned by `ref: <sha>`) or `version`.
-    pub mode: &'static str,
+    pub mode: Mode,
     pub dry_run: bool,
     /// Whether the manifest was rewritten (false for a dry run, or when it already
     /// pinned every commit).
@@ -89,11 +89,35 @@ pub struct PromoteReport {
     pub notifications: Vec<cascade_notify::Delivery>,
 }
 
+/// The field of a source that a promotion rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinField {
+    /// `ref: <sha>`, in branch mode.
+    Ref,
+    /// `version: <x.y.z>`, in version mode.
+    Version,
+}
+
+impl PinField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinField::Ref => "ref",
+            PinField::Version => "version",
+        }
+    }
+}
+
+impl std::fmt::Display for PinField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PromotedSource {
     pub name: String,
-    /// `ref` or `version`: the field rewritten.
-    pub field: &'static str,
+    pub field: PinField,
     /// The value as it was written.
     pub before: String,
     /// The value written: the full commit SHA, or the version of the tag on it.
@@ -164,7 +188,7 @@ fn problem(
 /// One source of the target that the lockfile has, resolved in the target's repository.
 struct Target<'a> {
     component: &'a Component,
-    field: &'static str,
+    field: PinField,
     before: String,
     after: String,
     version: semver::Version,
@@ -219,7 +243,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
         &lock,
         &|n| target_has.contains(n),
     )?;
-    let git = Git::new(opts.store.join("git"));
+    let git = Git::new(crate::layout::store_git_dir(&opts.store));
     let env_dir = project.environment_dir();
     let mode = project.graph.environment.mode;
     let upstreams: BTreeSet<&str> = project
@@ -401,7 +425,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
         to: opts.to.clone(),
         lockfile: shown,
         manifest,
-        mode: mode.as_str(),
+        mode,
         dry_run: opts.dry_run,
         written,
         plan,
@@ -530,7 +554,7 @@ fn target<'a>(
                 Err(e) => return Err(unresolved(project, c, e)),
             };
             let changed = *current != full_sha;
-            ("ref", full_sha.clone(), pinned.version, changed)
+            (PinField::Ref, full_sha.clone(), pinned.version, changed)
         }
         Rev::Version(current) => {
             let no_tag = |found: String| {
@@ -589,13 +613,13 @@ fn target<'a>(
                 version.to_string()
             };
             let changed = *current != version;
-            ("version", written, version, changed)
+            (PinField::Version, written, version, changed)
         }
     };
     let mut projected = node.clone();
     projected.source.repo = c.source.repo.clone();
     projected.source.dir = c.source.dir.clone();
-    projected.source.r#ref = (field == "ref").then(|| after.clone());
+    projected.source.r#ref = (field == PinField::Ref).then(|| after.clone());
     projected.source.version = version.to_string();
     Ok(Target {
         component: c,
@@ -692,8 +716,8 @@ fn reads_back(opts: &PromoteOptions, targets: &[Target<'_>]) -> Result<(), Strin
             .index_of(&t.component.name)
             .map(|i| &project.graph.components[i]);
         let expected = match t.field {
-            "ref" => Rev::Ref(t.after.clone()),
-            _ => Rev::Version(t.version.clone()),
+            PinField::Ref => Rev::Ref(t.after.clone()),
+            PinField::Version => Rev::Version(t.version.clone()),
         };
         match c {
             Some(c) if c.source.rev == expected => {}

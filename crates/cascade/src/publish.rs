@@ -28,12 +28,21 @@ pub struct PublishOptions {
     pub skip_tests: bool,
 }
 
+/// How a smoke test ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    /// Not run: `--skip-tests`, or no engine to run it in.
+    Skipped,
+}
+
 /// One smoke test's result, as the report shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TestReport {
     pub name: String,
-    /// `passed`, `failed` or `skipped`.
-    pub status: &'static str,
+    pub status: TestStatus,
     pub attempts: u32,
     /// What the last probe saw; why it failed.
     pub detail: String,
@@ -45,14 +54,13 @@ pub struct TestReport {
 
 impl TestReport {
     pub fn passed(&self) -> bool {
-        self.status != "failed"
+        self.status != TestStatus::Failed
     }
 
     pub fn result(&self) -> TestResult {
-        if self.status == "skipped" {
-            TestResult::Skipped
-        } else {
-            TestResult::Passed
+        match self.status {
+            TestStatus::Skipped => TestResult::Skipped,
+            TestStatus::Passed | TestStatus::Failed => TestResult::Passed,
         }
     }
 }
@@ -180,7 +188,7 @@ pub(crate) fn run_tests(
         .map(|t| {
             let skipped = |detail: &str| TestReport {
                 name: t.name.clone(),
-                status: "skipped",
+                status: TestStatus::Skipped,
                 attempts: 0,
                 detail: detail.to_string(),
                 log_tail: Vec::new(),
@@ -193,7 +201,11 @@ pub(crate) fn run_tests(
                 None => skipped("no engine"),
                 Some(Ok(o)) => TestReport {
                     name: t.name.clone(),
-                    status: if o.passed { "passed" } else { "failed" },
+                    status: if o.passed {
+                        TestStatus::Passed
+                    } else {
+                        TestStatus::Failed
+                    },
                     attempts: o.attempts,
                     detail: o.detail,
                     log_tail: o.log_tail,
@@ -201,7 +213,7 @@ pub(crate) fn run_tests(
                 },
                 Some(Err(e)) => TestReport {
                     name: t.name.clone(),
-                    status: "failed",
+                    status: TestStatus::Failed,
                     attempts: 0,
                     detail: e,
                     log_tail: Vec::new(),
@@ -212,10 +224,20 @@ pub(crate) fn run_tests(
         .collect()
 }
 
+/// One image pushed: its manifest's digest, and how many blobs went over the wire.
+#[derive(Clone, Debug)]
+pub struct PushedImage {
+    pub reference: String,
+    pub manifest: String,
+    pub blobs_uploaded: usize,
+    /// Blobs the registry already had.
+    pub blobs_skipped: usize,
+}
+
 /// Pushes every image to its registry: blobs, then the manifest by digest, then the tag.
-pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<String>, Error> {
+pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<PushedImage>, Error> {
     let mut clients: BTreeMap<String, Client> = BTreeMap::new();
-    let mut lines = Vec::new();
+    let mut pushed = Vec::new();
     for image in images {
         let r = Reference::parse(&image.reference).map_err(|source| Error::Push {
             reference: image.reference.clone(),
@@ -241,10 +263,12 @@ pub(crate) fn push(layout: &OciLayout, images: &[ImageRef]) -> Result<Vec<String
                 reference: image.reference.clone(),
                 source,
             })?;
-        lines.push(format!(
-            "  pushed   {} {} ({} blobs sent, {} already there)",
-            image.reference, report.manifest, report.blobs_uploaded, report.blobs_skipped
-        ));
+        pushed.push(PushedImage {
+            reference: image.reference.clone(),
+            manifest: report.manifest.to_string(),
+            blobs_uploaded: report.blobs_uploaded,
+            blobs_skipped: report.blobs_skipped,
+        });
     }
-    Ok(lines)
+    Ok(pushed)
 }

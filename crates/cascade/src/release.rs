@@ -262,7 +262,7 @@ fn problem(project: &Project, c: &Component, message: String, label: &str, help:
 
 /// `cascade release plan`; see the module documentation.
 pub fn release_plan(opts: &ReleaseOptions) -> Result<ReleasePlan, Error> {
-    let git = Git::reading(opts.store.join("git"));
+    let git = Git::reading(crate::layout::store_git_dir(&opts.store));
     let (plan, _, _) = plan_with(opts, &git)?;
     Ok(plan)
 }
@@ -804,7 +804,7 @@ fn refused(summary: String, problems: Vec<Problem>) -> Error {
 
 /// `cascade release tag`; see the module documentation.
 pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error> {
-    let git = Git::new(opts.store.join("git"));
+    let git = Git::new(crate::layout::store_git_dir(&opts.store));
     let (mut plan, project, lock_nodes) = plan_with(opts, &git)?;
     if let Some(d) = plan.diagnostics.take() {
         return Err(refused(

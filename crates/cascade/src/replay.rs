@@ -31,7 +31,7 @@ use crate::build::{
 use crate::check::{compare_outputs, Mismatch};
 use crate::errors::LockfileProblem;
 use crate::pin::{git_filter, locate};
-use crate::{Error, Pinned, Problems};
+use crate::{Error, Layout, Pinned, Problems};
 
 /// How a lockfile is replayed.
 #[derive(Clone, Debug, Default)]
@@ -114,7 +114,7 @@ pub(crate) fn replay(
         project: &opts.project,
     };
     let components = components(&locked, &real, current.as_ref(), &history)?;
-    let env_dir = opts.project.join("graph/environments");
+    let env_dir = Layout::new(&opts.project).environments();
     // `--sign`, else today's `sign:` of the lockfile's environment.
     let signer = crate::build::signer(
         opts,
@@ -124,7 +124,7 @@ pub(crate) fn replay(
         &env_dir,
     )?;
     let pinned = pin(&locked, &components, &git, &env_dir)?;
-    let mut nodes = prepare(&components, &pinned, &opts.tools)?;
+    let mut nodes = prepare(&components, &pinned, &opts.tools, None)?;
     for n in &mut nodes {
         n.reference = lock.nodes[&n.component.name]
             .image
@@ -133,7 +133,7 @@ pub(crate) fn replay(
     }
     let risks = verify_keys(&locked, &real, &nodes, opts.replay.strict)?;
     for r in &risks {
-        on_event(Event::Published(&format!("  warning  {r}")));
+        on_event(Event::ReplayWarning { message: r });
     }
     // --check: a fresh store for everything that is built; the real one keeps serving
     // git mirrors (through `git`), and pinned base images are copied over.
@@ -167,7 +167,7 @@ pub(crate) fn replay(
         |report, done| {
             let mismatches = mismatches(&lock, &nodes, done, &real, &store);
             for m in &mismatches {
-                on_event(Event::Published(&m.to_string()));
+                on_event(Event::Mismatch(m));
             }
             report.replay = Some(ReplayReport {
                 lockfile: lock_path.to_path_buf(),
@@ -243,7 +243,7 @@ const HISTORY_DEPTH: usize = 2000;
 impl History<'_> {
     fn recipe(&self, name: &str, digest: &cascade_core::Digest) -> Option<Recipe> {
         let location = self.project.canonicalize().ok()?.display().to_string();
-        let path = format!("recipes/{name}.yaml");
+        let path = Layout::recipe_rel(name);
         self.git
             .file_history(&location, &path, HISTORY_DEPTH)
             .into_iter()
@@ -428,6 +428,7 @@ fn components(
             inputs,
             image_base,
             runner_image,
+            tool_spans: Default::default(),
         });
     }
     Ok(out)

@@ -6,7 +6,7 @@
 //! - signatures go to the store's lookaside directory `<store>/sigstore/`, laid out as
 //!   containers/image reads it (`<repository>@sha256=<hex>/signature-<n>`), so a
 //!   `registries.d` file with `lookaside: file://<store>/sigstore` lets skopeo and podman
-//!   check them (README, "Signing and verification");
+//!   check them (docs/provenance.md);
 //! - beside each image's signatures, `attestation.dsse.json`: its SLSA provenance
 //!   statement ([`crate::provenance`]) in a DSSE envelope signed by the same key,
 //!   replaced by the newest build of that image; `verify` requires it. It is also

@@ -195,9 +195,10 @@ impl Before {
             .unwrap_or_default();
         Before {
             started: d.as_nanos() as i128,
-            seen: ["graph", "graph/environments", "recipes"]
+            seen: crate::Layout::new(project)
+                .manifest_dirs()
                 .into_iter()
-                .map(|dir| Watched::now(project.join(dir), true))
+                .map(|dir| Watched::now(dir, true))
                 .collect(),
             unwatchable: false,
         }

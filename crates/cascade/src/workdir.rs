@@ -6,7 +6,7 @@
 //! every new inode's allocation skip over the recently deleted ones: a profile of a cold
 //! 1,000-node build spent most of its kernel time in `find_inode_bit` and
 //! `recently_deleted`, and its system time doubled from run to run (the tmpfs takes
-//! those bad runs away; see the README's figures). On a tmpfs none of
+//! those bad runs away; see the figures in docs/performance.md). On a tmpfs none of
 //! that exists (Bazel's `--sandbox_base=/dev/shm` is the same idea). Nothing in a work
 //! directory outlives its step: outputs are copied into the store, so the store stays on
 //! its disk.

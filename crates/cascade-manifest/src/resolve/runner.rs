@@ -32,24 +32,28 @@ impl Resolver<'_> {
         file: FileId,
         comp: &str,
         runner: Option<S<RunnerAst>>,
-    ) -> (RunnerDecl, Option<(String, Span)>) {
+    ) -> (RunnerDecl, Option<(String, Span)>, BTreeMap<String, Span>) {
         let none = RunnerDecl::Host {
             tools: Vec::new(),
             sets: Vec::new(),
         };
         let Some(runner) = runner else {
             self.missing("runner", &format!("recipe `{comp}`"), file_start(file));
-            return (none, None);
+            return (none, None, BTreeMap::new());
         };
         let span = self.span(file, &runner);
         match (runner.value.host, runner.value.container) {
             (Some(host), None) => {
                 let HostAst { tools, sets } = host.value;
-                let tools = self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default());
+                let (tools, spans) =
+                    self.tools(file, comp, tools.map(|t| t.value).unwrap_or_default());
                 let sets = self.tool_sets(file, comp, sets.map(|t| t.value).unwrap_or_default());
-                (RunnerDecl::Host { tools, sets }, None)
+                (RunnerDecl::Host { tools, sets }, None, spans)
             }
-            (None, Some(container)) => self.container(file, comp, container),
+            (None, Some(container)) => {
+                let (decl, image) = self.container(file, comp, container);
+                (decl, image, BTreeMap::new())
+            }
             (Some(host), Some(container)) => {
                 let (h, c) = (self.span(file, &host), self.span(file, &container));
                 self.bad_runner(
@@ -58,7 +62,7 @@ impl Resolver<'_> {
                     Some("steps run either on the host or in a container: keep one".into()),
                     if c.offset > h.offset { c } else { h },
                 );
-                (none, None)
+                (none, None, BTreeMap::new())
             }
             (None, None) => {
                 self.bad_runner(
@@ -70,7 +74,7 @@ impl Resolver<'_> {
                     ),
                     span,
                 );
-                (none, None)
+                (none, None, BTreeMap::new())
             }
         }
     }

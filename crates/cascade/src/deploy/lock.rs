@@ -54,7 +54,7 @@ pub(crate) fn acquire<'a>(
     since: &str,
     hosts: &'a [Host],
 ) -> Result<FleetLock<'a>, Error> {
-    let dir = project.join("deployments");
+    let dir = crate::Layout::new(project).deployments();
     std::fs::create_dir_all(&dir).map_err(|source| Error::Read {
         path: dir.clone(),
         source,
