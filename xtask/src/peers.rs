@@ -229,31 +229,6 @@ fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
     })
 }
 
-/// The release `cascade` binary beside this (release) xtask, built if needed.
-fn cascade_binary() -> Result<std::path::PathBuf> {
-    let root = crate::workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "cascade-cli",
-            "--bin",
-            "cascade",
-        ])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        return Err("building the release cascade binary failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release/cascade"))
-}
-
 /// Copies the generated work tree (files and directories only).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
@@ -279,7 +254,7 @@ fn secs(t: f64) -> String {
 
 pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> {
     ninja_available()?;
-    let bin = cascade_binary()?;
+    let bin = crate::remote_exec::cascade_bin(&crate::workspace_root())?;
     println!("| figure | ninja | make | cascade | cascade ÷ ninja | target |");
     println!("|---|---|---|---|---|---|");
     for &n in sizes {

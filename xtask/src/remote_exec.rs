@@ -113,8 +113,9 @@ fn workers(bin: &Path, engine: &Engine, n: usize, dir: &Path) -> Result<Workers>
     Ok(all)
 }
 
-/// The release `cascade` binary, for the workers.
-fn cascade_bin(root: &Path) -> Result<PathBuf> {
+/// The release `cascade` binary (built if needed): the workers', and the one the peers
+/// bench times.
+pub(crate) fn cascade_bin(root: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args([
