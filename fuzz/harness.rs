@@ -9,7 +9,9 @@
 //!   a graph that resolves is checked against fixed versions, and its recipes' canonical
 //!   encodings must decode back to the same bytes.
 //! - [`lockfile`]: `cascade_lock::read`; a lockfile that reads must write and read back
-//!   to the same value.
+//!   to the same value, and go on through what `lock diff` computes and prints: against
+//!   itself (every node unchanged) and as the first lockfile (every node added), each
+//!   node's summary line, and the CLI's text (in the stable replay).
 //! - [`decoders`]: the four canonical decoders; whatever decodes must encode and decode
 //!   again to the same bytes.
 
@@ -33,6 +35,8 @@ const LIB_RECIPE: &str =
 pub trait Render {
     fn manifest(&self, d: &cascade_manifest::Diagnostics);
     fn lock(&self, e: &cascade_lock::LockError);
+    /// A lock diff as `cascade lock diff` prints it (the fuzz targets build no CLI).
+    fn diff(&self, _d: &cascade::LockDiff) {}
 }
 
 pub fn manifest(data: &[u8], render: &dyn Render) {
@@ -100,7 +104,30 @@ pub fn lockfile(data: &[u8], render: &dyn Render) {
                 "write then read changed the lockfile:\n{written}"
             );
             assert_eq!(cascade_lock::write(&again), written, "write is not stable");
+            past_read(&lock, render);
         }
+    }
+}
+
+/// What `lock diff` does with a lockfile that reads (no repository: no distances).
+fn past_read(lock: &cascade_lock::Lockfile, render: &dyn Render) {
+    let none: &cascade::DistanceFn<'_> = &|_, _, _| None;
+    let same = cascade::diff_lockfiles(Some(("a.yaml", lock)), ("b.yaml", lock), none);
+    assert_eq!(
+        same.unchanged,
+        lock.nodes.len(),
+        "a lockfile differs from itself"
+    );
+    render.diff(&same);
+    let first = cascade::diff_lockfiles(None, ("b.yaml", lock), none);
+    assert_eq!(
+        first.added,
+        lock.nodes.len(),
+        "a first lockfile adds every node"
+    );
+    render.diff(&first);
+    for node in lock.nodes.values() {
+        let _ = cascade::NodeState::of(node).summary();
     }
 }
 

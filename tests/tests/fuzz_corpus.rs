@@ -20,6 +20,9 @@ impl harness::Render for Cli {
     fn lock(&self, e: &cascade_lock::LockError) {
         let _ = cascade_cli::render(e, false);
     }
+    fn diff(&self, d: &cascade::LockDiff) {
+        let _ = cascade_cli::lock_diff_text(d);
+    }
 }
 
 fn fuzz_dir() -> PathBuf {

@@ -505,6 +505,12 @@ fn install_panic_hook() {
 
 /// Renders a diagnostic as users see it: file, line, column, the value underlined.
 /// Colour only on a terminal.
+/// `cascade lock diff`'s text for `diff` (for the fuzz corpus replay, which must reach
+/// the CLI's own rendering).
+pub fn lock_diff_text(diff: &cascade::LockDiff) -> String {
+    lock::diff_text("lock diff", diff)
+}
+
 pub fn render(diag: &dyn miette::Diagnostic, color: bool) -> String {
     let theme = if color {
         miette::GraphicalTheme::unicode()
