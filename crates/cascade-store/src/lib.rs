@@ -349,36 +349,32 @@ impl Store {
     /// Writes `bytes` at `dest` atomically (temp file in the same directory, fsync,
     /// rename, fsync of the directory): a reader sees the old file or the new one.
     pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        Self::write_file(dest, bytes, true).map(|_| ())
+        Self::write_file(dest, bytes, true, Durable::Now).map(|_| ())
     }
 
     /// Replaces `dest` atomically (temp file in the same directory, rename) without
     /// waiting for the disk: for caches and statistics, which a crash may lose (the
     /// old file or none) but never tear.
     pub fn replace_lazily(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut tmp = Self::temp_beside(dest)?;
-        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
-        Self::finish_write(tmp, dest, true, Durable::AtSync).map(|_| ())
+        Self::write_file(dest, bytes, true, Durable::AtSync).map(|_| ())
     }
 
     /// Like [`Store::write_atomic`], but never replaces an existing file: returns
     /// `false` when `dest` exists. Two processes racing for one name (lockfiles written
     /// in the same second) cannot overwrite each other.
     pub fn write_new_atomic(dest: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
-        Self::write_file(dest, bytes, false)
+        Self::write_file(dest, bytes, false, Durable::Now)
     }
 
-    fn write_file(dest: &Path, bytes: &[u8], clobber: bool) -> Result<bool, StoreError> {
+    fn write_file(
+        dest: &Path,
+        bytes: &[u8],
+        clobber: bool,
+        durable: Durable,
+    ) -> Result<bool, StoreError> {
         let mut tmp = Self::temp_beside(dest)?;
         tmp.write_all(bytes).map_err(StoreError::io(dest))?;
-        Self::finish_write(tmp, dest, clobber, Durable::Now)
-    }
-
-    /// A store entry: renamed into place, made durable by the next [`Store::sync`].
-    fn write_entry(dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut tmp = Self::temp_beside(dest)?;
-        tmp.write_all(bytes).map_err(StoreError::io(dest))?;
-        Self::finish_write(tmp, dest, true, Durable::AtSync).map(|_| ())
+        Self::finish_write(tmp, dest, clobber, durable)
     }
 
     /// Makes every entry written so far (by this process) durable: one `syncfs(2)` of
@@ -454,7 +450,8 @@ impl Store {
                 }
             }
         }
-        Self::write_entry(&p, bytes)?;
+        // A store entry: renamed into place, made durable by the next `sync`.
+        Self::write_file(&p, bytes, true, Durable::AtSync)?;
         self.commits.wrote();
         Ok(())
     }

@@ -365,7 +365,7 @@ pub fn build(
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    let mut before = crate::snapshot::Before::start(&opts.project);
+    let mut before = crate::snapshot::Before::start(opts);
     let project = load(&opts.project, &opts.env)?;
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.

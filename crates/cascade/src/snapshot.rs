@@ -188,24 +188,33 @@ pub(crate) struct Before {
 }
 
 impl Before {
-    /// Before the manifests are read: the clock and the project's directories.
-    pub(crate) fn start(project: &Path) -> Before {
+    /// Before the manifests are read: the clock and the project's directories. Nothing
+    /// is captured for a build no snapshot can answer (a replay, `--push`, a remote).
+    pub(crate) fn start(opts: &BuildOptions) -> Before {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Before {
-            started: d.as_nanos() as i128,
-            seen: crate::Layout::new(project)
+        let watchable = eligible(opts);
+        let seen = match watchable {
+            true => crate::Layout::new(&opts.project)
                 .manifest_dirs()
                 .into_iter()
                 .map(|dir| Watched::now(dir, true))
                 .collect(),
-            unwatchable: false,
+            false => Vec::new(),
+        };
+        Before {
+            started: d.as_nanos() as i128,
+            seen,
+            unwatchable: !watchable,
         }
     }
 
     /// Before the sources are pinned: the refs of their repositories.
     pub(crate) fn refs(&mut self, git: &cascade_git::Git, project: &crate::Project) {
+        if self.unwatchable {
+            return;
+        }
         let env_dir = project.environment_dir();
         let locations: Vec<String> = project
             .graph
@@ -459,7 +468,7 @@ pub(crate) struct Recorded<'a> {
 /// something that changed while it ran).
 pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
     let path = Target::of_build(opts).path();
-    let snapshot = eligible(opts).then(|| snapshot(opts, before, r)).flatten();
+    let snapshot = snapshot(opts, before, r);
     match snapshot.and_then(|s| serde_json::to_vec(&s).ok()) {
         Some(bytes) => {
             // A cache: no flush; a torn file does not parse and is ignored.
