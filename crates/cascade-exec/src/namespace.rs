@@ -4,8 +4,8 @@
 //! in-process and without a daemon:
 //!
 //! ```text
-//! cascade ─clone(new user, mount, net, pid, ipc, uts namespaces)─► P: pid 1 of its pid
-//!     namespace, own process group; waits until cascade has written its uid/gid maps;
+//! cascade ─clone(CLONE_VM|CLONE_VFORK, new user, mount, net, pid, ipc, uts namespaces)─►
+//!     P: pid 1 of its pid namespace, own process group; writes its own uid/gid maps;
 //!     builds the root (a tmpfs with read-only bind mounts, /work, /tmp, /dev, /proc),
 //!     loopback up, pivot_root; rlimits, Landlock, no_new_privs, no capabilities;
 //!     execve: P is the program
@@ -288,22 +288,14 @@ impl IdMaps {
         // SAFETY: a user namespace only; the child is single-threaded.
         unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) }
             .map_err(|e| (S_USERNS, e))?;
+        self.write_own()
+    }
+
+    /// In a new user namespace: its maps, written by its first process.
+    fn write_own(&self) -> Result<(), (u32, rustix::io::Errno)> {
         write_file(c"/proc/self/setgroups", b"deny").map_err(|e| (S_IDMAP, e))?;
         write_file(c"/proc/self/uid_map", &self.uid_map).map_err(|e| (S_IDMAP, e))?;
         write_file(c"/proc/self/gid_map", &self.gid_map).map_err(|e| (S_IDMAP, e))?;
-        Ok(())
-    }
-}
-
-impl IdMaps {
-    /// From the parent: the maps of a child created in a new user namespace.
-    fn write_for(&self, pid: libc::pid_t) -> Result<(), rustix::io::Errno> {
-        let path = |name: &str| {
-            CString::new(format!("/proc/{pid}/{name}")).map_err(|_| rustix::io::Errno::INVAL)
-        };
-        write_file(&path("setgroups")?, b"deny")?;
-        write_file(&path("uid_map")?, &self.uid_map)?;
-        write_file(&path("gid_map")?, &self.gid_map)?;
         Ok(())
     }
 }
@@ -568,63 +560,54 @@ impl Plan {
 pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     let mut plan = Plan::new(jail, scratch).map_err(|e| setup_error("preparing the root", e))?;
     let (read, write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
-    // The child waits on this until its uid and gid maps are written.
-    let (go_read, go_write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
     plan.keep.push(write.as_raw_fd());
-    plan.keep.push(go_read.as_raw_fd());
     plan.keep.sort_unstable();
-    // One process in every new namespace at once, pid 1 of its pid namespace: it builds
-    // the root and becomes the program. A copy of cascade lives only until that execve,
-    // so the pages cascade writes meanwhile are copied for a millisecond, not for the
-    // whole step (the cost of a fork grows with the graph cascade holds).
-    let flags = libc::CLONE_NEWUSER
+    let stack = ChildStack::new().map_err(|e| setup_error("the child's stack", e))?;
+    // One process in every new namespace at once, pid 1 of its pid namespace: it writes
+    // its own id maps, builds the root and becomes the program. It shares cascade's
+    // memory (CLONE_VM) and this thread waits until it has called execve or exited
+    // (CLONE_VFORK), the way posix_spawn works: no page table is copied and no page of
+    // cascade's is copied on write, whatever the size of the graph cascade holds.
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::SIGCHLD;
-    // SAFETY: clone without CLONE_VM and with no stack is a fork into new namespaces;
-    // the child runs `inside` (system calls on the prepared `plan` only) and never
-    // returns (see the module's header).
+    let mut args = ChildArgs {
+        plan: &plan,
+        pipe: write.as_raw_fd(),
+    };
+    // Signals stay blocked in the child until it has reset every handler (a handler of
+    // cascade's must never run on the shared memory), and here until it is gone.
+    let saved = block_signals();
+    // SAFETY: the child runs `child_main` on its own stack, calls only system calls on
+    // `plan` (prepared before, not touched by this thread while it is suspended) and
+    // ends in execve or _exit (see the module's header). `args` outlives the call.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        libc::clone(
+            child_main,
+            stack.top(),
+            flags,
+            (&mut args as *mut ChildArgs).cast(),
         )
-    } as libc::pid_t;
+    };
+    let clone_error = io::Error::last_os_error();
+    restore_signals(&saved);
+    drop(stack);
     if pid < 0 {
         return Err(SetupError {
             stage: stage_name(S_USERNS),
             detail: None,
-            source: io::Error::last_os_error(),
+            source: clone_error,
         });
-    }
-    if pid == 0 {
-        drop(go_write);
-        inside(&plan, write.as_raw_fd(), go_read.as_raw_fd());
     }
     drop(write);
-    drop(go_read);
     let jailed = Jailed { pid };
-    if let Err(e) = plan.maps.write_for(pid) {
-        jailed.kill();
-        let _ = jailed.wait();
-        return Err(SetupError {
-            stage: stage_name(S_IDMAP),
-            detail: None,
-            source: io::Error::from_raw_os_error(e.raw_os_error()),
-        });
-    }
-    // Go: closing it (after one byte) lets the child read past its wait.
-    let _ = rustix::io::write(&go_write, b"1");
-    drop(go_write);
     if let Some((stage, errno)) = read_failure(read) {
-        jailed.kill();
         let _ = jailed.wait();
         let detail = (stage == S_MOUNT)
             .then(|| mount_detail(&plan, errno))
@@ -636,6 +619,88 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
         });
     }
     Ok(jailed)
+}
+
+/// What `clone` hands the child.
+struct ChildArgs<'a> {
+    plan: &'a Plan,
+    pipe: RawFd,
+}
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `spawn` passed, alive while it is suspended.
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    inside(args.plan, args.pipe)
+}
+
+/// The stack of a child that shares cascade's memory: mapped for it, with a guard page
+/// below, unmapped once the child has left it (execve or exit).
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    const LEN: usize = 256 * 1024;
+
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack {
+            base,
+            len: Self::LEN,
+        };
+        // SAFETY: the lowest page of our own mapping becomes the guard.
+        if unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our own mapping; stacks grow down.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used (the child has exec'd or exited).
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Blocks every signal of this thread; returns the mask to restore.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; pthread_sigmask writes `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+fn restore_signals(saved: &libc::sigset_t) {
+    // SAFETY: as above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, saved, std::ptr::null_mut());
+    }
 }
 
 /// Mount failures carry the op index in the errno's high bits (see `build_root`).
@@ -675,39 +740,29 @@ fn errno() -> i32 {
 
 /// The child of [`spawn`], in its new namespaces: waits for its id maps, builds the
 /// root, pivots into it, drops every privilege and becomes the program.
-fn inside(plan: &Plan, pipe: RawFd, go: RawFd) -> ! {
+fn inside(plan: &Plan, pipe: RawFd) -> ! {
     let r = (|| {
         // SAFETY (all below): plain system calls on prepared memory.
         unsafe {
+            // Every handler back to its default while signals are still blocked: the
+            // handlers are cascade's, and this process shares cascade's memory.
+            for sig in 1..=libc::SIGRTMAX() {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             libc::setpgid(0, 0);
             // Dies with the thread that started it (cascade killed, or its thread gone).
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // A copy of cascade (its environment among them) until it execs: not
-            // dumpable, so nothing can read its /proc entries or memory meanwhile.
+            // cascade's memory (its environment among it) until it execs: not dumpable,
+            // so nothing can read its /proc entries meanwhile.
             libc::prctl(libc::PR_SET_DUMPABLE, 0);
             libc::dup2(plan.devnull.as_raw_fd(), 0);
             libc::dup2(plan.output.as_raw_fd(), 1);
             libc::dup2(plan.output.as_raw_fd(), 2);
         }
         close_others(&plan.keep);
-        // The parent writes the id maps, then one byte; without it (the parent failed
-        // or died), stop.
-        let mut byte = [0u8; 1];
-        loop {
-            // SAFETY: a read into a stack buffer.
-            let n = unsafe { libc::read(go, byte.as_mut_ptr().cast(), 1) };
-            if n == 1 {
-                break;
-            }
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            return Err((S_IDMAP, rustix::io::Errno::from_raw_os_error(libc::EPIPE)));
-        }
-        // SAFETY: closing our end of the go pipe.
-        unsafe {
-            libc::close(go);
-        }
+        // Its own maps: one line each, the caller's ids, which a process may write for
+        // its own new user namespace.
+        plan.maps.write_own()?;
         build_root(plan)?;
         let limit = |resource, value: u64| {
             rustix::process::setrlimit(
