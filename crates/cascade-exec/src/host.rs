@@ -284,6 +284,23 @@ impl HostRun<'_> {
     }
 }
 
+/// Whether the process of `pidfd` ends within `slice`.
+fn ended_within(pidfd: &std::os::fd::OwnedFd, slice: Duration) -> bool {
+    let timeout = rustix::event::Timespec {
+        tv_sec: slice.as_secs() as i64,
+        tv_nsec: i64::from(slice.subsec_nanos()),
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(n) => n > 0,
+        // Interrupted: the caller polls again.
+        Err(_) => false,
+    }
+}
+
 /// How a step's process ended.
 pub(crate) enum Ended {
     Code(i32),
@@ -306,31 +323,54 @@ pub(crate) fn wait_step(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(pgid);
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let _ = tx.send(wait());
+    // The step's end is polled on a pidfd (Linux 5.3): no thread per step. Without one,
+    // a thread blocks in `wait` and reports through a channel.
+    let pidfd = rustix::process::Pid::from_raw(pgid).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
     });
+    let mut wait = Some(wait);
+    let (tx, rx) = mpsc::channel();
+    let waiter = match (&pidfd, wait.take_if(|_| pidfd.is_none())) {
+        (None, Some(wait)) => Some(std::thread::spawn(move || {
+            let _ = tx.send(wait());
+        })),
+        _ => None,
+    };
     // In slices, so a cancellation is noticed within a fifth of a second.
     let mut cancelled = false;
     let result = loop {
         let left = timeout.saturating_sub(started.elapsed());
-        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok(r) => break Some(r),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
-            Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => break None,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if commands.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                    cancelled = true;
-                    break None;
-                }
-            }
+        let slice = left.min(Duration::from_millis(200));
+        let ended = match &pidfd {
+            Some(fd) => ended_within(fd, slice).then(|| wait.take().map(|w| w())),
+            None => match rx.recv_timeout(slice) {
+                Ok(r) => Some(Some(r)),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(None),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            },
+        };
+        if let Some(r) = ended {
+            break r;
+        }
+        if left.is_zero() {
+            break None;
+        }
+        if commands.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            cancelled = true;
+            break None;
         }
     };
     // SAFETY: plain syscall; a negative pid names the process group.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
     }
-    let _ = waiter.join();
+    // Reaps the leader: it was killed just now if it had not ended.
+    if let Some(wait) = wait.take() {
+        let _ = wait();
+    }
+    if let Some(waiter) = waiter {
+        let _ = waiter.join();
+    }
     RUNNING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
