@@ -7,12 +7,16 @@
 //! stops at any ancestor whose answer is on disk with the same content, so the build
 //! after a commit walks one commit, not the history.
 //!
+//! On disk there is one file per commit, holding the answers of every source pinned at
+//! it, written once when the build's pinning is done ([`flush`]): a monorepo of a
+//! thousand directories costs one file per commit, not a thousand.
+//!
 //! The cache is keyed by the commit, not the repository: a commit id fixes its whole
 //! history, so the answer is the same in every clone. A cache file is never trusted
-//! blindly: it carries its key and a checksum, and its content id must equal the one just
-//! computed for that commit; anything else is ignored and recomputed.
+//! blindly: it names its commit and carries a checksum, and an entry's content id must
+//! equal the one just computed for that commit; anything else is ignored and recomputed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,10 +26,12 @@ use git2::{Commit, ErrorCode, Oid};
 use crate::filter::{self, Compiled, Filter, Memo};
 use crate::resolve::Reader;
 
-/// The first line of a cache file; a new format gets a new one (and so new keys).
-const HEADER: &str = "cascade-git epoch 1";
-/// More than any valid cache file; a longer one is not read to its end.
-const MAX_FILE: u64 = 512;
+/// The first line of a cache file; a new format gets a new one (and so new keys). The
+/// files of format 1 (one per source, named by a 64-digit key) are no longer read.
+const HEADER: &str = "cascade-git epoch 2";
+/// More than any valid cache file (about 120 bytes a source); a longer one is not read
+/// to its end.
+const MAX_FILE: u64 = 32 << 20;
 
 /// What is exported from a commit: the tree at `dir`, and the id of its filtered tree
 /// (the same id without a filter).
@@ -42,8 +48,17 @@ pub(crate) struct Source<'a> {
     pub(crate) filter: Option<(&'a Filter, &'a Compiled)>,
 }
 
-/// Epochs already known, by cache key: `(content, epoch)`.
-pub(crate) type Known = HashMap<[u8; 32], (Oid, i64)>;
+/// The answers of one commit, by source key: `(content, epoch)`.
+pub(crate) type Entries = BTreeMap<[u8; 32], (Oid, i64)>;
+
+/// What one build knows of the cache: every answer seen, the commits whose file was
+/// read, and the answers found that are not on disk yet.
+#[derive(Default)]
+pub(crate) struct Known {
+    answers: HashMap<[u8; 32], (Oid, i64)>,
+    read: HashSet<Oid>,
+    pending: BTreeMap<Oid, Entries>,
+}
 
 impl Source<'_> {
     /// The cache key of this source at `commit`: blake3 of an unambiguous encoding of the
@@ -107,7 +122,7 @@ pub(crate) fn epoch(
     memo: &mut Memo,
 ) -> Result<(i64, usize), git2::Error> {
     let key = source.key(commit.id());
-    if let Some(epoch) = lookup(cache, known, &key, start.content) {
+    if let Some(epoch) = lookup(cache, known, commit.id(), &key, start.content) {
         return Ok((epoch, 0));
     }
     let mut walked = 0;
@@ -128,33 +143,60 @@ pub(crate) fn epoch(
             Some(c) if c.content == start.content => {}
             _ => break here,
         }
-        if let Some(epoch) = lookup(cache, known, &source.key(parent_id), start.content) {
+        if let Some(epoch) = lookup(
+            cache,
+            known,
+            parent_id,
+            &source.key(parent_id),
+            start.content,
+        ) {
             break epoch;
         }
         current = parent;
     };
-    known.insert(key, (start.content, epoch));
-    cache.write(&key, start.content, epoch);
+    known.answers.insert(key, (start.content, epoch));
+    known
+        .pending
+        .entry(commit.id())
+        .or_default()
+        .insert(key, (start.content, epoch));
     Ok((epoch, walked))
 }
 
-/// The epoch known for `key` if its content is `content`: from memory, else from disk.
-fn lookup(cache: &Cache, known: &mut Known, key: &[u8; 32], content: Oid) -> Option<i64> {
-    if let Some((c, epoch)) = known.get(key) {
-        return (*c == content).then_some(*epoch);
+/// The epoch known for `key` (a source at `commit`) if its content is `content`: from
+/// memory, else from the commit's file.
+fn lookup(
+    cache: &Cache,
+    known: &mut Known,
+    commit: Oid,
+    key: &[u8; 32],
+    content: Oid,
+) -> Option<i64> {
+    if !known.answers.contains_key(key) && known.read.insert(commit) {
+        for (k, v) in cache.read(commit) {
+            known.answers.entry(k).or_insert(v);
+        }
     }
-    let (c, epoch) = cache.read(key)?;
-    known.insert(*key, (c, epoch));
-    (c == content).then_some(epoch)
+    let (c, epoch) = known.answers.get(key)?;
+    (*c == content).then_some(*epoch)
 }
 
-/// `<cache_dir>/epochs/<hex key>`, each file:
+/// Writes the answers found since the last flush, one file per commit, each merged with
+/// what its file already holds (another build may have added to it meanwhile).
+pub(crate) fn flush(cache: &Cache, known: &mut Known) {
+    for (commit, found) in std::mem::take(&mut known.pending) {
+        let mut entries = cache.read(commit);
+        entries.extend(found);
+        cache.write(commit, &entries);
+    }
+}
+
+/// `<cache_dir>/epochs/<commit>`, each file:
 ///
 /// ```text
-/// cascade-git epoch 1
-/// key <hex key>
-/// content <hex content id>
-/// epoch <seconds>
+/// cascade-git epoch 2
+/// commit <hex commit id>
+/// <hex source key> <hex content id> <seconds>     (one line per source, by key)
 /// check <hex blake3 of the lines above, newlines included>
 /// ```
 pub(crate) struct Cache {
@@ -172,71 +214,90 @@ impl Cache {
         }
     }
 
-    fn path(&self, key: &[u8; 32]) -> PathBuf {
-        self.dir.join(hex(key))
+    fn path(&self, commit: Oid) -> PathBuf {
+        self.dir.join(commit.to_string())
     }
 
-    fn read(&self, key: &[u8; 32]) -> Option<(Oid, i64)> {
+    /// The valid entries of `commit`'s file; none for a missing or damaged one.
+    fn read(&self, commit: Oid) -> Entries {
         let mut text = String::new();
-        fs::File::open(self.path(key))
-            .ok()?
-            .take(MAX_FILE)
-            .read_to_string(&mut text)
-            .ok()?;
-        parse(&text, key)
+        let read = fs::File::open(self.path(commit))
+            .and_then(|f| f.take(MAX_FILE).read_to_string(&mut text));
+        match read {
+            Ok(_) => parse(&text, commit).unwrap_or_default(),
+            Err(_) => Entries::new(),
+        }
     }
 
     /// Best effort: a cache that cannot be written is only slower next time.
-    fn write(&self, key: &[u8; 32], content: Oid, epoch: i64) {
+    fn write(&self, commit: Oid, entries: &Entries) {
         if !self.write {
             return;
         }
-        let _ = self.try_write(key, content, epoch);
+        let _ = self.try_write(commit, entries);
     }
 
-    fn try_write(&self, key: &[u8; 32], content: Oid, epoch: i64) -> std::io::Result<()> {
+    fn try_write(&self, commit: Oid, entries: &Entries) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         // A temp file in the same directory, renamed into place: readers see a whole
-        // file or none, whatever else is writing the same entry.
+        // file or none, whatever else is writing the same commit's file.
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        file.write_all(render(key, content, epoch).as_bytes())?;
-        file.persist(self.path(key)).map_err(|e| e.error)?;
+        file.write_all(render(commit, entries).as_bytes())?;
+        file.persist(self.path(commit)).map_err(|e| e.error)?;
         Ok(())
     }
 }
 
-fn body(key: &[u8; 32], content: Oid, epoch: i64) -> String {
-    format!(
-        "{HEADER}\nkey {}\ncontent {content}\nepoch {epoch}\n",
-        hex(key)
-    )
+fn body(commit: Oid, entries: &Entries) -> String {
+    let mut body = format!("{HEADER}\ncommit {commit}\n");
+    for (key, (content, epoch)) in entries {
+        body.push_str(&format!("{} {content} {epoch}\n", hex(key)));
+    }
+    body
 }
 
-pub(crate) fn render(key: &[u8; 32], content: Oid, epoch: i64) -> String {
-    let body = body(key, content, epoch);
+pub(crate) fn render(commit: Oid, entries: &Entries) -> String {
+    let body = body(commit, entries);
     let check = blake3::hash(body.as_bytes()).to_hex();
     format!("{body}check {check}\n")
 }
 
-/// The content and epoch of a cache file for `key`; `None` for anything but a whole,
-/// unaltered file written for this key.
-pub(crate) fn parse(text: &str, key: &[u8; 32]) -> Option<(Oid, i64)> {
+/// The entries of a cache file for `commit`; `None` for anything but a whole,
+/// unaltered file written for this commit.
+pub(crate) fn parse(text: &str, commit: Oid) -> Option<Entries> {
     let (body, check) = text.rsplit_once("check ")?;
     let check = check.strip_suffix('\n')?;
     if blake3::hash(body.as_bytes()).to_hex().as_str() != check {
         return None;
     }
     let mut lines = body.lines();
-    if lines.next()? != HEADER || lines.next()?.strip_prefix("key ")? != hex(key) {
+    if lines.next()? != HEADER || lines.next()?.strip_prefix("commit ")? != commit.to_string() {
         return None;
     }
-    let content = Oid::from_str(lines.next()?.strip_prefix("content ")?).ok()?;
-    let epoch = lines.next()?.strip_prefix("epoch ")?.parse().ok()?;
-    if lines.next().is_some() {
-        return None;
+    let mut entries = Entries::new();
+    for line in lines {
+        let mut fields = line.split(' ');
+        let key = unhex(fields.next()?)?;
+        let content = Oid::from_str(fields.next()?).ok()?;
+        let epoch = fields.next()?.parse().ok()?;
+        if fields.next().is_some() {
+            return None;
+        }
+        entries.insert(key, (content, epoch));
     }
     // What was parsed must be what was written: no second spelling of one entry.
-    (body == self::body(key, content, epoch)).then_some((content, epoch))
+    (body == self::body(commit, &entries)).then_some(entries)
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -249,19 +310,30 @@ mod tests {
 
     #[test]
     fn cache_files_round_trip_and_reject_alterations() {
-        let key = [7u8; 32];
+        let commit = Oid::from_str("0123456789abcdef0123456789abcdef01234567").expect("oid");
         let content = Oid::from_str("4b825dc642cb6eb9a060e54bf8d69288fbee4904").expect("oid");
-        let text = render(&key, content, 1_700_000_060);
-        assert_eq!(parse(&text, &key), Some((content, 1_700_000_060)));
-        // Another key's file, a torn write, an edited epoch, garbage: all ignored.
-        assert_eq!(parse(&text, &[8u8; 32]), None);
-        assert_eq!(parse(&text[..text.len() - 1], &key), None);
-        assert_eq!(parse(&text[..text.len() / 2], &key), None);
-        let edited = text.replace("epoch 1700000060", "epoch 1700000061");
-        assert_eq!(parse(&edited, &key), None);
-        assert_eq!(parse("", &key), None);
-        assert_eq!(parse("check \n", &key), None);
-        assert_eq!(parse("\u{0}\u{1}garbage", &key), None);
+        let entries: Entries = [
+            ([7u8; 32], (content, 1_700_000_060)),
+            ([9u8; 32], (content, 5)),
+        ]
+        .into_iter()
+        .collect();
+        let text = render(commit, &entries);
+        assert_eq!(parse(&text, commit), Some(entries));
+        // Another commit's file, a torn write, an edited epoch, garbage: all ignored.
+        assert_eq!(parse(&text, content), None);
+        assert_eq!(parse(&text[..text.len() - 1], commit), None);
+        assert_eq!(parse(&text[..text.len() / 2], commit), None);
+        let edited = text.replace(" 1700000060\n", " 1700000061\n");
+        assert_ne!(edited, text);
+        assert_eq!(parse(&edited, commit), None);
+        assert_eq!(parse("", commit), None);
+        assert_eq!(parse("check \n", commit), None);
+        assert_eq!(parse("\u{0}\u{1}garbage", commit), None);
+        assert_eq!(
+            parse(&render(commit, &Entries::new()), commit),
+            Some(Entries::new())
+        );
     }
 
     #[test]

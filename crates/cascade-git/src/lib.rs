@@ -124,6 +124,13 @@ pub struct Git {
     pub(crate) walked: std::sync::atomic::AtomicUsize,
 }
 
+/// The epochs a build found reach the cache even when nobody flushed them.
+impl Drop for Git {
+    fn drop(&mut self) {
+        self.flush_epochs();
+    }
+}
+
 /// A repository that is opened on first use; `None` until then (or after a failure, so
 /// the next pin tries again).
 type RepoSlot = Mutex<Option<Arc<Repo>>>;
@@ -199,23 +206,34 @@ impl Git {
         }
     }
 
+    /// Writes the epochs found since the last call to the cache, one file per commit.
+    /// Pinning calls it when a build's sources are pinned; dropping a `Git` does too.
+    pub fn flush_epochs(&self) {
+        let cache = epoch::Cache::new(&self.cache_dir, self.write_epochs);
+        let slots: Vec<Arc<RepoSlot>> = lock(&self.repos).values().cloned().collect();
+        for slot in slots {
+            let repo = lock(&slot).clone();
+            if let Some(repo) = repo {
+                epoch::flush(&cache, &mut lock(&repo.state).epochs);
+            }
+        }
+    }
+
     /// As [`Git::new`], but the epoch cache is only read, never written: for commands
     /// that must not write into a store (a plan, before the first build too).
     pub fn reading(cache_dir: PathBuf) -> Self {
-        Git {
-            write_epochs: false,
-            ..Git::new(cache_dir)
-        }
+        let mut git = Git::new(cache_dir);
+        git.write_epochs = false;
+        git
     }
 
     /// As [`Git::reading`], and a remote is never fetched: only the mirrors already in
     /// `cache_dir` are read (a remote without one is `NotARepository`). For commands that
     /// answer from what is on the disk (`lock diff`).
     pub fn offline(cache_dir: PathBuf) -> Self {
-        Git {
-            fetch: false,
-            ..Git::reading(cache_dir)
-        }
+        let mut git = Git::reading(cache_dir);
+        git.fetch = false;
+        git
     }
 
     /// Resolves `spec.rev` in the repository at `location` (an absolute path to a
@@ -444,7 +462,7 @@ impl Git {
                 pinned: HashMap::new(),
                 commits: HashMap::new(),
                 versions: version::VersionCache::default(),
-                epochs: epoch::Known::new(),
+                epochs: epoch::Known::default(),
                 trees: resolve::Trees::default(),
             }),
             pool: Mutex::new(Vec::new()),

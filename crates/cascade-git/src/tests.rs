@@ -944,16 +944,20 @@ fn pin_at(
     f: Option<&Filter>,
 ) -> PinnedSource {
     let rev = commit.to_string();
-    git.pin(
-        &fx.location(),
-        &PinSpec {
-            rev: RevSpec::Ref(&rev),
-            dir,
-            filter: f,
-            version_tags: None,
-        },
-    )
-    .expect("pin")
+    let pinned = git
+        .pin(
+            &fx.location(),
+            &PinSpec {
+                rev: RevSpec::Ref(&rev),
+                dir,
+                filter: f,
+                version_tags: None,
+            },
+        )
+        .expect("pin");
+    // As a build does once its sources are pinned.
+    git.flush_epochs();
+    pinned
 }
 
 fn walked(git: &Git) -> usize {
@@ -1683,7 +1687,19 @@ fn the_epoch_cache_carries_over_to_the_next_build() {
         first_time
     );
     assert_eq!(walked(&again), 4);
-    assert_eq!(epoch_files(&dir).len(), 3);
+    // One file per commit: the first build's, and this commit's with both sources.
+    assert_eq!(epoch_files(&dir).len(), 2);
+    let last = std::fs::read_to_string(
+        epoch_files(&dir)
+            .iter()
+            .find(|f| f.ends_with(commits[4].to_string()))
+            .expect("file of the last commit"),
+    )
+    .expect("read");
+    assert_eq!(
+        crate::epoch::parse(&last, commits[4]).expect("valid").len(),
+        2
+    );
 }
 
 #[test]
@@ -1700,15 +1716,12 @@ fn a_corrupt_epoch_cache_is_ignored() {
     assert_eq!(files.len(), 1);
     let file = &files[0];
     let good = std::fs::read_to_string(file).expect("cache file");
-    let key_hex = file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("name")
-        .to_string();
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).expect("hex");
-    }
+    let entries = crate::epoch::parse(&good, head).expect("a valid file");
+    let key = *entries.keys().next().expect("one entry");
+    let one = |content: Oid, epoch: i64| {
+        let entries: crate::epoch::Entries = [(key, (content, epoch))].into_iter().collect();
+        crate::epoch::render(head, &entries)
+    };
     let content = Oid::from_str(&expected.content).expect("oid");
     let wrong_epoch = expected.epoch - 1000;
     let other = Oid::from_str("0123456789abcdef0123456789abcdef01234567").expect("oid");
@@ -1718,11 +1731,13 @@ fn a_corrupt_epoch_cache_is_ignored() {
         good[..good.len() / 2].to_string(),
         // Looks valid, but the checksum is of the old epoch.
         good.replace(
-            &format!("epoch {}", expected.epoch),
-            &format!("epoch {wrong_epoch}"),
+            &format!(" {}\n", expected.epoch),
+            &format!(" {wrong_epoch}\n"),
         ),
         // A whole, checksummed entry for other content: not this commit's.
-        crate::epoch::render(&key, other, wrong_epoch),
+        one(other, wrong_epoch),
+        // A whole, checksummed file of another commit.
+        crate::epoch::render(other, &entries),
     ];
     for bad in corruptions {
         std::fs::write(file, &bad).expect("corrupt");
@@ -1734,7 +1749,7 @@ fn a_corrupt_epoch_cache_is_ignored() {
         assert_eq!(std::fs::read_to_string(file).expect("rewritten"), good);
     }
     // The proof that a valid entry is read: one with the right content is believed.
-    std::fs::write(file, crate::epoch::render(&key, content, wrong_epoch)).expect("plant");
+    std::fs::write(file, one(content, wrong_epoch)).expect("plant");
     let git = Git::new(dir.clone());
     assert_eq!(pin_at(&git, &fx, head, Some("b"), None).epoch, wrong_epoch);
     assert_eq!(walked(&git), 0);

@@ -202,6 +202,8 @@ pub fn pin_all(project: &Project, git: &Git) -> Result<Vec<Pinned>, Error> {
             ))),
         }
     }
+    // The epochs found, one cache file per commit, now rather than when `git` is dropped.
+    git.flush_epochs();
     if !bad.is_empty() {
         return Err(Error::Sources(Problems::new("source problem", bad)));
     }
