@@ -18,9 +18,10 @@ use crate::ast::{
     parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, RequireSignatureAst, Scalar,
     SourceAst, StepAst, S,
 };
-use crate::error::{Diagnostics, ManifestError};
+use crate::error::{Diagnostics, ManifestError, Unresolved};
 use crate::model::{
-    Component, Constraint, Environment, Graph, KeyLocation, Mode, Recipe, Rev, SourceSpec, Step,
+    Component, Constraint, DeclaredSource, Environment, Graph, KeyLocation, Mode, Recipe, Rev,
+    SourceSpec, Step,
 };
 use crate::range::VersionRange;
 use crate::source::{source_span, span_of};
@@ -106,8 +107,9 @@ pub fn recipe_alone(db: &SourceDb, file: FileId, component: &str) -> Option<Reci
     }
 }
 
-/// Parse and validate everything; collect every problem.
-pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
+/// Parse and validate everything; collect every problem. On failure the environment's
+/// valid sources come with the problems, so they can still be pinned.
+pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Unresolved> {
     let mut r = Resolver {
         db,
         diags: Vec::new(),
@@ -120,7 +122,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     let Some(env_ast) = env_ast else {
         // Without the environment we know neither the components nor which recipes
         // matter; the compatibility file's syntax has been checked above.
-        return Err(Diagnostics::capped(r.diags));
+        return Err(Diagnostics::capped(r.diags).into());
     };
     let mut env = r.environment(files.environment, env_ast);
     let names: BTreeSet<&str> = env.sources.iter().map(|s| s.name.as_str()).collect();
@@ -184,11 +186,11 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     };
 
     if !r.diags.is_empty() {
-        return Err(Diagnostics::capped(r.diags));
+        return Err(env.unresolved(r.diags));
     }
     // No diagnostics: every field is present and valid.
     let (Some(mode), Some(specs)) = (env.mode, env.complete_specs()) else {
-        return Err(Diagnostics::capped(r.diags));
+        return Err(env.unresolved(r.diags));
     };
     let index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut components = Vec::with_capacity(order.len());
@@ -264,6 +266,24 @@ struct EnvChecked {
 }
 
 impl EnvChecked {
+    /// `diags`, with the sources whose entries are valid.
+    fn unresolved(&self, diags: Vec<ManifestError>) -> Unresolved {
+        let sources = self
+            .sources
+            .iter()
+            .filter_map(|s| {
+                s.spec.as_ref().map(|spec| DeclaredSource {
+                    component: s.name.clone(),
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        Unresolved {
+            diagnostics: Diagnostics::capped(diags),
+            sources,
+        }
+    }
+
     fn complete_specs(&self) -> Option<BTreeMap<&str, &SourceSpec>> {
         self.sources
             .iter()
@@ -1713,6 +1733,49 @@ mod tests {
         ] {
             assert_eq!(secs(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_resolve_keeps_the_valid_sources() {
+        let mut db = SourceDb::new();
+        let environment = db.add(
+            "graph/environments/test.yaml",
+            "name: test\nmode: branch\nsources:\n  \
+             app: { repo: ../app, ref: develop }\n  \
+             lib: { repo: ../lib }\n  \
+             web: { repo: ../web, ref: main, dir: site }\n"
+                .to_string(),
+        );
+        let app = db.add(
+            "recipes/app.yaml",
+            "inputs: []\nrunner: { host: { tools: [sh] } }\nsteps: []\noutputs: [out]\ntimeout: forever\n"
+                .to_string(),
+        );
+        let files = ProjectFiles {
+            environment,
+            compatibility: None,
+            recipes: vec![("app".to_string(), app)],
+        };
+        let Err(u) = resolve(&db, &files) else {
+            panic!("a bad timeout, a source without a ref and a missing recipe resolve");
+        };
+        assert!(u.diagnostics.0.len() >= 3, "{:?}", u.diagnostics);
+        // `lib` has no ref: not valid, so not pinned.
+        let names: Vec<(&str, &str, Option<&str>)> = u
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.component.as_str(),
+                    s.spec.repo.as_str(),
+                    s.spec.dir.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("app", "../app", None), ("web", "../web", Some("site"))]
+        );
     }
 
     #[test]
