@@ -601,20 +601,24 @@ impl LockfileProblem {
         label: &str,
         help: Option<String>,
     ) -> Error {
-        let node_at = text.find(&format!("\n  {node}:\n")).map(|i| i + 3);
-        let span =
-            node_at.map(
-                |start| match text[start..].find(needle).filter(|_| !needle.is_empty()) {
-                    Some(off) => (start + off, needle.len()),
-                    None => (start, node.len()),
-                },
-            );
         Error::Lockfile(Box::new(LockfileProblem {
             message,
             src: miette::NamedSource::new(path, text.to_string()),
-            span: span.map(|(o, l)| miette::SourceSpan::new(o.into(), l)),
+            span: Self::span(text, node, needle),
             label: label.to_string(),
             help,
         }))
+    }
+
+    /// Where [`LockfileProblem::at`] puts its label: the first occurrence of `needle`
+    /// after the key of `node` in the lockfile `text`, or that key; `None` when the
+    /// lockfile has no entry for `node`.
+    pub(crate) fn span(text: &str, node: &str, needle: &str) -> Option<miette::SourceSpan> {
+        let start = text.find(&format!("\n  {node}:\n")).map(|i| i + 3)?;
+        let (offset, len) = match text[start..].find(needle).filter(|_| !needle.is_empty()) {
+            Some(off) => (start + off, needle.len()),
+            None => (start, node.len()),
+        };
+        Some(miette::SourceSpan::new(offset.into(), len))
     }
 }
