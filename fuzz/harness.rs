@@ -61,7 +61,7 @@ pub fn manifest(data: &[u8], render: &dyn Render) {
     // A recipe on its own, as a replay reads one from the project's history.
     let _ = cascade_manifest::recipe_alone(&db, app, "app");
     match cascade_manifest::resolve(&db, &files) {
-        Err(d) => render.manifest(&d),
+        Err(u) => render.manifest(&u.diagnostics),
         Ok(graph) => {
             for c in &graph.components {
                 let bytes = c.recipe.canonical();

@@ -41,6 +41,11 @@ struct Case {
     generate: Vec<(String, usize, String)>,
     /// A file (relative to the project root) that must not exist after the command.
     absent_file: Option<String>,
+    /// `lock_recipe: NODE FILE`: after the setup build, `recipes/NODE.yaml` becomes the
+    /// case's `FILE` and the lockfile's `recipe:` of `NODE` its digest: a lockfile made
+    /// with a recipe this store never built (as one from another machine is), which the
+    /// replay takes from today's `recipes/`.
+    lock_recipe: Option<(String, String)>,
 }
 
 fn corpus_dir() -> PathBuf {
@@ -93,6 +98,10 @@ fn parse_case(name: &str, dir: &Path) -> Case {
             }
             "absent_file" => c.absent_file = Some(value.to_string()),
             "truncate" => c.truncate = Some(value.to_string()),
+            "lock_recipe" => {
+                let w = words(2);
+                c.lock_recipe = Some((w[0].clone(), w[1].clone()));
+            }
             other => panic!("{}:{}: unknown key `{other}`", path.display(), n + 1),
         }
     }
@@ -207,6 +216,19 @@ fn generate(root: &Path, kind: &str, n: usize, file: &str) {
     fs::write(&path, text).expect("write generated file");
 }
 
+/// Makes the case's `file` the recipe of `node` and returns its digest, as a lockfile
+/// records it.
+fn lock_recipe(case: &Case, p: &TestProject, node: &str, file: &str) -> String {
+    let text = fs::read_to_string(case.dir.join(file)).expect("the case's recipe");
+    let rel = format!("recipes/{node}.yaml");
+    fs::write(p.root.join(&rel), &text).expect("write the recipe");
+    let mut db = cascade_manifest::SourceDb::new();
+    let id = db.add(rel, text);
+    let recipe = cascade_manifest::recipe_alone(&db, id, node)
+        .unwrap_or_else(|| panic!("{file} is not a valid recipe of `{node}`"));
+    recipe.digest().to_string()
+}
+
 /// Applies `(node, field, value)` edits to a lockfile's text.
 fn edit_lockfile(text: &str, edits: &[(String, String, String)]) -> String {
     let mut text = text.to_string();
@@ -293,7 +315,15 @@ fn check(case: &Case) {
             .pop()
             .expect("the setup build wrote a lockfile");
         let text = fs::read_to_string(lock).expect("read lockfile");
-        let mut text = edit_lockfile(&text, &case.edits);
+        let mut edits = case.edits.clone();
+        if let Some((node, file)) = &case.lock_recipe {
+            edits.push((
+                node.clone(),
+                "recipe".into(),
+                lock_recipe(case, &p, node, file),
+            ));
+        }
+        let mut text = edit_lockfile(&text, &edits);
         if let Some(node) = &case.truncate {
             let at = text
                 .find(&format!("\n  {node}:\n"))
@@ -304,6 +334,10 @@ fn check(case: &Case) {
     } else {
         assert!(case.edits.is_empty(), "`edit:` needs `setup: build`");
         assert!(case.truncate.is_none(), "`truncate:` needs `setup: build`");
+        assert!(
+            case.lock_recipe.is_none(),
+            "`lock_recipe:` needs `setup: build`"
+        );
     }
     let before = p.lockfiles();
     let args = args(case, &p.root);

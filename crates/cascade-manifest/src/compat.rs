@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Diagnostics, ManifestError};
-use crate::model::{Component, Graph};
+use crate::model::{Graph, SourceSpec};
 use crate::source::source_span;
 use crate::SourceDb;
 
@@ -61,11 +61,11 @@ pub fn check_compatibility(
 /// help line.
 pub fn unknown_ref(
     db: &SourceDb,
-    component: &Component,
+    source: &SourceSpec,
     message: String,
     closest: Vec<String>,
 ) -> ManifestError {
-    let span = component.source.rev_span;
+    let span = source.rev_span;
     let help = (!closest.is_empty()).then(|| {
         let list = closest
             .iter()

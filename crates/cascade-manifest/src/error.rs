@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::model::DeclaredSource;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
 /// One problem in the manifests, with the file it is in and a label on the value.
@@ -588,6 +589,25 @@ impl Diagnostics {
 impl From<ManifestError> for Diagnostics {
     fn from(e: ManifestError) -> Self {
         Diagnostics(vec![e])
+    }
+}
+
+/// Manifests that did not resolve: every problem, and the environment's sources whose
+/// entries are valid, so that the caller can pin them and report their problems (a
+/// branch that does not exist, a repository that is not there) in the same run.
+#[derive(Debug)]
+pub struct Unresolved {
+    pub diagnostics: Diagnostics,
+    /// In the environment's order; empty when the environment itself did not parse.
+    pub sources: Vec<DeclaredSource>,
+}
+
+impl From<Diagnostics> for Unresolved {
+    fn from(diagnostics: Diagnostics) -> Self {
+        Unresolved {
+            diagnostics,
+            sources: Vec::new(),
+        }
     }
 }
 

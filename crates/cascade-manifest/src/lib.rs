@@ -15,7 +15,9 @@
 //!   graph ordered topologically with ties broken by name. Every problem of every file is
 //!   collected into [`Diagnostics`]; each is a [`ManifestError`] (a `miette::Diagnostic`
 //!   with the file, a label on the offending value and a stable `cascade::manifest::*`
-//!   code).
+//!   code). When there are problems, [`Unresolved`] carries them together with the
+//!   environment's valid sources, so the caller still pins those and reports the
+//!   sources' problems in the same run.
 //! - **check** (`compat`): once sources are pinned, [`check_compatibility`] checks the
 //!   semver ranges of the compatibility matrix against the versions found, and
 //!   [`unknown_ref`] turns a missing branch, tag or version into a diagnostic.
@@ -35,13 +37,13 @@ mod tree;
 
 pub use ast::MAX_FILE_BYTES;
 pub use compat::{check_compatibility, unknown_ref};
-pub use error::{Diagnostics, ManifestError};
+pub use error::{Diagnostics, ManifestError, Unresolved};
 pub use model::tool_set;
 pub use model::{
-    Change, Changelog, Component, Constraint, Deploy, DeployComponent, DeployHost, Environment,
-    Expect, FieldChange, Graph, HealthCheck, ImageBase, ImageDecl, KeyLocation, LayerDecl, Mode,
-    PortMap, Probe, Recipe, Rev, RunnerDecl, RunnerImage, SecretSource, SmokeTest, SourceFilter,
-    SourceSpec, Stamp, Step, Volume, LOCAL_HOST, TEST_PLACEHOLDERS, TOOL_SETS,
+    Change, Changelog, Component, Constraint, DeclaredSource, Deploy, DeployComponent, DeployHost,
+    Environment, Expect, FieldChange, Graph, HealthCheck, ImageBase, ImageDecl, KeyLocation,
+    LayerDecl, Mode, PortMap, Probe, Recipe, Rev, RunnerDecl, RunnerImage, SecretSource, SmokeTest,
+    SourceFilter, SourceSpec, Stamp, Step, Volume, LOCAL_HOST, TEST_PLACEHOLDERS, TOOL_SETS,
 };
 pub use order::{build_order, Ordered};
 pub use range::{RangeError, VersionRange};

@@ -240,6 +240,14 @@ impl Component {
     }
 }
 
+/// A component's source as the environment declares it, whether or not its recipe is
+/// valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredSource {
+    pub component: String,
+    pub spec: SourceSpec,
+}
+
 /// Where a component's code comes from, as written in the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceSpec {

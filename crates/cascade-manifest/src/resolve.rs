@@ -15,12 +15,13 @@ use cascade_core::{FileId, Span};
 use miette::NamedSource;
 
 use crate::ast::{
-    parse, CompatibilityAst, DeployAst, EnvironmentAst, RecipeAst, RequireSignatureAst, Scalar,
-    SourceAst, StepAst, S,
+    parse, CompatibilityAst, DeployAst, Entries, EnvironmentAst, RecipeAst, RequireSignatureAst,
+    Scalar, SourceAst, StepAst, S,
 };
-use crate::error::{Diagnostics, ManifestError};
+use crate::error::{Diagnostics, ManifestError, Unresolved};
 use crate::model::{
-    Component, Constraint, Environment, Graph, KeyLocation, Mode, Recipe, Rev, SourceSpec, Step,
+    Component, Constraint, DeclaredSource, Environment, Graph, KeyLocation, Mode, Recipe, Rev,
+    SourceSpec, Step,
 };
 use crate::range::VersionRange;
 use crate::source::{source_span, span_of};
@@ -106,8 +107,9 @@ pub fn recipe_alone(db: &SourceDb, file: FileId, component: &str) -> Option<Reci
     }
 }
 
-/// Parse and validate everything; collect every problem.
-pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics> {
+/// Parse and validate everything; collect every problem. On failure the environment's
+/// valid sources come with the problems, so they can still be pinned.
+pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Unresolved> {
     let mut r = Resolver {
         db,
         diags: Vec::new(),
@@ -120,55 +122,11 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     let Some(env_ast) = env_ast else {
         // Without the environment we know neither the components nor which recipes
         // matter; the compatibility file's syntax has been checked above.
-        return Err(Diagnostics::capped(r.diags));
+        return Err(Diagnostics::capped(r.diags).into());
     };
     let mut env = r.environment(files.environment, env_ast);
     let names: BTreeSet<&str> = env.sources.iter().map(|s| s.name.as_str()).collect();
-
-    let mut recipe_files: BTreeMap<&str, FileId> = BTreeMap::new();
-    for (name, file) in &files.recipes {
-        recipe_files.entry(name.as_str()).or_insert(*file);
-    }
-
-    // Parsing is most of the work on big graphs and each file is independent: parse
-    // the recipes on all cores, then resolve in source order (so diagnostics keep
-    // their order).
-    let wanted: Vec<FileId> = env
-        .sources
-        .iter()
-        .filter_map(|s| recipe_files.get(s.name.as_str()).copied())
-        .collect();
-    let mut parsed: BTreeMap<FileId, Parsed> = parse_all(db, &wanted);
-
-    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
-    for source in &env.sources {
-        let Some(&file) = recipe_files.get(source.name.as_str()) else {
-            r.push(
-                |src| ManifestError::MissingRecipe {
-                    component: source.name.clone(),
-                    src,
-                    span: source_span(source.name_span),
-                    help: format!("create `recipes/{}.yaml`", source.name),
-                },
-                source.name_span,
-            );
-            nodes.insert(&source.name, Node::failed(files.environment));
-            continue;
-        };
-        let (ast, diags, cut) = parsed.remove(&file).unwrap_or_else(|| {
-            let mut diags = Vec::new();
-            let mut cut = BTreeSet::new();
-            let ast = parse::<RecipeAst>(db, file, &mut diags, &mut cut);
-            (ast, diags, cut)
-        });
-        r.diags.extend(diags);
-        r.cut.extend(cut);
-        let node = match ast {
-            Some(ast) => r.recipe(&source.name, file, ast, &names, &env.name),
-            None => Node::failed(file),
-        };
-        nodes.insert(&source.name, node);
-    }
+    let mut nodes = r.recipes(files, &env.sources, &names, &env.name);
 
     let constraints = match compat {
         Some((file, ast)) => r.compatibility(file, ast, &names, &env.name),
@@ -184,15 +142,41 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
     };
 
     if !r.diags.is_empty() {
-        return Err(Diagnostics::capped(r.diags));
+        return Err(env.unresolved(r.diags));
     }
     // No diagnostics: every field is present and valid.
     let (Some(mode), Some(specs)) = (env.mode, env.complete_specs()) else {
-        return Err(Diagnostics::capped(r.diags));
+        return Err(env.unresolved(r.diags));
     };
+    let components = components(&order, nodes, &specs);
+    Ok(Graph {
+        environment: Environment {
+            name: env.name,
+            mode,
+            registry: env.registry,
+            tag: env.tag,
+            remote_cache: env.remote_cache,
+            remote: env.remote,
+            sign: env.sign,
+            require_signature: env.require_signature,
+            notify: env.notify,
+            deploy,
+            file: files.environment,
+        },
+        components,
+        compatibility: constraints,
+    })
+}
+
+/// The checked nodes in build `order` as components, their edges as indices.
+fn components<'n>(
+    order: &[&'n str],
+    mut nodes: BTreeMap<&'n str, Node>,
+    specs: &BTreeMap<&str, &SourceSpec>,
+) -> Vec<Component> {
     let index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     let mut components = Vec::with_capacity(order.len());
-    for name in &order {
+    for name in order {
         let (Some(node), Some(spec)) = (nodes.remove(name), specs.get(name)) else {
             continue;
         };
@@ -221,23 +205,7 @@ pub fn resolve(db: &SourceDb, files: &ProjectFiles) -> Result<Graph, Diagnostics
             tool_spans: node.tool_spans,
         });
     }
-    Ok(Graph {
-        environment: Environment {
-            name: env.name,
-            mode,
-            registry: env.registry,
-            tag: env.tag,
-            remote_cache: env.remote_cache,
-            remote: env.remote,
-            sign: env.sign,
-            require_signature: env.require_signature,
-            notify: env.notify,
-            deploy,
-            file: files.environment,
-        },
-        components,
-        compatibility: constraints,
-    })
+    components
 }
 
 struct Resolver<'a> {
@@ -264,6 +232,24 @@ struct EnvChecked {
 }
 
 impl EnvChecked {
+    /// `diags`, with the sources whose entries are valid.
+    fn unresolved(&self, diags: Vec<ManifestError>) -> Unresolved {
+        let sources = self
+            .sources
+            .iter()
+            .filter_map(|s| {
+                s.spec.as_ref().map(|spec| DeclaredSource {
+                    component: s.name.clone(),
+                    spec: spec.clone(),
+                })
+            })
+            .collect();
+        Unresolved {
+            diagnostics: Diagnostics::capped(diags),
+            sources,
+        }
+    }
+
     fn complete_specs(&self) -> Option<BTreeMap<&str, &SourceSpec>> {
         self.sources
             .iter()
@@ -706,12 +692,117 @@ impl Resolver<'_> {
         );
     }
 
+    /// The recipe of every source, checked: `recipes/<name>.yaml`, parsed on all cores
+    /// (most of the work on big graphs, and each file is independent), then resolved in
+    /// source order (so diagnostics keep their order).
+    fn recipes<'e>(
+        &mut self,
+        files: &ProjectFiles,
+        sources: &'e [SourceChecked],
+        names: &BTreeSet<&str>,
+        env_name: &str,
+    ) -> BTreeMap<&'e str, Node> {
+        let db = self.db;
+        let mut recipe_files: BTreeMap<&str, FileId> = BTreeMap::new();
+        for (name, file) in &files.recipes {
+            recipe_files.entry(name.as_str()).or_insert(*file);
+        }
+        let wanted: Vec<FileId> = sources
+            .iter()
+            .filter_map(|s| recipe_files.get(s.name.as_str()).copied())
+            .collect();
+        let mut parsed: BTreeMap<FileId, Parsed> = parse_all(db, &wanted);
+
+        let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+        for source in sources {
+            let Some(&file) = recipe_files.get(source.name.as_str()) else {
+                self.push(
+                    |src| ManifestError::MissingRecipe {
+                        component: source.name.clone(),
+                        src,
+                        span: source_span(source.name_span),
+                        help: format!("create `recipes/{}.yaml`", source.name),
+                    },
+                    source.name_span,
+                );
+                nodes.insert(&source.name, Node::failed(files.environment));
+                continue;
+            };
+            let (ast, diags, cut) = parsed.remove(&file).unwrap_or_else(|| {
+                let mut diags = Vec::new();
+                let mut cut = BTreeSet::new();
+                let ast = parse::<RecipeAst>(db, file, &mut diags, &mut cut);
+                (ast, diags, cut)
+            });
+            self.diags.extend(diags);
+            self.cut.extend(cut);
+            let node = match ast {
+                Some(ast) => self.recipe(&source.name, file, ast, names, env_name),
+                None => Node::failed(file),
+            };
+            nodes.insert(&source.name, node);
+        }
+        nodes
+    }
+
     // ---- environment ------------------------------------------------------------
 
     fn environment(&mut self, file: FileId, ast: EnvironmentAst) -> EnvChecked {
+        let name = self.environment_name(file, ast.name);
+        let mode = self.mode(file, ast.mode);
+        let registry = ast
+            .registry
+            .and_then(|v| self.non_empty(file, v, "`registry`"))
+            .and_then(|(v, span)| self.env_value(v, span, registry_problem));
+        let tag = ast
+            .tag
+            .and_then(|v| self.non_empty(file, v, "`tag`"))
+            .and_then(|(v, span)| self.env_value(v, span, tag_problem));
+        let remote_cache = ast
+            .remote_cache
+            .and_then(|v| self.non_empty(file, v, "`remote_cache`"))
+            .and_then(|(v, span)| self.env_value(v, span, remote_cache_problem));
+        let remote = ast
+            .remote
+            .and_then(|v| self.non_empty(file, v, "`remote`"))
+            .and_then(|(v, span)| self.env_value(v, span, remote_problem));
+        let sign = ast
+            .sign
+            .and_then(|v| self.non_empty(file, v, "`sign`"))
+            .and_then(|(v, span)| self.env_value(v, span, sign_problem))
+            .and_then(|v| KeyLocation::parse(&v));
+        let require_signature = ast
+            .require_signature
+            .map(|v| self.require_signature(file, v))
+            .unwrap_or_default();
+        let mut notify = Vec::new();
+        for url in ast.notify.map(|l| l.value).unwrap_or_default() {
+            if let Some((v, span)) = self.non_empty(file, url, "`notify` entry") {
+                notify.extend(self.env_value(v, span, notify_problem));
+            }
+        }
+
+        let sources = self.sources(file, ast.sources, mode, &name);
+        EnvChecked {
+            name,
+            mode,
+            registry,
+            tag,
+            remote_cache,
+            remote,
+            sign,
+            require_signature,
+            notify,
+            sources,
+            deploy: ast.deploy,
+        }
+    }
+
+    /// `name:`, which must be the file's stem; `?` when it is missing.
+    fn environment_name(&mut self, file: FileId, ast: Option<S<String>>) -> String {
         let ctx = "the environment";
         let start = file_start(file);
-        let name = self.required(file, ast.name, "name", ctx, start);
+        let name = self.required(file, ast, "name", ctx, start);
         if let Some((n, span)) = &name {
             // The file's stem is what `--env` and the lockfiles' names use; `name:` is
             // what the lockfile records. They must be the same environment.
@@ -746,8 +837,14 @@ impl Resolver<'_> {
                 );
             }
         }
-        let name = name.map_or_else(|| "?".to_string(), |n| n.0);
-        let mode = match ast.mode {
+        name.map_or_else(|| "?".to_string(), |n| n.0)
+    }
+
+    /// `mode:`, `branch` or `version`.
+    fn mode(&mut self, file: FileId, ast: Option<S<String>>) -> Option<Mode> {
+        let ctx = "the environment";
+        let start = file_start(file);
+        match ast {
             None => {
                 self.missing("mode", ctx, start);
                 None
@@ -771,41 +868,21 @@ impl Resolver<'_> {
                     }
                 }
             }
-        };
-        let registry = ast
-            .registry
-            .and_then(|v| self.non_empty(file, v, "`registry`"))
-            .and_then(|(v, span)| self.env_value(v, span, registry_problem));
-        let tag = ast
-            .tag
-            .and_then(|v| self.non_empty(file, v, "`tag`"))
-            .and_then(|(v, span)| self.env_value(v, span, tag_problem));
-        let remote_cache = ast
-            .remote_cache
-            .and_then(|v| self.non_empty(file, v, "`remote_cache`"))
-            .and_then(|(v, span)| self.env_value(v, span, remote_cache_problem));
-        let remote = ast
-            .remote
-            .and_then(|v| self.non_empty(file, v, "`remote`"))
-            .and_then(|(v, span)| self.env_value(v, span, remote_problem));
-        let sign = ast
-            .sign
-            .and_then(|v| self.non_empty(file, v, "`sign`"))
-            .and_then(|(v, span)| self.env_value(v, span, sign_problem))
-            .and_then(|v| KeyLocation::parse(&v));
-        let require_signature = ast
-            .require_signature
-            .map(|v| self.require_signature(file, v))
-            .unwrap_or_default();
-        let mut notify = Vec::new();
-        for url in ast.notify.map(|l| l.value).unwrap_or_default() {
-            if let Some((v, span)) = self.non_empty(file, url, "`notify` entry") {
-                notify.extend(self.env_value(v, span, notify_problem));
-            }
         }
+    }
 
+    /// `sources:`, each component once, in the order written.
+    fn sources(
+        &mut self,
+        file: FileId,
+        ast: Option<S<Entries<S<SourceAst>>>>,
+        mode: Option<Mode>,
+        name: &str,
+    ) -> Vec<SourceChecked> {
+        let ctx = "the environment";
+        let start = file_start(file);
         let mut sources: Vec<SourceChecked> = Vec::new();
-        match ast.sources {
+        match ast {
             None => self.missing("sources", ctx, start),
             Some(entries) => {
                 let mut seen: BTreeMap<String, Span> = BTreeMap::new();
@@ -837,7 +914,7 @@ impl Resolver<'_> {
                             key_span,
                         );
                     }
-                    let spec = self.source(file, &comp, key_span, value.value, mode, &name);
+                    let spec = self.source(file, &comp, key_span, value.value, mode, name);
                     sources.push(SourceChecked {
                         name: comp,
                         name_span: key_span,
@@ -846,19 +923,7 @@ impl Resolver<'_> {
                 }
             }
         }
-        EnvChecked {
-            name,
-            mode,
-            registry,
-            tag,
-            remote_cache,
-            remote,
-            sign,
-            require_signature,
-            notify,
-            sources,
-            deploy: ast.deploy,
-        }
+        sources
     }
 
     fn source(
@@ -1713,6 +1778,49 @@ mod tests {
         ] {
             assert_eq!(secs(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_resolve_keeps_the_valid_sources() {
+        let mut db = SourceDb::new();
+        let environment = db.add(
+            "graph/environments/test.yaml",
+            "name: test\nmode: branch\nsources:\n  \
+             app: { repo: ../app, ref: develop }\n  \
+             lib: { repo: ../lib }\n  \
+             web: { repo: ../web, ref: main, dir: site }\n"
+                .to_string(),
+        );
+        let app = db.add(
+            "recipes/app.yaml",
+            "inputs: []\nrunner: { host: { tools: [sh] } }\nsteps: []\noutputs: [out]\ntimeout: forever\n"
+                .to_string(),
+        );
+        let files = ProjectFiles {
+            environment,
+            compatibility: None,
+            recipes: vec![("app".to_string(), app)],
+        };
+        let Err(u) = resolve(&db, &files) else {
+            panic!("a bad timeout, a source without a ref and a missing recipe resolve");
+        };
+        assert!(u.diagnostics.0.len() >= 3, "{:?}", u.diagnostics);
+        // `lib` has no ref: not valid, so not pinned.
+        let names: Vec<(&str, &str, Option<&str>)> = u
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.component.as_str(),
+                    s.spec.repo.as_str(),
+                    s.spec.dir.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [("app", "../app", None), ("web", "../web", Some("site"))]
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use semver::Version;
 
 fn ecosystem() -> (SourceDb, Graph) {
     let (db, files) = common::load(&common::test_data().join("ok/ecosystem"));
-    let graph = resolve(&db, &files).unwrap_or_else(|d| panic!("{}", common::render(&d)));
+    let graph =
+        resolve(&db, &files).unwrap_or_else(|u| panic!("{}", common::render(&u.diagnostics)));
     (db, graph)
 }
 
@@ -66,18 +67,18 @@ fn unknown_refs_point_at_the_ref() {
     let c = &graph.components[i];
     let e = unknown_ref(
         &db,
-        c,
+        &c.source,
         "branch `develop` does not exist in `../../target/ecosystem/metakit.git`".into(),
         vec!["develop-2".into(), "main".into()],
     );
-    let e2 = unknown_ref(&db, c, "no such ref".into(), vec![]);
+    let e2 = unknown_ref(&db, &c.source, "no such ref".into(), vec![]);
     insta::assert_snapshot!(format!("{}\n{}", common::render(&e), common::render(&e2)));
 }
 
 #[test]
 fn all_diagnostics_render_together() {
     let (db, files) = common::load(&common::test_data().join("err/many_errors"));
-    let diags = resolve(&db, &files).expect_err("many errors");
+    let diags = resolve(&db, &files).expect_err("many errors").diagnostics;
     let text = common::render(&diags);
     assert!(text.starts_with("cascade::manifest"), "{text}");
     assert!(text.contains("7 problems in the manifests"), "{text}");

@@ -11,7 +11,7 @@ use cascade_manifest::resolve;
 
 fn check(kind: &str, name: &str, dir: &Path) {
     let (db, files) = common::load(dir);
-    let text = match (kind, resolve(&db, &files)) {
+    let text = match (kind, resolve(&db, &files).map_err(|u| u.diagnostics)) {
         ("ok", Ok(graph)) => common::summary(&db, &graph),
         ("ok", Err(diags)) => panic!("{name} should resolve:\n{}", common::render(&diags)),
         (_, Ok(graph)) => panic!("{name} should fail:\n{}", common::summary(&db, &graph)),

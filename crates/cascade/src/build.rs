@@ -366,7 +366,8 @@ pub fn build(
         return Ok(report);
     }
     let mut before = crate::snapshot::Before::start(opts);
-    let project = load(&opts.project, &opts.env)?;
+    let project = load(&opts.project, &opts.env)
+        .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.
     let _store_lock = store.lock_shared()?;

@@ -466,6 +466,17 @@ struct Context<'a> {
 }
 
 /// One container to (re)create in a batch of the roll, once its swap has started.
+/// What every batch of a roll shares: the images (by component and host, and the
+/// digests the lockfile names), the lockfile's digest, the containers running before
+/// the roll, and where events go.
+struct Roll<'r> {
+    image_ids: &'r BTreeMap<(String, String), String>,
+    images: &'r BTreeMap<String, String>,
+    lock_digest: &'r str,
+    running: &'r BTreeMap<String, Vec<ContainerInfo>>,
+    on: &'r dyn Fn(DeployEvent<'_>),
+}
+
 struct Started<'p> {
     step: &'p PlannedComponent,
     name: String,
@@ -599,15 +610,18 @@ impl<'a> Context<'a> {
             return Ok(report);
         }
         let image_ids = self.load_images(&lock, &report.plan, on)?;
+        let roll = Roll {
+            image_ids: &image_ids,
+            images: &images,
+            lock_digest: &lock_digest,
+            running: &running,
+            on,
+        };
         let failure = self.apply(
             &report.plan,
-            &image_ids,
-            &images,
-            &lock_digest,
-            &running,
+            &roll,
             action == DeployAction::AutoRollback,
             &mut report.replaced,
-            on,
         )?;
         let outcome = match &failure {
             None => DeployOutcome::Deployed,
@@ -929,17 +943,12 @@ impl<'a> Context<'a> {
     /// within a component `max_unavailable` hosts at a time, each batch health-checked
     /// before the next starts; the first failure (or an interrupt) stops it. Then removes
     /// what is no longer deployed, downstream first.
-    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         plan: &[PlannedComponent],
-        image_ids: &BTreeMap<(String, String), String>,
-        images: &BTreeMap<String, String>,
-        lock_digest: &str,
-        running: &BTreeMap<String, Vec<ContainerInfo>>,
+        roll: &Roll<'_>,
         reverse: bool,
         replaced: &mut Vec<ComponentReport>,
-        on: &dyn Fn(DeployEvent<'_>),
     ) -> Result<Option<DeployFailure>, Error> {
         self.check_foreign(plan)?;
         let mut order: Vec<&DeployComponent> = self.components.iter().collect();
@@ -958,16 +967,7 @@ impl<'a> Context<'a> {
                 steps.reverse();
             }
             for batch in steps.chunks(self.max_unavailable) {
-                if let Some(f) = self.roll_batch(
-                    c,
-                    batch,
-                    image_ids,
-                    images,
-                    lock_digest,
-                    running,
-                    replaced,
-                    on,
-                )? {
+                if let Some(f) = self.roll_batch(c, batch, roll, replaced)? {
                     return Ok(Some(f));
                 }
             }
@@ -983,7 +983,7 @@ impl<'a> Context<'a> {
                 if let Some(i) = Self::engine(docker.container(name))? {
                     Self::engine(docker.stop(&i.id, STOP_GRACE))?;
                     Self::engine(docker.remove(&i.id))?;
-                    on(DeployEvent::Removed {
+                    (roll.on)(DeployEvent::Removed {
                         component: &p.name,
                         host: &p.host,
                         container: name,
@@ -996,22 +996,37 @@ impl<'a> Context<'a> {
 
     /// One batch of hosts of one component: every container swapped, then every one
     /// health-checked; the first that fails is the roll's failure.
-    #[allow(clippy::too_many_arguments)]
     fn roll_batch(
         &self,
         c: &DeployComponent,
         batch: &[&PlannedComponent],
-        image_ids: &BTreeMap<(String, String), String>,
-        images: &BTreeMap<String, String>,
-        lock_digest: &str,
-        running: &BTreeMap<String, Vec<ContainerInfo>>,
+        roll: &Roll<'_>,
         replaced: &mut Vec<ComponentReport>,
-        on: &dyn Fn(DeployEvent<'_>),
     ) -> Result<Option<DeployFailure>, Error> {
+        let started = match self.swap_batch(c, batch, roll)? {
+            Ok(started) => started,
+            Err(interrupted) => return Ok(Some(interrupted)),
+        };
+        let (reports, failure) = self.check_batch(c, started, roll.on)?;
+        if failure.is_none() {
+            self.remove_unwanted_replicas(c, batch, roll)?;
+        }
+        replaced.extend(reports.into_values());
+        Ok(failure)
+    }
+
+    /// The swap (a batch's first step): each host's old container stopped and removed,
+    /// the new one created and started; an interrupt before a host is the roll's failure.
+    fn swap_batch<'p>(
+        &self,
+        c: &DeployComponent,
+        batch: &[&'p PlannedComponent],
+        roll: &Roll<'_>,
+    ) -> Result<Result<Vec<Started<'p>>, DeployFailure>, Error> {
         let mut started: Vec<Started<'_>> = Vec::new();
         for step in batch {
             if interrupted() {
-                return Ok(Some(DeployFailure {
+                return Ok(Err(DeployFailure {
                     component: c.component.clone(),
                     host: step.host.clone(),
                     container: c.container.clone(),
@@ -1019,12 +1034,15 @@ impl<'a> Context<'a> {
                     log_tail: Vec::new(),
                 }));
             }
-            let Some(image_id) = image_ids.get(&(c.component.clone(), step.host.clone())) else {
+            let Some(image_id) = roll
+                .image_ids
+                .get(&(c.component.clone(), step.host.clone()))
+            else {
                 continue;
             };
             let docker = self.host(&step.host)?;
             for name in &step.containers {
-                on(DeployEvent::Replacing {
+                (roll.on)(DeployEvent::Replacing {
                     component: &c.component,
                     host: &step.host,
                     container: name,
@@ -1041,7 +1059,14 @@ impl<'a> Context<'a> {
                     Self::engine(docker.stop(&old.id, STOP_GRACE))?;
                     Self::engine(docker.remove(&old.id))?;
                 }
-                let spec = self.container_spec(c, &step.host, name, image_id, images, lock_digest);
+                let spec = self.container_spec(
+                    c,
+                    &step.host,
+                    name,
+                    image_id,
+                    roll.images,
+                    roll.lock_digest,
+                );
                 let id = Self::engine(docker.create_deployed(&spec))?;
                 Self::engine(docker.start(&id))?;
                 started.push(Started {
@@ -1052,6 +1077,17 @@ impl<'a> Context<'a> {
                 });
             }
         }
+        Ok(Ok(started))
+    }
+
+    /// A batch's second step: every started container health-checked (or, without a
+    /// check, still running); the reports by host, and the first failure.
+    fn check_batch<'s>(
+        &self,
+        c: &DeployComponent,
+        started: Vec<Started<'s>>,
+        on: &dyn Fn(DeployEvent<'_>),
+    ) -> Result<(BTreeMap<&'s str, ComponentReport>, Option<DeployFailure>), Error> {
         let mut reports: BTreeMap<&str, ComponentReport> = BTreeMap::new();
         let mut failure = None;
         for s in started {
@@ -1096,26 +1132,38 @@ impl<'a> Context<'a> {
                 });
             }
         }
-        if failure.is_none() {
-            // Replicas no longer wanted, on the hosts of this batch.
-            let none = Vec::new();
-            for step in batch {
-                let docker = self.host(&step.host)?;
-                for old in running.get(&step.host).unwrap_or(&none).iter().filter(|i| {
+        Ok((reports, failure))
+    }
+
+    /// A batch's last step, when it passed: replicas no longer wanted, on its hosts.
+    fn remove_unwanted_replicas(
+        &self,
+        c: &DeployComponent,
+        batch: &[&PlannedComponent],
+        roll: &Roll<'_>,
+    ) -> Result<(), Error> {
+        let none = Vec::new();
+        for step in batch {
+            let docker = self.host(&step.host)?;
+            for old in roll
+                .running
+                .get(&step.host)
+                .unwrap_or(&none)
+                .iter()
+                .filter(|i| {
                     i.labels.get(L_COMPONENT) == Some(&c.component)
                         && !step.containers.contains(&i.name)
-                }) {
-                    Self::engine(docker.remove(&old.id))?;
-                    on(DeployEvent::Removed {
-                        component: &c.component,
-                        host: &step.host,
-                        container: &old.name,
-                    });
-                }
+                })
+            {
+                Self::engine(docker.remove(&old.id))?;
+                (roll.on)(DeployEvent::Removed {
+                    component: &c.component,
+                    host: &step.host,
+                    container: &old.name,
+                });
             }
         }
-        replaced.extend(reports.into_values());
-        Ok(failure)
+        Ok(())
     }
 
     /// Without a health check, a container must at least still run a moment after its

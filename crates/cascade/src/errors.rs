@@ -14,9 +14,16 @@ use crate::ExitCode;
 pub struct Problems {
     pub summary: String,
     pub items: Vec<Box<dyn Diagnostic + Send + Sync>>,
+    /// The code of the whole (`cascade::manifest` when the manifests have problems too).
+    pub code: Option<&'static str>,
 }
 
 impl Diagnostic for Problems {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.code
+            .map(|c| Box::new(c) as Box<dyn std::fmt::Display + 'a>)
+    }
+
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
         Some(Box::new(self.items.iter().map(|d| &**d as &dyn Diagnostic)))
     }
@@ -28,6 +35,7 @@ impl Problems {
         Problems {
             summary: format!("{n} {what}{}", if n == 1 { "" } else { "s" }),
             items,
+            code: None,
         }
     }
 }
@@ -37,6 +45,13 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Manifest(#[from] cascade_manifest::Diagnostics),
+
+    /// Manifests that did not resolve, as [`Error::Manifest`], with what
+    /// [`crate::pin::with_source_problems`] needs to add the problems of the
+    /// environment's valid sources.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Unresolved(crate::load::Unloaded),
 
     #[error("no environment `{name}` in `graph/environments/`")]
     #[diagnostic(code(cascade::unknown_environment), help("{help}"))]
@@ -487,6 +502,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Manifest(_)
+            | Error::Unresolved(_)
             | Error::UnknownEnvironment { .. }
             | Error::NotAProject(_)
             | Error::Read { .. }
@@ -585,20 +601,24 @@ impl LockfileProblem {
         label: &str,
         help: Option<String>,
     ) -> Error {
-        let node_at = text.find(&format!("\n  {node}:\n")).map(|i| i + 3);
-        let span =
-            node_at.map(
-                |start| match text[start..].find(needle).filter(|_| !needle.is_empty()) {
-                    Some(off) => (start + off, needle.len()),
-                    None => (start, node.len()),
-                },
-            );
         Error::Lockfile(Box::new(LockfileProblem {
             message,
             src: miette::NamedSource::new(path, text.to_string()),
-            span: span.map(|(o, l)| miette::SourceSpan::new(o.into(), l)),
+            span: Self::span(text, node, needle),
             label: label.to_string(),
             help,
         }))
+    }
+
+    /// Where [`LockfileProblem::at`] puts its label: the first occurrence of `needle`
+    /// after the key of `node` in the lockfile `text`, or that key; `None` when the
+    /// lockfile has no entry for `node`.
+    pub(crate) fn span(text: &str, node: &str, needle: &str) -> Option<miette::SourceSpan> {
+        let start = text.find(&format!("\n  {node}:\n")).map(|i| i + 3)?;
+        let (offset, len) = match text[start..].find(needle).filter(|_| !needle.is_empty()) {
+            Some(off) => (start + off, needle.len()),
+            None => (start, node.len()),
+        };
+        Some(miette::SourceSpan::new(offset.into(), len))
     }
 }

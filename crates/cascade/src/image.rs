@@ -287,17 +287,7 @@ pub(crate) fn build_image(
     // The layers are made from the output as materialized (every blob verified on the
     // way), in a scratch directory on the store's disk.
     let tmp = store.temp_dir()?;
-    let result = assemble_from(
-        store,
-        layout,
-        decl,
-        output,
-        plan.base,
-        plan.annotations,
-        plan.epoch,
-        plan.platform,
-        tmp.path(),
-    );
+    let result = assemble_from(store, layout, decl, output, &plan, tmp.path());
     let _ = remove_tree(tmp.path());
     let built = result?;
     store.put_image(&plan.key, &built.to_string())?;
@@ -307,16 +297,14 @@ pub(crate) fn build_image(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Assembles the image `plan` describes from the layers `decl` takes from `output`,
+/// materialized under `tmp`.
 fn assemble_from(
     store: &Store,
     layout: &OciLayout,
     decl: &ImageDecl,
     output: &OutputDigest,
-    base: Option<OciDigest>,
-    annotations: BTreeMap<String, String>,
-    epoch: i64,
-    platform: Platform,
+    plan: &ImagePlan,
     tmp: &Path,
 ) -> Result<OciDigest, ImageFailure> {
     let out = tmp.join("out");
@@ -335,8 +323,8 @@ fn assemble_from(
         });
     }
     let spec = ImageSpec {
-        base: base.map_or(Base::Scratch, Base::Layout),
-        platform,
+        base: plan.base.map_or(Base::Scratch, Base::Layout),
+        platform: plan.platform.clone(),
         config: ConfigSpec {
             entrypoint: decl.entrypoint.clone(),
             cmd: decl.cmd.clone(),
@@ -347,8 +335,8 @@ fn assemble_from(
             labels: decl.labels.clone(),
         },
         layers,
-        annotations,
-        source_date_epoch: epoch,
+        annotations: plan.annotations.clone(),
+        source_date_epoch: plan.epoch,
     };
     Ok(assemble(layout, &spec)?.manifest_digest)
 }

@@ -4,7 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cascade_manifest::{Graph, ProjectFiles, SourceDb};
+use cascade_manifest::{DeclaredSource, Diagnostics, Graph, ProjectFiles, SourceDb};
+use miette::Diagnostic;
 
 use crate::{Error, Layout};
 
@@ -19,8 +20,56 @@ pub struct Project {
 impl Project {
     /// The environment file's directory: relative repository paths start here.
     pub fn environment_dir(&self) -> PathBuf {
-        let p = Path::new(self.db.path(self.files.environment));
-        self.root.join(p.parent().unwrap_or(Path::new("")))
+        environment_dir(&self.root, &self.db, &self.files)
+    }
+}
+
+fn environment_dir(root: &Path, db: &SourceDb, files: &ProjectFiles) -> PathBuf {
+    let p = Path::new(db.path(files.environment));
+    root.join(p.parent().unwrap_or(Path::new("")))
+}
+
+/// Manifests that did not resolve ([`Error::Unresolved`]): their problems (what it
+/// renders as), and what [`crate::pin::with_source_problems`] needs to pin the
+/// environment's valid sources anyway.
+#[derive(Debug)]
+pub struct Unloaded(Box<UnloadedParts>);
+
+#[derive(Debug)]
+pub(crate) struct UnloadedParts {
+    pub(crate) diagnostics: Diagnostics,
+    pub(crate) db: SourceDb,
+    pub(crate) root: PathBuf,
+    /// Where relative `repo:` paths start.
+    pub(crate) environment_dir: PathBuf,
+    pub(crate) sources: Vec<DeclaredSource>,
+}
+
+impl Unloaded {
+    pub(crate) fn into_parts(self) -> UnloadedParts {
+        *self.0
+    }
+
+    pub(crate) fn from_parts(parts: UnloadedParts) -> Self {
+        Unloaded(Box::new(parts))
+    }
+}
+
+impl std::fmt::Display for Unloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.diagnostics.fmt(f)
+    }
+}
+
+impl std::error::Error for Unloaded {}
+
+impl Diagnostic for Unloaded {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.0.diagnostics.code()
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        self.0.diagnostics.related()
     }
 }
 
@@ -164,7 +213,19 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
         compatibility,
         recipes,
     };
-    let graph = cascade_manifest::resolve(&db, &files)?;
+    let graph = match cascade_manifest::resolve(&db, &files) {
+        Ok(graph) => graph,
+        Err(unresolved) => {
+            let environment_dir = environment_dir(root, &db, &files);
+            return Err(Error::Unresolved(Unloaded(Box::new(UnloadedParts {
+                diagnostics: unresolved.diagnostics,
+                db,
+                root: root.to_path_buf(),
+                environment_dir,
+                sources: unresolved.sources,
+            }))));
+        }
+    };
     Ok(Project {
         root: root.to_path_buf(),
         db,

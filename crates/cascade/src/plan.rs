@@ -423,7 +423,8 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
     std::thread::scope(|s| {
         // The baseline lockfile is parsed while the sources are pinned.
         let base = s.spawn(|| baseline(opts));
-        let project = load(&opts.project, &opts.env)?;
+        let project = load(&opts.project, &opts.env)
+            .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
         // Read-only: a plan before the first build creates no store.
         let store = Store::for_reading(&opts.store);
         // Reads the epochs builds found, writes none.

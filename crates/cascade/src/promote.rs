@@ -198,6 +198,27 @@ struct Target<'a> {
     node: LockNode,
 }
 
+/// The lockfile being promoted, as read and checked.
+struct Source {
+    /// As given, or relative to the project.
+    shown: String,
+    text: String,
+    lock: Lockfile,
+}
+
+/// What resolving the targets needs, beside each component.
+struct Resolving<'a> {
+    git: &'a Git,
+    project: &'a Project,
+    source: &'a Source,
+}
+
+/// The target's sources that the lockfile has, and the ones it lacks (which stay).
+struct Targets<'a> {
+    targets: Vec<Target<'a>>,
+    kept: Vec<String>,
+}
+
 /// `cascade promote`; see the module documentation.
 pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
     if NEEDS_APPROVAL.contains(&opts.to.as_str()) && !opts.approve && !opts.dry_run {
@@ -205,6 +226,66 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             env: opts.to.clone(),
         });
     }
+    // 1. The lockfile: read, from the right environment, every smoke test passed.
+    let source = read_source(opts)?;
+    let lock = &source.lock;
+    // 2. The target, and the signatures it requires.
+    let project = load(&opts.project, &opts.to)?;
+    require_signatures(opts, &project, lock)?;
+    // 3. Each source of the target at the lockfile's commit, as the target pins it.
+    let git = Git::new(crate::layout::store_git_dir(&opts.store));
+    let env_dir = project.environment_dir();
+    let resolving = Resolving {
+        git: &git,
+        project: &project,
+        source: &source,
+    };
+    let Targets { targets, kept } = resolve_targets(opts, &resolving)?;
+    let not_promoted: Vec<String> = lock
+        .nodes
+        .keys()
+        .filter(|n| project.graph.index_of(n).is_none())
+        .cloned()
+        .collect();
+    // 4. The deploy plan, 5. the rewritten manifest, 6. the notifications.
+    let (plan, warnings) = deploy_plan(opts, &git, &env_dir, &source, &targets, &kept);
+    let (manifest, written) = rewrite(opts, &project, &targets)?;
+    let notifications = if written {
+        notify_promotion(opts, &project, &source, &targets)
+    } else {
+        Vec::new()
+    };
+    Ok(PromoteReport {
+        notifications,
+        from: lock.environment.clone(),
+        to: opts.to.clone(),
+        lockfile: source.shown.clone(),
+        manifest,
+        mode: project.graph.environment.mode,
+        dry_run: opts.dry_run,
+        written,
+        plan,
+        sources: targets
+            .iter()
+            .map(|t| PromotedSource {
+                name: t.component.name.clone(),
+                field: t.field,
+                before: t.before.clone(),
+                after: t.after.clone(),
+                commit: t.node.source.commit.clone(),
+                version: t.version.to_string(),
+                changed: t.changed,
+            })
+            .collect(),
+        kept,
+        not_promoted,
+        warnings,
+    })
+}
+
+/// The lockfile `--lock` names, or the newest of `--from`; it must be of `--from`, and
+/// every smoke test it recorded must have passed.
+fn read_source(opts: &PromoteOptions) -> Result<Source, Error> {
     let (path, shown) = match (&opts.lock, &opts.from) {
         (Some(l), _) => (l.clone(), l.display().to_string()),
         (None, Some(from)) => crate::lockfiles::newest_shown(&opts.project, from)?,
@@ -225,10 +306,16 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
         });
     }
     check_tests(&shown, &text, &lock)?;
+    Ok(Source { shown, text, lock })
+}
 
-    let project = load(&opts.project, &opts.to)?;
-    // The target's `require_signature:`: every image the lockfile built for a component
-    // the target has must be signed and attested by one of its keys.
+/// The target's `require_signature:`: every image the lockfile built for a component
+/// the target has must be signed and attested by one of its keys.
+fn require_signatures(
+    opts: &PromoteOptions,
+    project: &Project,
+    lock: &Lockfile,
+) -> Result<(), Error> {
     let target_has: BTreeSet<&str> = project
         .graph
         .components
@@ -240,12 +327,17 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
         &project.graph.environment.require_signature,
         &project.environment_dir(),
         &opts.store,
-        &lock,
+        lock,
         &|n| target_has.contains(n),
-    )?;
-    let git = Git::new(crate::layout::store_git_dir(&opts.store));
+    )
+}
+
+/// Every source of the target the lockfile has, resolved; the others stay, and are
+/// pinned only when the compatibility matrix needs their version. Any source that
+/// cannot be pinned, or a version outside the matrix, refuses the promotion.
+fn resolve_targets<'a>(opts: &PromoteOptions, r: &Resolving<'a>) -> Result<Targets<'a>, Error> {
+    let (project, shown) = (r.project, &r.source.shown);
     let env_dir = project.environment_dir();
-    let mode = project.graph.environment.mode;
     let upstreams: BTreeSet<&str> = project
         .graph
         .compatibility
@@ -258,8 +350,8 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
     let mut problems: Vec<Problem> = Vec::new();
     for c in &project.graph.components {
         let location = locate(&c.source.repo, &env_dir);
-        match lock.nodes.get(&c.name) {
-            Some(node) => match target(&git, &project, c, &location, node, &lock, &shown, &text) {
+        match r.source.lock.nodes.get(&c.name) {
+            Some(node) => match target(r, c, &location, node) {
                 Ok(t) => {
                     versions.insert(c.name.clone(), t.version.clone());
                     targets.push(t);
@@ -272,24 +364,11 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
                 if !upstreams.contains(c.name.as_str()) {
                     continue;
                 }
-                let rev = match &c.source.rev {
-                    Rev::Ref(r) => RevSpec::Ref(r),
-                    Rev::Version(v) => RevSpec::Version(v),
-                };
-                match git.pin(&location, &spec_of(c, rev, None)) {
-                    Ok(p) => {
-                        versions.insert(c.name.clone(), p.version);
+                match kept_version(r, c, &location) {
+                    Ok(v) => {
+                        versions.insert(c.name.clone(), v);
                     }
-                    Err(e) => problems.push(problem(
-                        &project,
-                        c.source.rev_span,
-                        format!(
-                            "`{}` is not in the lockfile and stays as it is, but it cannot be resolved: {e}",
-                            c.name
-                        ),
-                        "needed for the compatibility matrix",
-                        None,
-                    )),
+                    Err(p) => problems.push(p),
                 }
             }
         }
@@ -316,15 +395,45 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             d.0.into_iter().map(|e| Box::new(e) as Problem).collect(),
         ));
     }
-    let not_promoted: Vec<String> = lock
-        .nodes
-        .keys()
-        .filter(|n| project.graph.index_of(n).is_none())
-        .cloned()
-        .collect();
+    Ok(Targets { targets, kept })
+}
 
-    // The deploy plan: the target's newest lockfile (less the sources that stay as they
-    // are) against the lockfile's nodes as the target will record them.
+/// The version of a source the lockfile lacks, which stays as the target pins it.
+fn kept_version(
+    r: &Resolving<'_>,
+    c: &Component,
+    location: &str,
+) -> Result<semver::Version, Problem> {
+    let rev = match &c.source.rev {
+        Rev::Ref(r) => RevSpec::Ref(r),
+        Rev::Version(v) => RevSpec::Version(v),
+    };
+    match r.git.pin(location, &spec_of(c, rev, None)) {
+        Ok(p) => Ok(p.version),
+        Err(e) => Err(problem(
+            r.project,
+            c.source.rev_span,
+            format!(
+                "`{}` is not in the lockfile and stays as it is, but it cannot be resolved: {e}",
+                c.name
+            ),
+            "needed for the compatibility matrix",
+            None,
+        )),
+    }
+}
+
+/// The deploy plan: the target's newest lockfile (less the sources that stay as they
+/// are) against the lockfile's nodes as the target will record them; with a warning
+/// when that newest lockfile does not read.
+fn deploy_plan(
+    opts: &PromoteOptions,
+    git: &Git,
+    env_dir: &Path,
+    source: &Source,
+    targets: &[Target<'_>],
+    kept: &[String],
+) -> (LockDiff, Vec<String>) {
     let mut warnings = Vec::new();
     let baseline = match newest_lockfile(&opts.project, &opts.to) {
         None => None,
@@ -345,19 +454,28 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             }
         }
     };
-    let mut projected = lock.clone();
+    let mut projected = source.lock.clone();
     projected.environment = opts.to.clone();
     projected.nodes = targets
         .iter()
         .map(|t| (t.component.name.clone(), t.node.clone()))
         .collect();
-    let distance = distances(&git, &env_dir, true);
+    let distance = distances(git, env_dir, true);
     let plan = diff_lockfiles(
         baseline.as_ref().map(|(s, l)| (s.as_str(), l)),
-        (&shown, &projected),
+        (&source.shown, &projected),
         &*distance,
     );
+    (plan, warnings)
+}
 
+/// Rewrites the target's environment file where a pin changed (not on a dry run), and
+/// checks it reads back; returns its path in the project and whether it was written.
+fn rewrite(
+    opts: &PromoteOptions,
+    project: &Project,
+    targets: &[Target<'_>],
+) -> Result<(String, bool), Error> {
     let env_file = project.files.environment;
     let manifest = project.db.path(env_file).to_string();
     let original = project.db.text(env_file).to_string();
@@ -379,7 +497,7 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
                 source,
             }
         })?;
-        if let Err(detail) = reads_back(opts, &targets) {
+        if let Err(detail) = reads_back(opts, targets) {
             // Never leave a manifest that does not load: put the old bytes back.
             let _ = Store::write_atomic(&path, original.as_bytes());
             return Err(Error::RewriteInvalid {
@@ -388,63 +506,44 @@ pub fn promote(opts: &PromoteOptions) -> Result<PromoteReport, Error> {
             });
         }
     }
-    let notifications = if written {
-        let mut event = NotifyEvent::new(
-            EventKind::Promote,
-            &opts.to,
-            format!(
-                "promoted {} to {}: {}",
-                lock.environment,
-                opts.to,
-                targets
-                    .iter()
-                    .filter(|t| t.changed)
-                    .map(|t| format!("{} {}", t.component.name, t.version))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        event.from = Some(lock.environment.clone());
-        event.lockfile = Some(shown.clone());
-        event.components = targets
-            .iter()
-            .map(|t| EventComponent {
-                name: t.component.name.clone(),
-                version: Some(t.version.to_string()),
-                commit: Some(t.node.source.commit.clone()),
-                tag: None,
-            })
-            .collect();
-        notify(&project.graph.environment.notify, &event)
-    } else {
-        Vec::new()
-    };
-    Ok(PromoteReport {
-        notifications,
-        from: lock.environment.clone(),
-        to: opts.to.clone(),
-        lockfile: shown,
-        manifest,
-        mode,
-        dry_run: opts.dry_run,
-        written,
-        plan,
-        sources: targets
-            .iter()
-            .map(|t| PromotedSource {
-                name: t.component.name.clone(),
-                field: t.field,
-                before: t.before.clone(),
-                after: t.after.clone(),
-                commit: t.node.source.commit.clone(),
-                version: t.version.to_string(),
-                changed: t.changed,
-            })
-            .collect(),
-        kept,
-        not_promoted,
-        warnings,
-    })
+    Ok((manifest, written))
+}
+
+/// Tells the target's `notify:` webhooks what was promoted.
+fn notify_promotion(
+    opts: &PromoteOptions,
+    project: &Project,
+    source: &Source,
+    targets: &[Target<'_>],
+) -> Vec<crate::Delivery> {
+    let lock = &source.lock;
+    let mut event = NotifyEvent::new(
+        EventKind::Promote,
+        &opts.to,
+        format!(
+            "promoted {} to {}: {}",
+            lock.environment,
+            opts.to,
+            targets
+                .iter()
+                .filter(|t| t.changed)
+                .map(|t| format!("{} {}", t.component.name, t.version))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    event.from = Some(lock.environment.clone());
+    event.lockfile = Some(source.shown.clone());
+    event.components = targets
+        .iter()
+        .map(|t| EventComponent {
+            name: t.component.name.clone(),
+            version: Some(t.version.to_string()),
+            commit: Some(t.node.source.commit.clone()),
+            tag: None,
+        })
+        .collect();
+    notify(&project.graph.environment.notify, &event)
 }
 
 /// A path as users see it: relative to the project when it is inside it.
@@ -489,132 +588,33 @@ fn check_tests(shown: &str, text: &str, lock: &Lockfile) -> Result<(), Error> {
     ))
 }
 
+/// Where one component's lockfile commit is being resolved.
+struct At<'a> {
+    c: &'a Component,
+    /// From [`locate`].
+    location: &'a str,
+    /// The lockfile's commit, lowercase.
+    full_sha: &'a str,
+}
+
 /// Resolves the lockfile's commit of `c` in the target's repository, as the target's
 /// mode pins it.
-#[allow(clippy::too_many_arguments)]
 fn target<'a>(
-    git: &Git,
-    project: &Project,
+    r: &Resolving<'_>,
     c: &'a Component,
     location: &str,
     node: &LockNode,
-    lock: &Lockfile,
-    shown: &str,
-    text: &str,
 ) -> Result<Target<'a>, Problem> {
-    let commit = &node.source.commit;
-    let full_sha = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
-    let version = semver::Version::parse(&node.source.version);
-    let (mut version, full_sha) = match (version, full_sha) {
-        (Ok(v), true) => (v, commit.to_lowercase()),
-        (Err(_), true) => {
-            return Err(lock_problem(
-                shown,
-                text,
-                &c.name,
-                &node.source.version,
-                format!("the version of `{}` is not a semantic version", c.name),
-            ))
-        }
-        (_, false) => {
-            return Err(lock_problem(
-                shown,
-                text,
-                &c.name,
-                commit,
-                format!("the commit of `{}` is not a full commit SHA", c.name),
-            ))
-        }
-    };
-    let raw = raw_value(project.db.text(c.source.rev_span.file), c.source.rev_span);
-    let same_repo = if node.source.repo == c.source.repo {
-        String::new()
-    } else {
-        format!(" (the lockfile's is `{}`)", node.source.repo)
+    let (version, full_sha) = recorded(r, c, node)?;
+    let raw = raw_value(r.project.db.text(c.source.rev_span.file), c.source.rev_span);
+    let at = At {
+        c,
+        location,
+        full_sha: &full_sha,
     };
     let (field, after, version, changed) = match &c.source.rev {
-        Rev::Ref(current) => {
-            let pinned = match git.pin(location, &spec_of(c, RevSpec::Ref(&full_sha), None)) {
-                Ok(p) => p,
-                Err(GitError::UnknownRef { .. }) => {
-                    return Err(problem(
-                        project,
-                        c.source.repo_span,
-                        format!(
-                            "commit `{full_sha}` of `{}` is not in `{}`{same_repo}",
-                            c.name, c.source.repo
-                        ),
-                        "not in this repository",
-                        Some(format!(
-                            "push the commit to this repository, or point `repo:` at the one `{}` built from",
-                            lock.environment
-                        )),
-                    ))
-                }
-                Err(e) => return Err(unresolved(project, c, e)),
-            };
-            let changed = *current != full_sha;
-            (PinField::Ref, full_sha.clone(), pinned.version, changed)
-        }
-        Rev::Version(current) => {
-            let no_tag = |found: String| {
-                let mut release = version.clone();
-                release.pre = semver::Prerelease::EMPTY;
-                problem(
-                    project,
-                    c.source.rev_span,
-                    format!(
-                        "`{}` cannot be pinned by version: commit `{full_sha}` has no version tag ({found})",
-                        c.name
-                    ),
-                    &format!("`{}` pins versions", project.graph.environment.name),
-                    Some(format!(
-                        "the lockfile has `{}` at {version}; tag that commit as a release (for example `{}`), build `{}` again and promote that lockfile",
-                        c.name,
-                        tag_name(c.source.version_tags.as_deref(), &release),
-                        lock.environment
-                    )),
-                )
-            };
-            let recorded = match git.pin(location, &spec_of(c, RevSpec::Version(&version), None)) {
-                Ok(p) if p.commit == full_sha => Ok(()),
-                Ok(p) => Err(format!(
-                    "the tag of {version} is commit `{}`",
-                    short_sha(&p.commit)
-                )),
-                Err(GitError::UnknownRef { .. }) => Err(format!(
-                    "no {}",
-                    version_tag(c.source.version_tags.as_deref(), &version)
-                )),
-                Err(e) => return Err(unresolved(project, c, e)),
-            };
-            if let Err(found) = recorded {
-                // Released since the lockfile was written (`cascade release tag`): the
-                // highest version tagged on the very commit, or on its changelog commit
-                // (one parent, this commit, and the same exported files).
-                let filter = git_filter(&c.recipe);
-                match git.released_versions(
-                    location,
-                    &full_sha,
-                    c.source.dir.as_deref(),
-                    filter.as_ref(),
-                    c.source.version_tags.as_deref(),
-                ) {
-                    Ok(tagged) => match tagged.into_iter().max() {
-                        Some(v) => version = v,
-                        None => return Err(no_tag(found)),
-                    },
-                    Err(e) => return Err(unresolved(project, c, e)),
-                }
-            }
-            let written = if raw.starts_with('v') {
-                format!("v{version}")
-            } else {
-                version.to_string()
-            };
-            let changed = *current != version;
-            (PinField::Version, written, version, changed)
-        }
+        Rev::Ref(current) => by_ref(r, &at, node, current)?,
+        Rev::Version(current) => by_version(r, &at, version, current, raw)?,
     };
     let mut projected = node.clone();
     projected.source.repo = c.source.repo.clone();
@@ -630,6 +630,144 @@ fn target<'a>(
         changed,
         node: projected,
     })
+}
+
+/// How the target will pin a source: the field, what it will say, the version and
+/// whether it changes.
+type Pin = (PinField, String, semver::Version, bool);
+
+/// The lockfile's version and full commit SHA of `c`.
+fn recorded(
+    r: &Resolving<'_>,
+    c: &Component,
+    node: &LockNode,
+) -> Result<(semver::Version, String), Problem> {
+    let (shown, text) = (&r.source.shown, &r.source.text);
+    let commit = &node.source.commit;
+    let full_sha = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    let version = semver::Version::parse(&node.source.version);
+    match (version, full_sha) {
+        (Ok(v), true) => Ok((v, commit.to_lowercase())),
+        (Err(_), true) => Err(lock_problem(
+            shown,
+            text,
+            &c.name,
+            &node.source.version,
+            format!("the version of `{}` is not a semantic version", c.name),
+        )),
+        (_, false) => Err(lock_problem(
+            shown,
+            text,
+            &c.name,
+            commit,
+            format!("the commit of `{}` is not a full commit SHA", c.name),
+        )),
+    }
+}
+
+/// Branch mode: the commit itself, which must be in the target's repository.
+fn by_ref(r: &Resolving<'_>, at: &At<'_>, node: &LockNode, current: &str) -> Result<Pin, Problem> {
+    let (c, full_sha) = (at.c, at.full_sha);
+    let same_repo = if node.source.repo == c.source.repo {
+        String::new()
+    } else {
+        format!(" (the lockfile's is `{}`)", node.source.repo)
+    };
+    let pinned = match r
+        .git
+        .pin(at.location, &spec_of(c, RevSpec::Ref(full_sha), None))
+    {
+        Ok(p) => p,
+        Err(GitError::UnknownRef { .. }) => {
+            return Err(problem(
+                r.project,
+                c.source.repo_span,
+                format!(
+                    "commit `{full_sha}` of `{}` is not in `{}`{same_repo}",
+                    c.name, c.source.repo
+                ),
+                "not in this repository",
+                Some(format!(
+                "push the commit to this repository, or point `repo:` at the one `{}` built from",
+                r.source.lock.environment
+            )),
+            ))
+        }
+        Err(e) => return Err(unresolved(r.project, c, e)),
+    };
+    let changed = current != full_sha;
+    Ok((PinField::Ref, full_sha.to_string(), pinned.version, changed))
+}
+
+/// Version mode: the version whose tag is the commit, or one released on it since.
+fn by_version(
+    r: &Resolving<'_>,
+    at: &At<'_>,
+    mut version: semver::Version,
+    current: &semver::Version,
+    raw: &str,
+) -> Result<Pin, Problem> {
+    let (c, full_sha, project) = (at.c, at.full_sha, r.project);
+    let no_tag = |found: String, version: &semver::Version| {
+        let mut release = version.clone();
+        release.pre = semver::Prerelease::EMPTY;
+        problem(
+            project,
+            c.source.rev_span,
+            format!(
+                "`{}` cannot be pinned by version: commit `{full_sha}` has no version tag ({found})",
+                c.name
+            ),
+            &format!("`{}` pins versions", project.graph.environment.name),
+            Some(format!(
+                "the lockfile has `{}` at {version}; tag that commit as a release (for example `{}`), build `{}` again and promote that lockfile",
+                c.name,
+                tag_name(c.source.version_tags.as_deref(), &release),
+                r.source.lock.environment
+            )),
+        )
+    };
+    let recorded = match r
+        .git
+        .pin(at.location, &spec_of(c, RevSpec::Version(&version), None))
+    {
+        Ok(p) if p.commit == full_sha => Ok(()),
+        Ok(p) => Err(format!(
+            "the tag of {version} is commit `{}`",
+            short_sha(&p.commit)
+        )),
+        Err(GitError::UnknownRef { .. }) => Err(format!(
+            "no {}",
+            version_tag(c.source.version_tags.as_deref(), &version)
+        )),
+        Err(e) => return Err(unresolved(project, c, e)),
+    };
+    if let Err(found) = recorded {
+        // Released since the lockfile was written (`cascade release tag`): the
+        // highest version tagged on the very commit, or on its changelog commit
+        // (one parent, this commit, and the same exported files).
+        let filter = git_filter(&c.recipe);
+        match r.git.released_versions(
+            at.location,
+            full_sha,
+            c.source.dir.as_deref(),
+            filter.as_ref(),
+            c.source.version_tags.as_deref(),
+        ) {
+            Ok(tagged) => match tagged.into_iter().max() {
+                Some(v) => version = v,
+                None => return Err(no_tag(found, &version)),
+            },
+            Err(e) => return Err(unresolved(project, c, e)),
+        }
+    }
+    let written = if raw.starts_with('v') {
+        format!("v{version}")
+    } else {
+        version.to_string()
+    };
+    let changed = *current != version;
+    Ok((PinField::Version, written, version, changed))
 }
 
 fn unresolved(project: &Project, c: &Component, e: GitError) -> Problem {

@@ -25,6 +25,25 @@ use cascade_store::{ActionResult, Store};
 use crate::execute::{Action, ActionRoot};
 use crate::remote::{RemoteMode, Tally};
 
+/// A run error for a stage of remote execution that is not the steps' own failure.
+fn setup(what: &str, e: String) -> cascade_exec::RunError {
+    cascade_exec::RunError::Setup {
+        what: what.to_string(),
+        source: std::io::Error::other(e),
+    }
+}
+
+/// What a key Action's entry on the engine is made of (see `publish`).
+struct Entry<'a> {
+    key: &'a NodeKey,
+    action: &'a Digest,
+    key_blobs: Vec<(Digest, Vec<u8>)>,
+    outputs: &'a Outputs,
+    log: &'a Path,
+    key_manifest: &'a [u8],
+    result: &'a ActionResult,
+}
+
 /// The type URL of cascade's metadata in an action result.
 const META_TYPE: &str = "type.cascade.dev/cascade.ResultV1";
 const KEY_ACTION_SALT: &[u8] = b"cascade key action v1";
@@ -277,32 +296,30 @@ impl ReapiCache {
         let mut ar = re::ActionResult::default();
         collected.fill(&mut ar);
         ar.stdout_digest = Some(file_digest(&log)?);
-        self.publish(
+        let entry = Entry {
             key,
-            &action,
+            action: &action,
             key_blobs,
-            &collected,
-            &log,
-            &key_manifest,
+            outputs: &collected,
+            log: &log,
+            key_manifest: &key_manifest,
             result,
-            ar,
-        )?;
+        };
+        self.publish(entry, ar)?;
         Ok(true)
     }
 
-    /// Uploads what a key Action's entry names (blobs first) and then the entry.
-    #[allow(clippy::too_many_arguments)]
-    fn publish(
-        &self,
-        key: &NodeKey,
-        action: &Digest,
-        key_blobs: Vec<(Digest, Vec<u8>)>,
-        outputs: &Outputs,
-        log: &Path,
-        key_manifest: &[u8],
-        result: &ActionResult,
-        mut ar: re::ActionResult,
-    ) -> Result<(), String> {
+    /// Uploads what a key Action's entry names (blobs first) and then the entry, `ar`.
+    fn publish(&self, entry: Entry<'_>, mut ar: re::ActionResult) -> Result<(), String> {
+        let Entry {
+            key,
+            action,
+            key_blobs,
+            outputs,
+            log,
+            key_manifest,
+            result,
+        } = entry;
         let km = digest_of(key_manifest);
         let meta = serde_json::to_vec(&Meta {
             key: key.to_string(),
@@ -340,11 +357,8 @@ impl ReapiCache {
         out: &Path,
         log: &Path,
     ) -> Result<RemoteRun, cascade_exec::RunError> {
-        let setup = |what: &str, e: String| cascade_exec::RunError::Setup {
-            what: what.to_string(),
-            source: std::io::Error::other(e),
-        };
         let mut run = RemoteRun::default();
+        // 1. An engine that executes, with sha256 digests.
         let caps = self
             .client
             .capabilities()
@@ -355,7 +369,44 @@ impl ReapiCache {
                 "it does not execute actions with sha256 digests (GetCapabilities)".into(),
             ));
         }
+        // 2. The input root, the Command and the Action, uploaded.
         let t0 = Instant::now();
+        let ad = self.upload_action(layout, action, work)?;
+        run.upload_ms = t0.elapsed().as_millis() as u64;
+        // 3. Executed.
+        let t1 = Instant::now();
+        // Queueing counts too: an engine whose workers are all busy is still working.
+        let wait = action.timeout * 4 + Duration::from_secs(120);
+        let response = self
+            .client
+            .execute(&ad, false, wait, &|_| {})
+            .map_err(|e| setup("execute on the engine", e.to_string()))?;
+        run.execute_ms = t1.elapsed().as_millis() as u64;
+        run.engine_cached = response.cached_result;
+        // 4. The log, the outcome, the outputs.
+        let t2 = Instant::now();
+        let status = response.status.unwrap_or_default();
+        let result = response.result.unwrap_or_default();
+        run.worker = result
+            .execution_metadata
+            .as_ref()
+            .map(|m| m.worker.clone())
+            .unwrap_or_default();
+        self.outcome(action, &status, &result, log)?;
+        merkle::fetch_outputs(&self.client, &result, out)
+            .map_err(|e| setup("download the outputs", e.to_string()))?;
+        run.download_ms = t2.elapsed().as_millis() as u64;
+        Ok(run)
+    }
+
+    /// Uploads the input root at `work`, the Command and the Action (and the runner
+    /// image's blobs); returns the Action's digest.
+    fn upload_action(
+        &self,
+        layout: Option<&OciLayout>,
+        action: &Action<'_>,
+        work: &Path,
+    ) -> Result<Digest, cascade_exec::RunError> {
         let root = Merkle::of_dir(work).map_err(|e| setup("hash the input root", e.to_string()))?;
         let (platform, image_blobs) = self
             .platform(layout, action)
@@ -401,26 +452,19 @@ impl ReapiCache {
         self.client
             .upload(&blobs)
             .map_err(|e| setup("upload the action", e.to_string()))?;
-        run.upload_ms = t0.elapsed().as_millis() as u64;
-        let t1 = Instant::now();
-        // Queueing counts too: an engine whose workers are all busy is still working.
-        let wait = action.timeout * 4 + Duration::from_secs(120);
-        let response = self
-            .client
-            .execute(&ad, false, wait, &|_| {})
-            .map_err(|e| setup("execute on the engine", e.to_string()))?;
-        run.execute_ms = t1.elapsed().as_millis() as u64;
-        run.engine_cached = response.cached_result;
-        let t2 = Instant::now();
-        let status = response.status.unwrap_or_default();
-        let result = response.result.unwrap_or_default();
-        run.worker = result
-            .execution_metadata
-            .as_ref()
-            .map(|m| m.worker.clone())
-            .unwrap_or_default();
-        // The log first: it is what a failure shows.
-        if let Err(e) = self.fetch_log(&result, log) {
+        Ok(ad)
+    }
+
+    /// The log first (it is what a failure shows), then the engine's status and the
+    /// steps' exit code as a run error.
+    fn outcome(
+        &self,
+        action: &Action<'_>,
+        status: &cascade_reapi::RpcStatus,
+        result: &re::ActionResult,
+        log: &Path,
+    ) -> Result<(), cascade_exec::RunError> {
+        if let Err(e) = self.fetch_log(result, log) {
             if status.code == 0 {
                 return Err(setup("download the log", e.to_string()));
             }
@@ -446,10 +490,7 @@ impl ReapiCache {
                 status: format!("exit code {}", result.exit_code),
             });
         }
-        merkle::fetch_outputs(&self.client, &result, out)
-            .map_err(|e| setup("download the outputs", e.to_string()))?;
-        run.download_ms = t2.elapsed().as_millis() as u64;
-        Ok(run)
+        Ok(())
     }
 
     /// The platform of an Action, and the image blobs a worker will fetch.

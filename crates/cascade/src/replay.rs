@@ -124,6 +124,7 @@ pub(crate) fn replay(
         &env_dir,
     )?;
     let pinned = pin(&locked, &components, &git, &env_dir)?;
+    missing_tools(&locked, &components, &opts.tools)?;
     let mut nodes = prepare(&components, &pinned, &opts.tools, None)?;
     for n in &mut nodes {
         n.reference = lock.nodes[&n.component.name]
@@ -510,6 +511,63 @@ fn pin(
         });
     }
     Ok(out)
+}
+
+/// Every host tool a node's recipe declares (`runner.host.tools`, and `sh`) that this
+/// machine lacks, as the ordinary build reports them (exit 3, the machine's
+/// environment), but located in the lockfile: it records each node's runner, whose
+/// identity covers every tool's name and digest, not the tools' names, so the label
+/// goes on the node's `runner:`. Other tool problems are `prepare`'s, as in a build.
+fn missing_tools(
+    locked: &Locked<'_>,
+    components: &[Component],
+    tools: &cascade_exec::Tools,
+) -> Result<(), Error> {
+    let mut problems: Vec<Box<dyn Diagnostic + Send + Sync>> = Vec::new();
+    for c in components {
+        let RunnerDecl::Host {
+            tools: declared, ..
+        } = &c.recipe.runner
+        else {
+            continue;
+        };
+        // Steps run under `sh`, so it is always part of the runner.
+        let names: BTreeSet<&str> = declared.iter().map(String::as_str).chain(["sh"]).collect();
+        let runner = locked.lock.nodes[&c.name].runner.to_string();
+        for name in names {
+            if let Err(cascade_exec::ToolError::NotFound { .. }) = tools.resolve(name) {
+                problems.push(Box::new(MissingLockedTool {
+                    tool: name.to_string(),
+                    component: c.name.clone(),
+                    src: miette::NamedSource::new(&locked.path, locked.text.clone()),
+                    span: crate::errors::LockfileProblem::span(&locked.text, &c.name, &runner),
+                }));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Environment(Problems::new("missing tool", problems)))
+    }
+}
+
+/// A tool of a replayed recipe that is not on this machine's PATH.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("tool `{tool}` of recipe `{component}` is not on PATH")]
+#[diagnostic(
+    code(cascade::tool::not_found),
+    help(
+        "the recipe this lockfile recorded for `{component}` declares `{tool}` in `runner.host.tools`, and this runner covers its digest; each tool is looked up on the PATH cascade runs with: install `{tool}` there to replay the lockfile"
+    )
+)]
+struct MissingLockedTool {
+    tool: String,
+    component: String,
+    #[source_code]
+    src: miette::NamedSource<String>,
+    #[label("the runner of `{component}`, which runs `{tool}`")]
+    span: Option<miette::SourceSpan>,
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]

@@ -22,6 +22,24 @@ const DEFAULT_HEALTH_RETRIES: u32 = 10;
 const MAX_REPLICAS: i64 = 16;
 const RESTART_POLICIES: [&str; 4] = ["no", "always", "unless-stopped", "on-failure"];
 
+/// Where one entry of `deploy.components` is, and the hosts it may name.
+struct Deployed<'a> {
+    file: FileId,
+    env: &'a str,
+    comp: &'a str,
+    /// The component's key under `deploy.components`.
+    kspan: Span,
+    declared_hosts: &'a [&'a str],
+}
+
+/// What components take from each other: a container name, or a host port, is used
+/// once across them all.
+#[derive(Default)]
+struct Taken {
+    names: BTreeMap<String, Span>,
+    host_ports: BTreeMap<(String, u16), Span>,
+}
+
 impl Resolver<'_> {
     fn bad_deploy(&mut self, message: String, label: &str, help: Option<String>, span: Span) {
         self.bad_deploy_at(message, label, help, span, None);
@@ -65,13 +83,35 @@ impl Resolver<'_> {
             max_unavailable,
             components,
         } = ast.value;
+        let (engine, hosts, declared) = self.deploy_fleet(file, engine, hosts);
+        let max_unavailable = self.max_unavailable(file, max_unavailable);
+        let host_names: Vec<&str> = declared.iter().map(String::as_str).collect();
+        let Some(components) = components else {
+            self.missing("components", "`deploy`", span);
+            return None;
+        };
+        let out = self.deploy_components(file, env, components, nodes, &host_names);
+        (self.diags.len() == before).then_some(Deploy {
+            engine,
+            hosts,
+            max_unavailable,
+            components: out,
+        })
+    }
+
+    /// `engine:` or `hosts:` (not both): the one engine, the hosts, and every host name
+    /// written, even one whose URL is wrong (a placement on it is not a second problem).
+    fn deploy_fleet(
+        &mut self,
+        file: FileId,
+        engine: Option<S<String>>,
+        hosts: Option<S<Entries<S<String>>>>,
+    ) -> (Option<String>, Vec<DeployHost>, Vec<String>) {
         let engine_span = engine.as_ref().map(|e| self.span(file, e));
         let engine = engine.and_then(|e| {
             let espan = self.span(file, &e);
             self.engine_url(&e.value, espan).then_some(e.value)
         });
-        // Every host name written, even one whose URL is wrong: a placement on it is
-        // not a second problem.
         let mut declared: Vec<String> = Vec::new();
         let hosts = match (hosts, engine_span) {
             (Some(h), Some(espan)) => {
@@ -95,35 +135,41 @@ impl Resolver<'_> {
                 engine: engine.clone(),
             }],
         };
-        let max_unavailable = match max_unavailable {
-            None => 1,
-            Some(m) => {
-                let mspan = self.span(file, &m);
-                if m.value < 1 {
-                    self.bad_deploy(
-                        format!("`max_unavailable: {}` would never replace anything", m.value),
-                        "expected 1 or more",
-                        Some("how many hosts of a component are replaced at once; 1 (the default) rolls one host at a time".into()),
-                        mspan,
-                    );
-                }
-                m.value.clamp(1, i64::from(u32::MAX)) as u32
-            }
-        };
         if declared.is_empty() {
             declared = hosts.iter().map(|h| h.name.clone()).collect();
         }
-        let host_names: Vec<&str> = declared.iter().map(String::as_str).collect();
-        let Some(components) = components else {
-            self.missing("components", "`deploy`", span);
-            return None;
-        };
+        (engine, hosts, declared)
+    }
+
+    /// `max_unavailable:`, 1 by default.
+    fn max_unavailable(&mut self, file: FileId, ast: Option<S<i64>>) -> u32 {
+        let Some(m) = ast else { return 1 };
+        let mspan = self.span(file, &m);
+        if m.value < 1 {
+            self.bad_deploy(
+                format!("`max_unavailable: {}` would never replace anything", m.value),
+                "expected 1 or more",
+                Some("how many hosts of a component are replaced at once; 1 (the default) rolls one host at a time".into()),
+                mspan,
+            );
+        }
+        m.value.clamp(1, i64::from(u32::MAX)) as u32
+    }
+
+    /// `deploy.components`, each a component of the environment with an image, sorted by
+    /// name.
+    fn deploy_components(
+        &mut self,
+        file: FileId,
+        env: &str,
+        ast: S<Entries<S<DeployComponentAst>>>,
+        nodes: &BTreeMap<&str, Node>,
+        declared_hosts: &[&str],
+    ) -> Vec<DeployComponent> {
         let mut out = Vec::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
-        // Across components: a container name or a host port may be used once.
-        let mut names: BTreeMap<String, Span> = BTreeMap::new();
-        let mut host_ports: BTreeMap<(String, u16), Span> = BTreeMap::new();
-        for (key, value) in components.value.0 {
+        let mut taken = Taken::default();
+        for (key, value) in ast.value.0 {
             let kspan = self.span(file, &key);
             let comp = key.value;
             if let Some(&first) = seen.get(&comp) {
@@ -131,51 +177,59 @@ impl Resolver<'_> {
                 continue;
             }
             seen.insert(comp.clone(), kspan);
-            match nodes.get(comp.as_str()) {
-                None => {
-                    let help = match closest(&comp, nodes.keys().copied()) {
-                        Some(c) => format!("did you mean `{c}`?"),
-                        None => format!("the components of `{env}` are its `sources:`"),
-                    };
-                    self.bad_deploy(
-                        format!("`{comp}` is not a component of `{env}`"),
-                        "unknown component",
-                        Some(help),
-                        kspan,
-                    );
-                    continue;
-                }
-                Some(node) => {
-                    if node.recipe.as_ref().is_some_and(|r| r.image.is_none()) {
-                        self.bad_deploy(
-                            format!("`{comp}` has no image to deploy"),
-                            "its recipe declares no `image:`",
-                            Some(format!("add `image:` to `recipes/{comp}.yaml`")),
-                            kspan,
-                        );
-                    }
-                }
+            if !self.deployable(&comp, kspan, env, nodes) {
+                continue;
             }
-            if let Some(c) = self.deploy_component(
+            let at = Deployed {
                 file,
                 env,
-                &comp,
+                comp: &comp,
                 kspan,
-                value,
-                &host_names,
-                &mut names,
-                &mut host_ports,
-            ) {
+                declared_hosts,
+            };
+            if let Some(c) = self.deploy_component(&at, value, &mut taken) {
                 out.push(c);
             }
         }
         out.sort_by(|a, b| a.component.cmp(&b.component));
-        (self.diags.len() == before).then_some(Deploy {
-            engine,
-            hosts,
-            max_unavailable,
-            components: out,
-        })
+        out
+    }
+
+    /// Whether `comp` is a component of the environment (a problem when not); one
+    /// without an image is a problem too, but its entry is still checked.
+    fn deployable(
+        &mut self,
+        comp: &str,
+        kspan: Span,
+        env: &str,
+        nodes: &BTreeMap<&str, Node>,
+    ) -> bool {
+        match nodes.get(comp) {
+            None => {
+                let help = match closest(comp, nodes.keys().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("the components of `{env}` are its `sources:`"),
+                };
+                self.bad_deploy(
+                    format!("`{comp}` is not a component of `{env}`"),
+                    "unknown component",
+                    Some(help),
+                    kspan,
+                );
+                false
+            }
+            Some(node) => {
+                if node.recipe.as_ref().is_some_and(|r| r.image.is_none()) {
+                    self.bad_deploy(
+                        format!("`{comp}` has no image to deploy"),
+                        "its recipe declares no `image:`",
+                        Some(format!("add `image:` to `recipes/{comp}.yaml`")),
+                        kspan,
+                    );
+                }
+                true
+            }
+        }
     }
 
     /// A Docker Engine's URL: `unix:///path`, `tcp://` to the loopback (plain TCP to
@@ -359,18 +413,14 @@ impl Resolver<'_> {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One entry of `deploy.components`; `None` when it has a problem.
     fn deploy_component(
         &mut self,
-        file: FileId,
-        env: &str,
-        comp: &str,
-        kspan: Span,
+        at: &Deployed<'_>,
         ast: S<DeployComponentAst>,
-        declared_hosts: &[&str],
-        names: &mut BTreeMap<String, Span>,
-        host_ports: &mut BTreeMap<(String, u16), Span>,
+        taken: &mut Taken,
     ) -> Option<DeployComponent> {
+        let (file, comp) = (at.file, at.comp);
         let before = self.diags.len();
         let DeployComponentAst {
             container,
@@ -383,44 +433,85 @@ impl Resolver<'_> {
             hosts,
             secrets,
         } = ast.value;
-        let hosts = self.component_hosts(file, comp, hosts, declared_hosts);
-        let replicas = match replicas {
-            None => 1,
-            Some(r) => {
-                let rspan = self.span(file, &r);
-                if !(1..=MAX_REPLICAS).contains(&r.value) {
-                    self.bad_deploy(
-                        format!("`{}` is not a number of replicas", r.value),
-                        &format!("expected 1 to {MAX_REPLICAS}"),
-                        None,
-                        rspan,
-                    );
-                }
-                r.value.clamp(1, MAX_REPLICAS) as u32
+        let hosts = self.component_hosts(file, comp, hosts, at.declared_hosts);
+        let replicas = self.replicas(file, replicas);
+        let (container, cspan) = self.container_name(at, container);
+        self.claim_names(&container, cspan, replicas, taken);
+        let port_list = self.ports(at, ports, replicas, taken);
+        let env_map = env_entries.map_or_else(BTreeMap::new, |e| {
+            self.env(
+                file,
+                &format!("the deploy env of `{comp}`"),
+                e.value.0,
+                false,
+            )
+        });
+        let mut volume_list = Vec::new();
+        for v in volumes.map(|v| v.value).unwrap_or_default() {
+            let vspan = self.span(file, &v);
+            if let Some(v) = self.volume(&v.value, vspan) {
+                volume_list.push(v);
             }
+        }
+        let restart = self.restart(file, restart);
+        let health = health.and_then(|h| self.health(file, comp, h));
+        let secrets = secrets.map_or_else(BTreeMap::new, |s| self.secrets(file, comp, s, &env_map));
+        (self.diags.len() == before).then_some(DeployComponent {
+            component: comp.to_string(),
+            container,
+            ports: port_list,
+            env: env_map,
+            volumes: volume_list,
+            restart,
+            replicas,
+            health,
+            hosts,
+            secrets,
+        })
+    }
+
+    /// `replicas:`, 1 by default.
+    fn replicas(&mut self, file: FileId, ast: Option<S<i64>>) -> u32 {
+        let Some(r) = ast else { return 1 };
+        let rspan = self.span(file, &r);
+        if !(1..=MAX_REPLICAS).contains(&r.value) {
+            self.bad_deploy(
+                format!("`{}` is not a number of replicas", r.value),
+                &format!("expected 1 to {MAX_REPLICAS}"),
+                None,
+                rspan,
+            );
+        }
+        r.value.clamp(1, MAX_REPLICAS) as u32
+    }
+
+    /// `container:`, by default `<env>-<component>`, and where it is written (the
+    /// component's key for the default).
+    fn container_name(&mut self, at: &Deployed<'_>, ast: Option<S<String>>) -> (String, Span) {
+        let Some(c) = ast else {
+            return (format!("{}-{}", at.env, at.comp), at.kspan);
         };
-        let (container, cspan) = match container {
-            None => (format!("{env}-{comp}"), kspan),
-            Some(c) => {
-                let cspan = self.span(file, &c);
-                if !is_container_name(&c.value) {
-                    self.bad_deploy(
-                        format!("`{}` is not a container name", c.value),
-                        "expected letters, digits, `_`, `.` or `-`, starting with a letter or digit",
-                        None,
-                        cspan,
-                    );
-                }
-                (c.value, cspan)
-            }
-        };
+        let cspan = self.span(at.file, &c);
+        if !is_container_name(&c.value) {
+            self.bad_deploy(
+                format!("`{}` is not a container name", c.value),
+                "expected letters, digits, `_`, `.` or `-`, starting with a letter or digit",
+                None,
+                cspan,
+            );
+        }
+        (c.value, cspan)
+    }
+
+    /// Takes the container name of every replica (`<name>-<i>` when there are several).
+    fn claim_names(&mut self, container: &str, cspan: Span, replicas: u32, taken: &mut Taken) {
         let spec_names: Vec<String> = if replicas == 1 {
-            vec![container.clone()]
+            vec![container.to_string()]
         } else {
             (1..=replicas).map(|i| format!("{container}-{i}")).collect()
         };
         for n in spec_names {
-            if let Some(&first) = names.get(&n) {
+            if let Some(&first) = taken.names.get(&n) {
                 self.bad_deploy_at(
                     format!("container name `{n}` is used twice"),
                     "this container",
@@ -429,12 +520,24 @@ impl Resolver<'_> {
                     Some(first),
                 );
             } else {
-                names.insert(n, cspan);
+                taken.names.insert(n, cspan);
             }
         }
+    }
+
+    /// `ports:`, sorted; a fixed host port is taken once across components, and only by
+    /// a component of one replica.
+    fn ports(
+        &mut self,
+        at: &Deployed<'_>,
+        ast: Option<S<Vec<S<String>>>>,
+        replicas: u32,
+        taken: &mut Taken,
+    ) -> Vec<PortMap> {
+        let comp = at.comp;
         let mut port_list = Vec::new();
-        for p in ports.map(|p| p.value).unwrap_or_default() {
-            let pspan = self.span(file, &p);
+        for p in ast.map(|p| p.value).unwrap_or_default() {
+            let pspan = self.span(at.file, &p);
             let Some(port) = self.port_map(&p.value, pspan) else {
                 continue;
             };
@@ -451,7 +554,7 @@ impl Resolver<'_> {
                     );
                 }
                 let key = (port.host_ip.clone(), hp);
-                if let Some(&first) = host_ports.get(&key) {
+                if let Some(&first) = taken.host_ports.get(&key) {
                     self.bad_deploy_at(
                         format!("host port {}:{hp} is published twice", port.host_ip),
                         "this port",
@@ -461,62 +564,36 @@ impl Resolver<'_> {
                     );
                     continue;
                 }
-                host_ports.insert(key, pspan);
+                taken.host_ports.insert(key, pspan);
             }
             port_list.push(port);
         }
         port_list.sort();
-        let env_map = env_entries.map_or_else(BTreeMap::new, |e| {
-            self.env(
-                file,
-                &format!("the deploy env of `{comp}`"),
-                e.value.0,
-                false,
-            )
-        });
-        let mut volume_list = Vec::new();
-        for v in volumes.map(|v| v.value).unwrap_or_default() {
-            let vspan = self.span(file, &v);
-            if let Some(v) = self.volume(&v.value, vspan) {
-                volume_list.push(v);
-            }
-        }
-        let restart = match restart {
-            None => "unless-stopped".to_string(),
-            Some(r) => {
-                let rspan = self.span(file, &r);
-                if !RESTART_POLICIES.contains(&r.value.as_str()) {
-                    self.bad_deploy(
-                        format!("`{}` is not a restart policy", r.value),
-                        "unknown policy",
-                        Some(format!(
-                            "one of {}",
-                            RESTART_POLICIES
-                                .iter()
-                                .map(|p| format!("`{p}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
-                        rspan,
-                    );
-                }
-                r.value
-            }
+        port_list
+    }
+
+    /// `restart:`, `unless-stopped` by default.
+    fn restart(&mut self, file: FileId, ast: Option<S<String>>) -> String {
+        let Some(r) = ast else {
+            return "unless-stopped".to_string();
         };
-        let health = health.and_then(|h| self.health(file, comp, h));
-        let secrets = secrets.map_or_else(BTreeMap::new, |s| self.secrets(file, comp, s, &env_map));
-        (self.diags.len() == before).then_some(DeployComponent {
-            component: comp.to_string(),
-            container,
-            ports: port_list,
-            env: env_map,
-            volumes: volume_list,
-            restart,
-            replicas,
-            health,
-            hosts,
-            secrets,
-        })
+        let rspan = self.span(file, &r);
+        if !RESTART_POLICIES.contains(&r.value.as_str()) {
+            self.bad_deploy(
+                format!("`{}` is not a restart policy", r.value),
+                "unknown policy",
+                Some(format!(
+                    "one of {}",
+                    RESTART_POLICIES
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                rspan,
+            );
+        }
+        r.value
     }
 
     /// `"CONTAINER"`, `"HOST:CONTAINER"` or `"IP:HOST:CONTAINER"`; the host IP is
