@@ -415,6 +415,69 @@ pub const HIDDEN: &[&str] = &["proc", "sys", "dev", "tmp", "run", "work", "home"
 /// The devices of `/dev`, bound from the host's.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// A top-level entry of a root filesystem, as the sandbox's root shows it.
+struct RootEntry {
+    name: std::ffi::OsString,
+    source: CString,
+    kind: RootKind,
+}
+
+enum RootKind {
+    Dir,
+    File,
+    Symlink(CString),
+}
+
+/// The host root's entries, listed again only when `/` changed (its mtime moves when an
+/// entry is added, removed or replaced): one `stat` per step instead of a listing.
+fn host_root() -> io::Result<std::sync::Arc<Vec<RootEntry>>> {
+    type Listed = Option<((i64, i64), std::sync::Arc<Vec<RootEntry>>)>;
+    static HOST: std::sync::Mutex<Listed> = std::sync::Mutex::new(None);
+    let meta = fs::metadata("/")?;
+    let stamp = (
+        std::os::unix::fs::MetadataExt::mtime(&meta),
+        std::os::unix::fs::MetadataExt::mtime_nsec(&meta),
+    );
+    let mut host = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((s, entries)) = host.as_ref() {
+        if *s == stamp {
+            return Ok(entries.clone());
+        }
+    }
+    let entries = std::sync::Arc::new(root_entries(Path::new("/"), HIDDEN)?);
+    *host = Some((stamp, entries.clone()));
+    Ok(entries)
+}
+
+/// The entries of `base` but `hidden`, sorted by name.
+fn root_entries(base: &Path, hidden: &[&str]) -> io::Result<Vec<RootEntry>> {
+    let mut names: Vec<_> = fs::read_dir(base)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| !hidden.iter().any(|h| OsStr::new(h) == n))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let source = base.join(&name);
+            let meta = fs::symlink_metadata(&source)?;
+            let kind = if meta.file_type().is_symlink() {
+                RootKind::Symlink(cstring(fs::read_link(&source)?)?)
+            } else if meta.is_dir() {
+                RootKind::Dir
+            } else {
+                RootKind::File
+            };
+            Ok(RootEntry {
+                source: cstring(&source)?,
+                name,
+                kind,
+            })
+        })
+        .collect()
+}
+
 impl Plan {
     fn new(jail: Jail, scratch: &Path) -> io::Result<Plan> {
         let root_dir = scratch.join("root");
@@ -424,37 +487,30 @@ impl Plan {
             target: cstring(&root_dir)?,
             data: c"mode=0755,size=16m".into(),
         }];
-        let (base, hidden): (&Path, &[&str]) = match &jail.root {
-            Root::Host => (Path::new("/"), HIDDEN),
-            Root::Dir(d) => (d.as_path(), &["proc", "dev", "tmp", "work"]),
+        let entries: std::sync::Arc<Vec<RootEntry>> = match &jail.root {
+            Root::Host => host_root()?,
+            Root::Dir(d) => std::sync::Arc::new(root_entries(d, &["proc", "dev", "tmp", "work"])?),
         };
-        let mut names: Vec<_> = fs::read_dir(base)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .filter(|n| !hidden.iter().any(|h| OsStr::new(h) == n))
-            .collect();
-        names.sort();
-        for name in names {
-            let source = base.join(&name);
-            let target = cstring(root_dir.join(&name))?;
-            let meta = fs::symlink_metadata(&source)?;
-            if meta.file_type().is_symlink() {
-                ops.push(Op::Symlink {
-                    link: cstring(fs::read_link(&source)?)?,
+        for entry in entries.iter() {
+            let target = cstring(root_dir.join(&entry.name))?;
+            match &entry.kind {
+                RootKind::Symlink(link) => ops.push(Op::Symlink {
+                    link: link.clone(),
                     path: target,
-                });
-                continue;
+                }),
+                kind => {
+                    ops.push(if matches!(kind, RootKind::Dir) {
+                        Op::Dir(target.clone())
+                    } else {
+                        Op::File(target.clone())
+                    });
+                    ops.push(Op::Bind {
+                        source: entry.source.clone(),
+                        target,
+                        writable: false,
+                    });
+                }
             }
-            ops.push(if meta.is_dir() {
-                Op::Dir(target.clone())
-            } else {
-                Op::File(target.clone())
-            });
-            ops.push(Op::Bind {
-                source: cstring(&source)?,
-                target,
-                writable: false,
-            });
         }
         // /dev: a small tmpfs with the host's harmless devices bound in.
         ops.push(Op::Dir(under("/dev")?));

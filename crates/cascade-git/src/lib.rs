@@ -124,6 +124,16 @@ pub struct Git {
     pub(crate) walked: std::sync::atomic::AtomicUsize,
 }
 
+/// Starts libgit2 on a thread of its own: its start-up loads the TLS trust store (about
+/// 10 ms here), which a build would otherwise wait for on its first pin while it could
+/// be reading manifests. Idempotent; the first use of libgit2 waits for it if needed.
+pub fn warm_up() {
+    let _ = std::thread::Builder::new()
+        .name("cascade-git-init".into())
+        // Caching is libgit2's default: this only forces its start-up.
+        .spawn(|| git2::opts::enable_caching(true));
+}
+
 /// The epochs a build found reach the cache even when nobody flushed them.
 impl Drop for Git {
     fn drop(&mut self) {
