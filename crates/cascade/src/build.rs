@@ -365,6 +365,7 @@ pub fn build(
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
+    cascade_git::warm_up();
     let mut before = crate::snapshot::Before::start(opts);
     let project = load(&opts.project, &opts.env)
         .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
