@@ -729,9 +729,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("crates/cascade-exec/src/namespace.rs", "new", 137),
     ("crates/cascade-exec/src/sandbox.rs", "run", 162),
     ("crates/cascade/src/build.rs", "run_graph", 146),
-    ("crates/cascade/src/plan.rs", "fmt", 135),
-    ("crates/cascade/src/plan.rs", "plan_node", 124),
-    ("crates/cascade/src/replay.rs", "components", 177),
     ("crates/cascade/src/worker.rs", "try_run", 231),
     ("crates/cascade/src/worker.rs", "worker", 199),
 ];
