@@ -347,6 +347,9 @@ enum Action {
     HardLink { target: Vec<u8> },
 }
 
+/// How an entry's problems are reported: naming its layer and its path.
+type Bad<'a> = dyn Fn(&'static str) -> Failure + 'a;
+
 fn apply_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     layer: &OciDigest,
@@ -360,8 +363,7 @@ fn apply_entry<R: Read>(
             reason,
         })
     };
-    let header = entry.header();
-    let kind = header.entry_type();
+    let kind = entry.header().entry_type();
     if matches!(
         kind,
         tar::EntryType::XGlobalHeader
@@ -375,48 +377,14 @@ fn apply_entry<R: Read>(
     let mut comps = entry_components(&raw_path).map_err(bad)?;
 
     // A whiteout is known by its name, whatever its entry type.
-    if let Some(name) = comps.last().map(|n| n.as_bytes()) {
-        let parent = &comps[..comps.len() - 1];
-        if name == OPAQUE_WHITEOUT {
-            return opaque_whiteout(parent, state).map_err(|e| e.into_failure(&bad));
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.starts_with(WHITEOUT_PREFIX) {
-                // Other `.wh..wh.` names are AUFS metadata (hard link directories).
-                return Ok(());
-            }
-            if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                return Err(bad("a whiteout must name a file"));
-            }
-            return whiteout(parent, OsStr::from_bytes(hidden), state)
-                .map_err(|e| e.into_failure(&bad));
-        }
+    if let Some(applied) = apply_whiteout(&comps, state, &bad) {
+        return applied;
     }
 
-    let link = || entry.link_name_bytes().map(|l| l.into_owned());
-    let action = match kind {
-        // An old-style regular entry named with a trailing `/` is a directory.
-        tar::EntryType::Regular if header.as_old().linkflag[0] == 0 && raw_path.ends_with(b"/") => {
-            Action::Dir
-        }
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            let mode = header.mode().map_err(Failure::Read)?;
-            Action::File {
-                mode: if mode & 0o111 != 0 { 0o755 } else { 0o644 },
-            }
-        }
-        tar::EntryType::Directory => Action::Dir,
-        tar::EntryType::Symlink => Action::Symlink {
-            target: link().unwrap_or_default(),
-        },
-        tar::EntryType::Link => Action::HardLink {
-            target: link().unwrap_or_default(),
-        },
+    let Some(action) = entry_action(entry, &raw_path)? else {
         // Devices, fifos and anything unknown: a sandbox root has no use for them.
-        _ => {
-            state.out.skipped += 1;
-            return Ok(());
-        }
+        state.out.skipped += 1;
+        return Ok(());
     };
     let Some(name) = comps.pop() else {
         // `/` or `./`: the root, which already exists.
@@ -434,79 +402,161 @@ fn apply_entry<R: Read>(
     let abs = state.dest.join(&rel);
 
     match action {
-        Action::Dir => {
-            match fs::symlink_metadata(&abs) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    remove(&abs)?;
-                    create_dir(&abs)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir(&abs)?,
-                Err(e) => return Err(ImageError::io(&abs)(e).into()),
-            }
-            set_mode(&abs, 0o755)?;
-        }
+        Action::Dir => make_dir(&abs)?,
         Action::File { mode } => {
-            remove(&abs)?;
-            // `create_new` (O_EXCL) also refuses to open through a symlink.
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&abs)
-                .map_err(ImageError::io(&abs))?;
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(ImageError::io(&abs))?;
-            copy_contents(entry, &mut file, &abs, state)?;
+            write_file(entry, mode, &abs, state)?;
             state.out.files += 1;
         }
-        Action::Symlink { target } => {
-            if target.is_empty() || target.contains(&0) {
-                return Err(bad(
-                    "a symlink's target must be non-empty and contain no NUL",
-                ));
-            }
-            remove(&abs)?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
-                .map_err(ImageError::io(&abs))?;
-        }
-        Action::HardLink { target } => {
-            let mut target_comps = entry_components(&target)
-                .map_err(|_| bad("the hard link's target must be a non-empty path with no `..`"))?;
-            let target_name = target_comps
-                .pop()
-                .ok_or_else(|| bad("a hard link cannot point to the image root"))?;
-            let target_parent = resolve_dir(&state.dest, &target_comps, false, &mut state.touched)
-                .map_err(|e| e.into_failure(&bad))?
-                .ok_or_else(|| bad("the hard link's target does not exist"))?;
-            let target_rel = target_parent.join(&target_name);
-            if target_rel.starts_with(&rel) {
-                return Err(bad(
-                    "a hard link cannot point to itself or inside the path it replaces",
-                ));
-            }
-            let target_abs = state.dest.join(&target_rel);
-            match fs::symlink_metadata(&target_abs) {
-                Ok(m) if m.is_file() => {
-                    remove(&abs)?;
-                    fs::hard_link(&target_abs, &abs).map_err(ImageError::io(&abs))?;
-                    state.out.files += 1;
-                }
-                Ok(m) if m.file_type().is_symlink() => {
-                    // A link to a symlink is the same symlink, made anew.
-                    let to = fs::read_link(&target_abs).map_err(ImageError::io(&target_abs))?;
-                    remove(&abs)?;
-                    std::os::unix::fs::symlink(to, &abs).map_err(ImageError::io(&abs))?;
-                }
-                Ok(_) => return Err(bad("a hard link must point to a file")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(bad("the hard link's target does not exist"))
-                }
-                Err(e) => return Err(ImageError::io(&target_abs)(e).into()),
-            }
-        }
+        Action::Symlink { target } => make_symlink(&target, &abs, &bad)?,
+        Action::HardLink { target } => hard_link(&target, &rel, &abs, state, &bad)?,
     }
     touch(&mut state.touched, &rel);
+    Ok(())
+}
+
+/// A whiteout entry (`.wh.<name>`, `.wh..wh..opq`) applied, or `None` when the entry
+/// is not one.
+fn apply_whiteout(
+    comps: &[OsString],
+    state: &mut State,
+    bad: &Bad<'_>,
+) -> Option<Result<(), Failure>> {
+    let name = comps.last()?.as_bytes();
+    let parent = &comps[..comps.len() - 1];
+    if name == OPAQUE_WHITEOUT {
+        return Some(opaque_whiteout(parent, state).map_err(|e| e.into_failure(&bad)));
+    }
+    let hidden = name.strip_prefix(WHITEOUT_PREFIX)?;
+    if hidden.starts_with(WHITEOUT_PREFIX) {
+        // Other `.wh..wh.` names are AUFS metadata (hard link directories).
+        return Some(Ok(()));
+    }
+    if hidden.is_empty() || hidden == b"." || hidden == b".." {
+        return Some(Err(bad("a whiteout must name a file")));
+    }
+    Some(whiteout(parent, OsStr::from_bytes(hidden), state).map_err(|e| e.into_failure(&bad)))
+}
+
+/// What the entry does to the tree, by its type; `None` for the types a sandbox root
+/// has no use for.
+fn entry_action<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    raw_path: &[u8],
+) -> Result<Option<Action>, Failure> {
+    let header = entry.header();
+    let link = || entry.link_name_bytes().map(|l| l.into_owned());
+    Ok(Some(match header.entry_type() {
+        // An old-style regular entry named with a trailing `/` is a directory.
+        tar::EntryType::Regular if header.as_old().linkflag[0] == 0 && raw_path.ends_with(b"/") => {
+            Action::Dir
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            let mode = header.mode().map_err(Failure::Read)?;
+            Action::File {
+                mode: if mode & 0o111 != 0 { 0o755 } else { 0o644 },
+            }
+        }
+        tar::EntryType::Directory => Action::Dir,
+        tar::EntryType::Symlink => Action::Symlink {
+            target: link().unwrap_or_default(),
+        },
+        tar::EntryType::Link => Action::HardLink {
+            target: link().unwrap_or_default(),
+        },
+        // Devices, fifos and anything unknown.
+        _ => return Ok(None),
+    }))
+}
+
+/// A directory at `abs`, replacing whatever else is there.
+fn make_dir(abs: &Path) -> Result<(), Failure> {
+    match fs::symlink_metadata(abs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            remove(abs)?;
+            create_dir(abs)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_dir(abs)?,
+        Err(e) => return Err(ImageError::io(abs)(e).into()),
+    }
+    set_mode(abs, 0o755)?;
+    Ok(())
+}
+
+/// A regular file at `abs` with the entry's contents, replacing whatever is there.
+fn write_file(
+    entry: &mut impl Read,
+    mode: u32,
+    abs: &Path,
+    state: &mut State,
+) -> Result<(), Failure> {
+    remove(abs)?;
+    // `create_new` (O_EXCL) also refuses to open through a symlink.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(abs)
+        .map_err(ImageError::io(abs))?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(ImageError::io(abs))?;
+    copy_contents(entry, &mut file, abs, state)
+}
+
+/// A symlink at `abs` to `target` (verbatim), replacing whatever is there.
+fn make_symlink(target: &[u8], abs: &Path, bad: &Bad<'_>) -> Result<(), Failure> {
+    if target.is_empty() || target.contains(&0) {
+        return Err(bad(
+            "a symlink's target must be non-empty and contain no NUL",
+        ));
+    }
+    remove(abs)?;
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), abs).map_err(ImageError::io(abs))?;
+    Ok(())
+}
+
+/// A hard link at `abs` (`rel` in the destination) to the file `target` names in the
+/// destination; a link to a symlink is the same symlink, made anew.
+fn hard_link(
+    target: &[u8],
+    rel: &Path,
+    abs: &Path,
+    state: &mut State,
+    bad: &Bad<'_>,
+) -> Result<(), Failure> {
+    let mut target_comps = entry_components(target)
+        .map_err(|_| bad("the hard link's target must be a non-empty path with no `..`"))?;
+    let target_name = target_comps
+        .pop()
+        .ok_or_else(|| bad("a hard link cannot point to the image root"))?;
+    let target_parent = resolve_dir(&state.dest, &target_comps, false, &mut state.touched)
+        .map_err(|e| e.into_failure(&bad))?
+        .ok_or_else(|| bad("the hard link's target does not exist"))?;
+    let target_rel = target_parent.join(&target_name);
+    if target_rel.starts_with(rel) {
+        return Err(bad(
+            "a hard link cannot point to itself or inside the path it replaces",
+        ));
+    }
+    let target_abs = state.dest.join(&target_rel);
+    match fs::symlink_metadata(&target_abs) {
+        Ok(m) if m.is_file() => {
+            remove(abs)?;
+            fs::hard_link(&target_abs, abs).map_err(ImageError::io(abs))?;
+            state.out.files += 1;
+        }
+        Ok(m) if m.file_type().is_symlink() => {
+            // A link to a symlink is the same symlink, made anew.
+            let to = fs::read_link(&target_abs).map_err(ImageError::io(&target_abs))?;
+            remove(abs)?;
+            std::os::unix::fs::symlink(to, abs).map_err(ImageError::io(abs))?;
+        }
+        Ok(_) => return Err(bad("a hard link must point to a file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(bad("the hard link's target does not exist"))
+        }
+        Err(e) => return Err(ImageError::io(&target_abs)(e).into()),
+    }
     Ok(())
 }
 

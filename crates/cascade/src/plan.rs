@@ -281,57 +281,7 @@ impl fmt::Display for ReasonKind {
                 behind,
             } => {
                 write!(f, "source {component}: ")?;
-                let mut parts = Vec::new();
-                if *tree_changed && from.tree != to.tree {
-                    parts.push(format!(
-                        "tree {} → {}",
-                        short_sha(&from.tree),
-                        short_sha(&to.tree)
-                    ));
-                }
-                if from.repo != to.repo {
-                    parts.push(format!("repo {} → {}", from.repo, to.repo));
-                }
-                if from.dir != to.dir {
-                    let d = |d: &Option<String>| d.clone().unwrap_or_else(|| "(root)".into());
-                    parts.push(format!("dir {} → {}", d(&from.dir), d(&to.dir)));
-                }
-                if from.commit != to.commit || from.r#ref != to.r#ref {
-                    let mut s = if from.r#ref.is_some() && from.r#ref == to.r#ref {
-                        // Same branch: name it once.
-                        format!(
-                            "{} {} → {}",
-                            from.r#ref.as_deref().unwrap_or_default(),
-                            short_sha(&from.commit),
-                            short_sha(&to.commit)
-                        )
-                    } else {
-                        format!("{} → {}", from.at(), to.at())
-                    };
-                    if let (Some(a), Some(b)) = (ahead, behind) {
-                        s.push_str(&match (a, b) {
-                            (0, 0) => String::new(),
-                            (a, 0) => format!(" ({a} commit{})", plural(*a)),
-                            (0, b) => format!(" ({b} commit{} back)", plural(*b)),
-                            (a, b) => format!(" ({a} ahead, {b} behind)"),
-                        });
-                    }
-                    parts.push(s);
-                }
-                // A new commit brings its own version; a version alone changes when a
-                // tag lands on the same commit.
-                if from.version != to.version && from.commit == to.commit {
-                    let same = if from.commit == to.commit {
-                        format!(" (same commit {})", short_sha(&to.commit))
-                    } else {
-                        String::new()
-                    };
-                    parts.push(format!("version {} → {}{same}", from.version, to.version));
-                }
-                if !tree_changed && from.commit != to.commit {
-                    parts.push("commit moved, tree unchanged".into());
-                }
-                f.write_str(&parts.join(", "))
+                f.write_str(&source_parts(from, to, *tree_changed, *ahead, *behind).join(", "))
             }
             ReasonKind::Recipe {
                 field: Some(field),
@@ -405,6 +355,69 @@ impl fmt::Display for ReasonKind {
             ),
         }
     }
+}
+
+/// What differs between two pinned sources, as the parts of a `Source` reason's
+/// sentence: the tree, the repository, the dir, the commit (with how far it moved) and
+/// the version.
+fn source_parts(
+    from: &SourcePoint,
+    to: &SourcePoint,
+    tree_changed: bool,
+    ahead: Option<usize>,
+    behind: Option<usize>,
+) -> Vec<String> {
+    let mut parts = Vec::new();
+    if tree_changed && from.tree != to.tree {
+        parts.push(format!(
+            "tree {} → {}",
+            short_sha(&from.tree),
+            short_sha(&to.tree)
+        ));
+    }
+    if from.repo != to.repo {
+        parts.push(format!("repo {} → {}", from.repo, to.repo));
+    }
+    if from.dir != to.dir {
+        let d = |d: &Option<String>| d.clone().unwrap_or_else(|| "(root)".into());
+        parts.push(format!("dir {} → {}", d(&from.dir), d(&to.dir)));
+    }
+    if from.commit != to.commit || from.r#ref != to.r#ref {
+        let mut s = if from.r#ref.is_some() && from.r#ref == to.r#ref {
+            // Same branch: name it once.
+            format!(
+                "{} {} → {}",
+                from.r#ref.as_deref().unwrap_or_default(),
+                short_sha(&from.commit),
+                short_sha(&to.commit)
+            )
+        } else {
+            format!("{} → {}", from.at(), to.at())
+        };
+        if let (Some(a), Some(b)) = (ahead, behind) {
+            s.push_str(&match (a, b) {
+                (0, 0) => String::new(),
+                (a, 0) => format!(" ({a} commit{})", plural(a)),
+                (0, b) => format!(" ({b} commit{} back)", plural(b)),
+                (a, b) => format!(" ({a} ahead, {b} behind)"),
+            });
+        }
+        parts.push(s);
+    }
+    // A new commit brings its own version; a version alone changes when a tag lands on
+    // the same commit.
+    if from.version != to.version && from.commit == to.commit {
+        let same = if from.commit == to.commit {
+            format!(" (same commit {})", short_sha(&to.commit))
+        } else {
+            String::new()
+        };
+        parts.push(format!("version {} → {}{same}", from.version, to.version));
+    }
+    if !tree_changed && from.commit != to.commit {
+        parts.push("commit moved, tree unchanged".into());
+    }
+    parts
 }
 
 fn plural(n: usize) -> &'static str {
@@ -534,17 +547,7 @@ fn plan_node(
     graph: &cascade_manifest::Graph,
 ) -> PlanNode {
     let c = node.component;
-    let mut known = BTreeMap::new();
-    let mut waits_for = Vec::new();
-    for &j in &c.inputs {
-        let name = &graph.components[j].name;
-        match planned[j].get().map(|p| (p.state, p.output)) {
-            Some((PlanState::Cached | PlanState::Remote, Some(o))) => {
-                known.insert(name.clone(), o);
-            }
-            _ => waits_for.push(name.clone()),
-        }
-    }
+    let (known, mut waits_for) = known_inputs(&c.inputs, planned, graph);
     // A container of a component's image: keyed by that image once it is known.
     let image_of = |j: usize| planned[j].get().and_then(|p| p.image);
     let runner = node.runner_given(image_of);
@@ -581,42 +584,7 @@ fn plan_node(
         }
         _ => Vec::new(),
     };
-    let (state, output, early_cutoff) = match key {
-        Some(key) => match cached_output(ctx.store, &key, &c.recipe.outputs) {
-            Some(o) => (PlanState::Cached, Some(o), false),
-            None => match ctx.remote.and_then(|r| r.peek(&key, &c.recipe.outputs)) {
-                Some(o) => (PlanState::Remote, Some(o), false),
-                None => {
-                    if reasons.is_empty() {
-                        reasons.push(Reason::new(match base {
-                            None => ReasonKind::NeverBuilt,
-                            Some(b) if b.key == key => ReasonKind::NotInStore,
-                            Some(_) => ReasonKind::KeyFormat,
-                        }));
-                    }
-                    (PlanState::Rebuild, None, false)
-                }
-            },
-        },
-        None => {
-            if base.is_none() {
-                reasons.insert(0, Reason::new(ReasonKind::NeverBuilt));
-            }
-            let only_pending = reasons.iter().all(|r| {
-                matches!(
-                    r.kind,
-                    ReasonKind::Input {
-                        change: InputChange::Pending,
-                        ..
-                    } | ReasonKind::RunnerImage { pending: true, .. }
-                )
-            });
-            let cutoff = only_pending
-                && base
-                    .is_some_and(|b| cached_output(ctx.store, &b.key, &c.recipe.outputs).is_some());
-            (PlanState::Pending, None, cutoff)
-        }
-    };
+    let (state, output, early_cutoff) = state_of(ctx, &c.recipe.outputs, key, base, &mut reasons);
     let mut inputs: Vec<String> = c
         .inputs
         .iter()
@@ -649,6 +617,74 @@ fn plan_node(
         waits_for,
         early_cutoff,
         reasons,
+    }
+}
+
+/// The output digests of the inputs planned `cached` or `remote`, and the names of the
+/// others, which must be rebuilt first.
+fn known_inputs(
+    inputs: &[usize],
+    planned: &[OnceLock<PlanNode>],
+    graph: &cascade_manifest::Graph,
+) -> (BTreeMap<String, OutputDigest>, Vec<String>) {
+    let mut known = BTreeMap::new();
+    let mut waits_for = Vec::new();
+    for &j in inputs {
+        let name = &graph.components[j].name;
+        match planned[j].get().map(|p| (p.state, p.output)) {
+            Some((PlanState::Cached | PlanState::Remote, Some(o))) => {
+                known.insert(name.clone(), o);
+            }
+            _ => waits_for.push(name.clone()),
+        }
+    }
+    (known, waits_for)
+}
+
+/// The node's state, its output when it is cached, and whether it may be a cache hit
+/// after all (early cutoff): with a key, cached, remote or rebuild (with why, when
+/// nothing else differs); without one, pending.
+fn state_of(
+    ctx: &Ctx<'_>,
+    outputs: &[String],
+    key: Option<NodeKey>,
+    base: Option<&LockNode>,
+    reasons: &mut Vec<Reason>,
+) -> (PlanState, Option<OutputDigest>, bool) {
+    match key {
+        Some(key) => match cached_output(ctx.store, &key, outputs) {
+            Some(o) => (PlanState::Cached, Some(o), false),
+            None => match ctx.remote.and_then(|r| r.peek(&key, outputs)) {
+                Some(o) => (PlanState::Remote, Some(o), false),
+                None => {
+                    if reasons.is_empty() {
+                        reasons.push(Reason::new(match base {
+                            None => ReasonKind::NeverBuilt,
+                            Some(b) if b.key == key => ReasonKind::NotInStore,
+                            Some(_) => ReasonKind::KeyFormat,
+                        }));
+                    }
+                    (PlanState::Rebuild, None, false)
+                }
+            },
+        },
+        None => {
+            if base.is_none() {
+                reasons.insert(0, Reason::new(ReasonKind::NeverBuilt));
+            }
+            let only_pending = reasons.iter().all(|r| {
+                matches!(
+                    r.kind,
+                    ReasonKind::Input {
+                        change: InputChange::Pending,
+                        ..
+                    } | ReasonKind::RunnerImage { pending: true, .. }
+                )
+            });
+            let cutoff = only_pending
+                && base.is_some_and(|b| cached_output(ctx.store, &b.key, outputs).is_some());
+            (PlanState::Pending, None, cutoff)
+        }
     }
 }
 

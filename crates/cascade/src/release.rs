@@ -290,55 +290,8 @@ fn plan_with(
         .map(|(name, n)| (name.clone(), n.source.r#ref.clone()))
         .collect();
     let project = load(&opts.project, &lock.environment)?;
-    let env_dir = project.environment_dir();
-    let mut components = Vec::new();
-    let mut problems: Vec<Problem> = Vec::new();
-    for c in &project.graph.components {
-        let Some(node) = lock.nodes.get(&c.name) else {
-            continue;
-        };
-        let location = locate(&c.source.repo, &env_dir);
-        let history = match git.history(
-            &location,
-            &node.source.commit,
-            c.source.dir.as_deref(),
-            c.source.version_tags.as_deref(),
-        ) {
-            Ok(h) => h,
-            Err(e) => {
-                problems.push(problem(
-                    &project,
-                    c,
-                    format!("the history of `{}` cannot be read: {e}", c.name),
-                    "this repository",
-                    "the lockfile's commit must be in the repository the environment names",
-                ));
-                continue;
-            }
-        };
-        let mut history = history;
-        if c.recipe.changelog.is_some() {
-            // `release tag` tags the changelog commit on top of the built one: that
-            // counts as tagged on the commit, or a second run would propose it again.
-            let filter = git_filter(&c.recipe);
-            if let Ok(v) = git.released_versions(
-                &location,
-                &node.source.commit,
-                c.source.dir.as_deref(),
-                filter.as_ref(),
-                c.source.version_tags.as_deref(),
-            ) {
-                history.on_commit = v;
-            }
-        }
-        components.push(propose(
-            c,
-            &node.source.commit,
-            &node.source.version,
-            &history,
-            opts,
-        ));
-    }
+    // Steps 1 to 3, per component.
+    let (components, problems) = proposals(opts, git, &project, &lock);
     if !problems.is_empty() {
         return Err(refused(
             format!(
@@ -349,6 +302,99 @@ fn plan_with(
             problems,
         ));
     }
+    // 4. The proposed set against the compatibility matrix, and the changelogs `tag`
+    // would write.
+    let (conflicts, conflict_problems) = conflicts(&project, &components);
+    let changelog_problems = changelog_problems(&project, &components);
+    let diagnostics = plan_refusal(conflict_problems, changelog_problems);
+    Ok((
+        ReleasePlan {
+            environment: lock.environment.clone(),
+            lockfile: shown,
+            pre: opts.pre.clone(),
+            components,
+            conflicts,
+            diagnostics,
+        },
+        project,
+        refs,
+    ))
+}
+
+/// Steps 1 to 3 of the module documentation for each of the lockfile's components the
+/// environment has, in build order; a history that cannot be read is a problem.
+fn proposals(
+    opts: &ReleaseOptions,
+    git: &Git,
+    project: &Project,
+    lock: &Lockfile,
+) -> (Vec<ComponentRelease>, Vec<Problem>) {
+    let env_dir = project.environment_dir();
+    let mut components = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
+    for c in &project.graph.components {
+        let Some(node) = lock.nodes.get(&c.name) else {
+            continue;
+        };
+        let location = locate(&c.source.repo, &env_dir);
+        let history = match history(git, &location, c, &node.source.commit) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(problem(
+                    project,
+                    c,
+                    format!("the history of `{}` cannot be read: {e}", c.name),
+                    "this repository",
+                    "the lockfile's commit must be in the repository the environment names",
+                ));
+                continue;
+            }
+        };
+        components.push(propose(
+            c,
+            &node.source.commit,
+            &node.source.version,
+            &history,
+            opts,
+        ));
+    }
+    (components, problems)
+}
+
+/// Step 1 for one component: the history since the highest release tag reachable from
+/// `commit`.
+fn history(
+    git: &Git,
+    location: &str,
+    c: &Component,
+    commit: &str,
+) -> Result<cascade_git::History, cascade_git::GitError> {
+    let mut history = git.history(
+        location,
+        commit,
+        c.source.dir.as_deref(),
+        c.source.version_tags.as_deref(),
+    )?;
+    if c.recipe.changelog.is_some() {
+        // `release tag` tags the changelog commit on top of the built one: that
+        // counts as tagged on the commit, or a second run would propose it again.
+        let filter = git_filter(&c.recipe);
+        if let Ok(v) = git.released_versions(
+            location,
+            commit,
+            c.source.dir.as_deref(),
+            filter.as_ref(),
+            c.source.version_tags.as_deref(),
+        ) {
+            history.on_commit = v;
+        }
+    }
+    Ok(history)
+}
+
+/// Step 4: the rules of the compatibility matrix the proposed versions break, as data
+/// and as problems.
+fn conflicts(project: &Project, components: &[ComponentRelease]) -> (Vec<Conflict>, Vec<Problem>) {
     let versions: BTreeMap<String, Version> = components
         .iter()
         .filter_map(|c| Some((c.name.clone(), Version::parse(&c.next).ok()?)))
@@ -368,9 +414,14 @@ fn plan_with(
             range: rule.range.to_string(),
             version: v.to_string(),
         });
-        problems.push(conflict_problem(&project, rule, v, &components));
+        problems.push(conflict_problem(project, rule, v, components));
     }
-    let n_conflicts = problems.len();
+    (conflicts, problems)
+}
+
+/// The changelog files of the components to release that their source filters export.
+fn changelog_problems(project: &Project, components: &[ComponentRelease]) -> Vec<Problem> {
+    let mut problems = Vec::new();
     for r in components
         .iter()
         .filter(|r| r.status != ReleaseStatus::NoRelease)
@@ -382,12 +433,20 @@ fn plan_with(
         else {
             continue;
         };
-        if let Some(p) = changelog_problem(&project, c) {
+        if let Some(p) = changelog_problem(project, c) {
             problems.push(p);
         }
     }
-    let n_changelogs = problems.len() - n_conflicts;
-    let diagnostics = (!problems.is_empty()).then(|| {
+    problems
+}
+
+/// The plan's conflicts and changelog problems as one diagnostic, if there are any.
+fn plan_refusal(conflicts: Vec<Problem>, changelogs: Vec<Problem>) -> Option<ReleaseRefusal> {
+    let n_conflicts = conflicts.len();
+    let n_changelogs = changelogs.len();
+    let mut problems = conflicts;
+    problems.extend(changelogs);
+    (!problems.is_empty()).then(|| {
         let plural = |n: usize| if n == 1 { "" } else { "s" };
         let mut parts = Vec::new();
         if n_conflicts > 0 {
@@ -411,19 +470,7 @@ fn plan_with(
             summary: parts.join("; "),
             problems,
         }
-    });
-    Ok((
-        ReleasePlan {
-            environment: lock.environment.clone(),
-            lockfile: shown,
-            pre: opts.pre.clone(),
-            components,
-            conflicts,
-            diagnostics,
-        },
-        project,
-        refs,
-    ))
+    })
 }
 
 /// A recipe's `changelog:` that its source filter exports: writing it would give the
@@ -812,144 +859,21 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
             d.problems,
         ));
     }
-    let env_dir = project.environment_dir();
-    let component = |name: &str| {
-        project
-            .graph
-            .index_of(name)
-            .map(|i| &project.graph.components[i])
+    let tagging = Tagging {
+        git: &git,
+        project: &project,
+        env_dir: project.environment_dir(),
+        lock_nodes: &lock_nodes,
+        push,
     };
 
     // 1. Every tag checked before any is created.
-    let mut outcomes = Vec::new();
-    let mut to_create: Vec<Creation<'_>> = Vec::new();
-    let mut problems: Vec<Problem> = Vec::new();
-    let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
-    for r in plan.components.iter().filter(|r| r.tag.is_some()) {
-        let (Some(c), Some(tag)) = (component(&r.name), r.tag.clone()) else {
-            continue;
-        };
-        let location = locate(&c.source.repo, &env_dir);
-        // Two components of one repository asking for one tag on different commits.
-        if let Some(other) = claimed.insert((location.clone(), tag.clone()), r.commit.clone()) {
-            if other != r.commit {
-                problems.push(problem(
-                    &project,
-                    c,
-                    format!(
-                        "tag `{tag}` of `{}` is asked for on two commits of this repository",
-                        r.name
-                    ),
-                    "one repository",
-                    "give each component of a monorepo its own `version_tags:` pattern, such as `web-v{version}`",
-                ));
-            }
-            continue;
-        }
-        // A mirror's tags exist only once they are pushed back to its URL.
-        if !push && cascade_git::is_remote(&location) {
-            problems.push(problem(
-                &project,
-                c,
-                format!(
-                    "`{}` is a remote repository: its tag `{tag}` can only be pushed",
-                    r.name
-                ),
-                "a URL",
-                "run `cascade release tag --push`, or tag a local clone",
-            ));
-            continue;
-        }
-        let filter = git_filter(&c.recipe);
-        let existing = |commit: String| TagOutcome {
-            component: r.name.clone(),
-            tag: tag.clone(),
-            commit,
-            version: r.next.clone(),
-            action: TagAction::Existing,
-            changelog: None,
-        };
-        match git.tag_state(&location, &tag) {
-            Ok(TagState::Missing) => {
-                let changelog = c.recipe.changelog.as_ref().map(|cl| {
-                    let dir = c.source.dir.as_deref().map(|d| d.trim_matches('/'));
-                    match dir.filter(|d| !d.is_empty() && *d != ".") {
-                        Some(d) => format!("{d}/{}", cl.path),
-                        None => cl.path.clone(),
-                    }
-                });
-                to_create.push(Creation {
-                    location,
-                    release: r,
-                    component: c,
-                    tag,
-                    changelog,
-                    built_ref: lock_ref(&lock_nodes, &r.name),
-                });
-            }
-            Ok(TagState::On(commit)) if commit == r.commit => outcomes.push(existing(commit)),
-            // Made by an earlier `release tag` for a recipe with `changelog:`.
-            Ok(TagState::On(commit))
-                if c.recipe.changelog.is_some()
-                    && git
-                        .is_changelog_commit(
-                            &location,
-                            &commit,
-                            &r.commit,
-                            c.source.dir.as_deref(),
-                            filter.as_ref(),
-                        )
-                        .unwrap_or(false) =>
-            {
-                outcomes.push(existing(commit))
-            }
-            Ok(TagState::On(commit)) => problems.push(problem(
-                &project,
-                c,
-                format!(
-                    "tag `{tag}` of `{}` exists on commit `{}`, not on `{}` that the lockfile built",
-                    r.name,
-                    short_sha(&commit),
-                    short_sha(&r.commit)
-                ),
-                "tag on another commit",
-                "a released version is never moved: build the tagged commit, or release the next version",
-            )),
-            Ok(TagState::NotACommit) => problems.push(problem(
-                &project,
-                c,
-                format!("tag `{tag}` of `{}` exists and does not name a commit", r.name),
-                "tag on another object",
-                "a released version is never moved: delete the tag by hand if it is a mistake",
-            )),
-            Err(e) => problems.push(problem(
-                &project,
-                c,
-                format!("the tags of `{}` cannot be read: {e}", r.name),
-                "this repository",
-                "check that the repository is readable",
-            )),
-        }
-    }
-    // One changelog commit per built commit of a repository: two would each need the
-    // built commit as their parent, and the branch can only move to one of them.
-    let mut writers: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-    for w in to_create.iter().filter(|w| w.changelog.is_some()) {
-        let key = (w.location.as_str(), w.release.commit.as_str());
-        if let Some(first) = writers.insert(key, &w.release.name) {
-            problems.push(problem(
-                &project,
-                w.component,
-                format!(
-                    "`{first}` and `{}` would both write a changelog commit on `{}` of this repository",
-                    w.release.name,
-                    short_sha(&w.release.commit)
-                ),
-                "one repository",
-                "keep `changelog:` in one of their recipes, or release them from different commits",
-            ));
-        }
-    }
+    let Checked {
+        mut outcomes,
+        to_create,
+        problems,
+        ..
+    } = tagging.check(&plan);
     if !problems.is_empty() {
         let n = problems.len();
         return Err(refused(
@@ -964,21 +888,7 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
 
     // 2. Created, or none of them (changelog commits with their tags, and branches put
     // back).
-    let mut done = Undo::default();
-    for w in &to_create {
-        let r = w.release;
-        match create(&git, w, &mut done) {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(source) => {
-                done.undo(&git);
-                return Err(Error::Tagging {
-                    component: r.name.clone(),
-                    tag: w.tag.clone(),
-                    source: Box::new(source),
-                });
-            }
-        }
-    }
+    outcomes.extend(create_all(&git, &to_create)?);
     // Build order, whichever way each tag was found.
     let order: BTreeMap<&str, usize> = plan
         .components
@@ -990,14 +900,220 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
 
     // 3. Pushed, per repository (created tags stay if a push fails: pushing again is
     // the way on).
-    let mut pushed = Vec::new();
-    if push {
+    let pushed = if push {
+        tagging.push(&outcomes)?
+    } else {
+        Vec::new()
+    };
+
+    // 4. The hooks.
+    let notifications = release_notifications(&project, &plan, &outcomes);
+    Ok(TagReport {
+        plan,
+        tags: outcomes,
+        pushed,
+        notifications,
+    })
+}
+
+/// What `release tag`'s steps share.
+struct Tagging<'a> {
+    git: &'a Git,
+    project: &'a Project,
+    env_dir: PathBuf,
+    /// The lockfile's `ref:` of each component.
+    lock_nodes: &'a BTreeMap<String, Option<String>>,
+    push: bool,
+}
+
+/// What step 1 found: the tags already there, the tags to create, and why some cannot
+/// be.
+#[derive(Default)]
+struct Checked<'a> {
+    outcomes: Vec<TagOutcome>,
+    to_create: Vec<Creation<'a>>,
+    problems: Vec<Problem>,
+    /// (location, tag) → the commit it is asked for on.
+    claimed: BTreeMap<(String, String), String>,
+}
+
+impl<'a> Tagging<'a> {
+    fn component(&self, name: &str) -> Option<&'a Component> {
+        self.project
+            .graph
+            .index_of(name)
+            .map(|i| &self.project.graph.components[i])
+    }
+
+    /// Step 1: every tag of the plan checked, then the changelog commits they need.
+    fn check(&self, plan: &'a ReleasePlan) -> Checked<'a> {
+        let mut checked = Checked::default();
+        for r in plan.components.iter().filter(|r| r.tag.is_some()) {
+            self.check_one(r, &mut checked);
+        }
+        self.check_writers(&mut checked);
+        checked
+    }
+
+    /// Step 1 for one release: its tag asked for once per repository, on a repository
+    /// it can be made in, then looked up.
+    fn check_one(&self, r: &'a ComponentRelease, checked: &mut Checked<'a>) {
+        let (Some(c), Some(tag)) = (self.component(&r.name), r.tag.clone()) else {
+            return;
+        };
+        let location = locate(&c.source.repo, &self.env_dir);
+        // Two components of one repository asking for one tag on different commits.
+        if let Some(other) = checked
+            .claimed
+            .insert((location.clone(), tag.clone()), r.commit.clone())
+        {
+            if other != r.commit {
+                checked.problems.push(problem(
+                    self.project,
+                    c,
+                    format!(
+                        "tag `{tag}` of `{}` is asked for on two commits of this repository",
+                        r.name
+                    ),
+                    "one repository",
+                    "give each component of a monorepo its own `version_tags:` pattern, such as `web-v{version}`",
+                ));
+            }
+            return;
+        }
+        // A mirror's tags exist only once they are pushed back to its URL.
+        if !self.push && cascade_git::is_remote(&location) {
+            checked.problems.push(problem(
+                self.project,
+                c,
+                format!(
+                    "`{}` is a remote repository: its tag `{tag}` can only be pushed",
+                    r.name
+                ),
+                "a URL",
+                "run `cascade release tag --push`, or tag a local clone",
+            ));
+            return;
+        }
+        self.look_up(r, c, location, tag, checked);
+    }
+
+    /// The release's tag as its repository has it: missing (to create), on the built
+    /// commit or its changelog commit (kept), or elsewhere (a problem).
+    fn look_up(
+        &self,
+        r: &'a ComponentRelease,
+        c: &'a Component,
+        location: String,
+        tag: String,
+        checked: &mut Checked<'a>,
+    ) {
+        let filter = git_filter(&c.recipe);
+        let existing = |commit: String| TagOutcome {
+            component: r.name.clone(),
+            tag: tag.clone(),
+            commit,
+            version: r.next.clone(),
+            action: TagAction::Existing,
+            changelog: None,
+        };
+        match self.git.tag_state(&location, &tag) {
+            Ok(TagState::Missing) => {
+                let changelog = c.recipe.changelog.as_ref().map(|cl| {
+                    let dir = c.source.dir.as_deref().map(|d| d.trim_matches('/'));
+                    match dir.filter(|d| !d.is_empty() && *d != ".") {
+                        Some(d) => format!("{d}/{}", cl.path),
+                        None => cl.path.clone(),
+                    }
+                });
+                checked.to_create.push(Creation {
+                    location,
+                    release: r,
+                    component: c,
+                    tag,
+                    changelog,
+                    built_ref: lock_ref(self.lock_nodes, &r.name),
+                });
+            }
+            Ok(TagState::On(commit)) if commit == r.commit => {
+                checked.outcomes.push(existing(commit))
+            }
+            // Made by an earlier `release tag` for a recipe with `changelog:`.
+            Ok(TagState::On(commit))
+                if c.recipe.changelog.is_some()
+                    && self
+                        .git
+                        .is_changelog_commit(
+                            &location,
+                            &commit,
+                            &r.commit,
+                            c.source.dir.as_deref(),
+                            filter.as_ref(),
+                        )
+                        .unwrap_or(false) =>
+            {
+                checked.outcomes.push(existing(commit))
+            }
+            Ok(TagState::On(commit)) => checked.problems.push(problem(
+                self.project,
+                c,
+                format!(
+                    "tag `{tag}` of `{}` exists on commit `{}`, not on `{}` that the lockfile built",
+                    r.name,
+                    short_sha(&commit),
+                    short_sha(&r.commit)
+                ),
+                "tag on another commit",
+                "a released version is never moved: build the tagged commit, or release the next version",
+            )),
+            Ok(TagState::NotACommit) => checked.problems.push(problem(
+                self.project,
+                c,
+                format!("tag `{tag}` of `{}` exists and does not name a commit", r.name),
+                "tag on another object",
+                "a released version is never moved: delete the tag by hand if it is a mistake",
+            )),
+            Err(e) => checked.problems.push(problem(
+                self.project,
+                c,
+                format!("the tags of `{}` cannot be read: {e}", r.name),
+                "this repository",
+                "check that the repository is readable",
+            )),
+        }
+    }
+
+    /// One changelog commit per built commit of a repository: two would each need the
+    /// built commit as their parent, and the branch can only move to one of them.
+    fn check_writers(&self, checked: &mut Checked<'a>) {
+        let mut writers: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for w in checked.to_create.iter().filter(|w| w.changelog.is_some()) {
+            let key = (w.location.as_str(), w.release.commit.as_str());
+            if let Some(first) = writers.insert(key, &w.release.name) {
+                checked.problems.push(problem(
+                    self.project,
+                    w.component,
+                    format!(
+                        "`{first}` and `{}` would both write a changelog commit on `{}` of this repository",
+                        w.release.name,
+                        short_sha(&w.release.commit)
+                    ),
+                    "one repository",
+                    "keep `changelog:` in one of their recipes, or release them from different commits",
+                ));
+            }
+        }
+    }
+
+    /// Step 3: the tags of `outcomes` pushed, per repository; each remote as shown.
+    fn push(&self, outcomes: &[TagOutcome]) -> Result<Vec<String>, Error> {
+        let mut pushed = Vec::new();
         // Location → (the repository as written, its tags).
         let mut by_repo: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-        for o in &outcomes {
-            if let Some(c) = component(&o.component) {
+        for o in outcomes {
+            if let Some(c) = self.component(&o.component) {
                 by_repo
-                    .entry(locate(&c.source.repo, &env_dir))
+                    .entry(locate(&c.source.repo, &self.env_dir))
                     .or_insert_with(|| (c.source.repo.clone(), BTreeSet::new()))
                     .1
                     .insert(o.tag.clone());
@@ -1005,7 +1121,8 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
         }
         for (location, (repo, tags)) in by_repo {
             let tags: Vec<String> = tags.into_iter().collect();
-            let url = git
+            let url = self
+                .git
                 .push_tags(&location, &tags)
                 .map_err(|source| Error::PushTags {
                     repo,
@@ -1024,9 +1141,38 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
                 url
             });
         }
+        Ok(pushed)
     }
+}
 
-    // 4. The hooks.
+/// Step 2: every tag created, or none of them (what was written is taken back).
+fn create_all(git: &Git, to_create: &[Creation<'_>]) -> Result<Vec<TagOutcome>, Error> {
+    let mut outcomes = Vec::new();
+    let mut done = Undo::default();
+    for w in to_create {
+        let r = w.release;
+        match create(git, w, &mut done) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(source) => {
+                done.undo(git);
+                return Err(Error::Tagging {
+                    component: r.name.clone(),
+                    tag: w.tag.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Step 4: the environment's `notify:` hooks told of the release, when it created a
+/// tag (a second `release tag` is silent).
+fn release_notifications(
+    project: &Project,
+    plan: &ReleasePlan,
+    outcomes: &[TagOutcome],
+) -> Vec<Delivery> {
     let mut event = NotifyEvent::new(
         EventKind::Release,
         &plan.environment,
@@ -1050,18 +1196,12 @@ pub fn release_tag(opts: &ReleaseOptions, push: bool) -> Result<TagReport, Error
             tag: Some(o.tag.clone()),
         })
         .collect();
-    let notifications = if outcomes.iter().any(|o| o.action == TagAction::Created) {
+    if outcomes.iter().any(|o| o.action == TagAction::Created) {
         notify(&project.graph.environment.notify, &event)
     } else {
         // Nothing new was released: a second `release tag` is silent.
         Vec::new()
-    };
-    Ok(TagReport {
-        plan,
-        tags: outcomes,
-        pushed,
-        notifications,
-    })
+    }
 }
 
 #[cfg(test)]

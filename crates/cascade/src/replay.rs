@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use cascade_core::{BlobDigest, FileId, KeyIngredients, SourceKey, Span};
 use cascade_git::{Git, GitError, PinSpec, RevSpec};
-use cascade_lock::{LockNode, Lockfile};
+use cascade_lock::{LockImage, LockNode, Lockfile};
 use cascade_manifest::{
     Component, ImageBase, ImageDecl, Recipe, Rev, RunnerDecl, RunnerImage, SourceSpec,
 };
@@ -230,8 +230,6 @@ fn mismatches(
     out
 }
 
-/// The lockfile's nodes as components, in build order: recipes and image declarations
-/// from the store, inputs and image bases as edges.
 /// The project's own git history, searched for a recipe file whose digest matches.
 struct History<'a> {
     git: &'a Git,
@@ -257,6 +255,8 @@ impl History<'_> {
     }
 }
 
+/// The lockfile's nodes as components, in build order: recipes and image declarations
+/// from the store, inputs and image bases as edges.
 fn components(
     locked: &Locked<'_>,
     store: &Store,
@@ -264,23 +264,97 @@ fn components(
     history: &History<'_>,
 ) -> Result<Vec<Component>, Error> {
     let lock = locked.lock;
-    let today =
-        |name: &str| current.and_then(|p| p.graph.components.iter().find(|c| c.name == name));
+    let recovery = Recovery {
+        locked,
+        store,
+        current,
+        history,
+    };
     let mut recipes: BTreeMap<&str, Recipe> = BTreeMap::new();
-    let mut found_decls: BTreeMap<&str, Option<ImageDecl>> = BTreeMap::new();
     for (name, ln) in &lock.nodes {
-        let mut recipe = store
+        recipes.insert(name, recovery.recipe(name, ln)?);
+    }
+    let (order, left) = crate::lockfiles::build_order(&edges(&recipes));
+    if let Some(stuck) = left.first() {
+        return Err(locked.problem(
+            stuck,
+            "inputs:",
+            format!("the inputs of `{stuck}` name a component the lockfile lacks, or form a cycle"),
+            "here",
+            None,
+        ));
+    }
+    let index: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    for name in &order {
+        let recipe = recipes
+            .remove(name.as_str())
+            .unwrap_or_else(|| unreachable!());
+        out.push(component(name, &lock.nodes[name], recipe, &index));
+    }
+    Ok(out)
+}
+
+/// Where a replay finds the recipes and image declarations its lockfile names by
+/// digest: the store, else today's manifests or the project's history when the digests
+/// match.
+struct Recovery<'a> {
+    locked: &'a Locked<'a>,
+    store: &'a Store,
+    current: Option<&'a crate::Project>,
+    history: &'a History<'a>,
+}
+
+impl<'a> Recovery<'a> {
+    /// Today's component `name`, when today's manifests resolve.
+    fn today(&self, name: &str) -> Option<&'a Component> {
+        self.current
+            .and_then(|p| p.graph.components.iter().find(|c| c.name == name))
+    }
+
+    /// The node's recipe, with its inputs checked against the lockfile's and its image
+    /// declaration recovered.
+    fn recipe(&self, name: &str, ln: &LockNode) -> Result<Recipe, Error> {
+        let (mut recipe, found_decl) = self.find_recipe(name, ln)?;
+        let recorded: BTreeSet<&str> = ln.inputs.keys().map(String::as_str).collect();
+        let declared: BTreeSet<&str> = recipe.inputs.iter().map(String::as_str).collect();
+        if recorded != declared {
+            return Err(self.locked.problem(
+                name,
+                "inputs:",
+                format!("the inputs of `{name}` do not match its recipe's"),
+                "not the recipe's inputs",
+                Some("the lockfile was edited; rebuild the environment to get a true one".into()),
+            ));
+        }
+        if let Some(image) = &ln.image {
+            recipe.image = Some(self.image_decl(name, image, found_decl)?);
+        }
+        Ok(recipe)
+    }
+
+    /// The recipe the lockfile's digest names, without its image declaration when it
+    /// came from a recipe file (that declaration, returned beside it, is checked
+    /// against the lockfile's `spec`).
+    fn find_recipe(&self, name: &str, ln: &LockNode) -> Result<(Recipe, Option<ImageDecl>), Error> {
+        let mut found_decl = None;
+        let recipe = self
+            .store
             .get_blob(&BlobDigest(ln.recipe))
             .ok()
             .and_then(|b| Recipe::decode_canonical(&b).ok())
             .or_else(|| {
-                today(name)
+                self.today(name)
                     .map(|c| c.recipe.clone())
                     .filter(|r| r.digest() == ln.recipe)
-                    .or_else(|| history.recipe(name, &ln.recipe))
+                    .or_else(|| self.history.recipe(name, &ln.recipe))
                     .map(|r| {
                         // Kept aside: the image declaration is checked against `spec`.
-                        found_decls.insert(name.as_str(), r.image.clone());
+                        found_decl = r.image.clone();
                         Recipe {
                             image: None,
                             tests: Vec::new(),
@@ -289,7 +363,7 @@ fn components(
                     })
             })
             .ok_or_else(|| {
-                locked.problem(
+                self.locked.problem(
                     name,
                     &ln.recipe.to_string(),
                     format!(
@@ -304,46 +378,43 @@ fn components(
                     ),
                 )
             })?;
-        let recorded: BTreeSet<&str> = ln.inputs.keys().map(String::as_str).collect();
-        let declared: BTreeSet<&str> = recipe.inputs.iter().map(String::as_str).collect();
-        if recorded != declared {
-            return Err(locked.problem(
-                name,
-                "inputs:",
-                format!("the inputs of `{name}` do not match its recipe's"),
-                "not the recipe's inputs",
-                Some("the lockfile was edited; rebuild the environment to get a true one".into()),
-            ));
-        }
-        if let Some(image) = &ln.image {
-            let decl = image
-                .spec
-                .and_then(|d| store.get_blob(&BlobDigest(d)).ok())
-                .and_then(|b| ImageDecl::decode_canonical(&b).ok())
-                .or_else(|| {
-                    let decl = found_decls
-                        .get(name.as_str())
-                        .cloned()
-                        .flatten()
-                        .or_else(|| today(name)?.recipe.image.clone())?;
-                    (Some(decl.digest()) == image.spec).then_some(decl)
-                })
-                .ok_or_else(|| {
-                    locked.problem(
-                        name,
-                        "image:",
-                        format!(
-                            "the image declaration of `{name}` is neither in the store nor in `recipes/{name}.yaml`, today or in the project's git history"
-                        ),
-                        "cannot be made again",
-                        Some("replay it with the store that built it (--store)".to_string()),
-                    )
-                })?;
-            recipe.image = Some(decl);
-        }
-        recipes.insert(name, recipe);
+        Ok((recipe, found_decl))
     }
-    let deps: BTreeMap<String, BTreeSet<String>> = recipes
+
+    /// The image declaration the lockfile's `spec` names: from the store, else the one
+    /// found with the recipe, else today's.
+    fn image_decl(
+        &self,
+        name: &str,
+        image: &LockImage,
+        found_decl: Option<ImageDecl>,
+    ) -> Result<ImageDecl, Error> {
+        image
+            .spec
+            .and_then(|d| self.store.get_blob(&BlobDigest(d)).ok())
+            .and_then(|b| ImageDecl::decode_canonical(&b).ok())
+            .or_else(|| {
+                let decl = found_decl.or_else(|| self.today(name)?.recipe.image.clone())?;
+                (Some(decl.digest()) == image.spec).then_some(decl)
+            })
+            .ok_or_else(|| {
+                self.locked.problem(
+                    name,
+                    "image:",
+                    format!(
+                        "the image declaration of `{name}` is neither in the store nor in `recipes/{name}.yaml`, today or in the project's git history"
+                    ),
+                    "cannot be made again",
+                    Some("replay it with the store that built it (--store)".to_string()),
+                )
+            })
+    }
+}
+
+/// Each node's edges: its inputs, its image's base component and the component whose
+/// image its steps run in.
+fn edges(recipes: &BTreeMap<&str, Recipe>) -> BTreeMap<String, BTreeSet<String>> {
+    recipes
         .iter()
         .map(|(name, r)| {
             let mut d: BTreeSet<String> = r.inputs.iter().cloned().collect();
@@ -362,77 +433,63 @@ fn components(
             }
             (name.to_string(), d)
         })
-        .collect();
-    let (order, left) = crate::lockfiles::build_order(&deps);
-    if let Some(stuck) = left.first() {
-        return Err(locked.problem(
-            stuck,
-            "inputs:",
-            format!("the inputs of `{stuck}` name a component the lockfile lacks, or form a cycle"),
-            "here",
-            None,
-        ));
-    }
-    let index: BTreeMap<&str, usize> = order
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
+        .collect()
+}
+
+/// The node `name` as a component, its edges as indexes into the build order.
+fn component(
+    name: &str,
+    ln: &LockNode,
+    recipe: Recipe,
+    index: &BTreeMap<&str, usize>,
+) -> Component {
     let nowhere = Span::new(FileId(0), 0, 0);
-    let mut out = Vec::new();
-    for name in &order {
-        let ln = &lock.nodes[name];
-        let recipe = recipes
-            .remove(name.as_str())
-            .unwrap_or_else(|| unreachable!());
-        let inputs = recipe
-            .inputs
-            .iter()
-            .filter_map(|i| index.get(i.as_str()).copied())
-            .collect();
-        let image_base = match &recipe.image {
-            Some(ImageDecl {
-                base: ImageBase::Component(b),
-                ..
-            }) => index.get(b.as_str()).copied(),
-            _ => None,
-        };
-        let runner_image = match &recipe.runner {
-            RunnerDecl::Container {
-                image: RunnerImage::Component(c),
-            } => index.get(c.as_str()).copied(),
-            _ => None,
-        };
-        // The rev as recorded (a new lockfile says the same); `pin` below goes by the
-        // recorded commit, not by this.
-        let rev = match &ln.source.r#ref {
-            Some(r) => Rev::Ref(r.clone()),
-            None => match semver::Version::parse(&ln.source.version) {
-                Ok(v) => Rev::Version(v),
-                Err(_) => Rev::Ref(ln.source.commit.clone()),
-            },
-        };
-        out.push(Component {
-            name: name.clone(),
-            source: SourceSpec {
-                repo: ln.source.repo.clone(),
-                repo_span: nowhere,
-                rev,
-                rev_span: nowhere,
-                dir: ln.source.dir.clone(),
-                dir_span: None,
-                // The version is the lockfile's; no tags are looked at.
-                version_tags: None,
-            },
-            recipe,
-            recipe_file: FileId(0),
-            inputs,
-            image_base,
-            runner_image,
-            tool_spans: Default::default(),
-        });
+    let inputs = recipe
+        .inputs
+        .iter()
+        .filter_map(|i| index.get(i.as_str()).copied())
+        .collect();
+    let image_base = match &recipe.image {
+        Some(ImageDecl {
+            base: ImageBase::Component(b),
+            ..
+        }) => index.get(b.as_str()).copied(),
+        _ => None,
+    };
+    let runner_image = match &recipe.runner {
+        RunnerDecl::Container {
+            image: RunnerImage::Component(c),
+        } => index.get(c.as_str()).copied(),
+        _ => None,
+    };
+    // The rev as recorded (a new lockfile says the same); `pin` below goes by the
+    // recorded commit, not by this.
+    let rev = match &ln.source.r#ref {
+        Some(r) => Rev::Ref(r.clone()),
+        None => match semver::Version::parse(&ln.source.version) {
+            Ok(v) => Rev::Version(v),
+            Err(_) => Rev::Ref(ln.source.commit.clone()),
+        },
+    };
+    Component {
+        name: name.to_string(),
+        source: SourceSpec {
+            repo: ln.source.repo.clone(),
+            repo_span: nowhere,
+            rev,
+            rev_span: nowhere,
+            dir: ln.source.dir.clone(),
+            dir_span: None,
+            // The version is the lockfile's; no tags are looked at.
+            version_tags: None,
+        },
+        recipe,
+        recipe_file: FileId(0),
+        inputs,
+        image_base,
+        runner_image,
+        tool_spans: Default::default(),
     }
-    Ok(out)
 }
 
 /// Each node at exactly its recorded commit and tree, with its recorded version, keyed

@@ -27,7 +27,7 @@ use cascade_reapi::{Any, Blob, Client, Digest, RpcStatus};
 use cascade_store::Store;
 
 use crate::reapi::{cas_digest, quote};
-use crate::rootfs::Rootfses;
+use crate::rootfs::{Rootfs, Rootfses};
 use crate::Error;
 
 /// `cascade worker`'s settings.
@@ -101,124 +101,111 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
         tools: Tools::new(opts.tools_path.clone()),
         name: name.clone(),
     });
-    let mut finished = 0usize;
-    let mut backoff = Duration::from_millis(250);
     // Lease threads say here when they are done, so a worker at capacity reports at once.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    'session: loop {
+    let mut bot = Bot {
+        opts,
+        on_event,
+        ctx,
+        name,
+        done_tx,
+        done_rx,
+        finished: 0,
+        backoff: Duration::from_millis(250),
+    };
+    loop {
         if cascade_exec::interrupted() {
             return Ok(());
         }
-        let mut session = match ctx.client.create_bot_session(
+        let Some(session) = bot.open_session() else {
+            continue;
+        };
+        match bot.run_session(session) {
+            SessionEnd::Stop => return Ok(()),
+            SessionEnd::Lost => continue,
+        }
+    }
+}
+
+/// The bot: what its sessions carry from one to the next, and hand to the lease threads
+/// they start.
+struct Bot<'a> {
+    opts: &'a WorkerOptions,
+    on_event: &'a dyn Fn(WorkerEvent<'_>),
+    ctx: Arc<Ctx>,
+    name: String,
+    done_tx: std::sync::mpsc::Sender<()>,
+    done_rx: std::sync::mpsc::Receiver<()>,
+    /// Leases finished and reported.
+    finished: usize,
+    /// How long to wait before asking the server again after a failed call.
+    backoff: Duration,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    /// Interrupted, or `max_leases` are done: the worker stops.
+    Stop,
+    /// The server no longer knows it: a new one is opened.
+    Lost,
+}
+
+impl Bot<'_> {
+    /// A new session, or `None` after a failed attempt (and the backoff).
+    fn open_session(&mut self) -> Option<BotSession> {
+        match self.ctx.client.create_bot_session(
             BotSession {
-                bot_id: name.clone(),
+                bot_id: self.name.clone(),
                 status: BotStatus::Ok as i32,
-                worker: Some(worker_description(&name, opts.capacity)),
+                worker: Some(worker_description(&self.name, self.opts.capacity)),
                 ..Default::default()
             },
             Duration::from_secs(10),
         ) {
-            Ok(s) => s,
-            Err(e) => {
-                on_event(WorkerEvent::Lost {
-                    error: &e.to_string(),
+            Ok(session) => {
+                (self.on_event)(WorkerEvent::Connected {
+                    session: &session.name,
+                    name: &self.name,
                 });
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+                Some(session)
             }
-        };
-        on_event(WorkerEvent::Connected {
-            session: &session.name,
-            name: &name,
+            Err(e) => {
+                self.lost(&e);
+                None
+            }
+        }
+    }
+
+    /// Says the server was lost, and waits the backoff (which doubles, up to 5 s).
+    fn lost(&mut self, e: &cascade_reapi::ReapiError) {
+        (self.on_event)(WorkerEvent::Lost {
+            error: &e.to_string(),
         });
-        // What the server's answer says: cancellations, and new leases to start.
-        let take_leases =
-            // A lease id that comes back after it was reported is the server retrying
-            // it (BuildGrid reuses the job's name), so it runs again.
-            |session: &BotSession, held: &mut BTreeMap<String, Held>| {
-                // A lease the server no longer lists was cancelled (BuildGrid drops it
-                // rather than sending CANCELLED).
-                let listed: std::collections::BTreeSet<String> =
-                    session.leases.iter().map(|l| l.id.clone()).collect();
-                held.retain(|id, h| {
-                    let keep = listed.contains(id) && h.lease_state_ok(session);
-                    if !keep {
-                        h.cancel.store(true, Ordering::Relaxed);
-                        on_event(WorkerEvent::Cancelled { lease: id });
-                    }
-                    keep
-                });
-                for lease in session.leases.clone() {
-                    let state =
-                        LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
-                    // New work arrives PENDING (the API) or already ACTIVE (BuildGrid).
-                    let new = matches!(state, LeaseState::Pending | LeaseState::Active)
-                        && !held.contains_key(&lease.id);
-                    if !new || held.len() >= opts.capacity {
-                        continue;
-                    }
-                    let h = Held {
-                        lease: lease.clone(),
-                        started: Instant::now(),
-                        cancel: Arc::new(AtomicBool::new(false)),
-                        done: Arc::new(Mutex::new(None)),
-                    };
-                    let (ctx2, cancel, done, tx) = (
-                        ctx.clone(),
-                        h.cancel.clone(),
-                        h.done.clone(),
-                        done_tx.clone(),
-                    );
-                    on_event(WorkerEvent::Started {
-                        lease: &lease.id,
-                        action: &describe(&lease),
-                    });
-                    held.insert(lease.id.clone(), h);
-                    std::thread::spawn(move || {
-                        // A panic is a bug here, but must not leave the lease ACTIVE forever:
-                        // INTERNAL, which the server retries elsewhere.
-                        let outcome =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                ctx2.run_lease(&lease, &cancel)
-                            }))
-                            .unwrap_or_else(|_| {
-                                (
-                                RpcStatus {
-                                    code: Code::Internal as i32,
-                                    message:
-                                        "the worker failed running this action (a bug in cascade)"
-                                            .into(),
-                                    details: Vec::new(),
-                                },
-                                None,
-                            )
-                            });
-                        *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
-                        let _ = tx.send(());
-                    });
-                }
-            };
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    /// One session: every lease's state reported in each update, until the worker
+    /// stops or the session is lost (its leases are then cancelled).
+    fn run_session(&mut self, mut session: BotSession) -> SessionEnd {
         let mut held: BTreeMap<String, Held> = BTreeMap::new();
         // CreateBotSession may already hand out work (a restarted worker's own leases).
-        take_leases(&session, &mut held);
+        self.take_leases(&session, &mut held);
         // When the last call went through: a session the server has not heard from for
         // its keepalive is gone, and a new one is opened.
         let mut last_ok = Instant::now();
         loop {
             if cascade_exec::interrupted() {
-                for h in held.values() {
-                    h.cancel.store(true, Ordering::Relaxed);
-                }
-                return Ok(());
+                cancel_all(&held);
+                return SessionEnd::Stop;
             }
             let any_done = held.values().any(Held::is_done);
-            if held.len() >= opts.capacity && !any_done {
+            if held.len() >= self.opts.capacity && !any_done {
                 // At capacity the server answers at once: wait for a lease to end (or
                 // beat the keepalive) instead of asking again and again.
-                let _ = done_rx.recv_timeout(Duration::from_secs(5));
+                let _ = self.done_rx.recv_timeout(Duration::from_secs(5));
             }
-            while done_rx.try_recv().is_ok() {}
+            while self.done_rx.try_recv().is_ok() {}
             // Every lease we hold, as it is now.
             session.leases = held.values().map(Held::state).collect();
             let reported: Vec<String> = session
@@ -227,18 +214,8 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                 .filter(|l| l.state == LeaseState::Completed as i32)
                 .map(|l| l.id.clone())
                 .collect();
-
-            // With room for work the server holds the call for 80% of its deadline
-            // (and hands out nothing under 3 s); each call renews the session, so the
-            // deadline stays within half the keepalive the session's expiry shows.
-            let wait = if held.len() >= opts.capacity {
-                Duration::from_secs(5)
-            } else if held.is_empty() {
-                Duration::from_secs(30).min(half_keepalive(&session))
-            } else {
-                Duration::from_secs(4)
-            };
-            let answer = match ctx.client.update_bot_session(session.clone(), wait) {
+            let wait = self.update_wait(&held, &session);
+            let answer = match self.ctx.client.update_bot_session(session.clone(), wait) {
                 Ok(s) => s,
                 Err(e) => {
                     // A session the server no longer knows (an expired one is
@@ -248,40 +225,128 @@ pub fn worker(opts: &WorkerOptions, on_event: &dyn Fn(WorkerEvent<'_>)) -> Resul
                     // again, the same session, the leases still running.
                     let gone = matches!(e.code(), Code::InvalidArgument | Code::NotFound)
                         || last_ok.elapsed() > 2 * half_keepalive(&session);
-                    on_event(WorkerEvent::Lost {
-                        error: &e.to_string(),
-                    });
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.lost(&e);
                     if gone {
-                        for h in held.values() {
-                            h.cancel.store(true, Ordering::Relaxed);
-                        }
-                        continue 'session;
+                        cancel_all(&held);
+                        return SessionEnd::Lost;
                     }
                     continue;
                 }
             };
             last_ok = Instant::now();
-            backoff = Duration::from_millis(250);
-            for id in &reported {
-                if let Some(h) = held.remove(id) {
-                    let (status, exit_code) = h.outcome();
-                    on_event(WorkerEvent::Finished {
-                        lease: id,
-                        exit_code,
-                        status,
-                        ms: h.started.elapsed().as_millis() as u64,
-                    });
-                    finished += 1;
-                }
-            }
-            if opts.max_leases.is_some_and(|m| finished >= m) && held.is_empty() {
-                return Ok(());
+            self.backoff = Duration::from_millis(250);
+            self.report_finished(&reported, &mut held);
+            if self.opts.max_leases.is_some_and(|m| self.finished >= m) && held.is_empty() {
+                return SessionEnd::Stop;
             }
             session = answer;
-            take_leases(&session, &mut held);
+            self.take_leases(&session, &mut held);
         }
+    }
+
+    /// How long the next update may wait. With room for work the server holds the call
+    /// for 80% of its deadline (and hands out nothing under 3 s); each call renews the
+    /// session, so the deadline stays within half the keepalive the session's expiry
+    /// shows.
+    fn update_wait(&self, held: &BTreeMap<String, Held>, session: &BotSession) -> Duration {
+        if held.len() >= self.opts.capacity {
+            Duration::from_secs(5)
+        } else if held.is_empty() {
+            Duration::from_secs(30).min(half_keepalive(session))
+        } else {
+            Duration::from_secs(4)
+        }
+    }
+
+    /// The leases the server took back as completed: no longer held, and said.
+    fn report_finished(&mut self, reported: &[String], held: &mut BTreeMap<String, Held>) {
+        for id in reported {
+            if let Some(h) = held.remove(id) {
+                let (status, exit_code) = h.outcome();
+                (self.on_event)(WorkerEvent::Finished {
+                    lease: id,
+                    exit_code,
+                    status,
+                    ms: h.started.elapsed().as_millis() as u64,
+                });
+                self.finished += 1;
+            }
+        }
+    }
+
+    /// What the server's answer says: cancellations, and new leases to start. A lease
+    /// id that comes back after it was reported is the server retrying it (BuildGrid
+    /// reuses the job's name), so it runs again.
+    fn take_leases(&self, session: &BotSession, held: &mut BTreeMap<String, Held>) {
+        // A lease the server no longer lists was cancelled (BuildGrid drops it rather
+        // than sending CANCELLED).
+        let listed: std::collections::BTreeSet<String> =
+            session.leases.iter().map(|l| l.id.clone()).collect();
+        held.retain(|id, h| {
+            let keep = listed.contains(id) && h.lease_state_ok(session);
+            if !keep {
+                h.cancel.store(true, Ordering::Relaxed);
+                (self.on_event)(WorkerEvent::Cancelled { lease: id });
+            }
+            keep
+        });
+        for lease in session.leases.clone() {
+            let state = LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified);
+            // New work arrives PENDING (the API) or already ACTIVE (BuildGrid).
+            let new = matches!(state, LeaseState::Pending | LeaseState::Active)
+                && !held.contains_key(&lease.id);
+            if !new || held.len() >= self.opts.capacity {
+                continue;
+            }
+            (self.on_event)(WorkerEvent::Started {
+                lease: &lease.id,
+                action: &describe(&lease),
+            });
+            held.insert(lease.id.clone(), self.start(lease));
+        }
+    }
+
+    /// The lease, run on a thread of its own.
+    fn start(&self, lease: Lease) -> Held {
+        let h = Held {
+            lease: lease.clone(),
+            started: Instant::now(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            done: Arc::new(Mutex::new(None)),
+        };
+        let (ctx, cancel, done, tx) = (
+            self.ctx.clone(),
+            h.cancel.clone(),
+            h.done.clone(),
+            self.done_tx.clone(),
+        );
+        std::thread::spawn(move || {
+            // A panic is a bug here, but must not leave the lease ACTIVE forever:
+            // INTERNAL, which the server retries elsewhere.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                ctx.run_lease(&lease, &cancel)
+            }))
+            .unwrap_or_else(|_| {
+                (
+                    RpcStatus {
+                        code: Code::Internal as i32,
+                        message: "the worker failed running this action (a bug in cascade)".into(),
+                        details: Vec::new(),
+                    },
+                    None,
+                )
+            });
+            *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+            let _ = tx.send(());
+        });
+        h
+    }
+}
+
+/// Tells every held lease to stop.
+fn cancel_all(held: &BTreeMap<String, Held>) {
+    for h in held.values() {
+        h.cancel.store(true, Ordering::Relaxed);
     }
 }
 
@@ -449,9 +514,44 @@ impl Ctx {
         lease: &Lease,
         cancel: &AtomicBool,
     ) -> Result<(Code, re::ActionResult), LeaseError> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            LeaseError(Code::Internal, format!("{what}: {e}"))
-        };
+        // 1. The Action, its Command and the platform they ask for.
+        let (action, command) = self.fetch_action(lease)?;
+        let props = platform(&action, &command);
+        // 2. The work directory: the input root, with the outputs' parents made.
+        let ws = self.workspace(&action, &command)?;
+        // 3. The root the Action asked for.
+        let root = self.root(&props, &ws.work)?;
+        // 4. The command, run in the sandbox.
+        let env = environment(&command, &props, root.image.is_some());
+        let steps = [Step {
+            name: "action".into(),
+            run: script(&command.arguments, &ws.wd),
+        }];
+        let started = now();
+        let ran = SandboxRun {
+            work: &ws.work,
+            scratch: &ws.scratch,
+            root: root.fs(),
+            read_only: &root.read_only,
+            commands: Commands {
+                env: &env,
+                steps: &steps,
+                timeout: timeout_of(&action),
+                log: &ws.log,
+                quiet: true,
+                cancel: Some(cancel),
+            },
+        }
+        .run();
+        let completed = now();
+        let (code, exit_code) = exit_status(&ran)?;
+        // 5. The outputs and the log, uploaded, and the result.
+        let result = self.upload(&ws, exit_code, started, completed)?;
+        Ok((code, result))
+    }
+
+    /// Step 1: the lease's Action (carried, or fetched by its digest) and its Command.
+    fn fetch_action(&self, lease: &Lease) -> Result<(re::Action, re::Command), LeaseError> {
         let payload = lease
             .payload
             .as_ref()
@@ -484,20 +584,16 @@ impl Ctx {
                 "a Command without arguments".into(),
             ));
         }
-        // The Action's platform (v2.2) or else the Command's.
-        #[allow(deprecated)]
-        let platform = action
-            .platform
-            .clone()
-            .filter(|p| !p.properties.is_empty())
-            .or_else(|| command.platform.clone())
-            .unwrap_or_default();
-        let props: BTreeMap<String, String> = platform
-            .properties
-            .iter()
-            .map(|p| (p.name.clone(), p.value.clone()))
-            .collect();
+        Ok((action, command))
+    }
 
+    /// Step 2: a temporary directory with the input root fetched into `work`, the
+    /// working directory checked and the outputs' parents made.
+    fn workspace(
+        &self,
+        action: &re::Action,
+        command: &re::Command,
+    ) -> Result<Workspace, LeaseError> {
         let tmp = self
             .store
             .temp_dir()
@@ -551,7 +647,19 @@ impl Ctx {
             merkle::create_parents(&work, &full)
                 .map_err(|e| LeaseError(Code::InvalidArgument, e.to_string()))?;
         }
-        // The root the Action asked for.
+        Ok(Workspace {
+            _tmp: tmp,
+            work,
+            scratch,
+            log,
+            wd,
+            outputs,
+        })
+    }
+
+    /// Step 3: the image the platform names (`container-image`), unpacked, or the host
+    /// with the tools it names; and what of `work` is read-only.
+    fn root(&self, props: &BTreeMap<String, String>, work: &Path) -> Result<Root, LeaseError> {
         let image = props
             .get("container-image")
             .map(|v| self.image(v))
@@ -568,92 +676,38 @@ impl Ctx {
             ),
             None => None,
         };
-        let root_fs = match &rootfs {
-            Some(r) => RootFs::Image {
-                rootfs: &r.tree,
-                env: &r.config.env,
-            },
-            None => RootFs::Host { tools: &tools },
-        };
         let read_only: Vec<String> = match &image {
-            Some(_) => crate::container::read_only_entries(&work)
+            Some(_) => crate::container::read_only_entries(work)
                 .map_err(|e| internal("list the input root", &e))?,
             None if work.join("inputs").is_dir() => vec!["inputs".into()],
             None => Vec::new(),
         };
-        let mut env: BTreeMap<String, String> = command
-            .environment_variables
-            .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
-            .collect();
-        // An Action that is not cascade's names no tools: it sees the host's usual
-        // directories on PATH unless it sets PATH itself (cascade's set it to the tools).
-        if image.is_none() && !props.contains_key("cascade-tools") {
-            env.entry("PATH".into()).or_insert_with(|| {
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-            });
-        }
-        let argv: Vec<String> = command.arguments.iter().map(|a| quote(a)).collect();
-        let run = if wd.as_os_str().is_empty() {
-            format!("exec {}", argv.join(" "))
-        } else {
-            format!(
-                "cd {} && exec {}",
-                quote(&wd.to_string_lossy()),
-                argv.join(" ")
-            )
-        };
-        let timeout = action
-            .timeout
-            .as_ref()
-            .filter(|t| t.seconds > 0 || t.nanos > 0)
-            .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
-            .unwrap_or(Duration::from_secs(3600));
-        let steps = [Step {
-            name: "action".into(),
-            run,
-        }];
-        let started = now();
-        let ran = SandboxRun {
-            work: &work,
-            scratch: &scratch,
-            root: root_fs,
-            read_only: &read_only,
-            commands: Commands {
-                env: &env,
-                steps: &steps,
-                timeout,
-                log: &log,
-                quiet: true,
-                cancel: Some(cancel),
-            },
-        }
-        .run();
-        let completed = now();
-        let (code, exit_code) = match &ran {
-            Ok(()) => (Code::Ok, 0),
-            Err(RunError::Failed { status, .. }) => (
-                Code::Ok,
-                status
-                    .strip_prefix("exit code ")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(128 + 9),
-            ),
-            Err(RunError::Timeout { .. }) => (Code::DeadlineExceeded, 128 + 9),
-            Err(RunError::Cancelled) | Err(RunError::Interrupted) => {
-                return Err(LeaseError(Code::Cancelled, "cancelled".into()))
-            }
-            Err(e @ RunError::Setup { .. }) => return Err(internal("run the action", e)),
-        };
-        // Outputs that exist are uploaded whatever the exit code, as REAPI asks.
-        let collected = Outputs::collect(&work.join(&wd), &outputs)
+        Ok(Root {
+            image,
+            tools,
+            rootfs,
+            read_only,
+        })
+    }
+
+    /// Step 5: the outputs that exist (whatever the exit code, as REAPI asks) and the
+    /// log uploaded, and the result that names them.
+    fn upload(
+        &self,
+        ws: &Workspace,
+        exit_code: i32,
+        started: cascade_reapi::Timestamp,
+        completed: cascade_reapi::Timestamp,
+    ) -> Result<re::ActionResult, LeaseError> {
+        let log = &ws.log;
+        let collected = Outputs::collect(&ws.work.join(&ws.wd), &ws.outputs)
             .map_err(|e| internal("collect the outputs", &e))?;
         if !log.exists() {
-            fs::write(&log, b"").map_err(|e| internal("write the log", &e))?;
+            fs::write(log, b"").map_err(|e| internal("write the log", &e))?;
         }
-        let stdout = merkle::hash_file(&log).map_err(|e| internal("hash the log", &e))?;
+        let stdout = merkle::hash_file(log).map_err(|e| internal("hash the log", &e))?;
         let mut blobs = collected.blobs.all();
-        blobs.push((stdout.clone(), Blob::File(&log)));
+        blobs.push((stdout.clone(), Blob::File(log)));
         self.client
             .upload(&blobs)
             .map_err(|e| LeaseError(Code::Unavailable, format!("upload the outputs: {e}")))?;
@@ -673,7 +727,7 @@ impl Ctx {
             .upload(&[(cascade_reapi::digest_of(b""), Blob::Bytes(b""))])
             .map_err(|e| LeaseError(Code::Unavailable, format!("upload stderr: {e}")))?;
         collected.fill(&mut result);
-        Ok((code, result))
+        Ok(result)
     }
 
     /// `cas:sha256:<hex>/<size>`: the image, from the CAS into the worker's layout once.
@@ -772,6 +826,124 @@ impl Ctx {
         }
         Ok(out)
     }
+}
+
+/// A lease's work directory; removed when dropped.
+struct Workspace {
+    _tmp: tempfile::TempDir,
+    /// The input root, where the command runs.
+    work: PathBuf,
+    scratch: PathBuf,
+    log: PathBuf,
+    /// The Command's working directory, relative to `work`.
+    wd: PathBuf,
+    /// The Command's output paths, relative to `wd`.
+    outputs: Vec<String>,
+}
+
+/// The root filesystem an Action runs on, and what of its work directory is read-only.
+struct Root {
+    image: Option<OciDigest>,
+    tools: Vec<ResolvedTool>,
+    rootfs: Option<Rootfs>,
+    read_only: Vec<String>,
+}
+
+impl Root {
+    fn fs(&self) -> RootFs<'_> {
+        match &self.rootfs {
+            Some(r) => RootFs::Image {
+                rootfs: &r.tree,
+                env: &r.config.env,
+            },
+            None => RootFs::Host { tools: &self.tools },
+        }
+    }
+}
+
+fn internal(what: &str, e: &dyn std::fmt::Display) -> LeaseError {
+    LeaseError(Code::Internal, format!("{what}: {e}"))
+}
+
+/// The Action's platform properties (v2.2), or else the Command's.
+fn platform(action: &re::Action, command: &re::Command) -> BTreeMap<String, String> {
+    #[allow(deprecated)]
+    let platform = action
+        .platform
+        .clone()
+        .filter(|p| !p.properties.is_empty())
+        .or_else(|| command.platform.clone())
+        .unwrap_or_default();
+    platform
+        .properties
+        .iter()
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect()
+}
+
+/// The Command's environment.
+fn environment(
+    command: &re::Command,
+    props: &BTreeMap<String, String>,
+    image: bool,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = command
+        .environment_variables
+        .iter()
+        .map(|v| (v.name.clone(), v.value.clone()))
+        .collect();
+    // An Action that is not cascade's names no tools: it sees the host's usual
+    // directories on PATH unless it sets PATH itself (cascade's set it to the tools).
+    if !image && !props.contains_key("cascade-tools") {
+        env.entry("PATH".into()).or_insert_with(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+    }
+    env
+}
+
+/// The shell line that runs the Command's arguments in its working directory.
+fn script(arguments: &[String], wd: &Path) -> String {
+    let argv: Vec<String> = arguments.iter().map(|a| quote(a)).collect();
+    if wd.as_os_str().is_empty() {
+        format!("exec {}", argv.join(" "))
+    } else {
+        format!(
+            "cd {} && exec {}",
+            quote(&wd.to_string_lossy()),
+            argv.join(" ")
+        )
+    }
+}
+
+/// The Action's timeout; an hour when it sets none.
+fn timeout_of(action: &re::Action) -> Duration {
+    action
+        .timeout
+        .as_ref()
+        .filter(|t| t.seconds > 0 || t.nanos > 0)
+        .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32))
+        .unwrap_or(Duration::from_secs(3600))
+}
+
+/// The lease's code and the command's exit code for how the run ended; a cancelled
+/// run or one that could not start ends the lease without a result.
+fn exit_status(ran: &Result<(), RunError>) -> Result<(Code, i32), LeaseError> {
+    Ok(match ran {
+        Ok(()) => (Code::Ok, 0),
+        Err(RunError::Failed { status, .. }) => (
+            Code::Ok,
+            status
+                .strip_prefix("exit code ")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(128 + 9),
+        ),
+        Err(RunError::Timeout { .. }) => (Code::DeadlineExceeded, 128 + 9),
+        Err(RunError::Cancelled) | Err(RunError::Interrupted) => {
+            return Err(LeaseError(Code::Cancelled, "cancelled".into()))
+        }
+        Err(e @ RunError::Setup { .. }) => return Err(internal("run the action", e)),
+    })
 }
 
 /// A blob the action needs could not be fetched: missing (the client's fault,
