@@ -415,6 +415,108 @@ pub const HIDDEN: &[&str] = &["proc", "sys", "dev", "tmp", "run", "work", "home"
 /// The devices of `/dev`, bound from the host's.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The mount operations of a new root, under its mount point on the host.
+struct Ops {
+    ops: Vec<Op>,
+    root_dir: PathBuf,
+}
+
+impl Ops {
+    /// The host path of `inside` under the new root.
+    fn under(&self, inside: &str) -> io::Result<CString> {
+        cstring(self.root_dir.join(inside.trim_start_matches('/')))
+    }
+
+    /// The root's top-level entries: each bound read-only, a symlink made again.
+    fn entries(&mut self, entries: &[RootEntry]) -> io::Result<()> {
+        for entry in entries {
+            let target = cstring(self.root_dir.join(&entry.name))?;
+            match &entry.kind {
+                RootKind::Symlink(link) => self.ops.push(Op::Symlink {
+                    link: link.clone(),
+                    path: target,
+                }),
+                kind => {
+                    self.ops.push(if matches!(kind, RootKind::Dir) {
+                        Op::Dir(target.clone())
+                    } else {
+                        Op::File(target.clone())
+                    });
+                    self.ops.push(Op::Bind {
+                        source: entry.source.clone(),
+                        target,
+                        writable: false,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// /dev: a small tmpfs with the host's harmless devices bound in.
+    fn dev(&mut self) -> io::Result<()> {
+        self.ops.push(Op::Dir(self.under("/dev")?));
+        self.ops.push(Op::Tmpfs {
+            target: self.under("/dev")?,
+            data: c"mode=0755,size=64k".into(),
+        });
+        for d in DEVICES {
+            let host = Path::new("/dev").join(d);
+            if host.exists() {
+                self.ops.push(Op::File(self.under(&format!("/dev/{d}"))?));
+                self.ops.push(Op::Bind {
+                    source: cstring(&host)?,
+                    target: self.under(&format!("/dev/{d}"))?,
+                    writable: true,
+                });
+            }
+        }
+        for (name, link) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            self.ops.push(Op::Symlink {
+                link: cstring(link)?,
+                path: self.under(&format!("/dev/{name}"))?,
+            });
+        }
+        Ok(())
+    }
+
+    /// The jail's binds, each with the directories its mount point needs on the tmpfs.
+    fn binds(&mut self, binds: &[Bind]) -> io::Result<()> {
+        for b in binds {
+            let target = self.under(&b.target)?;
+            // Parents of a mount point on the root tmpfs (e.g. /.cascade/tools).
+            let mut prefix = String::new();
+            let parts: Vec<&str> = b.target.split('/').filter(|p| !p.is_empty()).collect();
+            for p in &parts[..parts.len().saturating_sub(1)] {
+                prefix.push('/');
+                prefix.push_str(p);
+                let dir = self.under(&prefix)?;
+                if !self.ops.iter().any(|o| o.target() == dir.as_c_str()) {
+                    self.ops.push(Op::Dir(dir));
+                }
+            }
+            if !self.ops.iter().any(|o| o.target() == target.as_c_str()) {
+                self.ops.push(if b.source.is_dir() {
+                    Op::Dir(target.clone())
+                } else {
+                    Op::File(target.clone())
+                });
+            }
+            self.ops.push(Op::Bind {
+                source: cstring(&b.source)?,
+                target,
+                writable: b.writable,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A top-level entry of a root filesystem, as the sandbox's root shows it.
 struct RootEntry {
     name: std::ffi::OsString,
@@ -482,93 +584,26 @@ impl Plan {
     fn new(jail: Jail, scratch: &Path) -> io::Result<Plan> {
         let root_dir = scratch.join("root");
         fs::create_dir_all(&root_dir)?;
-        let under = |inside: &str| cstring(root_dir.join(inside.trim_start_matches('/')));
-        let mut ops = vec![Op::Tmpfs {
-            target: cstring(&root_dir)?,
-            data: c"mode=0755,size=16m".into(),
-        }];
+        // 1. The root: a tmpfs with the root's entries, /dev, /proc, /tmp, then the binds.
+        let mut ops = Ops {
+            ops: vec![Op::Tmpfs {
+                target: cstring(&root_dir)?,
+                data: c"mode=0755,size=16m".into(),
+            }],
+            root_dir,
+        };
         let entries: std::sync::Arc<Vec<RootEntry>> = match &jail.root {
             Root::Host => host_root()?,
             Root::Dir(d) => std::sync::Arc::new(root_entries(d, &["proc", "dev", "tmp", "work"])?),
         };
-        for entry in entries.iter() {
-            let target = cstring(root_dir.join(&entry.name))?;
-            match &entry.kind {
-                RootKind::Symlink(link) => ops.push(Op::Symlink {
-                    link: link.clone(),
-                    path: target,
-                }),
-                kind => {
-                    ops.push(if matches!(kind, RootKind::Dir) {
-                        Op::Dir(target.clone())
-                    } else {
-                        Op::File(target.clone())
-                    });
-                    ops.push(Op::Bind {
-                        source: entry.source.clone(),
-                        target,
-                        writable: false,
-                    });
-                }
-            }
-        }
-        // /dev: a small tmpfs with the host's harmless devices bound in.
-        ops.push(Op::Dir(under("/dev")?));
-        ops.push(Op::Tmpfs {
-            target: under("/dev")?,
-            data: c"mode=0755,size=64k".into(),
-        });
-        for d in DEVICES {
-            let host = Path::new("/dev").join(d);
-            if host.exists() {
-                ops.push(Op::File(under(&format!("/dev/{d}"))?));
-                ops.push(Op::Bind {
-                    source: cstring(&host)?,
-                    target: under(&format!("/dev/{d}"))?,
-                    writable: true,
-                });
-            }
-        }
-        for (name, link) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ] {
-            ops.push(Op::Symlink {
-                link: cstring(link)?,
-                path: under(&format!("/dev/{name}"))?,
-            });
-        }
-        ops.push(Op::Dir(under("/proc")?));
-        ops.push(Op::Proc(under("/proc")?));
-        ops.push(Op::Dir(under("/tmp")?));
-        for b in &jail.binds {
-            let target = under(&b.target)?;
-            // Parents of a mount point on the root tmpfs (e.g. /.cascade/tools).
-            let mut prefix = String::new();
-            let parts: Vec<&str> = b.target.split('/').filter(|p| !p.is_empty()).collect();
-            for p in &parts[..parts.len().saturating_sub(1)] {
-                prefix.push('/');
-                prefix.push_str(p);
-                let dir = under(&prefix)?;
-                if !ops.iter().any(|o| o.target() == dir.as_c_str()) {
-                    ops.push(Op::Dir(dir));
-                }
-            }
-            if !ops.iter().any(|o| o.target() == target.as_c_str()) {
-                ops.push(if b.source.is_dir() {
-                    Op::Dir(target.clone())
-                } else {
-                    Op::File(target.clone())
-                });
-            }
-            ops.push(Op::Bind {
-                source: cstring(&b.source)?,
-                target,
-                writable: b.writable,
-            });
-        }
+        ops.entries(&entries)?;
+        ops.dev()?;
+        ops.ops.push(Op::Dir(ops.under("/proc")?));
+        ops.ops.push(Op::Proc(ops.under("/proc")?));
+        ops.ops.push(Op::Dir(ops.under("/tmp")?));
+        ops.binds(&jail.binds)?;
+        let Ops { ops, root_dir } = ops;
+        // 2. What execve takes, and the descriptors P keeps.
         let argv_c = jail
             .argv
             .iter()

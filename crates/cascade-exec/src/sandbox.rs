@@ -86,101 +86,17 @@ impl SandboxRun<'_> {
             what: "start the sandbox".into(),
             source: std::io::Error::other(format!("{e}; {}", namespace::Refused::HELP)),
         })?;
+        // 1. What every step sees: the binds, the root and the environment.
         let temp = self.scratch.join("tmp");
-        let tools_dir = self.scratch.join("tools");
         fs::create_dir_all(&temp).map_err(setup("create the step's /tmp"))?;
-        let mut binds = vec![
-            Bind {
-                source: self.work.to_path_buf(),
-                target: "/work".into(),
-                writable: true,
-            },
-            Bind {
-                source: temp.clone(),
-                target: "/tmp".into(),
-                writable: true,
-            },
-        ];
         // The escape hatch for watching steps from outside (tests): one directory bound
         // writable at its own path. Never set it for real builds.
         let share = std::env::var_os("CASCADE_SANDBOX_SHARE")
             .map(PathBuf::from)
             .filter(|p| p.is_absolute() && p.is_dir());
-        if let Some(p) = &share {
-            binds.push(Bind {
-                source: p.clone(),
-                target: p.display().to_string(),
-                writable: true,
-            });
-        }
-        for e in self.read_only {
-            binds.push(Bind {
-                source: self.work.join(e),
-                target: format!("/work/{e}"),
-                writable: false,
-            });
-        }
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        let (root, sh) = match &self.root {
-            RootFs::Host { tools } => {
-                fs::create_dir_all(&tools_dir).map_err(setup("create the tools directory"))?;
-                for t in *tools {
-                    let _ = fs::remove_file(tools_dir.join(&t.name)); // a second run
-                    std::os::unix::fs::symlink(&t.path, tools_dir.join(&t.name))
-                        .map_err(setup(format!("link tool `{}`", t.name)))?;
-                }
-                binds.push(Bind {
-                    source: tools_dir.clone(),
-                    target: TOOLS_INSIDE.into(),
-                    writable: false,
-                });
-                // A declared tool that lives where the sandbox hides the host (`/tmp`,
-                // `/run`, a home directory) is still found: the directory that holds it
-                // there (`/root/.pyenv`, `/home/u/.cargo`, `/tmp/x`) is bound read-only
-                // in place, and nothing else of that place.
-                let mut dirs: Vec<PathBuf> = Vec::new();
-                for t in *tools {
-                    for p in [Some(t.path.clone()), fs::canonicalize(&t.path).ok()]
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(dir) = hidden_home_of(&p).filter(|d| !dirs.contains(d)) {
-                            dirs.push(dir);
-                        }
-                    }
-                }
-                for dir in dirs {
-                    binds.push(Bind {
-                        target: dir.display().to_string(),
-                        source: dir,
-                        writable: false,
-                    });
-                }
-                env.insert("PATH".into(), TOOLS_INSIDE.into());
-                env.insert("TMPDIR".into(), "/tmp".into());
-                (Root::Host, format!("{TOOLS_INSIDE}/sh"))
-            }
-            RootFs::Image {
-                rootfs,
-                env: image_env,
-            } => {
-                for kv in *image_env {
-                    if let Some((k, v)) = kv.split_once('=') {
-                        env.insert(k.into(), v.into());
-                    }
-                }
-                (Root::Dir(rootfs.to_path_buf()), "/bin/sh".to_string())
-            }
-        };
-        env.extend(
-            self.commands
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        env.insert("HOME".into(), "/work".into());
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-
+        let mut binds = self.binds(&temp, share.as_deref());
+        let (root, sh, env) = self.root(&mut binds)?;
+        // 2. The log's header, then each step in a sandbox of its own.
         let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -197,6 +113,10 @@ impl SandboxRun<'_> {
             )
             .map_err(setup("write the log"))?;
         }
+        let writable: Vec<&Path> = [self.work, temp.as_path()]
+            .into_iter()
+            .chain(share.as_deref())
+            .collect();
         for step in self.commands.steps {
             if interrupted() {
                 return Err(RunError::Interrupted);
@@ -204,19 +124,9 @@ impl SandboxRun<'_> {
             if !self.commands.quiet {
                 writeln!(log, "==> step {}", step.name).map_err(setup("write the log"))?;
             }
-            let ruleset = {
-                let devices: Vec<PathBuf> = ["null", "zero", "full", "tty"]
-                    .iter()
-                    .map(|d| Path::new("/dev").join(d))
-                    .filter(|p| p.exists())
-                    .collect();
-                let devices: Vec<&Path> = devices.iter().map(PathBuf::as_path).collect();
-                let mut dirs = vec![self.work, temp.as_path()];
-                dirs.extend(share.as_deref());
-                crate::landlock::ruleset_fd(&dirs, &devices).map_err(|e| {
-                    setup(format!("sandbox step `{}`", step.name))(std::io::Error::other(e))
-                })?
-            };
+            let ruleset = landlock_ruleset(&writable).map_err(|e| {
+                setup(format!("sandbox step `{}`", step.name))(std::io::Error::other(e))
+            })?;
             let output = log.try_clone().map_err(setup("open the log"))?;
             let jail = Jail {
                 root: root.clone(),
@@ -243,6 +153,120 @@ impl SandboxRun<'_> {
         }
         Ok(())
     }
+
+    /// The work directory, `/tmp`, the shared directory (tests) and the read-only entries
+    /// of the work directory.
+    fn binds(&self, temp: &Path, share: Option<&Path>) -> Vec<Bind> {
+        let mut binds = vec![
+            Bind {
+                source: self.work.to_path_buf(),
+                target: "/work".into(),
+                writable: true,
+            },
+            Bind {
+                source: temp.to_path_buf(),
+                target: "/tmp".into(),
+                writable: true,
+            },
+        ];
+        if let Some(p) = share {
+            binds.push(Bind {
+                source: p.to_path_buf(),
+                target: p.display().to_string(),
+                writable: true,
+            });
+        }
+        for e in self.read_only {
+            binds.push(Bind {
+                source: self.work.join(e),
+                target: format!("/work/{e}"),
+                writable: false,
+            });
+        }
+        binds
+    }
+
+    /// The root, the shell and the environment (`NAME=value`, sorted): the host's root
+    /// with the declared tools linked in (and their hidden homes bound), or the image's.
+    fn root(&self, binds: &mut Vec<Bind>) -> Result<(Root, String, Vec<String>), RunError> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        let (root, sh) = match &self.root {
+            RootFs::Host { tools } => {
+                let tools_dir = self.scratch.join("tools");
+                fs::create_dir_all(&tools_dir).map_err(setup("create the tools directory"))?;
+                for t in *tools {
+                    let _ = fs::remove_file(tools_dir.join(&t.name)); // a second run
+                    std::os::unix::fs::symlink(&t.path, tools_dir.join(&t.name))
+                        .map_err(setup(format!("link tool `{}`", t.name)))?;
+                }
+                binds.push(Bind {
+                    source: tools_dir,
+                    target: TOOLS_INSIDE.into(),
+                    writable: false,
+                });
+                binds.extend(hidden_homes(tools));
+                env.insert("PATH".into(), TOOLS_INSIDE.into());
+                env.insert("TMPDIR".into(), "/tmp".into());
+                (Root::Host, format!("{TOOLS_INSIDE}/sh"))
+            }
+            RootFs::Image {
+                rootfs,
+                env: image_env,
+            } => {
+                for kv in *image_env {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        env.insert(k.into(), v.into());
+                    }
+                }
+                (Root::Dir(rootfs.to_path_buf()), "/bin/sh".to_string())
+            }
+        };
+        env.extend(
+            self.commands
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        env.insert("HOME".into(), "/work".into());
+        let env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok((root, sh, env))
+    }
+}
+
+/// A declared tool that lives where the sandbox hides the host (`/tmp`, `/run`, a home
+/// directory) is still found: the directory that holds it there (`/root/.pyenv`,
+/// `/home/u/.cargo`, `/tmp/x`) is bound read-only in place, and nothing else of that place.
+fn hidden_homes(tools: &[ResolvedTool]) -> Vec<Bind> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for t in tools {
+        for p in [Some(t.path.clone()), fs::canonicalize(&t.path).ok()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(dir) = hidden_home_of(&p).filter(|d| !dirs.contains(d)) {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs.into_iter()
+        .map(|dir| Bind {
+            target: dir.display().to_string(),
+            source: dir,
+            writable: false,
+        })
+        .collect()
+}
+
+/// The Landlock ruleset of one step: writes only under `writable` and to the harmless
+/// devices.
+fn landlock_ruleset(writable: &[&Path]) -> Result<Option<std::os::fd::OwnedFd>, String> {
+    let devices: Vec<PathBuf> = ["null", "zero", "full", "tty"]
+        .iter()
+        .map(|d| Path::new("/dev").join(d))
+        .filter(|p| p.exists())
+        .collect();
+    let devices: Vec<&Path> = devices.iter().map(PathBuf::as_path).collect();
+    crate::landlock::ruleset_fd(writable, &devices)
 }
 
 #[cfg(test)]

@@ -737,116 +737,27 @@ pub(crate) fn run_graph(
     let reports: Vec<Mutex<Option<NodeReport>>> =
         (0..nodes.len()).map(|_| Mutex::new(None)).collect();
 
+    // 1. Every node, in dependency order, as many at once as the jobs allow.
     let outcomes = cascade_exec::schedule(&deps, run.jobs, run.keep_going, |i| {
-        let node = &nodes[i];
-        on_event(Event::Started {
-            name: &node.component.name,
-        });
-        let t0 = Instant::now();
-        let inputs: BTreeMap<String, OutputDigest> = node
-            .component
-            .inputs
-            .iter()
-            .filter_map(|&j| {
-                done[j]
-                    .get()
-                    .map(|d| (components[j].name.clone(), d.output))
-            })
-            .collect();
-        let mut warnings = node.source_warnings();
-        let base_image = node
-            .component
-            .image_base
-            .and_then(|b| done[b].get())
-            .and_then(|d| d.image.as_ref())
-            .map(|i| i.digest);
-        let mut remote_hit = false;
-        let mut remote_run = None;
-        let image_of = |j: usize| {
-            done[j]
-                .get()
-                .and_then(|d| d.image.as_ref())
-                .map(|i| i.digest)
-        };
-        let result = node
-            .runner_given(image_of)
-            .ok_or_else(|| {
-                let image = node.component.runner_image.map(|j| &components[j].name);
-                fail(
-                    FailureCause::Environment,
-                    format!(
-                        "the image of `{}`, which the steps run in, was not built",
-                        image.map_or("?", |n| n.as_str())
-                    ),
-                    None,
-                )
-            })
-            .and_then(|runner| {
-                let origin = Origin {
-                    remote_hit: &mut remote_hit,
-                    remote_run: &mut remote_run,
-                };
-                run_node(run, node, &inputs, runner, &mut warnings, origin)
-            })
-            .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
-        let (status, key, output, image) = match result {
-            Ok((d, built)) => {
-                let (k, o, img) = (d.key, d.output, d.image.clone());
-                let _ = done[i].set(d);
-                (
-                    if built {
-                        NodeStatus::Built
-                    } else {
-                        NodeStatus::Cached
-                    },
-                    Some(k),
-                    Some(o),
-                    img,
-                )
-            }
-            Err(f) => (f.status, f.key, None, None),
-        };
-        let ok = status.succeeded();
-        let report = NodeReport {
-            key,
-            output,
-            image,
-            remote: remote_hit,
-            remote_exec: remote_run,
-            duration_ms: t0.elapsed().as_millis() as u64,
-            warnings,
-            ..node.report(status)
-        };
+        let report = node_in_graph(run, i, &done, on_event);
+        let ok = report.status.succeeded();
         on_event(Event::Finished(&report));
         *reports[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         ok
     });
-    // The last batch of action results, failed build or not: what built stays cached.
+    // 2. The last batch of action results, failed build or not: what built stays cached.
     // Best effort: a result not recorded only means building that node again later,
     // and the outputs the lockfile names are made durable before it is written anyway.
     let _ = run.store.flush_actions();
 
+    // 3. A report for every node, those that never ran included.
     let mut node_reports = Vec::with_capacity(nodes.len());
     for (i, outcome) in outcomes.iter().enumerate() {
         let r = reports[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-        let r = match (r, outcome) {
-            (Some(r), _) => r,
-            (None, o) => {
-                let status = match o {
-                    Outcome::Skipped => {
-                        let failed: Vec<&str> = components[i]
-                            .deps()
-                            .iter()
-                            .filter(|&&j| !matches!(outcomes[j], Outcome::Succeeded))
-                            .map(|&j| components[j].name.as_str())
-                            .collect();
-                        NodeStatus::Skipped {
-                            because: format!("input {} did not build", failed.join(", ")),
-                        }
-                    }
-                    _ => NodeStatus::NotStarted,
-                };
-                let report = nodes[i].report(status);
+        let r = match r {
+            Some(r) => r,
+            None => {
+                let report = nodes[i].report(not_run(components, &outcomes, i, outcome));
                 on_event(Event::Finished(&report));
                 report
             }
@@ -870,6 +781,109 @@ pub(crate) fn run_graph(
         from_snapshot: false,
     };
     (report, done)
+}
+
+/// The status of node `i`, which never ran: skipped for the inputs that did not build,
+/// or not started (the build stopped first).
+fn not_run(
+    components: &[Component],
+    outcomes: &[Outcome],
+    i: usize,
+    outcome: &Outcome,
+) -> NodeStatus {
+    match outcome {
+        Outcome::Skipped => {
+            let failed: Vec<&str> = components[i]
+                .deps()
+                .iter()
+                .filter(|&&j| !matches!(outcomes[j], Outcome::Succeeded))
+                .map(|&j| components[j].name.as_str())
+                .collect();
+            NodeStatus::Skipped {
+                because: format!("input {} did not build", failed.join(", ")),
+            }
+        }
+        _ => NodeStatus::NotStarted,
+    }
+}
+
+/// Node `i` of a running graph, its inputs done: cached or built (its image too), its
+/// `Done` set for the nodes that take it; the report says how it went.
+fn node_in_graph(
+    run: &Run<'_>,
+    i: usize,
+    done: &[OnceLock<Done>],
+    on_event: &(dyn Fn(Event<'_>) + Sync),
+) -> NodeReport {
+    let (node, components) = (&run.nodes[i], run.components);
+    on_event(Event::Started {
+        name: &node.component.name,
+    });
+    let t0 = Instant::now();
+    let inputs: BTreeMap<String, OutputDigest> = node
+        .component
+        .inputs
+        .iter()
+        .filter_map(|&j| {
+            done[j]
+                .get()
+                .map(|d| (components[j].name.clone(), d.output))
+        })
+        .collect();
+    let mut warnings = node.source_warnings();
+    let image_of = |j: usize| {
+        done[j]
+            .get()
+            .and_then(|d| d.image.as_ref())
+            .map(|i| i.digest)
+    };
+    let base_image = node.component.image_base.and_then(image_of);
+    let mut remote_hit = false;
+    let mut remote_run = None;
+    let result = node
+        .runner_given(image_of)
+        .ok_or_else(|| {
+            let image = node.component.runner_image.map(|j| &components[j].name);
+            fail(
+                FailureCause::Environment,
+                format!(
+                    "the image of `{}`, which the steps run in, was not built",
+                    image.map_or("?", |n| n.as_str())
+                ),
+                None,
+            )
+        })
+        .and_then(|runner| {
+            let origin = Origin {
+                remote_hit: &mut remote_hit,
+                remote_run: &mut remote_run,
+            };
+            run_node(run, node, &inputs, runner, &mut warnings, origin)
+        })
+        .and_then(|(d, built)| with_image(run.store, run.layout, node, d, base_image, built));
+    let (status, key, output, image) = match result {
+        Ok((d, built)) => {
+            let (k, o, img) = (d.key, d.output, d.image.clone());
+            let _ = done[i].set(d);
+            let status = if built {
+                NodeStatus::Built
+            } else {
+                NodeStatus::Cached
+            };
+            (status, Some(k), Some(o), img)
+        }
+        Err(f) => (f.status, f.key, None, None),
+    };
+    NodeReport {
+        key,
+        output,
+        image,
+        remote: remote_hit,
+        remote_exec: remote_run,
+        duration_ms: t0.elapsed().as_millis() as u64,
+        warnings,
+        ..node.report(status)
+    }
 }
 
 /// Resolves every node's tools and recipe digest up front, so a missing tool is
