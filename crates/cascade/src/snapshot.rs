@@ -329,11 +329,34 @@ impl<'a> Target<'a> {
         if crate::newest_lockfile(self.project, self.env).as_deref() != Some(&*snap.lockfile) {
             return None;
         }
-        snap.watched
-            .iter()
-            .all(|w| w.unchanged(snap.started))
-            .then_some(snap)
+        all_unchanged(&snap.watched, snap.started).then_some(snap)
     }
+}
+
+/// Whether every watched file is unchanged: the `stat`s (tens of thousands for a big
+/// graph, most of a no-op's time) are spread over the machine's threads, and all stop at
+/// the first change.
+fn all_unchanged(watched: &[Watched], started: i128) -> bool {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = watched.len().div_ceil(threads).max(1024);
+    let changed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for part in watched.chunks(chunk) {
+            let changed = &changed;
+            s.spawn(move || {
+                for w in part {
+                    if changed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if !w.unchanged(started) {
+                        changed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    !changed.into_inner()
 }
 
 /// Whether a build with `opts` may be answered from a snapshot at all: not a replay,
