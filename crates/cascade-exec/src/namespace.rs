@@ -700,13 +700,11 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     let jailed = Jailed { pid };
     if let Some((stage, errno)) = read_failure(read) {
         let _ = jailed.wait();
-        let detail = (stage == S_MOUNT)
-            .then(|| mount_detail(&plan, errno))
-            .flatten();
+        let (stage, op) = (stage & 0xff, stage >> 8);
         return Err(SetupError {
             stage: stage_name(stage),
-            detail,
-            source: io::Error::from_raw_os_error(errno & 0xffff),
+            detail: mount_detail(&plan, op),
+            source: io::Error::from_raw_os_error(errno),
         });
     }
     Ok(jailed)
@@ -794,9 +792,10 @@ fn restore_signals(saved: &libc::sigset_t) {
     }
 }
 
-/// Mount failures carry the op index in the errno's high bits (see `build_root`).
-fn mount_detail(plan: &Plan, errno: i32) -> Option<String> {
-    let index = (errno >> 16) as usize;
+/// The mount point of op `op` (counted from 1; 0 for a failure that is not an op's), for
+/// the message (see `build_root`).
+fn mount_detail(plan: &Plan, op: u32) -> Option<String> {
+    let index = (op as usize).checked_sub(1)?;
     plan.ops.get(index).map(|o| {
         o.target()
             .to_string_lossy()
@@ -896,13 +895,9 @@ fn build_root(plan: &Plan) -> Result<(), (u32, rustix::io::Errno)> {
     )
     .map_err(|e| (S_MOUNT, e))?;
     for (i, op) in plan.ops.iter().enumerate() {
-        // The op's index rides in the errno's high bits, so the parent can name it.
-        mount_op(op).map_err(|e| {
-            (
-                S_MOUNT,
-                rustix::io::Errno::from_raw_os_error(e.raw_os_error() | ((i as i32) << 16)),
-            )
-        })?;
+        // The op's number (from 1) rides above the stage's byte, so the parent can name
+        // its mount point (an errno has no room: rustix keeps 16 bits of it).
+        mount_op(op).map_err(|e| (S_MOUNT | ((i as u32 + 1) << 8), e))?;
     }
     let _ = rustix::system::sethostname(b"cascade");
     loopback_up().map_err(|e| (S_LOOPBACK, e))?;

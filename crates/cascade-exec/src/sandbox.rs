@@ -550,4 +550,43 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
         assert_eq!(f.read("out"), "bin\ndev\nproc\ntmp\nwork\n1 hi\ncascade\n");
     }
+
+    /// A failure inside the new namespaces, before the program runs, comes back from the
+    /// child (which shares cascade's memory until its execve) with its stage and errno,
+    /// the failed mount named; the child is reaped and cascade goes on spawning.
+    #[test]
+    fn setup_failures_come_back_with_their_stage() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        let jail = |argv: &str, binds: Vec<Bind>| Jail {
+            root: Root::Host,
+            binds,
+            cwd: "/".into(),
+            argv: vec![argv.into()],
+            env: Vec::new(),
+            output: fs::File::create(&f.log).unwrap().into(),
+            landlock: None,
+            limits: LIMITS,
+        };
+        let err = namespace::spawn(jail("/no/such/program", Vec::new()), &f.scratch)
+            .err()
+            .expect("no such program");
+        assert_eq!(err.stage, "execve");
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOENT));
+        let missing = Bind {
+            source: f.dir.path().join("missing"),
+            target: "/opt/missing".into(),
+            writable: false,
+        };
+        let err = namespace::spawn(jail("/bin/true", vec![missing]), &f.scratch)
+            .err()
+            .expect("a bind of nothing");
+        assert_eq!(err.stage, "mounting the root filesystem", "{err:?}");
+        assert_eq!(err.detail.as_deref(), Some("/opt/missing"), "{err:?}");
+        // And the next spawn works: nothing was left holding the thread or its signals.
+        let ok = namespace::spawn(jail("/bin/true", Vec::new()), &f.scratch).expect("spawn");
+        assert_eq!(ok.wait().expect("wait"), 0);
+    }
 }
