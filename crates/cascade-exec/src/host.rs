@@ -330,11 +330,11 @@ pub(crate) fn wait_step(
     });
     let mut wait = Some(wait);
     let (tx, rx) = mpsc::channel();
-    let waiter = match (&pidfd, wait.take_if(|_| pidfd.is_none())) {
-        (None, Some(wait)) => Some(std::thread::spawn(move || {
-            let _ = tx.send(wait());
-        })),
-        _ => None,
+    let waiter = match pidfd {
+        Some(_) => None,
+        None => wait
+            .take()
+            .map(|wait| std::thread::spawn(move || drop(tx.send(wait())))),
     };
     // In slices, so a cancellation is noticed within a fifth of a second.
     let mut cancelled = false;

@@ -337,24 +337,29 @@ impl<'a> Target<'a> {
 /// graph, most of a no-op's time) are spread over the machine's threads, and all stop at
 /// the first change.
 fn all_unchanged(watched: &[Watched], started: i128) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = watched.len().div_ceil(threads).max(1024);
-    let changed = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for part in watched.chunks(chunk) {
-            let changed = &changed;
-            s.spawn(move || {
-                for w in part {
-                    if changed.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    if !w.unchanged(started) {
-                        changed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return;
-                    }
-                }
-            });
+    let changed = AtomicBool::new(false);
+    let check = |part: &[Watched]| {
+        for w in part {
+            if changed.load(Ordering::Relaxed) {
+                return;
+            }
+            if !w.unchanged(started) {
+                changed.store(true, Ordering::Relaxed);
+                return;
+            }
         }
+    };
+    let mut parts = watched.chunks(chunk);
+    let first = parts.next().unwrap_or_default();
+    // This thread takes the first part: a small project starts no thread at all.
+    std::thread::scope(|s| {
+        for part in parts {
+            s.spawn(|| check(part));
+        }
+        check(first);
     });
     !changed.into_inner()
 }
