@@ -184,7 +184,12 @@ fn lookup(
 /// Writes the answers found since the last flush, one file per commit, each merged with
 /// what its file already holds (another build may have added to it meanwhile).
 pub(crate) fn flush(cache: &Cache, known: &mut Known) {
-    for (commit, found) in std::mem::take(&mut known.pending) {
+    let pending = std::mem::take(&mut known.pending);
+    // A reader's answers stay in memory: nothing to read back, nothing to write.
+    if !cache.write {
+        return;
+    }
+    for (commit, found) in pending {
         let mut entries = cache.read(commit);
         entries.extend(found);
         cache.write(commit, &entries);
@@ -231,9 +236,6 @@ impl Cache {
 
     /// Best effort: a cache that cannot be written is only slower next time.
     fn write(&self, commit: Oid, entries: &Entries) {
-        if !self.write {
-            return;
-        }
         let _ = self.try_write(commit, entries);
     }
 
