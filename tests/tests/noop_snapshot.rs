@@ -237,3 +237,86 @@ fn a_plan_from_the_snapshot_says_what_the_full_plan_says() {
     fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
     assert_eq!(text.stdout, p.run(&["plan", "--env", "test"]).stdout);
 }
+
+/// The resolved-graph cache beside the snapshot: `None` before a build made one.
+fn graph_cache(p: &TestProject) -> Option<std::path::PathBuf> {
+    fs::read_dir(p.root.join("cache/snapshots"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|path| path.to_string_lossy().ends_with(".graph.json"))
+}
+
+/// The lockfile a build wrote (or found identical), as text.
+fn lockfile_of(p: &TestProject, r: &Run) -> String {
+    let rel = r.json()["lockfile"].as_str().expect("lockfile").to_string();
+    fs::read_to_string(p.root.join(rel)).expect("lockfile")
+}
+
+#[test]
+fn after_a_commit_the_graph_comes_from_the_cache_and_builds_what_a_fresh_resolve_builds() {
+    let mut p = project();
+    p.build("test", 0);
+    let cached = graph_cache(&p).expect("a build keeps the graph it resolved");
+    // The build after a commit takes the cached graph: one tampered with under the same
+    // key shows through (the step's text is in `top`'s key).
+    let text = fs::read_to_string(&cached).expect("graph");
+    let step = "cat inputs/base/out.txt data.txt > out.txt";
+    assert!(text.contains(step), "{text}");
+    fs::write(
+        &cached,
+        text.replace(step, "cat data.txt inputs/base/out.txt > out.txt"),
+    )
+    .expect("tamper");
+    p.commit("base", "develop", &[("data.txt", Some("v2\n"))], "change");
+    let via_tampered = p.build("test", 0);
+    fs::remove_file(&cached).expect("graph");
+    fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
+    let resolved = p.build("test", 0);
+    assert_ne!(
+        resolved.node("top")["key"],
+        via_tampered.node("top")["key"],
+        "the tampered graph was not used"
+    );
+    assert_eq!(
+        resolved.node("base")["key"],
+        via_tampered.node("base")["key"]
+    );
+
+    // A manifest's new content (whatever its date) is resolved afresh and kept.
+    p.write("recipes/top.yaml", &recipe(&["base"], "mkae"));
+    assert_eq!(p.build("test", 0).with_status("built"), ["top"]);
+    assert!(fs::read_to_string(&cached).expect("graph").contains("mkae"));
+
+    // A graph from the cache gives the lockfile a fresh resolve gives, byte for byte.
+    p.commit(
+        "base",
+        "develop",
+        &[("data.txt", Some("v3\n"))],
+        "change again",
+    );
+    let via_cache = p.build("test", 0);
+    let lock_via_cache = lockfile_of(&p, &via_cache);
+    fs::remove_dir_all(p.root.join("cache/snapshots")).expect("snapshots");
+    fs::remove_dir_all(p.root.join("lockfiles")).expect("lockfiles");
+    let resolved = p.build("test", 0);
+    assert_eq!(resolved.json()["built"], 0, "{}", resolved.stdout);
+    assert_eq!(lockfile_of(&p, &resolved), lock_via_cache);
+}
+
+#[test]
+fn a_torn_or_foreign_graph_cache_is_ignored() {
+    let mut p = project();
+    p.build("test", 0);
+    let cached = graph_cache(&p).expect("graph cache");
+    let good = fs::read(&cached).expect("graph");
+    let torn: [&[u8]; 3] = [b"{\"key\":", b"not json at all", &good[..good.len() / 2]];
+    for (i, bad) in torn.into_iter().enumerate() {
+        fs::write(&cached, bad).expect("corrupt");
+        let data = format!("change {i}\n");
+        p.commit("base", "develop", &[("data.txt", Some(&data))], "change");
+        let r = p.build("test", 0);
+        assert_eq!(r.json()["built"], 2, "{}", r.stderr);
+        // The ordinary path resolved the graph and kept it again.
+        assert_eq!(fs::read(&cached).expect("graph"), good);
+    }
+}

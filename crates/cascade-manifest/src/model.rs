@@ -9,7 +9,7 @@ use cascade_core::{DecodeError, Decoder, Digest, Encoder, FileId, Span};
 use crate::range::VersionRange;
 
 /// The resolved build graph of one environment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Graph {
     pub environment: Environment,
     /// Topological order (inputs first); ties broken by name, so the order is deterministic.
@@ -26,7 +26,7 @@ impl Graph {
 }
 
 /// `graph/environments/<env>.yaml`, minus its sources (which live in the components).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Environment {
     pub name: String,
     pub mode: Mode,
@@ -53,7 +53,7 @@ pub struct Environment {
 }
 
 /// Where a signing key is: its text is never in a manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyLocation {
     /// A file, as written (relative paths start at the environment file's directory).
     File(String),
@@ -81,7 +81,7 @@ impl KeyLocation {
 }
 
 /// An environment's `deploy:` section, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deploy {
     /// `unix:///path` or `tcp://127.0.0.1:PORT`; `None`: `DOCKER_HOST`, else the local socket.
     pub engine: Option<String>,
@@ -95,7 +95,7 @@ pub struct Deploy {
 }
 
 /// How one component runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeployComponent {
     pub component: String,
     /// The container's name (default `<env>-<component>`); with replicas, `<name>-<i>`.
@@ -118,7 +118,7 @@ pub struct DeployComponent {
 pub const LOCAL_HOST: &str = "local";
 
 /// One Docker Engine of a fleet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeployHost {
     pub name: String,
     /// `ssh://user@host[:port]`, `unix:///path` or `tcp://127.0.0.1:PORT`; `None`: the
@@ -127,7 +127,7 @@ pub struct DeployHost {
 }
 
 /// Where a secret comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SecretSource {
     /// A variable of cascade's own environment.
     Env(String),
@@ -149,7 +149,7 @@ impl DeployComponent {
 }
 
 /// A published port: `host_ip:host_port` → the container's `container`/tcp.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct PortMap {
     /// `127.0.0.1` unless written.
     pub host_ip: String,
@@ -159,7 +159,7 @@ pub struct PortMap {
 }
 
 /// A bind mount (absolute `source`) or a named volume, at `target`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Volume {
     pub source: String,
     pub target: String,
@@ -167,7 +167,7 @@ pub struct Volume {
 }
 
 /// Probed after a container starts: it must pass before the deploy goes on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthCheck {
     pub probe: Probe,
     /// The longest delay between attempts (delays double up to it).
@@ -181,7 +181,9 @@ pub struct HealthCheck {
 }
 
 /// How an environment's sources are pinned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Sources follow refs (branches, tags or commits).
@@ -206,7 +208,7 @@ impl fmt::Display for Mode {
 }
 
 /// One node of the graph.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Component {
     pub name: String,
     pub source: SourceSpec,
@@ -242,14 +244,14 @@ impl Component {
 
 /// A component's source as the environment declares it, whether or not its recipe is
 /// valid.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeclaredSource {
     pub component: String,
     pub spec: SourceSpec,
 }
 
 /// Where a component's code comes from, as written in the environment.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceSpec {
     /// As written: a path relative to the environment file, a `file://` URL or any URL.
     pub repo: String,
@@ -267,7 +269,7 @@ pub struct SourceSpec {
 }
 
 /// What to pin a source at.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Rev {
     /// Branch mode: a branch, a tag or a commit.
     Ref(String),
@@ -276,7 +278,7 @@ pub enum Rev {
 }
 
 /// A compatibility rule: `component` requires `upstream`'s version to be in `range`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Constraint {
     pub component: String,
     pub upstream: String,
@@ -286,7 +288,7 @@ pub struct Constraint {
 }
 
 /// `recipes/<component>.yaml`, normalized.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recipe {
     /// Upstream component names, sorted.
     pub inputs: Vec<String>,
@@ -315,7 +317,7 @@ pub struct Recipe {
 
 /// A recipe's `changelog:`: a path relative to the source's `dir:` (the exported tree),
 /// normalized (no `.`, no trailing `/`), never `..` or absolute.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Changelog {
     pub path: String,
     /// The value in the recipe file, for `release`'s diagnostics.
@@ -323,7 +325,9 @@ pub struct Changelog {
 }
 
 /// One thing a recipe may stamp its steps with, as Bazel's `--stamp` does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Stamp {
     /// `CASCADE_COMMIT`: the full SHA of the commit pinned.
     Commit,
@@ -351,7 +355,7 @@ impl Stamp {
 
 /// A recipe's `source: { include: [...], exclude: [...] }`: globs relative to the
 /// exported tree, sorted and without repeats. Both empty: the whole tree.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFilter {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -364,7 +368,7 @@ impl SourceFilter {
 }
 
 /// A recipe's `runner:`: where its steps run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunnerDecl {
     /// `host: { tools: [...], sets: [...] }`, each sorted: on this machine, with only
     /// these tools (and the members of these [`TOOL_SETS`] found here) on PATH.
@@ -423,7 +427,7 @@ pub fn tool_set(name: &str) -> Option<&'static [&'static str]> {
 }
 
 /// The image a container runner runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RunnerImage {
     /// The image another component of the graph builds (its `image:`).
     Component(String),
@@ -443,7 +447,7 @@ impl fmt::Display for RunnerImage {
 
 /// A recipe's `image:`: how its outputs become an OCI image. Not part of the recipe
 /// digest (an image change does not rerun the steps); it has its own canonical encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageDecl {
     pub base: ImageBase,
     /// In order: later layers win.
@@ -458,7 +462,7 @@ pub struct ImageDecl {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ImageBase {
     Scratch,
     /// Another component's image, built in the same graph.
@@ -471,7 +475,7 @@ pub enum ImageBase {
 }
 
 /// `{ from: <output path>, to: <absolute path in the image>, mode: "0755" }`
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerDecl {
     /// Normalized; a declared output or a path inside one.
     pub from: String,
@@ -579,7 +583,7 @@ impl ImageDecl {
 }
 
 /// One of a recipe's `tests:`: a smoke test run against its image in Docker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SmokeTest {
     pub name: String,
     pub probe: Probe,
@@ -587,7 +591,7 @@ pub struct SmokeTest {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Probe {
     Http {
         port: u16,
@@ -597,7 +601,7 @@ pub enum Probe {
     Command(Vec<String>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Expect {
     /// HTTP status (default 200).
     pub status: Option<u16>,
@@ -612,7 +616,7 @@ pub struct Expect {
 pub const TEST_PLACEHOLDERS: [&str; 4] = ["commit", "short_sha", "version", "component"];
 
 /// One step of a recipe: a shell script.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     pub name: String,
     pub run: String,
@@ -833,14 +837,14 @@ impl Recipe {
 }
 
 /// One field of a recipe that differs between two versions of it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldChange {
     /// The field's path as written in the recipe file: `steps[1].run`, `env.RUST_LOG`.
     pub field: String,
     pub change: Change,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     Added,

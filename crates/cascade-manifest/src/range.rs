@@ -19,8 +19,10 @@ use std::str::FromStr;
 
 use semver::{Prerelease, Version};
 
-/// A parsed version range; displays as written.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed version range; displays as written, and is kept (in the resolved-graph
+/// cache) as written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct VersionRange {
     text: String,
     /// Alternatives (`||`); each is a conjunction of comparators. An empty
@@ -90,6 +92,20 @@ impl VersionRange {
     /// The range as written.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+impl TryFrom<String> for VersionRange {
+    type Error = RangeError;
+
+    fn try_from(text: String) -> Result<Self, RangeError> {
+        VersionRange::parse(&text)
+    }
+}
+
+impl From<VersionRange> for String {
+    fn from(r: VersionRange) -> String {
+        r.text
     }
 }
 

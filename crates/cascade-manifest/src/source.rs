@@ -64,6 +64,11 @@ impl SourceDb {
         id
     }
 
+    /// Whether some file's bytes were not a manifest's (not UTF-8, too large).
+    pub fn has_problems(&self) -> bool {
+        !self.problems.is_empty()
+    }
+
     pub(crate) fn problem(&self, id: FileId) -> Option<FileProblem> {
         self.problems
             .iter()

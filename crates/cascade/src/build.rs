@@ -23,7 +23,7 @@ use crate::image::{build_image, index_images, ImageFailure, ImageRef};
 use crate::publish::{self, PublishOptions, PushedImage, TestReport};
 use crate::remote::{RemoteCache, RemoteOptions, RemoteReport};
 use crate::replay::{ReplayOptions, ReplayReport};
-use crate::{load, pin_all, Error, ExitCode, Pinned, Problems, Project};
+use crate::{pin_all, Error, ExitCode, Pinned, Problems, Project};
 
 /// The timeout of a step whose recipe names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -360,21 +360,26 @@ pub fn build(
         return crate::replay::replay(opts, lock, on_event);
     }
     let started = Instant::now();
+    let mut phases = crate::timings::Phases::start();
     // A no-op answered by the snapshot of the last build: nothing it read has changed.
     if let Some(mut report) = crate::snapshot::check(opts, on_event) {
         report.duration_ms = started.elapsed().as_millis() as u64;
+        phases.mark("snapshot");
         return Ok(report);
     }
+    phases.mark("snapshot");
     cascade_git::warm_up();
     let mut before = crate::snapshot::Before::start(opts);
-    let project = load(&opts.project, &opts.env)
+    let project = crate::load::load_cached(&opts.project, &opts.env, &opts.store, true)
         .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
+    phases.mark("load");
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.
     let _store_lock = store.lock_shared()?;
     let git = Git::new(store.git_dir());
     before.refs(&git, &project);
     let pinned = pin_all(&project, &git)?;
+    phases.mark("pin");
     let mut nodes = prepare(
         &project.graph.components,
         &pinned,
@@ -412,6 +417,7 @@ pub fn build(
         ..opts.remote.clone()
     };
     let remote = RemoteCache::new(&remote_opts)?;
+    phases.mark("prepare");
     let (mut report, done) = walk(
         opts,
         &Walk {
@@ -428,6 +434,7 @@ pub fn build(
         |_, _| {},
         on_event,
     )?;
+    phases.mark("walk");
     crate::cache::record_build(
         &store,
         &crate::cache::BuildStat {
@@ -454,6 +461,7 @@ pub fn build(
             &lock,
         )?);
     }
+    phases.mark("lockfile");
     crate::snapshot::record(
         opts,
         before,
@@ -464,6 +472,7 @@ pub fn build(
             store: &store,
         },
     );
+    phases.mark("record");
     if !report.success() {
         report.notifications = notify_failure(&project.graph.environment, &report);
     }

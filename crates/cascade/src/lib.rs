@@ -15,6 +15,7 @@ mod errors;
 mod execute;
 mod exit;
 mod gc;
+mod graph_cache;
 mod image;
 mod layout;
 mod load;
@@ -34,6 +35,7 @@ mod short;
 mod sign;
 mod smoke;
 mod snapshot;
+mod timings;
 mod workdir;
 mod worker;
 

@@ -174,6 +174,17 @@ fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// Reads and resolves the project at `root` for environment `env`.
 pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
+    load_with(root, env, None)
+}
+
+/// [`load`], taking the resolved graph from `store`'s cache when the manifests are
+/// the ones it was resolved from; when they are not, the graph is kept there if
+/// `keep` (a build; a plan writes nothing to the store).
+pub fn load_cached(root: &Path, env: &str, store: &Path, keep: bool) -> Result<Project, Error> {
+    load_with(root, env, Some((store, keep)))
+}
+
+fn load_with(root: &Path, env: &str, store: Option<(&Path, bool)>) -> Result<Project, Error> {
     let layout = Layout::new(root);
     let envs_dir = layout.environments();
     if !envs_dir.is_dir() {
@@ -213,8 +224,28 @@ pub fn load(root: &Path, env: &str) -> Result<Project, Error> {
         compatibility,
         recipes,
     };
+    let cache = store.and_then(|(store, keep)| {
+        let key = crate::graph_cache::key(env, &db)?;
+        Some((crate::graph_cache::path(store, root, env), key, keep))
+    });
+    if let Some(graph) = cache
+        .as_ref()
+        .and_then(|(path, key, _)| crate::graph_cache::get(path, key))
+    {
+        return Ok(Project {
+            root: root.to_path_buf(),
+            db,
+            files,
+            graph,
+        });
+    }
     let graph = match cascade_manifest::resolve(&db, &files) {
-        Ok(graph) => graph,
+        Ok(graph) => {
+            if let Some((path, key, true)) = cache {
+                crate::graph_cache::put(&path, key, &graph);
+            }
+            graph
+        }
         Err(unresolved) => {
             let environment_dir = environment_dir(root, &db, &files);
             return Err(Error::Unresolved(Unloaded(Box::new(UnloadedParts {

@@ -35,7 +35,7 @@ use crate::image::cached_image;
 use crate::lockfiles::{newest_lockfile, read_lockfile};
 use crate::remote::{RemoteCache, RemoteMode, RemoteOptions};
 use crate::short::{short_digest as short, short_sha};
-use crate::{load, pin_all, Error};
+use crate::{pin_all, Error};
 
 pub struct PlanOptions {
     pub project: PathBuf,
@@ -436,7 +436,7 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, Error> {
     std::thread::scope(|s| {
         // The baseline lockfile is parsed while the sources are pinned.
         let base = s.spawn(|| baseline(opts));
-        let project = load(&opts.project, &opts.env)
+        let project = crate::load::load_cached(&opts.project, &opts.env, &opts.store, false)
             .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
         // Read-only: a plan before the first build creates no store.
         let store = Store::for_reading(&opts.store);

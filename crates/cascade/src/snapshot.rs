@@ -233,6 +233,19 @@ impl Before {
     }
 }
 
+/// The snapshot file of `project`'s environment `env` in `store`; what else is kept per
+/// project and environment (the resolved graph) is named after it.
+pub(crate) fn slot(store: &Path, project: &Path, env: &str) -> PathBuf {
+    let root = fs::canonicalize(project).unwrap_or_else(|_| project.to_path_buf());
+    let mut e = blake3::Hasher::new();
+    e.update(root.as_os_str().as_encoded_bytes());
+    e.update(b"\0");
+    e.update(env.as_bytes());
+    store
+        .join("snapshots")
+        .join(format!("{}.json", &Digest::from_hasher(&e).hex()[..32]))
+}
+
 /// What a snapshot is looked up by: the project, the environment, the store, PATH.
 struct Target<'a> {
     project: &'a Path,
@@ -262,14 +275,7 @@ impl<'a> Target<'a> {
 
     /// Where the snapshot of this project and environment lives in the store.
     fn path(&self) -> PathBuf {
-        let root = fs::canonicalize(self.project).unwrap_or_else(|_| self.project.to_path_buf());
-        let mut e = blake3::Hasher::new();
-        e.update(root.as_os_str().as_encoded_bytes());
-        e.update(b"\0");
-        e.update(self.env.as_bytes());
-        self.store
-            .join("snapshots")
-            .join(format!("{}.json", &Digest::from_hasher(&e).hex()[..32]))
+        slot(self.store, self.project, self.env)
     }
 
     /// Everything outside the watched files that decides what a plan finds: the
