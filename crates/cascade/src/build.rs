@@ -444,23 +444,34 @@ pub fn build(
             remote_hits: report.nodes.iter().filter(|n| n.remote).count(),
         },
     );
-    if report.success() {
-        let lock = lockfile(
-            &project.graph.environment.name,
-            graph_identity(&project),
-            &nodes,
-            &done,
-            &report,
-        );
-        // What the lockfile names reaches the disk first, in one flush.
-        store.sync()?;
-        report.lockfile = Some(write_lockfile(
-            &opts.project,
-            &opts.env,
-            &opts.stamp,
-            &lock,
-        )?);
-    }
+    // The snapshot's node part (most of its work) is made while the lockfile is
+    // written: that write mostly waits for the disk.
+    let (written, nodes_part) = std::thread::scope(|s| {
+        let recorded = crate::snapshot::Recorded {
+            project: &project,
+            nodes: &nodes,
+            report: &report,
+            store: &store,
+        };
+        let part = s.spawn(move || crate::snapshot::nodes_part(&recorded));
+        let written = report
+            .success()
+            .then(|| {
+                let lock = lockfile(
+                    &project.graph.environment.name,
+                    graph_identity(&project),
+                    &nodes,
+                    &done,
+                    &report,
+                );
+                // What the lockfile names reaches the disk first, in one flush.
+                store.sync()?;
+                write_lockfile(&opts.project, &opts.env, &opts.stamp, &lock)
+            })
+            .transpose();
+        (written, part.join().ok().flatten())
+    });
+    report.lockfile = written?;
     phases.mark("lockfile");
     crate::snapshot::record(
         opts,
@@ -471,6 +482,7 @@ pub fn build(
             report: &report,
             store: &store,
         },
+        nodes_part,
     );
     phases.mark("record");
     if !report.success() {

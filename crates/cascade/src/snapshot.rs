@@ -497,12 +497,120 @@ pub(crate) struct Recorded<'a> {
     pub store: &'a Store,
 }
 
+/// The nodes' part of a snapshot: the manifests and the nodes' store entries as they
+/// are, and what the no-op reports of the nodes. The most work of recording (it reads
+/// every output's trees and stats every entry), so it is made while the lockfile is
+/// written ([`nodes_part`]), spread over the machine's threads.
+pub(crate) struct NodesPart {
+    watched: Vec<Watched>,
+    nodes: Vec<SnapNode>,
+}
+
+/// [`NodesPart`] of a successful build; `None` when a node has no key or output, or an
+/// output's entries cannot be read (the snapshot is not recorded then).
+pub(crate) fn nodes_part(r: &Recorded<'_>) -> Option<NodesPart> {
+    if !r.report.success() {
+        return None;
+    }
+    let pairs: Vec<_> = r.nodes.iter().zip(&r.report.nodes).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = pairs.len().div_ceil(threads).max(256);
+    let part = |pairs: &[(&crate::build::Node<'_>, &NodeReport)]| {
+        let mut part = NodesPart {
+            watched: Vec::new(),
+            nodes: Vec::with_capacity(pairs.len()),
+        };
+        for (n, rep) in pairs {
+            part.add(r, n, rep)?;
+        }
+        Some(part)
+    };
+    let mut chunks = pairs.chunks(chunk);
+    let first = chunks.next().unwrap_or_default();
+    // This thread takes the first part: a small project starts no thread at all.
+    let parts: Vec<Option<NodesPart>> = std::thread::scope(|s| {
+        let rest: Vec<_> = chunks.map(|c| s.spawn(move || part(c))).collect();
+        let mut parts = vec![part(first)];
+        parts.extend(rest.into_iter().map(|h| h.join().ok().flatten()));
+        parts
+    });
+    let mut all = NodesPart {
+        watched: Vec::new(),
+        nodes: Vec::with_capacity(pairs.len()),
+    };
+    // The manifests, as parsed (a stat each: on a big graph, thousands).
+    let root = &r.project.root;
+    for (rel, text) in r.project.db.files() {
+        let path = root.join(rel);
+        all.watched.push(Watched {
+            stat: stat(&path),
+            path,
+            check: Check::Content(Digest::of(text.as_bytes())),
+        });
+    }
+    for p in parts {
+        let p = p?;
+        all.watched.extend(p.watched);
+        all.nodes.extend(p.nodes);
+    }
+    Some(all)
+}
+
+impl NodesPart {
+    fn add(
+        &mut self,
+        r: &Recorded<'_>,
+        n: &crate::build::Node<'_>,
+        rep: &NodeReport,
+    ) -> Option<()> {
+        let (key, output) = (rep.key?, rep.output?);
+        let at = |path: PathBuf| Watched {
+            stat: stat(&path),
+            path,
+            check: Check::Exact,
+        };
+        // The action result and every tree and blob of the output, as they are: a
+        // corrupt, truncated or collected entry (any change to its stat) is a miss, and
+        // the ordinary path verifies and rebuilds.
+        self.watched.push(at(r.store.action_path(&key)));
+        for p in r.store.output_entries(&output)? {
+            self.watched.push(at(p));
+        }
+        let mut inputs: Vec<String> = n
+            .component
+            .inputs
+            .iter()
+            .map(|&j| r.project.graph.components[j].name.clone())
+            .collect();
+        inputs.sort();
+        self.nodes.push(SnapNode {
+            name: rep.name.clone(),
+            inputs,
+            r#ref: match &n.component.source.rev {
+                cascade_manifest::Rev::Ref(r) => Some(r.clone()),
+                cascade_manifest::Rev::Version(_) => None,
+            },
+            commit: rep.commit.clone(),
+            version: rep.version.clone(),
+            key,
+            output,
+            warnings: n.source_warnings(),
+        });
+        Some(())
+    }
+}
+
 /// Records the snapshot of a successful build, or removes a stale one when this build
 /// cannot be answered from a snapshot (an image, a smoke test, a fetched repository,
 /// something that changed while it ran).
-pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
+pub(crate) fn record(
+    opts: &BuildOptions,
+    before: Before,
+    r: &Recorded<'_>,
+    nodes: Option<NodesPart>,
+) {
     let path = Target::of_build(opts).path();
-    let snapshot = snapshot(opts, before, r);
+    let snapshot = nodes.and_then(|nodes| snapshot(opts, before, r, nodes));
     match snapshot.and_then(|s| serde_json::to_vec(&s).ok()) {
         Some(bytes) => {
             // A cache: no flush; a torn file does not parse and is ignored.
@@ -514,7 +622,12 @@ pub(crate) fn record(opts: &BuildOptions, before: Before, r: &Recorded<'_>) {
     }
 }
 
-fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Snapshot> {
+fn snapshot(
+    opts: &BuildOptions,
+    before: Before,
+    r: &Recorded<'_>,
+    nodes: NodesPart,
+) -> Option<Snapshot> {
     let env = &r.project.graph.environment;
     let publishes = r.project.graph.components.iter().any(|c| {
         c.recipe.image.is_some() || (!opts.publish.skip_tests && !c.recipe.tests.is_empty())
@@ -533,14 +646,6 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
         path,
         check,
     };
-    // The manifests, as parsed.
-    let root = &r.project.root;
-    for (rel, text) in r.project.db.files() {
-        watched.push(at(
-            root.join(rel),
-            Check::Content(Digest::of(text.as_bytes())),
-        ));
-    }
     // Tools: the directories of PATH (a new one may come first), each tool's content.
     let search = opts.tools.search_path();
     for dir in std::env::split_paths(search).filter(|d| d.is_absolute()) {
@@ -560,37 +665,7 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
     }
     // The lockfile as it is now: this build wrote it, or found it identical.
     watched.push(Watched::now(lockfile.clone(), true));
-    let mut nodes = Vec::with_capacity(r.report.nodes.len());
-    for (n, rep) in r.nodes.iter().zip(&r.report.nodes) {
-        let (key, output) = (rep.key?, rep.output?);
-        // The action result and every tree and blob of the output, as they are: a
-        // corrupt, truncated or collected entry (any change to its stat) is a miss, and
-        // the ordinary path verifies and rebuilds.
-        watched.push(at(r.store.action_path(&key), Check::Exact));
-        for p in r.store.output_entries(&output)? {
-            watched.push(at(p, Check::Exact));
-        }
-        let mut inputs: Vec<String> = n
-            .component
-            .inputs
-            .iter()
-            .map(|&j| r.project.graph.components[j].name.clone())
-            .collect();
-        inputs.sort();
-        nodes.push(SnapNode {
-            name: rep.name.clone(),
-            inputs,
-            r#ref: match &n.component.source.rev {
-                cascade_manifest::Rev::Ref(r) => Some(r.clone()),
-                cascade_manifest::Rev::Version(_) => None,
-            },
-            commit: rep.commit.clone(),
-            version: rep.version.clone(),
-            key,
-            output,
-            warnings: n.source_warnings(),
-        });
-    }
+    watched.extend(nodes.watched);
     let target = Target::of_build(opts);
     Some(Snapshot {
         format: FORMAT,
@@ -599,6 +674,6 @@ fn snapshot(opts: &BuildOptions, before: Before, r: &Recorded<'_>) -> Option<Sna
         started: before.started,
         watched,
         lockfile,
-        nodes,
+        nodes: nodes.nodes,
     })
 }
