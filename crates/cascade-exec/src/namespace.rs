@@ -11,6 +11,16 @@
 //!     execve: P is the program
 //! ```
 //!
+//! A build step ([`Network::Thread`]) keeps the thread's network namespace instead of
+//! making one (most of a sandbox's cost); one more short-lived child enters it:
+//!
+//! ```text
+//! cascade ─clone(CLONE_VM|CLONE_VFORK)─► E: setns(thread's user ns, thread's net ns);
+//!     unshare(user, mount, pid, ipc, uts); writes the maps;
+//!     ─clone(CLONE_VM|CLONE_VFORK|CLONE_PARENT)─► P (cascade's child), as above
+//!     E exits once P has exec'd
+//! ```
+//!
 //! When P exits (the program ended, or it was killed), the kernel kills every process
 //! left in the pid namespace: nothing a step starts with `&`, `nohup` or `setsid`
 //! survives it, and orphans are reaped by the program as pid 1 (shells wait for any
@@ -57,6 +67,24 @@ pub struct Jail {
     /// A Landlock ruleset to enforce before `execve` (the second wall).
     pub landlock: Option<OwnedFd>,
     pub limits: Limits,
+    pub network: Network,
+}
+
+/// The network namespace a sandboxed process gets: either way only loopback, reaching
+/// nothing outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// One made for it (a server that may outlive the spawning code: smoke tests).
+    Own,
+    /// The calling thread's, made once per thread and entered by each process the
+    /// thread starts, one at a time (build steps). Making a network namespace is most of
+    /// what a sandbox costs (about a millisecond here: loopback, sysctl tables), so a
+    /// thread makes one and keeps it. A step leaves nothing in it: its processes, and so
+    /// its sockets, end with its pid namespace, and `TIME_WAIT` is off (no connection
+    /// outlives its sockets, so no port is still in use for the next step), as is the
+    /// TCP metrics cache. Without capabilities a step can change nothing else there.
+    /// Where the kernel refuses any of it, the process gets its own, as with `Own`.
+    Thread,
 }
 
 /// The source of the root filesystem's top-level entries, each bound read-only.
@@ -228,6 +256,7 @@ const S_PRIVS: u32 = 9;
 const S_EXEC: u32 = 10;
 const S_SETNS: u32 = 11;
 const S_CONNECT: u32 = 12;
+const S_NETNS: u32 = 13;
 
 fn stage_name(stage: u32) -> &'static str {
     match stage {
@@ -243,6 +272,7 @@ fn stage_name(stage: u32) -> &'static str {
         S_EXEC => "execve",
         S_SETNS => "entering the namespaces",
         S_CONNECT => "connecting",
+        S_NETNS => "the thread's network namespace",
         _ => "setup",
     }
 }
@@ -277,9 +307,14 @@ impl IdMaps {
         let (inner_uid, inner_gid) = inside_ids();
         let outer_uid = rustix::process::geteuid().as_raw();
         let outer_gid = rustix::process::getegid().as_raw();
+        IdMaps::between((inner_uid, inner_gid), (outer_uid, outer_gid))
+    }
+
+    /// `inner` inside for `outer` in the parent user namespace.
+    fn between(inner: (u32, u32), outer: (u32, u32)) -> IdMaps {
         IdMaps {
-            uid_map: format!("{inner_uid} {outer_uid} 1\n").into_bytes(),
-            gid_map: format!("{inner_gid} {outer_gid} 1\n").into_bytes(),
+            uid_map: format!("{} {} 1\n", inner.0, outer.0).into_bytes(),
+            gid_map: format!("{} {} 1\n", inner.1, outer.1).into_bytes(),
         }
     }
 
@@ -383,6 +418,9 @@ impl Op {
 
 /// Everything P needs, allocated before the clone.
 struct Plan {
+    /// In the thread's network namespace ([`Network::Thread`]): the maps are written
+    /// and loopback is up before P starts.
+    entered: bool,
     maps: IdMaps,
     /// The new root's mount point on the host.
     root: CString,
@@ -581,7 +619,7 @@ fn root_entries(base: &Path, hidden: &[&str]) -> io::Result<Vec<RootEntry>> {
 }
 
 impl Plan {
-    fn new(jail: Jail, scratch: &Path) -> io::Result<Plan> {
+    fn new(jail: Jail, scratch: &Path, entered: bool) -> io::Result<Plan> {
         let root_dir = scratch.join("root");
         fs::create_dir_all(&root_dir)?;
         // 1. The root: a tmpfs with the root's entries, /dev, /proc, /tmp, then the binds.
@@ -627,8 +665,15 @@ impl Plan {
         if let Some(l) = &jail.landlock {
             keep.push(l.as_raw_fd());
         }
+        // Entered: the new user namespace is a child of the thread's, where the caller
+        // is root (0).
+        let maps = match entered {
+            true => IdMaps::between(inside_ids(), (0, 0)),
+            false => IdMaps::new(),
+        };
         Ok(Plan {
-            maps: IdMaps::new(),
+            entered,
+            maps,
             root: cstring(&root_dir)?,
             ops,
             cwd: cstring(&jail.cwd)?,
@@ -649,11 +694,58 @@ impl Plan {
 /// Starts `jail`'s program in fresh namespaces; `scratch` is an empty directory of the
 /// caller's for the new root's mount point. Returns once the program runs.
 pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
-    let mut plan = Plan::new(jail, scratch).map_err(|e| setup_error("preparing the root", e))?;
+    match jail.network {
+        Network::Thread => {
+            THREAD_NET.with(
+                |net| match net.get_or_init(|| ThreadNet::new().ok()).as_ref() {
+                    Some(net) => spawn_with(jail, scratch, Some(net)),
+                    None => spawn_with(jail, scratch, None),
+                },
+            )
+        }
+        Network::Own => spawn_with(jail, scratch, None),
+    }
+}
+
+fn spawn_with(jail: Jail, scratch: &Path, net: Option<&ThreadNet>) -> Result<Jailed, SetupError> {
+    let mut plan = Plan::new(jail, scratch, net.is_some())
+        .map_err(|e| setup_error("preparing the root", e))?;
     let (read, write) = error_pipe().map_err(|e| setup_error("pipe", e))?;
     plan.keep.push(write.as_raw_fd());
     plan.keep.sort_unstable();
-    let stack = ChildStack::new().map_err(|e| setup_error("the child's stack", e))?;
+    let started = match net {
+        Some(net) => start_entering(&plan, write.as_raw_fd(), net),
+        None => start_own(&plan, write.as_raw_fd()),
+    };
+    let pid = started.map_err(|source| SetupError {
+        stage: stage_name(S_USERNS),
+        detail: None,
+        source,
+    })?;
+    drop(write);
+    let jailed = Jailed { pid };
+    let failure = match read_failure(read) {
+        // E ended without starting P and without a word: never expected.
+        None if pid <= 0 => Some((0, libc::ECHILD)),
+        failure => failure,
+    };
+    if let Some((stage, errno)) = failure {
+        if pid > 0 {
+            let _ = jailed.wait();
+        }
+        let (stage, op) = (stage & 0xff, stage >> 8);
+        return Err(SetupError {
+            stage: stage_name(stage),
+            detail: mount_detail(&plan, op),
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(jailed)
+}
+
+/// P in new namespaces of every kind, its network's among them.
+fn start_own(plan: &Plan, pipe: RawFd) -> io::Result<libc::pid_t> {
+    let stack = ChildStack::new()?;
     // One process in every new namespace at once, pid 1 of its pid namespace: it writes
     // its own id maps, builds the root and becomes the program. It shares cascade's
     // memory (CLONE_VM) and this thread waits until it has called execve or exited
@@ -668,10 +760,7 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::SIGCHLD;
-    let mut args = ChildArgs {
-        plan: &plan,
-        pipe: write.as_raw_fd(),
-    };
+    let mut args = ChildArgs { plan, pipe };
     // Signals stay blocked in the child until it has reset every handler (a handler of
     // cascade's must never run on the shared memory), and here until it is gone.
     let saved = block_signals();
@@ -688,26 +777,262 @@ pub fn spawn(jail: Jail, scratch: &Path) -> Result<Jailed, SetupError> {
     };
     let clone_error = io::Error::last_os_error();
     restore_signals(&saved);
-    drop(stack);
-    if pid < 0 {
-        return Err(SetupError {
-            stage: stage_name(S_USERNS),
-            detail: None,
-            source: clone_error,
-        });
+    match pid {
+        p if p < 0 => Err(clone_error),
+        p => Ok(p),
     }
-    drop(write);
-    let jailed = Jailed { pid };
-    if let Some((stage, errno)) = read_failure(read) {
-        let _ = jailed.wait();
-        let (stage, op) = (stage & 0xff, stage >> 8);
-        return Err(SetupError {
-            stage: stage_name(stage),
-            detail: mount_detail(&plan, op),
-            source: io::Error::from_raw_os_error(errno),
-        });
+}
+
+/// P in the thread's user and network namespaces, and new ones of every other kind: E
+/// (sharing cascade's memory, like P) enters the thread's namespaces, makes the others,
+/// writes the maps, then starts P as cascade's child (CLONE_PARENT), pid 1 of the new
+/// pid namespace, and exits once P has called execve. Returns P.
+fn start_entering(plan: &Plan, pipe: RawFd, net: &ThreadNet) -> io::Result<libc::pid_t> {
+    let (stack, p_stack) = (ChildStack::new()?, ChildStack::new()?);
+    let mut args = EnterArgs {
+        plan,
+        pipe,
+        user: net.user.as_raw_fd(),
+        net: net.net.as_raw_fd(),
+        p_stack: p_stack.top(),
+        p: 0,
+    };
+    let saved = block_signals();
+    // SAFETY: as in `start_own`; E runs `entering_main` on its own stack and P on
+    // another, both only system calls on prepared memory; `args` outlives both.
+    let e = unsafe {
+        libc::clone(
+            entering_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut args as *mut EnterArgs).cast(),
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    restore_signals(&saved);
+    if e < 0 {
+        return Err(clone_error);
     }
-    Ok(jailed)
+    // E has exited (its report, if any, is in the pipe); P, if started, is ours.
+    let _ = wait_status(e);
+    Ok(args.p)
+}
+
+/// What E gets: P's plan, the thread's namespaces and P's stack; E leaves P's pid.
+struct EnterArgs<'a> {
+    plan: &'a Plan,
+    pipe: RawFd,
+    user: RawFd,
+    net: RawFd,
+    p_stack: *mut libc::c_void,
+    p: libc::pid_t,
+}
+
+extern "C" fn entering_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `EnterArgs` of `start_entering`, alive while it is suspended.
+    let args = unsafe { &mut *(arg as *mut EnterArgs) };
+    match enter_and_start(args) {
+        Ok(p) => {
+            args.p = p;
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(0) }
+        }
+        Err(e) => child_exit(args.pipe, Err(e)),
+    }
+}
+
+fn enter_and_start(args: &EnterArgs) -> Result<libc::pid_t, (u32, rustix::io::Errno)> {
+    enter_thread_net(args.user, args.net)?;
+    args.plan.maps.write_own()?;
+    let mut child = ChildArgs {
+        plan: args.plan,
+        pipe: args.pipe,
+    };
+    // SAFETY: as in `start_own`: P shares the memory, runs on its own stack and ends in
+    // execve or _exit; E waits for that (CLONE_VFORK).
+    let p = unsafe {
+        libc::clone(
+            child_main,
+            args.p_stack,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT,
+            (&mut child as *mut ChildArgs).cast(),
+        )
+    };
+    match p {
+        p if p < 0 => Err((S_FORK, rustix::io::Errno::from_raw_os_error(errno()))),
+        p => Ok(p),
+    }
+}
+
+/// Enters the thread's user and network namespaces and makes the others (for P, the
+/// pid namespace of the next child).
+fn enter_thread_net(user: RawFd, net: RawFd) -> Result<(), (u32, rustix::io::Errno)> {
+    // SAFETY: plain system calls on descriptors prepared before the clone.
+    unsafe {
+        if libc::setns(user, libc::CLONE_NEWUSER) != 0 || libc::setns(net, libc::CLONE_NEWNET) != 0
+        {
+            return Err((S_SETNS, rustix::io::Errno::from_raw_os_error(errno())));
+        }
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS;
+        if libc::unshare(flags) != 0 {
+            return Err((S_UNSHARE, rustix::io::Errno::from_raw_os_error(errno())));
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The thread's network namespace ([`Network::Thread`]); `None` where the kernel
+    /// refused it.
+    static THREAD_NET: std::cell::OnceCell<Option<ThreadNet>> = const { std::cell::OnceCell::new() };
+}
+
+/// A user namespace in which the caller is root, and a network namespace it owns with
+/// loopback up, kept by their descriptors (no process lives in them between steps).
+struct ThreadNet {
+    user: OwnedFd,
+    net: OwnedFd,
+}
+
+impl ThreadNet {
+    fn new() -> io::Result<ThreadNet> {
+        let outer = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let maps = IdMaps::between((0, 0), outer);
+        let stack = ChildStack::new()?;
+        let (read, write) = error_pipe()?;
+        let mut args = NetArgs {
+            maps: &maps,
+            pipe: write.as_raw_fd(),
+            fds: None,
+        };
+        // CLONE_FILES: the descriptors the child opens are this process's.
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_FILES
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNET
+            | libc::SIGCHLD;
+        let saved = block_signals();
+        // SAFETY: as in `start_own`; the child ends in _exit.
+        let pid = unsafe {
+            libc::clone(
+                net_main,
+                stack.top(),
+                flags,
+                (&mut args as *mut NetArgs).cast(),
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        restore_signals(&saved);
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        let _ = wait_status(pid);
+        drop(write);
+        if let Some((_, errno)) = read_failure(read) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let net = match args.fds {
+            // SAFETY: opened by the child in this process's descriptor table, owned by
+            // nothing else.
+            Some((user, net)) => unsafe {
+                ThreadNet {
+                    user: OwnedFd::from_raw_fd(user),
+                    net: OwnedFd::from_raw_fd(net),
+                }
+            },
+            None => return Err(io::Error::other("no namespace descriptors")),
+        };
+        net.probe()?;
+        Ok(net)
+    }
+
+    /// Whether a child may enter these namespaces and make the others (a seccomp
+    /// policy may forbid `setns`): asked once, so that a refusal means the thread's
+    /// steps get networks of their own instead of failing.
+    fn probe(&self) -> io::Result<()> {
+        let stack = ChildStack::new()?;
+        let (read, write) = error_pipe()?;
+        let mut args = ProbeArgs {
+            user: self.user.as_raw_fd(),
+            net: self.net.as_raw_fd(),
+            pipe: write.as_raw_fd(),
+        };
+        let saved = block_signals();
+        // SAFETY: as in `start_own`; the child ends in _exit.
+        let pid = unsafe {
+            libc::clone(
+                probe_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ProbeArgs).cast(),
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        restore_signals(&saved);
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        let _ = wait_status(pid);
+        drop(write);
+        match read_failure(read) {
+            Some((_, errno)) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+}
+
+struct ProbeArgs {
+    user: RawFd,
+    net: RawFd,
+    pipe: RawFd,
+}
+
+extern "C" fn probe_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ProbeArgs` of `ThreadNet::probe`, alive while it is suspended.
+    let args = unsafe { &*(arg as *const ProbeArgs) };
+    child_exit(args.pipe, enter_thread_net(args.user, args.net))
+}
+
+struct NetArgs<'a> {
+    maps: &'a IdMaps,
+    pipe: RawFd,
+    fds: Option<(RawFd, RawFd)>,
+}
+
+extern "C" fn net_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `NetArgs` of `ThreadNet::new`, alive while it is suspended.
+    let args = unsafe { &mut *(arg as *mut NetArgs) };
+    let made = (|| {
+        args.maps.write_own()?;
+        loopback_up().map_err(|e| (S_LOOPBACK, e))?;
+        // Closed connections leave no TIME_WAIT and TCP learns nothing across steps
+        // (these paths name the opener's network namespace: this one).
+        let sysctl = |path: &CStr, value: &[u8]| write_file(path, value).map_err(|e| (S_NETNS, e));
+        sysctl(c"/proc/sys/net/ipv4/tcp_max_tw_buckets", b"0")?;
+        sysctl(c"/proc/sys/net/ipv4/tcp_no_metrics_save", b"1")?;
+        let user = open_ns(c"/proc/self/ns/user")?;
+        let net = open_ns(c"/proc/self/ns/net")?;
+        Ok((
+            std::os::fd::IntoRawFd::into_raw_fd(user),
+            std::os::fd::IntoRawFd::into_raw_fd(net),
+        ))
+    })();
+    match made {
+        Ok(fds) => {
+            args.fds = Some(fds);
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(0) }
+        }
+        Err(e) => child_exit(args.pipe, Err(e)),
+    }
 }
 
 /// What `clone` hands the child.
@@ -851,8 +1176,10 @@ fn inside(plan: &Plan, pipe: RawFd) -> ! {
         }
         close_others(&plan.keep);
         // Its own maps: one line each, the caller's ids, which a process may write for
-        // its own new user namespace.
-        plan.maps.write_own()?;
+        // its own new user namespace (entered: written before P started).
+        if !plan.entered {
+            plan.maps.write_own()?;
+        }
         build_root(plan)?;
         let limit = |resource, value: u64| {
             rustix::process::setrlimit(
@@ -900,7 +1227,9 @@ fn build_root(plan: &Plan) -> Result<(), (u32, rustix::io::Errno)> {
         mount_op(op).map_err(|e| (S_MOUNT | ((i as u32 + 1) << 8), e))?;
     }
     let _ = rustix::system::sethostname(b"cascade");
-    loopback_up().map_err(|e| (S_LOOPBACK, e))?;
+    if !plan.entered {
+        loopback_up().map_err(|e| (S_LOOPBACK, e))?;
+    }
     rustix::mount::mount_remount(
         plan.root.as_c_str(),
         MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,

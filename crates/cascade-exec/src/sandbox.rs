@@ -137,6 +137,7 @@ impl SandboxRun<'_> {
                 output: output.into(),
                 landlock: ruleset,
                 limits: LIMITS,
+                network: namespace::Network::Thread,
             };
             let jailed = namespace::spawn(jail, self.scratch).map_err(|e| RunError::Setup {
                 what: format!("start step `{}` in the sandbox", step.name),
@@ -297,6 +298,27 @@ mod tests {
         }
     }
 
+    /// PATH, with the directory of the real python3 first: on PATH it may be a shim
+    /// (pyenv's) that needs half the host's tools to find it.
+    fn test_tools() -> Tools {
+        static PATH: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+        let path = PATH.get_or_init(|| {
+            let real = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import os, sys; print(os.path.dirname(os.path.realpath(sys.executable)))",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let mut path = std::ffi::OsString::from(real);
+            path.push(":");
+            path.push(std::env::var_os("PATH").unwrap_or_default());
+            path
+        });
+        Tools::new(path.clone())
+    }
+
     /// Skips (with a message) where the kernel refuses namespaces, except in CI.
     fn namespaces() -> bool {
         match namespace::available() {
@@ -311,7 +333,7 @@ mod tests {
 
     impl Fixture {
         fn host(&self, tools: &[&str], run: &str) -> Result<(), RunError> {
-            let t = Tools::from_env();
+            let t = test_tools();
             let tools: Vec<ResolvedTool> = tools.iter().map(|n| t.resolve(n).unwrap()).collect();
             self.run(
                 RootFs::Host { tools: &tools },
@@ -412,6 +434,52 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", f.log()));
         assert_eq!(f.read("out"), "refused\n", "{}", f.read("err"));
+        // Refused by the sandbox's loopback, not a python3 that did not start.
+        assert!(
+            f.read("err").contains("ConnectionRefusedError"),
+            "{}",
+            f.read("err")
+        );
+    }
+
+    /// The steps a thread runs share its network namespace (made once), and each finds
+    /// it as the first did: a port the step before served and closed is free at once
+    /// (no TIME_WAIT), for a program that binds without SO_REUSEADDR.
+    #[test]
+    fn a_threads_steps_share_an_empty_loopback() {
+        if !namespaces() {
+            return;
+        }
+        let f = fixture();
+        let serve = "import socket\n\
+                     s = socket.socket(); s.bind(('127.0.0.1', 47001)); s.listen(1)\n\
+                     c = socket.create_connection(('127.0.0.1', 47001)); a, _ = s.accept()\n\
+                     a.sendall(b'x'); c.recv(1); a.close(); c.close(); s.close()\n";
+        fs::write(f.work.join("serve.py"), serve).unwrap();
+        for round in 0..3 {
+            f.host(
+                &["sh", "python3", "readlink"],
+                &format!("python3 serve.py && readlink /proc/self/ns/net > ns{round}"),
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", f.log()));
+        }
+        let ns: Vec<String> = (0..3).map(|r| f.read(&format!("ns{r}"))).collect();
+        assert!(ns[0].starts_with("net:["), "{ns:?}");
+        assert!(
+            ns.iter().all(|n| *n == ns[0]),
+            "one namespace per thread: {ns:?}"
+        );
+        // Another thread makes its own.
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                f.host(&["sh", "readlink"], "readlink /proc/self/ns/net > other")
+                    .unwrap();
+                f.read("other")
+            })
+            .join()
+            .unwrap()
+        });
+        assert_ne!(other, ns[0]);
     }
 
     #[test]
@@ -569,6 +637,7 @@ mod tests {
             output: fs::File::create(&f.log).unwrap().into(),
             landlock: None,
             limits: LIMITS,
+            network: namespace::Network::Own,
         };
         let err = namespace::spawn(jail("/no/such/program", Vec::new()), &f.scratch)
             .err()

@@ -444,28 +444,64 @@ pub fn build(
             remote_hits: report.nodes.iter().filter(|n| n.remote).count(),
         },
     );
+    record_results(
+        opts,
+        &Finished {
+            project: &project,
+            nodes: &nodes,
+            store: &store,
+            done: &done,
+        },
+        &mut report,
+        before,
+        &mut phases,
+    )?;
+    phases.mark("record");
+    if !report.success() {
+        report.notifications = notify_failure(&project.graph.environment, &report);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// What a finished walk hands to [`record_results`].
+struct Finished<'a> {
+    project: &'a Project,
+    nodes: &'a [Node<'a>],
+    store: &'a Store,
+    done: &'a [OnceLock<Done>],
+}
+
+/// The lockfile of a successful build, and the snapshot (or the removal of a stale one).
+fn record_results(
+    opts: &BuildOptions,
+    r: &Finished<'_>,
+    report: &mut BuildReport,
+    before: crate::snapshot::Before,
+    phases: &mut crate::timings::Phases,
+) -> Result<(), Error> {
     // The snapshot's node part (most of its work) is made while the lockfile is
     // written: that write mostly waits for the disk.
     let (written, nodes_part) = std::thread::scope(|s| {
         let recorded = crate::snapshot::Recorded {
-            project: &project,
-            nodes: &nodes,
-            report: &report,
-            store: &store,
+            project: r.project,
+            nodes: r.nodes,
+            report,
+            store: r.store,
         };
         let part = s.spawn(move || crate::snapshot::nodes_part(&recorded));
         let written = report
             .success()
             .then(|| {
                 let lock = lockfile(
-                    &project.graph.environment.name,
-                    graph_identity(&project),
-                    &nodes,
-                    &done,
-                    &report,
+                    &r.project.graph.environment.name,
+                    graph_identity(r.project),
+                    r.nodes,
+                    r.done,
+                    report,
                 );
                 // What the lockfile names reaches the disk first, in one flush.
-                store.sync()?;
+                r.store.sync()?;
                 write_lockfile(&opts.project, &opts.env, &opts.stamp, &lock)
             })
             .transpose();
@@ -477,19 +513,14 @@ pub fn build(
         opts,
         before,
         &crate::snapshot::Recorded {
-            project: &project,
-            nodes: &nodes,
-            report: &report,
-            store: &store,
+            project: r.project,
+            nodes: r.nodes,
+            report,
+            store: r.store,
         },
         nodes_part,
     );
-    phases.mark("record");
-    if !report.success() {
-        report.notifications = notify_failure(&project.graph.environment, &report);
-    }
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok(())
 }
 
 /// The `build_failed` event: the failed nodes, with their commits and versions.

@@ -82,6 +82,8 @@ pub(crate) fn smoke_test(
         output: OwnedFd::from(log),
         landlock,
         limits: cascade_exec::sandbox::LIMITS,
+        // A server that outlives this code: never in a network another process enters.
+        network: cascade_exec::namespace::Network::Own,
     };
     let jailed = namespace::spawn(jail, scratch.path()).map_err(|e| e.to_string())?;
     let guard = Killed(&jailed);

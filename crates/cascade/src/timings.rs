@@ -28,7 +28,7 @@ impl Phases {
         }
         let now = Instant::now();
         eprintln!(
-            "cascade timings: {name:<10} {:>8.1} ms  (at {:>8.1} ms)",
+            "cascade timings: {name} {:.1} ms (at {:.1} ms)",
             (now - self.last).as_secs_f64() * 1e3,
             (now - self.start).as_secs_f64() * 1e3
         );
