@@ -534,8 +534,15 @@ pub(crate) fn nodes_part(r: &Recorded<'_>) -> Option<NodesPart> {
         parts.extend(rest.into_iter().map(|h| h.join().ok().flatten()));
         parts
     });
+    // Sized once: at 10,000 nodes the entries are tens of thousands of paths, and a
+    // growing vector would hold two copies of them at its last step.
+    let entries = parts
+        .iter()
+        .flatten()
+        .map(|p| p.watched.len())
+        .sum::<usize>();
     let mut all = NodesPart {
-        watched: Vec::new(),
+        watched: Vec::with_capacity(entries + r.project.db.files().count()),
         nodes: Vec::with_capacity(pairs.len()),
     };
     // The manifests, as parsed (a stat each: on a big graph, thousands).
@@ -640,7 +647,8 @@ fn snapshot(
         return None;
     }
     let lockfile = r.report.lockfile.clone()?;
-    let mut watched = before.seen;
+    let mut watched = Vec::with_capacity(before.seen.len() + 64 + nodes.watched.len());
+    watched.extend(before.seen);
     let at = |path: PathBuf, check: Check| Watched {
         stat: stat(&path),
         path,
