@@ -500,9 +500,11 @@ fn record_results(
                     r.done,
                     report,
                 );
+                let text = cascade_lock::write(&lock);
+                drop(lock);
                 // What the lockfile names reaches the disk first, in one flush.
                 r.store.sync()?;
-                write_lockfile(&opts.project, &opts.env, &opts.stamp, &lock)
+                write_lockfile_text(&opts.project, &opts.env, &opts.stamp, &text)
             })
             .transpose();
         (written, part.join().ok().flatten())
@@ -1353,15 +1355,24 @@ pub(crate) fn write_lockfile(
     stamp: &str,
     lock: &Lockfile,
 ) -> Result<PathBuf, Error> {
-    let text = cascade_lock::write(lock);
+    write_lockfile_text(root, env, stamp, &cascade_lock::write(lock))
+}
+
+/// [`write_lockfile`] of a lockfile already rendered (so the caller can drop the value
+/// first: at 10,000 nodes each is megabytes).
+pub(crate) fn write_lockfile_text(
+    root: &Path,
+    env: &str,
+    stamp: &str,
+    text: &str,
+) -> Result<PathBuf, Error> {
     let dir = crate::Layout::new(root).lockfiles();
     // An identical file is reused only when it is the newest: a rollback within the
     // same second must still become the newest lockfile. A no-op build gives the
     // newest lockfile's bytes again: it is the lockfile of this build too.
     let newest = crate::newest_lockfile(root, env);
     if let Some(newest) = &newest {
-        let limit = crate::bounded::LOCKFILE_LIMIT;
-        if crate::bounded::read(newest, limit, true).is_ok_and(|b| b == text.as_bytes()) {
+        if same_bytes(newest, text.as_bytes()) {
             return Ok(newest.clone());
         }
     }
@@ -1373,8 +1384,8 @@ pub(crate) fn write_lockfile(
             format!("{env}-{stamp}-{n}.yaml")
         };
         let path = dir.join(&name);
-        match crate::bounded::read(&path, crate::bounded::LOCKFILE_LIMIT, true) {
-            Ok(existing) if existing == text.as_bytes() && newest.as_ref() == Some(&path) => {
+        match path.symlink_metadata() {
+            Ok(_) if newest.as_ref() == Some(&path) && same_bytes(&path, text.as_bytes()) => {
                 return Ok(path)
             }
             Ok(_) => n += 1,
@@ -1393,6 +1404,29 @@ pub(crate) fn write_lockfile(
                 }
                 n += 1;
             }
+        }
+    }
+}
+
+/// Whether the file at `path` holds exactly `bytes`: its size first, then its content
+/// in chunks (a lockfile of a big graph is megabytes; never read whole).
+fn same_bytes(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.metadata().map_or(true, |m| m.len() != bytes.len() as u64) {
+        return false;
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return at == bytes.len(),
+            Ok(n) if at + n <= bytes.len() && buf[..n] == bytes[at..at + n] => at += n,
+            Ok(_) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
         }
     }
 }
