@@ -376,6 +376,16 @@ pub fn build(
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.
     let _store_lock = store.lock_shared()?;
+    // The normalized recipes and image declarations are kept in the store under their
+    // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
+    // replayed, and `plan` can name the fields that changed, after a recipe changed.
+    // Before git is used: meanwhile libgit2 finishes starting on its own thread.
+    for c in &project.graph.components {
+        store.put_blob(&c.recipe.canonical())?;
+        if let Some(i) = &c.recipe.image {
+            store.put_blob(&i.canonical())?;
+        }
+    }
     let git = Git::new(store.git_dir());
     before.refs(&git, &project);
     let pinned = pin_all(&project, &git)?;
@@ -396,15 +406,6 @@ pub fn build(
     publish::push_target(&opts.publish, env.registry.as_deref(), &opts.env)?;
     // So is the signing key: `--sign`, else the environment's `sign:`.
     let signer = signer(opts, env.sign.as_ref(), &project.environment_dir())?;
-    // The normalized recipes and image declarations are kept in the store under their
-    // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
-    // replayed, and `plan` can name the fields that changed, after a recipe changed.
-    for c in &project.graph.components {
-        store.put_blob(&c.recipe.canonical())?;
-        if let Some(i) = &c.recipe.image {
-            store.put_blob(&i.canonical())?;
-        }
-    }
     // The flags (--remote, then --remote-cache), else the environment's `remote:`, then
     // its `remote_cache:`.
     let remote_opts = RemoteOptions {
