@@ -370,12 +370,13 @@ pub fn build(
     phases.mark("snapshot");
     cascade_git::warm_up();
     let mut before = crate::snapshot::Before::start(opts);
-    let project = crate::load::load_cached(&opts.project, &opts.env, &opts.store, true)
+    let mut project = crate::load::load_cached(&opts.project, &opts.env, &opts.store, true)
         .map_err(|e| crate::pin::with_source_problems(e, &opts.store))?;
     phases.mark("load");
     let store = Store::open(&opts.store)?;
     // Shared with other builds; keeps a `gc` from collecting what this build writes.
     let _store_lock = store.lock_shared()?;
+    project.keep_graph();
     // The normalized recipes and image declarations are kept in the store under their
     // digests (the lockfile's `recipe:` and `image.spec`), so a lockfile can be
     // replayed, and `plan` can name the fields that changed, after a recipe changed.

@@ -15,9 +15,20 @@ pub struct Project {
     pub db: SourceDb,
     pub files: ProjectFiles,
     pub graph: Graph,
+    /// A graph resolved afresh that [`Project::keep_graph`] writes to the cache: where
+    /// and under which key (written once the store exists, not while loading).
+    pub(crate) uncached: Option<(PathBuf, cascade_core::Digest)>,
 }
 
 impl Project {
+    /// Keeps a graph that was resolved afresh in the store's cache (a build, once its
+    /// store is open: a crash before never leaves a half store behind).
+    pub(crate) fn keep_graph(&mut self) {
+        if let Some((path, key)) = self.uncached.take() {
+            crate::graph_cache::put(&path, key, &self.graph);
+        }
+    }
+
     /// The environment file's directory: relative repository paths start here.
     pub fn environment_dir(&self) -> PathBuf {
         environment_dir(&self.root, &self.db, &self.files)
@@ -237,15 +248,11 @@ fn load_with(root: &Path, env: &str, store: Option<(&Path, bool)>) -> Result<Pro
             db,
             files,
             graph,
+            uncached: None,
         });
     }
     let graph = match cascade_manifest::resolve(&db, &files) {
-        Ok(graph) => {
-            if let Some((path, key, true)) = cache {
-                crate::graph_cache::put(&path, key, &graph);
-            }
-            graph
-        }
+        Ok(graph) => graph,
         Err(unresolved) => {
             let environment_dir = environment_dir(root, &db, &files);
             return Err(Error::Unresolved(Unloaded(Box::new(UnloadedParts {
@@ -262,5 +269,6 @@ fn load_with(root: &Path, env: &str, store: Option<(&Path, bool)>) -> Result<Pro
         db,
         files,
         graph,
+        uncached: cache.and_then(|(path, key, keep)| keep.then_some((path, key))),
     })
 }

@@ -23,8 +23,9 @@ pub fn verify_clean(dir: &Path, store: &Path, when: &str) {
         .unwrap();
     assert!(
         v.status.success(),
-        "{when}: the store is not clean:\n{}",
-        String::from_utf8_lossy(&v.stdout)
+        "{when}: the store is not clean:\n{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
     );
 }
 
