@@ -789,11 +789,16 @@ fn start_own(plan: &Plan, pipe: RawFd) -> io::Result<libc::pid_t> {
 /// pid namespace, and exits once P has called execve. Returns P.
 fn start_entering(plan: &Plan, pipe: RawFd, net: &ThreadNet) -> io::Result<libc::pid_t> {
     let (stack, p_stack) = (ChildStack::new()?, ChildStack::new()?);
+    let (user, net) = (net.user.as_raw_fd(), net.net.as_raw_fd());
+    let mut keep = plan.keep.clone();
+    keep.extend([user, net]);
+    keep.sort_unstable();
     let mut args = EnterArgs {
         plan,
         pipe,
-        user: net.user.as_raw_fd(),
-        net: net.net.as_raw_fd(),
+        user,
+        net,
+        keep: &keep,
         p_stack: p_stack.top(),
         p: 0,
     };
@@ -824,6 +829,8 @@ struct EnterArgs<'a> {
     pipe: RawFd,
     user: RawFd,
     net: RawFd,
+    /// What E keeps open (sorted): P's descriptors and the namespaces.
+    keep: &'a [RawFd],
     p_stack: *mut libc::c_void,
     p: libc::pid_t,
 }
@@ -842,6 +849,9 @@ extern "C" fn entering_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 fn enter_and_start(args: &EnterArgs) -> Result<libc::pid_t, (u32, rustix::io::Errno)> {
+    // First: E lives until P's execve, and a copy of another thread's descriptor (a
+    // store's lock) must not outlive that thread's own close meanwhile.
+    close_others(args.keep);
     enter_thread_net(args.user, args.net)?;
     args.plan.maps.write_own()?;
     let mut child = ChildArgs {
@@ -960,10 +970,17 @@ impl ThreadNet {
     fn probe(&self) -> io::Result<()> {
         let stack = ChildStack::new()?;
         let (read, write) = error_pipe()?;
+        let mut keep = vec![
+            self.user.as_raw_fd(),
+            self.net.as_raw_fd(),
+            write.as_raw_fd(),
+        ];
+        keep.sort_unstable();
         let mut args = ProbeArgs {
             user: self.user.as_raw_fd(),
             net: self.net.as_raw_fd(),
             pipe: write.as_raw_fd(),
+            keep: &keep,
         };
         let saved = block_signals();
         // SAFETY: as in `start_own`; the child ends in _exit.
@@ -989,15 +1006,17 @@ impl ThreadNet {
     }
 }
 
-struct ProbeArgs {
+struct ProbeArgs<'a> {
     user: RawFd,
     net: RawFd,
     pipe: RawFd,
+    keep: &'a [RawFd],
 }
 
 extern "C" fn probe_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ProbeArgs` of `ThreadNet::probe`, alive while it is suspended.
     let args = unsafe { &*(arg as *const ProbeArgs) };
+    close_others(args.keep);
     child_exit(args.pipe, enter_thread_net(args.user, args.net))
 }
 
