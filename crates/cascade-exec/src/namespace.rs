@@ -761,20 +761,34 @@ fn start_own(plan: &Plan, pipe: RawFd) -> io::Result<libc::pid_t> {
         | libc::CLONE_NEWUTS
         | libc::SIGCHLD;
     let mut args = ChildArgs { plan, pipe };
-    // Signals stay blocked in the child until it has reset every handler (a handler of
-    // cascade's must never run on the shared memory), and here until it is gone.
-    let saved = block_signals();
     // SAFETY: the child runs `child_main` on its own stack, calls only system calls on
     // `plan` (prepared before, not touched by this thread while it is suspended) and
     // ends in execve or _exit (see the module's header). `args` outlives the call.
-    let pid = unsafe {
-        libc::clone(
+    unsafe {
+        clone_blocked(
             child_main,
-            stack.top(),
+            &stack,
             flags,
             (&mut args as *mut ChildArgs).cast(),
         )
-    };
+    }
+}
+
+/// `clone` of a child that runs `main(arg)` on `stack`, sharing this memory. Signals
+/// stay blocked in the child until it has reset every handler (a handler of cascade's
+/// must never run on the shared memory), and here until it is gone.
+///
+/// # Safety
+/// `main` makes only system calls on memory prepared before and ends in execve or
+/// _exit; `arg` outlives the call (`flags` holds CLONE_VFORK).
+unsafe fn clone_blocked(
+    main: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &ChildStack,
+    flags: libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    let saved = block_signals();
+    let pid = libc::clone(main, stack.top(), flags, arg);
     let clone_error = io::Error::last_os_error();
     restore_signals(&saved);
     match pid {
@@ -802,22 +816,16 @@ fn start_entering(plan: &Plan, pipe: RawFd, net: &ThreadNet) -> io::Result<libc:
         p_stack: p_stack.top(),
         p: 0,
     };
-    let saved = block_signals();
     // SAFETY: as in `start_own`; E runs `entering_main` on its own stack and P on
     // another, both only system calls on prepared memory; `args` outlives both.
     let e = unsafe {
-        libc::clone(
+        clone_blocked(
             entering_main,
-            stack.top(),
+            &stack,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&mut args as *mut EnterArgs).cast(),
         )
-    };
-    let clone_error = io::Error::last_os_error();
-    restore_signals(&saved);
-    if e < 0 {
-        return Err(clone_error);
-    }
+    }?;
     // E has exited (its report, if any, is in the pipe); P, if started, is ours.
     let _ = wait_status(e);
     Ok(args.p)
@@ -929,21 +937,9 @@ impl ThreadNet {
             | libc::CLONE_NEWUSER
             | libc::CLONE_NEWNET
             | libc::SIGCHLD;
-        let saved = block_signals();
         // SAFETY: as in `start_own`; the child ends in _exit.
-        let pid = unsafe {
-            libc::clone(
-                net_main,
-                stack.top(),
-                flags,
-                (&mut args as *mut NetArgs).cast(),
-            )
-        };
-        let clone_error = io::Error::last_os_error();
-        restore_signals(&saved);
-        if pid < 0 {
-            return Err(clone_error);
-        }
+        let pid =
+            unsafe { clone_blocked(net_main, &stack, flags, (&mut args as *mut NetArgs).cast()) }?;
         let _ = wait_status(pid);
         drop(write);
         if let Some((_, errno)) = read_failure(read) {
@@ -982,21 +978,15 @@ impl ThreadNet {
             pipe: write.as_raw_fd(),
             keep: &keep,
         };
-        let saved = block_signals();
         // SAFETY: as in `start_own`; the child ends in _exit.
         let pid = unsafe {
-            libc::clone(
+            clone_blocked(
                 probe_main,
-                stack.top(),
+                &stack,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 (&mut args as *mut ProbeArgs).cast(),
             )
-        };
-        let clone_error = io::Error::last_os_error();
-        restore_signals(&saved);
-        if pid < 0 {
-            return Err(clone_error);
-        }
+        }?;
         let _ = wait_status(pid);
         drop(write);
         match read_failure(read) {
