@@ -305,6 +305,13 @@ impl Docker {
             }
             attempts += 1;
             let attempt = match &check.probe {
+                // Its process exited and the restart policy brings it back: a failed
+                // attempt, never a probe of the ports it had (another container may
+                // hold them by now).
+                _ if state.restarting => Attempt::Fail(format!(
+                    "the container exited (code {}) and is restarting",
+                    state.exit_code.map_or("?".into(), |c| c.to_string())
+                )),
                 Probe::Http { port, path } => {
                     let loopback = state
                         .ports
@@ -314,12 +321,6 @@ impl Docker {
                         .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
                         .and_then(|b| b.host_port.as_deref()?.parse::<u16>().ok());
                     match loopback {
-                        // Its process exited and the restart policy brings it back: a
-                        // failed attempt (its ports come back with it), not an error.
-                        None if state.restarting => Attempt::Fail(format!(
-                            "the container exited (code {}) and is restarting",
-                            state.exit_code.map_or("?".into(), |c| c.to_string())
-                        )),
                         // On an ssh host, the port is on that host's loopback.
                         Some(hp) => match &self.ssh_target {
                             Some(t) => match t.http_get(hp, path, check.timeout, OUTPUT_LIMIT) {
@@ -342,6 +343,23 @@ impl Docker {
                 Probe::Command { argv } => {
                     self.exec_probe(id, argv, &Expect::default(), check.timeout)?
                 }
+            };
+            // A pass counts only if the process that was running before the probe
+            // still runs after it: one that exited meanwhile did not answer (its port
+            // may have gone to another container).
+            let attempt = match attempt {
+                Attempt::Pass(detail) => {
+                    let after = self.state(id)?;
+                    if after.running && !after.restarting && after.started_at == state.started_at {
+                        Attempt::Pass(detail)
+                    } else {
+                        Attempt::Fail(format!(
+                            "the probe passed, but the container exited (code {}) meanwhile",
+                            after.exit_code.map_or("?".into(), |c| c.to_string())
+                        ))
+                    }
+                }
+                fail => fail,
             };
             match attempt {
                 Attempt::Pass(detail) => {

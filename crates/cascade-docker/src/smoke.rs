@@ -214,6 +214,8 @@ pub(crate) struct State {
     pub(crate) error: Option<String>,
     /// `container port/tcp` → its host bindings.
     pub(crate) ports: HashMap<String, Vec<PortBinding>>,
+    /// When its process last started: a restart changes it.
+    pub(crate) started_at: Option<String>,
 }
 
 /// Owns a smoke test's (or a step's) container and network: `Drop` removes them,
@@ -443,6 +445,7 @@ impl Docker {
                         oom_killed: false,
                         error: None,
                         ports: HashMap::new(),
+                        started_at: None,
                     })
                 }
                 Err(e) => {
@@ -471,6 +474,7 @@ impl Docker {
                 oom_killed: state.oom_killed.unwrap_or(false),
                 error: state.error.filter(|e| !e.is_empty()),
                 ports,
+                started_at: state.started_at,
             })
         })
     }
@@ -959,6 +963,7 @@ mod tests {
                     })
                     .collect(),
             )]),
+            started_at: None,
         };
         assert_eq!(
             published_port("c", &state(vec![("127.0.0.1", "49153")]), 8080).unwrap(),
@@ -1019,6 +1024,7 @@ mod tests {
             oom_killed: false,
             error: None,
             ports: HashMap::new(),
+            started_at: None,
         };
         let d = exited(&s, 1, "GET /: connection refused");
         assert!(
