@@ -11,7 +11,8 @@
 //! into a directory, keeping only what a filter keeps, so uncommitted files in a working
 //! copy can never reach a build.
 //!
-//! All IO goes through `git2` (libgit2), and nothing is ever written into a repository
+//! All IO goes through `git2` (libgit2) but fetching and pushing, which run the `git`
+//! command (`location.rs` says why), and nothing is ever written into a repository
 //! but the version tags `cascade release tag` asks for (`release.rs`):
 //! filtered trees are hashed, not stored. Local paths and `file://` URLs are opened in
 //! place; any other URL is fetched into a bare mirror under the cache dir
@@ -124,9 +125,8 @@ pub struct Git {
     pub(crate) walked: std::sync::atomic::AtomicUsize,
 }
 
-/// Starts libgit2 on a thread of its own: its start-up loads the TLS trust store (about
-/// 10 ms here), which a build would otherwise wait for on its first pin while it could
-/// be reading manifests. Idempotent; the first use of libgit2 waits for it if needed.
+/// Starts libgit2 on a thread of its own, so a build's first pin does not wait for it
+/// while the manifests could be read. Idempotent; the first use of libgit2 waits for it if needed.
 pub fn warm_up() {
     let _ = std::thread::Builder::new()
         .name("cascade-git-init".into())
@@ -247,7 +247,7 @@ impl Git {
     }
 
     /// Resolves `spec.rev` in the repository at `location` (an absolute path to a
-    /// repository, bare or not, a `file://` URL or any URL git2 can fetch), then the tree
+    /// repository, bare or not, a `file://` URL or any URL `git fetch` can fetch), then the tree
     /// at `spec.dir`, then what `spec.filter` keeps of it.
     ///
     /// The content is `tree` without a filter; with one, the id of the tree holding only

@@ -2,8 +2,9 @@
 //! mirror under the cache dir (every other URL).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
-use git2::{AutotagOption, FetchOptions, FetchPrune, Repository, RepositoryOpenFlags};
+use git2::{Repository, RepositoryOpenFlags};
 
 use crate::GitError;
 
@@ -169,53 +170,71 @@ fn mirror(url: &str, cache_dir: &Path) -> Result<PathBuf, GitError> {
     }
 }
 
-/// Credentials the way git finds them: the ssh agent for ssh URLs, git's credential
-/// helpers (from the user's git config) for https. Nothing is read from cascade's own
-/// files or printed. libgit2 asks again after a rejected credential, so the attempts
-/// are bounded.
-pub(crate) fn credentials() -> git2::RemoteCallbacks<'static> {
-    use git2::{Cred, CredentialType};
-    let mut callbacks = git2::RemoteCallbacks::new();
-    let mut attempts = 0;
-    callbacks.credentials(move |url, username, allowed| {
-        attempts += 1;
-        if attempts > 3 {
-            return Err(git2::Error::from_str("authentication failed"));
+/// `git` (the command) in `dir`, for what crosses a network: fetching a mirror and
+/// pushing tags. libgit2 is built without TLS and SSH: with them, its start-up loaded
+/// OpenSSL's whole CA bundle (40 ms of CPU here) in every build that pins anything,
+/// fetching or not. git also finds credentials, proxies, `insteadOf` and ssh settings
+/// exactly as the user's own git does (cargo's `net.git-fetch-with-cli`, for the same
+/// reasons). It never prompts: a missing credential is an error, not a hang.
+pub(crate) fn git_command(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C")
+        .arg(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `command` (from [`git_command`]), for what it printed and how it ended.
+pub(crate) fn run_git(mut command: Command, what: &str) -> Result<Output, String> {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.output().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("the `git` command was not found: {what} with git; install it")
         }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            return Cred::ssh_key_from_agent(username.unwrap_or("git"));
-        }
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            if let Ok(config) = git2::Config::open_default() {
-                return Cred::credential_helper(&config, url, username);
-            }
-        }
-        if allowed.contains(CredentialType::DEFAULT) {
-            return Cred::default();
-        }
-        Err(git2::Error::from_str(
-            "no credentials available for this remote",
-        ))
-    });
-    callbacks
+        _ => format!("could not run git: {e}"),
+    })
+}
+
+/// Why a git command failed: the end of what it said, credentials in `url` removed.
+pub(crate) fn git_failure(out: &Output, url: &str) -> String {
+    let said = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = match lines.len() {
+        0 => format!("git exited with {}", out.status),
+        n => lines[n.saturating_sub(3)..].join("; "),
+    };
+    redact_message(&message, url)
 }
 
 fn fetch(repo: &Repository, url: &str) -> Result<(), GitError> {
-    let failed = |e: git2::Error| GitError::FetchFailed {
+    let mut command = git_command(repo.path());
+    // Branches deleted upstream disappear from the mirror, as they would in a clone;
+    // tags come with the refspecs, all of them, not only those on fetched branches.
+    command
+        .args([
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-tags",
+            "--no-write-fetch-head",
+        ])
+        .arg("--")
+        .arg(url)
+        .args(MIRROR_REFSPECS);
+    let failed = |message| GitError::FetchFailed {
         url: redact(url),
-        message: redact_message(e.message(), url),
+        message,
     };
-    let mut remote = repo.remote_anonymous(url).map_err(failed)?;
-    let mut options = FetchOptions::new();
-    // Branches deleted upstream disappear from the mirror, as they would in a clone.
-    options.prune(FetchPrune::On);
-    // Tags come with the refspec above, all of them, not only those on fetched branches.
-    options.download_tags(AutotagOption::None);
-    options.update_fetchhead(false);
-    options.remote_callbacks(credentials());
-    remote
-        .fetch(&MIRROR_REFSPECS, Some(&mut options), None)
-        .map_err(failed)
+    let out = run_git(command, "remote repositories are fetched").map_err(failed)?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(failed(git_failure(&out, url))),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::path::Path;
 use git2::{ConfigLevel, ObjectType, Oid, Repository, Signature, Sort};
 use semver::Version;
 
-use crate::location::{classify, credentials, redact_message, Location};
+use crate::location::{classify, git_command, git_failure, redact_message, run_git, Location};
 use crate::version::TagPattern;
 use crate::{lock, Filter, Git, GitError};
 
@@ -438,48 +438,55 @@ impl Git {
     /// tag on another object is refused by the remote.
     pub fn push_tags(&self, location: &str, names: &[String]) -> Result<String, GitError> {
         let repo = self.open(location)?;
-        let state = lock(&repo.state);
-        let r = &state.repo;
-        let (mut remote, url) = match classify(location, self.fetch_file_urls) {
-            Location::Remote(url) => (
-                r.remote_anonymous(&url)
-                    .map_err(|e| GitError::git(&repo.display, e))?,
-                url,
-            ),
-            Location::Local(_) => {
-                let remote = r.find_remote("origin").map_err(|e| GitError::NoOrigin {
-                    repo: repo.display.clone(),
-                    message: e.message().to_string(),
-                })?;
-                let url = remote.url().unwrap_or_default().to_string();
-                (remote, url)
+        let (dir, target, url) = {
+            let state = lock(&repo.state);
+            let r = &state.repo;
+            let dir = match r.is_bare() {
+                true => r.path().to_path_buf(),
+                false => r.workdir().unwrap_or(r.path()).to_path_buf(),
+            };
+            match classify(location, self.fetch_file_urls) {
+                Location::Remote(url) => (dir, url.clone(), url),
+                Location::Local(_) => {
+                    let remote = r.find_remote("origin").map_err(|e| GitError::NoOrigin {
+                        repo: repo.display.clone(),
+                        message: e.message().to_string(),
+                    })?;
+                    let url = remote.url().unwrap_or_default().to_string();
+                    (dir, "origin".to_string(), url)
+                }
             }
         };
-        let specs: Vec<String> = names
-            .iter()
-            .map(|n| format!("refs/tags/{n}:refs/tags/{n}"))
-            .collect();
-        let mut callbacks = credentials();
-        let rejected = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = rejected.clone();
-        callbacks.push_update_reference(move |name, status| {
-            if let Some(s) = status {
-                lock(&seen).push(format!("{name}: {s}"));
-            }
-            Ok(())
-        });
-        let mut options = git2::PushOptions::new();
-        options.remote_callbacks(callbacks);
         let failed = |message: String| GitError::PushFailed {
             url: crate::location::redact(&url),
             message,
         };
-        remote
-            .push(&specs, Some(&mut options))
-            .map_err(|e| failed(redact_message(e.message(), &url)))?;
-        let rejected = lock(&rejected).join("; ");
+        let mut command = git_command(&dir);
+        command
+            .args(["push", "--porcelain", "--", &target])
+            .args(names.iter().map(|n| format!("refs/tags/{n}:refs/tags/{n}")));
+        // `--porcelain` puts one line per ref on stdout, `!` for a rejected one (the
+        // exit status is then non-zero too): those lines are the reason.
+        let porcelain = |stdout: &str| -> Vec<String> {
+            stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix('!'))
+                .map(|l| {
+                    let mut f = l.trim().split('\t');
+                    let refs = f.next().unwrap_or_default();
+                    let name = refs.split(':').next().unwrap_or(refs);
+                    let why = f.next().unwrap_or("rejected").trim();
+                    format!("{name}: {why}")
+                })
+                .collect()
+        };
+        let out = run_git(command, "tags are pushed").map_err(failed)?;
+        let rejected = porcelain(&String::from_utf8_lossy(&out.stdout));
         if !rejected.is_empty() {
-            return Err(failed(rejected));
+            return Err(failed(redact_message(&rejected.join("; "), &url)));
+        }
+        if !out.status.success() {
+            return Err(failed(git_failure(&out, &url)));
         }
         Ok(crate::location::redact(&url))
     }

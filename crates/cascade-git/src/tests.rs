@@ -2052,3 +2052,53 @@ fn a_changelog_commit_in_a_bare_repository_exports_what_its_parent_did() {
         crate::BranchState::NotABranch
     );
 }
+
+/// Tags are pushed by the `git` command: a new tag reaches the origin, a tag the origin
+/// has on another commit is refused (never forced) with git's reason, and a repository
+/// without an origin says so.
+#[test]
+fn pushing_tags_never_replaces_the_remotes() {
+    let mut origin = Fixture::bare();
+    let a = origin.step("main", &[]);
+    origin.tag("v1.0.0", a, false);
+    let mut local = Fixture::new();
+    // Two steps: the first alone would be the origin's commit (same content and time).
+    let first = local.step("main", &[]);
+    let b = local.step("main", &[first]);
+    assert_ne!(a, b);
+    local.tag("v1.0.0", b, false);
+    local.tag("v1.1.0", b, false);
+    let (_cache, git) = new_git();
+    let err = git
+        .push_tags(&local.location(), &["v1.1.0".into()])
+        .expect_err("no origin yet");
+    assert!(matches!(err, GitError::NoOrigin { .. }), "{err:?}");
+    local
+        .repo
+        .remote("origin", &origin.location())
+        .expect("origin");
+    assert_eq!(
+        git.push_tags(&local.location(), &["v1.1.0".into()])
+            .expect("a new tag is pushed"),
+        origin.location()
+    );
+    let pushed = origin
+        .repo
+        .find_reference("refs/tags/v1.1.0")
+        .expect("pushed");
+    assert_eq!(pushed.target(), Some(b));
+    match git.push_tags(&local.location(), &["v1.0.0".into()]) {
+        Err(GitError::PushFailed { message, .. }) => {
+            assert!(
+                message.contains("refs/tags/v1.0.0") && message.contains("already exists"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let kept = origin
+        .repo
+        .find_reference("refs/tags/v1.0.0")
+        .expect("kept");
+    assert_eq!(kept.target(), Some(a), "the remote's tag is not replaced");
+}
