@@ -24,7 +24,19 @@ impl Digest {
     }
 
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_str(&mut [0; 64]).to_string()
+    }
+
+    /// The 64 hex digits in `buf`, without allocating (store paths, lockfiles and
+    /// snapshots print thousands of digests; `hex::encode` goes char by char).
+    pub fn hex_str<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        // Only ASCII digits were written.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     /// The first `n` hex digits, for people (never for lookups).
@@ -43,7 +55,8 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", Self::PREFIX, self.hex())
+        f.write_str(Self::PREFIX)?;
+        f.write_str(self.hex_str(&mut [0; 64]))
     }
 }
 
@@ -142,5 +155,21 @@ mod tests {
         assert_eq!(s.parse::<Digest>().unwrap(), d);
         assert!("blake3:zz".parse::<Digest>().is_err());
         assert!(d.hex().parse::<Digest>().is_err(), "prefix is required");
+    }
+
+    /// The hand-written hex is the `hex` crate's, byte for byte (it names every store
+    /// entry and is in every lockfile).
+    #[test]
+    fn hex_is_lowercase_and_matches_the_hex_crate() {
+        for seed in [&b""[..], b"a", b"hello", &[0xff; 40]] {
+            let d = Digest::of(seed);
+            assert_eq!(d.hex(), hex::encode(d.0));
+        }
+        let edges = Digest([0x00, 0x0f, 0xf0, 0xff].repeat(8).try_into().unwrap());
+        assert_eq!(edges.hex(), "000ff0ff".repeat(8));
+        assert_eq!(
+            edges.to_string(),
+            format!("blake3:{}", "000ff0ff".repeat(8))
+        );
     }
 }

@@ -342,8 +342,14 @@ impl Store {
     }
 
     fn path(&self, kind: Kind, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.root.join(kind.dir()).join(&hex[..2]).join(hex)
+        let mut buf = [0; 64];
+        let hex = d.hex_str(&mut buf);
+        let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + 80);
+        p.push(&self.root);
+        p.push(kind.dir());
+        p.push(&hex[..2]);
+        p.push(hex);
+        p
     }
 
     /// Writes `bytes` at `dest` atomically (temp file in the same directory, fsync,

@@ -174,7 +174,13 @@ fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(".yaml") {
-            if e.path().is_file() && !stem.starts_with('.') {
+            // The entry's type comes with the listing; only a link needs a stat.
+            let file = match e.file_type() {
+                Ok(t) if t.is_symlink() => e.path().is_file(),
+                Ok(t) => t.is_file(),
+                Err(_) => e.path().is_file(),
+            };
+            if file && !stem.starts_with('.') {
                 out.push(stem.to_string());
             }
         }
