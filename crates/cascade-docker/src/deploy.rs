@@ -304,63 +304,7 @@ impl Docker {
                 return failed(attempts, exited(&state, attempts, &last));
             }
             attempts += 1;
-            let attempt = match &check.probe {
-                // Its process exited and the restart policy brings it back: a failed
-                // attempt, never a probe of the ports it had (another container may
-                // hold them by now).
-                _ if state.restarting => Attempt::Fail(format!(
-                    "the container exited (code {}) and is restarting",
-                    state.exit_code.map_or("?".into(), |c| c.to_string())
-                )),
-                Probe::Http { port, path } => {
-                    let loopback = state
-                        .ports
-                        .get(&format!("{port}/tcp"))
-                        .into_iter()
-                        .flatten()
-                        .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-                        .and_then(|b| b.host_port.as_deref()?.parse::<u16>().ok());
-                    match loopback {
-                        // On an ssh host, the port is on that host's loopback.
-                        Some(hp) => match &self.ssh_target {
-                            Some(t) => match t.http_get(hp, path, check.timeout, OUTPUT_LIMIT) {
-                                Ok((status, body)) => {
-                                    judge_http(path, status, &body, &Expect::default())
-                                }
-                                Err(e) => Attempt::Fail(format!("GET {path}: {e}")),
-                            },
-                            None => http_probe(&agent, hp, path, &Expect::default(), check.timeout),
-                        },
-                        None => {
-                            return Err(DockerError::PortNotPublished {
-                                container: id.to_string(),
-                                port: *port,
-                                reason: "the health check needs it published on 127.0.0.1".into(),
-                            })
-                        }
-                    }
-                }
-                Probe::Command { argv } => {
-                    self.exec_probe(id, argv, &Expect::default(), check.timeout)?
-                }
-            };
-            // A pass counts only if the process that was running before the probe
-            // still runs after it: one that exited meanwhile did not answer (its port
-            // may have gone to another container).
-            let attempt = match attempt {
-                Attempt::Pass(detail) => {
-                    let after = self.state(id)?;
-                    if after.running && !after.restarting && after.started_at == state.started_at {
-                        Attempt::Pass(detail)
-                    } else {
-                        Attempt::Fail(format!(
-                            "the probe passed, but the container exited (code {}) meanwhile",
-                            after.exit_code.map_or("?".into(), |c| c.to_string())
-                        ))
-                    }
-                }
-                fail => fail,
-            };
+            let attempt = self.probe_once(id, &state, check, &agent)?;
             match attempt {
                 Attempt::Pass(detail) => {
                     return Ok(HealthOutcome {
@@ -389,6 +333,68 @@ impl Docker {
             std::thread::sleep(delay);
             delay = (delay * 2).min(check.interval);
         }
+    }
+
+    /// One attempt of `check` on the container `id`, whose state before it is `state`.
+    /// A pass counts only if the process that was running before the probe still runs
+    /// after it: one that exited meanwhile did not answer (its port may have gone to
+    /// another container).
+    fn probe_once(
+        &self,
+        id: &str,
+        state: &crate::smoke::State,
+        check: &HealthSpec,
+        agent: &ureq::Agent,
+    ) -> Result<Attempt, DockerError> {
+        let attempt = match &check.probe {
+            // Its process exited and the restart policy brings it back: a failed
+            // attempt, never a probe of the ports it had.
+            _ if state.restarting => Attempt::Fail(format!(
+                "the container exited (code {}) and is restarting",
+                state.exit_code.map_or("?".into(), |c| c.to_string())
+            )),
+            Probe::Http { port, path } => {
+                let loopback = state
+                    .ports
+                    .get(&format!("{port}/tcp"))
+                    .into_iter()
+                    .flatten()
+                    .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+                    .and_then(|b| b.host_port.as_deref()?.parse::<u16>().ok());
+                let Some(hp) = loopback else {
+                    return Err(DockerError::PortNotPublished {
+                        container: id.to_string(),
+                        port: *port,
+                        reason: "the health check needs it published on 127.0.0.1".into(),
+                    });
+                };
+                match &self.ssh_target {
+                    // On an ssh host, the port is on that host's loopback.
+                    Some(t) => match t.http_get(hp, path, check.timeout, OUTPUT_LIMIT) {
+                        Ok((status, body)) => judge_http(path, status, &body, &Expect::default()),
+                        Err(e) => Attempt::Fail(format!("GET {path}: {e}")),
+                    },
+                    None => http_probe(agent, hp, path, &Expect::default(), check.timeout),
+                }
+            }
+            Probe::Command { argv } => {
+                self.exec_probe(id, argv, &Expect::default(), check.timeout)?
+            }
+        };
+        let Attempt::Pass(detail) = attempt else {
+            return Ok(attempt);
+        };
+        let after = self.state(id)?;
+        Ok(
+            if after.running && !after.restarting && after.started_at == state.started_at {
+                Attempt::Pass(detail)
+            } else {
+                Attempt::Fail(format!(
+                    "the probe passed, but the container exited (code {}) meanwhile",
+                    after.exit_code.map_or("?".into(), |c| c.to_string())
+                ))
+            },
+        )
     }
 }
 
