@@ -383,3 +383,44 @@ fn undeclared_environment_never_reaches_a_key_but_declared_env_does() {
     let r = p.build("test", 0);
     assert_eq!(r.with_status("built"), ["solo"]);
 }
+
+/// `--jobs` bounds the steps that run at once, although the scheduler has more threads
+/// than that (they look nodes up in the cache meanwhile): each step holds a directory
+/// for a moment and notes when another step already held it.
+#[test]
+fn jobs_bound_the_steps_that_run_at_once() {
+    let marks = cascade_tests::step_writable_dir();
+    let overlaps = |jobs: &str| -> usize {
+        let dir = marks.path().join(format!("jobs-{jobs}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut p = TestProject::new();
+        let names = ["a", "b", "c", "d", "e", "f"];
+        let mut env = String::from("name: test\nmode: branch\nsources:\n");
+        for name in names {
+            env.push_str(&format!(
+                "  {name}: {{ repo: ../../repos/{name}, ref: develop }}\n"
+            ));
+            p.write(
+                &format!("recipes/{name}.yaml"),
+                &format!(
+                    "runner: {{ host: {{ tools: [sh, mkdir, rmdir, sleep, cat] }} }}\nenv:\n  DIR: {}\nsteps:\n  - name: make\n    run: |\n      if mkdir \"$DIR/running\" 2>/dev/null; then held=1; else echo overlap >> \"$DIR/overlaps\"; held=; fi\n      sleep 0.2\n      if [ -n \"$held\" ]; then rmdir \"$DIR/running\"; fi\n      mkdir -p out\n      cat data.txt > out/out.txt\noutputs: [out/out.txt]\n",
+                    dir.display()
+                ),
+            );
+            p.commit(name, "develop", &[("data.txt", Some(name))], "initial");
+        }
+        p.write("graph/environments/test.yaml", &env);
+        let r = p.run(&["build", "--env", "test", "--jobs", jobs, "--json"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.json()["built"], 6, "{}", r.stderr);
+        fs::read_to_string(dir.join("overlaps"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(overlaps("1"), 0, "two steps ran at once with --jobs 1");
+    // The same check sees steps overlap when they may.
+    assert!(
+        overlaps("3") > 0,
+        "no two steps ever ran at once with --jobs 3"
+    );
+}

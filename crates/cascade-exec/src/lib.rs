@@ -6,10 +6,12 @@
 //! - [`sandbox`]: the host runner's write sandbox (Landlock): a step writes only in its
 //!   work directory, its `TMPDIR`, its log and `/dev`.
 //! - [`schedule`]: runs a DAG of nodes on a bounded pool of threads, dependencies
-//!   strictly first, stopping (or not, with keep-going) after a failure.
+//!   strictly first, stopping (or not, with keep-going) after a failure; [`Slots`]
+//!   bound how many of them run an Action at once.
 //!
 //! Plain threads, not an async runtime: every unit of work is a blocking child
-//! process or file copy, and a pool of `--jobs` threads is all the parallelism needed.
+//! process or file copy, and a pool of `--jobs` threads (plus two that look nodes up
+//! in the cache) is all the parallelism needed.
 
 pub mod host;
 pub mod landlock;
@@ -22,4 +24,4 @@ pub use host::{
     RunError, Step, ToolError, Tools,
 };
 pub use sandbox::{RootFs, SandboxRun};
-pub use schedule::{schedule, Outcome};
+pub use schedule::{schedule, Outcome, Slot, Slots};

@@ -13,6 +13,44 @@ pub enum Outcome {
     NotStarted,
 }
 
+/// At most `n` holders at once: the steps running at a time (`--jobs`), while the
+/// scheduler has more threads than that, so that looking nodes up in the cache (a few
+/// file reads each, a thousand of them in a build after a commit) goes on while steps
+/// run instead of waiting for a free job.
+pub struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One of [`Slots`], given back when dropped.
+pub struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    pub fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot and holds it.
+    pub fn take(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 struct State {
     waiting_on: Vec<usize>,
     ready: BTreeSet<usize>,

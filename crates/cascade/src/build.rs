@@ -654,6 +654,7 @@ pub(crate) fn walk(
         executors: &executors,
         env_name: w.env_name,
         jobs: opts.jobs,
+        steps: cascade_exec::Slots::new(opts.jobs),
         keep_going: opts.keep_going,
         remote: w.remote,
         remote_exec: w
@@ -689,6 +690,8 @@ pub(crate) struct Run<'a> {
     pub executors: &'a Executors,
     pub env_name: &'a str,
     pub jobs: usize,
+    /// `jobs` of them: held by a node while its Action runs (here or on the engine).
+    pub steps: cascade_exec::Slots,
     pub keep_going: bool,
     pub remote: Option<&'a RemoteCache>,
     /// `--remote-exec`: the engine whose workers run the Actions.
@@ -779,6 +782,9 @@ fn attested_images(
     out
 }
 
+/// Scheduler threads beyond `--jobs`: they look nodes up while the Actions run.
+const LOOKUPS: usize = 2;
+
 /// Runs every node in dependency order on the scheduler: cache lookup or execution,
 /// then its image. Returns the report (without lockfile) and what each node made.
 pub(crate) fn run_graph(
@@ -793,8 +799,11 @@ pub(crate) fn run_graph(
     let reports: Vec<Mutex<Option<NodeReport>>> =
         (0..nodes.len()).map(|_| Mutex::new(None)).collect();
 
-    // 1. Every node, in dependency order, as many at once as the jobs allow.
-    let outcomes = cascade_exec::schedule(&deps, run.jobs, run.keep_going, |i| {
+    // 1. Every node, in dependency order, as many at once as the jobs allow: `jobs`
+    // Actions at a time (`run.steps`), and LOOKUPS more threads, so that cache hits are
+    // found while the Actions run.
+    let threads = run.jobs.max(1) + LOOKUPS;
+    let outcomes = cascade_exec::schedule(&deps, threads, run.keep_going, |i| {
         let report = node_in_graph(run, i, &done, on_event);
         let ok = report.status.succeeded();
         on_event(Event::Finished(&report));
@@ -1193,6 +1202,8 @@ fn run_node(
 
     // Execute in a fresh directory, on a tmpfs when there is one; a step that fails
     // there while it is nearly full runs again on the store's disk.
+    // One of the `--jobs` Actions at a time, from here to its outputs in the store.
+    let _slot = run.steps.take();
     let mut attempt = |on_disk: bool| {
         let tmp = match on_disk {
             true => store.temp_dir(),
