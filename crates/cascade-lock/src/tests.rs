@@ -512,3 +512,26 @@ fn syntax_errors_point_at_their_place() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A big lockfile is written in parts on several threads: the same bytes on one thread
+/// or many, whatever the split, and it reads back to the same value.
+#[test]
+fn a_big_lockfile_is_the_same_bytes_on_any_number_of_threads() {
+    let mut lock = small();
+    for i in 0..1_000 {
+        let name = format!("p{i:04}");
+        let inputs = [format!("p{:04}", i / 2)];
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        lock.nodes
+            .insert(name.clone(), node(&name, &inputs[..i.min(1)]));
+    }
+    let one = crate::write::write_in(&lock, 1);
+    for threads in [2, 3, 4, 7] {
+        assert!(
+            crate::write::write_in(&lock, threads) == one,
+            "{threads} threads wrote other bytes"
+        );
+    }
+    assert_eq!(write(&lock), one);
+    assert_eq!(read("big.yaml", &one).expect("reads back"), lock);
+}
