@@ -2,7 +2,8 @@
 //! side in one run. `layers` × 100 packages, each taking two packages of the layer below
 //! as inputs, one `cat … | cksum` step each. Timed: a cold build, a no-op, and a change
 //! to one package of the bottom layer (which invalidates it and everything above it that
-//! reaches it: 55 packages in 10 layers).
+//! reaches it: 55 packages in 10 layers); the no-op and the change five times each up to
+//! 2,000 nodes, each peer in turn, medians shown.
 //!
 //! ninja and make see a work tree (`pkgs/<p>/src.txt`, outputs `out/<p>`) and judge by
 //! mtimes; cascade sees the same files as one git repository with a directory per
@@ -31,11 +32,11 @@ fn inputs(layer: usize, k: usize) -> Vec<String> {
     vec![name(layer - 1, k), name(layer - 1, (k + 1) % WIDTH)]
 }
 
-fn source(layer: usize, k: usize, changed: bool) -> String {
-    if changed {
-        format!("{} changed\n", name(layer, k))
-    } else {
-        format!("{}\n", name(layer, k))
+/// The source of a package: `variant` 0 is the original, each other one a change.
+fn source(layer: usize, k: usize, variant: usize) -> String {
+    match variant {
+        0 => format!("{}\n", name(layer, k)),
+        v => format!("{} changed {v}\n", name(layer, k)),
     }
 }
 
@@ -53,7 +54,7 @@ pub(crate) fn generate(dir: &Path, layers: usize) -> Result<()> {
             let p = name(layer, k);
             let src = tree.join("pkgs").join(&p);
             fs::create_dir_all(&src)?;
-            fs::write(src.join("src.txt"), source(layer, k, false))?;
+            fs::write(src.join("src.txt"), source(layer, k, 0))?;
             let ins: Vec<String> = inputs(layer, k)
                 .into_iter()
                 .map(|i| format!("out/{i}"))
@@ -94,19 +95,30 @@ pub(crate) fn generate(dir: &Path, layers: usize) -> Result<()> {
     Ok(())
 }
 
-/// A commit on `main` of the packages' tree; `changed` gets other source.
-fn commit(repo: &git2::Repository, layers: usize, changed: Option<(usize, usize)>) -> Result<()> {
-    let seconds = if changed.is_some() {
-        1_767_229_200
-    } else {
-        1_767_225_600
+/// A commit on `main` of the packages' tree; `changed` (a package and a variant) gets
+/// other source.
+fn commit(
+    repo: &git2::Repository,
+    layers: usize,
+    changed: Option<((usize, usize), usize)>,
+) -> Result<()> {
+    let seconds = match changed {
+        Some((_, variant)) => 1_767_225_600 + 3_600 * variant as i64,
+        None => 1_767_225_600,
     };
     let sig = git2::Signature::new("bench", "bench@example.com", &git2::Time::new(seconds, 0))?;
     let dirs = (0..layers).flat_map(|layer| {
         (0..WIDTH).map(move |k| {
             (
                 name(layer, k),
-                source(layer, k, changed == Some((layer, k))),
+                source(
+                    layer,
+                    k,
+                    match changed {
+                        Some((at, variant)) if at == (layer, k) => variant,
+                        _ => 0,
+                    },
+                ),
             )
         })
     });
@@ -162,7 +174,12 @@ struct Row {
     rebuilt: u64,
     /// cascade's peak RSS (bytes) in the cold, no-op and changed builds.
     rss: [u64; 3],
+    /// How many times the no-op and the change were measured (the medians are shown).
+    rounds: usize,
 }
+
+/// Rounds of the no-op and the change at up to 2,000 nodes.
+const ROUNDS: usize = 5;
 
 fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
     generate(dir, layers)?;
@@ -173,59 +190,77 @@ fn measure(bin: &Path, dir: &Path, layers: usize, jobs: usize) -> Result<Row> {
     // layer above, one more than in the layer below, up to the width.
     let leaf = (0, WIDTH / 2);
     let expected: u64 = (0..layers).map(|l| (l + 1).min(WIDTH) as u64).sum();
-    let change = |tree: &Path| {
+    let change = |tree: &Path, variant: usize| {
         fs::write(
             tree.join("pkgs").join(name(leaf.0, leaf.1)).join("src.txt"),
-            source(leaf.0, leaf.1, true),
+            source(leaf.0, leaf.1, variant),
         )
     };
+    // This machine's timings move by tens of percent from one run to the next: the
+    // no-op and the change are measured `rounds` times, each peer in turn, and the
+    // medians reported (one round at 10,000 nodes, where a change takes seconds).
+    let rounds = if n <= 2_000 { ROUNDS } else { 1 };
 
-    // Each peer in a work tree of its own: cold, no-op, then the change.
-    let mut peers = [[0.0; 3]; 2];
-    for (i, (program, args)) in [("ninja", vec!["-j", &j]), ("make", vec!["-s", "-j", &j])]
-        .into_iter()
-        .enumerate()
-    {
-        let tree = dir.join(format!("tree-{program}"));
-        copy_tree(&dir.join("tree"), &tree)?;
-        peers[i][0] = peer(&tree, program, &args)?;
-        peers[i][1] = peer(&tree, program, &args)?;
-        change(&tree)?;
-        peers[i][2] = peer(&tree, program, &args)?;
+    // Each peer in a work tree of its own.
+    let peers = [
+        ("ninja", vec!["-j", j.as_str()]),
+        ("make", vec!["-s", "-j", j.as_str()]),
+    ];
+    let trees: Vec<_> = peers
+        .iter()
+        .map(|(program, _)| dir.join(format!("tree-{program}")))
+        .collect();
+    for tree in &trees {
+        copy_tree(&dir.join("tree"), tree)?;
     }
-
     let mut rss = [0u64; 3];
-    let mut cascade = |what: &str| -> Result<(f64, u64)> {
+    let mut cascade = |what: usize| -> Result<(f64, u64)> {
         let (secs, report, peak) = timed_process(bin, &project, &["build", "--jobs", &j])?;
-        let slot = match what {
-            "cold" => 0,
-            "no-op" => 1,
-            _ => 2,
-        };
-        rss[slot] = peak;
+        rss[what] = rss[what].max(peak);
         let built = report["built"].as_u64().unwrap_or(0);
         match what {
-            "cold" if built != n => Err(format!("cascade cold built {built} of {n}").into()),
-            "no-op" if built != 0 => Err(format!("cascade no-op built {built}").into()),
+            0 if built != n => Err(format!("cascade cold built {built} of {n}").into()),
+            1 if built != 0 => Err(format!("cascade no-op built {built}").into()),
+            2 if built != expected => {
+                Err(format!("cascade rebuilt {built} after one change; expected {expected}").into())
+            }
             _ => Ok((secs, built)),
         }
     };
-    let (c_cold, _) = cascade("cold")?;
-    let (c_noop, _) = cascade("no-op")?;
     let repo = git2::Repository::open_bare(project.join("repo"))?;
-    commit(&repo, layers, Some(leaf))?;
-    let (c_leaf, rebuilt) = cascade("leaf")?;
-    if rebuilt != expected {
-        return Err(
-            format!("cascade rebuilt {rebuilt} after one change; expected {expected}").into(),
-        );
+    // times[figure][who]: ninja, make, cascade.
+    let mut times: [[Vec<f64>; 3]; 3] = Default::default();
+    for (figure, samples) in times.iter_mut().enumerate() {
+        let rounds = if figure == 0 { 1 } else { rounds };
+        for round in 1..=rounds {
+            for (i, (program, args)) in peers.iter().enumerate() {
+                if figure == 2 {
+                    change(&trees[i], round)?;
+                }
+                samples[i].push(peer(&trees[i], program, args)?);
+            }
+            if figure == 2 {
+                commit(&repo, layers, Some((leaf, round)))?;
+            }
+            samples[2].push(cascade(figure)?.0);
+        }
     }
+    let medians = |figure: usize| -> [f64; 3] {
+        let mut out = [0.0; 3];
+        for (who, t) in times[figure].iter().enumerate() {
+            let mut t = t.clone();
+            t.sort_by(f64::total_cmp);
+            out[who] = t.get(t.len() / 2).copied().unwrap_or(f64::NAN);
+        }
+        out
+    };
     Ok(Row {
-        cold: [peers[0][0], peers[1][0], c_cold],
-        noop: [peers[0][1], peers[1][1], c_noop],
-        leaf: [peers[0][2], peers[1][2], c_leaf],
-        rebuilt,
+        cold: medians(0),
+        noop: medians(1),
+        leaf: medians(2),
+        rebuilt: expected,
         rss,
+        rounds,
     })
 }
 
@@ -265,7 +300,7 @@ pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> 
         let nodes = layers * WIDTH;
         let line = |what: String, t: [f64; 3], target: &str| {
             println!(
-                "| {what} | {} | {} | {} | {:.1}× | {target} |",
+                "| {what} | {} | {} | {} | {:.2}× | {target} |",
                 secs(t[0]),
                 secs(t[1]),
                 secs(t[2]),
@@ -273,9 +308,13 @@ pub fn run(base: &Path, sizes: &[usize], jobs: usize, keep: bool) -> Result<()> 
             );
         };
         line(format!("cold, {nodes}"), row.cold, "≤ 1.5×");
-        line(format!("no-op, {nodes}"), row.noop, "≤ 3×");
+        let of = match row.rounds {
+            1 => String::new(),
+            r => format!(", median of {r}"),
+        };
+        line(format!("no-op, {nodes}{of}"), row.noop, "≤ 3×");
         line(
-            format!("one leaf changed ({} rebuilt), {nodes}", row.rebuilt),
+            format!("one leaf changed ({} rebuilt), {nodes}{of}", row.rebuilt),
             row.leaf,
             "≤ 1.5×",
         );
