@@ -30,12 +30,8 @@ impl Digest {
     /// The 64 hex digits in `buf`, without allocating (store paths, lockfiles and
     /// snapshots print thousands of digests; `hex::encode` goes char by char).
     pub fn hex_str<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in self.0.iter().enumerate() {
-            buf[2 * i] = DIGITS[usize::from(b >> 4)];
-            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-        }
-        // Only ASCII digits were written.
+        // 64 bytes are exactly two per byte of the digest: this cannot fail.
+        let _ = hex::encode_to_slice(self.0, buf);
         std::str::from_utf8(buf).unwrap_or_default()
     }
 
@@ -157,7 +153,7 @@ mod tests {
         assert!(d.hex().parse::<Digest>().is_err(), "prefix is required");
     }
 
-    /// The hand-written hex is the `hex` crate's, byte for byte (it names every store
+    /// The hex written in place is `hex::encode`'s, byte for byte (it names every store
     /// entry and is in every lockfile).
     #[test]
     fn hex_is_lowercase_and_matches_the_hex_crate() {

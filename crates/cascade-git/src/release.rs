@@ -441,10 +441,8 @@ impl Git {
         let (dir, target, url) = {
             let state = lock(&repo.state);
             let r = &state.repo;
-            let dir = match r.is_bare() {
-                true => r.path().to_path_buf(),
-                false => r.workdir().unwrap_or(r.path()).to_path_buf(),
-            };
+            // The work tree, or the git dir of a bare repository (a mirror).
+            let dir = r.workdir().unwrap_or(r.path()).to_path_buf();
             match classify(location, self.fetch_file_urls) {
                 Location::Remote(url) => (dir, url.clone(), url),
                 Location::Local(_) => {

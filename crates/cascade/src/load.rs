@@ -176,9 +176,8 @@ fn yaml_stems(dir: &Path) -> Result<Vec<String>, Error> {
         if let Some(stem) = name.strip_suffix(".yaml") {
             // The entry's type comes with the listing; only a link needs a stat.
             let file = match e.file_type() {
-                Ok(t) if t.is_symlink() => e.path().is_file(),
-                Ok(t) => t.is_file(),
-                Err(_) => e.path().is_file(),
+                Ok(t) if !t.is_symlink() => t.is_file(),
+                _ => e.path().is_file(),
             };
             if file && !stem.starts_with('.') {
                 out.push(stem.to_string());
