@@ -20,13 +20,14 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use cascade_core::{Digest, NodeKey, OutputDigest};
 
 pub use history::{read_history, write_history, Deployment, History, HISTORY_FORMAT};
 pub use read::{read, LockError};
-pub use write::write;
+pub use write::{write, write_nodes};
 
 /// The value of the `format:` line this crate writes for builds keyed in the newest key
 /// format.
@@ -138,6 +139,111 @@ impl TestResult {
         match self {
             TestResult::Passed => "passed",
             TestResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// The lines above a lockfile's nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Header<'a> {
+    /// The key format of every `key:` (the `format:` line tells it).
+    pub key_format: u64,
+    pub environment: &'a str,
+    pub graph: Digest,
+}
+
+/// A [`LockNode`] borrowed from wherever its parts are kept, as [`write_nodes`] renders
+/// it: a build writes its lockfile from its own values instead of copying each node's
+/// dozen strings and maps into a [`Lockfile`] first.
+#[derive(Clone, Debug)]
+pub struct NodeView<'a> {
+    pub source: SourceView<'a>,
+    pub recipe: Digest,
+    pub runner: Digest,
+    pub inputs: &'a BTreeMap<String, OutputDigest>,
+    pub key: NodeKey,
+    pub output: OutputDigest,
+    pub artifacts: &'a BTreeMap<String, Digest>,
+    pub image: Option<ImageView<'a>>,
+    /// Sorted by name, each name once.
+    pub tests: Vec<(&'a str, TestResult)>,
+}
+
+/// [`LockSource`], borrowed.
+#[derive(Clone, Debug)]
+pub struct SourceView<'a> {
+    pub repo: &'a str,
+    pub r#ref: Option<&'a str>,
+    pub commit: &'a str,
+    pub tree: &'a str,
+    pub dir: Option<&'a str>,
+    pub version: Cow<'a, str>,
+}
+
+/// [`LockImage`], borrowed.
+#[derive(Clone, Debug)]
+pub struct ImageView<'a> {
+    pub reference: &'a str,
+    pub digest: Cow<'a, str>,
+    pub spec: Option<Digest>,
+}
+
+impl LockNode {
+    pub fn view(&self) -> NodeView<'_> {
+        let s = &self.source;
+        NodeView {
+            source: SourceView {
+                repo: &s.repo,
+                r#ref: s.r#ref.as_deref(),
+                commit: &s.commit,
+                tree: &s.tree,
+                dir: s.dir.as_deref(),
+                version: Cow::Borrowed(&s.version),
+            },
+            recipe: self.recipe,
+            runner: self.runner,
+            inputs: &self.inputs,
+            key: self.key,
+            output: self.output,
+            artifacts: &self.artifacts,
+            image: self.image.as_ref().map(|i| ImageView {
+                reference: &i.reference,
+                digest: Cow::Borrowed(&i.digest),
+                spec: i.spec,
+            }),
+            tests: self.tests.iter().map(|(n, r)| (n.as_str(), *r)).collect(),
+        }
+    }
+}
+
+impl NodeView<'_> {
+    pub fn to_node(&self) -> LockNode {
+        let s = &self.source;
+        LockNode {
+            source: LockSource {
+                repo: s.repo.to_string(),
+                r#ref: s.r#ref.map(str::to_string),
+                commit: s.commit.to_string(),
+                tree: s.tree.to_string(),
+                dir: s.dir.map(str::to_string),
+                version: s.version.to_string(),
+            },
+            recipe: self.recipe,
+            runner: self.runner,
+            inputs: self.inputs.clone(),
+            key: self.key,
+            output: self.output,
+            artifacts: self.artifacts.clone(),
+            image: self.image.as_ref().map(|i| LockImage {
+                reference: i.reference.to_string(),
+                digest: i.digest.to_string(),
+                spec: i.spec,
+            }),
+            tests: self
+                .tests
+                .iter()
+                .map(|(n, r)| (n.to_string(), *r))
+                .collect(),
         }
     }
 }

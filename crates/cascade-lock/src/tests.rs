@@ -525,13 +525,38 @@ fn a_big_lockfile_is_the_same_bytes_on_any_number_of_threads() {
         lock.nodes
             .insert(name.clone(), node(&name, &inputs[..i.min(1)]));
     }
-    let one = crate::write::write_in(&lock, 1);
+    let header = crate::Header {
+        key_format: lock.key_format,
+        environment: &lock.environment,
+        graph: lock.graph,
+    };
+    let views = || -> Vec<(&str, crate::NodeView<'_>)> {
+        lock.nodes
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.view()))
+            .collect()
+    };
+    let one = crate::write::write_in(&header, views(), 1);
     for threads in [2, 3, 4, 7] {
         assert!(
-            crate::write::write_in(&lock, threads) == one,
+            crate::write::write_in(&header, views(), threads) == one,
             "{threads} threads wrote other bytes"
         );
     }
+    // Nodes handed over in another order are written in the order of their names.
+    let mut shuffled = views();
+    shuffled.reverse();
+    shuffled.swap(0, 500);
+    assert!(crate::write_nodes(&header, shuffled) == one);
     assert_eq!(write(&lock), one);
     assert_eq!(read("big.yaml", &one).expect("reads back"), lock);
+}
+
+/// A view and the node it was made from are the same lockfile entry both ways.
+#[test]
+fn a_node_and_its_view_are_one_entry() {
+    let lock = small();
+    for node in lock.nodes.values() {
+        assert_eq!(&node.view().to_node(), node);
+    }
 }

@@ -9,10 +9,11 @@
 //! double-quoted otherwise; see [`needs_quotes`]. The rule depends on the string alone,
 //! so a value always has the same spelling.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::{format_for, LockNode, LockSource, Lockfile};
+use cascade_core::Digest;
+
+use crate::{format_for, Header, Lockfile, NodeView, SourceView};
 
 /// YAML limits implicit (`key: value`) keys to 1024 characters; longer keys are written
 /// as explicit `? key` entries. Kept below the limit to leave room for the quotes.
@@ -23,24 +24,53 @@ const PARALLEL_NODES: usize = 256;
 
 /// The lockfile as YAML text. Same value, same bytes.
 pub fn write(lock: &Lockfile) -> String {
+    let header = Header {
+        key_format: lock.key_format,
+        environment: &lock.environment,
+        graph: lock.graph,
+    };
+    write_nodes(
+        &header,
+        lock.nodes
+            .iter()
+            .map(|(n, node)| (n.as_str(), node.view()))
+            .collect(),
+    )
+}
+
+/// The lockfile of `header` and `nodes` (by name; each name once), as [`write`] writes
+/// the [`Lockfile`] of the same values: the same bytes.
+pub fn write_nodes(header: &Header<'_>, nodes: Vec<(&str, NodeView<'_>)>) -> String {
     write_in(
-        lock,
+        header,
+        nodes,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     )
 }
 
-/// [`write`] on up to `threads` threads: each node's lines depend on that node alone,
-/// so big lockfiles (800 KB at 1,000 nodes) are written in parts and joined in order.
-pub(crate) fn write_in(lock: &Lockfile, threads: usize) -> String {
+/// [`write_nodes`] on up to `threads` threads: each node's lines depend on that node
+/// alone, so big lockfiles (800 KB at 1,000 nodes) are written in parts and joined in
+/// order.
+pub(crate) fn write_in(
+    header: &Header<'_>,
+    mut nodes: Vec<(&str, NodeView<'_>)>,
+    threads: usize,
+) -> String {
+    // Names sort as the `nodes:` map of every lockfile does (a `BTreeMap`'s order).
+    if !nodes.is_sorted_by(|a, b| a.0 <= b.0) {
+        nodes.sort_by(|a, b| a.0.cmp(b.0));
+    }
     let mut w = Writer::default();
-    w.scalar(0, "format", format_for(lock.key_format));
-    w.scalar(0, "environment", &lock.environment);
-    w.scalar(0, "graph", &lock.graph.to_string());
-    w.open(0, "nodes", lock.nodes.is_empty());
-    let nodes: Vec<(&String, &LockNode)> = lock.nodes.iter().collect();
+    w.scalar(0, "format", format_for(header.key_format));
+    w.scalar(0, "environment", header.environment);
+    w.digest(0, "graph", &header.graph);
+    w.open(0, "nodes", nodes.is_empty());
     let chunk = nodes.len().div_ceil(threads.max(1)).max(PARALLEL_NODES);
-    let part = |nodes: &[(&String, &LockNode)]| {
-        let mut w = Writer::default();
+    let part = |nodes: &[(&str, NodeView<'_>)]| {
+        // About 800 bytes a node.
+        let mut w = Writer {
+            out: String::with_capacity(nodes.len() * 1024),
+        };
         for (name, node) in nodes {
             w.open(1, name, false);
             w.node(2, node);
@@ -58,14 +88,15 @@ pub(crate) fn write_in(lock: &Lockfile, threads: usize) -> String {
         }
         parts
     });
-    w.out.reserve(parts.iter().map(String::len).sum());
+    w.out
+        .reserve(parts.iter().map(String::len).sum::<usize>() + 32);
     for p in parts {
         w.out.push_str(&p);
     }
     // Last, so that a file cut short anywhere lacks it.
-    if crate::has_count(format_for(lock.key_format)) {
+    if crate::has_count(format_for(header.key_format)) {
         // A plain integer, unlike strings that look like one.
-        let _ = writeln!(w.out, "{}: {}", crate::COUNT_FIELD, lock.nodes.len());
+        let _ = writeln!(w.out, "{}: {}", crate::COUNT_FIELD, nodes.len());
     }
     w.out
 }
@@ -76,22 +107,22 @@ struct Writer {
 }
 
 impl Writer {
-    fn node(&mut self, level: usize, node: &LockNode) {
+    fn node(&mut self, level: usize, node: &NodeView<'_>) {
         // Alphabetical, like every other map in the file.
-        self.digest_map(level, "artifacts", &node.artifacts);
+        self.digest_map(level, "artifacts", node.artifacts.iter());
         if let Some(image) = &node.image {
             self.open(level, "image", false);
             self.scalar(level + 1, "digest", &image.digest);
-            self.scalar(level + 1, "ref", &image.reference);
+            self.scalar(level + 1, "ref", image.reference);
             if let Some(spec) = &image.spec {
-                self.scalar(level + 1, "spec", &spec.to_string());
+                self.digest(level + 1, "spec", spec);
             }
         }
-        self.digest_map(level, "inputs", &node.inputs);
-        self.scalar(level, "key", &node.key.to_string());
-        self.scalar(level, "output", &node.output.to_string());
-        self.scalar(level, "recipe", &node.recipe.to_string());
-        self.scalar(level, "runner", &node.runner.to_string());
+        self.digest_map(level, "inputs", node.inputs.iter().map(|(n, d)| (n, &d.0)));
+        self.digest(level, "key", &node.key.0);
+        self.digest(level, "output", &node.output.0);
+        self.digest(level, "recipe", &node.recipe);
+        self.digest(level, "runner", &node.runner);
         self.open(level, "source", false);
         self.source(level + 1, &node.source);
         if !node.tests.is_empty() {
@@ -102,29 +133,38 @@ impl Writer {
         }
     }
 
-    fn source(&mut self, level: usize, source: &LockSource) {
-        self.scalar(level, "commit", &source.commit);
-        if let Some(dir) = &source.dir {
+    fn source(&mut self, level: usize, source: &SourceView<'_>) {
+        self.scalar(level, "commit", source.commit);
+        if let Some(dir) = source.dir {
             self.scalar(level, "dir", dir);
         }
-        if let Some(r) = &source.r#ref {
+        if let Some(r) = source.r#ref {
             self.scalar(level, "ref", r);
         }
-        self.scalar(level, "repo", &source.repo);
-        self.scalar(level, "tree", &source.tree);
+        self.scalar(level, "repo", source.repo);
+        self.scalar(level, "tree", source.tree);
         self.scalar(level, "version", &source.version);
     }
 
-    fn digest_map<D: std::fmt::Display>(
+    fn digest_map<'d>(
         &mut self,
         level: usize,
         key: &str,
-        map: &BTreeMap<String, D>,
+        mut map: impl ExactSizeIterator<Item = (&'d String, &'d Digest)>,
     ) {
-        self.open(level, key, map.is_empty());
-        for (name, digest) in map {
-            self.scalar(level + 1, name, &digest.to_string());
+        self.open(level, key, map.len() == 0);
+        for (name, digest) in &mut map {
+            self.digest(level + 1, name, digest);
         }
+    }
+
+    /// `key: blake3:<hex>`, which is always plain (a letter first, the `:` inside).
+    fn digest(&mut self, level: usize, key: &str, digest: &Digest) {
+        self.key(level, key);
+        self.out.push(' ');
+        self.out.push_str(Digest::PREFIX);
+        self.out.push_str(digest.hex_str(&mut [0; 64]));
+        self.out.push('\n');
     }
 
     /// `key: value`.
@@ -143,9 +183,15 @@ impl Writer {
 
     /// Writes the key up to and including its `:`.
     fn key(&mut self, level: usize, key: &str) {
+        indent(&mut self.out, level);
+        // Plain keys are ASCII: their length is their count of characters.
+        if key.len() <= MAX_IMPLICIT_KEY && !needs_quotes(key, true) {
+            self.out.push_str(key);
+            self.out.push(':');
+            return;
+        }
         let mut rendered = String::new();
         push_scalar(&mut rendered, key, true);
-        indent(&mut self.out, level);
         if rendered.chars().count() > MAX_IMPLICIT_KEY {
             self.out.push_str("? ");
             self.out.push_str(&rendered);
@@ -222,7 +268,10 @@ pub(crate) fn needs_quotes(s: &str, is_key: bool) -> bool {
 /// is one), but a commit SHA such as `3f78…` stays plain.
 fn looks_numeric(s: &str) -> bool {
     // YAML 1.1 allows `_` between digits in every kind of number.
-    let t: String = s.chars().filter(|c| *c != '_').collect();
+    let t: std::borrow::Cow<str> = match s.contains('_') {
+        true => s.chars().filter(|c| *c != '_').collect::<String>().into(),
+        false => s.into(),
+    };
     let all = |s: &str, f: fn(char) -> bool| !s.is_empty() && s.chars().all(f);
     // Integers, floats without exponent (any number of dots), sexagesimal `1:30:00`.
     if all(&t, |c| c.is_ascii_digit() || c == '.' || c == ':') {

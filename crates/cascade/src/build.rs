@@ -13,7 +13,7 @@ use cascade_core::{
 use cascade_exec::{Outcome, ResolvedTool, Tools};
 use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
-use cascade_lock::{LockImage, LockNode, LockSource, Lockfile};
+use cascade_lock::{ImageView, LockNode, Lockfile, NodeView, SourceView};
 use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage, Stamp};
 use cascade_store::{remove_tree, Store, StoreError};
 use miette::Diagnostic;
@@ -495,15 +495,13 @@ fn record_results(
         let written = report
             .success()
             .then(|| {
-                let lock = lockfile(
+                let text = lockfile_text(
                     &r.project.graph.environment.name,
                     graph_identity(r.project),
                     r.nodes,
                     r.done,
                     report,
                 );
-                let text = cascade_lock::write(&lock);
-                drop(lock);
                 // What the lockfile names reaches the disk first, in one flush.
                 r.store.sync()?;
                 write_lockfile_text(&opts.project, &opts.env, &opts.stamp, &text)
@@ -1283,33 +1281,76 @@ pub(crate) fn lock_node(
     d: &Done,
     tests: BTreeMap<String, cascade_lock::TestResult>,
 ) -> LockNode {
+    let mut lock = lock_view(node, d, Vec::new()).to_node();
+    lock.tests = tests;
+    lock
+}
+
+/// [`lock_node`], borrowed from the node and what it made.
+fn lock_view<'a>(
+    node: &'a Node<'_>,
+    d: &'a Done,
+    tests: Vec<(&'a str, cascade_lock::TestResult)>,
+) -> NodeView<'a> {
     let c = node.component;
     let s = &node.pinned.source;
-    LockNode {
-        source: LockSource {
-            repo: c.source.repo.clone(),
+    NodeView {
+        source: SourceView {
+            repo: &c.source.repo,
             r#ref: match &c.source.rev {
-                Rev::Ref(r) => Some(r.clone()),
+                Rev::Ref(r) => Some(r),
                 Rev::Version(_) => None,
             },
-            commit: s.commit.clone(),
-            tree: s.tree.clone(),
-            dir: c.source.dir.clone(),
-            version: s.version.to_string(),
+            commit: &s.commit,
+            tree: &s.tree,
+            dir: c.source.dir.as_deref(),
+            version: s.version.to_string().into(),
         },
         recipe: node.recipe,
         runner: d.runner.digest(),
-        inputs: d.inputs.clone(),
+        inputs: &d.inputs,
         key: d.key,
         output: d.output,
-        artifacts: d.artifacts.clone(),
-        image: d.image.as_ref().map(|i| LockImage {
-            reference: i.reference.clone(),
-            digest: i.digest.to_string(),
+        artifacts: &d.artifacts,
+        image: d.image.as_ref().map(|i| ImageView {
+            reference: &i.reference,
+            digest: i.digest.to_string().into(),
             spec: c.recipe.image.as_ref().map(|decl| decl.digest()),
         }),
         tests,
     }
+}
+
+/// Every finished node of the build, by name, as its lockfile records it.
+fn lock_views<'a>(
+    nodes: &'a [Node<'_>],
+    done: &'a [OnceLock<Done>],
+    report: &'a BuildReport,
+) -> Vec<(&'a str, NodeView<'a>)> {
+    let mut views: Vec<(&str, NodeView)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| {
+            let d = done[i].get()?;
+            // By name; a name given twice keeps its last result, as a map would.
+            let tests: BTreeMap<&str, cascade_lock::TestResult> = report.nodes[i]
+                .tests
+                .iter()
+                .map(|t| (t.name.as_str(), t.result()))
+                .collect();
+            let view = lock_view(node, d, tests.into_iter().collect());
+            Some((node.component.name.as_str(), view))
+        })
+        .collect();
+    views.sort_by(|a, b| a.0.cmp(b.0));
+    views
+}
+
+/// Every node of one build is keyed in one format (a replay keeps its lockfile's).
+fn key_format(nodes: &[Node<'_>]) -> u64 {
+    nodes
+        .first()
+        .map_or(cascade_core::KEY_VERSION, |n| n.pinned.key_format)
 }
 
 /// The closure of this build as a lockfile value.
@@ -1320,25 +1361,32 @@ pub(crate) fn lockfile(
     done: &[OnceLock<Done>],
     report: &BuildReport,
 ) -> Lockfile {
-    let mut out = BTreeMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let Some(d) = done[i].get() else { continue };
-        let tests = report.nodes[i]
-            .tests
-            .iter()
-            .map(|t| (t.name.clone(), t.result()))
-            .collect();
-        out.insert(node.component.name.clone(), lock_node(node, d, tests));
-    }
     Lockfile {
-        // Every node of one build is keyed in one format (a replay keeps its lockfile's).
-        key_format: nodes
-            .first()
-            .map_or(cascade_core::KEY_VERSION, |n| n.pinned.key_format),
+        key_format: key_format(nodes),
         environment: environment.to_string(),
         graph,
-        nodes: out,
+        nodes: lock_views(nodes, done, report)
+            .into_iter()
+            .map(|(name, view)| (name.to_string(), view.to_node()))
+            .collect(),
     }
+}
+
+/// [`lockfile`] as text, written from the build's own values (the same bytes as
+/// `cascade_lock::write` of that value, without copying every node first).
+fn lockfile_text(
+    environment: &str,
+    graph: Digest,
+    nodes: &[Node<'_>],
+    done: &[OnceLock<Done>],
+    report: &BuildReport,
+) -> String {
+    let header = cascade_lock::Header {
+        key_format: key_format(nodes),
+        environment,
+        graph,
+    };
+    cascade_lock::write_nodes(&header, lock_views(nodes, done, report))
 }
 
 /// The digest of the manifest files this build used: the environment, the
