@@ -134,6 +134,34 @@ fn a_moved_ref_a_new_recipe_or_a_missing_store_entry_is_a_rebuild() {
     assert_eq!(r.with_status("built"), ["top"]);
 }
 
+/// A node that was a cache hit is recorded from what its lookup read and checked: an
+/// entry of its output that goes missing afterwards is still seen, and rebuilt.
+#[test]
+fn a_cache_hits_store_entries_are_watched_too() {
+    let mut p = project();
+    p.build("test", 0);
+    p.commit(
+        "top",
+        "develop",
+        &[("data.txt", Some("top v2\n"))],
+        "change",
+    );
+    let r = p.build("test", 0);
+    assert_eq!(r.with_status("built"), ["top"], "{}", r.stderr);
+    assert_eq!(r.with_status("cached"), ["base"]);
+    assert!(from_snapshot(&p.build("test", 0)));
+
+    // base's one output file, `out.txt`, is the blob of its bytes.
+    let hex = blake3::hash(b"base data\n").to_hex().to_string();
+    let blob = p.root.join("cache/blobs").join(&hex[..2]).join(&hex);
+    fs::remove_file(&blob).expect("base's output blob");
+    let r = p.build("test", 0);
+    assert!(!from_snapshot(&r), "{}", r.stdout);
+    assert_eq!(r.with_status("built"), ["base"], "{}", r.stderr);
+    assert!(blob.is_file(), "rebuilt into the store");
+    assert!(from_snapshot(&p.build("test", 0)));
+}
+
 #[test]
 fn a_tag_that_changes_a_version_is_seen() {
     let p = project();

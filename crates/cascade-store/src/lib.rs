@@ -464,10 +464,20 @@ impl Store {
 
     /// Reads an entry and checks it hashes to its name.
     fn get_verified(&self, kind: Kind, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        self.get_verified_seen(kind, d, &mut |_, _| {})
+    }
+
+    /// [`Store::get_verified`], telling `seen` what it read.
+    fn get_verified_seen(
+        &self,
+        kind: Kind,
+        d: &Digest,
+        seen: Seen<'_>,
+    ) -> Result<Vec<u8>, StoreError> {
         let p = self.path(kind, d);
-        let bytes = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::Missing(p)),
+        let bytes = match read_entry(&p, seen) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(StoreError::Missing(p)),
             Err(e) => return Err(StoreError::io(&p)(e)),
         };
         if Digest::of(&bytes) != *d {
@@ -504,7 +514,11 @@ impl Store {
     }
 
     pub fn get_tree(&self, d: &TreeDigest) -> Result<Tree, StoreError> {
-        let bytes = self.get_verified(Kind::Tree, &d.0)?;
+        self.get_tree_seen(d, &mut |_, _| {})
+    }
+
+    fn get_tree_seen(&self, d: &TreeDigest, seen: Seen<'_>) -> Result<Tree, StoreError> {
+        let bytes = self.get_verified_seen(Kind::Tree, &d.0, seen)?;
         // It hashed right, so it was written by us; a decode failure means a format bug
         // or a collision, either way not usable.
         Tree::decode(&bytes)
@@ -592,8 +606,17 @@ impl Store {
     /// Looks a node key up. `Ok(None)` is a miss; a corrupt entry is removed and
     /// reported as an error (callers treat it as a miss and say so).
     pub fn get_action(&self, key: &NodeKey) -> Result<Option<ActionResult>, StoreError> {
+        self.get_action_seen(key, &mut |_, _| {})
+    }
+
+    /// [`Store::get_action`], telling `seen` about the file it read.
+    pub fn get_action_seen(
+        &self,
+        key: &NodeKey,
+        seen: Seen<'_>,
+    ) -> Result<Option<ActionResult>, StoreError> {
         let expected = || format!("an action result for {key}");
-        let Some(body) = self.get_checked(Kind::Action, &key.0, expected)? else {
+        let Some(body) = self.get_checked(Kind::Action, &key.0, expected, seen)? else {
             return Ok(None);
         };
         match ActionResult::decode(&body) {
@@ -611,7 +634,7 @@ impl Store {
     /// The manifest digest recorded for an image key, if any.
     pub fn get_image(&self, key: &Digest) -> Result<Option<String>, StoreError> {
         let expected = || format!("an image record for {key}");
-        let Some(body) = self.get_checked(Kind::Image, key, expected)? else {
+        let Some(body) = self.get_checked(Kind::Image, key, expected, &mut |_, _| {})? else {
             return Ok(None);
         };
         match String::from_utf8(body) {
@@ -699,11 +722,12 @@ impl Store {
         kind: Kind,
         key: &Digest,
         expected: impl FnOnce() -> String,
+        seen: Seen<'_>,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let p = self.path(kind, key);
-        let mut bytes = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let mut bytes = match read_entry(&p, seen) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) => return Err(StoreError::io(&p)(e)),
         };
         if bytes.len() < 32 {
@@ -726,11 +750,22 @@ impl Store {
         output: &OutputDigest,
         declared: &[String],
     ) -> Result<Option<BTreeMap<String, Digest>>, StoreError> {
+        self.check_output_seen(output, declared, &mut |_, _| {})
+    }
+
+    /// [`Store::check_output`], telling `seen` about every tree it read and every blob
+    /// it checked (what [`Store::output_entries`] lists).
+    pub fn check_output_seen(
+        &self,
+        output: &OutputDigest,
+        declared: &[String],
+        seen: Seen<'_>,
+    ) -> Result<Option<BTreeMap<String, Digest>>, StoreError> {
         let wanted: BTreeSet<&str> = declared.iter().map(String::as_str).collect();
         let mut artifacts = BTreeMap::new();
         let mut stack = vec![(TreeDigest(output.0), String::new())];
         while let Some((t, prefix)) = stack.pop() {
-            let tree = match self.get_tree(&t) {
+            let tree = match self.get_tree_seen(&t, seen) {
                 Ok(t) => t,
                 Err(StoreError::Missing(_)) => return Ok(None),
                 Err(e) => return Err(e),
@@ -745,7 +780,7 @@ impl Store {
                     EntryKind::File { digest, size, .. } => {
                         let p = self.path(Kind::Blob, &digest.0);
                         match fs::metadata(&p) {
-                            Ok(m) if m.len() == *size => {}
+                            Ok(m) if m.len() == *size => seen(&p, &m),
                             Ok(_) => return Err(self.discard(p, digest.to_string())),
                             Err(_) => return Ok(None),
                         }
@@ -797,6 +832,29 @@ impl Store {
         Self::finish_write(tmp, &p, true, Durable::Now)?;
         Ok(p)
     }
+}
+
+/// Told of each store entry a lookup read or checked, with its metadata then: what a
+/// caller records about the entries a cache hit relied on (the no-op snapshot) needs no
+/// second `stat`.
+pub type Seen<'a> = &'a mut dyn FnMut(&Path, &fs::Metadata);
+
+/// The bytes of the entry at `p`, `None` when there is none; `seen` gets its metadata.
+/// The system calls of `fs::read`, which also takes the metadata (for its size).
+fn read_entry(p: &Path, seen: Seen<'_>) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut f = match fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    let mut bytes = Vec::new();
+    // A hint only: an entry bigger than memory fails in the read, not here.
+    let _ = bytes.try_reserve_exact(usize::try_from(meta.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    seen(p, &meta);
+    Ok(Some(bytes))
 }
 
 /// When a write reaches the disk.

@@ -220,6 +220,16 @@ pub(crate) struct Done {
     pub key: NodeKey,
     pub artifacts: BTreeMap<String, Digest>,
     pub image: Option<ImageRef>,
+    /// A cache hit's store entries as its lookup saw them, until the snapshot takes them.
+    seen: std::sync::Mutex<Vec<crate::snapshot::Watched>>,
+}
+
+impl Done {
+    /// The store entries the lookup of a cache hit saw (none for a node built or
+    /// fetched), once: the snapshot's record takes them.
+    pub(crate) fn take_seen(&self) -> Vec<crate::snapshot::Watched> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl NodeStatus {
@@ -488,6 +498,7 @@ fn record_results(
         let recorded = crate::snapshot::Recorded {
             project: r.project,
             nodes: r.nodes,
+            done: r.done,
             report,
             store: r.store,
         };
@@ -517,6 +528,7 @@ fn record_results(
         &crate::snapshot::Recorded {
             project: r.project,
             nodes: r.nodes,
+            done: r.done,
             report,
             store: r.store,
         },
@@ -1156,35 +1168,48 @@ fn run_node(
     let key = store
         .put_key_manifest(&ingredients.encode())
         .map_err(|e| fail(FailureCause::Environment, e, None))?;
-    let done = |output, artifacts| Done {
+    let done = |output, artifacts, seen| Done {
         inputs: inputs.clone(),
         runner: runner.clone(),
         output,
         key,
         artifacts,
         image: None,
+        seen: std::sync::Mutex::new(seen),
+    };
+    // What a hit's lookup reads and checks, for the snapshot (see `Done::take_seen`).
+    let look = || {
+        let mut seen = Vec::new();
+        let mut note = |p: &Path, m: &std::fs::Metadata| {
+            seen.push(crate::snapshot::seen_entry(p, m));
+        };
+        let found = store.get_action_seen(&key, &mut note).map(|r| {
+            r.map(|r| {
+                let artifacts = store.check_output_seen(&r.output, &c.recipe.outputs, &mut note);
+                (r, artifacts)
+            })
+        });
+        (found, seen)
     };
 
     // Cache lookup: a hit needs the action result and its whole output tree.
-    match store.get_action(&key) {
-        Ok(Some(r)) => match store.check_output(&r.output, &c.recipe.outputs) {
-            Ok(Some(artifacts)) => return Ok((done(r.output, artifacts), false)),
+    match look() {
+        (Ok(Some((r, artifacts))), seen) => match artifacts {
+            Ok(Some(artifacts)) => return Ok((done(r.output, artifacts, seen), false)),
             Ok(None) => warnings.push("cached output incomplete in the store, rebuilding".into()),
             Err(e) => warnings.push(format!("{e}")),
         },
-        Ok(None) => {}
-        Err(e @ StoreError::Corrupt { .. }) => warnings.push(e.to_string()),
-        Err(e) => return Err(fail(FailureCause::Environment, e, Some(key))),
+        (Ok(None), _) => {}
+        (Err(e @ StoreError::Corrupt { .. }), _) => warnings.push(e.to_string()),
+        (Err(e), _) => return Err(fail(FailureCause::Environment, e, Some(key))),
     }
     // One builder per key and store: wait for whoever builds (or downloads) it now,
     // then look again.
     let lock = store
         .lock_key(&key)
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    if let Ok(Some(r)) = store.get_action(&key) {
-        if let Ok(Some(artifacts)) = store.check_output(&r.output, &c.recipe.outputs) {
-            return Ok((done(r.output, artifacts), false));
-        }
+    if let (Ok(Some((r, Ok(Some(artifacts))))), seen) = look() {
+        return Ok((done(r.output, artifacts, seen), false));
     }
     // The remote cache, verified entry by entry into the local store; under the key's
     // lock, so builds sharing a store download each result once.
@@ -1192,7 +1217,7 @@ fn run_node(
         match store.check_output(&r.output, &c.recipe.outputs) {
             Ok(Some(artifacts)) => {
                 *remote_hit = true;
-                return Ok((done(r.output, artifacts), false));
+                return Ok((done(r.output, artifacts, Vec::new()), false));
             }
             _ => warnings.push("the remote cache's result is incomplete; building".into()),
         }
@@ -1227,7 +1252,7 @@ fn run_node(
     store
         .put_action_batched(&key, &result, Some(lock))
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
-    Ok((done(outputs.digest, outputs.artifacts), true))
+    Ok((done(outputs.digest, outputs.artifacts, Vec::new()), true))
 }
 
 /// Loads the images that must be in Docker (all with `--load`, else those with tests)

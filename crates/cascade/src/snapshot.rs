@@ -34,7 +34,7 @@ use crate::build::{BuildOptions, Event, NodeReport, NodeStatus};
 use crate::BuildReport;
 
 /// Bumped whenever what is recorded or how it is checked changes.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// How long before the recorded build's start a file must have been written to be
 /// trusted by its `stat` alone (far above any file system's timestamp granularity).
@@ -57,15 +57,31 @@ struct Stat {
 
 /// Follows symlinks: a manifest or tool reached through one is watched where it is.
 fn stat(path: &Path) -> Option<Stat> {
-    let m = fs::metadata(path).ok()?;
-    Some(Stat {
-        dev: m.dev(),
-        ino: m.ino(),
-        mode: m.mode(),
-        size: m.size(),
-        mtime: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ctime: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-    })
+    fs::metadata(path).ok().map(|m| Stat::of(&m))
+}
+
+impl Stat {
+    fn of(m: &fs::Metadata) -> Stat {
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            mode: m.mode(),
+            size: m.size(),
+            mtime: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+/// A store entry a cache hit read or checked, as it was then, watched as the snapshot
+/// watches every entry of a node's output: the walk's own `stat` serves, and recording
+/// needs no second one. (Had it changed since, the next check would see that and miss.)
+pub(crate) fn seen_entry(path: &Path, m: &fs::Metadata) -> Watched {
+    Watched {
+        path: path.to_path_buf(),
+        stat: Some(Stat::of(m)),
+        check: Check::Exact,
+    }
 }
 
 /// How a watched path is checked.
@@ -84,7 +100,7 @@ enum Check {
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Watched {
+pub(crate) struct Watched {
     path: PathBuf,
     stat: Option<Stat>,
     check: Check,
@@ -183,7 +199,10 @@ struct Head {
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Body {
+    /// The tools, this binary, the lockfile.
     watched: Vec<Watched>,
+    /// The manifests and every node's store entries ([`NodesPart`]).
+    entries: Vec<Watched>,
     nodes: Vec<SnapNode>,
 }
 
@@ -201,6 +220,10 @@ pub(crate) struct Before {
     seen: Vec<Watched>,
     /// A fetched repository: its refs are not watchable.
     unwatchable: bool,
+    /// The directories of PATH, listed and hashed on a thread of their own while the
+    /// build runs (a few ms for `/usr/bin`, which would otherwise end the build). As
+    /// they were when the build resolved its tools: a tool added meanwhile is a miss.
+    path_dirs: Option<std::thread::JoinHandle<Vec<Watched>>>,
 }
 
 impl Before {
@@ -219,10 +242,20 @@ impl Before {
                 .collect(),
             false => Vec::new(),
         };
+        let search = opts.tools.search_path().to_os_string();
+        let path_dirs = watchable.then(|| {
+            std::thread::spawn(move || {
+                std::env::split_paths(&search)
+                    .filter(|d| d.is_absolute())
+                    .map(|dir| Watched::now(dir, true))
+                    .collect()
+            })
+        });
         Before {
             started: d.as_nanos() as i128,
             seen,
             unwatchable: !watchable,
+            path_dirs,
         }
     }
 
@@ -359,7 +392,8 @@ impl<'a> Target<'a> {
         let mut rest = Vec::new();
         file.read_to_end(&mut rest).ok()?;
         let body: Body = serde_json::from_slice(&rest).ok()?;
-        all_unchanged(&body.watched, head.started).then_some(Snapshot { head, body })
+        (all_unchanged(&body.watched, head.started) && all_unchanged(&body.entries, head.started))
+            .then_some(Snapshot { head, body })
     }
 }
 
@@ -520,6 +554,7 @@ pub(crate) fn plan(opts: &crate::PlanOptions) -> Option<crate::Plan> {
 pub(crate) struct Recorded<'a> {
     pub project: &'a crate::Project,
     pub nodes: &'a [crate::build::Node<'a>],
+    pub done: &'a [std::sync::OnceLock<crate::build::Done>],
     pub report: &'a BuildReport,
     pub store: &'a Store,
 }
@@ -533,22 +568,43 @@ pub(crate) struct NodesPart {
     nodes: Vec<SnapNode>,
 }
 
-/// [`NodesPart`] of a successful build; `None` when a node has no key or output, or an
-/// output's entries cannot be read (the snapshot is not recorded then).
-pub(crate) fn nodes_part(r: &Recorded<'_>) -> Option<NodesPart> {
+/// [`NodesPart`] as the JSON of [`Body::entries`] and [`Body::nodes`]: the bulk of a
+/// snapshot's bytes, written while the lockfile is.
+pub(crate) struct RenderedNodes {
+    entries: Vec<u8>,
+    nodes: Vec<u8>,
+}
+
+/// [`NodesPart`] of a successful build, rendered; `None` when a node has no key or
+/// output, or an output's entries cannot be read (the snapshot is not recorded then).
+pub(crate) fn nodes_part(r: &Recorded<'_>) -> Option<RenderedNodes> {
+    let part = collect_nodes_part(r)?;
+    Some(RenderedNodes {
+        entries: serde_json::to_vec(&part.watched).ok()?,
+        nodes: serde_json::to_vec(&part.nodes).ok()?,
+    })
+}
+
+fn collect_nodes_part(r: &Recorded<'_>) -> Option<NodesPart> {
     if !r.report.success() {
         return None;
     }
-    let pairs: Vec<_> = r.nodes.iter().zip(&r.report.nodes).collect();
+    let pairs: Vec<_> = r
+        .nodes
+        .iter()
+        .zip(&r.report.nodes)
+        .zip(r.done)
+        .map(|((n, rep), d)| (n, rep, d.get()))
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = pairs.len().div_ceil(threads).max(256);
-    let part = |pairs: &[(&crate::build::Node<'_>, &NodeReport)]| {
+    let part = |pairs: &[Pair<'_>]| {
         let mut part = NodesPart {
             watched: Vec::new(),
             nodes: Vec::with_capacity(pairs.len()),
         };
-        for (n, rep) in pairs {
-            part.add(r, n, rep)?;
+        for (n, rep, done) in pairs {
+            part.add(r, n, rep, *done)?;
         }
         Some(part)
     };
@@ -590,12 +646,20 @@ pub(crate) fn nodes_part(r: &Recorded<'_>) -> Option<NodesPart> {
     Some(all)
 }
 
+/// A node, its report and what it made.
+type Pair<'a> = (
+    &'a crate::build::Node<'a>,
+    &'a NodeReport,
+    Option<&'a crate::build::Done>,
+);
+
 impl NodesPart {
     fn add(
         &mut self,
         r: &Recorded<'_>,
         n: &crate::build::Node<'_>,
         rep: &NodeReport,
+        done: Option<&crate::build::Done>,
     ) -> Option<()> {
         let (key, output) = (rep.key?, rep.output?);
         let at = |path: PathBuf| Watched {
@@ -605,10 +669,23 @@ impl NodesPart {
         };
         // The action result and every tree and blob of the output, as they are: a
         // corrupt, truncated or collected entry (any change to its stat) is a miss, and
-        // the ordinary path verifies and rebuilds.
-        self.watched.push(at(r.store.action_path(&key)));
-        for p in r.store.output_entries(&output)? {
-            self.watched.push(at(p));
+        // the ordinary path verifies and rebuilds. A cache hit's lookup saw them all.
+        let action = r.store.action_path(&key);
+        let mut seen = done.map(|d| d.take_seen()).unwrap_or_default();
+        if seen.is_empty() {
+            self.watched.push(at(action));
+            for p in r.store.output_entries(&output)? {
+                self.watched.push(at(p));
+            }
+        } else {
+            // In the order of the listing above: the action result, then by path.
+            seen.sort_by(|a, b| {
+                (a.path != action)
+                    .cmp(&(b.path != action))
+                    .then_with(|| a.path.cmp(&b.path))
+            });
+            seen.dedup_by(|a, b| a.path == b.path);
+            self.watched.append(&mut seen);
         }
         let mut inputs: Vec<String> = n
             .component
@@ -641,16 +718,11 @@ pub(crate) fn record(
     opts: &BuildOptions,
     before: Before,
     r: &Recorded<'_>,
-    nodes: Option<NodesPart>,
+    nodes: Option<RenderedNodes>,
 ) {
     let path = Target::of_build(opts).path();
     let snapshot = nodes.and_then(|nodes| snapshot(opts, before, r, nodes));
-    let bytes = snapshot.and_then(|s| {
-        let mut bytes = serde_json::to_vec(&s.head).ok()?;
-        bytes.push(b'\n');
-        serde_json::to_writer(&mut bytes, &s.body).ok()?;
-        Some(bytes)
-    });
+    let bytes = snapshot.and_then(|s| s.bytes());
     match bytes {
         Some(bytes) => {
             // A cache: no flush; a torn file does not parse and is ignored.
@@ -666,8 +738,8 @@ fn snapshot(
     opts: &BuildOptions,
     before: Before,
     r: &Recorded<'_>,
-    nodes: NodesPart,
-) -> Option<Snapshot> {
+    nodes: RenderedNodes,
+) -> Option<Recording> {
     let env = &r.project.graph.environment;
     let publishes = r.project.graph.components.iter().any(|c| {
         c.recipe.image.is_some() || (!opts.publish.skip_tests && !c.recipe.tests.is_empty())
@@ -680,17 +752,14 @@ fn snapshot(
         return None;
     }
     let lockfile = r.report.lockfile.clone()?;
-    let mut watched = Vec::with_capacity(64 + nodes.watched.len());
+    let mut watched = Vec::with_capacity(64);
     let at = |path: PathBuf, check: Check| Watched {
         stat: stat(&path),
         path,
         check,
     };
     // Tools: the directories of PATH (a new one may come first), each tool's content.
-    let search = opts.tools.search_path();
-    for dir in std::env::split_paths(search).filter(|d| d.is_absolute()) {
-        watched.push(Watched::now(dir, true));
-    }
+    watched.extend(before.path_dirs?.join().ok()?);
     let mut tools = BTreeMap::new();
     for n in r.nodes {
         for t in &n.tools {
@@ -705,9 +774,8 @@ fn snapshot(
     }
     // The lockfile as it is now: this build wrote it, or found it identical.
     watched.push(Watched::now(lockfile.clone(), true));
-    watched.extend(nodes.watched);
     let target = Target::of_build(opts);
-    Some(Snapshot {
+    Some(Recording {
         head: Head {
             format: FORMAT,
             context: target.context(Some(opts)),
@@ -716,9 +784,31 @@ fn snapshot(
             lockfile,
             first: before.seen,
         },
-        body: Body {
-            watched,
-            nodes: nodes.nodes,
-        },
+        watched,
+        nodes,
     })
+}
+
+/// A snapshot to write: its [`Body`]'s big parts already JSON ([`NodesPart::render`]).
+struct Recording {
+    head: Head,
+    watched: Vec<Watched>,
+    nodes: RenderedNodes,
+}
+
+impl Recording {
+    /// The head's line, then the [`Body`], the pieces joined as serde_json writes a map.
+    fn bytes(&self) -> Option<Vec<u8>> {
+        let mut bytes = serde_json::to_vec(&self.head).ok()?;
+        bytes.push(b'\n');
+        bytes.reserve(self.nodes.entries.len() + self.nodes.nodes.len() + 4096);
+        bytes.extend_from_slice(b"{\"watched\":");
+        serde_json::to_writer(&mut bytes, &self.watched).ok()?;
+        bytes.extend_from_slice(b",\"entries\":");
+        bytes.extend_from_slice(&self.nodes.entries);
+        bytes.extend_from_slice(b",\"nodes\":");
+        bytes.extend_from_slice(&self.nodes.nodes);
+        bytes.push(b'}');
+        Some(bytes)
+    }
 }
