@@ -15,7 +15,7 @@ use cascade_git::Git;
 use cascade_image::{OciDigest, OciLayout};
 use cascade_lock::{ImageView, LockNode, Lockfile, NodeView, SourceView};
 use cascade_manifest::{Component, Rev, RunnerDecl, RunnerImage, Stamp};
-use cascade_store::{remove_tree, Store, StoreError};
+use cascade_store::{Store, StoreError};
 use miette::Diagnostic;
 
 use crate::execute::{ExecutorKind, Executors};
@@ -655,6 +655,7 @@ pub(crate) fn walk(
     }
     let executors = Executors::for_graph(opts.executor, w.components, layout.as_ref(), tests)?;
     let work = crate::workdir::WorkBase::choose(opts.work_dir.as_deref());
+    let reaper = crate::workdir::Reaper::default();
     let run = Run {
         store: w.store,
         git: w.git,
@@ -672,6 +673,7 @@ pub(crate) fn walk(
             .filter(|_| opts.remote.exec)
             .and_then(RemoteCache::executor),
         work: &work,
+        reaper: &reaper,
     };
     let (mut report, done) = run_graph(&run, on_event);
     after_nodes(&mut report, &done);
@@ -708,6 +710,8 @@ pub(crate) struct Run<'a> {
     pub remote_exec: Option<&'a crate::reapi::ReapiCache>,
     /// Where work directories go.
     pub work: &'a crate::workdir::WorkBase,
+    /// What removes them once their outputs are in the store.
+    pub reaper: &'a crate::workdir::Reaper,
 }
 
 /// After every node succeeded: the images are indexed, loaded, tested and pushed.
@@ -820,6 +824,7 @@ pub(crate) fn run_graph(
         *reports[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         ok
     });
+    run.reaper.finish();
     // 2. The last batch of action results, failed build or not: what built stays cached.
     // Best effort: a result not recorded only means building that node again later,
     // and the outputs the lockfile names are made durable before it is written anyway.
@@ -1235,7 +1240,12 @@ fn run_node(
         .map_err(|e| fail(FailureCause::Environment, e, Some(key)))?;
         let result =
             crate::execute::execute(run, node, inputs, &runner, key, tmp.path(), remote_run);
-        let _ = remove_tree(tmp.path());
+        match result {
+            // Off this node's path: its dependents may start meanwhile.
+            Ok(_) => run.reaper.remove(tmp),
+            // Now: on a nearly full tmpfs, the attempt on disk needs the room.
+            Err(_) => crate::workdir::remove_now(tmp),
+        }
         result
     };
     let (outputs, result) = match attempt(run.work.on_disk()) {

@@ -18,6 +18,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 use cascade_store::{Store, StoreError};
 
@@ -110,6 +111,65 @@ impl WorkBase {
     }
 }
 
+/// Work directories removed beside the walk instead of on its path: a node whose
+/// outputs are in the store hands its directory over and finishes; one thread removes
+/// them (a `chmod` and an `unlink` per entry) while the next steps run. [`Reaper::finish`]
+/// waits for the last, so none outlives the walk.
+#[derive(Default)]
+pub(crate) struct Reaper {
+    /// Started with the first directory: a walk of cache hits starts no thread.
+    to_thread: Mutex<Option<mpsc::Sender<tempfile::TempDir>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Reaper {
+    /// Removes `dir` soon, on the reaper's thread (here, when it cannot start).
+    pub(crate) fn remove(&self, dir: tempfile::TempDir) {
+        let mut to_thread = self.to_thread.lock().unwrap_or_else(|e| e.into_inner());
+        if to_thread.is_none() {
+            let (tx, rx) = mpsc::channel::<tempfile::TempDir>();
+            let started = std::thread::Builder::new()
+                .name("cascade-reaper".into())
+                .spawn(move || rx.into_iter().for_each(remove_now));
+            if let Ok(handle) = started {
+                *to_thread = Some(tx);
+                *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            }
+        }
+        match to_thread.as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(dir)) = tx.send(dir) {
+                    remove_now(dir);
+                }
+            }
+            None => remove_now(dir),
+        }
+    }
+
+    /// Waits until every directory handed over is gone.
+    pub(crate) fn finish(&self) {
+        self.to_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Removes a work directory now; what the steps left read-only included.
+pub(crate) fn remove_now(dir: tempfile::TempDir) {
+    let _ = cascade_store::remove_tree(dir.path());
+}
+
 /// Removes the work directories of builds that are gone (killed: their work directories
 /// would hold memory on a tmpfs until the next boot). Named `build-<pid>-…`.
 fn sweep_stale(dir: &Path) {
@@ -162,5 +222,33 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&base).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// Directories handed to the reaper, read-only entries and all, are gone once it
+    /// finishes, and one handed over after that is removed too.
+    #[test]
+    fn the_reaper_leaves_nothing_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let reaper = Reaper::default();
+        let mut paths = Vec::new();
+        for i in 0..20 {
+            let dir = tempfile::tempdir_in(root.path()).unwrap();
+            let out = dir.path().join(format!("work/out{i}"));
+            fs::create_dir_all(&out).unwrap();
+            fs::write(out.join("file"), "x").unwrap();
+            fs::set_permissions(out.join("file"), fs::Permissions::from_mode(0o444)).unwrap();
+            fs::set_permissions(&out, fs::Permissions::from_mode(0o555)).unwrap();
+            paths.push(dir.path().to_path_buf());
+            reaper.remove(dir);
+        }
+        reaper.finish();
+        let left: Vec<_> = paths.iter().filter(|p| p.exists()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let late = tempfile::tempdir_in(root.path()).unwrap();
+        let late_path = late.path().to_path_buf();
+        reaper.remove(late);
+        drop(reaper);
+        assert!(!late_path.exists());
     }
 }
