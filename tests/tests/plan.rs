@@ -377,6 +377,7 @@ fn a_changed_tool_is_named_with_both_digests() {
                 remote: cascade::RemoteOptions::default(),
                 executor: cascade::ExecutorKind::default(),
                 work_dir: None,
+                exiting: false,
                 sign: None,
             },
             &|_| {},

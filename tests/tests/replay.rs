@@ -265,6 +265,7 @@ fn a_different_host_tool_is_a_risk_and_an_error_when_strict() {
             remote: cascade::RemoteOptions::default(),
             executor: cascade::ExecutorKind::default(),
             work_dir: None,
+            exiting: false,
             sign: None,
         };
     let built = cascade::build(&opts(&p, None, false), &|_| {}).unwrap();

@@ -226,6 +226,7 @@ fn eight_concurrent_builds_on_one_store_build_each_key_once() {
                                 remote: cascade::RemoteOptions::default(),
                                 executor: cascade::ExecutorKind::default(),
                                 work_dir: None,
+                                exiting: false,
                                 sign: None,
                             },
                             &|_| {},

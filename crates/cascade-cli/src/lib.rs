@@ -923,7 +923,10 @@ fn build(project: &std::path::Path, args: BuildArgs, mut io: Io<'_>) -> ExitCode
             } else {
                 io.err_line(&summary(&report));
             }
-            report.exit_code()
+            let code = report.exit_code();
+            // The process ends now (see `BuildOptions::exiting`).
+            std::mem::forget(report);
+            code
         }
         Err(e) => fail(&mut io, &e, json, color),
     }
@@ -938,6 +941,7 @@ fn build_options(project: &std::path::Path, args: &BuildArgs) -> BuildOptions {
     });
     BuildOptions {
         sign: args.sign.clone(),
+        exiting: true,
         work_dir: args.work_dir.clone(),
         executor: match args.executor {
             ExecutorArg::Sandbox => cascade::ExecutorKind::Sandbox,

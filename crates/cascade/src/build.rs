@@ -53,6 +53,10 @@ pub struct BuildOptions {
     /// `--sign`: the key that signs each pushed image (a path from the current
     /// directory, or `env:VAR`); wins over the environment's `sign:`. Only with `push`.
     pub sign: Option<cascade_manifest::KeyLocation>,
+    /// The caller's process ends when the build returns (the command line): the graph
+    /// and what the walk made are left for the exit to free at once, not freed entry by
+    /// entry (milliseconds at 1,000 nodes), as clang's driver does with `-disable-free`.
+    pub exiting: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -473,6 +477,13 @@ pub fn build(
         report.notifications = notify_failure(&project.graph.environment, &report);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    if opts.exiting {
+        // Plain data, no file or lock among it: nothing is lost by not dropping it.
+        std::mem::forget(done);
+        std::mem::forget(nodes);
+        std::mem::forget(pinned);
+        std::mem::forget(project);
+    }
     Ok(report)
 }
 
