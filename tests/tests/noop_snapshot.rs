@@ -271,7 +271,11 @@ fn graph_cache(p: &TestProject) -> Option<std::path::PathBuf> {
     fs::read_dir(p.root.join("cache/snapshots"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|path| path.to_string_lossy().ends_with(".graph.json"))
+        .find(|path| path.to_string_lossy().ends_with(".graph.bin"))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The lockfile a build wrote (or found identical), as text.
@@ -287,14 +291,12 @@ fn after_a_commit_the_graph_comes_from_the_cache_and_builds_what_a_fresh_resolve
     let cached = graph_cache(&p).expect("a build keeps the graph it resolved");
     // The build after a commit takes the cached graph: one tampered with under the same
     // key shows through (the step's text is in `top`'s key).
-    let text = fs::read_to_string(&cached).expect("graph");
-    let step = "cat inputs/base/out.txt data.txt > out.txt";
-    assert!(text.contains(step), "{text}");
-    fs::write(
-        &cached,
-        text.replace(step, "cat data.txt inputs/base/out.txt > out.txt"),
-    )
-    .expect("tamper");
+    let mut bytes = fs::read(&cached).expect("graph");
+    let step = b"cat inputs/base/out.txt data.txt > out.txt";
+    let at = find(&bytes, step).expect("the step's text in the cached graph");
+    // The same length: the cache stays well formed.
+    bytes[at..at + step.len()].copy_from_slice(b"cat data.txt inputs/base/out.txt > out.txt");
+    fs::write(&cached, bytes).expect("tamper");
     p.commit("base", "develop", &[("data.txt", Some("v2\n"))], "change");
     let via_tampered = p.build("test", 0);
     fs::remove_file(&cached).expect("graph");
@@ -313,7 +315,7 @@ fn after_a_commit_the_graph_comes_from_the_cache_and_builds_what_a_fresh_resolve
     // A manifest's new content (whatever its date) is resolved afresh and kept.
     p.write("recipes/top.yaml", &recipe(&["base"], "mkae"));
     assert_eq!(p.build("test", 0).with_status("built"), ["top"]);
-    assert!(fs::read_to_string(&cached).expect("graph").contains("mkae"));
+    assert!(find(&fs::read(&cached).expect("graph"), b"mkae").is_some());
 
     // A graph from the cache gives the lockfile a fresh resolve gives, byte for byte.
     p.commit(
@@ -337,7 +339,12 @@ fn a_torn_or_foreign_graph_cache_is_ignored() {
     p.build("test", 0);
     let cached = graph_cache(&p).expect("graph cache");
     let good = fs::read(&cached).expect("graph");
-    let torn: [&[u8]; 3] = [b"{\"key\":", b"not json at all", &good[..good.len() / 2]];
+    let torn: [&[u8]; 4] = [
+        b"{\"key\":",
+        b"not a graph at all",
+        &good[..good.len() / 2],
+        &good[..good.len() - 1],
+    ];
     for (i, bad) in torn.into_iter().enumerate() {
         fs::write(&cached, bad).expect("corrupt");
         let data = format!("change {i}\n");

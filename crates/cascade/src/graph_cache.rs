@@ -8,6 +8,12 @@
 //! the environment and this binary. One graph per project and environment, beside its
 //! snapshot, replaced when the manifests change. A cache: written atomically without
 //! fsync, and one that is torn, foreign or from another binary is ignored.
+//!
+//! In postcard, not JSON: a graph of 1,000 components (800 KB of JSON) took 4 ms to
+//! parse, most of what loading costs after a commit; its compact binary form decodes in
+//! a fraction of that. postcard (serde's, maintained, non-self-describing: the model's
+//! types have no untagged or flattened parts) is enough: the file is only ever read by
+//! the binary that wrote it (the key covers it).
 
 use std::fs;
 use std::io::Read;
@@ -19,8 +25,8 @@ use cascade_core::Digest;
 use cascade_manifest::{Graph, SourceDb};
 use cascade_store::Store;
 
-/// Bumped whenever what the cache holds changes meaning.
-const FORMAT: &str = "cascade-graph 1";
+/// Bumped whenever what the cache holds changes meaning (2: postcard, not JSON).
+const FORMAT: &str = "cascade-graph 2";
 
 /// A graph of 10,000 nodes is a few MB; anything far larger is not ours.
 const MAX_SIZE: u64 = 256 << 20;
@@ -74,7 +80,7 @@ pub(crate) fn key(env: &str, db: &SourceDb) -> Option<Digest> {
 /// Where the graph of `project`'s environment `env` is kept in `store`.
 pub(crate) fn path(store: &Path, project: &Path, env: &str) -> PathBuf {
     let mut p = crate::snapshot::slot(store, project, env);
-    p.set_extension("graph.json");
+    p.set_extension("graph.bin");
     p
 }
 
@@ -86,7 +92,7 @@ pub(crate) fn get(path: &Path, key: &Digest) -> Option<Graph> {
         .take(MAX_SIZE)
         .read_to_end(&mut bytes)
         .ok()?;
-    let cached: Cached = serde_json::from_slice(&bytes).ok()?;
+    let cached: Cached = postcard::from_bytes(&bytes).ok()?;
     (cached.key == *key).then_some(cached.graph)
 }
 
@@ -97,10 +103,12 @@ pub(crate) fn put(path: &Path, key: Digest, graph: &Graph) {
         key: Digest,
         graph: &'a Graph,
     }
-    if let Ok(bytes) = serde_json::to_vec(&Borrowed { key, graph }) {
+    if let Ok(bytes) = postcard::to_stdvec(&Borrowed { key, graph }) {
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
         let _ = Store::replace_lazily(path, &bytes);
+        // The JSON cache of cascade before 2026-12 beside it is never read again.
+        let _ = fs::remove_file(path.with_extension("json"));
     }
 }
