@@ -315,6 +315,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "hex",
             "libc",
             "miette",
+            "postcard",
             "semver",
             "serde",
             "serde_json",
