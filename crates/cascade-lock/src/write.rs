@@ -150,10 +150,10 @@ impl Writer {
         &mut self,
         level: usize,
         key: &str,
-        mut map: impl ExactSizeIterator<Item = (&'d String, &'d Digest)>,
+        map: impl ExactSizeIterator<Item = (&'d String, &'d Digest)>,
     ) {
         self.open(level, key, map.len() == 0);
-        for (name, digest) in &mut map {
+        for (name, digest) in map {
             self.digest(level + 1, name, digest);
         }
     }
